@@ -1,0 +1,16 @@
+//! tradehost: a host for trading strategies written as Rhai scripts.
+//!
+//! Map of the modules (lower rows never import higher ones):
+//! - [`model`]: plain domain types (orders, fills, candles, positions) with decimal money.
+//! - [`config`]: typed, validated configuration.
+//! - [`data`]: candle aggregation, per-symbol market state and native indicators.
+//! - [`exchange`]: the paper exchange (simulated fills).
+//! - [`feed`]: market data sources (synthetic random walk, CSV replay).
+//! - [`strategy`]: engine-agnostic strategy runtime: events in, commands out.
+//! - [`script`]: the Rhai implementation: hardened engine and host API modules.
+//! - [`execution`]: order management: client ids, shutdown gate, order and position state.
+//! - [`activity`]: the activity bus with sequence numbers and an in-memory tail.
+//! - [`supervisor`]: composition root: strategy lifecycle, hot reload, restarts, shutdown.
+
+pub mod config;
+pub mod model;

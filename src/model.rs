@@ -1,0 +1,376 @@
+//! Plain domain types shared by every layer: sides, orders, fills, candles,
+//! ticks, positions and products. Money and sizes are exact decimals.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the unix epoch (UTC).
+pub type TimestampMs = i64;
+
+/// Buy or sell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// Increase a long / reduce a short.
+    Buy,
+    /// Increase a short / reduce a long.
+    Sell,
+}
+
+impl Side {
+    /// `+1` for buys, `-1` for sells.
+    pub fn sign(self) -> Decimal {
+        match self {
+            Side::Buy => Decimal::ONE,
+            Side::Sell => Decimal::NEGATIVE_ONE,
+        }
+    }
+
+    /// The side that reduces a position of the given signed size.
+    pub fn closing(position_size: Decimal) -> Side {
+        if position_size > Decimal::ZERO { Side::Sell } else { Side::Buy }
+    }
+
+    /// Lowercase name as used by scripts and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Side {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "buy" | "long" => Ok(Side::Buy),
+            "sell" | "short" => Ok(Side::Sell),
+            other => Err(format!("side must be \"buy\" or \"sell\", got {other:?}")),
+        }
+    }
+}
+
+/// Market or limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderKind {
+    /// Fill at once at the best available price.
+    Market,
+    /// Fill at the limit price or better.
+    Limit,
+}
+
+/// How long an order stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeInForce {
+    /// Good till cancelled.
+    #[default]
+    Gtc,
+    /// Immediate or cancel: what cannot fill at once is cancelled.
+    Ioc,
+}
+
+/// What a strategy asks the order manager to send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRequest {
+    /// Client order id, unique per data dir.
+    pub client_id: String,
+    /// Strategy that placed it.
+    pub strategy: String,
+    /// Instrument.
+    pub symbol: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// Market or limit.
+    pub kind: OrderKind,
+    /// Size in base units (contracts for derivatives), positive.
+    pub size: Decimal,
+    /// Limit price; `None` for market orders.
+    pub price: Option<Decimal>,
+    /// Good-till-cancelled or immediate-or-cancel.
+    pub time_in_force: TimeInForce,
+    /// Rejected instead of taking liquidity.
+    pub post_only: bool,
+    /// May only reduce the position.
+    pub reduce_only: bool,
+}
+
+/// Life cycle of an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Resting on the book, nothing filled yet.
+    Open,
+    /// Resting with part of its size filled.
+    PartiallyFilled,
+    /// Completely filled.
+    Filled,
+    /// Cancelled (by the user, IOC remainder, or shutdown policy).
+    Cancelled,
+    /// Refused; `reason` says why.
+    Rejected,
+}
+
+impl OrderStatus {
+    /// True while the order can still fill.
+    pub fn is_open(self) -> bool {
+        matches!(self, OrderStatus::Open | OrderStatus::PartiallyFilled)
+    }
+}
+
+/// The state of one order as the order manager knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    /// What was asked for.
+    pub request: OrderRequest,
+    /// Current status.
+    pub status: OrderStatus,
+    /// Size filled so far.
+    pub filled: Decimal,
+    /// Size-weighted average fill price, if anything filled.
+    pub avg_fill_price: Option<Decimal>,
+    /// Why it was rejected or cancelled.
+    pub reason: Option<String>,
+    /// Last change.
+    pub updated: TimestampMs,
+}
+
+impl Order {
+    /// A freshly accepted order.
+    pub fn new(request: OrderRequest, now: TimestampMs) -> Self {
+        Order { request, status: OrderStatus::Open, filled: Decimal::ZERO, avg_fill_price: None, reason: None, updated: now }
+    }
+
+    /// Size still to fill.
+    pub fn remaining(&self) -> Decimal {
+        self.request.size - self.filled
+    }
+
+    /// Records a fill on this order and updates the status.
+    pub fn apply_fill(&mut self, size: Decimal, price: Decimal, now: TimestampMs) {
+        let notional = self.avg_fill_price.unwrap_or_default() * self.filled + price * size;
+        self.filled += size;
+        self.avg_fill_price = Some(notional / self.filled);
+        self.status = if self.remaining() <= Decimal::ZERO { OrderStatus::Filled } else { OrderStatus::PartiallyFilled };
+        self.updated = now;
+    }
+}
+
+/// Whether a fill added liquidity or took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liquidity {
+    /// Rested on the book.
+    Maker,
+    /// Crossed the spread.
+    Taker,
+}
+
+/// One execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fill {
+    /// Client order id of the order that filled.
+    pub order_id: String,
+    /// Strategy that owns the order.
+    pub strategy: String,
+    /// Instrument.
+    pub symbol: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// Filled size (positive).
+    pub size: Decimal,
+    /// Execution price.
+    pub price: Decimal,
+    /// Fee paid in the quote currency (negative would be a rebate).
+    pub fee: Decimal,
+    /// Maker or taker.
+    pub liquidity: Liquidity,
+    /// Exchange time of the fill.
+    pub time: TimestampMs,
+}
+
+/// An OHLCV bar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candle {
+    /// Instrument.
+    pub symbol: String,
+    /// Bar start time.
+    pub time: TimestampMs,
+    /// First price.
+    pub open: f64,
+    /// Highest price.
+    pub high: f64,
+    /// Lowest price.
+    pub low: f64,
+    /// Last price.
+    pub close: f64,
+    /// Traded size.
+    pub volume: f64,
+}
+
+/// Top of book and last trade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    /// Instrument.
+    pub symbol: String,
+    /// Exchange time.
+    pub time: TimestampMs,
+    /// Best bid.
+    pub bid: Decimal,
+    /// Best ask.
+    pub ask: Decimal,
+    /// Last traded price.
+    pub last: Decimal,
+    /// Size traded at `last` (zero when the feed carries no size).
+    pub volume: Decimal,
+}
+
+impl Tick {
+    /// Mid price.
+    pub fn mid(&self) -> Decimal {
+        (self.bid + self.ask) / Decimal::TWO
+    }
+}
+
+/// A net position in one symbol.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Position {
+    /// Instrument.
+    pub symbol: String,
+    /// Signed size: positive long, negative short, zero flat.
+    pub size: Decimal,
+    /// Average entry price of the open size (zero when flat).
+    pub entry_price: Decimal,
+    /// Profit realised by reducing the position, before fees.
+    pub realized_pnl: Decimal,
+}
+
+impl Position {
+    /// A flat position.
+    pub fn flat(symbol: &str) -> Self {
+        Position { symbol: symbol.to_string(), ..Default::default() }
+    }
+
+    /// Applies a fill with netting and returns the PnL it realised.
+    pub fn apply(&mut self, side: Side, size: Decimal, price: Decimal) -> Decimal {
+        let delta = side.sign() * size;
+        let mut realized = Decimal::ZERO;
+        if self.size.is_zero() || self.size.signum() == delta.signum() {
+            let new_size = self.size + delta;
+            self.entry_price = (self.entry_price * self.size.abs() + price * size) / new_size.abs();
+            self.size = new_size;
+        } else {
+            let closing = size.min(self.size.abs());
+            realized = (price - self.entry_price) * closing * self.size.signum();
+            let new_size = self.size + delta;
+            if new_size.is_zero() {
+                self.entry_price = Decimal::ZERO;
+            } else if new_size.signum() != self.size.signum() {
+                self.entry_price = price;
+            }
+            self.size = new_size;
+        }
+        self.realized_pnl += realized;
+        realized
+    }
+
+    /// Unrealised PnL at the given mark price.
+    pub fn unrealized_pnl(&self, mark: Decimal) -> Decimal {
+        (mark - self.entry_price) * self.size
+    }
+}
+
+/// Trading rules of an instrument.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Product {
+    /// Instrument.
+    pub symbol: String,
+    /// Smallest price increment.
+    pub tick_size: Decimal,
+    /// Smallest size increment.
+    pub lot_size: Decimal,
+}
+
+impl Product {
+    /// Rounds a price to the nearest tick.
+    pub fn round_price(&self, price: Decimal) -> Decimal {
+        round_to_step(price, self.tick_size, RoundingStrategy::MidpointNearestEven)
+    }
+
+    /// Rounds a price to a tick in the given direction (up for buys paying slippage).
+    pub fn round_price_away(&self, price: Decimal, side: Side) -> Decimal {
+        let strategy = match side {
+            Side::Buy => RoundingStrategy::ToPositiveInfinity,
+            Side::Sell => RoundingStrategy::ToNegativeInfinity,
+        };
+        round_to_step(price, self.tick_size, strategy)
+    }
+
+    /// Rounds a size down to whole lots (never sends more than asked).
+    pub fn round_size(&self, size: Decimal) -> Decimal {
+        round_to_step(size, self.lot_size, RoundingStrategy::ToZero)
+    }
+}
+
+fn round_to_step(value: Decimal, step: Decimal, strategy: RoundingStrategy) -> Decimal {
+    if step <= Decimal::ZERO {
+        return value;
+    }
+    ((value / step).round_dp_with_strategy(0, strategy) * step).normalize()
+}
+
+/// Converts a script number to an exact decimal (shortest round-trip form).
+pub fn decimal_from_f64(value: f64) -> Option<Decimal> {
+    if !value.is_finite() {
+        return None;
+    }
+    Decimal::from_str(&format!("{value}")).ok().or_else(|| Decimal::from_f64(value))
+}
+
+/// Converts a decimal to a script number.
+pub fn decimal_to_f64(value: Decimal) -> f64 {
+    value.to_f64().unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn netting_realizes_pnl_and_flips() {
+        let mut p = Position::flat("BTCUSD");
+        p.apply(Side::Buy, d("2"), d("100"));
+        p.apply(Side::Buy, d("2"), d("110"));
+        assert_eq!(p.entry_price, d("105"));
+        let r = p.apply(Side::Sell, d("5"), d("120"));
+        assert_eq!(r, d("60"));
+        assert_eq!(p.size, d("-1"));
+        assert_eq!(p.entry_price, d("120"));
+        assert_eq!(p.unrealized_pnl(d("100")), d("20"));
+    }
+
+    #[test]
+    fn product_rounding_is_directional() {
+        let p = Product { symbol: "X".into(), tick_size: d("0.5"), lot_size: d("0.001") };
+        assert_eq!(p.round_price_away(d("100.1"), Side::Buy), d("100.5"));
+        assert_eq!(p.round_price_away(d("100.9"), Side::Sell), d("100.5"));
+        assert_eq!(p.round_size(d("0.0019")), d("0.001"));
+        assert_eq!(decimal_from_f64(0.1), Some(d("0.1")));
+    }
+}
