@@ -1,0 +1,10 @@
+//! Market data the strategies read: timeframes, candle aggregation, per-symbol
+//! candle series with last tick, and native incremental indicators.
+//! Pure and synchronous; owned by whoever feeds it (a strategy runtime keeps
+//! its own copy, so reads never take a lock).
+
+mod indicators;
+mod series;
+
+pub use indicators::{Atr, BBands, BBandsValue, Ema, Highest, Lowest, Macd, MacdValue, Rsi, Sma, Vwap};
+pub use series::{CandleAggregator, CandleSeries, MarketState, Timeframe, TimeframeError};
