@@ -1,0 +1,301 @@
+//! The paper exchange: market and limit orders (GTC/IOC, post-only,
+//! reduce-only) filled against the feed's quotes with fees and slippage,
+//! partial fills against traded size, netting positions and a quote-currency
+//! account with a margin check. Deterministic: time comes from the ticks.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use super::ExchangeEvent;
+use crate::config::PaperConfig;
+use crate::model::{Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Position, Product, Side, Tick, TimeInForce, TimestampMs};
+
+const BPS: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
+
+/// Errors of calls that have no order to report on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaperError {
+    /// No open order has this client id.
+    #[error("no open order with id {0:?}")]
+    UnknownOrder(String),
+}
+
+/// Balances and positions of the paper account.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AccountSnapshot {
+    /// Quote currency.
+    pub currency: String,
+    /// Cash: starting balance + realised PnL − fees.
+    pub balance: Decimal,
+    /// Balance + unrealised PnL.
+    pub equity: Decimal,
+    /// Net positions with their unrealised PnL at the last mid.
+    pub positions: Vec<(Position, Decimal)>,
+}
+
+/// A simulated exchange account.
+#[derive(Debug, Clone)]
+pub struct PaperExchange {
+    currency: String,
+    leverage: Decimal,
+    taker_fee: Decimal,
+    maker_fee: Decimal,
+    slippage: Decimal,
+    products: HashMap<String, Product>,
+    quotes: HashMap<String, Tick>,
+    resting: BTreeMap<u64, Order>,
+    next_seq: u64,
+    positions: BTreeMap<String, Position>,
+    cash: Decimal,
+}
+
+impl PaperExchange {
+    /// A fresh account as configured.
+    pub fn new(config: &PaperConfig) -> Self {
+        PaperExchange {
+            currency: config.currency.clone(),
+            leverage: config.leverage,
+            taker_fee: config.taker_fee_bps / BPS,
+            maker_fee: config.maker_fee_bps / BPS,
+            slippage: config.slippage_bps / BPS,
+            products: config.product_list().into_iter().map(|p| (p.symbol.clone(), p)).collect(),
+            quotes: HashMap::new(),
+            resting: BTreeMap::new(),
+            next_seq: 0,
+            positions: BTreeMap::new(),
+            cash: config.balance,
+        }
+    }
+
+    /// The trading rules of a symbol.
+    pub fn product(&self, symbol: &str) -> Option<&Product> {
+        self.products.get(symbol)
+    }
+
+    /// The account's net position in a symbol.
+    pub fn position(&self, symbol: &str) -> Position {
+        self.positions.get(symbol).cloned().unwrap_or_else(|| Position::flat(symbol))
+    }
+
+    /// Resting orders, oldest first.
+    pub fn open_orders(&self) -> impl Iterator<Item = &Order> {
+        self.resting.values()
+    }
+
+    /// Cash balance and equity marked at the last mids.
+    pub fn account(&self) -> AccountSnapshot {
+        let positions: Vec<_> = self
+            .positions
+            .values()
+            .filter(|p| !p.size.is_zero())
+            .map(|p| (p.clone(), self.mark(&p.symbol).map_or(Decimal::ZERO, |m| p.unrealized_pnl(m))))
+            .collect();
+        let unrealized: Decimal = positions.iter().map(|(_, u)| *u).sum();
+        AccountSnapshot { currency: self.currency.clone(), balance: self.cash, equity: self.cash + unrealized, positions }
+    }
+
+    /// Accepts, fills or rejects an order at the current quote.
+    pub fn submit(&mut self, mut request: OrderRequest) -> Vec<ExchangeEvent> {
+        let now = self.quotes.get(&request.symbol).map_or(0, |q| q.time);
+        let reject = |request: OrderRequest, reason: String| {
+            let mut order = Order::new(request, now);
+            order.status = OrderStatus::Rejected;
+            order.reason = Some(reason);
+            vec![ExchangeEvent::Order(order)]
+        };
+        let Some(product) = self.products.get(&request.symbol).cloned() else {
+            let reason = format!("unknown symbol {}", request.symbol);
+            return reject(request, reason);
+        };
+        let Some(quote) = self.quotes.get(&request.symbol).cloned() else {
+            let reason = format!("no market data for {} yet", request.symbol);
+            return reject(request, reason);
+        };
+        request.size = product.round_size(request.size);
+        if request.size <= Decimal::ZERO {
+            return reject(request, format!("size is below the lot size {}", product.lot_size));
+        }
+        if let Some(price) = request.price {
+            let price = product.round_price(price);
+            if price <= Decimal::ZERO {
+                return reject(request, format!("limit price must be positive, got {price}"));
+            }
+            request.price = Some(price);
+        } else if request.kind == OrderKind::Limit {
+            return reject(request, "limit order without a price".into());
+        }
+        let position = self.position(&request.symbol);
+        if request.reduce_only {
+            if position.size.is_zero() || Side::closing(position.size) != request.side {
+                return reject(request, "reduce-only order would increase the position".into());
+            }
+            request.size = request.size.min(position.size.abs());
+        } else if let Err(reason) = self.check_margin(&request, &quote) {
+            return reject(request, reason);
+        }
+        let touch = match request.side {
+            Side::Buy => quote.ask,
+            Side::Sell => quote.bid,
+        };
+        let marketable = match (request.kind, request.price) {
+            (OrderKind::Market, _) => true,
+            (OrderKind::Limit, Some(price)) => match request.side {
+                Side::Buy => price >= touch,
+                Side::Sell => price <= touch,
+            },
+            (OrderKind::Limit, None) => false,
+        };
+        if marketable && request.post_only {
+            let reason = format!("post-only order would take liquidity (limit {} crosses {touch})", request.price.unwrap_or_default());
+            return reject(request, reason);
+        }
+        let mut order = Order::new(request, now);
+        if marketable {
+            let slipped = touch * (Decimal::ONE + order.request.side.sign() * self.slippage);
+            let mut price = product.round_price_away(slipped, order.request.side);
+            if let Some(limit) = order.request.price {
+                price = match order.request.side {
+                    Side::Buy => price.min(limit),
+                    Side::Sell => price.max(limit),
+                };
+            }
+            let size = order.remaining();
+            let fill = self.execute(&mut order, size, price, Liquidity::Taker, now);
+            return vec![ExchangeEvent::Fill(fill), ExchangeEvent::Order(order)];
+        }
+        if order.request.time_in_force == TimeInForce::Ioc {
+            order.status = OrderStatus::Cancelled;
+            order.reason = Some("immediate-or-cancel order could not fill at once".into());
+            return vec![ExchangeEvent::Order(order)];
+        }
+        self.resting.insert(self.next_seq, order.clone());
+        self.next_seq += 1;
+        vec![ExchangeEvent::Order(order)]
+    }
+
+    /// Cancels a resting order.
+    pub fn cancel(&mut self, client_id: &str) -> Result<ExchangeEvent, PaperError> {
+        let seq = self
+            .resting
+            .iter()
+            .find(|(_, o)| o.request.client_id == client_id)
+            .map(|(seq, _)| *seq)
+            .ok_or_else(|| PaperError::UnknownOrder(client_id.to_string()))?;
+        let mut order = self.resting.remove(&seq).expect("found above");
+        order.status = OrderStatus::Cancelled;
+        order.reason = Some("cancelled".into());
+        order.updated = self.quotes.get(&order.request.symbol).map_or(order.updated, |q| q.time);
+        Ok(ExchangeEvent::Order(order))
+    }
+
+    /// Updates the quote of a symbol and fills resting orders it crosses, in
+    /// time priority, limited by the tick's traded size when it carries one.
+    pub fn on_tick(&mut self, tick: &Tick) -> Vec<ExchangeEvent> {
+        self.quotes.insert(tick.symbol.clone(), tick.clone());
+        let mut available = (tick.volume > Decimal::ZERO).then_some(tick.volume);
+        let crossed: Vec<u64> = self
+            .resting
+            .iter()
+            .filter(|(_, o)| o.request.symbol == tick.symbol)
+            .filter(|(_, o)| {
+                let price = o.request.price.unwrap_or_default();
+                match o.request.side {
+                    Side::Buy => tick.ask <= price || tick.last <= price,
+                    Side::Sell => tick.bid >= price || tick.last >= price,
+                }
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        let mut events = Vec::new();
+        for seq in crossed {
+            if available.is_some_and(|a| a <= Decimal::ZERO) {
+                break;
+            }
+            let mut order = self.resting.remove(&seq).expect("listed above");
+            let size = available.map_or(order.remaining(), |a| a.min(order.remaining()));
+            if let Some(a) = available.as_mut() {
+                *a -= size;
+            }
+            if order.request.reduce_only {
+                let position = self.position(&order.request.symbol).size;
+                if position.is_zero() || Side::closing(position) != order.request.side {
+                    order.status = OrderStatus::Cancelled;
+                    order.reason = Some("reduce-only order cancelled: the position is already closed".into());
+                    events.push(ExchangeEvent::Order(order));
+                    continue;
+                }
+            }
+            let price = order.request.price.unwrap_or(tick.last);
+            let fill = self.execute(&mut order, size, price, Liquidity::Maker, tick.time);
+            events.push(ExchangeEvent::Fill(fill));
+            if order.status.is_open() {
+                self.resting.insert(seq, order.clone());
+            }
+            events.push(ExchangeEvent::Order(order));
+        }
+        events
+    }
+
+    fn execute(&mut self, order: &mut Order, size: Decimal, price: Decimal, liquidity: Liquidity, now: TimestampMs) -> Fill {
+        let rate = match liquidity {
+            Liquidity::Maker => self.maker_fee,
+            Liquidity::Taker => self.taker_fee,
+        };
+        let fee = (price * size * rate).round_dp(8);
+        let request = &order.request;
+        let position = self.positions.entry(request.symbol.clone()).or_insert_with(|| Position::flat(&request.symbol));
+        let realized = position.apply(request.side, size, price);
+        self.cash += realized - fee;
+        let fill = Fill {
+            order_id: request.client_id.clone(),
+            strategy: request.strategy.clone(),
+            symbol: request.symbol.clone(),
+            side: request.side,
+            size,
+            price,
+            fee,
+            liquidity,
+            time: now,
+        };
+        order.apply_fill(size, price, now);
+        fill
+    }
+
+    fn mark(&self, symbol: &str) -> Option<Decimal> {
+        self.quotes.get(symbol).map(Tick::mid)
+    }
+
+    /// Rejects orders that would take gross exposure (positions at their marks
+    /// plus resting orders) above equity × leverage; orders that reduce
+    /// exposure always pass.
+    fn check_margin(&self, request: &OrderRequest, quote: &Tick) -> Result<(), String> {
+        let mark_of = |symbol: &str| self.mark(symbol).unwrap_or_default();
+        let resting: Decimal = self.resting.values().map(|o| o.remaining() * o.request.price.unwrap_or_default()).sum();
+        let exposure_without: Decimal = self
+            .positions
+            .values()
+            .filter(|p| p.symbol != request.symbol)
+            .map(|p| p.size.abs() * mark_of(&p.symbol))
+            .sum::<Decimal>()
+            + resting;
+        let mark = quote.mid();
+        let current = self.position(&request.symbol).size;
+        let after = current + request.side.sign() * request.size;
+        let before_total = exposure_without + current.abs() * mark;
+        let after_total = exposure_without + after.abs() * request.price.unwrap_or(mark).max(mark);
+        let limit = self.account().equity * self.leverage;
+        if after_total > limit && after_total > before_total {
+            return Err(format!(
+                "insufficient margin: exposure would be {:.2} {cur}, limit is {:.2} {cur} (equity {:.2} × leverage {})",
+                after_total,
+                limit,
+                self.account().equity,
+                self.leverage,
+                cur = self.currency
+            ));
+        }
+        Ok(())
+    }
+}

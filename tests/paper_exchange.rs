@@ -1,0 +1,166 @@
+//! Paper exchange: fill prices, fees, partial fills, netting, PnL and margin
+//! rejection, all in exact decimals computed by hand.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use tradehost::config::{PaperConfig, ProductConfig};
+use tradehost::exchange::{ExchangeEvent, PaperExchange};
+use tradehost::model::{Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Side, Tick, TimeInForce};
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+fn exchange() -> PaperExchange {
+    PaperExchange::new(&PaperConfig {
+        currency: "USD".into(),
+        balance: d("10000"),
+        leverage: d("2"),
+        taker_fee_bps: d("5"),
+        maker_fee_bps: d("2"),
+        slippage_bps: d("1"),
+        products: BTreeMap::from([("BTCUSD".into(), ProductConfig { tick_size: d("0.5"), lot_size: d("0.001") })]),
+    })
+}
+
+fn tick(time: i64, bid: &str, ask: &str, last: &str, volume: &str) -> Tick {
+    Tick { symbol: "BTCUSD".into(), time, bid: d(bid), ask: d(ask), last: d(last), volume: d(volume) }
+}
+
+fn request(id: &str, side: Side, kind: OrderKind, size: &str, price: Option<&str>) -> OrderRequest {
+    OrderRequest {
+        client_id: id.into(),
+        strategy: "t".into(),
+        symbol: "BTCUSD".into(),
+        side,
+        kind,
+        size: d(size),
+        price: price.map(d),
+        time_in_force: TimeInForce::Gtc,
+        post_only: false,
+        reduce_only: false,
+    }
+}
+
+fn fills(events: &[ExchangeEvent]) -> Vec<Fill> {
+    events.iter().filter_map(|e| if let ExchangeEvent::Fill(f) = e { Some(f.clone()) } else { None }).collect()
+}
+
+fn last_order(events: &[ExchangeEvent]) -> Order {
+    events.iter().rev().find_map(|e| if let ExchangeEvent::Order(o) = e { Some(o.clone()) } else { None }).unwrap()
+}
+
+#[test]
+fn market_order_pays_slippage_rounded_to_tick_and_taker_fee() {
+    let mut ex = exchange();
+    ex.on_tick(&tick(1, "100", "101", "100.5", "0"));
+    let events = ex.submit(request("a", Side::Buy, OrderKind::Market, "2", None));
+    let fill = &fills(&events)[0];
+    // 101 × (1 + 0.0001) = 101.0101, rounded up to the 0.5 tick.
+    assert_eq!(fill.price, d("101.5"));
+    assert_eq!(fill.fee, d("0.1015"));
+    assert_eq!(fill.liquidity, Liquidity::Taker);
+    assert_eq!(last_order(&events).status, OrderStatus::Filled);
+    assert_eq!(ex.position("BTCUSD").size, d("2"));
+    assert_eq!(ex.account().balance, d("9999.8985"));
+}
+
+#[test]
+fn resting_limit_fills_partially_against_traded_size_then_completes() {
+    let mut ex = exchange();
+    ex.on_tick(&tick(1, "100", "101", "100.5", "0"));
+    ex.submit(request("a", Side::Buy, OrderKind::Market, "2", None));
+    let events = ex.submit(request("b", Side::Sell, OrderKind::Limit, "1", Some("105")));
+    assert_eq!(last_order(&events).status, OrderStatus::Open);
+
+    let events = ex.on_tick(&tick(2, "104.5", "105.5", "105", "0.4"));
+    let fill = &fills(&events)[0];
+    assert_eq!((fill.size, fill.price, fill.fee, fill.liquidity), (d("0.4"), d("105"), d("0.0084"), Liquidity::Maker));
+    assert_eq!(last_order(&events).status, OrderStatus::PartiallyFilled);
+    // realised (105 − 101.5) × 0.4 = 1.4
+    assert_eq!(ex.account().balance, d("9999.8985") + d("1.4") - d("0.0084"));
+
+    let events = ex.on_tick(&tick(3, "104.5", "105.5", "105.5", "1"));
+    let fill = &fills(&events)[0];
+    assert_eq!((fill.size, fill.fee), (d("0.6"), d("0.0126")));
+    let order = last_order(&events);
+    assert_eq!((order.status, order.filled, order.avg_fill_price), (OrderStatus::Filled, d("1"), Some(d("105"))));
+    assert_eq!(ex.account().balance, d("10003.3775"));
+    let position = ex.position("BTCUSD");
+    assert_eq!((position.size, position.entry_price, position.realized_pnl), (d("1"), d("101.5"), d("3.5")));
+    // unrealised at mid 105: (105 − 101.5) × 1
+    assert_eq!(ex.account().equity, d("10003.3775") + d("3.5"));
+    assert_eq!(ex.open_orders().count(), 0);
+}
+
+#[test]
+fn netting_flips_a_long_into_a_short_at_the_fill_price() {
+    let mut ex = exchange();
+    ex.on_tick(&tick(1, "100", "100.5", "100", "0"));
+    ex.submit(request("a", Side::Buy, OrderKind::Market, "1", None)); // 100.5 × 1.0001 = 100.51005, rounded up to 101
+    let entry = ex.position("BTCUSD").entry_price;
+    assert_eq!(entry, d("101"));
+    ex.on_tick(&tick(2, "110", "110.5", "110", "0"));
+    let events = ex.submit(request("b", Side::Sell, OrderKind::Market, "3", None));
+    // 110 × 0.9999 = 109.989, rounded down to 109.5
+    assert_eq!(fills(&events)[0].price, d("109.5"));
+    let position = ex.position("BTCUSD");
+    assert_eq!((position.size, position.entry_price, position.realized_pnl), (d("-2"), d("109.5"), d("8.5")));
+}
+
+#[test]
+fn margin_check_rejects_orders_beyond_balance_times_leverage() {
+    let mut ex = exchange();
+    ex.on_tick(&tick(1, "100", "101", "100.5", "0"));
+    let events = ex.submit(request("big", Side::Buy, OrderKind::Market, "250", None));
+    let order = last_order(&events);
+    assert_eq!(order.status, OrderStatus::Rejected);
+    let reason = order.reason.unwrap();
+    assert!(reason.contains("insufficient margin") && reason.contains("limit is 20000.00 USD"), "{reason}");
+    assert!(fills(&events).is_empty());
+    // 190 × 100.5 = 19095 fits under 20000
+    assert_eq!(last_order(&ex.submit(request("ok", Side::Buy, OrderKind::Market, "190", None))).status, OrderStatus::Filled);
+    // reducing is always allowed
+    assert_eq!(last_order(&ex.submit(request("r", Side::Sell, OrderKind::Market, "10", None))).status, OrderStatus::Filled);
+}
+
+#[test]
+fn post_only_ioc_and_reduce_only_rules() {
+    let mut ex = exchange();
+    ex.on_tick(&tick(1, "100", "101", "100.5", "0"));
+    let mut post = request("p", Side::Buy, OrderKind::Limit, "1", Some("102"));
+    post.post_only = true;
+    let order = last_order(&ex.submit(post));
+    assert_eq!(order.status, OrderStatus::Rejected);
+    assert!(order.reason.unwrap().contains("post-only"));
+
+    let mut ioc = request("i", Side::Buy, OrderKind::Limit, "1", Some("99"));
+    ioc.time_in_force = TimeInForce::Ioc;
+    assert_eq!(last_order(&ex.submit(ioc)).status, OrderStatus::Cancelled);
+
+    let mut reduce = request("r", Side::Sell, OrderKind::Market, "1", None);
+    reduce.reduce_only = true;
+    let order = last_order(&ex.submit(reduce.clone()));
+    assert_eq!(order.status, OrderStatus::Rejected);
+    assert!(order.reason.unwrap().contains("reduce-only"));
+
+    ex.submit(request("a", Side::Buy, OrderKind::Market, "0.5", None));
+    reduce.client_id = "r2".into();
+    reduce.size = d("3");
+    let events = ex.submit(reduce);
+    assert_eq!(fills(&events)[0].size, d("0.5"), "reduce-only is clipped to the position");
+    assert!(ex.position("BTCUSD").size.is_zero());
+}
+
+#[test]
+fn sizes_and_prices_are_rounded_to_lot_and_tick() {
+    let mut ex = exchange();
+    ex.on_tick(&tick(1, "100", "101", "100.5", "0"));
+    let order = last_order(&ex.submit(request("a", Side::Buy, OrderKind::Limit, "0.0019", Some("90.3"))));
+    assert_eq!((order.request.size, order.request.price), (d("0.001"), Some(d("90.5"))));
+    let order = last_order(&ex.submit(request("b", Side::Buy, OrderKind::Market, "0.0004", None)));
+    assert_eq!(order.status, OrderStatus::Rejected);
+    assert!(ex.cancel("a").is_ok());
+    assert!(ex.cancel("a").is_err(), "cancelling twice is an error");
+}
