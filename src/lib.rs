@@ -16,3 +16,5 @@ pub mod config;
 pub mod model;
 pub mod data;
 pub mod exchange;
+pub mod script;
+pub mod strategy;

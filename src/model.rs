@@ -1,6 +1,7 @@
 //! Plain domain types shared by every layer: sides, orders, fills, candles,
 //! ticks, positions and products. Money and sizes are exact decimals.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -289,6 +290,38 @@ impl Position {
     /// Unrealised PnL at the given mark price.
     pub fn unrealized_pnl(&self, mark: Decimal) -> Decimal {
         (mark - self.entry_price) * self.size
+    }
+}
+
+/// The read model of the account that strategies see: published by the
+/// order manager after every change, read without locks.
+#[derive(Debug, Clone, Default)]
+pub struct AccountView {
+    /// Quote currency.
+    pub currency: String,
+    /// Cash balance in the quote currency.
+    pub balance: Decimal,
+    /// Balance plus unrealised PnL.
+    pub equity: Decimal,
+    /// Each strategy's own net positions (from its own fills), by symbol.
+    pub positions: HashMap<String, HashMap<String, Position>>,
+    /// Mark price (mid) per symbol.
+    pub marks: HashMap<String, Decimal>,
+    /// Open orders of every strategy.
+    pub open_orders: Vec<Order>,
+}
+
+impl AccountView {
+    /// A strategy's position in a symbol (flat when it has none).
+    pub fn position(&self, strategy: &str, symbol: &str) -> Position {
+        self.positions.get(strategy).and_then(|p| p.get(symbol)).cloned().unwrap_or_else(|| Position::flat(symbol))
+    }
+
+    /// A strategy's open orders, optionally for one symbol.
+    pub fn open_orders_of<'a>(&'a self, strategy: &'a str, symbol: Option<&'a str>) -> impl Iterator<Item = &'a Order> + 'a {
+        self.open_orders
+            .iter()
+            .filter(move |o| o.request.strategy == strategy && symbol.is_none_or(|s| o.request.symbol == s))
     }
 }
 

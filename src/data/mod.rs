@@ -3,8 +3,10 @@
 //! Pure and synchronous; owned by whoever feeds it (a strategy runtime keeps
 //! its own copy, so reads never take a lock).
 
+mod cache;
 mod indicators;
 mod series;
 
+pub use cache::{IndicatorCache, IndicatorValue};
 pub use indicators::{Atr, BBands, BBandsValue, Ema, Highest, Lowest, Macd, MacdValue, Rsi, Sma, Vwap};
 pub use series::{CandleAggregator, CandleSeries, MarketState, Timeframe, TimeframeError};

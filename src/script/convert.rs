@@ -1,0 +1,140 @@
+//! Conversions between host types and script values: events to object maps,
+//! script numbers to decimals, and the `this` state to and from JSON.
+
+use rhai::{Array, Dynamic, Map};
+use rust_decimal::Decimal;
+
+use crate::model::{Candle, Fill, Order, Position, Tick, decimal_to_f64};
+
+/// A map from `(key, value)` pairs.
+pub fn map<const N: usize>(entries: [(&str, Dynamic); N]) -> Dynamic {
+    let map: Map = entries.into_iter().map(|(k, v)| (k.into(), v)).collect();
+    Dynamic::from_map(map)
+}
+
+fn num(value: Decimal) -> Dynamic {
+    Dynamic::from_float(decimal_to_f64(value))
+}
+
+/// `#{symbol, timeframe, time, open, high, low, close, volume}`.
+pub fn candle(c: &Candle, timeframe: &str) -> Dynamic {
+    map([
+        ("symbol", c.symbol.clone().into()),
+        ("timeframe", timeframe.into()),
+        ("time", Dynamic::from_int(c.time)),
+        ("open", Dynamic::from_float(c.open)),
+        ("high", Dynamic::from_float(c.high)),
+        ("low", Dynamic::from_float(c.low)),
+        ("close", Dynamic::from_float(c.close)),
+        ("volume", Dynamic::from_float(c.volume)),
+    ])
+}
+
+/// `#{symbol, time, bid, ask, last, volume}`.
+pub fn tick(t: &Tick) -> Dynamic {
+    map([
+        ("symbol", t.symbol.clone().into()),
+        ("time", Dynamic::from_int(t.time)),
+        ("bid", num(t.bid)),
+        ("ask", num(t.ask)),
+        ("last", num(t.last)),
+        ("volume", num(t.volume)),
+    ])
+}
+
+/// `#{id, symbol, side, kind, size, price, status, filled, avg_price, reason, post_only, reduce_only}`.
+pub fn order(o: &Order) -> Dynamic {
+    let r = &o.request;
+    let opt_num = |v: Option<Decimal>| v.map_or(Dynamic::UNIT, num);
+    map([
+        ("id", r.client_id.clone().into()),
+        ("symbol", r.symbol.clone().into()),
+        ("side", r.side.as_str().into()),
+        ("kind", serde_plain(&r.kind).into()),
+        ("size", num(r.size)),
+        ("price", opt_num(r.price)),
+        ("status", serde_plain(&o.status).into()),
+        ("filled", num(o.filled)),
+        ("avg_price", opt_num(o.avg_fill_price)),
+        ("reason", o.reason.clone().map_or(Dynamic::UNIT, Into::into)),
+        ("post_only", r.post_only.into()),
+        ("reduce_only", r.reduce_only.into()),
+    ])
+}
+
+/// `#{order_id, symbol, side, size, price, fee, liquidity, time}`.
+pub fn fill(f: &Fill) -> Dynamic {
+    map([
+        ("order_id", f.order_id.clone().into()),
+        ("symbol", f.symbol.clone().into()),
+        ("side", f.side.as_str().into()),
+        ("size", num(f.size)),
+        ("price", num(f.price)),
+        ("fee", num(f.fee)),
+        ("liquidity", serde_plain(&f.liquidity).into()),
+        ("time", Dynamic::from_int(f.time)),
+    ])
+}
+
+/// `#{symbol, size, entry_price, unrealized_pnl, realized_pnl}` with `size` signed.
+pub fn position(p: &Position, mark: Option<Decimal>) -> Dynamic {
+    map([
+        ("symbol", p.symbol.clone().into()),
+        ("size", num(p.size)),
+        ("entry_price", num(p.entry_price)),
+        ("unrealized_pnl", num(mark.map_or(Decimal::ZERO, |m| p.unrealized_pnl(m)))),
+        ("realized_pnl", num(p.realized_pnl)),
+    ])
+}
+
+fn serde_plain<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// Converts script state to JSON; values that cannot be stored (functions,
+/// custom types) are an error naming their key path.
+pub fn to_json(value: &Dynamic, path: &str) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    if value.is_unit() {
+        return Ok(Value::Null);
+    }
+    if let Some(b) = value.clone().try_cast::<bool>() {
+        return Ok(Value::Bool(b));
+    }
+    if let Ok(i) = value.as_int() {
+        return Ok(Value::from(i));
+    }
+    if let Ok(f) = value.as_float() {
+        return serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("`{path}` is {f}, which cannot be stored"));
+    }
+    if value.is_string() || value.is_char() {
+        return Ok(Value::String(value.to_string()));
+    }
+    if value.is_array() {
+        let array = value.read_lock::<Array>().expect("is array");
+        return array.iter().enumerate().map(|(i, v)| to_json(v, &format!("{path}[{i}]"))).collect::<Result<Vec<_>, _>>().map(Value::Array);
+    }
+    if value.is_map() {
+        let map = value.read_lock::<Map>().expect("is map");
+        let mut out = serde_json::Map::new();
+        for (k, v) in map.iter() {
+            let key = if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+            out.insert(k.to_string(), to_json(v, &key)?);
+        }
+        return Ok(Value::Object(out));
+    }
+    Err(format!("`{}` holds a {} value, which cannot be stored in strategy state", if path.is_empty() { "this" } else { path }, value.type_name()))
+}
+
+/// Converts JSON (state or config params) to a script value.
+pub fn from_json(value: &serde_json::Value) -> Dynamic {
+    use serde_json::Value;
+    match value {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => (*b).into(),
+        Value::Number(n) => n.as_i64().map_or_else(|| Dynamic::from_float(n.as_f64().unwrap_or(f64::NAN)), Dynamic::from_int),
+        Value::String(s) => s.clone().into(),
+        Value::Array(a) => Dynamic::from_array(a.iter().map(from_json).collect()),
+        Value::Object(o) => Dynamic::from_map(o.iter().map(|(k, v)| (k.as_str().into(), from_json(v))).collect()),
+    }
+}

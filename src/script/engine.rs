@@ -1,0 +1,76 @@
+//! The one hardened Rhai engine factory. Every strategy, `tradehost check`
+//! and the backtester build their engines here, so the sandbox is the same
+//! everywhere: no imports, no `eval`, bounded operations, call depth,
+//! expression depth, string/array/map sizes and wall-clock time per callback.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rhai::{Dynamic, Engine, EvalAltResult, Module, ModuleResolver, Position, Shared};
+
+use crate::config::SandboxConfig;
+
+/// Token returned by `on_progress` when the wall-clock budget is spent.
+pub const BUDGET_EXCEEDED: &str = "budget";
+/// Token returned by `on_progress` when the host aborts the callback.
+pub const ABORTED: &str = "aborted";
+
+/// Refuses every `import`: strategies have no file access.
+struct NoImports;
+
+impl ModuleResolver for NoImports {
+    fn resolve(&self, _: &Engine, _: Option<&str>, path: &str, pos: Position) -> Result<Shared<Module>, Box<EvalAltResult>> {
+        Err(EvalAltResult::ErrorRuntime(format!("import {path:?} refused: strategies cannot load modules or files").into(), pos).into())
+    }
+}
+
+/// Arms and disarms the per-callback wall-clock deadline.
+#[derive(Clone, Default)]
+pub struct CallbackGuard {
+    deadline: Rc<Cell<Option<Instant>>>,
+}
+
+impl CallbackGuard {
+    /// Starts the budget of one callback.
+    pub fn arm(&self, budget: Duration) {
+        self.deadline.set(Some(Instant::now() + budget));
+    }
+    /// Ends it.
+    pub fn disarm(&self) {
+        self.deadline.set(None);
+    }
+}
+
+/// Builds a sandboxed engine. `abort` stops any running callback at its next
+/// operations check; `guard` enforces the wall-clock budget.
+pub fn hardened_engine(limits: &SandboxConfig, guard: &CallbackGuard, abort: Arc<AtomicBool>) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_module_resolver(NoImports)
+        .disable_symbol("eval")
+        .set_max_operations(limits.max_operations)
+        .set_max_call_levels(limits.max_call_depth)
+        .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_modules(0)
+        .set_fail_on_invalid_map_property(true);
+    let deadline = guard.deadline.clone();
+    engine.on_progress(move |operations| {
+        if operations % 256 != 0 {
+            return None;
+        }
+        if abort.load(Ordering::Relaxed) {
+            return Some(Dynamic::from(ABORTED));
+        }
+        match deadline.get() {
+            Some(deadline) if Instant::now() >= deadline => Some(Dynamic::from(BUDGET_EXCEEDED)),
+            _ => None,
+        }
+    });
+    engine
+}

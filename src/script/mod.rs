@@ -1,0 +1,287 @@
+//! The Rhai implementation of a strategy. A script is compiled, its
+//! callbacks checked and its `config()` read before it may run; a reload
+//! swaps the compiled script between two events and keeps `this`. Errors
+//! carry `file:line:col`.
+
+pub mod api;
+pub mod convert;
+pub mod engine;
+
+use std::collections::{BTreeMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, FuncArgs, Map, Module, Position, Scope};
+
+use crate::config::SandboxConfig;
+use crate::data::Timeframe;
+use crate::strategy::{Location, SharedContext, Strategy, StrategyEnv, StrategyError, StrategyEvent, StrategyMeta};
+
+pub use engine::{CallbackGuard, hardened_engine};
+
+/// Callbacks a script may define, with their parameter counts.
+pub const CALLBACKS: &[(&str, usize, &str)] = &[
+    ("config", 0, "fn config()"),
+    ("on_start", 0, "fn on_start()"),
+    ("on_candle", 1, "fn on_candle(candle)"),
+    ("on_tick", 1, "fn on_tick(tick)"),
+    ("on_order", 1, "fn on_order(order)"),
+    ("on_fill", 1, "fn on_fill(fill)"),
+    ("on_timer", 1, "fn on_timer(name)"),
+    ("on_reload", 0, "fn on_reload()"),
+    ("on_stop", 0, "fn on_stop()"),
+];
+
+/// How a script strategy is set up by its host.
+#[derive(Debug, Clone)]
+pub struct ScriptOptions {
+    /// Sandbox limits.
+    pub limits: SandboxConfig,
+    /// `[strategies.overrides.NAME.params]` from the config file.
+    pub param_overrides: BTreeMap<String, serde_json::Value>,
+    /// Symbols used when `config()` names none (the feed's symbols).
+    pub default_symbols: Vec<String>,
+}
+
+/// A compiled and checked script.
+struct Compiled {
+    ast: AST,
+    callbacks: HashSet<&'static str>,
+    meta: StrategyMeta,
+    params: Map,
+}
+
+/// A strategy written in Rhai.
+pub struct ScriptStrategy {
+    engine: Engine,
+    compiled: Compiled,
+    file: String,
+    state: Dynamic,
+    scope: Scope<'static>,
+    guard: CallbackGuard,
+    budget: Duration,
+    ctx: SharedContext,
+    options: ScriptOptions,
+}
+
+impl ScriptStrategy {
+    /// Compiles `source` (from `file`) and restores state from `env`.
+    pub fn new(file: &str, source: &str, options: ScriptOptions, env: StrategyEnv) -> Result<Self, StrategyError> {
+        let guard = CallbackGuard::default();
+        let mut engine = hardened_engine(&options.limits, &guard, env.abort.clone());
+        api::install(&mut engine, &env.ctx);
+        let budget = Duration::from_millis(options.limits.callback_budget_ms);
+        let compiled = compile(&engine, file, source, &options, &guard, budget)?;
+        let state = env.initial_state.as_ref().map(convert::from_json).filter(Dynamic::is_map).unwrap_or_else(|| Dynamic::from_map(Map::new()));
+        let mut strategy =
+            ScriptStrategy { engine, compiled, file: file.to_string(), state, scope: Scope::new(), guard, budget, ctx: env.ctx, options };
+        strategy.activate();
+        Ok(strategy)
+    }
+
+    /// Registers the current params module and timeframe.
+    fn activate(&mut self) {
+        let mut params = Module::new();
+        for (key, value) in &self.compiled.params {
+            params.set_var(key.as_str(), value.clone());
+        }
+        self.engine.register_static_module("params", params.into());
+        self.ctx.borrow_mut().timeframe = self.compiled.meta.timeframe.to_string();
+    }
+
+    /// The strategy's parameters after overrides.
+    pub fn params(&self) -> &Map {
+        &self.compiled.params
+    }
+
+    fn call(&mut self, name: &'static str, args: impl FuncArgs) -> Result<(), StrategyError> {
+        if !self.compiled.callbacks.contains(name) {
+            return Ok(());
+        }
+        self.guard.arm(self.budget);
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true).bind_this_ptr(&mut self.state);
+        let result = self.engine.call_fn_with_options::<Dynamic>(options, &mut self.scope, &self.compiled.ast, name, args);
+        self.guard.disarm();
+        let result = result.map(drop).map_err(|e| runtime_error(&self.file, name, *e, &self.options.limits));
+        if !self.state.is_map() {
+            self.state = Dynamic::from_map(Map::new());
+            return Err(StrategyError::new(format!("{name}: `this` must stay an object map; it was reset to #{{}}")));
+        }
+        result
+    }
+}
+
+impl Strategy for ScriptStrategy {
+    fn handle(&mut self, event: &StrategyEvent) -> Result<(), StrategyError> {
+        match event {
+            StrategyEvent::Start => self.call("on_start", ()),
+            StrategyEvent::Candle(c) => {
+                let candle = convert::candle(c, &self.ctx.borrow().timeframe);
+                self.call("on_candle", (candle,))
+            }
+            StrategyEvent::Tick(t) => self.call("on_tick", (convert::tick(t),)),
+            StrategyEvent::Order(o) => self.call("on_order", (convert::order(o),)),
+            StrategyEvent::Fill(f) => self.call("on_fill", (convert::fill(f),)),
+            StrategyEvent::Timer(name) => self.call("on_timer", (Dynamic::from(name.clone()),)),
+            StrategyEvent::Stop => self.call("on_stop", ()),
+        }
+    }
+
+    fn meta(&self) -> StrategyMeta {
+        self.compiled.meta.clone()
+    }
+
+    fn reload(&mut self, source: &str) -> Result<(), StrategyError> {
+        self.compiled = compile(&self.engine, &self.file, source, &self.options, &self.guard, self.budget)?;
+        self.activate();
+        self.call("on_reload", ())
+    }
+
+    fn export_state(&self) -> Result<serde_json::Value, StrategyError> {
+        convert::to_json(&self.state, "").map_err(StrategyError::new)
+    }
+}
+
+/// Compiles and checks a script without running it: syntax, callback
+/// signatures and `config()`. Used by `tradehost check`.
+pub fn check(file: &str, source: &str, options: &ScriptOptions) -> Result<StrategyMeta, StrategyError> {
+    let guard = CallbackGuard::default();
+    let engine = hardened_engine(&options.limits, &guard, Default::default());
+    compile(&engine, file, source, options, &guard, Duration::from_millis(options.limits.callback_budget_ms)).map(|c| c.meta)
+}
+
+fn location(file: &str, position: Position) -> Option<Location> {
+    Some(Location { file: file.to_string(), line: position.line()?, column: position.position().unwrap_or(1) })
+}
+
+/// Where `fn name` is defined in the source.
+fn definition(file: &str, source: &str, name: &str) -> Option<Location> {
+    source.lines().enumerate().find_map(|(i, line)| {
+        let column = line.find(&format!("fn {name}"))?;
+        let rest = line[column + 3 + name.len()..].trim_start();
+        rest.starts_with('(').then(|| Location { file: file.to_string(), line: i + 1, column: column + 1 })
+    })
+}
+
+fn compile(engine: &Engine, file: &str, source: &str, options: &ScriptOptions, guard: &CallbackGuard, budget: Duration) -> Result<Compiled, StrategyError> {
+    if source.trim().is_empty() {
+        return Err(StrategyError { location: Some(Location { file: file.into(), line: 1, column: 1 }), message: "the script is empty".into() });
+    }
+    let ast = engine
+        .compile(source)
+        .map_err(|e| StrategyError { location: location(file, e.position()), message: e.0.to_string() })?;
+    let mut callbacks = HashSet::new();
+    for function in ast.iter_functions() {
+        let known = CALLBACKS.iter().find(|(name, ..)| *name == function.name);
+        match known {
+            Some((name, arity, signature)) if function.params.len() != *arity => {
+                return Err(StrategyError {
+                    location: definition(file, source, name),
+                    message: format!("{name} takes {arity} parameter(s): expected `{signature}`, found {} parameter(s)", function.params.len()),
+                });
+            }
+            Some((name, ..)) => {
+                callbacks.insert(*name);
+            }
+            None if function.name.starts_with("on_") => {
+                let known: Vec<_> = CALLBACKS.iter().filter(|c| c.0.starts_with("on_")).map(|c| c.0).collect();
+                return Err(StrategyError {
+                    location: definition(file, source, function.name),
+                    message: format!("unknown callback `{}` (callbacks are: {})", function.name, known.join(", ")),
+                });
+            }
+            None => {}
+        }
+    }
+    let (meta, params) = if callbacks.contains("config") {
+        guard.arm(budget);
+        let result = engine.call_fn_with_options::<Dynamic>(CallFnOptions::new().eval_ast(false), &mut Scope::new(), &ast, "config", ());
+        guard.disarm();
+        let value = result.map_err(|e| runtime_error(file, "config", *e, &options.limits))?;
+        read_config(file, source, value, options)?
+    } else {
+        (StrategyMeta { symbols: options.default_symbols.clone(), timeframe: Timeframe::minute() }, overrides_only(options))
+    };
+    Ok(Compiled { ast, callbacks, meta, params })
+}
+
+fn overrides_only(options: &ScriptOptions) -> Map {
+    options.param_overrides.iter().map(|(k, v)| (k.as_str().into(), convert::from_json(v))).collect()
+}
+
+fn read_config(file: &str, source: &str, value: Dynamic, options: &ScriptOptions) -> Result<(StrategyMeta, Map), StrategyError> {
+    let err = |message: String| StrategyError { location: definition(file, source, "config"), message: format!("config(): {message}") };
+    let map = value.try_cast::<Map>().ok_or_else(|| err("must return an object map such as #{ symbols: [\"BTCUSD\"], timeframe: \"1m\", params: #{} }".into()))?;
+    let mut meta = StrategyMeta { symbols: options.default_symbols.clone(), timeframe: Timeframe::minute() };
+    let mut params = Map::new();
+    for (key, value) in map {
+        match key.as_str() {
+            "symbols" => {
+                meta.symbols = if value.is_string() {
+                    vec![value.to_string()]
+                } else {
+                    let array = value.try_cast::<rhai::Array>().ok_or_else(|| err("`symbols` must be an array of strings".into()))?;
+                    array.into_iter().map(|s| if s.is_string() { Ok(s.to_string()) } else { Err(err("`symbols` must be an array of strings".into())) }).collect::<Result<_, _>>()?
+                };
+            }
+            "timeframe" => {
+                meta.timeframe = Timeframe::from_str(&value.to_string()).map_err(|e| err(format!("`timeframe`: {e}")))?;
+            }
+            "params" => params = value.try_cast::<Map>().ok_or_else(|| err("`params` must be an object map".into()))?,
+            other => return Err(err(format!("unknown key `{other}` (known: symbols, timeframe, params)"))),
+        }
+    }
+    for (key, value) in &options.param_overrides {
+        if !params.contains_key(key.as_str()) {
+            let declared: Vec<_> = params.keys().map(|k| k.to_string()).collect();
+            return Err(err(format!(
+                "the config file overrides param `{key}`, which the script does not declare (declared: {})",
+                if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+            )));
+        }
+        params.insert(key.as_str().into(), convert::from_json(value));
+    }
+    Ok((meta, params))
+}
+
+/// Turns a Rhai runtime error into a strategy error at its innermost location.
+fn runtime_error(file: &str, callback: &str, error: EvalAltResult, limits: &SandboxConfig) -> StrategyError {
+    let mut error = error;
+    let mut position = error.position();
+    while let EvalAltResult::ErrorInFunctionCall(_, _, inner, pos) = error {
+        if !pos.is_none() {
+            position = pos;
+        }
+        error = *inner;
+    }
+    if !error.position().is_none() {
+        position = error.position();
+    }
+    error.clear_position();
+    let message = match &error {
+        EvalAltResult::ErrorTooManyOperations(_) => {
+            format!("exceeded the limit of {} operations per callback (sandbox.max_operations)", limits.max_operations)
+        }
+        EvalAltResult::ErrorStackOverflow(_) => {
+            format!("exceeded the limit of {} nested calls (sandbox.max_call_depth)", limits.max_call_depth)
+        }
+        EvalAltResult::ErrorDataTooLarge(what, _) => format!(
+            "{what} exceeds the sandbox limits (sandbox.max_string_size {} bytes, max_array_size {}, max_map_size {})",
+            limits.max_string_size, limits.max_array_size, limits.max_map_size
+        ),
+        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == engine::ABORTED => "stopped: the host is shutting down".to_string(),
+        EvalAltResult::ErrorTerminated(..) => {
+            format!("exceeded its wall-clock budget of {} ms (sandbox.callback_budget_ms)", limits.callback_budget_ms)
+        }
+        EvalAltResult::ErrorFunctionNotFound(sig, _) => {
+            let name = sig.split([' ', '(']).next().unwrap_or(sig);
+            match api::signature(name) {
+                Some(expected) => format!("wrong arguments in call {sig}: expected {expected}"),
+                None => format!("unknown function {sig}"),
+            }
+        }
+        EvalAltResult::ErrorRuntime(message, _) => message.to_string(),
+        other => other.to_string(),
+    };
+    StrategyError { location: location(file, position), message: format!("{callback}: {message}") }
+}

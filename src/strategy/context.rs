@@ -1,0 +1,158 @@
+//! What a strategy reads and writes while it handles an event: its own market
+//! state and indicator cache, a snapshot of the account, its timers, and the
+//! commands it queues. Owned by the strategy's thread; never locked.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use super::{StrategyCommand, Timers};
+use crate::data::{IndicatorCache, MarketState};
+use crate::model::{AccountView, OrderKind, OrderRequest, Side, TimeInForce, TimestampMs};
+
+/// Client order ids: `<name>-<session>-<counter>`, at most 32 characters
+/// (the Delta Exchange limit), unique within a session of the host.
+#[derive(Debug, Clone)]
+pub struct OrderIds {
+    prefix: String,
+    counter: Arc<AtomicU64>,
+}
+
+impl OrderIds {
+    /// Ids for one strategy in one host session.
+    pub fn new(strategy: &str, session: &str, counter: Arc<AtomicU64>) -> Self {
+        let name: String = strategy.chars().filter(char::is_ascii_alphanumeric).take(10).collect();
+        let session: String = session.chars().take(8).collect();
+        OrderIds { prefix: format!("{name}-{session}-"), counter }
+    }
+
+    /// The next id.
+    pub fn next_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}{}", self.prefix, base36(n))
+    }
+}
+
+/// Lowercase base-36 digits of `n`.
+pub fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii")
+}
+
+/// The strategy's view of the host during one callback.
+#[derive(Debug)]
+pub struct StrategyContext {
+    /// Strategy name.
+    pub name: String,
+    /// Candle series and last ticks of the strategy's symbols.
+    pub market: MarketState,
+    /// The strategy's candle timeframe, as scripts see it (`"1m"`).
+    pub timeframe: String,
+    /// Incremental indicator states.
+    pub indicators: IndicatorCache,
+    /// Account snapshot published by the order manager.
+    pub account: Arc<ArcSwap<AccountView>>,
+    /// The strategy's timers.
+    pub timers: Timers,
+    /// Current time of the runtime's clock.
+    pub now: TimestampMs,
+    /// Commands queued by the current callback.
+    pub commands: Vec<StrategyCommand>,
+    ids: OrderIds,
+}
+
+/// The context shared between a strategy and its host functions on one thread.
+pub type SharedContext = Rc<RefCell<StrategyContext>>;
+
+/// The parts of an order a strategy chooses.
+#[derive(Debug, Clone)]
+pub struct OrderSpec {
+    /// Instrument.
+    pub symbol: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// Market or limit.
+    pub kind: OrderKind,
+    /// Size.
+    pub size: rust_decimal::Decimal,
+    /// Limit price.
+    pub price: Option<rust_decimal::Decimal>,
+    /// GTC or IOC.
+    pub time_in_force: TimeInForce,
+    /// Maker only.
+    pub post_only: bool,
+    /// Reduce only.
+    pub reduce_only: bool,
+}
+
+impl StrategyContext {
+    /// A fresh context.
+    pub fn new(name: &str, account: Arc<ArcSwap<AccountView>>, ids: OrderIds, candle_capacity: usize) -> Self {
+        StrategyContext {
+            name: name.to_string(),
+            market: MarketState::new(candle_capacity),
+            timeframe: String::new(),
+            indicators: IndicatorCache::default(),
+            account,
+            timers: Timers::default(),
+            now: 0,
+            commands: Vec::new(),
+            ids,
+        }
+    }
+
+    /// Wraps it for sharing with host functions.
+    pub fn shared(self) -> SharedContext {
+        Rc::new(RefCell::new(self))
+    }
+
+    /// Queues an order and returns its client id at once.
+    pub fn place(&mut self, spec: OrderSpec) -> String {
+        let client_id = self.ids.next_id();
+        self.commands.push(StrategyCommand::Place(OrderRequest {
+            client_id: client_id.clone(),
+            strategy: self.name.clone(),
+            symbol: spec.symbol,
+            side: spec.side,
+            kind: spec.kind,
+            size: spec.size,
+            price: spec.price,
+            time_in_force: spec.time_in_force,
+            post_only: spec.post_only,
+            reduce_only: spec.reduce_only,
+        }));
+        client_id
+    }
+
+    /// Takes the queued commands.
+    pub fn drain(&mut self) -> Vec<StrategyCommand> {
+        std::mem::take(&mut self.commands)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_fit_delta_limit_and_are_unique() {
+        let ids = OrderIds::new("a_very_long_strategy_name", "lq3k2x9z", Arc::new(AtomicU64::new(u64::MAX / 2)));
+        let a = ids.next_id();
+        let b = ids.next_id();
+        assert_ne!(a, b);
+        assert!(a.len() <= 32, "{a} is {} chars", a.len());
+        assert_eq!(base36(35), "z");
+    }
+}

@@ -1,0 +1,306 @@
+//! A strategy on its own OS thread: events in through a channel, commands out
+//! through a sink, lifecycle reports to the supervisor. Timers run on wall
+//! time. Nothing here touches the tokio runtime's workers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{OrderIds, Strategy, StrategyCommand, StrategyContext, StrategyEnv, StrategyError, StrategyEvent, StrategyFactory};
+use crate::model::{AccountView, Candle, TimestampMs};
+
+/// Stack of a strategy thread: room for deep (but limited) script recursion.
+const STACK_BYTES: usize = 32 * 1024 * 1024;
+
+/// Input to a running strategy.
+#[derive(Debug)]
+pub enum RuntimeInput {
+    /// A market or order event.
+    Event(StrategyEvent),
+    /// New source for a hot reload.
+    Reload(String),
+    /// Run `on_stop` and exit.
+    Stop,
+}
+
+/// Why a runtime ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExitReason {
+    /// Asked to stop.
+    Stopped,
+    /// Could not be built (compile error, bad `config()`).
+    StartFailed(StrategyError),
+    /// Too many callbacks failed in a row.
+    Failed(StrategyError),
+}
+
+/// What a runtime tells the supervisor.
+#[derive(Debug)]
+pub enum RuntimeReport {
+    /// Built, history loaded, `on_start` called.
+    Started,
+    /// A callback failed (the strategy keeps running).
+    CallbackFailed {
+        /// Callback name.
+        callback: &'static str,
+        /// The error.
+        error: StrategyError,
+    },
+    /// A hot reload was applied.
+    Reloaded,
+    /// A hot reload was refused; the old version keeps running.
+    ReloadRejected(StrategyError),
+    /// The thread ended; `state` is the last `this`.
+    Exited {
+        /// Why.
+        reason: ExitReason,
+        /// Exported state, if it could be exported.
+        state: Option<serde_json::Value>,
+    },
+}
+
+/// A report tagged with the runtime that sent it.
+#[derive(Debug)]
+pub struct TaggedReport {
+    /// Strategy name.
+    pub name: String,
+    /// Which start of the strategy (stale reports are ignored).
+    pub generation: u64,
+    /// The report.
+    pub report: RuntimeReport,
+}
+
+/// Receives the commands a strategy produced after each callback.
+pub type CommandSink = Arc<dyn Fn(&str, Vec<StrategyCommand>) + Send + Sync>;
+
+/// How to start one strategy thread.
+pub struct RuntimeSpec {
+    /// Strategy name.
+    pub name: String,
+    /// Start counter.
+    pub generation: u64,
+    /// Builds the strategy.
+    pub factory: StrategyFactory,
+    /// Candles to preload per symbol, for indicator warm-up.
+    pub history: Box<dyn FnOnce(&super::StrategyMeta) -> Vec<Candle> + Send>,
+    /// State from a previous run.
+    pub initial_state: Option<serde_json::Value>,
+    /// Account snapshot.
+    pub account: Arc<ArcSwap<AccountView>>,
+    /// Order id generator.
+    pub ids: OrderIds,
+    /// Commands go here.
+    pub sink: CommandSink,
+    /// Reports go here.
+    pub reports: UnboundedSender<TaggedReport>,
+    /// Consecutive failures before the runtime gives up.
+    pub max_consecutive_errors: u32,
+    /// Events queued before ticks are dropped.
+    pub queue_limit: usize,
+}
+
+/// A cheap controller of a running strategy thread.
+pub struct RuntimeHandle {
+    name: String,
+    tx: Sender<RuntimeInput>,
+    abort: Arc<AtomicBool>,
+    queue_limit: usize,
+    dropped_ticks: AtomicU64,
+    meta: Arc<ArcSwap<Option<super::StrategyMeta>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RuntimeHandle {
+    /// Delivers an event; ticks are dropped (and counted) while the queue is full,
+    /// everything else is always delivered.
+    pub fn send_event(&self, event: StrategyEvent) {
+        if matches!(event, StrategyEvent::Tick(_)) && self.tx.len() >= self.queue_limit {
+            self.dropped_ticks.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let _ = self.tx.send(RuntimeInput::Event(event));
+    }
+
+    /// Asks for a hot reload.
+    pub fn reload(&self, source: String) {
+        let _ = self.tx.send(RuntimeInput::Reload(source));
+    }
+
+    /// Asks the strategy to run `on_stop` and exit.
+    pub fn stop(&self) {
+        let _ = self.tx.send(RuntimeInput::Stop);
+    }
+
+    /// Stops the current callback at its next operation and ends the thread.
+    pub fn abort(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(RuntimeInput::Stop);
+    }
+
+    /// Ticks dropped because the strategy lagged.
+    pub fn dropped_ticks(&self) -> u64 {
+        self.dropped_ticks.load(Ordering::Relaxed)
+    }
+
+    /// Symbols and timeframe, once the strategy is built.
+    pub fn meta(&self) -> Option<super::StrategyMeta> {
+        self.meta.load().as_ref().clone()
+    }
+
+    /// True once the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Strategy name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for RuntimeHandle {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take()
+            && !thread.is_finished()
+        {
+            self.abort.store(true, Ordering::SeqCst);
+            let _ = self.tx.send(RuntimeInput::Stop);
+        }
+    }
+}
+
+/// Starts a strategy on its own thread.
+pub fn spawn(spec: RuntimeSpec) -> std::io::Result<RuntimeHandle> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let abort = Arc::new(AtomicBool::new(false));
+    let meta = Arc::new(ArcSwap::from_pointee(None));
+    let name = spec.name.clone();
+    let queue_limit = spec.queue_limit;
+    let thread = {
+        let abort = abort.clone();
+        let meta = meta.clone();
+        std::thread::Builder::new()
+            .name(format!("strategy-{name}"))
+            .stack_size(STACK_BYTES)
+            .spawn(move || run(spec, rx, abort, meta))?
+    };
+    Ok(RuntimeHandle { name, tx, abort, queue_limit, dropped_ticks: AtomicU64::new(0), meta, thread: Some(thread) })
+}
+
+fn wall_ms() -> TimestampMs {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn run(spec: RuntimeSpec, rx: Receiver<RuntimeInput>, abort: Arc<AtomicBool>, meta_out: Arc<ArcSwap<Option<super::StrategyMeta>>>) {
+    let RuntimeSpec { name, generation, factory, history, initial_state, account, ids, sink, reports, max_consecutive_errors, .. } = spec;
+    let report = |report: RuntimeReport| {
+        let _ = reports.send(TaggedReport { name: name.clone(), generation, report });
+    };
+    let ctx = StrategyContext::new(&name, account, ids, 5_000).shared();
+    let env = StrategyEnv { ctx: ctx.clone(), abort: abort.clone(), initial_state };
+    let mut strategy = match factory(env) {
+        Ok(strategy) => strategy,
+        Err(error) => return report(RuntimeReport::Exited { reason: ExitReason::StartFailed(error), state: None }),
+    };
+    let meta = strategy.meta();
+    meta_out.store(Arc::new(Some(meta.clone())));
+    for candle in history(&meta) {
+        ctx.borrow_mut().market.push_candle(candle);
+    }
+    let mut failures = 0u32;
+    let mut deliver = |strategy: &mut Box<dyn Strategy>, event: StrategyEvent| -> Option<StrategyError> {
+        let callback = event.callback();
+        {
+            let mut c = ctx.borrow_mut();
+            c.now = wall_ms();
+            match &event {
+                StrategyEvent::Candle(candle) => c.market.push_candle(candle.clone()),
+                StrategyEvent::Tick(tick) => c.market.push_tick(tick.clone()),
+                _ => {}
+            }
+        }
+        let result = strategy.handle(&event);
+        let commands = ctx.borrow_mut().drain();
+        if !commands.is_empty() {
+            sink(&name, commands);
+        }
+        match result {
+            Ok(()) => {
+                failures = 0;
+                None
+            }
+            Err(error) => {
+                failures += 1;
+                report(RuntimeReport::CallbackFailed { callback, error: error.clone() });
+                (failures >= max_consecutive_errors).then_some(error)
+            }
+        }
+    };
+    if let Some(error) = deliver(&mut strategy, StrategyEvent::Start) {
+        let state = strategy.export_state().ok();
+        return report(RuntimeReport::Exited { reason: ExitReason::Failed(error), state });
+    }
+    report(RuntimeReport::Started);
+    let reason = loop {
+        if abort.load(Ordering::SeqCst) {
+            break ExitReason::Stopped;
+        }
+        let next_due = ctx.borrow().timers.next_due();
+        let input = match next_due {
+            Some(due) => {
+                let wait = Duration::from_millis((due - wall_ms()).max(0) as u64);
+                match rx.recv_deadline(Instant::now() + wait) {
+                    Ok(input) => Some(input),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break ExitReason::Stopped,
+                }
+            }
+            None => match rx.recv() {
+                Ok(input) => Some(input),
+                Err(_) => break ExitReason::Stopped,
+            },
+        };
+        let failed = match input {
+            Some(RuntimeInput::Event(event)) => deliver(&mut strategy, event),
+            Some(RuntimeInput::Reload(source)) => {
+                match strategy.reload(&source) {
+                    Ok(()) => {
+                        let new_meta = strategy.meta();
+                        meta_out.store(Arc::new(Some(new_meta)));
+                        report(RuntimeReport::Reloaded)
+                    }
+                    Err(error) => report(RuntimeReport::ReloadRejected(error)),
+                }
+                None
+            }
+            Some(RuntimeInput::Stop) => {
+                if !abort.load(Ordering::SeqCst) {
+                    deliver(&mut strategy, StrategyEvent::Stop);
+                }
+                break ExitReason::Stopped;
+            }
+            None => None,
+        };
+        if let Some(error) = failed {
+            break ExitReason::Failed(error);
+        }
+        let due = {
+            let mut c = ctx.borrow_mut();
+            let now = wall_ms();
+            c.timers.take_due(now)
+        };
+        for timer in due {
+            if let Some(error) = deliver(&mut strategy, StrategyEvent::Timer(timer)) {
+                let state = strategy.export_state().ok();
+                return report(RuntimeReport::Exited { reason: ExitReason::Failed(error), state });
+            }
+        }
+    };
+    let state = strategy.export_state().ok();
+    report(RuntimeReport::Exited { reason, state });
+}

@@ -1,0 +1,184 @@
+//! The engine-agnostic strategy runtime: a synchronous state machine that
+//! takes a [`StrategyEvent`] and produces [`StrategyCommand`]s. Live mode runs
+//! it on its own thread ([`live`]); a backtest calls it in a loop with a
+//! simulated clock. Scripts (the `script` module) and native Rust strategies
+//! implement the same [`Strategy`] trait, so both see the same host.
+
+mod context;
+pub mod live;
+mod timers;
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::model::{Candle, Fill, Order, OrderRequest, Tick};
+
+pub use context::{OrderIds, OrderSpec, SharedContext, StrategyContext, base36};
+pub use timers::{TimerError, Timers, parse_duration_ms};
+
+/// Something that happened, delivered to one strategy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StrategyEvent {
+    /// The strategy starts (after history is loaded).
+    Start,
+    /// A closed candle of the strategy's timeframe.
+    Candle(Candle),
+    /// A quote / trade update.
+    Tick(Tick),
+    /// One of the strategy's orders changed state.
+    Order(Order),
+    /// One of the strategy's orders filled (already applied to positions).
+    Fill(Fill),
+    /// A timer the strategy set is due.
+    Timer(String),
+    /// The strategy stops.
+    Stop,
+}
+
+impl StrategyEvent {
+    /// Name of the script callback that handles this event.
+    pub fn callback(&self) -> &'static str {
+        match self {
+            StrategyEvent::Start => "on_start",
+            StrategyEvent::Candle(_) => "on_candle",
+            StrategyEvent::Tick(_) => "on_tick",
+            StrategyEvent::Order(_) => "on_order",
+            StrategyEvent::Fill(_) => "on_fill",
+            StrategyEvent::Timer(_) => "on_timer",
+            StrategyEvent::Stop => "on_stop",
+        }
+    }
+}
+
+/// Log levels a strategy can write at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// `debug(..)`.
+    Debug,
+    /// `log::info`, `print`.
+    Info,
+    /// `log::warn`.
+    Warn,
+    /// `log::error`.
+    Error,
+}
+
+/// What a strategy asks the host to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StrategyCommand {
+    /// Place an order (the id was already returned to the script).
+    Place(OrderRequest),
+    /// Cancel one of the strategy's orders.
+    Cancel {
+        /// Client order id.
+        client_id: String,
+    },
+    /// Cancel the strategy's open orders, for one symbol or all.
+    CancelAll {
+        /// Symbol, or every symbol.
+        symbol: Option<String>,
+    },
+    /// A log line.
+    Log {
+        /// Severity.
+        level: LogLevel,
+        /// Text.
+        message: String,
+    },
+    /// A message for the user (activity feed, Telegram).
+    Notify(String),
+    /// The strategy says it is alive.
+    Heartbeat,
+    /// A named health value.
+    HealthReport {
+        /// Key.
+        key: String,
+        /// Value as text.
+        value: String,
+    },
+    /// The strategy declares itself degraded (empty reason: recovered).
+    Degraded(String),
+}
+
+/// Where in a script something went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Location {
+    /// Script file.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// A strategy failed to compile or a callback failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+pub struct StrategyError {
+    /// Where, when known.
+    pub location: Option<Location>,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl StrategyError {
+    /// An error with no location.
+    pub fn new(message: impl Into<String>) -> Self {
+        StrategyError { location: None, message: message.into() }
+    }
+}
+
+impl fmt::Display for StrategyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(location) => write!(f, "{location}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// What a strategy declares about itself (`fn config()` for scripts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrategyMeta {
+    /// Symbols it trades; empty means every symbol of the feed.
+    pub symbols: Vec<String>,
+    /// Candle timeframe.
+    pub timeframe: crate::data::Timeframe,
+}
+
+/// A strategy implementation: reads and writes through its [`StrategyContext`].
+pub trait Strategy {
+    /// Handles one event.
+    fn handle(&mut self, event: &StrategyEvent) -> Result<(), StrategyError>;
+    /// Symbols and timeframe.
+    fn meta(&self) -> StrategyMeta;
+    /// Replaces the code with a new version, keeping the state; on error the
+    /// old version stays in place.
+    fn reload(&mut self, _source: &str) -> Result<(), StrategyError> {
+        Err(StrategyError::new("this strategy cannot be reloaded"))
+    }
+    /// The persistent state (`this`), as JSON.
+    fn export_state(&self) -> Result<serde_json::Value, StrategyError> {
+        Ok(serde_json::Value::Null)
+    }
+}
+
+/// Everything a strategy implementation is built with on its own thread.
+pub struct StrategyEnv {
+    /// The shared context its host functions use.
+    pub ctx: SharedContext,
+    /// Set when the host wants the current callback stopped at once.
+    pub abort: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// State to restore (`this` from a previous run), if any.
+    pub initial_state: Option<serde_json::Value>,
+}
+
+/// Builds a strategy on its own thread.
+pub type StrategyFactory = Box<dyn FnOnce(StrategyEnv) -> Result<Box<dyn Strategy>, StrategyError> + Send>;
