@@ -144,7 +144,11 @@ pub struct StrategiesConfig {
 
 impl Default for StrategiesConfig {
     fn default() -> Self {
-        StrategiesConfig { dir: PathBuf::from("strategies"), shutdown_policy: ShutdownPolicy::Cancel, overrides: BTreeMap::new() }
+        StrategiesConfig {
+            dir: PathBuf::from("strategies"),
+            shutdown_policy: ShutdownPolicy::Cancel,
+            overrides: BTreeMap::new(),
+        }
     }
 }
 
@@ -503,7 +507,8 @@ impl Config {
                 bad(&format!("exchange.paper.products.{symbol}.lot_size"), "must be greater than 0".into());
             }
         }
-        let need_product = |key: &str, symbol: &str| (!p.products.contains_key(symbol)).then(|| missing_product(key, symbol));
+        let need_product =
+            |key: &str, symbol: &str| (!p.products.contains_key(symbol)).then(|| missing_product(key, symbol));
         let mut missing = Vec::new();
         match self.feed.kind {
             FeedKind::Synthetic => {
@@ -517,7 +522,10 @@ impl Config {
                 for (symbol, price) in &syn.start_prices {
                     let key = format!("feed.synthetic.start_prices.{symbol}");
                     if !(price.is_finite() && *price > 0.0) {
-                        missing.push(ConfigProblem { key: key.clone(), message: format!("must be a positive price, got {price}") });
+                        missing.push(ConfigProblem {
+                            key: key.clone(),
+                            message: format!("must be a positive price, got {price}"),
+                        });
                     }
                     missing.extend(need_product(&key, symbol));
                 }
@@ -527,27 +535,44 @@ impl Config {
                     ("feed.synthetic.tick_interval_ms", syn.tick_interval_ms as f64),
                 ] {
                     if !(value.is_finite() && value > 0.0) {
-                        missing.push(ConfigProblem { key: key.into(), message: format!("must be greater than 0, got {value}") });
+                        missing.push(ConfigProblem {
+                            key: key.into(),
+                            message: format!("must be greater than 0, got {value}"),
+                        });
                     }
                 }
-                for (key, value) in [("feed.synthetic.volatility", syn.volatility), ("feed.synthetic.spread_bps", syn.spread_bps)] {
+                for (key, value) in
+                    [("feed.synthetic.volatility", syn.volatility), ("feed.synthetic.spread_bps", syn.spread_bps)]
+                {
                     if !(value.is_finite() && value >= 0.0) {
-                        missing.push(ConfigProblem { key: key.into(), message: format!("must be 0 or more, got {value}") });
+                        missing.push(ConfigProblem {
+                            key: key.into(),
+                            message: format!("must be 0 or more, got {value}"),
+                        });
                     }
                 }
             }
             FeedKind::Replay => {
                 let r = &self.feed.replay;
                 if r.path.as_os_str().is_empty() {
-                    missing.push(ConfigProblem { key: "feed.replay.path".into(), message: "is required when feed.kind = \"replay\"".into() });
+                    missing.push(ConfigProblem {
+                        key: "feed.replay.path".into(),
+                        message: "is required when feed.kind = \"replay\"".into(),
+                    });
                 }
                 if r.symbol.is_empty() {
-                    missing.push(ConfigProblem { key: "feed.replay.symbol".into(), message: "is required when feed.kind = \"replay\"".into() });
+                    missing.push(ConfigProblem {
+                        key: "feed.replay.symbol".into(),
+                        message: "is required when feed.kind = \"replay\"".into(),
+                    });
                 } else {
                     missing.extend(need_product("feed.replay.symbol", &r.symbol));
                 }
                 if !(r.speed.is_finite() && r.speed > 0.0) {
-                    missing.push(ConfigProblem { key: "feed.replay.speed".into(), message: format!("must be greater than 0, got {}", r.speed) });
+                    missing.push(ConfigProblem {
+                        key: "feed.replay.speed".into(),
+                        message: format!("must be greater than 0, got {}", r.speed),
+                    });
                 }
             }
         }

@@ -13,8 +13,8 @@
 //! - [`supervisor`]: composition root: strategy lifecycle, hot reload, restarts, shutdown.
 
 pub mod config;
-pub mod model;
 pub mod data;
 pub mod exchange;
+pub mod model;
 pub mod script;
 pub mod strategy;

@@ -151,7 +151,14 @@ pub struct Order {
 impl Order {
     /// A freshly accepted order.
     pub fn new(request: OrderRequest, now: TimestampMs) -> Self {
-        Order { request, status: OrderStatus::Open, filled: Decimal::ZERO, avg_fill_price: None, reason: None, updated: now }
+        Order {
+            request,
+            status: OrderStatus::Open,
+            filled: Decimal::ZERO,
+            avg_fill_price: None,
+            reason: None,
+            updated: now,
+        }
     }
 
     /// Size still to fill.
@@ -164,7 +171,8 @@ impl Order {
         let notional = self.avg_fill_price.unwrap_or_default() * self.filled + price * size;
         self.filled += size;
         self.avg_fill_price = Some(notional / self.filled);
-        self.status = if self.remaining() <= Decimal::ZERO { OrderStatus::Filled } else { OrderStatus::PartiallyFilled };
+        self.status =
+            if self.remaining() <= Decimal::ZERO { OrderStatus::Filled } else { OrderStatus::PartiallyFilled };
         self.updated = now;
     }
 }
@@ -318,7 +326,11 @@ impl AccountView {
     }
 
     /// A strategy's open orders, optionally for one symbol.
-    pub fn open_orders_of<'a>(&'a self, strategy: &'a str, symbol: Option<&'a str>) -> impl Iterator<Item = &'a Order> + 'a {
+    pub fn open_orders_of<'a>(
+        &'a self,
+        strategy: &'a str,
+        symbol: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Order> + 'a {
         self.open_orders
             .iter()
             .filter(move |o| o.request.strategy == strategy && symbol.is_none_or(|s| o.request.symbol == s))

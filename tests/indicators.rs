@@ -60,7 +60,8 @@ fn close_based_indicators_match_ta_lib() {
 
     let mut bb = BBands::new(20, 2.0);
     let bands: Vec<_> = closes.iter().map(|c| bb.update(*c)).collect();
-    let part = |f: fn(&tradehost::data::BBandsValue) -> f64| bands.iter().map(|v| v.as_ref().map(f)).collect::<Vec<_>>();
+    let part =
+        |f: fn(&tradehost::data::BBandsValue) -> f64| bands.iter().map(|v| v.as_ref().map(f)).collect::<Vec<_>>();
     assert_series("bb upper", &part(|v| v.upper), &fx["bbands_20_2"]["upper"]);
     assert_series("bb middle", &part(|v| v.middle), &fx["bbands_20_2"]["middle"]);
     assert_series("bb lower", &part(|v| v.lower), &fx["bbands_20_2"]["lower"]);

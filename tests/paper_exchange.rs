@@ -120,9 +120,15 @@ fn margin_check_rejects_orders_beyond_balance_times_leverage() {
     assert!(reason.contains("insufficient margin") && reason.contains("limit is 20000.00 USD"), "{reason}");
     assert!(fills(&events).is_empty());
     // 190 × 100.5 = 19095 fits under 20000
-    assert_eq!(last_order(&ex.submit(request("ok", Side::Buy, OrderKind::Market, "190", None))).status, OrderStatus::Filled);
+    assert_eq!(
+        last_order(&ex.submit(request("ok", Side::Buy, OrderKind::Market, "190", None))).status,
+        OrderStatus::Filled
+    );
     // reducing is always allowed
-    assert_eq!(last_order(&ex.submit(request("r", Side::Sell, OrderKind::Market, "10", None))).status, OrderStatus::Filled);
+    assert_eq!(
+        last_order(&ex.submit(request("r", Side::Sell, OrderKind::Market, "10", None))).status,
+        OrderStatus::Filled
+    );
 }
 
 #[test]

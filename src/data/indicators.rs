@@ -115,9 +115,8 @@ impl Atr {
     /// Adds a candle.
     pub fn update(&mut self, candle: &Candle) -> Option<f64> {
         let prev_close = self.prev_close.replace(candle.close)?;
-        let true_range = (candle.high - candle.low)
-            .max((candle.high - prev_close).abs())
-            .max((candle.low - prev_close).abs());
+        let true_range =
+            (candle.high - candle.low).max((candle.high - prev_close).abs()).max((candle.low - prev_close).abs());
         let n = self.n as f64;
         self.seen += 1;
         if self.seen <= self.n {
@@ -161,7 +160,14 @@ impl Macd {
     /// MACD(fast, slow, signal); swaps fast and slow if given the wrong way round.
     pub fn new(fast: usize, slow: usize, signal: usize) -> Self {
         let (fast, slow) = if slow < fast { (slow, fast) } else { (fast, slow) };
-        Macd { fast_n: fast.max(1), slow_n: slow.max(1), closes: VecDeque::new(), fast: None, slow: None, signal: Ema::new(signal) }
+        Macd {
+            fast_n: fast.max(1),
+            slow_n: slow.max(1),
+            closes: VecDeque::new(),
+            fast: None,
+            slow: None,
+            signal: Ema::new(signal),
+        }
     }
     /// Adds a close.
     pub fn update(&mut self, close: f64) -> Option<MacdValue> {
@@ -330,7 +336,8 @@ mod tests {
 
     #[test]
     fn warm_up_lengths_match_ta_lib_lookbacks() {
-        let first_output = |mut f: Box<dyn FnMut(f64) -> bool>| (0..100).position(|i| f(i as f64 * 1.5 + (i % 3) as f64)).unwrap();
+        let first_output =
+            |mut f: Box<dyn FnMut(f64) -> bool>| (0..100).position(|i| f(i as f64 * 1.5 + (i % 3) as f64)).unwrap();
         let mut sma = Sma::new(10);
         assert_eq!(first_output(Box::new(move |v| sma.update(v).is_some())), 9);
         let mut ema = Ema::new(10);

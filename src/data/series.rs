@@ -89,7 +89,15 @@ impl CandleAggregator {
 
     /// Adds a trade (a one-price bar); returns the bar it closed, if any.
     pub fn add_trade(&mut self, symbol: &str, time: TimestampMs, price: f64, volume: f64) -> Option<Candle> {
-        self.add_bar(&Candle { symbol: symbol.to_string(), time, open: price, high: price, low: price, close: price, volume })
+        self.add_bar(&Candle {
+            symbol: symbol.to_string(),
+            time,
+            open: price,
+            high: price,
+            low: price,
+            close: price,
+            volume,
+        })
     }
 
     /// Adds a bar of a smaller (or equal) timeframe; returns the bar it closed, if any.

@@ -10,7 +10,10 @@ use serde::Serialize;
 
 use super::ExchangeEvent;
 use crate::config::PaperConfig;
-use crate::model::{Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Position, Product, Side, Tick, TimeInForce, TimestampMs};
+use crate::model::{
+    Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Position, Product, Side, Tick, TimeInForce,
+    TimestampMs,
+};
 
 const BPS: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
 
@@ -93,7 +96,12 @@ impl PaperExchange {
             .map(|p| (p.clone(), self.mark(&p.symbol).map_or(Decimal::ZERO, |m| p.unrealized_pnl(m))))
             .collect();
         let unrealized: Decimal = positions.iter().map(|(_, u)| *u).sum();
-        AccountSnapshot { currency: self.currency.clone(), balance: self.cash, equity: self.cash + unrealized, positions }
+        AccountSnapshot {
+            currency: self.currency.clone(),
+            balance: self.cash,
+            equity: self.cash + unrealized,
+            positions,
+        }
     }
 
     /// Accepts, fills or rejects an order at the current quote.
@@ -148,7 +156,10 @@ impl PaperExchange {
             (OrderKind::Limit, None) => false,
         };
         if marketable && request.post_only {
-            let reason = format!("post-only order would take liquidity (limit {} crosses {touch})", request.price.unwrap_or_default());
+            let reason = format!(
+                "post-only order would take liquidity (limit {} crosses {touch})",
+                request.price.unwrap_or_default()
+            );
             return reject(request, reason);
         }
         let mut order = Order::new(request, now);
@@ -238,7 +249,14 @@ impl PaperExchange {
         events
     }
 
-    fn execute(&mut self, order: &mut Order, size: Decimal, price: Decimal, liquidity: Liquidity, now: TimestampMs) -> Fill {
+    fn execute(
+        &mut self,
+        order: &mut Order,
+        size: Decimal,
+        price: Decimal,
+        liquidity: Liquidity,
+        now: TimestampMs,
+    ) -> Fill {
         let rate = match liquidity {
             Liquidity::Maker => self.maker_fee,
             Liquidity::Taker => self.taker_fee,

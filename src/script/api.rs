@@ -4,7 +4,7 @@
 //! Arguments are checked here so a wrong call names the function and its
 //! expected signature.
 
-use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, Module, Position};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, Module, NativeCallContext, Position};
 use rust_decimal::Decimal;
 
 use super::convert;
@@ -16,8 +16,14 @@ type Result<T> = std::result::Result<T, Box<EvalAltResult>>;
 
 /// Every host function with its expected signature, for error messages.
 pub const SIGNATURES: &[(&str, &str)] = &[
-    ("exchange::market_order", "exchange::market_order(symbol: string, side: \"buy\"|\"sell\", size: number [, options: #{reduce_only}])"),
-    ("exchange::limit_order", "exchange::limit_order(symbol: string, side: \"buy\"|\"sell\", size: number, price: number [, options: #{post_only, reduce_only, tif: \"gtc\"|\"ioc\"}])"),
+    (
+        "exchange::market_order",
+        "exchange::market_order(symbol: string, side: \"buy\"|\"sell\", size: number [, options: #{reduce_only}])",
+    ),
+    (
+        "exchange::limit_order",
+        "exchange::limit_order(symbol: string, side: \"buy\"|\"sell\", size: number, price: number [, options: #{post_only, reduce_only, tif: \"gtc\"|\"ioc\"}])",
+    ),
     ("exchange::cancel", "exchange::cancel(order_id: string)"),
     ("exchange::cancel_all", "exchange::cancel_all([symbol: string])"),
     ("exchange::position", "exchange::position(symbol: string)"),
@@ -53,6 +59,16 @@ pub const SIGNATURES: &[(&str, &str)] = &[
 /// The expected signature of a host function, by its qualified name.
 pub fn signature(name: &str) -> Option<&'static str> {
     SIGNATURES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
+/// Gives an argument error the position of the call that caused it.
+fn located<T>(cx: &NativeCallContext, body: impl FnOnce() -> Result<T>) -> Result<T> {
+    body().map_err(|mut e| {
+        if e.position().is_none() {
+            e.set_position(cx.call_position());
+        }
+        e
+    })
 }
 
 fn bad(function: &str, message: String) -> Box<EvalAltResult> {
@@ -95,7 +111,10 @@ fn side(function: &str, v: &Dynamic) -> Result<Side> {
 }
 
 fn options(function: &str, v: &Dynamic) -> Result<Map> {
-    let map = v.clone().try_cast::<Map>().ok_or_else(|| bad(function, format!("{function}: `options` must be a map, got {}", v.type_name())))?;
+    let map = v
+        .clone()
+        .try_cast::<Map>()
+        .ok_or_else(|| bad(function, format!("{function}: `options` must be a map, got {}", v.type_name())))?;
     for key in map.keys() {
         if !["post_only", "reduce_only", "tif"].contains(&key.as_str()) {
             return Err(bad(function, format!("{function}: unknown option `{key}`")));
@@ -137,19 +156,30 @@ pub fn install(engine: &mut Engine, ctx: &SharedContext) {
     engine.register_static_module("log", log_module(ctx).into());
     engine.register_static_module("health", health_module(ctx).into());
     let c = ctx.clone();
-    engine.register_fn("notify", move |message: Dynamic| c.borrow_mut().commands.push(StrategyCommand::Notify(message.to_string())));
+    engine.register_fn("notify", move |message: Dynamic| {
+        c.borrow_mut().commands.push(StrategyCommand::Notify(message.to_string()))
+    });
     let c = ctx.clone();
     engine.register_fn("now", move || c.borrow().now);
     let c = ctx.clone();
-    engine.on_print(move |text| c.borrow_mut().commands.push(StrategyCommand::Log { level: LogLevel::Info, message: text.to_string() }));
+    engine.on_print(move |text| {
+        c.borrow_mut().commands.push(StrategyCommand::Log { level: LogLevel::Info, message: text.to_string() })
+    });
     let c = ctx.clone();
     engine.on_debug(move |text, _, pos| {
-        let message = if pos.is_none() { text.to_string() } else { format!("{text} (line {})", pos.line().unwrap_or(0)) };
+        let message =
+            if pos.is_none() { text.to_string() } else { format!("{text} (line {})", pos.line().unwrap_or(0)) };
         c.borrow_mut().commands.push(StrategyCommand::Log { level: LogLevel::Debug, message });
     });
 }
 
-fn place(ctx: &SharedContext, function: &str, args: [&Dynamic; 3], price: Option<&Dynamic>, opts: Option<&Dynamic>) -> Result<String> {
+fn place(
+    ctx: &SharedContext,
+    function: &str,
+    args: [&Dynamic; 3],
+    price: Option<&Dynamic>,
+    opts: Option<&Dynamic>,
+) -> Result<String> {
     let symbol = text(function, "symbol", args[0])?;
     let side = side(function, args[1])?;
     let size = positive_decimal(function, "size", args[2])?;
@@ -159,7 +189,9 @@ fn place(ctx: &SharedContext, function: &str, args: [&Dynamic; 3], price: Option
         None => TimeInForce::Gtc,
         Some(t) if t == "gtc" => TimeInForce::Gtc,
         Some(t) if t == "ioc" => TimeInForce::Ioc,
-        Some(t) => return Err(bad(function, format!("{function}: option `tif` must be \"gtc\" or \"ioc\", got {t:?}"))),
+        Some(t) => {
+            return Err(bad(function, format!("{function}: option `tif` must be \"gtc\" or \"ioc\", got {t:?}")));
+        }
     };
     let kind = if price.is_some() { OrderKind::Limit } else { OrderKind::Market };
     if kind == OrderKind::Market && (opts.contains_key("post_only") || opts.contains_key("tif")) {
@@ -181,42 +213,61 @@ fn place(ctx: &SharedContext, function: &str, args: [&Dynamic; 3], price: Option
 fn exchange_module(ctx: &SharedContext) -> Module {
     let mut m = Module::new();
     let c = ctx.clone();
-    m.set_native_fn("market_order", move |s: Dynamic, side: Dynamic, size: Dynamic| place(&c, "exchange::market_order", [&s, &side, &size], None, None));
-    let c = ctx.clone();
-    m.set_native_fn("market_order", move |s: Dynamic, side: Dynamic, size: Dynamic, o: Dynamic| {
-        place(&c, "exchange::market_order", [&s, &side, &size], None, Some(&o))
+    m.set_native_fn("market_order", move |cx: NativeCallContext, s: Dynamic, side: Dynamic, size: Dynamic| {
+        located(&cx, || place(&c, "exchange::market_order", [&s, &side, &size], None, None))
     });
     let c = ctx.clone();
-    m.set_native_fn("limit_order", move |s: Dynamic, side: Dynamic, size: Dynamic, p: Dynamic| {
-        place(&c, "exchange::limit_order", [&s, &side, &size], Some(&p), None)
+    m.set_native_fn(
+        "market_order",
+        move |cx: NativeCallContext, s: Dynamic, side: Dynamic, size: Dynamic, o: Dynamic| {
+            located(&cx, || place(&c, "exchange::market_order", [&s, &side, &size], None, Some(&o)))
+        },
+    );
+    let c = ctx.clone();
+    m.set_native_fn(
+        "limit_order",
+        move |cx: NativeCallContext, s: Dynamic, side: Dynamic, size: Dynamic, p: Dynamic| {
+            located(&cx, || place(&c, "exchange::limit_order", [&s, &side, &size], Some(&p), None))
+        },
+    );
+    let c = ctx.clone();
+    m.set_native_fn(
+        "limit_order",
+        move |cx: NativeCallContext, s: Dynamic, side: Dynamic, size: Dynamic, p: Dynamic, o: Dynamic| {
+            located(&cx, || place(&c, "exchange::limit_order", [&s, &side, &size], Some(&p), Some(&o)))
+        },
+    );
+    let c = ctx.clone();
+    m.set_native_fn("cancel", move |cx: NativeCallContext, id: Dynamic| {
+        located(&cx, || {
+            let client_id = text("exchange::cancel", "order_id", &id)?;
+            c.borrow_mut().commands.push(StrategyCommand::Cancel { client_id });
+            Ok(())
+        })
     });
     let c = ctx.clone();
-    m.set_native_fn("limit_order", move |s: Dynamic, side: Dynamic, size: Dynamic, p: Dynamic, o: Dynamic| {
-        place(&c, "exchange::limit_order", [&s, &side, &size], Some(&p), Some(&o))
+    m.set_native_fn("cancel_all", move |cx: NativeCallContext, s: Dynamic| {
+        located(&cx, || {
+            let symbol = text("exchange::cancel_all", "symbol", &s)?;
+            c.borrow_mut().commands.push(StrategyCommand::CancelAll { symbol: Some(symbol) });
+            Ok(())
+        })
     });
     let c = ctx.clone();
-    m.set_native_fn("cancel", move |id: Dynamic| {
-        let client_id = text("exchange::cancel", "order_id", &id)?;
-        c.borrow_mut().commands.push(StrategyCommand::Cancel { client_id });
-        Ok(())
+    m.set_native_fn("cancel_all", move |cx: NativeCallContext| {
+        located(&cx, || {
+            c.borrow_mut().commands.push(StrategyCommand::CancelAll { symbol: None });
+            Ok(())
+        })
     });
     let c = ctx.clone();
-    m.set_native_fn("cancel_all", move |s: Dynamic| {
-        let symbol = text("exchange::cancel_all", "symbol", &s)?;
-        c.borrow_mut().commands.push(StrategyCommand::CancelAll { symbol: Some(symbol) });
-        Ok(())
-    });
-    let c = ctx.clone();
-    m.set_native_fn("cancel_all", move || {
-        c.borrow_mut().commands.push(StrategyCommand::CancelAll { symbol: None });
-        Ok(())
-    });
-    let c = ctx.clone();
-    m.set_native_fn("position", move |s: Dynamic| {
-        let symbol = text("exchange::position", "symbol", &s)?;
-        let ctx = c.borrow();
-        let account = ctx.account.load();
-        Ok(convert::position(&account.position(&ctx.name, &symbol), account.marks.get(&symbol).copied()))
+    m.set_native_fn("position", move |cx: NativeCallContext, s: Dynamic| {
+        located(&cx, || {
+            let symbol = text("exchange::position", "symbol", &s)?;
+            let ctx = c.borrow();
+            let account = ctx.account.load();
+            Ok(convert::position(&account.position(&ctx.name, &symbol), account.marks.get(&symbol).copied()))
+        })
     });
     let open_orders = |c: &SharedContext, symbol: Option<&str>| -> Array {
         let ctx = c.borrow();
@@ -224,56 +275,76 @@ fn exchange_module(ctx: &SharedContext) -> Module {
         account.open_orders_of(&ctx.name, symbol).map(convert::order).collect()
     };
     let c = ctx.clone();
-    m.set_native_fn("open_orders", move |s: Dynamic| Ok(open_orders(&c, Some(&text("exchange::open_orders", "symbol", &s)?))));
-    let c = ctx.clone();
-    m.set_native_fn("open_orders", move || Ok(open_orders(&c, None)));
-    let c = ctx.clone();
-    m.set_native_fn("balance", move |asset: Dynamic| {
-        let asset = text("exchange::balance", "asset", &asset)?;
-        let account = c.borrow().account.load_full();
-        Ok(if asset.eq_ignore_ascii_case(&account.currency) { decimal_to_f64(account.balance) } else { 0.0 })
+    m.set_native_fn("open_orders", move |cx: NativeCallContext, s: Dynamic| {
+        located(&cx, || Ok(open_orders(&c, Some(&text("exchange::open_orders", "symbol", &s)?))))
     });
     let c = ctx.clone();
-    m.set_native_fn("balance", move || Ok(decimal_to_f64(c.borrow().account.load().balance)));
+    m.set_native_fn("open_orders", move |cx: NativeCallContext| located(&cx, || Ok(open_orders(&c, None))));
     let c = ctx.clone();
-    m.set_native_fn("equity", move || Ok(decimal_to_f64(c.borrow().account.load().equity)));
+    m.set_native_fn("balance", move |cx: NativeCallContext, asset: Dynamic| {
+        located(&cx, || {
+            let asset = text("exchange::balance", "asset", &asset)?;
+            let account = c.borrow().account.load_full();
+            Ok(if asset.eq_ignore_ascii_case(&account.currency) { decimal_to_f64(account.balance) } else { 0.0 })
+        })
+    });
+    let c = ctx.clone();
+    m.set_native_fn("balance", move |cx: NativeCallContext| {
+        located(&cx, || Ok(decimal_to_f64(c.borrow().account.load().balance)))
+    });
+    let c = ctx.clone();
+    m.set_native_fn("equity", move |cx: NativeCallContext| {
+        located(&cx, || Ok(decimal_to_f64(c.borrow().account.load().equity)))
+    });
     m
 }
 
 fn market_module(ctx: &SharedContext) -> Module {
     let mut m = Module::new();
     let c = ctx.clone();
-    m.set_native_fn("candles", move |s: Dynamic, n: Dynamic| {
-        let symbol = text("market::candles", "symbol", &s)?;
-        let n = count("market::candles", "n", &n)?;
-        let ctx = c.borrow();
-        Ok(ctx
-            .market
-            .series(&symbol)
-            .map(|series| series.last_n(n).map(|candle| convert::candle(candle, &ctx.timeframe)).collect::<Array>())
-            .unwrap_or_default())
+    m.set_native_fn("candles", move |cx: NativeCallContext, s: Dynamic, n: Dynamic| {
+        located(&cx, || {
+            let symbol = text("market::candles", "symbol", &s)?;
+            let n = count("market::candles", "n", &n)?;
+            let ctx = c.borrow();
+            Ok(ctx
+                .market
+                .series(&symbol)
+                .map(|series| series.last_n(n).map(|candle| convert::candle(candle, &ctx.timeframe)).collect::<Array>())
+                .unwrap_or_default())
+        })
     });
     let c = ctx.clone();
-    m.set_native_fn("last", move |s: Dynamic| {
-        let symbol = text("market::last", "symbol", &s)?;
-        Ok(c.borrow().market.last_price(&symbol).map_or(Dynamic::UNIT, Dynamic::from_float))
+    m.set_native_fn("last", move |cx: NativeCallContext, s: Dynamic| {
+        located(&cx, || {
+            let symbol = text("market::last", "symbol", &s)?;
+            Ok(c.borrow().market.last_price(&symbol).map_or(Dynamic::UNIT, Dynamic::from_float))
+        })
     });
     let c = ctx.clone();
-    m.set_native_fn("ticker", move |s: Dynamic| {
-        let symbol = text("market::ticker", "symbol", &s)?;
-        Ok(c.borrow().market.tick(&symbol).map_or(Dynamic::UNIT, convert::tick))
+    m.set_native_fn("ticker", move |cx: NativeCallContext, s: Dynamic| {
+        located(&cx, || {
+            let symbol = text("market::ticker", "symbol", &s)?;
+            Ok(c.borrow().market.tick(&symbol).map_or(Dynamic::UNIT, convert::tick))
+        })
     });
     let c = ctx.clone();
-    m.set_native_fn("book", move |s: Dynamic| {
-        let symbol = text("market::book", "symbol", &s)?;
-        let ctx = c.borrow();
-        let Some(t) = ctx.market.tick(&symbol) else { return Ok(Dynamic::UNIT) };
-        let level = |price: Decimal| -> Dynamic { Dynamic::from_array(vec![Dynamic::from_float(decimal_to_f64(price)), Dynamic::from_float(0.0)]) };
-        Ok(convert::map([
-            ("symbol", symbol.clone().into()),
-            ("bids", Dynamic::from_array(vec![level(t.bid)])),
-            ("asks", Dynamic::from_array(vec![level(t.ask)])),
-        ]))
+    m.set_native_fn("book", move |cx: NativeCallContext, s: Dynamic| {
+        located(&cx, || {
+            let symbol = text("market::book", "symbol", &s)?;
+            let ctx = c.borrow();
+            let Some(t) = ctx.market.tick(&symbol) else {
+                return Ok(Dynamic::UNIT);
+            };
+            let level = |price: Decimal| -> Dynamic {
+                Dynamic::from_array(vec![Dynamic::from_float(decimal_to_f64(price)), Dynamic::from_float(0.0)])
+            };
+            Ok(convert::map([
+                ("symbol", symbol.clone().into()),
+                ("bids", Dynamic::from_array(vec![level(t.bid)])),
+                ("asks", Dynamic::from_array(vec![level(t.ask)])),
+            ]))
+        })
     });
     m
 }
@@ -293,64 +364,128 @@ fn ta_module(ctx: &SharedContext) -> Module {
     macro_rules! single {
         ($name:literal, $method:ident, $array:expr) => {{
             let c = ctx.clone();
-            m.set_native_fn($name, move |src: Dynamic, n: Dynamic| {
-                let function = concat!("ta::", $name);
-                let n = count(function, "n", &n)?;
-                if src.is_array() {
-                    let array_form: Option<fn(usize, &[f64]) -> Option<f64>> = $array;
-                    let Some(compute) = array_form else {
-                        return Err(bad(function, format!("{function} needs candles: pass a symbol, not an array")));
-                    };
-                    return Ok(compute(n, &values(function, &src)?).map_or(Dynamic::UNIT, Dynamic::from_float));
-                }
-                let symbol = text(function, "symbol", &src)?;
-                let mut ctx = c.borrow_mut();
-                let ctx = &mut *ctx;
-                Ok(match ctx.market.series(&symbol) {
-                    Some(series) => indicator(ctx.indicators.$method(&symbol, series, n)),
-                    None => Dynamic::UNIT,
+            m.set_native_fn($name, move |cx: NativeCallContext, src: Dynamic, n: Dynamic| {
+                located(&cx, || {
+                    let function = concat!("ta::", $name);
+                    let n = count(function, "n", &n)?;
+                    if src.is_array() {
+                        let array_form: Option<fn(usize, &[f64]) -> Option<f64>> = $array;
+                        let Some(compute) = array_form else {
+                            return Err(bad(
+                                function,
+                                format!("{function} needs candles: pass a symbol, not an array"),
+                            ));
+                        };
+                        return Ok(compute(n, &values(function, &src)?).map_or(Dynamic::UNIT, Dynamic::from_float));
+                    }
+                    let symbol = text(function, "symbol", &src)?;
+                    let mut ctx = c.borrow_mut();
+                    let ctx = &mut *ctx;
+                    Ok(match ctx.market.series(&symbol) {
+                        Some(series) => indicator(ctx.indicators.$method(&symbol, series, n)),
+                        None => Dynamic::UNIT,
+                    })
                 })
             });
         }};
     }
-    single!("sma", sma, Some(|n, v| last_of(v, { let mut i = Sma::new(n); move |x| i.update(x) })));
-    single!("ema", ema, Some(|n, v| last_of(v, { let mut i = Ema::new(n); move |x| i.update(x) })));
-    single!("rsi", rsi, Some(|n, v| last_of(v, { let mut i = Rsi::new(n); move |x| i.update(x) })));
-    single!("highest", highest, Some(|n, v| last_of(v, { let mut i = Highest::new(n); move |x| i.update(x) })));
-    single!("lowest", lowest, Some(|n, v| last_of(v, { let mut i = Lowest::new(n); move |x| i.update(x) })));
+    single!(
+        "sma",
+        sma,
+        Some(|n, v| last_of(v, {
+            let mut i = Sma::new(n);
+            move |x| i.update(x)
+        }))
+    );
+    single!(
+        "ema",
+        ema,
+        Some(|n, v| last_of(v, {
+            let mut i = Ema::new(n);
+            move |x| i.update(x)
+        }))
+    );
+    single!(
+        "rsi",
+        rsi,
+        Some(|n, v| last_of(v, {
+            let mut i = Rsi::new(n);
+            move |x| i.update(x)
+        }))
+    );
+    single!(
+        "highest",
+        highest,
+        Some(|n, v| last_of(v, {
+            let mut i = Highest::new(n);
+            move |x| i.update(x)
+        }))
+    );
+    single!(
+        "lowest",
+        lowest,
+        Some(|n, v| last_of(v, {
+            let mut i = Lowest::new(n);
+            move |x| i.update(x)
+        }))
+    );
     single!("atr", atr, None);
     let c = ctx.clone();
-    m.set_native_fn("vwap", move |s: Dynamic| {
-        let symbol = text("ta::vwap", "symbol", &s)?;
-        let mut ctx = c.borrow_mut();
-        let ctx = &mut *ctx;
-        Ok(ctx.market.series(&symbol).map_or(Dynamic::UNIT, |series| indicator(ctx.indicators.vwap(&symbol, series))))
+    m.set_native_fn("vwap", move |cx: NativeCallContext, s: Dynamic| {
+        located(&cx, || {
+            let symbol = text("ta::vwap", "symbol", &s)?;
+            let mut ctx = c.borrow_mut();
+            let ctx = &mut *ctx;
+            Ok(ctx
+                .market
+                .series(&symbol)
+                .map_or(Dynamic::UNIT, |series| indicator(ctx.indicators.vwap(&symbol, series))))
+        })
     });
     let c = ctx.clone();
-    m.set_native_fn("macd", move |src: Dynamic, fast: Dynamic, slow: Dynamic, signal: Dynamic| {
-        let f = "ta::macd";
-        let (fast, slow, signal) = (count(f, "fast", &fast)?, count(f, "slow", &slow)?, count(f, "signal", &signal)?);
-        if src.is_array() {
-            let mut macd = Macd::new(fast, slow, signal);
-            return Ok(indicator(last_of(&values(f, &src)?, |x| macd.update(x)).map_or(IndicatorValue::Warming, IndicatorValue::Macd)));
-        }
-        let symbol = text(f, "symbol", &src)?;
-        let mut ctx = c.borrow_mut();
-        let ctx = &mut *ctx;
-        Ok(ctx.market.series(&symbol).map_or(Dynamic::UNIT, |series| indicator(ctx.indicators.macd(&symbol, series, fast, slow, signal))))
-    });
+    m.set_native_fn(
+        "macd",
+        move |cx: NativeCallContext, src: Dynamic, fast: Dynamic, slow: Dynamic, signal: Dynamic| {
+            located(&cx, || {
+                let f = "ta::macd";
+                let (fast, slow, signal) =
+                    (count(f, "fast", &fast)?, count(f, "slow", &slow)?, count(f, "signal", &signal)?);
+                if src.is_array() {
+                    let mut macd = Macd::new(fast, slow, signal);
+                    return Ok(indicator(
+                        last_of(&values(f, &src)?, |x| macd.update(x))
+                            .map_or(IndicatorValue::Warming, IndicatorValue::Macd),
+                    ));
+                }
+                let symbol = text(f, "symbol", &src)?;
+                let mut ctx = c.borrow_mut();
+                let ctx = &mut *ctx;
+                Ok(ctx.market.series(&symbol).map_or(Dynamic::UNIT, |series| {
+                    indicator(ctx.indicators.macd(&symbol, series, fast, slow, signal))
+                }))
+            })
+        },
+    );
     let c = ctx.clone();
-    m.set_native_fn("bbands", move |src: Dynamic, n: Dynamic, k: Dynamic| {
-        let f = "ta::bbands";
-        let (n, k) = (count(f, "n", &n)?, number(f, "k", &k)?);
-        if src.is_array() {
-            let mut bands = BBands::new(n, k);
-            return Ok(indicator(last_of(&values(f, &src)?, |x| bands.update(x)).map_or(IndicatorValue::Warming, IndicatorValue::Bands)));
-        }
-        let symbol = text(f, "symbol", &src)?;
-        let mut ctx = c.borrow_mut();
-        let ctx = &mut *ctx;
-        Ok(ctx.market.series(&symbol).map_or(Dynamic::UNIT, |series| indicator(ctx.indicators.bbands(&symbol, series, n, k))))
+    m.set_native_fn("bbands", move |cx: NativeCallContext, src: Dynamic, n: Dynamic, k: Dynamic| {
+        located(&cx, || {
+            let f = "ta::bbands";
+            let (n, k) = (count(f, "n", &n)?, number(f, "k", &k)?);
+            if src.is_array() {
+                let mut bands = BBands::new(n, k);
+                return Ok(indicator(
+                    last_of(&values(f, &src)?, |x| bands.update(x))
+                        .map_or(IndicatorValue::Warming, IndicatorValue::Bands),
+                ));
+            }
+            let symbol = text(f, "symbol", &src)?;
+            let mut ctx = c.borrow_mut();
+            let ctx = &mut *ctx;
+            Ok(ctx
+                .market
+                .series(&symbol)
+                .map_or(Dynamic::UNIT, |series| indicator(ctx.indicators.bbands(&symbol, series, n, k))))
+        })
     });
     m
 }
@@ -359,28 +494,41 @@ fn timer_module(ctx: &SharedContext) -> Module {
     let mut m = Module::new();
     for (name, repeat) in [("every", true), ("after", false)] {
         let c = ctx.clone();
-        m.set_native_fn(name, move |timer: Dynamic, duration: Dynamic| {
-            let function = if repeat { "timer::every" } else { "timer::after" };
-            let timer = text(function, "name", &timer)?;
-            let ms = parse_duration_ms(&text(function, "duration", &duration)?).map_err(|e| bad(function, format!("{function}: {e}")))?;
-            let mut ctx = c.borrow_mut();
-            let now = ctx.now;
-            if repeat { ctx.timers.every(&timer, now, ms) } else { ctx.timers.after(&timer, now, ms) }
-            Ok(())
+        m.set_native_fn(name, move |cx: NativeCallContext, timer: Dynamic, duration: Dynamic| {
+            located(&cx, || {
+                let function = if repeat { "timer::every" } else { "timer::after" };
+                let timer = text(function, "name", &timer)?;
+                let ms = parse_duration_ms(&text(function, "duration", &duration)?)
+                    .map_err(|e| bad(function, format!("{function}: {e}")))?;
+                let mut ctx = c.borrow_mut();
+                let now = ctx.now;
+                if repeat {
+                    ctx.timers.every(&timer, now, ms)
+                } else {
+                    ctx.timers.after(&timer, now, ms)
+                }
+                Ok(())
+            })
         });
     }
     let c = ctx.clone();
-    m.set_native_fn("cancel", move |timer: Dynamic| Ok(c.borrow_mut().timers.cancel(&text("timer::cancel", "name", &timer)?)));
+    m.set_native_fn("cancel", move |cx: NativeCallContext, timer: Dynamic| {
+        located(&cx, || Ok(c.borrow_mut().timers.cancel(&text("timer::cancel", "name", &timer)?)))
+    });
     m
 }
 
 fn log_module(ctx: &SharedContext) -> Module {
     let mut m = Module::new();
-    for (name, level) in [("info", LogLevel::Info), ("warn", LogLevel::Warn), ("error", LogLevel::Error), ("debug", LogLevel::Debug)] {
+    for (name, level) in
+        [("info", LogLevel::Info), ("warn", LogLevel::Warn), ("error", LogLevel::Error), ("debug", LogLevel::Debug)]
+    {
         let c = ctx.clone();
-        m.set_native_fn(name, move |message: Dynamic| {
-            c.borrow_mut().commands.push(StrategyCommand::Log { level, message: message.to_string() });
-            Ok(())
+        m.set_native_fn(name, move |cx: NativeCallContext, message: Dynamic| {
+            located(&cx, || {
+                c.borrow_mut().commands.push(StrategyCommand::Log { level, message: message.to_string() });
+                Ok(())
+            })
         });
     }
     m
@@ -389,21 +537,27 @@ fn log_module(ctx: &SharedContext) -> Module {
 fn health_module(ctx: &SharedContext) -> Module {
     let mut m = Module::new();
     let c = ctx.clone();
-    m.set_native_fn("heartbeat", move || {
-        c.borrow_mut().commands.push(StrategyCommand::Heartbeat);
-        Ok(())
+    m.set_native_fn("heartbeat", move |cx: NativeCallContext| {
+        located(&cx, || {
+            c.borrow_mut().commands.push(StrategyCommand::Heartbeat);
+            Ok(())
+        })
     });
     let c = ctx.clone();
-    m.set_native_fn("report", move |key: Dynamic, value: Dynamic| {
-        let key = text("health::report", "key", &key)?;
-        c.borrow_mut().commands.push(StrategyCommand::HealthReport { key, value: value.to_string() });
-        Ok(())
+    m.set_native_fn("report", move |cx: NativeCallContext, key: Dynamic, value: Dynamic| {
+        located(&cx, || {
+            let key = text("health::report", "key", &key)?;
+            c.borrow_mut().commands.push(StrategyCommand::HealthReport { key, value: value.to_string() });
+            Ok(())
+        })
     });
     let c = ctx.clone();
-    m.set_native_fn("degraded", move |reason: Dynamic| {
-        let reason = text("health::degraded", "reason", &reason)?;
-        c.borrow_mut().commands.push(StrategyCommand::Degraded(reason));
-        Ok(())
+    m.set_native_fn("degraded", move |cx: NativeCallContext, reason: Dynamic| {
+        located(&cx, || {
+            let reason = text("health::degraded", "reason", &reason)?;
+            c.borrow_mut().commands.push(StrategyCommand::Degraded(reason));
+            Ok(())
+        })
     });
     m
 }

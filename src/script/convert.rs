@@ -105,14 +105,21 @@ pub fn to_json(value: &Dynamic, path: &str) -> Result<serde_json::Value, String>
         return Ok(Value::from(i));
     }
     if let Ok(f) = value.as_float() {
-        return serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("`{path}` is {f}, which cannot be stored"));
+        return serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("`{path}` is {f}, which cannot be stored"));
     }
     if value.is_string() || value.is_char() {
         return Ok(Value::String(value.to_string()));
     }
     if value.is_array() {
         let array = value.read_lock::<Array>().expect("is array");
-        return array.iter().enumerate().map(|(i, v)| to_json(v, &format!("{path}[{i}]"))).collect::<Result<Vec<_>, _>>().map(Value::Array);
+        return array
+            .iter()
+            .enumerate()
+            .map(|(i, v)| to_json(v, &format!("{path}[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array);
     }
     if value.is_map() {
         let map = value.read_lock::<Map>().expect("is map");
@@ -123,7 +130,11 @@ pub fn to_json(value: &Dynamic, path: &str) -> Result<serde_json::Value, String>
         }
         return Ok(Value::Object(out));
     }
-    Err(format!("`{}` holds a {} value, which cannot be stored in strategy state", if path.is_empty() { "this" } else { path }, value.type_name()))
+    Err(format!(
+        "`{}` holds a {} value, which cannot be stored in strategy state",
+        if path.is_empty() { "this" } else { path },
+        value.type_name()
+    ))
 }
 
 /// Converts JSON (state or config params) to a script value.
@@ -132,7 +143,9 @@ pub fn from_json(value: &serde_json::Value) -> Dynamic {
     match value {
         Value::Null => Dynamic::UNIT,
         Value::Bool(b) => (*b).into(),
-        Value::Number(n) => n.as_i64().map_or_else(|| Dynamic::from_float(n.as_f64().unwrap_or(f64::NAN)), Dynamic::from_int),
+        Value::Number(n) => {
+            n.as_i64().map_or_else(|| Dynamic::from_float(n.as_f64().unwrap_or(f64::NAN)), Dynamic::from_int)
+        }
         Value::String(s) => s.clone().into(),
         Value::Array(a) => Dynamic::from_array(a.iter().map(from_json).collect()),
         Value::Object(o) => Dynamic::from_map(o.iter().map(|(k, v)| (k.as_str().into(), from_json(v))).collect()),

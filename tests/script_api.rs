@@ -1,0 +1,259 @@
+//! The script host API and sandbox, driven synchronously (as a backtest does).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use arc_swap::ArcSwap;
+use tradehost::config::SandboxConfig;
+use tradehost::model::{AccountView, Candle, OrderKind, Side};
+use tradehost::script::{ScriptOptions, ScriptStrategy, check};
+use tradehost::strategy::{
+    OrderIds, SharedContext, Strategy, StrategyCommand, StrategyContext, StrategyEnv, StrategyEvent,
+};
+
+fn options() -> ScriptOptions {
+    ScriptOptions {
+        limits: SandboxConfig {
+            max_operations: 200_000,
+            callback_budget_ms: 2_000,
+            max_array_size: 10_000,
+            max_string_size: 100_000,
+            ..SandboxConfig::default()
+        },
+        param_overrides: Default::default(),
+        default_symbols: vec!["X".into()],
+    }
+}
+
+fn build(source: &str) -> (ScriptStrategy, SharedContext) {
+    build_with(source, options())
+}
+
+fn build_with(source: &str, options: ScriptOptions) -> (ScriptStrategy, SharedContext) {
+    let account = Arc::new(ArcSwap::from_pointee(AccountView { currency: "USD".into(), ..Default::default() }));
+    let ctx = StrategyContext::new("t", account, OrderIds::new("t", "s", Arc::new(AtomicU64::new(0))), 1000).shared();
+    let env = StrategyEnv { ctx: ctx.clone(), abort: Arc::new(AtomicBool::new(false)), initial_state: None };
+    (ScriptStrategy::new("t.rhai", source, options, env).unwrap_or_else(|e| panic!("{e}")), ctx)
+}
+
+fn candle(i: i64, close: f64) -> Candle {
+    Candle {
+        symbol: "X".into(),
+        time: i * 60_000,
+        open: close,
+        high: close + 1.0,
+        low: close - 1.0,
+        close,
+        volume: 1.0,
+    }
+}
+
+fn feed(
+    strategy: &mut ScriptStrategy,
+    ctx: &SharedContext,
+    c: Candle,
+) -> Result<(), tradehost::strategy::StrategyError> {
+    ctx.borrow_mut().market.push_candle(c.clone());
+    strategy.handle(&StrategyEvent::Candle(c))
+}
+
+fn logs(ctx: &SharedContext) -> Vec<String> {
+    ctx.borrow_mut()
+        .drain()
+        .into_iter()
+        .filter_map(|c| if let StrategyCommand::Log { message, .. } = c { Some(message) } else { None })
+        .collect()
+}
+
+#[test]
+fn compile_errors_report_file_line_and_column() {
+    let err = check("s.rhai", "fn on_candle(c) {\n  let x = ;\n}", &options()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("s.rhai:2:"), "{text}");
+}
+
+#[test]
+fn wrong_callback_signature_and_unknown_callbacks_are_rejected() {
+    let err = check("s.rhai", "fn on_start() {}\n\nfn on_candle() { }", &options()).unwrap_err();
+    assert_eq!(err.location.as_ref().map(|l| l.line), Some(3));
+    assert!(err.message.contains("fn on_candle(candle)"), "{err}");
+    let err = check("s.rhai", "fn on_candel(c) { }", &options()).unwrap_err();
+    assert!(err.message.contains("unknown callback `on_candel`"), "{err}");
+}
+
+#[test]
+fn config_metadata_and_param_overrides() {
+    let source = r#"fn config() { #{ symbols: ["X"], timeframe: "5m", params: #{ fast: 10, slow: 30 } } }
+fn on_start() { print(`${params::fast}/${params::slow}`); }"#;
+    let mut options = options();
+    options.param_overrides.insert("fast".into(), serde_json::json!(7));
+    let (mut s, ctx) = build_with(source, options.clone());
+    assert_eq!(s.meta().timeframe.to_string(), "5m");
+    s.handle(&StrategyEvent::Start).unwrap();
+    assert_eq!(logs(&ctx), vec!["7/30"]);
+
+    options.param_overrides.insert("fsat".into(), serde_json::json!(1));
+    let err = check("s.rhai", source, &options).unwrap_err();
+    assert!(err.message.contains("param `fsat`") && err.message.contains("declared: fast, slow"), "{err}");
+}
+
+#[test]
+fn orders_return_ids_at_once_and_queue_commands() {
+    let (mut s, ctx) = build(
+        r#"fn on_candle(c) {
+            this.id = exchange::market_order("X", "buy", 2);
+            exchange::limit_order("X", "sell", 1.5, 101.25, #{ post_only: true, tif: "gtc" });
+            print(this.id);
+        }"#,
+    );
+    feed(&mut s, &ctx, candle(0, 100.0)).unwrap();
+    let commands = ctx.borrow_mut().drain();
+    let places: Vec<_> = commands
+        .iter()
+        .filter_map(|c| if let StrategyCommand::Place(r) = c { Some(r.clone()) } else { None })
+        .collect();
+    assert_eq!(places.len(), 2);
+    assert_eq!(
+        (places[0].side, places[0].kind, places[0].size.to_string()),
+        (Side::Buy, OrderKind::Market, "2".to_string())
+    );
+    assert_eq!((places[1].price.unwrap().to_string(), places[1].post_only), ("101.25".to_string(), true));
+    let printed = commands
+        .iter()
+        .find_map(|c| if let StrategyCommand::Log { message, .. } = c { Some(message.clone()) } else { None });
+    assert_eq!(printed.as_deref(), Some(places[0].client_id.as_str()));
+}
+
+#[test]
+fn wrong_argument_types_and_counts_name_the_signature() {
+    let (mut s, ctx) = build(r#"fn on_candle(c) { exchange::market_order("X", "buy", "lots"); }"#);
+    let err = feed(&mut s, &ctx, candle(0, 1.0)).unwrap_err().to_string();
+    assert!(
+        err.contains("`size` must be a number, got string")
+            && err.contains("expected exchange::market_order(symbol: string"),
+        "{err}"
+    );
+    assert!(err.starts_with("t.rhai:1:"), "{err}");
+
+    let (mut s, ctx) = build(r#"fn on_candle(c) { exchange::market_order("X"); }"#);
+    let err = feed(&mut s, &ctx, candle(0, 1.0)).unwrap_err().to_string();
+    assert!(err.contains("wrong arguments") && err.contains("expected exchange::market_order(symbol: string"), "{err}");
+
+    let (mut s, ctx) = build(r#"fn on_candle(c) { exchange::market_order("X", "hold", 1); }"#);
+    let err = feed(&mut s, &ctx, candle(0, 1.0)).unwrap_err().to_string();
+    assert!(err.contains("side must be \"buy\" or \"sell\""), "{err}");
+}
+
+#[test]
+fn sandbox_limits_fail_the_callback_with_a_clear_error() {
+    let cases = [
+        ("fn on_candle(c) { loop { } }", "operations per callback"),
+        ("fn f(n) { f(n + 1) }\nfn on_candle(c) { f(0); }", "nested calls"),
+        ("fn on_candle(c) { let s = \"x\"; loop { s += s; } }", "exceeds the sandbox limits"),
+        ("fn on_candle(c) { let a = []; loop { a.push(1); } }", "exceeds the sandbox limits"),
+        ("fn on_candle(c) { import \"os\" as os; }", "refused"),
+    ];
+    for (source, expected) in cases {
+        let (mut s, ctx) = build(source);
+        let err = feed(&mut s, &ctx, candle(0, 1.0)).unwrap_err().to_string();
+        assert!(err.contains(expected), "{source}: {err}");
+    }
+    assert!(check("s.rhai", "fn on_candle(c) { eval(\"1\"); }", &options()).is_err(), "eval is disabled");
+}
+
+#[test]
+fn wall_clock_budget_stops_slow_callbacks() {
+    let mut options = options();
+    options.limits.max_operations = u64::MAX / 2;
+    options.limits.callback_budget_ms = 50;
+    let (mut s, ctx) = build_with("fn on_candle(c) { loop { } }", options);
+    let started = std::time::Instant::now();
+    let err = feed(&mut s, &ctx, candle(0, 1.0)).unwrap_err().to_string();
+    assert!(err.contains("wall-clock budget of 50 ms"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn state_survives_reload_and_on_reload_runs() {
+    let (mut s, ctx) = build("fn on_candle(c) { this.n = (this.n ?? 0) + 1; print(`v1 ${this.n}`); }");
+    feed(&mut s, &ctx, candle(0, 1.0)).unwrap();
+    feed(&mut s, &ctx, candle(1, 1.0)).unwrap();
+    assert!(s.reload("fn on_candle(c) { let x = ; }").is_err(), "broken source is refused");
+    feed(&mut s, &ctx, candle(2, 1.0)).unwrap();
+    s.reload(
+        "fn on_reload() { print(`reloaded at ${this.n}`); }\nfn on_candle(c) { this.n += 1; print(`v2 ${this.n}`); }",
+    )
+    .unwrap();
+    feed(&mut s, &ctx, candle(3, 1.0)).unwrap();
+    assert_eq!(logs(&ctx), vec!["v1 1", "v1 2", "v1 3", "reloaded at 3", "v2 4"]);
+    assert_eq!(s.export_state().unwrap(), serde_json::json!({"n": 4}));
+}
+
+#[test]
+fn unstorable_state_names_its_key() {
+    let (mut s, ctx) = build("fn on_candle(c) { this.nested = #{ f: Fn(\"on_candle\") }; }");
+    feed(&mut s, &ctx, candle(0, 1.0)).unwrap();
+    let err = s.export_state().unwrap_err().to_string();
+    assert!(err.contains("`nested.f`"), "{err}");
+}
+
+#[test]
+fn ta_functions_match_ta_lib_through_the_script_api() {
+    let fx: serde_json::Value = serde_json::from_str(include_str!("fixtures/ta_reference.json")).unwrap();
+    let (mut s, ctx) = build(
+        r#"fn on_candle(c) {
+            let m = ta::macd("X", 12, 26, 9);
+            let b = ta::bbands("X", 20, 2.0);
+            let row = [ta::sma("X", 10), ta::ema("X", 10), ta::rsi("X", 14), ta::atr("X", 14),
+                       if m == () { () } else { m.macd }, if b == () { () } else { b.upper },
+                       ta::highest("X", 20), ta::lowest("X", 20), ta::vwap("X")];
+            this.rows = (this.rows ?? []) + [row];
+        }"#,
+    );
+    for c in fx["candles"].as_array().unwrap() {
+        let candle = Candle {
+            symbol: "X".into(),
+            time: c["time"].as_i64().unwrap(),
+            open: c["open"].as_f64().unwrap(),
+            high: c["high"].as_f64().unwrap(),
+            low: c["low"].as_f64().unwrap(),
+            close: c["close"].as_f64().unwrap(),
+            volume: c["volume"].as_f64().unwrap(),
+        };
+        feed(&mut s, &ctx, candle).unwrap();
+    }
+    let state = s.export_state().unwrap();
+    let rows = state["rows"].as_array().unwrap();
+    let columns = [
+        &fx["sma_10"],
+        &fx["ema_10"],
+        &fx["rsi_14"],
+        &fx["atr_14"],
+        &fx["macd_12_26_9"]["macd"],
+        &fx["bbands_20_2"]["upper"],
+        &fx["highest_20"],
+        &fx["lowest_20"],
+        &fx["vwap"],
+    ];
+    for (col, reference) in columns.iter().enumerate() {
+        for (i, row) in rows.iter().enumerate() {
+            let (ours, theirs) = (row[col].as_f64(), reference[i].as_f64());
+            match (ours, theirs) {
+                (None, None) => {}
+                (Some(a), Some(b)) => {
+                    assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "column {col} row {i}: {a} vs {b}")
+                }
+                _ => panic!("column {col} row {i}: warm-up differs: {ours:?} vs {theirs:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn array_forms_compute_over_a_scripts_own_series() {
+    let (mut s, ctx) = build(
+        r#"fn on_candle(c) { print(ta::sma([1, 2, 3, 4.0], 2)); print(ta::highest([1, 5, 2], 2)); print(ta::sma([1], 2)); }"#,
+    );
+    feed(&mut s, &ctx, candle(0, 1.0)).unwrap();
+    assert_eq!(logs(&ctx), vec!["3.5", "5.0", ""]);
+}
