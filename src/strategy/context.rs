@@ -24,7 +24,7 @@ pub struct OrderIds {
 impl OrderIds {
     /// Ids for one strategy in one host session.
     pub fn new(strategy: &str, session: &str, counter: Arc<AtomicU64>) -> Self {
-        let name: String = strategy.chars().filter(char::is_ascii_alphanumeric).take(10).collect();
+        let name: String = strategy.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
         let session: String = session.chars().take(8).collect();
         OrderIds { prefix: format!("{name}-{session}-"), counter }
     }
