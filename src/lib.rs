@@ -12,9 +12,12 @@
 //! - [`activity`]: the activity bus with sequence numbers and an in-memory tail.
 //! - [`supervisor`]: composition root: strategy lifecycle, hot reload, restarts, shutdown.
 
+pub mod activity;
 pub mod config;
 pub mod data;
 pub mod exchange;
+pub mod execution;
+pub mod feed;
 pub mod model;
 pub mod script;
 pub mod strategy;

@@ -4,9 +4,11 @@
 //! its own copy, so reads never take a lock).
 
 mod cache;
+mod hub;
 mod indicators;
 mod series;
 
+pub use hub::{HubError, MarketHub, TimedCandle};
 pub use cache::{IndicatorCache, IndicatorValue};
 pub use indicators::{Atr, BBands, BBandsValue, Ema, Highest, Lowest, Macd, MacdValue, Rsi, Sma, Vwap};
 pub use series::{CandleAggregator, CandleSeries, MarketState, Timeframe, TimeframeError};

@@ -1,0 +1,129 @@
+//! The activity bus: every notable event (orders, fills, positions, strategy
+//! lifecycle, logs, system) gets a strictly increasing sequence number, is
+//! kept in a bounded in-memory tail for recent reads, and is broadcast to
+//! live subscribers. Publishing never blocks: a subscriber that falls behind
+//! the broadcast buffer sees `Lagged` and must resync from the tail.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Kinds of activity (the envelope's `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActivityKind {
+    /// An order changed state.
+    Order,
+    /// A fill.
+    Fill,
+    /// A position changed.
+    Position,
+    /// A strategy started, stopped, reloaded, failed or was quarantined.
+    Strategy,
+    /// A strategy's log line.
+    Log,
+    /// Health changes and strategy health reports.
+    Health,
+    /// Risk events.
+    Risk,
+    /// Host lifecycle.
+    System,
+}
+
+/// One activity event in the wire envelope of design.md §4.4.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActivityEvent {
+    /// Envelope version.
+    pub v: u8,
+    /// Sequence number, strictly increasing.
+    pub seq: u64,
+    /// When it was published.
+    pub ts: DateTime<Utc>,
+    /// What kind of event.
+    #[serde(rename = "type")]
+    pub kind: ActivityKind,
+    /// The strategy concerned, if any.
+    pub strategy: Option<String>,
+    /// Kind-specific payload.
+    pub data: serde_json::Value,
+}
+
+struct Inner {
+    next_seq: u64,
+    tail: VecDeque<ActivityEvent>,
+}
+
+/// A cheap, clonable handle to the bus.
+#[derive(Clone)]
+pub struct ActivityBus {
+    inner: Arc<Mutex<Inner>>,
+    capacity: usize,
+    sender: broadcast::Sender<ActivityEvent>,
+}
+
+impl ActivityBus {
+    /// A bus keeping `capacity` recent events; numbering starts after `last_seq`.
+    pub fn new(capacity: usize, last_seq: u64) -> Self {
+        let (sender, _) = broadcast::channel(4096);
+        ActivityBus {
+            inner: Arc::new(Mutex::new(Inner { next_seq: last_seq + 1, tail: VecDeque::with_capacity(capacity.min(4096)) })),
+            capacity: capacity.max(1),
+            sender,
+        }
+    }
+
+    /// Publishes an event and returns its sequence number.
+    pub fn publish(&self, kind: ActivityKind, strategy: Option<&str>, data: serde_json::Value) -> u64 {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let event = ActivityEvent { v: 1, seq, ts: Utc::now(), kind, strategy: strategy.map(str::to_string), data };
+        if inner.tail.len() == self.capacity {
+            inner.tail.pop_front();
+        }
+        inner.tail.push_back(event.clone());
+        // Sent under the lock so subscribers see events in sequence order.
+        let _ = self.sender.send(event);
+        seq
+    }
+
+    /// Live events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ActivityEvent> {
+        self.sender.subscribe()
+    }
+
+    /// Events after `since` still in the tail, oldest first, at most `limit`.
+    pub fn since(&self, since: u64, limit: usize) -> Vec<ActivityEvent> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.tail.iter().filter(|e| e.seq > since).take(limit).cloned().collect()
+    }
+
+    /// The last sequence number handed out.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).next_seq - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_increase_and_tail_is_bounded() {
+        let bus = ActivityBus::new(3, 41);
+        let mut rx = bus.subscribe();
+        for i in 0..5 {
+            bus.publish(ActivityKind::Log, Some("s"), serde_json::json!({ "i": i }));
+        }
+        assert_eq!(bus.last_seq(), 46);
+        let tail: Vec<u64> = bus.since(0, 10).iter().map(|e| e.seq).collect();
+        assert_eq!(tail, vec![44, 45, 46]);
+        assert_eq!(rx.try_recv().unwrap().seq, 42);
+        let json = serde_json::to_value(bus.since(45, 1)).unwrap();
+        assert_eq!(json[0]["type"], "log");
+        assert_eq!(json[0]["v"], 1);
+    }
+}

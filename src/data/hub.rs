@@ -1,0 +1,145 @@
+//! The market hub: turns the feed's ticks or bars into base bars, keeps a
+//! bounded base history per symbol, and builds candles of every timeframe a
+//! strategy subscribed to. A candle is emitted as soon as the last base bar
+//! of its bucket has arrived.
+
+use std::collections::HashMap;
+
+use super::series::{CandleAggregator, CandleSeries, Timeframe};
+use crate::model::{Candle, Tick, TimestampMs};
+
+/// A subscription the hub cannot serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// The timeframe is not a whole multiple of the feed's bars.
+    #[error("timeframe {wanted} cannot be built from the feed's {base} bars (it must be a whole multiple)")]
+    Timeframe {
+        /// Requested.
+        wanted: Timeframe,
+        /// What the feed provides.
+        base: Timeframe,
+    },
+}
+
+/// A closed candle of one timeframe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimedCandle {
+    /// Its timeframe.
+    pub timeframe: Timeframe,
+    /// The candle.
+    pub candle: Candle,
+}
+
+/// Base bars and derived candles for every symbol.
+#[derive(Debug)]
+pub struct MarketHub {
+    base: Timeframe,
+    capacity: usize,
+    base_builders: HashMap<String, CandleAggregator>,
+    history: HashMap<String, CandleSeries>,
+    derived: HashMap<(String, Timeframe), CandleAggregator>,
+}
+
+impl MarketHub {
+    /// A hub whose base bars are `base` long, keeping `capacity` of them per symbol.
+    pub fn new(base: Timeframe, capacity: usize) -> Self {
+        MarketHub { base, capacity, base_builders: HashMap::new(), history: HashMap::new(), derived: HashMap::new() }
+    }
+
+    /// The base timeframe.
+    pub fn base(&self) -> Timeframe {
+        self.base
+    }
+
+    /// Adds a trade tick; returns the candles it closed.
+    pub fn on_tick(&mut self, tick: &Tick) -> Vec<TimedCandle> {
+        use rust_decimal::prelude::ToPrimitive;
+        let price = tick.last.to_f64().unwrap_or_default();
+        let volume = tick.volume.to_f64().unwrap_or_default();
+        let base = self.base;
+        let builder = self.base_builders.entry(tick.symbol.clone()).or_insert_with(|| CandleAggregator::new(base));
+        let closed = builder.add_trade(&tick.symbol, tick.time, price, volume);
+        let mut out = Vec::new();
+        if let Some(bar) = closed {
+            out.extend(self.on_bar(bar));
+        }
+        out
+    }
+
+    /// Closes base bars whose time is over at `now` (so a quiet market still produces candles).
+    pub fn on_clock(&mut self, now: TimestampMs) -> Vec<TimedCandle> {
+        let closed: Vec<Candle> = self.base_builders.values_mut().filter_map(|b| b.close_if_due(now)).collect();
+        closed.into_iter().flat_map(|bar| self.on_bar(bar)).collect()
+    }
+
+    /// Adds a complete base bar; returns the candles it closed.
+    pub fn on_bar(&mut self, bar: Candle) -> Vec<TimedCandle> {
+        let capacity = self.capacity;
+        self.history.entry(bar.symbol.clone()).or_insert_with(|| CandleSeries::new(capacity)).push(bar.clone());
+        let mut out = Vec::new();
+        let bar_end = bar.time + self.base.ms();
+        for ((symbol, timeframe), aggregator) in self.derived.iter_mut() {
+            if *symbol != bar.symbol {
+                continue;
+            }
+            if *timeframe == self.base {
+                out.push(TimedCandle { timeframe: *timeframe, candle: bar.clone() });
+                continue;
+            }
+            if let Some(candle) = aggregator.add_bar(&bar) {
+                out.push(TimedCandle { timeframe: *timeframe, candle });
+            }
+            if let Some(candle) = aggregator.close_if_due(bar_end) {
+                out.push(TimedCandle { timeframe: *timeframe, candle });
+            }
+        }
+        out
+    }
+
+    /// Starts building `timeframe` candles of `symbol` and returns its completed history.
+    pub fn subscribe(&mut self, symbol: &str, timeframe: Timeframe) -> Result<Vec<Candle>, HubError> {
+        if timeframe.ms() % self.base.ms() != 0 {
+            return Err(HubError::Timeframe { wanted: timeframe, base: self.base });
+        }
+        let mut aggregator = CandleAggregator::new(timeframe);
+        let mut history = Vec::new();
+        if let Some(series) = self.history.get(symbol) {
+            for bar in series.since(0) {
+                if timeframe == self.base {
+                    history.push(bar.clone());
+                    continue;
+                }
+                history.extend(aggregator.add_bar(bar));
+                history.extend(aggregator.close_if_due(bar.time + self.base.ms()));
+            }
+        }
+        self.derived.entry((symbol.to_string(), timeframe)).or_insert(aggregator);
+        Ok(history)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bar(minute: i64, close: f64) -> Candle {
+        Candle { symbol: "X".into(), time: minute * 60_000, open: close, high: close, low: close, close, volume: 1.0 }
+    }
+
+    #[test]
+    fn derived_candles_close_with_their_last_base_bar() {
+        let mut hub = MarketHub::new(Timeframe::minute(), 100);
+        for m in 0..7 {
+            hub.on_bar(bar(m, m as f64));
+        }
+        let history = hub.subscribe("X", "5m".parse().unwrap()).unwrap();
+        assert_eq!(history.len(), 1, "only the complete 0-4 bucket");
+        assert_eq!((history[0].open, history[0].close, history[0].volume), (0.0, 4.0, 5.0));
+        assert!(hub.on_bar(bar(7, 7.0)).is_empty());
+        assert!(hub.on_bar(bar(8, 8.0)).is_empty());
+        let closed = hub.on_bar(bar(9, 9.0));
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].candle.time, closed[0].candle.open, closed[0].candle.close), (300_000, 5.0, 9.0));
+        assert!(hub.subscribe("X", "90s".parse().unwrap()).is_err());
+    }
+}
