@@ -21,3 +21,4 @@ pub mod feed;
 pub mod model;
 pub mod script;
 pub mod strategy;
+pub mod supervisor;

@@ -1,1 +1,165 @@
-fn main() {}
+//! The `tradehost` command line: parses arguments, sets up logging and calls
+//! into the library. Exit codes: 0 clean, 1 runtime failure, 2 bad usage or
+//! bad config, 130 after a forced second signal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tradehost::config::Config;
+use tradehost::script::{ScriptOptions, check};
+use tradehost::supervisor;
+
+const TEMPLATE: &str = include_str!("strategy_template.rhai");
+
+#[derive(Parser)]
+#[command(name = "tradehost", version, about = "Run trading strategies written as Rhai scripts: sandboxed, hot-reloaded, supervised.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the host: strategies from the strategies folder trade on the configured exchange (paper by default).
+    Run {
+        /// Config file (TOML); without it the embedded default applies.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Strategies folder (overrides `strategies.dir`).
+        #[arg(long)]
+        strategies: Option<PathBuf>,
+        /// Data folder (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Control API address (overrides `http.bind`).
+        #[arg(long)]
+        http: Option<SocketAddr>,
+    },
+    /// Compile and check strategy scripts; prints file:line:col errors and exits 1 on any error.
+    Check {
+        /// Script files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Config file for sandbox limits, symbols and param overrides.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Create a commented strategy template NAME.rhai in the strategies folder.
+    New {
+        /// Strategy name: letters, digits and underscores.
+        name: String,
+        /// Strategies folder.
+        #[arg(long, default_value = "strategies")]
+        strategies: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run { config, strategies, data_dir, http } => run(config.as_deref(), strategies, data_dir, http),
+        Command::Check { files, config } => check_files(&files, config.as_deref()),
+        Command::New { name, strategies } => new_strategy(&name, &strategies),
+    };
+    ExitCode::from(code)
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, u8> {
+    let mut config = Config::load(path).map_err(|error| {
+        eprintln!("error: bad config: {error}");
+        2
+    })?;
+    config.apply_env(|key| std::env::var(key).ok());
+    Ok(config)
+}
+
+fn run(config: Option<&Path>, strategies: Option<PathBuf>, data_dir: Option<PathBuf>, http: Option<SocketAddr>) -> u8 {
+    let mut config = match load_config(config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    if let Some(dir) = strategies {
+        config.strategies.dir = dir;
+    }
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = http {
+        config.http.bind = addr;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tradehost-worker").build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return 1;
+        }
+    };
+    runtime.block_on(async {
+        let host = match supervisor::start(config).await {
+            Ok(host) => host,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return error.exit_code() as u8;
+            }
+        };
+        supervisor::spawn_signal_handler(host.control());
+        host.wait().await as u8
+    })
+}
+
+fn check_files(files: &[PathBuf], config: Option<&Path>) -> u8 {
+    let config = match load_config(config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let mut failed = false;
+    for file in files {
+        let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let options = ScriptOptions {
+            limits: config.sandbox.clone(),
+            param_overrides: config.strategy_override(name).map(|o| o.params.clone()).unwrap_or_default(),
+            default_symbols: config.feed_symbols(),
+        };
+        let shown = file.display().to_string();
+        let result = std::fs::read_to_string(file)
+            .map_err(|e| format!("{shown}: cannot read: {e}"))
+            .and_then(|source| check(&shown, &source, &options).map_err(|e| e.to_string()));
+        match result {
+            Ok(meta) => println!("{shown}: ok (symbols {:?}, timeframe {})", meta.symbols, meta.timeframe),
+            Err(message) => {
+                failed = true;
+                eprintln!("{message}");
+            }
+        }
+    }
+    u8::from(failed)
+}
+
+fn new_strategy(name: &str, dir: &Path) -> u8 {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        eprintln!("error: strategy name {name:?} must use only letters, digits and underscores");
+        return 2;
+    }
+    let path = dir.join(format!("{name}.rhai"));
+    if path.exists() {
+        eprintln!("error: {} already exists", path.display());
+        return 1;
+    }
+    let written = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, TEMPLATE.replace("{{name}}", name)));
+    match written {
+        Ok(()) => {
+            println!("created {}", path.display());
+            0
+        }
+        Err(error) => {
+            eprintln!("error: cannot write {}: {error}", path.display());
+            1
+        }
+    }
+}

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::series::{CandleAggregator, CandleSeries, Timeframe};
-use crate::model::{Candle, Tick, TimestampMs};
+use crate::model::{Candle, Tick};
 
 /// A subscription the hub cannot serve.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,12 +64,6 @@ impl MarketHub {
             out.extend(self.on_bar(bar));
         }
         out
-    }
-
-    /// Closes base bars whose time is over at `now` (so a quiet market still produces candles).
-    pub fn on_clock(&mut self, now: TimestampMs) -> Vec<TimedCandle> {
-        let closed: Vec<Candle> = self.base_builders.values_mut().filter_map(|b| b.close_if_due(now)).collect();
-        closed.into_iter().flat_map(|bar| self.on_bar(bar)).collect()
     }
 
     /// Adds a complete base bar; returns the candles it closed.

@@ -157,6 +157,17 @@ impl RuntimeHandle {
         self.meta.load().as_ref().clone()
     }
 
+    /// True if the strategy trades `symbol` (and, for candles, uses `timeframe`).
+    pub fn wants(&self, symbol: &str, timeframe: Option<crate::data::Timeframe>) -> bool {
+        match self.meta.load().as_ref() {
+            Some(meta) => {
+                (meta.symbols.is_empty() || meta.symbols.iter().any(|s| s == symbol))
+                    && timeframe.is_none_or(|tf| tf == meta.timeframe)
+            }
+            None => false,
+        }
+    }
+
     /// True once the thread has ended.
     pub fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(|t| t.is_finished())

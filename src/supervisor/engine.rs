@@ -1,0 +1,197 @@
+//! The engine task: the one place where market data meets orders. It feeds
+//! ticks and bars to the market hub and the order manager, routes candles,
+//! ticks, order updates and fills to the strategies that want them, executes
+//! the strategies' order commands, and publishes orders, fills and positions
+//! on the activity bus. Serial by design, so a given feed gives one outcome.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::activity::{ActivityBus, ActivityKind};
+use crate::config::ShutdownPolicy;
+use crate::data::{MarketHub, TimedCandle};
+use crate::exchange::ExchangeEvent;
+use crate::execution::Oms;
+use crate::feed::FeedEvent;
+use crate::model::Tick;
+use crate::strategy::live::RuntimeHandle;
+use crate::strategy::{LogLevel, OrderIds, StrategyCommand, StrategyEvent};
+
+/// The running strategies by name, as the engine routes to them.
+pub type Runtimes = Arc<ArcSwap<HashMap<String, Arc<RuntimeHandle>>>>;
+
+/// Requests to the engine task.
+pub enum EngineRequest {
+    /// Commands a strategy produced.
+    Commands {
+        /// Strategy name.
+        strategy: String,
+        /// Its commands, in order.
+        commands: Vec<StrategyCommand>,
+    },
+    /// Refuse every new order from now on.
+    CloseGate(oneshot::Sender<()>),
+    /// Apply each strategy's shutdown policy.
+    ApplyPolicies(Vec<(String, ShutdownPolicy)>, oneshot::Sender<()>),
+}
+
+/// What the engine owns.
+pub struct Engine {
+    /// Order manager (owns the paper exchange).
+    pub oms: Oms,
+    /// Market hub (shared with strategies' history loaders).
+    pub hub: Arc<Mutex<MarketHub>>,
+    /// Strategies to route to.
+    pub runtimes: Runtimes,
+    /// Activity bus.
+    pub activity: ActivityBus,
+    /// Session tag for order ids the engine creates itself (flatten).
+    pub session: String,
+    /// Shared order id counter.
+    pub id_counter: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Engine {
+    /// Runs until the request channel closes or `cancel` fires.
+    pub async fn run(mut self, mut requests: mpsc::UnboundedReceiver<EngineRequest>, mut feed: mpsc::Receiver<FeedEvent>, cancel: CancellationToken) {
+        let mut feed_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                request = requests.recv() => match request {
+                    Some(request) => self.handle_request(request),
+                    None => break,
+                },
+                event = feed.recv(), if feed_open => match event {
+                    Some(event) => self.handle_feed(event),
+                    None => feed_open = false,
+                },
+            }
+        }
+    }
+
+    fn handle_request(&mut self, request: EngineRequest) {
+        match request {
+            EngineRequest::Commands { strategy, commands } => {
+                for command in commands {
+                    let events = match command {
+                        StrategyCommand::Place(order) => self.oms.submit(order),
+                        StrategyCommand::Cancel { client_id } => match self.oms.cancel(&strategy, &client_id) {
+                            Ok(events) => events,
+                            Err(error) => {
+                                self.strategy_log(&strategy, LogLevel::Warn, format!("exchange::cancel: {error}"));
+                                Vec::new()
+                            }
+                        },
+                        StrategyCommand::CancelAll { symbol } => self.oms.cancel_all(&strategy, symbol.as_deref()),
+                        _ => Vec::new(),
+                    };
+                    self.dispatch(events);
+                }
+            }
+            EngineRequest::CloseGate(reply) => {
+                self.oms.close_gate();
+                let _ = reply.send(());
+            }
+            EngineRequest::ApplyPolicies(policies, reply) => {
+                for (strategy, policy) in policies {
+                    let events = match policy {
+                        ShutdownPolicy::Leave => Vec::new(),
+                        ShutdownPolicy::Cancel => self.oms.cancel_all(&strategy, None),
+                        ShutdownPolicy::Flatten => {
+                            let ids = OrderIds::new(&strategy, &self.session, self.id_counter.clone());
+                            self.oms.flatten(&strategy, &mut || ids.next_id())
+                        }
+                    };
+                    if !events.is_empty() {
+                        tracing::info!(strategy = %strategy, policy = ?policy, events = events.len(), "shutdown policy applied");
+                    }
+                    self.dispatch(events);
+                }
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn handle_feed(&mut self, event: FeedEvent) {
+        let (candles, tick) = match event {
+            FeedEvent::Tick(tick) => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_tick(&tick), tick),
+            FeedEvent::Bar { bar, close } => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_bar(bar), close),
+            FeedEvent::Finished => {
+                self.activity.publish(ActivityKind::System, None, json!({ "event": "feed_finished" }));
+                tracing::info!("market feed finished");
+                return;
+            }
+        };
+        let events = self.oms.on_tick(&tick);
+        self.dispatch(events);
+        self.route_market(candles, tick);
+    }
+
+    fn route_market(&self, candles: Vec<TimedCandle>, tick: Tick) {
+        let runtimes = self.runtimes.load();
+        for runtime in runtimes.values() {
+            for candle in &candles {
+                if runtime.wants(&candle.candle.symbol, Some(candle.timeframe)) {
+                    runtime.send_event(StrategyEvent::Candle(candle.candle.clone()));
+                }
+            }
+            if runtime.wants(&tick.symbol, None) {
+                runtime.send_event(StrategyEvent::Tick(tick.clone()));
+            }
+        }
+    }
+
+    /// Publishes order and fill events and delivers them to their strategies.
+    fn dispatch(&self, events: Vec<ExchangeEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let runtimes = self.runtimes.load();
+        for event in events {
+            match event {
+                ExchangeEvent::Fill(fill) => {
+                    let strategy = fill.strategy.clone();
+                    self.activity.publish(ActivityKind::Fill, Some(&strategy), json!(fill));
+                    let position = self.oms.position(&strategy, &fill.symbol);
+                    self.activity.publish(ActivityKind::Position, Some(&strategy), json!(position));
+                    tracing::info!(strategy = %strategy, order = %fill.order_id, side = %fill.side, size = %fill.size, price = %fill.price, fee = %fill.fee, "fill");
+                    if let Some(runtime) = runtimes.get(&strategy) {
+                        runtime.send_event(StrategyEvent::Fill(fill));
+                    }
+                }
+                ExchangeEvent::Order(order) => {
+                    let strategy = order.request.strategy.clone();
+                    self.activity.publish(ActivityKind::Order, Some(&strategy), json!(order));
+                    if let Some(reason) = order.reason.as_deref().filter(|_| order.status == crate::model::OrderStatus::Rejected) {
+                        tracing::warn!(strategy = %strategy, order = %order.request.client_id, "order rejected: {reason}");
+                    }
+                    if let Some(runtime) = runtimes.get(&strategy) {
+                        runtime.send_event(StrategyEvent::Order(order));
+                    }
+                }
+            }
+        }
+    }
+
+    fn strategy_log(&self, strategy: &str, level: LogLevel, message: String) {
+        publish_log(&self.activity, strategy, level, &message);
+    }
+}
+
+/// Writes a strategy's log line to tracing and the activity bus.
+pub fn publish_log(activity: &ActivityBus, strategy: &str, level: LogLevel, message: &str) {
+    match level {
+        LogLevel::Debug => tracing::debug!(target: "strategy", strategy = %strategy, "{message}"),
+        LogLevel::Info => tracing::info!(target: "strategy", strategy = %strategy, "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "strategy", strategy = %strategy, "{message}"),
+        LogLevel::Error => tracing::error!(target: "strategy", strategy = %strategy, "{message}"),
+    }
+    activity.publish(ActivityKind::Log, Some(strategy), json!({ "level": level, "message": message }));
+}

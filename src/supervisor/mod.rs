@@ -1,0 +1,365 @@
+//! The composition root. [`start`] builds the host from a [`Config`]: the
+//! market feed, the engine (order manager + routing), the strategies folder
+//! watcher and the supervisor loop that owns every strategy. Every external
+//! trigger — file changes, signals, later the API — becomes one [`Control`]
+//! message. Shutdown is one ordered sequence with a deadline:
+//! gate → `on_stop` → shutdown policies → flush → close feed → done.
+
+mod engine;
+mod status;
+mod strategies;
+mod tasks;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::activity::{ActivityBus, ActivityKind};
+use crate::config::{Config, FeedKind};
+use crate::data::{MarketHub, Timeframe};
+use crate::exchange::PaperExchange;
+use crate::execution::Oms;
+use crate::feed::{self, FeedSource, Replay, SyntheticFeed};
+use crate::model::AccountView;
+use crate::strategy::base36;
+
+pub use engine::{EngineRequest, Runtimes};
+pub use status::{StrategyState, StrategyStatus};
+pub use strategies::scan;
+use tasks::Tasks;
+
+/// Why the host shuts down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShutdownReason {
+    /// SIGINT, SIGTERM, Ctrl+C or Ctrl+Break.
+    Signal(String),
+    /// Asked through the control API.
+    Api,
+    /// A component failed.
+    Fatal(String),
+}
+
+/// One message type for every trigger that steers the host.
+#[derive(Debug)]
+pub enum Control {
+    /// The strategies folder changed: rescan it.
+    Rescan,
+    /// A restart delay has passed.
+    RestartDue {
+        /// Strategy.
+        name: String,
+        /// The start it belongs to (stale ones are ignored).
+        generation: u64,
+    },
+    /// Start a stopped, failed or quarantined strategy.
+    Start(String, oneshot::Sender<Result<(), String>>),
+    /// Stop a running strategy (runs `on_stop`).
+    Stop(String, oneshot::Sender<Result<(), String>>),
+    /// Begin the ordered shutdown.
+    Shutdown(ShutdownReason),
+}
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The strategies folder is missing.
+    #[error("`strategies.dir`: {0} does not exist or is not a folder")]
+    StrategiesDir(PathBuf),
+    /// The data folder cannot be created.
+    #[error("`data_dir`: cannot create {path}: {source}")]
+    DataDir {
+        /// Folder.
+        path: PathBuf,
+        /// Reason.
+        source: std::io::Error,
+    },
+    /// The replay file cannot be used.
+    #[error("`feed.replay.path`: {0}")]
+    Replay(#[from] crate::feed::csv::CsvError),
+    /// The strategies folder cannot be watched.
+    #[error("cannot watch the strategies folder {path}: {message}")]
+    Watch {
+        /// Folder.
+        path: PathBuf,
+        /// Reason.
+        message: String,
+    },
+}
+
+impl HostError {
+    /// Exit code: 2 for configuration problems, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            HostError::StrategiesDir(_) | HostError::Replay(_) | HostError::DataDir { .. } => 2,
+            HostError::Watch { .. } => 1,
+        }
+    }
+}
+
+/// A cheap handle to a running host.
+pub struct HostHandle {
+    control: mpsc::UnboundedSender<Control>,
+    activity: ActivityBus,
+    statuses: Arc<ArcSwap<Vec<StrategyStatus>>>,
+    account: Arc<ArcSwap<AccountView>>,
+    done: JoinHandle<i32>,
+}
+
+impl HostHandle {
+    /// Sends a control message.
+    pub fn control(&self) -> mpsc::UnboundedSender<Control> {
+        self.control.clone()
+    }
+
+    /// Starts the ordered shutdown.
+    pub fn shutdown(&self, reason: ShutdownReason) {
+        let _ = self.control.send(Control::Shutdown(reason));
+    }
+
+    /// The activity bus.
+    pub fn activity(&self) -> &ActivityBus {
+        &self.activity
+    }
+
+    /// Current status of every strategy.
+    pub fn strategies(&self) -> Vec<StrategyStatus> {
+        self.statuses.load().as_ref().clone()
+    }
+
+    /// Current account snapshot.
+    pub fn account(&self) -> Arc<AccountView> {
+        self.account.load_full()
+    }
+
+    /// Waits for the host to finish; returns the process exit code.
+    pub async fn wait(self) -> i32 {
+        self.done.await.unwrap_or(1)
+    }
+}
+
+/// Builds the feed source and a hub preloaded with its history.
+fn build_feed(config: &Config, oms: &mut Oms) -> Result<(MarketHub, FeedSource), HostError> {
+    let products = config.exchange.paper.product_list();
+    match config.feed.kind {
+        FeedKind::Synthetic => {
+            let syn = &config.feed.synthetic;
+            let base = Timeframe::from_ms(syn.tick_interval_ms as i64);
+            let history_ms = syn.history_bars as i64 * 60_000;
+            let capacity = (history_ms / base.ms()) as usize + 20_000;
+            let mut hub = MarketHub::new(base, capacity);
+            let now = Timeframe::minute().bucket(chrono::Utc::now().timestamp_millis());
+            let mut feed = SyntheticFeed::new(syn, &products, now - history_ms);
+            while feed.time() < now {
+                for tick in feed.step() {
+                    hub.on_tick(&tick);
+                    oms.on_tick(&tick);
+                }
+            }
+            Ok((hub, FeedSource::Synthetic { feed, speed: syn.speed }))
+        }
+        FeedKind::Replay => {
+            let r = &config.feed.replay;
+            let candles = feed::csv::read_candles(&r.path, &r.symbol)?;
+            let interval_ms = feed::csv::interval_ms(&candles).unwrap_or(60_000);
+            let product = products.into_iter().find(|p| p.symbol == r.symbol).expect("validated: replay symbol has a product");
+            let hub = MarketHub::new(Timeframe::from_ms(interval_ms), 20_000);
+            let replay = Replay { candles, interval_ms, speed: r.speed, repeat: r.repeat, half_spread: r.spread_bps / 20_000.0, product };
+            Ok((hub, FeedSource::Replay(replay)))
+        }
+    }
+}
+
+/// Starts the host. Must be called inside a tokio runtime.
+pub async fn start(config: Config) -> Result<HostHandle, HostError> {
+    let config = Arc::new(config);
+    let dir = config.strategies.dir.clone();
+    if !dir.is_dir() {
+        return Err(HostError::StrategiesDir(dir));
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| HostError::DataDir { path: config.data_dir.clone(), source })?;
+    let mut oms = Oms::new(PaperExchange::new(&config.exchange.paper));
+    let (hub, source) = build_feed(&config, &mut oms)?;
+    let hub = Arc::new(Mutex::new(hub));
+    let activity = ActivityBus::new(10_000, 0);
+    let account = oms.view();
+    let session = base36(chrono::Utc::now().timestamp_millis() as u64);
+    let id_counter = Arc::new(AtomicU64::new(0));
+    let runtimes: Runtimes = Arc::new(ArcSwap::from_pointee(Default::default()));
+
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (engine_tx, engine_rx) = mpsc::unbounded_channel();
+    let (feed_tx, feed_rx) = mpsc::channel(4096);
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+
+    let watcher = {
+        let control = control_tx.clone();
+        let mut debouncer = notify_debouncer_full::new_debouncer(
+            Duration::from_millis(config.supervisor.debounce_ms),
+            None,
+            move |result: notify_debouncer_full::DebounceEventResult| match result {
+                Ok(events) if !events.is_empty() => {
+                    let _ = control.send(Control::Rescan);
+                }
+                Ok(_) => {}
+                Err(errors) => tracing::warn!(?errors, "strategies folder watcher error"),
+            },
+        )
+        .map_err(|e| HostError::Watch { path: dir.clone(), message: e.to_string() })?;
+        debouncer
+            .watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| HostError::Watch { path: dir.clone(), message: e.to_string() })?;
+        debouncer
+    };
+
+    let tasks = Tasks::new();
+    let feed_cancel = CancellationToken::new();
+    let engine_cancel = CancellationToken::new();
+    tasks.spawn("market feed", feed::run(source, feed_tx, feed_cancel.clone()));
+    let engine = engine::Engine {
+        oms,
+        hub: hub.clone(),
+        runtimes: runtimes.clone(),
+        activity: activity.clone(),
+        session: session.clone(),
+        id_counter: id_counter.clone(),
+    };
+    tasks.spawn("engine", engine.run(engine_rx, feed_rx, engine_cancel.clone()));
+
+    let statuses = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    let supervisor = strategies::Supervisor {
+        config: config.clone(),
+        dir,
+        slots: Default::default(),
+        runtimes: runtimes.clone(),
+        statuses: statuses.clone(),
+        control: control_tx.clone(),
+        reports_tx,
+        reports: reports_rx,
+        engine: engine_tx,
+        activity: activity.clone(),
+        hub,
+        account: account.clone(),
+        session,
+        id_counter,
+        feed_symbols: config.feed_symbols(),
+        shutting_down: false,
+    };
+    activity.publish(ActivityKind::System, None, json!({ "event": "started", "mode": "paper", "version": env!("CARGO_PKG_VERSION") }));
+    tracing::info!(strategies = %config.strategies.dir.display(), symbols = ?config.feed_symbols(), "host started (paper exchange)");
+    let lifecycle = Lifecycle { config, control_rx, watcher, tasks, feed_cancel, engine_cancel, runtimes, activity: activity.clone() };
+    let done = tokio::spawn(lifecycle.run(supervisor));
+    let _ = control_tx.send(Control::Rescan);
+    Ok(HostHandle { control: control_tx, activity, statuses, account, done })
+}
+
+struct Lifecycle {
+    config: Arc<Config>,
+    control_rx: mpsc::UnboundedReceiver<Control>,
+    watcher: notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>,
+    tasks: Tasks,
+    feed_cancel: CancellationToken,
+    engine_cancel: CancellationToken,
+    runtimes: Runtimes,
+    activity: ActivityBus,
+}
+
+impl Lifecycle {
+    /// The supervisor loop, then the ordered shutdown; returns the exit code.
+    async fn run(mut self, mut supervisor: strategies::Supervisor) -> i32 {
+        let reason = loop {
+            tokio::select! {
+                control = self.control_rx.recv() => match control {
+                    Some(Control::Shutdown(reason)) => break reason,
+                    Some(control) => { supervisor.handle_control(control); }
+                    None => break ShutdownReason::Fatal("control channel closed".into()),
+                },
+                Some(report) = supervisor.reports.recv() => supervisor.handle_report(report),
+            }
+        };
+        tracing::info!(?reason, "shutdown started");
+        self.activity.publish(ActivityKind::System, None, json!({ "event": "shutdown_started", "reason": format!("{reason:?}") }));
+        let timeout = Duration::from_millis(self.config.shutdown.timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let watchdog = {
+            let runtimes = self.runtimes.clone();
+            let names = self.tasks.names();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(deadline - timeout / 5).await;
+                let strategies: Vec<String> = runtimes.load().keys().cloned().collect();
+                tracing::warn!(tasks = ?names.lock().unwrap_or_else(|e| e.into_inner()), strategies = ?strategies, "shutdown deadline nears; still running");
+            })
+        };
+        let on_stop = Duration::from_millis(self.config.shutdown.on_stop_timeout_ms);
+        let abort_grace = Duration::from_millis(self.config.sandbox.callback_budget_ms + 1_000);
+        let sequence = async {
+            tracing::info!("shutdown: order gate closed");
+            let (reply, closed) = oneshot::channel();
+            if supervisor.engine.send(EngineRequest::CloseGate(reply)).is_ok() {
+                let _ = closed.await;
+            }
+            supervisor.stop_all(on_stop, abort_grace).await;
+            tracing::info!("shutdown: strategies stopped and shutdown policies applied");
+            tracing::info!("shutdown: flushed");
+            self.feed_cancel.cancel();
+            self.engine_cancel.cancel();
+            self.tasks.close();
+            self.tasks.wait().await;
+            tracing::info!("shutdown: market feed closed");
+        };
+        let code = match tokio::time::timeout_at(deadline, sequence).await {
+            Ok(()) => {
+                tracing::info!("shutdown complete");
+                0
+            }
+            Err(_) => {
+                let names = self.tasks.names();
+                let tasks = names.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                tracing::error!(?tasks, strategies = ?supervisor.still_running(), "shutdown deadline of {} ms passed", timeout.as_millis());
+                1
+            }
+        };
+        watchdog.abort();
+        drop(self.watcher);
+        code
+    }
+}
+
+/// Waits for SIGINT/SIGTERM (Ctrl+C/Ctrl+Break on Windows) and starts the
+/// ordered shutdown; a second signal exits the process at once with 130.
+pub fn spawn_signal_handler(control: mpsc::UnboundedSender<Control>) {
+    tokio::spawn(async move {
+        let first = next_signal().await;
+        tracing::info!(signal = %first, "signal received: shutting down (send it again to exit at once)");
+        let _ = control.send(Control::Shutdown(ShutdownReason::Signal(first.to_string())));
+        let second = next_signal().await;
+        eprintln!("second {second}: exiting at once");
+        std::process::exit(130);
+    });
+}
+
+#[cfg(unix)]
+async fn next_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+#[cfg(windows)]
+async fn next_signal() -> &'static str {
+    let mut ctrl_break = tokio::signal::windows::ctrl_break().expect("Ctrl+Break handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl+C",
+        _ = ctrl_break.recv() => "Ctrl+Break",
+    }
+}

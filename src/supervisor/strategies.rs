@@ -1,0 +1,453 @@
+//! The supervisor loop: discovers `strategies/*.rhai`, starts each on its own
+//! thread, applies hot reloads (the runtime keeps the old version when the
+//! new one does not compile), restarts failed strategies with exponential
+//! backoff, quarantines crash loops until the file changes, and runs the
+//! strategy phases of the ordered shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Control;
+use super::engine::{EngineRequest, Runtimes, publish_log};
+use super::status::{StrategyState, StrategyStatus};
+use crate::activity::{ActivityBus, ActivityKind};
+use crate::config::{Config, ShutdownPolicy};
+use crate::data::MarketHub;
+use crate::model::AccountView;
+use crate::script::{ScriptOptions, ScriptStrategy};
+use crate::strategy::live::{self, CommandSink, ExitReason, RuntimeHandle, RuntimeReport, RuntimeSpec, TaggedReport};
+use crate::strategy::{LogLevel, OrderIds, StrategyCommand, StrategyError, StrategyMeta};
+
+/// A run that lasted this long resets the restart counter.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+pub(super) struct Slot {
+    file: PathBuf,
+    hash: u64,
+    source: String,
+    handle: Option<Arc<RuntimeHandle>>,
+    generation: u64,
+    state: StrategyState,
+    version: u32,
+    reloads: u32,
+    restarts: u32,
+    restarts_in_a_row: u32,
+    started_at: Instant,
+    last_error: Option<StrategyError>,
+    saved_state: Option<serde_json::Value>,
+    /// The file is gone; the slot is dropped once the runtime has exited.
+    deleted: bool,
+}
+
+/// Everything the supervisor loop needs.
+pub struct Supervisor {
+    pub(super) config: Arc<Config>,
+    pub(super) dir: PathBuf,
+    pub(super) slots: BTreeMap<String, Slot>,
+    pub(super) runtimes: Runtimes,
+    pub(super) statuses: Arc<ArcSwap<Vec<StrategyStatus>>>,
+    pub(super) control: mpsc::UnboundedSender<Control>,
+    pub(super) reports_tx: mpsc::UnboundedSender<TaggedReport>,
+    pub(super) reports: mpsc::UnboundedReceiver<TaggedReport>,
+    pub(super) engine: mpsc::UnboundedSender<EngineRequest>,
+    pub(super) activity: ActivityBus,
+    pub(super) hub: Arc<Mutex<MarketHub>>,
+    pub(super) account: Arc<ArcSwap<AccountView>>,
+    pub(super) session: String,
+    pub(super) id_counter: Arc<AtomicU64>,
+    pub(super) feed_symbols: Vec<String>,
+    pub(super) shutting_down: bool,
+}
+
+fn hash_of(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Reads the `*.rhai` files of a folder: name → (path, source). Files that are
+/// empty right now (an editor mid-save) are left out of this scan.
+pub fn scan(dir: &Path) -> std::io::Result<BTreeMap<String, (PathBuf, String)>> {
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+        if stem.starts_with('.') || path.extension().and_then(|e| e.to_str()) != Some("rhai") || !path.is_file() {
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(source) if source.trim().is_empty() => {
+                tracing::debug!(file = %path.display(), "empty file: waiting for the save to finish");
+                found.insert(stem.to_string(), (path, String::new()));
+            }
+            Ok(source) => {
+                found.insert(stem.to_string(), (path, source));
+            }
+            Err(error) => tracing::warn!(file = %path.display(), "cannot read strategy: {error}"),
+        }
+    }
+    Ok(found)
+}
+
+impl Supervisor {
+    /// Handles a control message; returns false once shutdown was requested.
+    pub(super) fn handle_control(&mut self, control: Control) -> bool {
+        match control {
+            Control::Rescan => self.rescan(),
+            Control::RestartDue { name, generation } => {
+                let due = self.slots.get(&name).is_some_and(|s| s.generation == generation && s.handle.is_none() && s.state == StrategyState::Starting);
+                if due && !self.shutting_down {
+                    self.slots.get_mut(&name).expect("checked").restarts += 1;
+                    self.start(&name);
+                }
+            }
+            Control::Start(name, reply) => {
+                let result = match self.slots.get_mut(&name) {
+                    None => Err(format!("no strategy named {name}")),
+                    Some(slot) if slot.handle.is_some() => Err(format!("strategy {name} is already running")),
+                    Some(slot) => {
+                        slot.restarts_in_a_row = 0;
+                        self.start(&name);
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Control::Stop(name, reply) => {
+                let result = match self.slots.get(&name).and_then(|s| s.handle.as_ref()) {
+                    Some(handle) => {
+                        handle.stop();
+                        Ok(())
+                    }
+                    None => Err(format!("strategy {name} is not running")),
+                };
+                let _ = reply.send(result);
+            }
+            Control::Shutdown(_) => return false,
+        }
+        self.publish();
+        true
+    }
+
+    fn rescan(&mut self) {
+        let found = match scan(&self.dir) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::error!(dir = %self.dir.display(), "cannot read the strategies folder: {error}");
+                return;
+            }
+        };
+        let removed: Vec<String> =
+            self.slots.iter().filter(|(name, slot)| !slot.deleted && !found.contains_key(*name)).map(|(n, _)| n.clone()).collect();
+        for name in removed {
+            tracing::info!(strategy = %name, "strategy file deleted: stopping it");
+            let slot = self.slots.get_mut(&name).expect("listed");
+            self.activity.publish(ActivityKind::Strategy, Some(&name), json!({ "event": "removed", "file": slot.file }));
+            match &slot.handle {
+                Some(handle) => {
+                    handle.stop();
+                    slot.deleted = true;
+                }
+                None => {
+                    self.slots.remove(&name);
+                }
+            }
+        }
+        for (name, (file, source)) in found {
+            if source.is_empty() {
+                continue;
+            }
+            let hash = hash_of(&source);
+            if let Some(slot) = self.slots.get_mut(&name) {
+                slot.deleted = false;
+            }
+            match self.slots.get_mut(&name) {
+                Some(slot) if slot.hash == hash => {}
+                Some(slot) => {
+                    slot.hash = hash;
+                    slot.source = source.clone();
+                    match (&slot.handle, slot.state) {
+                        (Some(handle), StrategyState::Running) => handle.reload(source),
+                        (Some(_), _) => {} // still starting: the new source applies at its next start
+                        (None, _) => {
+                            slot.restarts_in_a_row = 0;
+                            if slot.state == StrategyState::Quarantined {
+                                tracing::info!(strategy = %name, "file changed: leaving quarantine");
+                            }
+                            self.start(&name);
+                        }
+                    }
+                }
+                None => {
+                    let slot = Slot {
+                        file,
+                        hash,
+                        source,
+                        handle: None,
+                        generation: 0,
+                        state: StrategyState::Stopped,
+                        version: 0,
+                        reloads: 0,
+                        restarts: 0,
+                        restarts_in_a_row: 0,
+                        started_at: Instant::now(),
+                        last_error: None,
+                        saved_state: None,
+                        deleted: false,
+                    };
+                    self.slots.insert(name.clone(), slot);
+                    if self.config.strategy_override(&name).and_then(|o| o.enabled) == Some(false) {
+                        tracing::info!(strategy = %name, "disabled in the config file: not starting it");
+                        continue;
+                    }
+                    self.start(&name);
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, name: &str) {
+        if self.shutting_down {
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        slot.generation += 1;
+        slot.state = StrategyState::Starting;
+        slot.started_at = Instant::now();
+        let overrides = self.config.strategy_override(name).map(|o| o.params.clone()).unwrap_or_default();
+        let options = ScriptOptions { limits: self.config.sandbox.clone(), param_overrides: overrides, default_symbols: self.feed_symbols.clone() };
+        let file = slot.file.display().to_string();
+        let source = slot.source.clone();
+        let hub = self.hub.clone();
+        let spec = RuntimeSpec {
+            name: name.to_string(),
+            generation: slot.generation,
+            factory: Box::new(move |env| ScriptStrategy::new(&file, &source, options, env).map(|s| Box::new(s) as _)),
+            history: Box::new(move |meta: &StrategyMeta| {
+                let mut hub = hub.lock().unwrap_or_else(|e| e.into_inner());
+                meta.symbols.iter().flat_map(|symbol| hub.subscribe(symbol, meta.timeframe).unwrap_or_default()).collect()
+            }),
+            initial_state: slot.saved_state.clone(),
+            account: self.account.clone(),
+            ids: OrderIds::new(name, &self.session, self.id_counter.clone()),
+            sink: command_sink(self.engine.clone(), self.activity.clone()),
+            reports: self.reports_tx.clone(),
+            max_consecutive_errors: self.config.supervisor.max_consecutive_errors,
+            queue_limit: self.config.supervisor.event_queue,
+        };
+        match live::spawn(spec) {
+            Ok(handle) => {
+                let handle = Arc::new(handle);
+                slot.handle = Some(handle.clone());
+                let mut map = HashMap::clone(&self.runtimes.load());
+                map.insert(name.to_string(), handle);
+                self.runtimes.store(Arc::new(map));
+            }
+            Err(error) => {
+                slot.state = StrategyState::Failed;
+                slot.last_error = Some(StrategyError::new(format!("cannot start a thread: {error}")));
+            }
+        }
+    }
+
+    fn unregister(&self, name: &str) {
+        let mut map = HashMap::clone(&self.runtimes.load());
+        map.remove(name);
+        self.runtimes.store(Arc::new(map));
+    }
+
+    /// Handles a runtime's report.
+    pub(super) fn handle_report(&mut self, tagged: TaggedReport) {
+        let TaggedReport { name, generation, report } = tagged;
+        let Some(slot) = self.slots.get_mut(&name) else { return };
+        if slot.generation != generation {
+            return;
+        }
+        let activity = self.activity.clone();
+        let event = |event: &str, extra: serde_json::Value| {
+            let mut data = json!({ "event": event });
+            if let (Some(data), Some(extra)) = (data.as_object_mut(), extra.as_object()) {
+                data.extend(extra.clone());
+            }
+            activity.publish(ActivityKind::Strategy, Some(&name), data);
+        };
+        match report {
+            RuntimeReport::Started => {
+                slot.state = StrategyState::Running;
+                slot.version = slot.version.max(1);
+                tracing::info!(strategy = %name, version = slot.version, "strategy started");
+                event("started", json!({ "version": slot.version }));
+            }
+            RuntimeReport::Reloaded => {
+                slot.version += 1;
+                slot.reloads += 1;
+                slot.last_error = None;
+                tracing::info!(strategy = %name, version = slot.version, "strategy reloaded");
+                event("reloaded", json!({ "version": slot.version }));
+            }
+            RuntimeReport::ReloadRejected(error) => {
+                tracing::error!(strategy = %name, "reload rejected, the previous version keeps running: {error}");
+                event("reload_rejected", json!({ "error": error.to_string() }));
+                slot.last_error = Some(error);
+            }
+            RuntimeReport::CallbackFailed { callback, error } => {
+                tracing::warn!(strategy = %name, callback, "callback failed: {error}");
+                event("callback_failed", json!({ "callback": callback, "error": error.to_string() }));
+                slot.last_error = Some(error);
+            }
+            RuntimeReport::Exited { reason, state } => {
+                if state.is_some() {
+                    slot.saved_state = state;
+                }
+                slot.handle = None;
+                match reason {
+                    ExitReason::Stopped => {
+                        slot.state = StrategyState::Stopped;
+                        tracing::info!(strategy = %name, "strategy stopped");
+                        event("stopped", json!({}));
+                    }
+                    ExitReason::StartFailed(error) => {
+                        slot.state = StrategyState::Failed;
+                        tracing::error!(strategy = %name, "strategy cannot start (waiting for the file to change): {error}");
+                        event("failed", json!({ "error": error.to_string() }));
+                        slot.last_error = Some(error);
+                    }
+                    ExitReason::Failed(error) => {
+                        if slot.started_at.elapsed() >= HEALTHY_RUN {
+                            slot.restarts_in_a_row = 0;
+                        }
+                        slot.restarts_in_a_row += 1;
+                        slot.last_error = Some(error.clone());
+                        let sup = &self.config.supervisor;
+                        if slot.restarts_in_a_row > sup.quarantine_after_restarts {
+                            slot.state = StrategyState::Quarantined;
+                            tracing::error!(strategy = %name, "strategy quarantined after {} failed runs in a row; fix the file to restart it: {error}", slot.restarts_in_a_row);
+                            event("quarantined", json!({ "error": error.to_string() }));
+                        } else {
+                            let exponent = slot.restarts_in_a_row.saturating_sub(1).min(20);
+                            let delay_ms = (sup.restart_backoff_initial_ms.saturating_mul(1 << exponent)).min(sup.restart_backoff_max_ms);
+                            slot.state = StrategyState::Starting;
+                            tracing::warn!(strategy = %name, delay_ms, "strategy failed, restarting after backoff: {error}");
+                            event("failed", json!({ "error": error.to_string(), "restart_in_ms": delay_ms }));
+                            let control = self.control.clone();
+                            let generation = slot.generation;
+                            let name = name.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                                let _ = control.send(Control::RestartDue { name, generation });
+                            });
+                        }
+                    }
+                }
+                self.unregister(&name);
+                if self.slots.get(&name).is_some_and(|s| s.deleted) {
+                    self.slots.remove(&name);
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// Publishes the strategies' status.
+    pub(super) fn publish(&self) {
+        let statuses = self
+            .slots
+            .iter()
+            .map(|(name, s)| StrategyStatus {
+                name: name.clone(),
+                file: s.file.display().to_string(),
+                state: s.state,
+                version: s.version,
+                reloads: s.reloads,
+                restarts: s.restarts,
+                last_error: s.last_error.clone(),
+            })
+            .collect();
+        self.statuses.store(Arc::new(statuses));
+    }
+
+    /// Strategy phases of the ordered shutdown: `on_stop` for every strategy
+    /// (bounded; late ones are aborted), then each strategy's policy.
+    pub(super) async fn stop_all(&mut self, on_stop_timeout: Duration, abort_grace: Duration) {
+        self.shutting_down = true;
+        let running: Vec<String> = self.slots.iter().filter(|(_, s)| s.handle.is_some()).map(|(n, _)| n.clone()).collect();
+        for name in &running {
+            if let Some(handle) = &self.slots[name].handle {
+                handle.stop();
+            }
+        }
+        let deadline = tokio::time::Instant::now() + on_stop_timeout;
+        self.await_exits(deadline).await;
+        let late: Vec<String> = self.slots.iter().filter(|(_, s)| s.handle.is_some()).map(|(n, _)| n.clone()).collect();
+        if !late.is_empty() {
+            tracing::warn!(strategies = ?late, "on_stop did not finish in time: aborting");
+            for name in &late {
+                if let Some(handle) = &self.slots[name].handle {
+                    handle.abort();
+                }
+            }
+            self.await_exits(tokio::time::Instant::now() + abort_grace).await;
+        }
+        let default = self.config.strategies.shutdown_policy;
+        let policies: Vec<(String, ShutdownPolicy)> = self
+            .slots
+            .keys()
+            .map(|name| (name.clone(), self.config.strategy_override(name).and_then(|o| o.shutdown_policy).unwrap_or(default)))
+            .collect();
+        let (reply, done) = oneshot::channel();
+        if self.engine.send(EngineRequest::ApplyPolicies(policies, reply)).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    async fn await_exits(&mut self, deadline: tokio::time::Instant) {
+        while self.slots.values().any(|s| s.handle.is_some()) {
+            match tokio::time::timeout_at(deadline, self.reports.recv()).await {
+                Ok(Some(report)) => self.handle_report(report),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
+    /// Names of strategies whose threads are still running.
+    pub(super) fn still_running(&self) -> Vec<String> {
+        self.slots.iter().filter(|(_, s)| s.handle.as_ref().is_some_and(|h| !h.is_finished())).map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// Routes a strategy's commands: orders to the engine, logs and
+/// notifications to tracing and the activity bus.
+fn command_sink(engine: mpsc::UnboundedSender<EngineRequest>, activity: ActivityBus) -> CommandSink {
+    Arc::new(move |strategy: &str, commands: Vec<StrategyCommand>| {
+        let mut orders = Vec::new();
+        for command in commands {
+            match command {
+                StrategyCommand::Log { level, message } => publish_log(&activity, strategy, level, &message),
+                StrategyCommand::Notify(message) => {
+                    tracing::info!(strategy = %strategy, "notify: {message}");
+                    activity.publish(ActivityKind::Log, Some(strategy), json!({ "level": "notify", "message": message }));
+                }
+                StrategyCommand::Heartbeat => {}
+                StrategyCommand::HealthReport { key, value } => {
+                    activity.publish(ActivityKind::Health, Some(strategy), json!({ "key": key, "value": value }));
+                }
+                StrategyCommand::Degraded(reason) => {
+                    publish_log(&activity, strategy, LogLevel::Warn, &format!("degraded: {reason}"));
+                    activity.publish(ActivityKind::Health, Some(strategy), json!({ "degraded": reason }));
+                }
+                order => orders.push(order),
+            }
+        }
+        if !orders.is_empty() {
+            let _ = engine.send(EngineRequest::Commands { strategy: strategy.to_string(), commands: orders });
+        }
+    })
+}

@@ -1,0 +1,109 @@
+//! Shared helpers for host tests: a host on a temporary strategies folder and
+//! waits on activity events (conditions, never fixed sleeps).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tradehost::activity::{ActivityEvent, ActivityKind};
+use tradehost::config::Config;
+use tradehost::supervisor::{self, HostHandle};
+
+/// A host running on temporary folders.
+pub struct TestHost {
+    pub host: HostHandle,
+    pub dir: tempfile::TempDir,
+    pub data: tempfile::TempDir,
+}
+
+/// A config for fast tests: 60 one-second candles per second, short debounce.
+pub fn fast_config(dir: &Path, data: &Path) -> Config {
+    let mut config = Config::embedded();
+    config.strategies.dir = dir.to_path_buf();
+    config.data_dir = data.to_path_buf();
+    config.feed.synthetic.history_bars = 5;
+    config.supervisor.debounce_ms = 50;
+    config.sandbox.callback_budget_ms = 300;
+    config.sandbox.max_operations = 200_000;
+    config.shutdown.on_stop_timeout_ms = 2_000;
+    config
+}
+
+impl TestHost {
+    /// Starts a host with the given strategy files.
+    pub async fn start(files: &[(&str, &str)], tweak: impl FnOnce(&mut Config)) -> TestHost {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        for (name, source) in files {
+            std::fs::write(dir.path().join(format!("{name}.rhai")), source).unwrap();
+        }
+        let mut config = fast_config(dir.path(), data.path());
+        tweak(&mut config);
+        let host = supervisor::start(config).await.unwrap();
+        TestHost { host, dir, data }
+    }
+
+    /// Path of a strategy file.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.rhai"))
+    }
+
+    /// Waits for an activity event matching `predicate` published after `since`.
+    pub async fn wait_for(&self, since: u64, what: &str, predicate: impl Fn(&ActivityEvent) -> bool) -> ActivityEvent {
+        let mut rx = self.host.activity().subscribe();
+        if let Some(found) = self.host.activity().since(since, usize::MAX).into_iter().find(|e| predicate(e)) {
+            return found;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Ok(event)) if event.seq > since && predicate(&event) => return event,
+                Ok(Ok(_)) => {}
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                    if let Some(found) = self.host.activity().since(since, usize::MAX).into_iter().find(|e| predicate(e)) {
+                        return found;
+                    }
+                }
+                Ok(Err(e)) => panic!("activity closed while waiting for {what}: {e}"),
+                Err(_) => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    /// Waits for a strategy lifecycle event (`started`, `reloaded`, ...).
+    pub async fn wait_strategy(&self, since: u64, name: &str, event: &str) -> ActivityEvent {
+        self.wait_for(since, &format!("{name} {event}"), |e| is_strategy_event(e, name, event)).await
+    }
+
+    /// Waits for a log line of a strategy that contains `text`.
+    pub async fn wait_log(&self, since: u64, name: &str, text: &str) -> ActivityEvent {
+        self.wait_for(since, &format!("{name} log {text:?}"), |e| is_log(e, name, text)).await
+    }
+
+    /// The last sequence number so far.
+    pub fn seq(&self) -> u64 {
+        self.host.activity().last_seq()
+    }
+
+    /// Shuts down and returns the exit code.
+    pub async fn stop(self) -> i32 {
+        self.host.shutdown(supervisor::ShutdownReason::Api);
+        tokio::time::timeout(Duration::from_secs(20), self.host.wait()).await.expect("shutdown finished in time")
+    }
+}
+
+pub fn is_strategy_event(e: &ActivityEvent, name: &str, event: &str) -> bool {
+    e.kind == ActivityKind::Strategy && e.strategy.as_deref() == Some(name) && e.data["event"] == event
+}
+
+pub fn is_log(e: &ActivityEvent, name: &str, text: &str) -> bool {
+    e.kind == ActivityKind::Log && e.strategy.as_deref() == Some(name) && e.data["message"].as_str().is_some_and(|m| m.contains(text))
+}
+
+/// Writes a file the way editors that replace files do: temp file, then rename.
+pub fn save_by_rename(path: &Path, source: &str) {
+    let temp = path.with_extension("rhai.tmp~");
+    std::fs::write(&temp, source).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
