@@ -26,8 +26,8 @@ async fn changed_file_takes_effect_without_restart_and_keeps_state() {
         e.data["message"].as_str().unwrap().rsplit('=').next().unwrap().parse().unwrap()
     };
     assert!(n(&v2) > n(&first), "state carried over: {} then {}", n(&first), n(&v2));
-    let status = t.host.strategies().into_iter().find(|s| s.name == "s").unwrap();
-    assert_eq!((status.state, status.version, status.reloads, status.restarts), (StrategyState::Running, 2, 1, 0));
+    let status = t.wait_status("s", |s| s.version == 2).await;
+    assert_eq!((status.state, status.reloads, status.restarts), (StrategyState::Running, 1, 0));
     assert_eq!(t.stop().await, 0);
 }
 
@@ -43,7 +43,7 @@ async fn syntax_error_keeps_the_old_version_and_reports_file_line_col() {
     assert!(error.starts_with(&expected_prefix), "{error}");
     let after = t.seq();
     t.wait_log(after, "s", "v1").await;
-    let status = t.host.strategies().into_iter().find(|s| s.name == "s").unwrap();
+    let status = t.wait_status("s", |s| s.last_error.is_some()).await;
     assert_eq!((status.state, status.version), (StrategyState::Running, 1));
     assert_eq!(status.last_error.unwrap().location.unwrap().line, 2);
     assert_eq!(t.stop().await, 0);
@@ -92,6 +92,7 @@ async fn deleted_file_stops_its_strategy_and_new_files_start() {
     t.wait_log(after, "b", "b n=").await;
     t.wait_log(t.seq(), "c", "c n=").await;
     assert!(!t.host.activity().since(after, usize::MAX).iter().any(|e| is_log(e, "a", "a n=")), "a still runs");
+    t.wait_status("c", |s| s.state == StrategyState::Running).await;
     let names: Vec<String> = t.host.strategies().into_iter().map(|s| s.name).collect();
     assert_eq!(names, vec!["b", "c"]);
     assert_eq!(t.stop().await, 0);

@@ -52,7 +52,7 @@ fn feed(
     strategy: &mut ScriptStrategy,
     ctx: &SharedContext,
     c: Candle,
-) -> Result<(), tradehost::strategy::StrategyError> {
+) -> Result<bool, tradehost::strategy::StrategyError> {
     ctx.borrow_mut().market.push_candle(c.clone());
     strategy.handle(&StrategyEvent::Candle(c))
 }

@@ -7,7 +7,7 @@ pub mod api;
 pub mod convert;
 pub mod engine;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ pub struct ScriptOptions {
 struct Compiled {
     ast: AST,
     callbacks: HashSet<&'static str>,
+    /// Where each callback is defined, for errors that carry no position.
+    locations: HashMap<&'static str, Location>,
     meta: StrategyMeta,
     params: Map,
 }
@@ -108,16 +110,22 @@ impl ScriptStrategy {
         &self.compiled.params
     }
 
-    fn call(&mut self, name: &'static str, args: impl FuncArgs) -> Result<(), StrategyError> {
+    fn call(&mut self, name: &'static str, args: impl FuncArgs) -> Result<bool, StrategyError> {
         if !self.compiled.callbacks.contains(name) {
-            return Ok(());
+            return Ok(false);
         }
         self.guard.arm(self.budget);
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true).bind_this_ptr(&mut self.state);
         let result =
             self.engine.call_fn_with_options::<Dynamic>(options, &mut self.scope, &self.compiled.ast, name, args);
         self.guard.disarm();
-        let result = result.map(drop).map_err(|e| runtime_error(&self.file, name, *e, &self.options.limits));
+        let result = result.map(|_| true).map_err(|e| {
+            let mut error = runtime_error(&self.file, name, *e, &self.options.limits);
+            if error.location.is_none() {
+                error.location = self.compiled.locations.get(name).cloned();
+            }
+            error
+        });
         if !self.state.is_map() {
             self.state = Dynamic::from_map(Map::new());
             return Err(StrategyError::new(format!("{name}: `this` must stay an object map; it was reset to #{{}}")));
@@ -127,7 +135,7 @@ impl ScriptStrategy {
 }
 
 impl Strategy for ScriptStrategy {
-    fn handle(&mut self, event: &StrategyEvent) -> Result<(), StrategyError> {
+    fn handle(&mut self, event: &StrategyEvent) -> Result<bool, StrategyError> {
         match event {
             StrategyEvent::Start => self.call("on_start", ()),
             StrategyEvent::Candle(c) => {
@@ -149,7 +157,7 @@ impl Strategy for ScriptStrategy {
     fn reload(&mut self, source: &str) -> Result<(), StrategyError> {
         self.compiled = compile(&self.engine, &self.file, source, &self.options, &self.guard, self.budget)?;
         self.activate();
-        self.call("on_reload", ())
+        self.call("on_reload", ()).map(drop)
     }
 
     fn export_state(&self) -> Result<serde_json::Value, StrategyError> {
@@ -197,6 +205,7 @@ fn compile(
         .compile(source)
         .map_err(|e| StrategyError { location: location(file, e.position()), message: e.0.to_string() })?;
     let mut callbacks = HashSet::new();
+    let mut locations = HashMap::new();
     for function in ast.iter_functions() {
         let known = CALLBACKS.iter().find(|(name, ..)| *name == function.name);
         match known {
@@ -211,6 +220,9 @@ fn compile(
             }
             Some((name, ..)) => {
                 callbacks.insert(*name);
+                if let Some(location) = definition(file, source, name) {
+                    locations.insert(*name, location);
+                }
             }
             None if function.name.starts_with("on_") => {
                 let known: Vec<_> = CALLBACKS.iter().filter(|c| c.0.starts_with("on_")).map(|c| c.0).collect();
@@ -240,7 +252,7 @@ fn compile(
             overrides_only(options),
         )
     };
-    Ok(Compiled { ast, callbacks, meta, params })
+    Ok(Compiled { ast, callbacks, locations, meta, params })
 }
 
 fn overrides_only(options: &ScriptOptions) -> Map {

@@ -265,8 +265,10 @@ fn run(
             sink(&name, commands);
         }
         match result {
-            Ok(()) => {
-                failures = 0;
+            Ok(ran) => {
+                if ran {
+                    failures = 0;
+                }
                 None
             }
             Err(error) => {

@@ -155,8 +155,8 @@ pub struct StrategyMeta {
 
 /// A strategy implementation: reads and writes through its [`StrategyContext`].
 pub trait Strategy {
-    /// Handles one event.
-    fn handle(&mut self, event: &StrategyEvent) -> Result<(), StrategyError>;
+    /// Handles one event; `Ok(false)` when the strategy has no callback for it.
+    fn handle(&mut self, event: &StrategyEvent) -> Result<bool, StrategyError>;
     /// Symbols and timeframe.
     fn meta(&self) -> StrategyMeta;
     /// Replaces the code with a new version, keeping the state; on error the

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tradehost::activity::{ActivityEvent, ActivityKind};
 use tradehost::config::Config;
-use tradehost::supervisor::{self, HostHandle};
+use tradehost::supervisor::{self, HostHandle, StrategyStatus};
 
 /// A host running on temporary folders.
 pub struct TestHost {
@@ -79,6 +79,19 @@ impl TestHost {
     /// Waits for a log line of a strategy that contains `text`.
     pub async fn wait_log(&self, since: u64, name: &str, text: &str) -> ActivityEvent {
         self.wait_for(since, &format!("{name} log {text:?}"), |e| is_log(e, name, text)).await
+    }
+
+    /// Waits until a strategy's published status satisfies `predicate`.
+    pub async fn wait_status(&self, name: &str, predicate: impl Fn(&StrategyStatus) -> bool) -> StrategyStatus {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.host.strategies().into_iter().find(|s| s.name == name);
+            match status {
+                Some(status) if predicate(&status) => return status,
+                other if tokio::time::Instant::now() > deadline => panic!("status of {name} never matched: {other:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
     }
 
     /// The last sequence number so far.
