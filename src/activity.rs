@@ -69,7 +69,10 @@ impl ActivityBus {
     pub fn new(capacity: usize, last_seq: u64) -> Self {
         let (sender, _) = broadcast::channel(4096);
         ActivityBus {
-            inner: Arc::new(Mutex::new(Inner { next_seq: last_seq + 1, tail: VecDeque::with_capacity(capacity.min(4096)) })),
+            inner: Arc::new(Mutex::new(Inner {
+                next_seq: last_seq + 1,
+                tail: VecDeque::with_capacity(capacity.min(4096)),
+            })),
             capacity: capacity.max(1),
             sender,
         }

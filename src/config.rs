@@ -43,7 +43,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML or does not match the schema.
-    #[error("{origin}: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    #[error("{origin}:{}", problems.iter().map(|p| format!("\n  {p}")).collect::<String>())]
     Invalid {
         /// File path or `embedded default`.
         origin: String,

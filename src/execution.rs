@@ -114,8 +114,11 @@ impl Oms {
     /// policy `flatten`; allowed while the gate is closed).
     pub fn flatten(&mut self, strategy: &str, next_id: &mut dyn FnMut() -> String) -> Vec<ExchangeEvent> {
         let mut events = self.cancel_all(strategy, None);
-        let positions: Vec<Position> =
-            self.positions.get(strategy).map(|p| p.values().filter(|p| !p.size.is_zero()).cloned().collect()).unwrap_or_default();
+        let positions: Vec<Position> = self
+            .positions
+            .get(strategy)
+            .map(|p| p.values().filter(|p| !p.size.is_zero()).cloned().collect())
+            .unwrap_or_default();
         for position in positions {
             let request = OrderRequest {
                 client_id: next_id(),

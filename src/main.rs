@@ -14,7 +14,11 @@ use tradehost::supervisor;
 const TEMPLATE: &str = include_str!("strategy_template.rhai");
 
 #[derive(Parser)]
-#[command(name = "tradehost", version, about = "Run trading strategies written as Rhai scripts: sandboxed, hot-reloaded, supervised.")]
+#[command(
+    name = "tradehost",
+    version,
+    about = "Run trading strategies written as Rhai scripts: sandboxed, hot-reloaded, supervised."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -93,7 +97,8 @@ fn run(config: Option<&Path>, strategies: Option<PathBuf>, data_dir: Option<Path
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tradehost-worker").build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tradehost-worker").build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -28,7 +28,13 @@ async fn runaway_scripts_fail_their_callbacks_while_others_keep_trading() {
     let huge_string = bad("fn on_candle(c) { let s = \"x\"; loop { s += s; } }");
     let huge_array = bad("fn on_candle(c) { let a = []; loop { a.push(a.len()); } }");
     let t = TestHost::start(
-        &[("trader", TRADER), ("looping", &looping), ("recursive", &recursive), ("huge_string", &huge_string), ("huge_array", &huge_array)],
+        &[
+            ("trader", TRADER),
+            ("looping", &looping),
+            ("recursive", &recursive),
+            ("huge_string", &huge_string),
+            ("huge_array", &huge_array),
+        ],
         |c| {
             c.sandbox.max_array_size = 1_000;
             c.sandbox.callback_budget_ms = 5_000;
@@ -135,11 +141,81 @@ async fn shutdown_policy_flatten_closes_positions_with_reduce_only_orders() {
     let events = run_policy(ShutdownPolicy::Flatten).await;
     let last_position = events.iter().rev().find(|e| e.kind == ActivityKind::Position).unwrap();
     assert_eq!(last_position.data["size"], "0.00");
-    assert!(events.iter().any(|e| e.kind == ActivityKind::Order && e.data["request"]["reduce_only"] == true && e.data["status"] == "filled"));
+    assert!(events.iter().any(|e| e.kind == ActivityKind::Order
+        && e.data["request"]["reduce_only"] == true
+        && e.data["status"] == "filled"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_policy_leave_keeps_orders_open() {
     let events = run_policy(ShutdownPolicy::Leave).await;
     assert!(!events.iter().any(|e| e.kind == ActivityKind::Order && e.data["status"] == "cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timers_fire_on_wall_time_and_can_be_cancelled() {
+    let script = r#"
+fn on_start() { timer::every("beat", "50ms"); timer::after("once", "120ms"); this.beats = 0; }
+fn on_timer(name) {
+    if name == "beat" {
+        this.beats += 1;
+        if this.beats == 3 { timer::cancel("beat"); print("beat cancelled"); }
+    } else {
+        print(`once after ${this.beats} beats`);
+    }
+}
+"#;
+    let t = TestHost::start(&[("timed", script)], |_| {}).await;
+    t.wait_log(0, "timed", "beat cancelled").await;
+    t.wait_log(0, "timed", "once after").await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let beats =
+        t.host.activity().since(0, usize::MAX).iter().filter(|e| common::is_log(e, "timed", "beat cancelled")).count();
+    assert_eq!(beats, 1, "a cancelled timer does not fire again");
+    assert_eq!(t.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_feed_plays_the_csv_in_order_and_strategies_trade_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("bars.csv");
+    let mut text = String::from(",Open,High,Low,Close,Volume\n");
+    for i in 0..6 {
+        let close = 100.0 + i as f64;
+        text.push_str(&format!("2024-01-01 00:0{i}:00,{close},{},{},{close},5\n", close + 1.0, close - 1.0));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let script = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1m" } }
+fn on_candle(c) {
+    print(`close ${c.close}`);
+    if c.close == 102.0 { exchange::market_order("BTCUSD", "buy", 1); }
+}
+fn on_fill(f) { print(`filled at ${f.price}`); }
+"#;
+    let t = TestHost::start(&[("replayer", script)], |c| {
+        c.feed.kind = tradehost::config::FeedKind::Replay;
+        c.feed.replay.path = csv.clone();
+        c.feed.replay.symbol = "BTCUSD".into();
+        c.feed.replay.speed = 1200.0;
+        c.feed.replay.spread_bps = 0.0;
+        c.exchange.paper.slippage_bps = rust_decimal::Decimal::ZERO;
+    })
+    .await;
+    t.wait_for(0, "feed finished", |e| e.kind == ActivityKind::System && e.data["event"] == "feed_finished").await;
+    let closes: Vec<String> = t
+        .host
+        .activity()
+        .since(0, usize::MAX)
+        .iter()
+        .filter(|e| common::is_log(e, "replayer", "close "))
+        .map(|e| e.data["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(closes, vec!["close 100.0", "close 101.0", "close 102.0", "close 103.0", "close 104.0", "close 105.0"]);
+    // Live fills happen at the quote current when the order arrives: the 102
+    // close, or a later one if the replay already moved on (no spread, no slippage).
+    let fill = t.wait_log(0, "replayer", "filled at").await;
+    let price: f64 = fill.data["message"].as_str().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!([102.0, 103.0, 104.0, 105.0].contains(&price), "{price}");
+    assert_eq!(t.stop().await, 0);
 }

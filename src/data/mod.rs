@@ -8,7 +8,7 @@ mod hub;
 mod indicators;
 mod series;
 
-pub use hub::{HubError, MarketHub, TimedCandle};
 pub use cache::{IndicatorCache, IndicatorValue};
+pub use hub::{HubError, MarketHub, TimedCandle};
 pub use indicators::{Atr, BBands, BBandsValue, Ema, Highest, Lowest, Macd, MacdValue, Rsi, Sma, Vwap};
 pub use series::{CandleAggregator, CandleSeries, MarketState, Timeframe, TimeframeError};

@@ -21,7 +21,9 @@ pub enum CsvError {
         message: String,
     },
     /// A required column is missing from the header.
-    #[error("{path}: line 1: missing column `{column}` (the header needs a timestamp column, then open, high, low, close, volume)")]
+    #[error(
+        "{path}: line 1: missing column `{column}` (the header needs a timestamp column, then open, high, low, close, volume)"
+    )]
     MissingColumn {
         /// File.
         path: String,
@@ -66,7 +68,9 @@ pub fn parse_timestamp(cell: &str) -> Option<TimestampMs> {
             return Some(dt.timestamp_millis());
         }
     }
-    NaiveDate::parse_from_str(cell, "%Y-%m-%d").ok().map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis())
+    NaiveDate::parse_from_str(cell, "%Y-%m-%d")
+        .ok()
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis())
 }
 
 /// Reads a whole CSV file of candles for `symbol`; rows must be strictly increasing in time.
@@ -78,7 +82,8 @@ pub fn read_candles(path: &Path, symbol: &str) -> Result<Vec<Candle>, CsvError> 
 
 /// Parses CSV text from a reader; `name` is used in errors.
 pub fn parse_candles(reader: impl std::io::Read, name: &str, symbol: &str) -> Result<Vec<Candle>, CsvError> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(reader);
+    let mut reader =
+        csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(reader);
     let headers = reader.headers().map_err(|e| CsvError::Io { path: name.into(), message: e.to_string() })?.clone();
     let find = |column: &'static str| {
         headers
@@ -98,13 +103,21 @@ pub fn parse_candles(reader: impl std::io::Read, name: &str, symbol: &str) -> Re
         let stamp = record.get(0).unwrap_or_default();
         let time = parse_timestamp(stamp).ok_or_else(|| bad(format!("cannot read timestamp {stamp:?}")))?;
         let mut values = [0.0f64; 5];
-        for (slot, (&index, label)) in values.iter_mut().zip(columns.iter().zip(["open", "high", "low", "close", "volume"])) {
+        for (slot, (&index, label)) in
+            values.iter_mut().zip(columns.iter().zip(["open", "high", "low", "close", "volume"]))
+        {
             let cell = record.get(index).ok_or_else(|| bad(format!("missing `{label}` value")))?;
-            *slot = cell.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| bad(format!("`{label}` is not a number: {cell:?}")))?;
+            *slot = cell
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| bad(format!("`{label}` is not a number: {cell:?}")))?;
         }
         let [open, high, low, close, volume] = values;
         if high < low || high < open.max(close) || low > open.min(close) || low <= 0.0 || volume < 0.0 {
-            return Err(bad(format!("inconsistent bar: open {open}, high {high}, low {low}, close {close}, volume {volume}")));
+            return Err(bad(format!(
+                "inconsistent bar: open {open}, high {high}, low {low}, close {close}, volume {volume}"
+            )));
         }
         if let Some(previous) = candles.last()
             && time <= previous.time
@@ -142,7 +155,8 @@ mod tests {
 
     #[test]
     fn pandas_style_unnamed_index_and_mixed_case() {
-        let text = ",Open,High,Low,Close,Volume\n2024-01-01 00:00:00,1,2,0.5,1.5,10\n2024-01-01 00:01:00,1.5,2,1,1.8,3\n";
+        let text =
+            ",Open,High,Low,Close,Volume\n2024-01-01 00:00:00,1,2,0.5,1.5,10\n2024-01-01 00:01:00,1.5,2,1,1.8,3\n";
         let candles = parse_candles(text.as_bytes(), "t.csv", "X").unwrap();
         assert_eq!(candles.len(), 2);
         assert_eq!(interval_ms(&candles), Some(60_000));

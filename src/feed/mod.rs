@@ -61,7 +61,7 @@ impl Replay {
             symbol: bar.symbol.clone(),
             time: bar.time + self.interval_ms,
             bid,
-            ask: if ask <= bid { bid + p.tick_size } else { ask },
+            ask: ask.max(bid),
             last,
             volume: Decimal::ZERO,
         }
@@ -73,7 +73,7 @@ pub enum FeedSource {
     /// Random walk.
     Synthetic {
         /// The generator, positioned at the live start.
-        feed: SyntheticFeed,
+        feed: Box<SyntheticFeed>,
         /// Simulated seconds per real second.
         speed: f64,
     },
@@ -101,7 +101,8 @@ pub async fn run(source: FeedSource, tx: mpsc::Sender<FeedEvent>, cancel: Cancel
             }
         }
         FeedSource::Replay(replay) => {
-            let span = replay.candles.last().map_or(0, |c| c.time) - replay.candles.first().map_or(0, |c| c.time) + replay.interval_ms;
+            let span = replay.candles.last().map_or(0, |c| c.time) - replay.candles.first().map_or(0, |c| c.time)
+                + replay.interval_ms;
             let mut offset = 0;
             let mut next = tokio::time::Instant::now();
             loop {

@@ -61,13 +61,11 @@ impl SyntheticFeed {
             let volume: f64 = self.rng.random_range(0.0..self.max_volume);
             let to_decimal = |v: f64| decimal_from_f64(v).unwrap_or(Decimal::ONE);
             let last = product.round_price(to_decimal(*price)).max(product.tick_size);
-            let mut bid = product.round_price_away(to_decimal(*price * (1.0 - self.half_spread)), Side::Sell);
-            let mut ask = product.round_price_away(to_decimal(*price * (1.0 + self.half_spread)), Side::Buy);
-            bid = bid.min(last).max(product.tick_size);
-            ask = ask.max(last);
-            if ask <= bid {
-                ask = bid + product.tick_size;
-            }
+            let bid = product
+                .round_price_away(to_decimal(*price * (1.0 - self.half_spread)), Side::Sell)
+                .min(last)
+                .max(product.tick_size);
+            let ask = product.round_price_away(to_decimal(*price * (1.0 + self.half_spread)), Side::Buy).max(last);
             ticks.push(Tick {
                 symbol: product.symbol.clone(),
                 time,

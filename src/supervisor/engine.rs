@@ -58,7 +58,12 @@ pub struct Engine {
 
 impl Engine {
     /// Runs until the request channel closes or `cancel` fires.
-    pub async fn run(mut self, mut requests: mpsc::UnboundedReceiver<EngineRequest>, mut feed: mpsc::Receiver<FeedEvent>, cancel: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<EngineRequest>,
+        mut feed: mpsc::Receiver<FeedEvent>,
+        cancel: CancellationToken,
+    ) {
         let mut feed_open = true;
         loop {
             tokio::select! {
@@ -169,7 +174,9 @@ impl Engine {
                 ExchangeEvent::Order(order) => {
                     let strategy = order.request.strategy.clone();
                     self.activity.publish(ActivityKind::Order, Some(&strategy), json!(order));
-                    if let Some(reason) = order.reason.as_deref().filter(|_| order.status == crate::model::OrderStatus::Rejected) {
+                    if let Some(reason) =
+                        order.reason.as_deref().filter(|_| order.status == crate::model::OrderStatus::Rejected)
+                    {
                         tracing::warn!(strategy = %strategy, order = %order.request.client_id, "order rejected: {reason}");
                     }
                     if let Some(runtime) = runtimes.get(&strategy) {

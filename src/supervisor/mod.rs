@@ -162,15 +162,23 @@ fn build_feed(config: &Config, oms: &mut Oms) -> Result<(MarketHub, FeedSource),
                     oms.on_tick(&tick);
                 }
             }
-            Ok((hub, FeedSource::Synthetic { feed, speed: syn.speed }))
+            Ok((hub, FeedSource::Synthetic { feed: Box::new(feed), speed: syn.speed }))
         }
         FeedKind::Replay => {
             let r = &config.feed.replay;
             let candles = feed::csv::read_candles(&r.path, &r.symbol)?;
             let interval_ms = feed::csv::interval_ms(&candles).unwrap_or(60_000);
-            let product = products.into_iter().find(|p| p.symbol == r.symbol).expect("validated: replay symbol has a product");
+            let product =
+                products.into_iter().find(|p| p.symbol == r.symbol).expect("validated: replay symbol has a product");
             let hub = MarketHub::new(Timeframe::from_ms(interval_ms), 20_000);
-            let replay = Replay { candles, interval_ms, speed: r.speed, repeat: r.repeat, half_spread: r.spread_bps / 20_000.0, product };
+            let replay = Replay {
+                candles,
+                interval_ms,
+                speed: r.speed,
+                repeat: r.repeat,
+                half_spread: r.spread_bps / 20_000.0,
+                product,
+            };
             Ok((hub, FeedSource::Replay(replay)))
         }
     }
@@ -183,7 +191,8 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     if !dir.is_dir() {
         return Err(HostError::StrategiesDir(dir));
     }
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| HostError::DataDir { path: config.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| HostError::DataDir { path: config.data_dir.clone(), source })?;
     let mut oms = Oms::new(PaperExchange::new(&config.exchange.paper));
     let (hub, source) = build_feed(&config, &mut oms)?;
     let hub = Arc::new(Mutex::new(hub));
@@ -219,9 +228,19 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     };
 
     let tasks = Tasks::new();
-    let feed_cancel = CancellationToken::new();
+    let tasks_cancel = CancellationToken::new();
     let engine_cancel = CancellationToken::new();
-    tasks.spawn("market feed", feed::run(source, feed_tx, feed_cancel.clone()));
+    let (feed_go, go) = oneshot::channel::<()>();
+    {
+        let cancel = tasks_cancel.clone();
+        tasks.spawn("market feed", async move {
+            // The live feed starts once the strategies found at start are running.
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = go => feed::run(source, feed_tx, cancel).await,
+            }
+        });
+    }
     let engine = engine::Engine {
         oms,
         hub: hub.clone(),
@@ -250,10 +269,27 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         id_counter,
         feed_symbols: config.feed_symbols(),
         shutting_down: false,
+        scanned: false,
+        tasks: tasks.clone(),
+        cancel: tasks_cancel.clone(),
     };
-    activity.publish(ActivityKind::System, None, json!({ "event": "started", "mode": "paper", "version": env!("CARGO_PKG_VERSION") }));
+    activity.publish(
+        ActivityKind::System,
+        None,
+        json!({ "event": "started", "mode": "paper", "version": env!("CARGO_PKG_VERSION") }),
+    );
     tracing::info!(strategies = %config.strategies.dir.display(), symbols = ?config.feed_symbols(), "host started (paper exchange)");
-    let lifecycle = Lifecycle { config, control_rx, watcher, tasks, feed_cancel, engine_cancel, runtimes, activity: activity.clone() };
+    let lifecycle = Lifecycle {
+        config,
+        control_rx,
+        watcher,
+        tasks,
+        tasks_cancel,
+        engine_cancel,
+        runtimes,
+        activity: activity.clone(),
+        feed_go: Some(feed_go),
+    };
     let done = tokio::spawn(lifecycle.run(supervisor));
     let _ = control_tx.send(Control::Rescan);
     Ok(HostHandle { control: control_tx, activity, statuses, account, done })
@@ -264,15 +300,27 @@ struct Lifecycle {
     control_rx: mpsc::UnboundedReceiver<Control>,
     watcher: notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>,
     tasks: Tasks,
-    feed_cancel: CancellationToken,
+    tasks_cancel: CancellationToken,
     engine_cancel: CancellationToken,
     runtimes: Runtimes,
     activity: ActivityBus,
+    feed_go: Option<oneshot::Sender<()>>,
 }
 
+/// How long the live feed waits for the first strategies to start.
+const FEED_START_WAIT: Duration = Duration::from_secs(10);
+
 impl Lifecycle {
+    fn start_feed(&mut self) {
+        if let Some(go) = self.feed_go.take() {
+            let _ = go.send(());
+        }
+    }
+
     /// The supervisor loop, then the ordered shutdown; returns the exit code.
     async fn run(mut self, mut supervisor: strategies::Supervisor) -> i32 {
+        let feed_wait = tokio::time::sleep(FEED_START_WAIT);
+        tokio::pin!(feed_wait);
         let reason = loop {
             tokio::select! {
                 control = self.control_rx.recv() => match control {
@@ -281,10 +329,21 @@ impl Lifecycle {
                     None => break ShutdownReason::Fatal("control channel closed".into()),
                 },
                 Some(report) = supervisor.reports.recv() => supervisor.handle_report(report),
+                _ = &mut feed_wait, if self.feed_go.is_some() => {
+                    tracing::warn!("strategies still starting after {FEED_START_WAIT:?}: starting the market feed anyway");
+                    self.start_feed();
+                }
+            }
+            if self.feed_go.is_some() && supervisor.initial_start_done() {
+                self.start_feed();
             }
         };
         tracing::info!(?reason, "shutdown started");
-        self.activity.publish(ActivityKind::System, None, json!({ "event": "shutdown_started", "reason": format!("{reason:?}") }));
+        self.activity.publish(
+            ActivityKind::System,
+            None,
+            json!({ "event": "shutdown_started", "reason": format!("{reason:?}") }),
+        );
         let timeout = Duration::from_millis(self.config.shutdown.timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
         let watchdog = {
@@ -307,7 +366,7 @@ impl Lifecycle {
             supervisor.stop_all(on_stop, abort_grace).await;
             tracing::info!("shutdown: strategies stopped and shutdown policies applied");
             tracing::info!("shutdown: flushed");
-            self.feed_cancel.cancel();
+            self.tasks_cancel.cancel();
             self.engine_cancel.cancel();
             self.tasks.close();
             self.tasks.wait().await;

@@ -65,6 +65,9 @@ pub struct Supervisor {
     pub(super) id_counter: Arc<AtomicU64>,
     pub(super) feed_symbols: Vec<String>,
     pub(super) shutting_down: bool,
+    pub(super) scanned: bool,
+    pub(super) tasks: super::tasks::Tasks,
+    pub(super) cancel: tokio_util::sync::CancellationToken,
 }
 
 fn hash_of(text: &str) -> u64 {
@@ -103,7 +106,9 @@ impl Supervisor {
         match control {
             Control::Rescan => self.rescan(),
             Control::RestartDue { name, generation } => {
-                let due = self.slots.get(&name).is_some_and(|s| s.generation == generation && s.handle.is_none() && s.state == StrategyState::Starting);
+                let due = self.slots.get(&name).is_some_and(|s| {
+                    s.generation == generation && s.handle.is_none() && s.state == StrategyState::Starting
+                });
                 if due && !self.shutting_down {
                     self.slots.get_mut(&name).expect("checked").restarts += 1;
                     self.start(&name);
@@ -138,6 +143,7 @@ impl Supervisor {
     }
 
     fn rescan(&mut self) {
+        self.scanned = true;
         let found = match scan(&self.dir) {
             Ok(found) => found,
             Err(error) => {
@@ -145,12 +151,20 @@ impl Supervisor {
                 return;
             }
         };
-        let removed: Vec<String> =
-            self.slots.iter().filter(|(name, slot)| !slot.deleted && !found.contains_key(*name)).map(|(n, _)| n.clone()).collect();
+        let removed: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(name, slot)| !slot.deleted && !found.contains_key(*name))
+            .map(|(n, _)| n.clone())
+            .collect();
         for name in removed {
             tracing::info!(strategy = %name, "strategy file deleted: stopping it");
             let slot = self.slots.get_mut(&name).expect("listed");
-            self.activity.publish(ActivityKind::Strategy, Some(&name), json!({ "event": "removed", "file": slot.file }));
+            self.activity.publish(
+                ActivityKind::Strategy,
+                Some(&name),
+                json!({ "event": "removed", "file": slot.file }),
+            );
             match &slot.handle {
                 Some(handle) => {
                     handle.stop();
@@ -223,7 +237,11 @@ impl Supervisor {
         slot.state = StrategyState::Starting;
         slot.started_at = Instant::now();
         let overrides = self.config.strategy_override(name).map(|o| o.params.clone()).unwrap_or_default();
-        let options = ScriptOptions { limits: self.config.sandbox.clone(), param_overrides: overrides, default_symbols: self.feed_symbols.clone() };
+        let options = ScriptOptions {
+            limits: self.config.sandbox.clone(),
+            param_overrides: overrides,
+            default_symbols: self.feed_symbols.clone(),
+        };
         let file = slot.file.display().to_string();
         let source = slot.source.clone();
         let hub = self.hub.clone();
@@ -233,7 +251,10 @@ impl Supervisor {
             factory: Box::new(move |env| ScriptStrategy::new(&file, &source, options, env).map(|s| Box::new(s) as _)),
             history: Box::new(move |meta: &StrategyMeta| {
                 let mut hub = hub.lock().unwrap_or_else(|e| e.into_inner());
-                meta.symbols.iter().flat_map(|symbol| hub.subscribe(symbol, meta.timeframe).unwrap_or_default()).collect()
+                meta.symbols
+                    .iter()
+                    .flat_map(|symbol| hub.subscribe(symbol, meta.timeframe).unwrap_or_default())
+                    .collect()
             }),
             initial_state: slot.saved_state.clone(),
             account: self.account.clone(),
@@ -333,16 +354,22 @@ impl Supervisor {
                             event("quarantined", json!({ "error": error.to_string() }));
                         } else {
                             let exponent = slot.restarts_in_a_row.saturating_sub(1).min(20);
-                            let delay_ms = (sup.restart_backoff_initial_ms.saturating_mul(1 << exponent)).min(sup.restart_backoff_max_ms);
+                            let delay_ms = (sup.restart_backoff_initial_ms.saturating_mul(1 << exponent))
+                                .min(sup.restart_backoff_max_ms);
                             slot.state = StrategyState::Starting;
                             tracing::warn!(strategy = %name, delay_ms, "strategy failed, restarting after backoff: {error}");
                             event("failed", json!({ "error": error.to_string(), "restart_in_ms": delay_ms }));
                             let control = self.control.clone();
                             let generation = slot.generation;
-                            let name = name.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                                let _ = control.send(Control::RestartDue { name, generation });
+                            let restart_name = name.clone();
+                            let cancel = self.cancel.clone();
+                            self.tasks.spawn(&format!("restart timer for {name}"), async move {
+                                tokio::select! {
+                                    _ = cancel.cancelled() => {}
+                                    _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {
+                                        let _ = control.send(Control::RestartDue { name: restart_name, generation });
+                                    }
+                                }
                             });
                         }
                     }
@@ -378,7 +405,8 @@ impl Supervisor {
     /// (bounded; late ones are aborted), then each strategy's policy.
     pub(super) async fn stop_all(&mut self, on_stop_timeout: Duration, abort_grace: Duration) {
         self.shutting_down = true;
-        let running: Vec<String> = self.slots.iter().filter(|(_, s)| s.handle.is_some()).map(|(n, _)| n.clone()).collect();
+        let running: Vec<String> =
+            self.slots.iter().filter(|(_, s)| s.handle.is_some()).map(|(n, _)| n.clone()).collect();
         for name in &running {
             if let Some(handle) = &self.slots[name].handle {
                 handle.stop();
@@ -400,7 +428,9 @@ impl Supervisor {
         let policies: Vec<(String, ShutdownPolicy)> = self
             .slots
             .keys()
-            .map(|name| (name.clone(), self.config.strategy_override(name).and_then(|o| o.shutdown_policy).unwrap_or(default)))
+            .map(|name| {
+                (name.clone(), self.config.strategy_override(name).and_then(|o| o.shutdown_policy).unwrap_or(default))
+            })
             .collect();
         let (reply, done) = oneshot::channel();
         if self.engine.send(EngineRequest::ApplyPolicies(policies, reply)).is_ok() {
@@ -417,9 +447,18 @@ impl Supervisor {
         }
     }
 
+    /// True once the first scan is done and no strategy is still starting.
+    pub(super) fn initial_start_done(&self) -> bool {
+        self.scanned && self.slots.values().all(|s| s.state != StrategyState::Starting)
+    }
+
     /// Names of strategies whose threads are still running.
     pub(super) fn still_running(&self) -> Vec<String> {
-        self.slots.iter().filter(|(_, s)| s.handle.as_ref().is_some_and(|h| !h.is_finished())).map(|(n, _)| n.clone()).collect()
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.handle.as_ref().is_some_and(|h| !h.is_finished()))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 }
 
@@ -433,7 +472,11 @@ fn command_sink(engine: mpsc::UnboundedSender<EngineRequest>, activity: Activity
                 StrategyCommand::Log { level, message } => publish_log(&activity, strategy, level, &message),
                 StrategyCommand::Notify(message) => {
                     tracing::info!(strategy = %strategy, "notify: {message}");
-                    activity.publish(ActivityKind::Log, Some(strategy), json!({ "level": "notify", "message": message }));
+                    activity.publish(
+                        ActivityKind::Log,
+                        Some(strategy),
+                        json!({ "level": "notify", "message": message }),
+                    );
                 }
                 StrategyCommand::Heartbeat => {}
                 StrategyCommand::HealthReport { key, value } => {

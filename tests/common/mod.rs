@@ -61,7 +61,9 @@ impl TestHost {
                 Ok(Ok(event)) if event.seq > since && predicate(&event) => return event,
                 Ok(Ok(_)) => {}
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
-                    if let Some(found) = self.host.activity().since(since, usize::MAX).into_iter().find(|e| predicate(e)) {
+                    if let Some(found) =
+                        self.host.activity().since(since, usize::MAX).into_iter().find(|e| predicate(e))
+                    {
                         return found;
                     }
                 }
@@ -111,7 +113,9 @@ pub fn is_strategy_event(e: &ActivityEvent, name: &str, event: &str) -> bool {
 }
 
 pub fn is_log(e: &ActivityEvent, name: &str, text: &str) -> bool {
-    e.kind == ActivityKind::Log && e.strategy.as_deref() == Some(name) && e.data["message"].as_str().is_some_and(|m| m.contains(text))
+    e.kind == ActivityKind::Log
+        && e.strategy.as_deref() == Some(name)
+        && e.data["message"].as_str().is_some_and(|m| m.contains(text))
 }
 
 /// Writes a file the way editors that replace files do: temp file, then rename.

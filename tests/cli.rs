@@ -1,0 +1,216 @@
+//! The real binary: config errors, `check`, `new`, and signal handling.
+
+use std::path::Path;
+use std::process::Command;
+
+fn tradehost() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tradehost"))
+}
+
+fn run_with_config(toml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = tradehost().args(["run", "--config"]).arg(&path).output().unwrap();
+    (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn unknown_config_key_exits_2_naming_the_key() {
+    let (code, stderr) = run_with_config("[feed.synthetic]\nsped = 10.0\n");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("feed.synthetic.sped") && stderr.contains("unknown field"), "{stderr}");
+}
+
+#[test]
+fn wrong_config_type_exits_2_naming_the_key() {
+    let (code, stderr) = run_with_config("[sandbox]\nmax_operations = \"lots\"\n");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("sandbox.max_operations") && stderr.contains("line 2"), "{stderr}");
+}
+
+#[test]
+fn missing_strategies_dir_exits_2_naming_the_key() {
+    let (code, stderr) = run_with_config("[strategies]\ndir = \"/nonexistent/strategies\"\n");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("strategies.dir") && stderr.contains("/nonexistent/strategies"), "{stderr}");
+}
+
+#[test]
+fn check_reports_file_line_col_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.rhai");
+    let bad = dir.path().join("bad.rhai");
+    std::fs::write(&good, "fn on_candle(c) { print(c.close); }").unwrap();
+    std::fs::write(&bad, "fn on_start() {}\nfn on_fill(f) {\n  let = 3;\n}\n").unwrap();
+    let out = tradehost().arg("check").arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let out = tradehost().arg("check").arg(&good).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{}:3:", bad.display())), "{stderr}");
+}
+
+#[test]
+fn shipped_strategies_and_examples_pass_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["strategies", "examples/strategies"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    assert!(files.len() >= 6);
+    let out = tradehost().arg("check").args(&files).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn new_writes_a_template_that_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tradehost().args(["new", "my_strategy", "--strategies"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let file = dir.path().join("my_strategy.rhai");
+    assert!(std::fs::read_to_string(&file).unwrap().starts_with("// my_strategy:"));
+    assert_eq!(tradehost().arg("check").arg(&file).output().unwrap().status.code(), Some(0));
+    let again = tradehost().args(["new", "my_strategy", "--strategies"]).arg(dir.path()).output().unwrap();
+    assert_eq!(again.status.code(), Some(1), "an existing file is never overwritten");
+    let bad = tradehost().args(["new", "../evil", "--strategies"]).arg(dir.path()).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[cfg(unix)]
+mod signals {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Stdio};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// The binary running on a temp folder, with its output lines on a channel.
+    struct Host {
+        child: Child,
+        lines: mpsc::Receiver<String>,
+        seen: Vec<String>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Host {
+        fn start(strategy: &str, sandbox: &str) -> Host {
+            let dir = tempfile::tempdir().unwrap();
+            let strategies = dir.path().join("strategies");
+            std::fs::create_dir(&strategies).unwrap();
+            std::fs::write(strategies.join("slow.rhai"), strategy).unwrap();
+            let config = dir.path().join("config.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "data_dir = {:?}\n[strategies]\ndir = {:?}\n[sandbox]\n{sandbox}\n[shutdown]\non_stop_timeout_ms = 10000\n[feed.synthetic]\nhistory_bars = 5\n",
+                    dir.path().join("data"),
+                    strategies
+                ),
+            )
+            .unwrap();
+            let mut child = tradehost()
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let (tx, lines) = mpsc::channel();
+            for stream in [
+                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                Box::new(child.stderr.take().unwrap()),
+            ] {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                        let _ = tx.send(line);
+                    }
+                });
+            }
+            Host { child, lines, seen: Vec::new(), _dir: dir }
+        }
+
+        fn wait_line(&mut self, text: &str) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                    let found = line.contains(text);
+                    self.seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+            }
+            panic!("never saw {text:?}; output:\n{}", self.seen.join("\n"));
+        }
+
+        fn signal(&self, signal: nix::sys::signal::Signal) {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        }
+
+        fn wait_exit(&mut self, within: Duration) -> (i32, Duration) {
+            let started = Instant::now();
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                        self.seen.push(line);
+                    }
+                    return (status.code().unwrap_or(-1), started.elapsed());
+                }
+                if started.elapsed() > within {
+                    let _ = self.child.kill();
+                    panic!("did not exit within {within:?}; output:\n{}", self.seen.join("\n"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    #[test]
+    fn sigint_shuts_down_cleanly_even_inside_a_long_callback() {
+        let strategy = r#"
+    fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+    fn on_candle(c) { print("entering long callback"); loop { } }
+    "#;
+        let mut host = Host::start(strategy, "callback_budget_ms = 3000\nmax_operations = 1000000000000");
+        host.wait_line("entering long callback");
+        host.signal(nix::sys::signal::Signal::SIGINT);
+        let (code, elapsed) = host.wait_exit(Duration::from_secs(15));
+        assert_eq!(code, 0, "{}", host.seen.join("\n"));
+        assert!(host.seen.iter().any(|l| l.contains("shutdown complete")), "{}", host.seen.join("\n"));
+        eprintln!("shutdown took {elapsed:?}");
+    }
+
+    #[test]
+    fn sigterm_shuts_down_cleanly() {
+        let strategy =
+            "fn config() { #{ symbols: [\"BTCUSD\"], timeframe: \"1s\" } }\nfn on_candle(c) { print(\"candle\"); }";
+        let mut host = Host::start(strategy, "callback_budget_ms = 1000");
+        host.wait_line("candle");
+        host.signal(nix::sys::signal::Signal::SIGTERM);
+        let (code, _) = host.wait_exit(Duration::from_secs(10));
+        assert_eq!(code, 0);
+        assert!(host.seen.iter().any(|l| l.contains("shutdown complete")));
+    }
+
+    #[test]
+    fn second_sigint_exits_at_once_with_130() {
+        let strategy = r#"
+    fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+    fn on_candle(c) { print("running"); }
+    fn on_stop() { print("slow on_stop"); loop { } }
+    "#;
+        let mut host = Host::start(strategy, "callback_budget_ms = 20000\nmax_operations = 1000000000000000");
+        host.wait_line("running");
+        host.signal(nix::sys::signal::Signal::SIGINT);
+        host.wait_line("slow on_stop");
+        host.signal(nix::sys::signal::Signal::SIGINT);
+        let (code, elapsed) = host.wait_exit(Duration::from_secs(5));
+        assert_eq!(code, 130, "{}", host.seen.join("\n"));
+        assert!(elapsed < Duration::from_secs(5));
+    }
+}
