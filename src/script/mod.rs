@@ -353,7 +353,12 @@ fn runtime_error(file: &str, callback: &str, error: EvalAltResult, limits: &Sand
             let name = sig.split([' ', '(']).next().unwrap_or(sig);
             match api::signature(name) {
                 Some(expected) => format!("wrong arguments in call {sig}: expected {expected}"),
-                None => format!("unknown function {sig}"),
+                None if sig.contains("()") => {
+                    format!(
+                        "no function or operator {sig}: one value is unit `()` (an unset variable or `this` field, or an indicator still warming up?)"
+                    )
+                }
+                None => format!("no function or operator {sig}"),
             }
         }
         EvalAltResult::ErrorRuntime(message, _) => message.to_string(),
