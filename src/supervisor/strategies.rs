@@ -478,7 +478,9 @@ fn command_sink(engine: mpsc::UnboundedSender<EngineRequest>, activity: Activity
                         json!({ "level": "notify", "message": message }),
                     );
                 }
-                StrategyCommand::Heartbeat => {}
+                StrategyCommand::Heartbeat => {
+                    activity.publish(ActivityKind::Health, Some(strategy), json!({ "heartbeat": true }));
+                }
                 StrategyCommand::HealthReport { key, value } => {
                     activity.publish(ActivityKind::Health, Some(strategy), json!({ "key": key, "value": value }));
                 }
