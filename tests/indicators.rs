@@ -1,29 +1,13 @@
 //! Native indicators against TA-Lib reference values on a fixed series
 //! (tests/fixtures/ta_reference.json, written by make_ta_fixture.py).
 
+mod common;
+
 use serde_json::Value;
 use tradehost::data::{Atr, BBands, Ema, Highest, Lowest, Macd, Rsi, Sma, Vwap};
-use tradehost::model::Candle;
 
 fn fixture() -> Value {
     serde_json::from_str(include_str!("fixtures/ta_reference.json")).unwrap()
-}
-
-fn candles(fx: &Value) -> Vec<Candle> {
-    fx["candles"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| Candle {
-            symbol: "X".into(),
-            time: c["time"].as_i64().unwrap(),
-            open: c["open"].as_f64().unwrap(),
-            high: c["high"].as_f64().unwrap(),
-            low: c["low"].as_f64().unwrap(),
-            close: c["close"].as_f64().unwrap(),
-            volume: c["volume"].as_f64().unwrap(),
-        })
-        .collect()
 }
 
 fn assert_series(name: &str, ours: &[Option<f64>], reference: &Value) {
@@ -43,7 +27,7 @@ fn assert_series(name: &str, ours: &[Option<f64>], reference: &Value) {
 #[test]
 fn close_based_indicators_match_ta_lib() {
     let fx = fixture();
-    let closes: Vec<f64> = candles(&fx).iter().map(|c| c.close).collect();
+    let closes: Vec<f64> = common::fixture_candles(&fx).iter().map(|c| c.close).collect();
     let mut sma = Sma::new(10);
     let mut ema = Ema::new(10);
     let mut rsi = Rsi::new(14);
@@ -70,7 +54,7 @@ fn close_based_indicators_match_ta_lib() {
 #[test]
 fn candle_based_indicators_match_ta_lib() {
     let fx = fixture();
-    let candles = candles(&fx);
+    let candles = common::fixture_candles(&fx);
     let mut atr = Atr::new(14);
     let mut hi = Highest::new(20);
     let mut lo = Lowest::new(20);

@@ -1,5 +1,7 @@
 //! The script host API and sandbox, driven synchronously (as a backtest does).
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
@@ -210,16 +212,7 @@ fn ta_functions_match_ta_lib_through_the_script_api() {
             this.rows = (this.rows ?? []) + [row];
         }"#,
     );
-    for c in fx["candles"].as_array().unwrap() {
-        let candle = Candle {
-            symbol: "X".into(),
-            time: c["time"].as_i64().unwrap(),
-            open: c["open"].as_f64().unwrap(),
-            high: c["high"].as_f64().unwrap(),
-            low: c["low"].as_f64().unwrap(),
-            close: c["close"].as_f64().unwrap(),
-            volume: c["volume"].as_f64().unwrap(),
-        };
+    for candle in common::fixture_candles(&fx) {
         feed(&mut s, &ctx, candle).unwrap();
     }
     let state = s.export_state().unwrap();

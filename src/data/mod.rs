@@ -11,4 +11,6 @@ mod series;
 pub use cache::{IndicatorCache, IndicatorValue};
 pub use hub::{HubError, MarketHub, TimedCandle};
 pub use indicators::{Atr, BBands, BBandsValue, Ema, Highest, Lowest, Macd, MacdValue, Rsi, Sma, Vwap};
-pub use series::{CandleAggregator, CandleSeries, MarketState, Timeframe, TimeframeError};
+pub use series::{
+    CandleAggregator, CandleSeries, DurationError, MarketState, Timeframe, TimeframeError, parse_duration_ms,
+};

@@ -14,7 +14,7 @@ pub struct Timeframe {
 
 /// A timeframe string that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid timeframe {0:?}: expected a number and a unit s, m, h or d, e.g. \"1m\" or \"4h\"")]
+#[error("invalid timeframe {0:?}: expected whole seconds with a unit s, m, h or d, e.g. \"1m\" or \"4h\"")]
 pub struct TimeframeError(pub String);
 
 impl Timeframe {
@@ -39,23 +39,35 @@ impl Timeframe {
 impl FromStr for Timeframe {
     type Err = TimeframeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || TimeframeError(s.to_string());
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
-        let (count, unit) = s.split_at(split);
-        let count: i64 = count.parse().map_err(|_| err())?;
-        let unit_ms = match unit {
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(err()),
-        };
-        if count <= 0 {
-            return Err(err());
+        match parse_duration_ms(s) {
+            Ok(ms) if ms % 1_000 == 0 => Ok(Timeframe { ms }),
+            _ => Err(TimeframeError(s.to_string())),
         }
-        Ok(Timeframe { ms: count * unit_ms })
     }
+}
+
+/// A malformed duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: expected a number and a unit ms, s, m, h or d, e.g. \"500ms\" or \"5s\"")]
+pub struct DurationError(pub String);
+
+/// Parses `"500ms"`, `"5s"`, `"1.5m"`, `"2h"`, `"1d"` into milliseconds (positive).
+pub fn parse_duration_ms(text: &str) -> Result<i64, DurationError> {
+    let err = || DurationError(text.to_string());
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(err)?;
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number.parse().map_err(|_| err())?;
+    let unit_ms = match unit {
+        "ms" => 1.0,
+        "s" => 1_000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return Err(err()),
+    };
+    let ms = (number * unit_ms).round() as i64;
+    if ms <= 0 { Err(err()) } else { Ok(ms) }
 }
 
 impl fmt::Display for Timeframe {
@@ -235,11 +247,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration_ms("5s"), Ok(5_000));
+        assert_eq!(parse_duration_ms("1.5m"), Ok(90_000));
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert!(parse_duration_ms("5 parsecs").is_err());
+        assert!(parse_duration_ms("0s").is_err());
+    }
+
+    #[test]
     fn timeframes_parse_and_print() {
         assert_eq!("1m".parse::<Timeframe>().unwrap().ms(), 60_000);
         assert_eq!("4h".parse::<Timeframe>().unwrap().to_string(), "4h");
         assert!("m1".parse::<Timeframe>().is_err());
         assert!("0m".parse::<Timeframe>().is_err());
+        assert!("250ms".parse::<Timeframe>().is_err());
     }
 
     #[test]

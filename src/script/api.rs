@@ -8,9 +8,9 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, Module, NativeCallContext
 use rust_decimal::Decimal;
 
 use super::convert;
-use crate::data::{BBands, Ema, Highest, IndicatorValue, Lowest, Macd, Rsi, Sma};
+use crate::data::{BBands, Ema, Highest, IndicatorValue, Lowest, Macd, Rsi, Sma, parse_duration_ms};
 use crate::model::{OrderKind, Side, TimeInForce, decimal_from_f64, decimal_to_f64};
-use crate::strategy::{LogLevel, OrderSpec, SharedContext, StrategyCommand, parse_duration_ms};
+use crate::strategy::{LogLevel, OrderSpec, SharedContext, StrategyCommand};
 
 type Result<T> = std::result::Result<T, Box<EvalAltResult>>;
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::model::{Candle, Fill, Order, OrderRequest, Tick};
 
 pub use context::{OrderIds, OrderSpec, SharedContext, StrategyContext, base36};
-pub use timers::{TimerError, Timers, parse_duration_ms};
+pub use timers::Timers;
 
 /// Something that happened, delivered to one strategy.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,11 +5,6 @@ use std::collections::BTreeMap;
 
 use crate::model::TimestampMs;
 
-/// A malformed timer duration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {0:?}: expected a number and a unit ms, s, m, h or d, e.g. \"500ms\" or \"5s\"")]
-pub struct TimerError(pub String);
-
 #[derive(Debug, Clone)]
 struct Timer {
     due: TimestampMs,
@@ -20,25 +15,6 @@ struct Timer {
 #[derive(Debug, Clone, Default)]
 pub struct Timers {
     timers: BTreeMap<String, Timer>,
-}
-
-/// Parses `"500ms"`, `"5s"`, `"1m"`, `"2h"`, `"1d"` into milliseconds.
-pub fn parse_duration_ms(text: &str) -> Result<i64, TimerError> {
-    let err = || TimerError(text.to_string());
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(err)?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| err())?;
-    let unit_ms = match unit {
-        "ms" => 1.0,
-        "s" => 1_000.0,
-        "m" => 60_000.0,
-        "h" => 3_600_000.0,
-        "d" => 86_400_000.0,
-        _ => return Err(err()),
-    };
-    let ms = (number * unit_ms).round() as i64;
-    if ms <= 0 { Err(err()) } else { Ok(ms) }
 }
 
 impl Timers {
@@ -84,15 +60,6 @@ impl Timers {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration_ms("5s"), Ok(5_000));
-        assert_eq!(parse_duration_ms("1.5m"), Ok(90_000));
-        assert_eq!(parse_duration_ms("250ms"), Ok(250));
-        assert!(parse_duration_ms("5 parsecs").is_err());
-        assert!(parse_duration_ms("0s").is_err());
-    }
 
     #[test]
     fn repeating_and_one_shot_timers() {

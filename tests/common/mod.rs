@@ -118,6 +118,24 @@ pub fn is_log(e: &ActivityEvent, name: &str, text: &str) -> bool {
         && e.data["message"].as_str().is_some_and(|m| m.contains(text))
 }
 
+/// The candles of the TA-Lib reference fixture, as symbol `X`.
+pub fn fixture_candles(fx: &serde_json::Value) -> Vec<tradehost::model::Candle> {
+    fx["candles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| tradehost::model::Candle {
+            symbol: "X".into(),
+            time: c["time"].as_i64().unwrap(),
+            open: c["open"].as_f64().unwrap(),
+            high: c["high"].as_f64().unwrap(),
+            low: c["low"].as_f64().unwrap(),
+            close: c["close"].as_f64().unwrap(),
+            volume: c["volume"].as_f64().unwrap(),
+        })
+        .collect()
+}
+
 /// Writes a file the way editors that replace files do: temp file, then rename.
 pub fn save_by_rename(path: &Path, source: &str) {
     let temp = path.with_extension("rhai.tmp~");
