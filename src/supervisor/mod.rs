@@ -213,7 +213,8 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
             Duration::from_millis(config.supervisor.debounce_ms),
             None,
             move |result: notify_debouncer_full::DebounceEventResult| match result {
-                Ok(events) if !events.is_empty() => {
+                // Reads (our own rescans included) raise access events: only changes count.
+                Ok(events) if events.iter().any(|e| !matches!(e.event.kind, notify::EventKind::Access(_))) => {
                     let _ = control.send(Control::Rescan);
                 }
                 Ok(_) => {}

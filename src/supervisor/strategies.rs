@@ -143,6 +143,7 @@ impl Supervisor {
     }
 
     fn rescan(&mut self) {
+        tracing::debug!(dir = %self.dir.display(), "scanning the strategies folder");
         self.scanned = true;
         let found = match scan(&self.dir) {
             Ok(found) => found,
