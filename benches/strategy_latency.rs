@@ -32,7 +32,7 @@ fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
 
 fn context() -> SharedContext {
     let account = Arc::new(ArcSwap::from_pointee(AccountView { currency: "USD".into(), ..Default::default() }));
-    StrategyContext::new("bench", account, OrderIds::new("bench", "s", Arc::new(AtomicU64::new(0))), 5_000).shared()
+    StrategyContext::new("bench", account, OrderIds::new("bench", Arc::new(AtomicU64::new(0))), 5_000).shared()
 }
 
 /// A random walk of one-minute candles.
@@ -168,7 +168,7 @@ fn on_candle(c) {
         history: Box::new(|_| candles(100)),
         initial_state: None,
         account,
-        ids: OrderIds::new("bench", "s", Arc::new(AtomicU64::new(0))),
+        ids: OrderIds::new("bench", Arc::new(AtomicU64::new(0))),
         sink: Arc::new(move |_, _| {
             let _ = tx.send(Instant::now());
         }),

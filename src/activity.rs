@@ -1,11 +1,16 @@
 //! The activity bus: every notable event (orders, fills, positions, strategy
 //! lifecycle, logs, system) gets a strictly increasing sequence number, is
 //! kept in a bounded in-memory tail for recent reads, and is broadcast to
-//! live subscribers. Publishing never blocks: a subscriber that falls behind
-//! the broadcast buffer sees `Lagged` and must resync from the tail.
+//! live subscribers. With a store attached, an event becomes visible (tail
+//! and broadcast) only after the store committed it, so numbers seen by
+//! anyone are never reused after a crash and the stored log has no gaps.
+//! Publishing never blocks: a subscriber that falls behind the broadcast
+//! buffer sees `Lagged` and must resync from the tail.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+
+use crate::store::{StoreWriter, WriteOp};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -51,15 +56,16 @@ pub struct ActivityEvent {
     pub data: serde_json::Value,
 }
 
-struct Inner {
+struct Sequencer {
     next_seq: u64,
-    tail: VecDeque<ActivityEvent>,
+    store: Option<StoreWriter>,
 }
 
 /// A cheap, clonable handle to the bus.
 #[derive(Clone)]
 pub struct ActivityBus {
-    inner: Arc<Mutex<Inner>>,
+    sequencer: Arc<Mutex<Sequencer>>,
+    tail: Arc<Mutex<VecDeque<ActivityEvent>>>,
     capacity: usize,
     sender: broadcast::Sender<ActivityEvent>,
 }
@@ -69,28 +75,54 @@ impl ActivityBus {
     pub fn new(capacity: usize, last_seq: u64) -> Self {
         let (sender, _) = broadcast::channel(4096);
         ActivityBus {
-            inner: Arc::new(Mutex::new(Inner {
-                next_seq: last_seq + 1,
-                tail: VecDeque::with_capacity(capacity.min(4096)),
-            })),
+            sequencer: Arc::new(Mutex::new(Sequencer { next_seq: last_seq + 1, store: None })),
+            tail: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(4096)))),
             capacity: capacity.max(1),
             sender,
         }
     }
 
+    /// Persists every event from now on before it becomes visible.
+    pub fn attach_store(&self, store: StoreWriter) {
+        self.sequencer.lock().unwrap_or_else(|e| e.into_inner()).store = Some(store);
+    }
+
+    /// Stops persisting (at the end of shutdown, before the store closes).
+    pub fn detach_store(&self) {
+        self.sequencer.lock().unwrap_or_else(|e| e.into_inner()).store = None;
+    }
+
     /// Publishes an event and returns its sequence number.
     pub fn publish(&self, kind: ActivityKind, strategy: Option<&str>, data: serde_json::Value) -> u64 {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
+        let mut sequencer = self.sequencer.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = sequencer.next_seq;
+        sequencer.next_seq += 1;
         let event = ActivityEvent { v: 1, seq, ts: Utc::now(), kind, strategy: strategy.map(str::to_string), data };
-        if inner.tail.len() == self.capacity {
-            inner.tail.pop_front();
+        // Handed on under the lock, so events become visible in sequence order.
+        match &sequencer.store {
+            Some(store) => {
+                let envelope = serde_json::to_value(&event).expect("activity serializes");
+                let bus = self.clone();
+                store.submit(
+                    vec![WriteOp::Activity { seq, envelope }],
+                    Some(Box::new(move |result| match result {
+                        Ok(()) => bus.deliver(event),
+                        Err(error) => tracing::error!(seq, "activity event not stored, so not published: {error}"),
+                    })),
+                );
+            }
+            None => self.deliver(event),
         }
-        inner.tail.push_back(event.clone());
-        // Sent under the lock so subscribers see events in sequence order.
-        let _ = self.sender.send(event);
         seq
+    }
+
+    fn deliver(&self, event: ActivityEvent) {
+        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        if tail.len() == self.capacity {
+            tail.pop_front();
+        }
+        tail.push_back(event.clone());
+        let _ = self.sender.send(event);
     }
 
     /// Live events from now on.
@@ -100,13 +132,13 @@ impl ActivityBus {
 
     /// Events after `since` still in the tail, oldest first, at most `limit`.
     pub fn since(&self, since: u64, limit: usize) -> Vec<ActivityEvent> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.tail.iter().filter(|e| e.seq > since).take(limit).cloned().collect()
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.iter().filter(|e| e.seq > since).take(limit).cloned().collect()
     }
 
-    /// The last sequence number handed out.
+    /// The sequence number of the newest visible event (0 if none yet).
     pub fn last_seq(&self) -> u64 {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).next_seq - 1
+        self.tail.lock().unwrap_or_else(|e| e.into_inner()).back().map_or(0, |e| e.seq)
     }
 }
 

@@ -100,6 +100,8 @@ pub struct Config {
     pub feed: FeedConfig,
     /// Control API.
     pub http: HttpConfig,
+    /// Durable state.
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -113,7 +115,24 @@ impl Default for Config {
             exchange: ExchangeConfig::default(),
             feed: FeedConfig::default(),
             http: HttpConfig::default(),
+            store: StoreConfig::default(),
         }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Activity events kept in the store; older ones are pruned (0 keeps all).
+    pub activity_keep: u64,
+    /// Longest delay before a changed strategy state (`this`) is stored.
+    pub state_flush_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { activity_keep: 1_000_000, state_flush_ms: 250 }
     }
 }
 
@@ -475,6 +494,7 @@ impl Config {
             ("supervisor.max_consecutive_errors", self.supervisor.max_consecutive_errors as usize),
             ("supervisor.event_queue", self.supervisor.event_queue),
             ("shutdown.timeout_ms", self.shutdown.timeout_ms as usize),
+            ("store.state_flush_ms", self.store.state_flush_ms as usize),
         ] {
             if value == 0 {
                 bad(key, "must be greater than 0".into());

@@ -1,8 +1,10 @@
 //! Order management: the gate that refuses new orders during shutdown,
 //! ownership checks (a strategy may only cancel its own orders), order state,
-//! each strategy's own positions from its fills, and the account read model
-//! that strategies see. Synchronous and deterministic: the live engine task
-//! and a backtest drive it the same way.
+//! fill numbering, each strategy's own positions from its fills, the account
+//! read model that strategies see, and what must be written to the store
+//! (intents before sending, outcomes before anyone hears of them).
+//! Synchronous and deterministic: the live engine task and a backtest drive
+//! it the same way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use rust_decimal::Decimal;
 
 use crate::exchange::{ExchangeEvent, PaperExchange};
 use crate::model::{AccountView, Order, OrderKind, OrderRequest, OrderStatus, Position, Side, Tick, TimeInForce};
+use crate::store::{Recovered, WriteOp};
 
 /// Why a cancel could not be done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +27,9 @@ pub enum ExecutionError {
         /// Client order id.
         client_id: String,
     },
+    /// The stored state could not be restored.
+    #[error("cannot restore the stored account: {0}")]
+    Restore(String),
 }
 
 /// The order manager.
@@ -33,6 +39,7 @@ pub struct Oms {
     positions: HashMap<String, HashMap<String, Position>>,
     marks: HashMap<String, Decimal>,
     gate_open: bool,
+    next_fill_id: u64,
     view: Arc<ArcSwap<AccountView>>,
 }
 
@@ -45,10 +52,57 @@ impl Oms {
             positions: HashMap::new(),
             marks: HashMap::new(),
             gate_open: true,
+            next_fill_id: 1,
             view: Arc::new(ArcSwap::from_pointee(AccountView::default())),
         };
         oms.publish();
         oms
+    }
+
+    /// Restores the stored state. Orders whose outcome is unknown (intent
+    /// recorded, no answer stored) are resolved by asking the exchange by
+    /// client id — never resent. Returns the resolved orders' events.
+    pub fn restore(&mut self, recovered: &Recovered) -> Result<Vec<ExchangeEvent>, ExecutionError> {
+        if let Some(account) = &recovered.paper_account {
+            self.exchange.restore(account).map_err(ExecutionError::Restore)?;
+        }
+        self.positions = recovered
+            .positions
+            .iter()
+            .map(|(strategy, p)| (strategy.clone(), p.iter().map(|(s, p)| (s.clone(), p.clone())).collect()))
+            .collect();
+        self.next_fill_id = recovered.last_fill_id + 1;
+        let mut resolved = Vec::new();
+        for (client_id, order) in &recovered.orders {
+            match order.status {
+                OrderStatus::Open | OrderStatus::PartiallyFilled => {
+                    // The exchange's own record wins: it may have moved on before the crash.
+                    let current = self.exchange.lookup(client_id).unwrap_or_else(|| order.clone());
+                    if current.status.is_open() {
+                        self.open.insert(client_id.clone(), current);
+                    } else {
+                        resolved.push(ExchangeEvent::Order(current));
+                    }
+                }
+                OrderStatus::Pending => match self.exchange.lookup(client_id) {
+                    Some(known) => {
+                        if known.status.is_open() {
+                            self.open.insert(client_id.clone(), known.clone());
+                        }
+                        resolved.push(ExchangeEvent::Order(known));
+                    }
+                    None => {
+                        let mut lost = order.clone();
+                        lost.status = OrderStatus::Rejected;
+                        lost.reason = Some("never reached the exchange: the host stopped before sending it".into());
+                        resolved.push(ExchangeEvent::Order(lost));
+                    }
+                },
+                _ => {}
+            }
+        }
+        self.publish();
+        Ok(resolved)
     }
 
     /// The account snapshot strategies read.
@@ -66,8 +120,9 @@ impl Oms {
         self.gate_open = false;
     }
 
-    /// Sends a strategy's order, unless the gate is closed or the id is reused.
-    pub fn submit(&mut self, request: OrderRequest) -> Vec<ExchangeEvent> {
+    /// Checks a strategy's order before anything is sent: the pending order
+    /// to record as an intent, or the rejection.
+    pub fn prepare(&mut self, request: OrderRequest) -> Result<Order, ExchangeEvent> {
         let refusal = if !self.gate_open {
             Some("the host is shutting down: new orders are refused".to_string())
         } else if self.open.contains_key(&request.client_id) {
@@ -75,15 +130,32 @@ impl Oms {
         } else {
             None
         };
-        if let Some(reason) = refusal {
-            let mut order = Order::new(request, 0);
-            order.status = OrderStatus::Rejected;
-            order.reason = Some(reason);
-            return vec![ExchangeEvent::Order(order)];
+        let mut order = Order::new(request, self.now());
+        match refusal {
+            Some(reason) => {
+                order.status = OrderStatus::Rejected;
+                order.reason = Some(reason);
+                Err(ExchangeEvent::Order(order))
+            }
+            None => {
+                order.status = OrderStatus::Pending;
+                Ok(order)
+            }
         }
+    }
+
+    /// Sends a prepared order (its intent must be stored first).
+    pub fn send(&mut self, request: OrderRequest) -> Vec<ExchangeEvent> {
         let events = self.exchange.submit(request);
-        self.apply(&events);
-        events
+        self.record(events)
+    }
+
+    /// Prepares and sends at once (no store in between: backtests, tests).
+    pub fn submit(&mut self, request: OrderRequest) -> Vec<ExchangeEvent> {
+        match self.prepare(request) {
+            Ok(order) => self.send(order.request),
+            Err(rejection) => vec![rejection],
+        }
     }
 
     /// Cancels one of the strategy's open orders.
@@ -94,9 +166,7 @@ impl Oms {
             return Err(not_own());
         }
         let event = self.exchange.cancel(client_id).map_err(|_| not_own())?;
-        let events = vec![event];
-        self.apply(&events);
-        Ok(events)
+        Ok(self.record(vec![event]))
     }
 
     /// Cancels the strategy's open orders (for one symbol, or all).
@@ -110,41 +180,41 @@ impl Oms {
         ids.iter().filter_map(|id| self.cancel(strategy, id).ok()).flatten().collect()
     }
 
-    /// Closes the strategy's positions with reduce-only market orders (shutdown
-    /// policy `flatten`; allowed while the gate is closed).
-    pub fn flatten(&mut self, strategy: &str, next_id: &mut dyn FnMut() -> String) -> Vec<ExchangeEvent> {
-        let mut events = self.cancel_all(strategy, None);
-        let positions: Vec<Position> = self
-            .positions
-            .get(strategy)
-            .map(|p| p.values().filter(|p| !p.size.is_zero()).cloned().collect())
-            .unwrap_or_default();
-        for position in positions {
-            let request = OrderRequest {
-                client_id: next_id(),
-                strategy: strategy.to_string(),
-                symbol: position.symbol.clone(),
-                side: Side::closing(position.size),
-                kind: OrderKind::Market,
-                size: position.size.abs(),
-                price: None,
-                time_in_force: TimeInForce::Ioc,
-                post_only: false,
-                reduce_only: true,
-            };
-            let sent = self.exchange.submit(request);
-            self.apply(&sent);
-            events.extend(sent);
-        }
-        events
+    /// Reduce-only market orders that would close the strategy's positions
+    /// (shutdown policy `flatten`; allowed while the gate is closed).
+    pub fn flatten_orders(&self, strategy: &str, next_id: &mut dyn FnMut() -> String) -> Vec<Order> {
+        let positions = self.positions.get(strategy).map(|p| p.values().filter(|p| !p.size.is_zero()).cloned().collect()).unwrap_or_else(Vec::new);
+        positions
+            .into_iter()
+            .map(|position| {
+                let request = OrderRequest {
+                    client_id: next_id(),
+                    strategy: strategy.to_string(),
+                    symbol: position.symbol.clone(),
+                    side: Side::closing(position.size),
+                    kind: OrderKind::Market,
+                    size: position.size.abs(),
+                    price: None,
+                    time_in_force: TimeInForce::Ioc,
+                    post_only: false,
+                    reduce_only: true,
+                };
+                let mut order = Order::new(request, self.now());
+                order.status = OrderStatus::Pending;
+                order
+            })
+            .collect()
     }
 
     /// Applies a market tick: resting orders may fill.
     pub fn on_tick(&mut self, tick: &Tick) -> Vec<ExchangeEvent> {
         self.marks.insert(tick.symbol.clone(), tick.mid());
         let events = self.exchange.on_tick(tick);
-        self.apply(&events);
-        events
+        if events.is_empty() {
+            self.publish();
+            return events;
+        }
+        self.record(events)
     }
 
     /// A strategy's own position in a symbol.
@@ -157,10 +227,43 @@ impl Oms {
         self.open.values()
     }
 
-    fn apply(&mut self, events: &[ExchangeEvent]) {
+    /// What the store must hold before these events may be reported: order
+    /// states, fills, the positions they moved, and the exchange's account.
+    pub fn write_ops(&self, events: &[ExchangeEvent]) -> Vec<WriteOp> {
+        let mut ops = Vec::with_capacity(events.len() + 2);
+        let mut moved: Vec<(String, String)> = Vec::new();
         for event in events {
             match event {
+                ExchangeEvent::Order(order) => ops.push(WriteOp::Order(order.clone())),
                 ExchangeEvent::Fill(fill) => {
+                    ops.push(WriteOp::Fill(fill.clone()));
+                    let key = (fill.strategy.clone(), fill.symbol.clone());
+                    if !moved.contains(&key) {
+                        moved.push(key);
+                    }
+                }
+            }
+        }
+        for (strategy, symbol) in moved {
+            ops.push(WriteOp::Position { position: self.position(&strategy, &symbol), strategy });
+        }
+        if !events.is_empty() {
+            ops.push(WriteOp::PaperAccount(self.exchange.save()));
+        }
+        ops
+    }
+
+    fn now(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+
+    /// Numbers fills, applies the events to orders and positions, publishes the view.
+    fn record(&mut self, mut events: Vec<ExchangeEvent>) -> Vec<ExchangeEvent> {
+        for event in &mut events {
+            match event {
+                ExchangeEvent::Fill(fill) => {
+                    fill.id = self.next_fill_id;
+                    self.next_fill_id += 1;
                     self.positions
                         .entry(fill.strategy.clone())
                         .or_default()
@@ -177,6 +280,7 @@ impl Oms {
             }
         }
         self.publish();
+        events
     }
 
     fn publish(&self) {

@@ -20,5 +20,6 @@ pub mod execution;
 pub mod feed;
 pub mod model;
 pub mod script;
+pub mod store;
 pub mod strategy;
 pub mod supervisor;

@@ -112,6 +112,8 @@ pub struct OrderRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
+    /// Recorded as an intent, not yet acknowledged by the exchange.
+    Pending,
     /// Resting on the book, nothing filled yet.
     Open,
     /// Resting with part of its size filled.
@@ -190,6 +192,9 @@ pub enum Liquidity {
 /// One execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fill {
+    /// Sequence number given by the order manager (unique per data dir; 0 until assigned).
+    #[serde(default)]
+    pub id: u64,
     /// Client order id of the order that filled.
     pub order_id: String,
     /// Strategy that owns the order.

@@ -33,7 +33,7 @@ fn build(source: &str) -> (ScriptStrategy, SharedContext) {
 
 fn build_with(source: &str, options: ScriptOptions) -> (ScriptStrategy, SharedContext) {
     let account = Arc::new(ArcSwap::from_pointee(AccountView { currency: "USD".into(), ..Default::default() }));
-    let ctx = StrategyContext::new("t", account, OrderIds::new("t", "s", Arc::new(AtomicU64::new(0))), 1000).shared();
+    let ctx = StrategyContext::new("t", account, OrderIds::new("t", Arc::new(AtomicU64::new(0))), 1000).shared();
     let env = StrategyEnv { ctx: ctx.clone(), abort: Arc::new(AtomicBool::new(false)), initial_state: None };
     (ScriptStrategy::new("t.rhai", source, options, env).unwrap_or_else(|e| panic!("{e}")), ctx)
 }

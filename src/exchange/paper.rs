@@ -3,10 +3,10 @@
 //! partial fills against traded size, netting positions and a quote-currency
 //! account with a margin check. Deterministic: time comes from the ticks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::ExchangeEvent;
 use crate::config::PaperConfig;
@@ -16,6 +16,8 @@ use crate::model::{
 };
 
 const BPS: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
+/// Closed orders remembered for lookups by client id.
+const RECENT_ORDERS: usize = 64;
 
 /// Errors of calls that have no order to report on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +54,17 @@ pub struct PaperExchange {
     next_seq: u64,
     positions: BTreeMap<String, Position>,
     cash: Decimal,
+    recent: VecDeque<Order>,
+}
+
+/// What the paper exchange persists: enough to continue exactly after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedAccount {
+    cash: Decimal,
+    positions: Vec<Position>,
+    resting: Vec<(u64, Order)>,
+    next_seq: u64,
+    recent: Vec<Order>,
 }
 
 impl PaperExchange {
@@ -69,6 +82,52 @@ impl PaperExchange {
             next_seq: 0,
             positions: BTreeMap::new(),
             cash: config.balance,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// The account and book as JSON, for the store.
+    pub fn save(&self) -> serde_json::Value {
+        let saved = SavedAccount {
+            cash: self.cash,
+            positions: self.positions.values().cloned().collect(),
+            resting: self.resting.iter().map(|(k, o)| (*k, o.clone())).collect(),
+            next_seq: self.next_seq,
+            recent: self.recent.iter().cloned().collect(),
+        };
+        serde_json::to_value(saved).expect("paper account serializes")
+    }
+
+    /// Restores what [`save`](Self::save) wrote.
+    pub fn restore(&mut self, saved: &serde_json::Value) -> Result<(), String> {
+        let saved: SavedAccount = serde_json::from_value(saved.clone()).map_err(|e| format!("paper account: {e}"))?;
+        self.cash = saved.cash;
+        self.positions = saved.positions.into_iter().map(|p| (p.symbol.clone(), p)).collect();
+        self.resting = saved.resting.into_iter().collect();
+        self.next_seq = saved.next_seq;
+        self.recent = saved.recent.into();
+        Ok(())
+    }
+
+    /// What the exchange knows of an order by client id (open, or recently closed).
+    pub fn lookup(&self, client_id: &str) -> Option<Order> {
+        self.resting
+            .values()
+            .chain(self.recent.iter())
+            .find(|o| o.request.client_id == client_id)
+            .cloned()
+    }
+
+    fn remember(&mut self, events: &[ExchangeEvent]) {
+        for event in events {
+            if let ExchangeEvent::Order(order) = event
+                && !order.status.is_open()
+            {
+                if self.recent.len() == RECENT_ORDERS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(order.clone());
+            }
         }
     }
 
@@ -105,7 +164,13 @@ impl PaperExchange {
     }
 
     /// Accepts, fills or rejects an order at the current quote.
-    pub fn submit(&mut self, mut request: OrderRequest) -> Vec<ExchangeEvent> {
+    pub fn submit(&mut self, request: OrderRequest) -> Vec<ExchangeEvent> {
+        let events = self.accept(request);
+        self.remember(&events);
+        events
+    }
+
+    fn accept(&mut self, mut request: OrderRequest) -> Vec<ExchangeEvent> {
         let now = self.quotes.get(&request.symbol).map_or(0, |q| q.time);
         let reject = |request: OrderRequest, reason: String| {
             let mut order = Order::new(request, now);
@@ -198,7 +263,9 @@ impl PaperExchange {
         order.status = OrderStatus::Cancelled;
         order.reason = Some("cancelled".into());
         order.updated = self.quotes.get(&order.request.symbol).map_or(order.updated, |q| q.time);
-        Ok(ExchangeEvent::Order(order))
+        let event = ExchangeEvent::Order(order);
+        self.remember(std::slice::from_ref(&event));
+        Ok(event)
     }
 
     /// Updates the quote of a symbol and fills resting orders it crosses, in
@@ -246,6 +313,7 @@ impl PaperExchange {
             }
             events.push(ExchangeEvent::Order(order));
         }
+        self.remember(&events);
         events
     }
 
@@ -267,6 +335,7 @@ impl PaperExchange {
         let realized = position.apply(request.side, size, price);
         self.cash += realized - fee;
         let fill = Fill {
+            id: 0,
             order_id: request.client_id.clone(),
             strategy: request.strategy.clone(),
             symbol: request.symbol.clone(),

@@ -13,8 +13,10 @@ use super::{StrategyCommand, Timers};
 use crate::data::{IndicatorCache, MarketState};
 use crate::model::{AccountView, OrderKind, OrderRequest, Side, TimeInForce, TimestampMs};
 
-/// Client order ids: `<name>-<session>-<counter>`, at most 32 characters
-/// (the Delta Exchange limit), unique within a session of the host.
+/// Client order ids: `<name>-<counter>` in base 36, at most 22 characters
+/// (Delta Exchange allows 32). The counter is shared by every strategy and
+/// starts each run at a block the store reserved, so ids never repeat for a
+/// data dir.
 #[derive(Debug, Clone)]
 pub struct OrderIds {
     prefix: String,
@@ -22,11 +24,10 @@ pub struct OrderIds {
 }
 
 impl OrderIds {
-    /// Ids for one strategy in one host session.
-    pub fn new(strategy: &str, session: &str, counter: Arc<AtomicU64>) -> Self {
+    /// Ids for one strategy, drawing numbers from the shared counter.
+    pub fn new(strategy: &str, counter: Arc<AtomicU64>) -> Self {
         let name: String = strategy.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
-        let session: String = session.chars().take(8).collect();
-        OrderIds { prefix: format!("{name}-{session}-"), counter }
+        OrderIds { prefix: format!("{name}-"), counter }
     }
 
     /// The next id.
@@ -148,7 +149,7 @@ mod tests {
 
     #[test]
     fn ids_fit_delta_limit_and_are_unique() {
-        let ids = OrderIds::new("a_very_long_strategy_name", "lq3k2x9z", Arc::new(AtomicU64::new(u64::MAX / 2)));
+        let ids = OrderIds::new("a_very_long_strategy_name", Arc::new(AtomicU64::new(u64::MAX / 2)));
         let a = ids.next_id();
         let b = ids.next_id();
         assert_ne!(a, b);

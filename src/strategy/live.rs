@@ -80,6 +80,9 @@ pub struct TaggedReport {
 /// Gives a starting strategy its warm-up candles, once its symbols and timeframe are known.
 pub type HistoryLoader = Box<dyn FnOnce(&super::StrategyMeta) -> Vec<Candle> + Send>;
 
+/// Receives a strategy's state (`this`) when it changed, for the store.
+pub type StateSink = Arc<dyn Fn(&str, serde_json::Value) + Send + Sync>;
+
 /// Receives the commands a strategy produced after each callback.
 pub type CommandSink = Arc<dyn Fn(&str, Vec<StrategyCommand>) + Send + Sync>;
 
@@ -107,6 +110,10 @@ pub struct RuntimeSpec {
     pub max_consecutive_errors: u32,
     /// Events queued before ticks are dropped.
     pub queue_limit: usize,
+    /// Where changed state goes (none: state is not persisted).
+    pub state_sink: Option<StateSink>,
+    /// Longest delay before changed state is handed to the sink.
+    pub state_flush_ms: u64,
 }
 
 /// A cheap controller of a running strategy thread.
@@ -212,12 +219,48 @@ fn wall_ms() -> TimestampMs {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn run(
-    spec: RuntimeSpec,
-    rx: Receiver<RuntimeInput>,
-    abort: Arc<AtomicBool>,
-    meta_out: Arc<ArcSwap<Option<super::StrategyMeta>>>,
-) {
+/// Hands changed state to the sink, at most every `flush` and always at exit.
+struct StatePersistence {
+    sink: Option<StateSink>,
+    flush: Duration,
+    saved: Option<serde_json::Value>,
+    dirty_since: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl StatePersistence {
+    fn touch(&mut self) {
+        if self.sink.is_some() {
+            self.dirty_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.dirty_since.map(|since| since + self.flush)
+    }
+
+    /// Exports and hands on the state if it changed; an export error is returned once per distinct message.
+    fn flush(&mut self, name: &str, strategy: &dyn Strategy) -> Option<StrategyError> {
+        self.dirty_since = None;
+        let sink = self.sink.as_ref()?;
+        match strategy.export_state() {
+            Ok(state) if self.saved.as_ref() != Some(&state) => {
+                sink(name, state.clone());
+                self.saved = Some(state);
+                self.last_error = None;
+                None
+            }
+            Ok(_) => None,
+            Err(error) if self.last_error.as_deref() != Some(error.message.as_str()) => {
+                self.last_error = Some(error.message.clone());
+                Some(StrategyError { location: None, message: format!("state not saved: {}", error.message) })
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+fn run(spec: RuntimeSpec, rx: Receiver<RuntimeInput>, abort: Arc<AtomicBool>, meta_out: Arc<ArcSwap<Option<super::StrategyMeta>>>) {
     let RuntimeSpec {
         name,
         generation,
@@ -229,18 +272,25 @@ fn run(
         sink,
         reports,
         max_consecutive_errors,
+        state_sink,
+        state_flush_ms,
         ..
     } = spec;
     let report = |report: RuntimeReport| {
         let _ = reports.send(TaggedReport { name: name.clone(), generation, report });
     };
+    let mut persistence = StatePersistence {
+        sink: state_sink,
+        flush: Duration::from_millis(state_flush_ms),
+        saved: initial_state.clone(),
+        dirty_since: None,
+        last_error: None,
+    };
     let ctx = StrategyContext::new(&name, account, ids, 5_000).shared();
     let env = StrategyEnv { ctx: ctx.clone(), abort: abort.clone(), initial_state };
     let mut strategy = match factory(env) {
         Ok(strategy) => strategy,
-        Err(error) => {
-            return report(RuntimeReport::Exited { reason: ExitReason::StartFailed(error), state: None });
-        }
+        Err(error) => return report(RuntimeReport::Exited { reason: ExitReason::StartFailed(error), state: None }),
     };
     let meta = strategy.meta();
     meta_out.store(Arc::new(Some(meta.clone())));
@@ -278,66 +328,78 @@ fn run(
             }
         }
     };
-    if let Some(error) = deliver(&mut strategy, StrategyEvent::Start) {
-        let state = strategy.export_state().ok();
-        return report(RuntimeReport::Exited { reason: ExitReason::Failed(error), state });
-    }
-    report(RuntimeReport::Started);
-    let reason = loop {
-        if abort.load(Ordering::SeqCst) {
-            break ExitReason::Stopped;
+    let reason = 'run: {
+        if let Some(error) = deliver(&mut strategy, StrategyEvent::Start) {
+            break 'run ExitReason::Failed(error);
         }
-        let next_due = ctx.borrow().timers.next_due();
-        let input = match next_due {
-            Some(due) => {
-                let wait = Duration::from_millis((due - wall_ms()).max(0) as u64);
-                match rx.recv_deadline(Instant::now() + wait) {
+        persistence.touch();
+        report(RuntimeReport::Started);
+        loop {
+            if abort.load(Ordering::SeqCst) {
+                break 'run ExitReason::Stopped;
+            }
+            let timer_due = ctx
+                .borrow()
+                .timers
+                .next_due()
+                .map(|due| Instant::now() + Duration::from_millis((due - wall_ms()).max(0) as u64));
+            let wake = [timer_due, persistence.due()].into_iter().flatten().min();
+            let input = match wake {
+                Some(deadline) => match rx.recv_deadline(deadline) {
                     Ok(input) => Some(input),
                     Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break ExitReason::Stopped,
+                    Err(RecvTimeoutError::Disconnected) => break 'run ExitReason::Stopped,
+                },
+                None => match rx.recv() {
+                    Ok(input) => Some(input),
+                    Err(_) => break 'run ExitReason::Stopped,
+                },
+            };
+            let failed = match input {
+                Some(RuntimeInput::Event(event)) => {
+                    persistence.touch();
+                    deliver(&mut strategy, event)
                 }
-            }
-            None => match rx.recv() {
-                Ok(input) => Some(input),
-                Err(_) => break ExitReason::Stopped,
-            },
-        };
-        let failed = match input {
-            Some(RuntimeInput::Event(event)) => deliver(&mut strategy, event),
-            Some(RuntimeInput::Reload(source)) => {
-                match strategy.reload(&source) {
-                    Ok(()) => {
-                        let new_meta = strategy.meta();
-                        meta_out.store(Arc::new(Some(new_meta)));
-                        report(RuntimeReport::Reloaded)
+                Some(RuntimeInput::Reload(source)) => {
+                    match strategy.reload(&source) {
+                        Ok(()) => {
+                            meta_out.store(Arc::new(Some(strategy.meta())));
+                            persistence.touch();
+                            report(RuntimeReport::Reloaded)
+                        }
+                        Err(error) => report(RuntimeReport::ReloadRejected(error)),
                     }
-                    Err(error) => report(RuntimeReport::ReloadRejected(error)),
+                    None
                 }
-                None
-            }
-            Some(RuntimeInput::Stop) => {
-                if !abort.load(Ordering::SeqCst) {
-                    deliver(&mut strategy, StrategyEvent::Stop);
+                Some(RuntimeInput::Stop) => {
+                    if !abort.load(Ordering::SeqCst) {
+                        deliver(&mut strategy, StrategyEvent::Stop);
+                    }
+                    break 'run ExitReason::Stopped;
                 }
-                break ExitReason::Stopped;
+                None => None,
+            };
+            if let Some(error) = failed {
+                break 'run ExitReason::Failed(error);
             }
-            None => None,
-        };
-        if let Some(error) = failed {
-            break ExitReason::Failed(error);
-        }
-        let due = {
-            let mut c = ctx.borrow_mut();
-            let now = wall_ms();
-            c.timers.take_due(now)
-        };
-        for timer in due {
-            if let Some(error) = deliver(&mut strategy, StrategyEvent::Timer(timer)) {
-                let state = strategy.export_state().ok();
-                return report(RuntimeReport::Exited { reason: ExitReason::Failed(error), state });
+            let due = ctx.borrow_mut().timers.take_due(wall_ms());
+            for timer in due {
+                persistence.touch();
+                if let Some(error) = deliver(&mut strategy, StrategyEvent::Timer(timer)) {
+                    break 'run ExitReason::Failed(error);
+                }
+            }
+            if persistence.due().is_some_and(|due| due <= Instant::now())
+                && let Some(error) = persistence.flush(&name, strategy.as_ref())
+            {
+                report(RuntimeReport::CallbackFailed { callback: "state", error });
             }
         }
     };
+    persistence.touch();
+    if let Some(error) = persistence.flush(&name, strategy.as_ref()) {
+        report(RuntimeReport::CallbackFailed { callback: "state", error });
+    }
     let state = strategy.export_state().ok();
     report(RuntimeReport::Exited { reason, state });
 }

@@ -18,7 +18,8 @@ use crate::data::{MarketHub, TimedCandle};
 use crate::exchange::ExchangeEvent;
 use crate::execution::Oms;
 use crate::feed::FeedEvent;
-use crate::model::Tick;
+use crate::model::{Order, OrderRequest, OrderStatus, Tick};
+use crate::store::{StoreWriter, WriteOp};
 use crate::strategy::live::RuntimeHandle;
 use crate::strategy::{LogLevel, OrderIds, StrategyCommand, StrategyEvent};
 
@@ -40,6 +41,13 @@ pub enum EngineRequest {
     ApplyPolicies(Vec<(String, ShutdownPolicy)>, oneshot::Sender<()>),
 }
 
+/// One step of a strategy's command batch, after its intents are stored.
+enum Step {
+    Send(OrderRequest),
+    Cancel(String),
+    CancelAll(Option<String>),
+}
+
 /// What the engine owns.
 pub struct Engine {
     /// Order manager (owns the paper exchange).
@@ -50,81 +58,149 @@ pub struct Engine {
     pub runtimes: Runtimes,
     /// Activity bus.
     pub activity: ActivityBus,
-    /// Session tag for order ids the engine creates itself (flatten).
-    pub session: String,
-    /// Shared order id counter.
+    /// Durable writes.
+    pub store: StoreWriter,
+    /// Where a fatal store failure is reported.
+    pub control: mpsc::UnboundedSender<super::Control>,
+    /// Shared order id counter (for flatten orders).
     pub id_counter: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Engine {
     /// Runs until the request channel closes or `cancel` fires.
-    pub async fn run(
-        mut self,
-        mut requests: mpsc::UnboundedReceiver<EngineRequest>,
-        mut feed: mpsc::Receiver<FeedEvent>,
-        cancel: CancellationToken,
-    ) {
+    pub async fn run(mut self, mut requests: mpsc::UnboundedReceiver<EngineRequest>, mut feed: mpsc::Receiver<FeedEvent>, cancel: CancellationToken) {
         let mut feed_open = true;
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
                 request = requests.recv() => match request {
-                    Some(request) => self.handle_request(request),
+                    Some(request) => self.handle_request(request).await,
                     None => break,
                 },
                 event = feed.recv(), if feed_open => match event {
-                    Some(event) => self.handle_feed(event),
+                    Some(event) => self.handle_feed(event).await,
                     None => feed_open = false,
                 },
             }
         }
     }
 
-    fn handle_request(&mut self, request: EngineRequest) {
+    async fn handle_request(&mut self, request: EngineRequest) {
         match request {
-            EngineRequest::Commands { strategy, commands } => {
-                for command in commands {
-                    let events = match command {
-                        StrategyCommand::Place(order) => self.oms.submit(order),
-                        StrategyCommand::Cancel { client_id } => match self.oms.cancel(&strategy, &client_id) {
-                            Ok(events) => events,
-                            Err(error) => {
-                                self.strategy_log(&strategy, LogLevel::Warn, format!("exchange::cancel: {error}"));
-                                Vec::new()
-                            }
-                        },
-                        StrategyCommand::CancelAll { symbol } => self.oms.cancel_all(&strategy, symbol.as_deref()),
-                        _ => Vec::new(),
-                    };
-                    self.dispatch(events);
-                }
-            }
+            EngineRequest::Commands { strategy, commands } => self.execute(&strategy, commands).await,
             EngineRequest::CloseGate(reply) => {
                 self.oms.close_gate();
                 let _ = reply.send(());
             }
             EngineRequest::ApplyPolicies(policies, reply) => {
                 for (strategy, policy) in policies {
-                    let events = match policy {
-                        ShutdownPolicy::Leave => Vec::new(),
-                        ShutdownPolicy::Cancel => self.oms.cancel_all(&strategy, None),
-                        ShutdownPolicy::Flatten => {
-                            let ids = OrderIds::new(&strategy, &self.session, self.id_counter.clone());
-                            self.oms.flatten(&strategy, &mut || ids.next_id())
+                    let mut commands = Vec::new();
+                    if policy != ShutdownPolicy::Leave {
+                        commands.push(Step::CancelAll(None));
+                    }
+                    if policy == ShutdownPolicy::Flatten {
+                        let ids = OrderIds::new(&strategy, self.id_counter.clone());
+                        let orders = self.oms.flatten_orders(&strategy, &mut || ids.next_id());
+                        if !self.record_intents(&orders).await {
+                            continue;
                         }
-                    };
+                        commands.extend(orders.into_iter().map(|o| Step::Send(o.request)));
+                    }
+                    let events = self.run_steps(&strategy, commands);
                     if !events.is_empty() {
                         tracing::info!(strategy = %strategy, policy = ?policy, events = events.len(), "shutdown policy applied");
                     }
-                    self.dispatch(events);
+                    self.persist_and_dispatch(events).await;
                 }
                 let _ = reply.send(());
             }
         }
     }
 
-    fn handle_feed(&mut self, event: FeedEvent) {
+    /// Executes a strategy's commands in order. Order intents of the whole
+    /// batch are stored in one commit before any of them is sent.
+    async fn execute(&mut self, strategy: &str, commands: Vec<StrategyCommand>) {
+        let mut rejected = Vec::new();
+        let mut intents = Vec::new();
+        let mut steps = Vec::new();
+        for command in commands {
+            match command {
+                StrategyCommand::Place(request) => match self.oms.prepare(request) {
+                    Ok(pending) => {
+                        steps.push(Step::Send(pending.request.clone()));
+                        intents.push(pending);
+                    }
+                    Err(rejection) => rejected.push(rejection),
+                },
+                StrategyCommand::Cancel { client_id } => steps.push(Step::Cancel(client_id)),
+                StrategyCommand::CancelAll { symbol } => steps.push(Step::CancelAll(symbol)),
+                _ => {}
+            }
+        }
+        if !self.record_intents(&intents).await {
+            for order in intents {
+                let mut order = order;
+                order.status = OrderStatus::Rejected;
+                order.reason = Some("the order could not be recorded in the store, so it was not sent".into());
+                rejected.push(ExchangeEvent::Order(order));
+            }
+            steps.retain(|s| !matches!(s, Step::Send(_)));
+        }
+        let mut events = rejected;
+        events.extend(self.run_steps(strategy, steps));
+        self.persist_and_dispatch(events).await;
+    }
+
+    /// Stores order intents; false (and a fatal shutdown request) if the store failed.
+    async fn record_intents(&mut self, intents: &[Order]) -> bool {
+        if intents.is_empty() {
+            return true;
+        }
+        match self.store.commit(intents.iter().cloned().map(WriteOp::Order).collect()).await {
+            Ok(()) => true,
+            Err(error) => {
+                self.fatal(format!("cannot store order intents: {error}"));
+                false
+            }
+        }
+    }
+
+    fn run_steps(&mut self, strategy: &str, steps: Vec<Step>) -> Vec<ExchangeEvent> {
+        let mut events = Vec::new();
+        for step in steps {
+            match step {
+                Step::Send(request) => {
+                    tracing::debug!(strategy = %strategy, order = %request.client_id, "order sent");
+                    events.extend(self.oms.send(request));
+                }
+                Step::Cancel(client_id) => match self.oms.cancel(strategy, &client_id) {
+                    Ok(cancelled) => events.extend(cancelled),
+                    Err(error) => publish_log(&self.activity, strategy, LogLevel::Warn, &format!("exchange::cancel: {error}")),
+                },
+                Step::CancelAll(symbol) => events.extend(self.oms.cancel_all(strategy, symbol.as_deref())),
+            }
+        }
+        events
+    }
+
+    /// Commits the events' effects, then (only then) tells anyone about them.
+    async fn persist_and_dispatch(&mut self, events: Vec<ExchangeEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        match self.store.commit(self.oms.write_ops(&events)).await {
+            Ok(()) => self.dispatch(events),
+            Err(error) => self.fatal(format!("cannot store order and fill events (they were not reported): {error}")),
+        }
+    }
+
+    fn fatal(&self, message: String) {
+        tracing::error!("{message}");
+        let _ = self.control.send(super::Control::Shutdown(super::ShutdownReason::Fatal(message)));
+    }
+
+    async fn handle_feed(&mut self, event: FeedEvent) {
         let (candles, tick) = match event {
             FeedEvent::Tick(tick) => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_tick(&tick), tick),
             FeedEvent::Bar { bar, close } => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_bar(bar), close),
@@ -135,7 +211,7 @@ impl Engine {
             }
         };
         let events = self.oms.on_tick(&tick);
-        self.dispatch(events);
+        self.persist_and_dispatch(events).await;
         self.route_market(candles, tick);
     }
 
@@ -166,7 +242,7 @@ impl Engine {
                     self.activity.publish(ActivityKind::Fill, Some(&strategy), json!(fill));
                     let position = self.oms.position(&strategy, &fill.symbol);
                     self.activity.publish(ActivityKind::Position, Some(&strategy), json!(position));
-                    tracing::info!(strategy = %strategy, order = %fill.order_id, side = %fill.side, size = %fill.size, price = %fill.price, fee = %fill.fee, "fill");
+                    tracing::info!(strategy = %strategy, id = fill.id, order = %fill.order_id, side = %fill.side, size = %fill.size, price = %fill.price, fee = %fill.fee, "fill");
                     if let Some(runtime) = runtimes.get(&strategy) {
                         runtime.send_event(StrategyEvent::Fill(fill));
                     }
@@ -187,9 +263,6 @@ impl Engine {
         }
     }
 
-    fn strategy_log(&self, strategy: &str, level: LogLevel, message: String) {
-        publish_log(&self.activity, strategy, level, &message);
-    }
 }
 
 /// Writes a strategy's log line to tracing and the activity bus.

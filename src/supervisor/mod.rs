@@ -28,7 +28,8 @@ use crate::exchange::PaperExchange;
 use crate::execution::Oms;
 use crate::feed::{self, FeedSource, Replay, SyntheticFeed};
 use crate::model::AccountView;
-use crate::strategy::base36;
+use crate::exchange::ExchangeEvent;
+use crate::store::{Store, StoreError, StoreWriter};
 
 pub use engine::{EngineRequest, Runtimes};
 pub use status::{StrategyState, StrategyStatus};
@@ -83,6 +84,12 @@ pub enum HostError {
     /// The replay file cannot be used.
     #[error("`feed.replay.path`: {0}")]
     Replay(#[from] crate::feed::csv::CsvError),
+    /// The store cannot be opened.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The stored state cannot be restored.
+    #[error("recovery failed: {0}")]
+    Recovery(String),
     /// The strategies folder cannot be watched.
     #[error("cannot watch the strategies folder {path}: {message}")]
     Watch {
@@ -98,7 +105,8 @@ impl HostError {
     pub fn exit_code(&self) -> i32 {
         match self {
             HostError::StrategiesDir(_) | HostError::Replay(_) | HostError::DataDir { .. } => 2,
-            HostError::Watch { .. } => 1,
+            HostError::Store(error) => error.exit_code(),
+            HostError::Watch { .. } | HostError::Recovery(_) => 1,
         }
     }
 }
@@ -193,13 +201,27 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| HostError::DataDir { path: config.data_dir.clone(), source })?;
+    let store = Store::open(&config.data_dir)?;
+    let recovered = store.recover()?;
+    let writer = store.writer(config.store.activity_keep);
+    let activity = ActivityBus::new(10_000, recovered.last_activity_seq);
+    activity.attach_store(writer.clone());
     let mut oms = Oms::new(PaperExchange::new(&config.exchange.paper));
+    // Warm-up history first, on an empty book: it must not fill restored orders.
     let (hub, source) = build_feed(&config, &mut oms)?;
+    let resolved = oms.restore(&recovered).map_err(|e| HostError::Recovery(e.to_string()))?;
+    if !resolved.is_empty() {
+        writer.commit(oms.write_ops(&resolved)).await.map_err(|e| HostError::Recovery(e.to_string()))?;
+        for event in &resolved {
+            if let ExchangeEvent::Order(order) = event {
+                tracing::warn!(order = %order.request.client_id, status = ?order.status, "order outcome resolved at start: {}", order.reason.as_deref().unwrap_or("known to the exchange"));
+                activity.publish(ActivityKind::Order, Some(&order.request.strategy), json!({ "recovered": true, "order": order }));
+            }
+        }
+    }
     let hub = Arc::new(Mutex::new(hub));
-    let activity = ActivityBus::new(10_000, 0);
     let account = oms.view();
-    let session = base36(chrono::Utc::now().timestamp_millis() as u64);
-    let id_counter = Arc::new(AtomicU64::new(0));
+    let id_counter = Arc::new(AtomicU64::new(recovered.id_block_start));
     let runtimes: Runtimes = Arc::new(ArcSwap::from_pointee(Default::default()));
 
     let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -247,7 +269,8 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         hub: hub.clone(),
         runtimes: runtimes.clone(),
         activity: activity.clone(),
-        session: session.clone(),
+        store: writer.clone(),
+        control: control_tx.clone(),
         id_counter: id_counter.clone(),
     };
     tasks.spawn("engine", engine.run(engine_rx, feed_rx, engine_cancel.clone()));
@@ -266,18 +289,28 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         activity: activity.clone(),
         hub,
         account: account.clone(),
-        session,
         id_counter,
         feed_symbols: config.feed_symbols(),
         shutting_down: false,
         scanned: false,
         tasks: tasks.clone(),
         cancel: tasks_cancel.clone(),
+        store: writer.clone(),
+        stored_states: recovered.strategy_states.clone(),
     };
     activity.publish(
         ActivityKind::System,
         None,
-        json!({ "event": "started", "mode": "paper", "version": env!("CARGO_PKG_VERSION") }),
+        json!({
+            "event": "started",
+            "mode": "paper",
+            "version": env!("CARGO_PKG_VERSION"),
+            "recovered": {
+                "open_orders": account.load().open_orders.len(),
+                "strategy_states": recovered.strategy_states.len(),
+                "fills": recovered.last_fill_id,
+            },
+        }),
     );
     tracing::info!(strategies = %config.strategies.dir.display(), symbols = ?config.feed_symbols(), "host started (paper exchange)");
     let lifecycle = Lifecycle {
@@ -290,6 +323,8 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         runtimes,
         activity: activity.clone(),
         feed_go: Some(feed_go),
+        store,
+        writer,
     };
     let done = tokio::spawn(lifecycle.run(supervisor));
     let _ = control_tx.send(Control::Rescan);
@@ -306,6 +341,8 @@ struct Lifecycle {
     runtimes: Runtimes,
     activity: ActivityBus,
     feed_go: Option<oneshot::Sender<()>>,
+    store: Store,
+    writer: StoreWriter,
 }
 
 /// How long the live feed waits for the first strategies to start.
@@ -366,7 +403,10 @@ impl Lifecycle {
             }
             supervisor.stop_all(on_stop, abort_grace).await;
             tracing::info!("shutdown: strategies stopped and shutdown policies applied");
-            tracing::info!("shutdown: flushed");
+            match self.writer.flush().await {
+                Ok(()) => tracing::info!("shutdown: store flushed"),
+                Err(error) => tracing::error!("shutdown: store flush failed: {error}"),
+            }
             self.tasks_cancel.cancel();
             self.engine_cancel.cancel();
             self.tasks.close();
@@ -387,6 +427,10 @@ impl Lifecycle {
         };
         watchdog.abort();
         drop(self.watcher);
+        self.activity.detach_store();
+        let writer = self.writer;
+        let _ = tokio::task::spawn_blocking(move || writer.close()).await;
+        drop(self.store);
         code
     }
 }

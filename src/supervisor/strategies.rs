@@ -23,7 +23,8 @@ use crate::config::{Config, ShutdownPolicy};
 use crate::data::MarketHub;
 use crate::model::AccountView;
 use crate::script::{ScriptOptions, ScriptStrategy};
-use crate::strategy::live::{self, CommandSink, ExitReason, RuntimeHandle, RuntimeReport, RuntimeSpec, TaggedReport};
+use crate::store::{StoreWriter, WriteOp};
+use crate::strategy::live::{self, CommandSink, ExitReason, RuntimeHandle, RuntimeReport, RuntimeSpec, StateSink, TaggedReport};
 use crate::strategy::{LogLevel, OrderIds, StrategyCommand, StrategyError, StrategyMeta};
 
 /// A run that lasted this long resets the restart counter.
@@ -61,12 +62,14 @@ pub struct Supervisor {
     pub(super) activity: ActivityBus,
     pub(super) hub: Arc<Mutex<MarketHub>>,
     pub(super) account: Arc<ArcSwap<AccountView>>,
-    pub(super) session: String,
     pub(super) id_counter: Arc<AtomicU64>,
     pub(super) feed_symbols: Vec<String>,
     pub(super) shutting_down: bool,
     pub(super) scanned: bool,
     pub(super) tasks: super::tasks::Tasks,
+    pub(super) store: StoreWriter,
+    /// States restored from the store, taken by each strategy's first start.
+    pub(super) stored_states: BTreeMap<String, serde_json::Value>,
     pub(super) cancel: tokio_util::sync::CancellationToken,
 }
 
@@ -215,7 +218,7 @@ impl Supervisor {
                         restarts_in_a_row: 0,
                         started_at: Instant::now(),
                         last_error: None,
-                        saved_state: None,
+                        saved_state: self.stored_states.remove(&name),
                         deleted: false,
                     };
                     self.slots.insert(name.clone(), slot);
@@ -259,11 +262,13 @@ impl Supervisor {
             }),
             initial_state: slot.saved_state.clone(),
             account: self.account.clone(),
-            ids: OrderIds::new(name, &self.session, self.id_counter.clone()),
+            ids: OrderIds::new(name, self.id_counter.clone()),
             sink: command_sink(self.engine.clone(), self.activity.clone()),
             reports: self.reports_tx.clone(),
             max_consecutive_errors: self.config.supervisor.max_consecutive_errors,
             queue_limit: self.config.supervisor.event_queue,
+            state_sink: Some(state_sink(self.store.clone())),
+            state_flush_ms: self.config.store.state_flush_ms,
         };
         match live::spawn(spec) {
             Ok(handle) => {
@@ -461,6 +466,14 @@ impl Supervisor {
             .map(|(n, _)| n.clone())
             .collect()
     }
+}
+
+/// Writes a strategy's changed state to the store (not awaited: the bounded
+/// delay and the final write at stop make it durable; the shutdown flush waits).
+fn state_sink(store: StoreWriter) -> StateSink {
+    Arc::new(move |strategy: &str, state: serde_json::Value| {
+        store.submit(vec![WriteOp::StrategyState { strategy: strategy.to_string(), state }], None);
+    })
 }
 
 /// Routes a strategy's commands: orders to the engine, logs and

@@ -1,0 +1,362 @@
+//! Durable state in one redb file in the data dir: order intents and states,
+//! fills (append-only), each strategy's positions, the paper account, each
+//! strategy's `this`, the activity log and counters. One writer thread
+//! applies writes in group commits; a write is reported done only after its
+//! commit returned. Reads use their own read transactions.
+//!
+//! A lock file keeps a second host off the same data dir. A file written by
+//! a newer schema is refused; an older one is migrated. A damaged file is
+//! reported and left untouched — the host never starts empty over data.
+
+mod check;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Fill, Order, Position};
+
+pub use check::{CheckReport, check};
+pub use writer::{StoreWriter, WriteOp};
+
+/// The schema this build writes. Version 1 had no `positions` table.
+pub const SCHEMA_VERSION: u64 = 2;
+
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+pub(crate) const FILLS: TableDefinition<u64, &[u8]> = TableDefinition::new("fills");
+pub(crate) const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
+pub(crate) const ACCOUNT: TableDefinition<&str, &[u8]> = TableDefinition::new("account");
+pub(crate) const STRATEGY_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("strategy_state");
+pub(crate) const ACTIVITY: TableDefinition<u64, &[u8]> = TableDefinition::new("activity");
+
+/// Meta keys.
+pub(crate) const SCHEMA_KEY: &str = "schema_version";
+pub(crate) const ID_BLOCK_KEY: &str = "next_id_block";
+
+/// Client order ids handed out per start; the next start begins after the block.
+pub const ID_BLOCK: u64 = 1 << 32;
+
+/// File names inside the data dir.
+pub const DB_FILE: &str = "tradehost.redb";
+const LOCK_FILE: &str = "tradehost.lock";
+
+/// Why the store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the data dir.
+    #[error("another tradehost instance holds the data dir {dir} ({holder}); stop it first or use another --data-dir")]
+    Locked {
+        /// Data dir.
+        dir: PathBuf,
+        /// What the lock file says about the holder.
+        holder: String,
+    },
+    /// The file was written by a newer tradehost.
+    #[error("{path} was written by a newer tradehost (schema {found}; this build reads up to {supported}); upgrade tradehost")]
+    NewerSchema {
+        /// File.
+        path: PathBuf,
+        /// Version in the file.
+        found: u64,
+        /// Newest version this build knows.
+        supported: u64,
+    },
+    /// The file is damaged and could not be repaired.
+    #[error("the store {path} is damaged and was left untouched: {detail}. Restore a backup, or move the file away to start with an empty store")]
+    Damaged {
+        /// File.
+        path: PathBuf,
+        /// What redb reported.
+        detail: String,
+    },
+    /// An I/O or database error.
+    #[error("store {path}: {detail}")]
+    Io {
+        /// File or folder.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// A stored record could not be decoded.
+    #[error("store: cannot decode {what}: {detail}")]
+    Decode {
+        /// Which record.
+        what: String,
+        /// Reason.
+        detail: String,
+    },
+    /// The writer thread is gone.
+    #[error("store writer stopped")]
+    WriterGone,
+}
+
+impl StoreError {
+    /// Exit code for `tradehost run`: 2 for a held data dir (bad usage), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StoreError::Locked { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// An order as stored: the order manager's state of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredOrder {
+    /// The order.
+    pub order: Order,
+}
+
+/// Everything loaded at start.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Orders by client id.
+    pub orders: BTreeMap<String, Order>,
+    /// Each strategy's positions by symbol.
+    pub positions: BTreeMap<String, BTreeMap<String, Position>>,
+    /// The paper account, as the exchange saved it.
+    pub paper_account: Option<serde_json::Value>,
+    /// Strategy states by name.
+    pub strategy_states: BTreeMap<String, serde_json::Value>,
+    /// Highest fill id.
+    pub last_fill_id: u64,
+    /// Highest activity sequence number.
+    pub last_activity_seq: u64,
+    /// First client order id number of this start.
+    pub id_block_start: u64,
+}
+
+/// The open store.
+pub struct Store {
+    db: std::sync::Arc<Database>,
+    path: PathBuf,
+    _lock: File,
+}
+
+/// Key of a strategy's position.
+pub fn position_key(strategy: &str, symbol: &str) -> String {
+    format!("{strategy}\u{1f}{symbol}")
+}
+
+fn io(path: &Path) -> impl Fn(String) -> StoreError + '_ {
+    move |detail| StoreError::Io { path: path.to_path_buf(), detail }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: impl Fn() -> String) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode { what: what(), detail: e.to_string() })
+}
+
+/// Takes the data dir's lock file (exclusive, released when the process ends).
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io(&path)(e.to_string()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = if holder.trim().is_empty() { "pid unknown".to_string() } else { holder.trim().to_string() };
+            return Err(StoreError::Locked { dir: dir.to_path_buf(), holder });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e.to_string())),
+    }
+    file.set_len(0).and_then(|_| file.write_all(format!("pid {}", std::process::id()).as_bytes())).map_err(|e| io(&path)(e.to_string()))?;
+    Ok(file)
+}
+
+fn classify(path: &Path, error: redb::DatabaseError) -> StoreError {
+    match error {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => StoreError::Damaged { path: path.into(), detail },
+        redb::DatabaseError::Storage(redb::StorageError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            StoreError::Damaged { path: path.into(), detail: e.to_string() }
+        }
+        redb::DatabaseError::RepairAborted => StoreError::Damaged { path: path.into(), detail: "repair failed".into() },
+        redb::DatabaseError::UpgradeRequired(v) => {
+            StoreError::Damaged { path: path.into(), detail: format!("not a redb file this build can read (format {v})") }
+        }
+        other => StoreError::Io { path: path.into(), detail: other.to_string() },
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, taking the instance lock,
+    /// checking the schema and migrating older files.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir)(e.to_string()))?;
+        let lock = lock(dir)?;
+        let path = dir.join(DB_FILE);
+        let existed = path.exists();
+        if existed {
+            let len = std::fs::metadata(&path).map_err(|e| io(&path)(e.to_string()))?.len();
+            if len == 0 {
+                return Err(StoreError::Damaged { path, detail: "the file is empty".into() });
+            }
+        }
+        let mut builder = Database::builder();
+        builder.set_repair_callback(|session| {
+            tracing::warn!("the store was not closed cleanly: repairing ({:.0}%)", session.progress() * 100.0);
+        });
+        let db = if existed { builder.open(&path) } else { builder.create(&path) }.map_err(|e| classify(&path, e))?;
+        let store = Store { db: std::sync::Arc::new(db), path, _lock: lock };
+        store.prepare_schema(existed)?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn prepare_schema(&self, existed: bool) -> Result<(), StoreError> {
+        let err = io(&self.path);
+        let found = {
+            let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+            match read.open_table(META) {
+                Ok(meta) => meta.get(SCHEMA_KEY).map_err(|e| err(e.to_string()))?.map(|v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(err(e.to_string())),
+            }
+        };
+        let found = match (found, existed) {
+            (Some(v), _) => v,
+            (None, false) => 0,
+            (None, true) => return Err(StoreError::Damaged { path: self.path.clone(), detail: "no schema version: not a tradehost store".into() }),
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema { path: self.path.clone(), found, supported: SCHEMA_VERSION });
+        }
+        let write = self.db.begin_write().map_err(|e| err(e.to_string()))?;
+        {
+            // Create every table so reads never meet a missing one.
+            write.open_table(ORDERS).map_err(|e| err(e.to_string()))?;
+            write.open_table(FILLS).map_err(|e| err(e.to_string()))?;
+            write.open_table(ACCOUNT).map_err(|e| err(e.to_string()))?;
+            write.open_table(STRATEGY_STATE).map_err(|e| err(e.to_string()))?;
+            write.open_table(ACTIVITY).map_err(|e| err(e.to_string()))?;
+            let mut positions = write.open_table(POSITIONS).map_err(|e| err(e.to_string()))?;
+            if found == 1 {
+                tracing::info!(path = %self.path.display(), "migrating the store from schema 1 to 2: building positions from fills");
+                let fills = write.open_table(FILLS).map_err(|e| err(e.to_string()))?;
+                for (key, position) in positions_from_fills(&fills)? {
+                    let bytes = serde_json::to_vec(&position).expect("position serializes");
+                    positions.insert(key.as_str(), bytes.as_slice()).map_err(|e| err(e.to_string()))?;
+                }
+            }
+            let mut meta = write.open_table(META).map_err(|e| err(e.to_string()))?;
+            meta.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(|e| err(e.to_string()))?;
+        }
+        write.commit().map_err(|e| err(e.to_string()))
+    }
+
+    /// Loads everything the host needs at start and reserves this start's block
+    /// of client order ids (committed before any id is used).
+    pub fn recover(&self) -> Result<Recovered, StoreError> {
+        let err = io(&self.path);
+        let mut out = Recovered::default();
+        {
+            let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+            let orders = read.open_table(ORDERS).map_err(|e| err(e.to_string()))?;
+            for entry in orders.iter().map_err(|e| err(e.to_string()))? {
+                let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+                let stored: StoredOrder = decode(value.value(), || format!("order {}", key.value()))?;
+                out.orders.insert(key.value().to_string(), stored.order);
+            }
+            let positions = read.open_table(POSITIONS).map_err(|e| err(e.to_string()))?;
+            for entry in positions.iter().map_err(|e| err(e.to_string()))? {
+                let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+                let position: Position = decode(value.value(), || format!("position {}", key.value()))?;
+                let strategy = key.value().split('\u{1f}').next().unwrap_or_default().to_string();
+                out.positions.entry(strategy).or_default().insert(position.symbol.clone(), position);
+            }
+            let account = read.open_table(ACCOUNT).map_err(|e| err(e.to_string()))?;
+            if let Some(value) = account.get("paper").map_err(|e| err(e.to_string()))? {
+                out.paper_account = Some(decode(value.value(), || "paper account".into())?);
+            }
+            let states = read.open_table(STRATEGY_STATE).map_err(|e| err(e.to_string()))?;
+            for entry in states.iter().map_err(|e| err(e.to_string()))? {
+                let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+                out.strategy_states.insert(key.value().to_string(), decode(value.value(), || format!("state of {}", key.value()))?);
+            }
+            let fills = read.open_table(FILLS).map_err(|e| err(e.to_string()))?;
+            out.last_fill_id = fills.last().map_err(|e| err(e.to_string()))?.map_or(0, |(k, _)| k.value());
+            let activity = read.open_table(ACTIVITY).map_err(|e| err(e.to_string()))?;
+            out.last_activity_seq = activity.last().map_err(|e| err(e.to_string()))?.map_or(0, |(k, _)| k.value());
+        }
+        let write = self.db.begin_write().map_err(|e| err(e.to_string()))?;
+        {
+            let mut meta = write.open_table(META).map_err(|e| err(e.to_string()))?;
+            let block = meta.get(ID_BLOCK_KEY).map_err(|e| err(e.to_string()))?.map_or(1, |v| v.value());
+            meta.insert(ID_BLOCK_KEY, block + ID_BLOCK).map_err(|e| err(e.to_string()))?;
+            out.id_block_start = block;
+        }
+        write.commit().map_err(|e| err(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Starts the writer thread.
+    pub fn writer(&self, activity_keep: u64) -> StoreWriter {
+        StoreWriter::start(self.db.clone(), self.path.clone(), activity_keep)
+    }
+
+    /// Every fill, oldest first.
+    pub fn fills(&self) -> Result<Vec<Fill>, StoreError> {
+        let err = io(&self.path);
+        let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = read.open_table(FILLS).map_err(|e| err(e.to_string()))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| err(e.to_string()))? {
+            let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+            out.push(decode(value.value(), || format!("fill {}", key.value()))?);
+        }
+        Ok(out)
+    }
+
+    /// Activity events after `since` (raw JSON envelopes), at most `limit`.
+    pub fn activity_since(&self, since: u64, limit: usize) -> Result<Vec<serde_json::Value>, StoreError> {
+        let err = io(&self.path);
+        let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = read.open_table(ACTIVITY).map_err(|e| err(e.to_string()))?;
+        let mut out = Vec::new();
+        for entry in table.range(since.saturating_add(1)..).map_err(|e| err(e.to_string()))?.take(limit) {
+            let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+            out.push(decode(value.value(), || format!("activity {}", key.value()))?);
+        }
+        Ok(out)
+    }
+
+    /// Number of stored activity events.
+    pub fn activity_len(&self) -> Result<u64, StoreError> {
+        let err = io(&self.path);
+        let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        read.open_table(ACTIVITY).map_err(|e| err(e.to_string()))?.len().map_err(|e| err(e.to_string()))
+    }
+
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+}
+
+/// Net positions per strategy and symbol, recomputed from a fills table.
+pub(crate) fn positions_from_fills(fills: &impl ReadableTable<u64, &'static [u8]>) -> Result<BTreeMap<String, Position>, StoreError> {
+    let mut positions: BTreeMap<String, Position> = BTreeMap::new();
+    for entry in fills.iter().map_err(|e| StoreError::Io { path: PathBuf::new(), detail: e.to_string() })? {
+        let (key, value) = entry.map_err(|e| StoreError::Io { path: PathBuf::new(), detail: e.to_string() })?;
+        let fill: Fill = decode(value.value(), || format!("fill {}", key.value()))?;
+        positions
+            .entry(position_key(&fill.strategy, &fill.symbol))
+            .or_insert_with(|| Position::flat(&fill.symbol))
+            .apply(fill.side, fill.size, fill.price);
+    }
+    Ok(positions)
+}

@@ -1,0 +1,199 @@
+//! The single writer: one thread applies queued writes in group commits.
+//! Each submission may carry a callback that runs after its commit returned
+//! (or failed), so nothing is reported as durable before it is. Activity
+//! retention is enforced here in small chunks, off the hot path.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use redb::{Database, ReadableTable, ReadableTableMetadata};
+
+use super::{ACCOUNT, ACTIVITY, FILLS, ORDERS, POSITIONS, STRATEGY_STATE, StoreError, StoredOrder, position_key};
+use crate::model::{Fill, Order, Position};
+
+/// Most submissions folded into one commit.
+const MAX_GROUP: usize = 4096;
+/// Most activity rows pruned per commit.
+const PRUNE_CHUNK: u64 = 512;
+
+/// One write.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Insert or replace an order's state.
+    Order(Order),
+    /// Append a fill (its `id` is the key).
+    Fill(Fill),
+    /// A strategy's position after a fill.
+    Position {
+        /// Strategy.
+        strategy: String,
+        /// The position.
+        position: Position,
+    },
+    /// The paper exchange's account and book.
+    PaperAccount(serde_json::Value),
+    /// A strategy's `this`.
+    StrategyState {
+        /// Strategy.
+        strategy: String,
+        /// The state.
+        state: serde_json::Value,
+    },
+    /// An activity event envelope under its sequence number.
+    Activity {
+        /// Sequence number.
+        seq: u64,
+        /// The envelope as JSON.
+        envelope: serde_json::Value,
+    },
+}
+
+/// Runs after a commit with its outcome.
+pub type OnCommit = Box<dyn FnOnce(Result<(), Arc<StoreError>>) + Send>;
+
+struct Submission {
+    ops: Vec<WriteOp>,
+    on_commit: Option<OnCommit>,
+}
+
+enum Message {
+    Write(Submission),
+    Stop,
+}
+
+/// A cheap handle to the writer thread.
+#[derive(Clone)]
+pub struct StoreWriter {
+    tx: Sender<Message>,
+    thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl StoreWriter {
+    pub(super) fn start(db: Arc<Database>, path: PathBuf, activity_keep: u64) -> StoreWriter {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run(&db, &path, &rx, activity_keep))
+            .expect("spawn the store writer thread");
+        StoreWriter { tx, thread: Arc::new(std::sync::Mutex::new(Some(thread))) }
+    }
+
+    /// Queues writes; `on_commit` runs on the writer thread once they are durable.
+    pub fn submit(&self, ops: Vec<WriteOp>, on_commit: Option<OnCommit>) {
+        if let Err(crossbeam_channel::SendError(Message::Write(submission))) = self.tx.send(Message::Write(Submission { ops, on_commit }))
+            && let Some(on_commit) = submission.on_commit
+        {
+            on_commit(Err(Arc::new(StoreError::WriterGone)));
+        }
+    }
+
+    /// Queues writes and waits (asynchronously) until they are committed.
+    pub async fn commit(&self, ops: Vec<WriteOp>) -> Result<(), Arc<StoreError>> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.submit(ops, Some(Box::new(move |result| drop(done.send(result)))));
+        wait.await.unwrap_or(Err(Arc::new(StoreError::WriterGone)))
+    }
+
+    /// Queues writes and blocks the calling (non-async) thread until committed.
+    pub fn commit_blocking(&self, ops: Vec<WriteOp>) -> Result<(), Arc<StoreError>> {
+        let (done, wait) = std::sync::mpsc::channel();
+        self.submit(ops, Some(Box::new(move |result| drop(done.send(result)))));
+        wait.recv().unwrap_or(Err(Arc::new(StoreError::WriterGone)))
+    }
+
+    /// Waits until everything queued so far is committed.
+    pub async fn flush(&self) -> Result<(), Arc<StoreError>> {
+        self.commit(Vec::new()).await
+    }
+
+    /// Commits what is queued, then stops the thread and waits for it.
+    /// Later submissions fail with [`StoreError::WriterGone`].
+    pub fn close(self) {
+        let _ = self.tx.send(Message::Stop);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(db: &Database, path: &PathBuf, rx: &Receiver<Message>, activity_keep: u64) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(Message::Write(first)) = rx.recv() else { break };
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Message::Write(next)) => group.push(next),
+                Ok(Message::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let result = apply(db, &group, activity_keep).map_err(|detail| Arc::new(StoreError::Io { path: path.clone(), detail }));
+        if let Err(error) = &result {
+            tracing::error!("store commit failed: {error}");
+        }
+        for submission in group {
+            if let Some(on_commit) = submission.on_commit {
+                on_commit(result.clone());
+            }
+        }
+    }
+}
+
+fn apply(db: &Database, group: &[Submission], activity_keep: u64) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let txn = db.begin_write().map_err(|x| e(&x))?;
+    {
+        let mut orders = txn.open_table(ORDERS).map_err(|x| e(&x))?;
+        let mut fills = txn.open_table(FILLS).map_err(|x| e(&x))?;
+        let mut positions = txn.open_table(POSITIONS).map_err(|x| e(&x))?;
+        let mut account = txn.open_table(ACCOUNT).map_err(|x| e(&x))?;
+        let mut states = txn.open_table(STRATEGY_STATE).map_err(|x| e(&x))?;
+        let mut activity = txn.open_table(ACTIVITY).map_err(|x| e(&x))?;
+        let mut wrote_activity = false;
+        for op in group.iter().flat_map(|s| &s.ops) {
+            match op {
+                WriteOp::Order(order) => {
+                    let bytes = to_bytes(&StoredOrder { order: order.clone() });
+                    orders.insert(order.request.client_id.as_str(), bytes.as_slice()).map_err(|x| e(&x))?;
+                }
+                WriteOp::Fill(fill) => {
+                    fills.insert(fill.id, to_bytes(fill).as_slice()).map_err(|x| e(&x))?;
+                }
+                WriteOp::Position { strategy, position } => {
+                    let key = position_key(strategy, &position.symbol);
+                    positions.insert(key.as_str(), to_bytes(position).as_slice()).map_err(|x| e(&x))?;
+                }
+                WriteOp::PaperAccount(value) => {
+                    account.insert("paper", to_bytes(value).as_slice()).map_err(|x| e(&x))?;
+                }
+                WriteOp::StrategyState { strategy, state } => {
+                    states.insert(strategy.as_str(), to_bytes(state).as_slice()).map_err(|x| e(&x))?;
+                }
+                WriteOp::Activity { seq, envelope } => {
+                    activity.insert(*seq, to_bytes(envelope).as_slice()).map_err(|x| e(&x))?;
+                    wrote_activity = true;
+                }
+            }
+        }
+        if wrote_activity && activity_keep > 0 {
+            let len = activity.len().map_err(|x| e(&x))?;
+            if len > activity_keep {
+                let first = activity.first().map_err(|x| e(&x))?.map_or(0, |(k, _)| k.value());
+                let cut = first + (len - activity_keep).min(PRUNE_CHUNK);
+                activity.retain_in(first..cut, |_, _| false).map_err(|x| e(&x))?;
+            }
+        }
+    }
+    txn.commit().map_err(|x| e(&x))
+}
+
+fn to_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("stored values serialize")
+}
