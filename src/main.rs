@@ -50,6 +50,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Check config, strategies and the store (integrity: positions equal the sum of fills,
+    /// every fill's order exists, activity numbering has no gaps); exits 1 on any FAIL.
+    Doctor {
+        /// Config file; without it the embedded default applies.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data folder (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Create a commented strategy template NAME.rhai in the strategies folder.
     New {
         /// Strategy name: letters, digits and underscores.
@@ -66,6 +76,7 @@ fn main() -> ExitCode {
         Command::Run { config, strategies, data_dir, http } => run(config.as_deref(), strategies, data_dir, http),
         Command::Check { files, config } => check_files(&files, config.as_deref()),
         Command::New { name, strategies } => new_strategy(&name, &strategies),
+        Command::Doctor { config, data_dir } => doctor(config.as_deref(), data_dir),
     };
     ExitCode::from(code)
 }
@@ -123,6 +134,11 @@ fn check_files(files: &[PathBuf], config: Option<&Path>) -> u8 {
         Ok(config) => config,
         Err(code) => return code,
     };
+    u8::from(!check_scripts(files, &config))
+}
+
+/// Checks scripts, printing one line each; true if all are fine.
+fn check_scripts(files: &[PathBuf], config: &Config) -> bool {
     let mut failed = false;
     for file in files {
         let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
@@ -143,7 +159,57 @@ fn check_files(files: &[PathBuf], config: Option<&Path>) -> u8 {
             }
         }
     }
-    u8::from(failed)
+    !failed
+}
+
+fn doctor(config_path: Option<&Path>, data_dir: Option<PathBuf>) -> u8 {
+    let mut config = match Config::load(config_path) {
+        Ok(config) => {
+            println!("OK    config: {}", config_path.map_or("embedded default".to_string(), |p| p.display().to_string()));
+            config
+        }
+        Err(error) => {
+            println!("FAIL  config: {error}");
+            return 1;
+        }
+    };
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    let mut healthy = true;
+    let dir = &config.strategies.dir;
+    match tradehost::supervisor::scan(dir) {
+        Ok(found) => {
+            let files: Vec<PathBuf> = found.values().map(|(path, _)| path.clone()).collect();
+            println!("OK    strategies folder {}: {} strategies", dir.display(), files.len());
+            healthy &= check_scripts(&files, &config);
+        }
+        Err(error) => {
+            println!("FAIL  strategies folder {}: {error}", dir.display());
+            healthy = false;
+        }
+    }
+    match tradehost::store::Store::open(&config.data_dir).and_then(|store| tradehost::store::check(&store)) {
+        Ok(report) if report.problems.is_empty() => println!(
+            "OK    store {}: {} orders, {} fills, {} activity events; positions match fills",
+            config.data_dir.display(),
+            report.orders,
+            report.fills,
+            report.activity
+        ),
+        Ok(report) => {
+            healthy = false;
+            for problem in report.problems {
+                println!("FAIL  store: {problem}");
+            }
+        }
+        Err(error) => {
+            healthy = false;
+            println!("FAIL  store: {error}");
+        }
+    }
+    println!("OK    exchange: paper (no connection to check)");
+    u8::from(!healthy)
 }
 
 fn new_strategy(name: &str, dir: &Path) -> u8 {
