@@ -165,7 +165,10 @@ fn check_scripts(files: &[PathBuf], config: &Config) -> bool {
 fn doctor(config_path: Option<&Path>, data_dir: Option<PathBuf>) -> u8 {
     let mut config = match Config::load(config_path) {
         Ok(config) => {
-            println!("OK    config: {}", config_path.map_or("embedded default".to_string(), |p| p.display().to_string()));
+            println!(
+                "OK    config: {}",
+                config_path.map_or("embedded default".to_string(), |p| p.display().to_string())
+            );
             config
         }
         Err(error) => {

@@ -92,6 +92,7 @@ mod signals {
         child: Child,
         lines: mpsc::Receiver<String>,
         seen: Vec<String>,
+        config: std::path::PathBuf,
         _dir: tempfile::TempDir,
     }
 
@@ -131,7 +132,7 @@ mod signals {
                     }
                 });
             }
-            Host { child, lines, seen: Vec::new(), _dir: dir }
+            Host { child, lines, seen: Vec::new(), config, _dir: dir }
         }
 
         fn wait_line(&mut self, text: &str) {
@@ -183,6 +184,37 @@ mod signals {
         assert_eq!(code, 0, "{}", host.seen.join("\n"));
         assert!(host.seen.iter().any(|l| l.contains("shutdown complete")), "{}", host.seen.join("\n"));
         eprintln!("shutdown took {elapsed:?}");
+    }
+
+    #[test]
+    fn a_second_instance_on_the_same_data_dir_exits_2() {
+        let strategy =
+            "fn config() { #{ symbols: [\"BTCUSD\"], timeframe: \"1s\" } }\nfn on_candle(c) { print(\"candle\"); }";
+        let mut host = Host::start(strategy, "callback_budget_ms = 1000");
+        host.wait_line("candle");
+        let second = tradehost().args(["run", "--config"]).arg(&host.config).output().unwrap();
+        assert_eq!(second.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(stderr.contains("another tradehost instance holds the data dir"), "{stderr}");
+        host.signal(nix::sys::signal::Signal::SIGINT);
+        assert_eq!(host.wait_exit(Duration::from_secs(10)).0, 0, "the first instance is unharmed");
+    }
+
+    #[test]
+    fn a_damaged_store_stops_the_start_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let db = data.join(tradehost::store::DB_FILE);
+        std::fs::write(&db, vec![7u8; 8192]).unwrap();
+        let out = tradehost().args(["run", "--data-dir"]).arg(&data).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("is damaged and was left untouched"), "{stderr}");
+        assert_eq!(std::fs::read(&db).unwrap(), vec![7u8; 8192]);
+        let doctor = tradehost().args(["doctor", "--data-dir"]).arg(&data).output().unwrap();
+        assert_eq!(doctor.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&doctor.stdout).contains("FAIL  store"));
     }
 
     #[test]

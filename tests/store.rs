@@ -91,13 +91,19 @@ fn group_commit_loses_nothing_acknowledged_when_the_process_crashes() {
         .unwrap();
     assert!(!out.status.success(), "the child must crash");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let acked: BTreeSet<u64> = stdout.lines().filter_map(|l| l.strip_prefix("acked ")).map(|n| n.parse().unwrap()).collect();
+    let acked: BTreeSet<u64> =
+        stdout.lines().filter_map(|l| l.strip_prefix("acked ")).map(|n| n.parse().unwrap()).collect();
     // Lines printed just before the abort may be lost with stdout's buffer; every printed one was acknowledged.
     assert!(acked.len() >= 2_000, "only {} acked", acked.len());
     let store = Store::open(dir.path()).unwrap();
     let stored: BTreeSet<u64> = store.fills().unwrap().into_iter().map(|f| f.id).collect();
     let missing: Vec<_> = acked.difference(&stored).collect();
-    assert!(missing.is_empty(), "{} acknowledged fills missing after the crash, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged fills missing after the crash, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
 }
 
 #[test]
@@ -113,7 +119,10 @@ fn a_newer_schema_is_refused_with_a_clear_message() {
     let error = Store::open(dir.path()).err().expect("refused");
     assert!(matches!(error, StoreError::NewerSchema { found: 99, .. }));
     let message = error.to_string();
-    assert!(message.contains("newer tradehost") && message.contains("schema 99") && message.contains("up to 2"), "{message}");
+    assert!(
+        message.contains("newer tradehost") && message.contains("schema 99") && message.contains("up to 2"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -111,11 +111,7 @@ impl PaperExchange {
 
     /// What the exchange knows of an order by client id (open, or recently closed).
     pub fn lookup(&self, client_id: &str) -> Option<Order> {
-        self.resting
-            .values()
-            .chain(self.recent.iter())
-            .find(|o| o.request.client_id == client_id)
-            .cloned()
+        self.resting.values().chain(self.recent.iter()).find(|o| o.request.client_id == client_id).cloned()
     }
 
     fn remember(&mut self, events: &[ExchangeEvent]) {

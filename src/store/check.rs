@@ -62,7 +62,11 @@ pub fn check(store: &Store) -> Result<CheckReport, StoreError> {
     }
     for (key, position) in &stored {
         if !expected.contains_key(key) && !position.size.is_zero() {
-            report.problems.push(format!("position {} is {} but has no fills", key.replace('\u{1f}', "/"), position.size));
+            report.problems.push(format!(
+                "position {} is {} but has no fills",
+                key.replace('\u{1f}', "/"),
+                position.size
+            ));
         }
     }
     let mut previous: Option<u64> = None;

@@ -58,7 +58,9 @@ pub enum StoreError {
         holder: String,
     },
     /// The file was written by a newer tradehost.
-    #[error("{path} was written by a newer tradehost (schema {found}; this build reads up to {supported}); upgrade tradehost")]
+    #[error(
+        "{path} was written by a newer tradehost (schema {found}; this build reads up to {supported}); upgrade tradehost"
+    )]
     NewerSchema {
         /// File.
         path: PathBuf,
@@ -68,7 +70,9 @@ pub enum StoreError {
         supported: u64,
     },
     /// The file is damaged and could not be repaired.
-    #[error("the store {path} is damaged and was left untouched: {detail}. Restore a backup, or move the file away to start with an empty store")]
+    #[error(
+        "the store {path} is damaged and was left untouched: {detail}. Restore a backup, or move the file away to start with an empty store"
+    )]
     Damaged {
         /// File.
         path: PathBuf,
@@ -171,20 +175,25 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e.to_string())),
     }
-    file.set_len(0).and_then(|_| file.write_all(format!("pid {}", std::process::id()).as_bytes())).map_err(|e| io(&path)(e.to_string()))?;
+    file.set_len(0)
+        .and_then(|_| file.write_all(format!("pid {}", std::process::id()).as_bytes()))
+        .map_err(|e| io(&path)(e.to_string()))?;
     Ok(file)
 }
 
 fn classify(path: &Path, error: redb::DatabaseError) -> StoreError {
     match error {
-        redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => StoreError::Damaged { path: path.into(), detail },
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+            StoreError::Damaged { path: path.into(), detail }
+        }
         redb::DatabaseError::Storage(redb::StorageError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
             StoreError::Damaged { path: path.into(), detail: e.to_string() }
         }
         redb::DatabaseError::RepairAborted => StoreError::Damaged { path: path.into(), detail: "repair failed".into() },
-        redb::DatabaseError::UpgradeRequired(v) => {
-            StoreError::Damaged { path: path.into(), detail: format!("not a redb file this build can read (format {v})") }
-        }
+        redb::DatabaseError::UpgradeRequired(v) => StoreError::Damaged {
+            path: path.into(),
+            detail: format!("not a redb file this build can read (format {v})"),
+        },
         other => StoreError::Io { path: path.into(), detail: other.to_string() },
     }
 }
@@ -231,7 +240,12 @@ impl Store {
         let found = match (found, existed) {
             (Some(v), _) => v,
             (None, false) => 0,
-            (None, true) => return Err(StoreError::Damaged { path: self.path.clone(), detail: "no schema version: not a tradehost store".into() }),
+            (None, true) => {
+                return Err(StoreError::Damaged {
+                    path: self.path.clone(),
+                    detail: "no schema version: not a tradehost store".into(),
+                });
+            }
         };
         if found > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema { path: self.path.clone(), found, supported: SCHEMA_VERSION });
@@ -286,7 +300,8 @@ impl Store {
             let states = read.open_table(STRATEGY_STATE).map_err(|e| err(e.to_string()))?;
             for entry in states.iter().map_err(|e| err(e.to_string()))? {
                 let (key, value) = entry.map_err(|e| err(e.to_string()))?;
-                out.strategy_states.insert(key.value().to_string(), decode(value.value(), || format!("state of {}", key.value()))?);
+                out.strategy_states
+                    .insert(key.value().to_string(), decode(value.value(), || format!("state of {}", key.value()))?);
             }
             let fills = read.open_table(FILLS).map_err(|e| err(e.to_string()))?;
             out.last_fill_id = fills.last().map_err(|e| err(e.to_string()))?.map_or(0, |(k, _)| k.value());
@@ -348,7 +363,9 @@ impl Store {
 }
 
 /// Net positions per strategy and symbol, recomputed from a fills table.
-pub(crate) fn positions_from_fills(fills: &impl ReadableTable<u64, &'static [u8]>) -> Result<BTreeMap<String, Position>, StoreError> {
+pub(crate) fn positions_from_fills(
+    fills: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<BTreeMap<String, Position>, StoreError> {
     let mut positions: BTreeMap<String, Position> = BTreeMap::new();
     for entry in fills.iter().map_err(|e| StoreError::Io { path: PathBuf::new(), detail: e.to_string() })? {
         let (key, value) = entry.map_err(|e| StoreError::Io { path: PathBuf::new(), detail: e.to_string() })?;

@@ -82,7 +82,8 @@ impl StoreWriter {
 
     /// Queues writes; `on_commit` runs on the writer thread once they are durable.
     pub fn submit(&self, ops: Vec<WriteOp>, on_commit: Option<OnCommit>) {
-        if let Err(crossbeam_channel::SendError(Message::Write(submission))) = self.tx.send(Message::Write(Submission { ops, on_commit }))
+        if let Err(crossbeam_channel::SendError(Message::Write(submission))) =
+            self.tx.send(Message::Write(Submission { ops, on_commit }))
             && let Some(on_commit) = submission.on_commit
         {
             on_commit(Err(Arc::new(StoreError::WriterGone)));
@@ -134,7 +135,8 @@ fn run(db: &Database, path: &PathBuf, rx: &Receiver<Message>, activity_keep: u64
                 Err(_) => break,
             }
         }
-        let result = apply(db, &group, activity_keep).map_err(|detail| Arc::new(StoreError::Io { path: path.clone(), detail }));
+        let result =
+            apply(db, &group, activity_keep).map_err(|detail| Arc::new(StoreError::Io { path: path.clone(), detail }));
         if let Err(error) = &result {
             tracing::error!("store commit failed: {error}");
         }

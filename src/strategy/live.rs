@@ -260,7 +260,12 @@ impl StatePersistence {
     }
 }
 
-fn run(spec: RuntimeSpec, rx: Receiver<RuntimeInput>, abort: Arc<AtomicBool>, meta_out: Arc<ArcSwap<Option<super::StrategyMeta>>>) {
+fn run(
+    spec: RuntimeSpec,
+    rx: Receiver<RuntimeInput>,
+    abort: Arc<AtomicBool>,
+    meta_out: Arc<ArcSwap<Option<super::StrategyMeta>>>,
+) {
     let RuntimeSpec {
         name,
         generation,

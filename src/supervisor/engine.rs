@@ -68,7 +68,12 @@ pub struct Engine {
 
 impl Engine {
     /// Runs until the request channel closes or `cancel` fires.
-    pub async fn run(mut self, mut requests: mpsc::UnboundedReceiver<EngineRequest>, mut feed: mpsc::Receiver<FeedEvent>, cancel: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<EngineRequest>,
+        mut feed: mpsc::Receiver<FeedEvent>,
+        cancel: CancellationToken,
+    ) {
         let mut feed_open = true;
         loop {
             tokio::select! {
@@ -176,7 +181,9 @@ impl Engine {
                 }
                 Step::Cancel(client_id) => match self.oms.cancel(strategy, &client_id) {
                     Ok(cancelled) => events.extend(cancelled),
-                    Err(error) => publish_log(&self.activity, strategy, LogLevel::Warn, &format!("exchange::cancel: {error}")),
+                    Err(error) => {
+                        publish_log(&self.activity, strategy, LogLevel::Warn, &format!("exchange::cancel: {error}"))
+                    }
                 },
                 Step::CancelAll(symbol) => events.extend(self.oms.cancel_all(strategy, symbol.as_deref())),
             }
@@ -262,7 +269,6 @@ impl Engine {
             }
         }
     }
-
 }
 
 /// Writes a strategy's log line to tracing and the activity bus.

@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 use crate::activity::{ActivityBus, ActivityKind};
 use crate::config::{Config, FeedKind};
 use crate::data::{MarketHub, Timeframe};
+use crate::exchange::ExchangeEvent;
 use crate::exchange::PaperExchange;
 use crate::execution::Oms;
 use crate::feed::{self, FeedSource, Replay, SyntheticFeed};
 use crate::model::AccountView;
-use crate::exchange::ExchangeEvent;
 use crate::store::{Store, StoreError, StoreWriter};
 
 pub use engine::{EngineRequest, Runtimes};
@@ -215,7 +215,11 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         for event in &resolved {
             if let ExchangeEvent::Order(order) = event {
                 tracing::warn!(order = %order.request.client_id, status = ?order.status, "order outcome resolved at start: {}", order.reason.as_deref().unwrap_or("known to the exchange"));
-                activity.publish(ActivityKind::Order, Some(&order.request.strategy), json!({ "recovered": true, "order": order }));
+                activity.publish(
+                    ActivityKind::Order,
+                    Some(&order.request.strategy),
+                    json!({ "recovered": true, "order": order }),
+                );
             }
         }
     }

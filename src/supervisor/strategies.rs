@@ -24,7 +24,9 @@ use crate::data::MarketHub;
 use crate::model::AccountView;
 use crate::script::{ScriptOptions, ScriptStrategy};
 use crate::store::{StoreWriter, WriteOp};
-use crate::strategy::live::{self, CommandSink, ExitReason, RuntimeHandle, RuntimeReport, RuntimeSpec, StateSink, TaggedReport};
+use crate::strategy::live::{
+    self, CommandSink, ExitReason, RuntimeHandle, RuntimeReport, RuntimeSpec, StateSink, TaggedReport,
+};
 use crate::strategy::{LogLevel, OrderIds, StrategyCommand, StrategyError, StrategyMeta};
 
 /// A run that lasted this long resets the restart counter.

@@ -34,14 +34,31 @@ impl TestHost {
     /// Starts a host with the given strategy files.
     pub async fn start(files: &[(&str, &str)], tweak: impl FnOnce(&mut Config)) -> TestHost {
         let dir = tempfile::tempdir().unwrap();
-        let data = tempfile::tempdir().unwrap();
         for (name, source) in files {
             std::fs::write(dir.path().join(format!("{name}.rhai")), source).unwrap();
         }
+        Self::start_in(dir, tempfile::tempdir().unwrap(), tweak).await
+    }
+
+    /// Starts a host on existing folders (a restart).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        data: tempfile::TempDir,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestHost {
         let mut config = fast_config(dir.path(), data.path());
         tweak(&mut config);
         let host = supervisor::start(config).await.unwrap();
         TestHost { host, dir, data }
+    }
+
+    /// Shuts down and gives back the folders for a restart.
+    pub async fn stop_keep(self) -> (tempfile::TempDir, tempfile::TempDir) {
+        self.host.shutdown(supervisor::ShutdownReason::Api);
+        let code =
+            tokio::time::timeout(Duration::from_secs(20), self.host.wait()).await.expect("shutdown finished in time");
+        assert_eq!(code, 0);
+        (self.dir, self.data)
     }
 
     /// Path of a strategy file.

@@ -1,0 +1,97 @@
+//! Restarts: strategy state, positions, open orders and activity numbering
+//! continue exactly; orders of unknown outcome are resolved, never resent.
+
+mod common;
+
+use common::TestHost;
+use tradehost::activity::ActivityKind;
+use tradehost::config::ShutdownPolicy;
+use tradehost::model::{Order, OrderKind, OrderRequest, OrderStatus, Side, TimeInForce};
+use tradehost::store::{Store, WriteOp};
+
+const KEEPER: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_start() {
+    this.starts = (this.starts ?? 0) + 1;
+    let p = exchange::position("BTCUSD");
+    print(`start ${this.starts} count ${this.count ?? 0} position ${p.size} open ${exchange::open_orders("BTCUSD").len()}`);
+}
+fn on_tick(t) {
+    if this.placed != true {
+        this.placed = true;
+        exchange::market_order("BTCUSD", "buy", 0.01);
+        exchange::limit_order("BTCUSD", "buy", 0.01, t.bid * 0.5);
+    }
+}
+fn on_candle(c) { this.count = (this.count ?? 0) + 1; }
+fn on_fill(f) { print(`filled ${f.size}`); }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_positions_open_orders_and_activity_numbers_survive_a_restart() {
+    let leave = |c: &mut tradehost::config::Config| c.strategies.shutdown_policy = ShutdownPolicy::Leave;
+    let t = TestHost::start(&[("keeper", KEEPER)], leave).await;
+    t.wait_log(0, "keeper", "start 1 count 0 position 0.0 open 0").await;
+    t.wait_log(0, "keeper", "filled 0.01").await;
+    t.wait_for(0, "the resting order", |e| e.kind == ActivityKind::Order && e.data["status"] == "open").await;
+    t.wait_status("keeper", |_| true).await;
+    // Let a few candles count and the state flush (state_flush_ms = 250).
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let last_seq = t.seq();
+    let (dir, data) = t.stop_keep().await;
+
+    let t = TestHost::start_in(dir, data, leave).await;
+    let started = t.wait_log(0, "keeper", "start 2 count ").await;
+    let message = started.data["message"].as_str().unwrap();
+    let count: u64 = message.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(count >= 3, "state restored: {message}");
+    assert!(message.ends_with("position 0.01 open 1"), "positions and open orders restored: {message}");
+    let first = t.host.activity().since(0, 1).into_iter().next().unwrap();
+    assert!(first.seq > last_seq, "activity numbering continues: {} after {last_seq}", first.seq);
+    assert!(
+        !t.host.activity().since(0, usize::MAX).iter().any(|e| common::is_log(e, "keeper", "filled")),
+        "no order was resent"
+    );
+    assert_eq!(t.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_of_unknown_outcome_is_resolved_by_asking_the_exchange_not_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("idle.rhai"), "fn on_start() { print(\"up\"); }").unwrap();
+    {
+        let store = Store::open(data.path()).unwrap();
+        let writer = store.writer(0);
+        let mut pending = Order::new(
+            OrderRequest {
+                client_id: "idle-lost1".into(),
+                strategy: "idle".into(),
+                symbol: "BTCUSD".into(),
+                side: Side::Buy,
+                kind: OrderKind::Market,
+                size: "0.01".parse().unwrap(),
+                price: None,
+                time_in_force: TimeInForce::Gtc,
+                post_only: false,
+                reduce_only: false,
+            },
+            0,
+        );
+        pending.status = OrderStatus::Pending;
+        writer.commit_blocking(vec![WriteOp::Order(pending)]).unwrap();
+        writer.close();
+    }
+    let t = TestHost::start_in(dir, data, |_| {}).await;
+    let resolved =
+        t.wait_for(0, "the resolved order", |e| e.kind == ActivityKind::Order && e.data["recovered"] == true).await;
+    assert_eq!(resolved.data["order"]["status"], "rejected");
+    assert!(resolved.data["order"]["reason"].as_str().unwrap().contains("never reached the exchange"));
+    t.wait_log(0, "idle", "up").await;
+    let (dir, data) = t.stop_keep().await;
+    let store = Store::open(data.path()).unwrap();
+    assert!(store.fills().unwrap().is_empty(), "the lost order was not sent again");
+    let report = tradehost::store::check(&store).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    drop(dir);
+}
