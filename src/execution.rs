@@ -121,8 +121,8 @@ impl Oms {
     }
 
     /// Checks a strategy's order before anything is sent: the pending order
-    /// to record as an intent, or the rejection.
-    pub fn prepare(&mut self, request: OrderRequest) -> Result<Order, ExchangeEvent> {
+    /// to record as an intent, or the rejected order.
+    pub fn prepare(&mut self, request: OrderRequest) -> Result<Order, Order> {
         let refusal = if !self.gate_open {
             Some("the host is shutting down: new orders are refused".to_string())
         } else if self.open.contains_key(&request.client_id) {
@@ -135,7 +135,7 @@ impl Oms {
             Some(reason) => {
                 order.status = OrderStatus::Rejected;
                 order.reason = Some(reason);
-                Err(ExchangeEvent::Order(order))
+                Err(order)
             }
             None => {
                 order.status = OrderStatus::Pending;
@@ -154,7 +154,7 @@ impl Oms {
     pub fn submit(&mut self, request: OrderRequest) -> Vec<ExchangeEvent> {
         match self.prepare(request) {
             Ok(order) => self.send(order.request),
-            Err(rejection) => vec![rejection],
+            Err(rejected) => vec![ExchangeEvent::Order(rejected)],
         }
     }
 
@@ -187,7 +187,7 @@ impl Oms {
             .positions
             .get(strategy)
             .map(|p| p.values().filter(|p| !p.size.is_zero()).cloned().collect())
-            .unwrap_or_else(Vec::new);
+            .unwrap_or_default();
         positions
             .into_iter()
             .map(|position| {

@@ -29,9 +29,7 @@ pub fn check(store: &Store) -> Result<CheckReport, StoreError> {
     let fills = read.open_table(FILLS).map_err(|e| err(&e))?;
     let positions = read.open_table(POSITIONS).map_err(|e| err(&e))?;
     let activity = read.open_table(ACTIVITY).map_err(|e| err(&e))?;
-    let mut report = CheckReport::default();
-
-    report.orders = orders.iter().map_err(|e| err(&e))?.count();
+    let mut report = CheckReport { orders: orders.iter().map_err(|e| err(&e))?.count(), ..CheckReport::default() };
     for entry in fills.iter().map_err(|e| err(&e))? {
         let (key, value) = entry.map_err(|e| err(&e))?;
         report.fills += 1;

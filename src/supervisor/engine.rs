@@ -136,7 +136,7 @@ impl Engine {
                         steps.push(Step::Send(pending.request.clone()));
                         intents.push(pending);
                     }
-                    Err(rejection) => rejected.push(rejection),
+                    Err(order) => rejected.push(ExchangeEvent::Order(order)),
                 },
                 StrategyCommand::Cancel { client_id } => steps.push(Step::Cancel(client_id)),
                 StrategyCommand::CancelAll { symbol } => steps.push(Step::CancelAll(symbol)),
