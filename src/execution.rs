@@ -183,7 +183,7 @@ impl Oms {
     /// Reduce-only market orders that would close the strategy's positions
     /// (shutdown policy `flatten`; allowed while the gate is closed).
     pub fn flatten_orders(&self, strategy: &str, next_id: &mut dyn FnMut() -> String) -> Vec<Order> {
-        let positions = self
+        let positions: Vec<Position> = self
             .positions
             .get(strategy)
             .map(|p| p.values().filter(|p| !p.size.is_zero()).cloned().collect())
