@@ -120,9 +120,9 @@ impl Oms {
         self.gate_open = false;
     }
 
-    /// Checks a strategy's order before anything is sent: the pending order
-    /// to record as an intent, or the rejected order.
-    pub fn prepare(&mut self, request: OrderRequest) -> Result<Order, Order> {
+    /// Checks a strategy's order before anything is sent. The result is
+    /// `Pending` (record it as an intent, then send it) or `Rejected` with the reason.
+    pub fn prepare(&mut self, request: OrderRequest) -> Order {
         let refusal = if !self.gate_open {
             Some("the host is shutting down: new orders are refused".to_string())
         } else if self.open.contains_key(&request.client_id) {
@@ -135,13 +135,10 @@ impl Oms {
             Some(reason) => {
                 order.status = OrderStatus::Rejected;
                 order.reason = Some(reason);
-                Err(order)
             }
-            None => {
-                order.status = OrderStatus::Pending;
-                Ok(order)
-            }
+            None => order.status = OrderStatus::Pending,
         }
+        order
     }
 
     /// Sends a prepared order (its intent must be stored first).
@@ -152,9 +149,10 @@ impl Oms {
 
     /// Prepares and sends at once (no store in between: backtests, tests).
     pub fn submit(&mut self, request: OrderRequest) -> Vec<ExchangeEvent> {
-        match self.prepare(request) {
-            Ok(order) => self.send(order.request),
-            Err(rejected) => vec![ExchangeEvent::Order(rejected)],
+        let order = self.prepare(request);
+        match order.status {
+            OrderStatus::Pending => self.send(order.request),
+            _ => vec![ExchangeEvent::Order(order)],
         }
     }
 

@@ -86,15 +86,15 @@ fn kill_9_at_random_moments_loses_nothing_and_never_sends_twice() {
 
         let mut reported: BTreeMap<u64, String> = BTreeMap::new();
         for line in &lines {
-            if line.contains(" fill ") || line.contains("engine: fill") {
-                if let (Some(id), Some(order)) = (field(line, "id"), field(line, "order")) {
-                    reported.insert(id.parse().unwrap(), order.to_string());
-                }
+            if line.contains("engine: fill")
+                && let (Some(id), Some(order)) = (field(line, "id"), field(line, "order"))
+            {
+                reported.insert(id.parse().unwrap(), order.to_string());
             }
-            if line.contains("order sent") {
-                if let Some(order) = field(line, "order") {
-                    *sent_ever.entry(order.to_string()).or_default() += 1;
-                }
+            if line.contains("order sent")
+                && let Some(order) = field(line, "order")
+            {
+                *sent_ever.entry(order.to_string()).or_default() += 1;
             }
             if let Some(rest) = line.split("restored counter ").nth(1) {
                 let restored: u64 = rest.split_whitespace().next().unwrap().parse().unwrap();

@@ -3,7 +3,7 @@
 //! (or failed), so nothing is reported as durable before it is. Activity
 //! retention is enforced here in small chunks, off the hot path.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -120,7 +120,7 @@ impl StoreWriter {
     }
 }
 
-fn run(db: &Database, path: &PathBuf, rx: &Receiver<Message>, activity_keep: u64) {
+fn run(db: &Database, path: &Path, rx: &Receiver<Message>, activity_keep: u64) {
     let mut stopping = false;
     while !stopping {
         let Ok(Message::Write(first)) = rx.recv() else { break };
@@ -135,8 +135,8 @@ fn run(db: &Database, path: &PathBuf, rx: &Receiver<Message>, activity_keep: u64
                 Err(_) => break,
             }
         }
-        let result =
-            apply(db, &group, activity_keep).map_err(|detail| Arc::new(StoreError::Io { path: path.clone(), detail }));
+        let result = apply(db, &group, activity_keep)
+            .map_err(|detail| Arc::new(StoreError::Io { path: path.to_path_buf(), detail }));
         if let Err(error) = &result {
             tracing::error!("store commit failed: {error}");
         }

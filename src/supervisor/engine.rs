@@ -131,13 +131,15 @@ impl Engine {
         let mut steps = Vec::new();
         for command in commands {
             match command {
-                StrategyCommand::Place(request) => match self.oms.prepare(request) {
-                    Ok(pending) => {
-                        steps.push(Step::Send(pending.request.clone()));
-                        intents.push(pending);
+                StrategyCommand::Place(request) => {
+                    let order = self.oms.prepare(request);
+                    if order.status == OrderStatus::Pending {
+                        steps.push(Step::Send(order.request.clone()));
+                        intents.push(order);
+                    } else {
+                        rejected.push(ExchangeEvent::Order(order));
                     }
-                    Err(order) => rejected.push(ExchangeEvent::Order(order)),
-                },
+                }
                 StrategyCommand::Cancel { client_id } => steps.push(Step::Cancel(client_id)),
                 StrategyCommand::CancelAll { symbol } => steps.push(Step::CancelAll(symbol)),
                 _ => {}
