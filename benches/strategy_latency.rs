@@ -175,6 +175,8 @@ fn on_candle(c) {
         reports,
         max_consecutive_errors: 5,
         queue_limit: 1024,
+        state_sink: None,
+        state_flush_ms: 250,
     };
     let handle = live::spawn(spec).unwrap();
     while handle.meta().is_none() {
