@@ -86,7 +86,10 @@ fn fill_latency() {
         let writer = writer.clone();
         std::thread::spawn(move || {
             for seq in 1..=20_000u64 {
-                writer.submit(vec![WriteOp::Activity { seq, envelope: serde_json::json!({ "seq": seq, "type": "log" }) }], None);
+                writer.submit(
+                    vec![WriteOp::Activity { seq, envelope: serde_json::json!({ "seq": seq, "type": "log" }) }],
+                    None,
+                );
                 std::thread::sleep(Duration::from_micros(100));
             }
         })
