@@ -51,7 +51,7 @@ fn order(id: u64) -> Order {
 fn throughput(writers: u64, per_writer: u64) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let writer = store.writer(0);
+    let writer = store.writer(Default::default());
     let started = Instant::now();
     let threads: Vec<_> = (0..writers)
         .map(|t| {
@@ -78,7 +78,7 @@ fn throughput(writers: u64, per_writer: u64) {
 fn fill_latency() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let writer = store.writer(0);
+    let writer = store.writer(Default::default());
     let paper = PaperExchange::new(&PaperConfig::default());
     let account = paper.save();
     // Activity events arriving beside the fills, as they do in the host.

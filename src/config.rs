@@ -126,13 +126,15 @@ impl Default for Config {
 pub struct StoreConfig {
     /// Activity events kept in the store; older ones are pruned (0 keeps all).
     pub activity_keep: u64,
+    /// Activity events older than this many days are pruned (0: no age limit).
+    pub activity_max_age_days: u64,
     /// Longest delay before a changed strategy state (`this`) is stored.
     pub state_flush_ms: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { activity_keep: 1_000_000, state_flush_ms: 250 }
+        StoreConfig { activity_keep: 1_000_000, activity_max_age_days: 90, state_flush_ms: 250 }
     }
 }
 

@@ -62,7 +62,7 @@ async fn an_order_of_unknown_outcome_is_resolved_by_asking_the_exchange_not_rese
     std::fs::write(dir.path().join("idle.rhai"), "fn on_start() { print(\"up\"); }").unwrap();
     {
         let store = Store::open(data.path()).unwrap();
-        let writer = store.writer(0);
+        let writer = store.writer(Default::default());
         let mut pending = Order::new(
             OrderRequest {
                 client_id: "idle-lost1".into(),

@@ -55,7 +55,7 @@ const CHILD_ENV: &str = "TRADEHOST_STORE_CRASH_CHILD";
 fn crash_child_writes_then_aborts() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
     let store = Store::open(std::path::Path::new(&dir)).unwrap();
-    let writer = store.writer(0);
+    let writer = store.writer(Default::default());
     writer.commit_blocking(vec![WriteOp::Order(order("o"))]).unwrap();
     let acked = Arc::new(std::sync::Mutex::new(0u64));
     let threads: Vec<_> = (0..8u64)
@@ -182,7 +182,7 @@ fn a_truncated_file_is_reported_and_never_replaced_by_an_empty_store() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(dir.path()).unwrap();
-        let writer = store.writer(0);
+        let writer = store.writer(Default::default());
         let ops: Vec<WriteOp> = (1..=500).map(|i| WriteOp::Fill(fill(i, "a", Side::Buy, "1", "100"))).collect();
         writer.commit_blocking(ops).unwrap();
         writer.close();
@@ -210,7 +210,7 @@ fn a_truncated_file_is_reported_and_never_replaced_by_an_empty_store() {
 fn check_finds_positions_that_do_not_match_fills_and_orphan_fills() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let writer = store.writer(0);
+    let writer = store.writer(Default::default());
     let mut wrong = tradehost::model::Position::flat("BTCUSD");
     wrong.size = d("5");
     writer
@@ -236,4 +236,28 @@ fn client_order_id_blocks_never_overlap_across_starts() {
     let first = Store::open(dir.path()).unwrap().recover().unwrap().id_block_start;
     let second = Store::open(dir.path()).unwrap().recover().unwrap().id_block_start;
     assert!(second >= first + store::ID_BLOCK);
+}
+
+#[test]
+fn activity_retention_prunes_by_count_and_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let event = |seq: u64, days_ago: i64| WriteOp::Activity {
+        seq,
+        envelope: serde_json::json!({ "seq": seq, "ts": (chrono::Utc::now() - chrono::Duration::days(days_ago)).to_rfc3339() }),
+    };
+    let writer = store.writer(store::Retention { keep: 0, max_age_ms: 7 * 86_400_000 });
+    let old: Vec<WriteOp> = (1..=10).map(|seq| event(seq, 30)).collect();
+    writer.commit_blocking(old).unwrap();
+    writer.commit_blocking((11..=15).map(|seq| event(seq, 0)).collect()).unwrap();
+    let kept: Vec<u64> = store.activity_since(0, 100).unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(kept, (11..=15).collect::<Vec<_>>(), "events older than a week are pruned");
+    writer.close();
+
+    let writer = store.writer(store::Retention { keep: 3, max_age_ms: 0 });
+    writer.commit_blocking(vec![event(16, 0)]).unwrap();
+    let kept: Vec<u64> = store.activity_since(0, 100).unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(kept, vec![14, 15, 16], "only the newest 3 are kept");
+    assert_eq!(store.activity_len().unwrap(), 3);
+    writer.close();
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Fill, Order, Position};
 
 pub use check::{CheckReport, check};
-pub use writer::{StoreWriter, WriteOp};
+pub use writer::{Retention, StoreWriter, WriteOp};
 
 /// The schema this build writes. Version 1 had no `positions` table.
 pub const SCHEMA_VERSION: u64 = 2;
@@ -45,6 +45,8 @@ pub const ID_BLOCK: u64 = 1 << 32;
 /// File names inside the data dir.
 pub const DB_FILE: &str = "tradehost.redb";
 const LOCK_FILE: &str = "tradehost.lock";
+/// Tries (50 ms apart) before a held lock is reported.
+const LOCK_ATTEMPTS: u32 = 20;
 
 /// Why the store cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -166,14 +168,24 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
         .write(true)
         .open(&path)
         .map_err(|e| io(&path)(e.to_string()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            let holder = if holder.trim().is_empty() { "pid unknown".to_string() } else { holder.trim().to_string() };
-            return Err(StoreError::Locked { dir: dir.to_path_buf(), holder });
+    // A lock held a moment longer (a previous host still exiting, a forked
+    // child not yet exec'd) is waited for briefly; never forever.
+    let mut attempts = 0;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if attempts < LOCK_ATTEMPTS => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder =
+                    if holder.trim().is_empty() { "pid unknown".to_string() } else { holder.trim().to_string() };
+                return Err(StoreError::Locked { dir: dir.to_path_buf(), holder });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e.to_string())),
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e.to_string())),
     }
     file.set_len(0)
         .and_then(|_| file.write_all(format!("pid {}", std::process::id()).as_bytes()))
@@ -320,8 +332,8 @@ impl Store {
     }
 
     /// Starts the writer thread.
-    pub fn writer(&self, activity_keep: u64) -> StoreWriter {
-        StoreWriter::start(self.db.clone(), self.path.clone(), activity_keep)
+    pub fn writer(&self, retention: Retention) -> StoreWriter {
+        StoreWriter::start(self.db.clone(), self.path.clone(), retention)
     }
 
     /// Every fill, oldest first.

@@ -50,6 +50,15 @@ pub enum WriteOp {
     },
 }
 
+/// How much of the activity log to keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Most events kept (0: no limit).
+    pub keep: u64,
+    /// Events older than this are pruned (0: no limit).
+    pub max_age_ms: i64,
+}
+
 /// Runs after a commit with its outcome.
 pub type OnCommit = Box<dyn FnOnce(Result<(), Arc<StoreError>>) + Send>;
 
@@ -71,11 +80,11 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    pub(super) fn start(db: Arc<Database>, path: PathBuf, activity_keep: u64) -> StoreWriter {
+    pub(super) fn start(db: Arc<Database>, path: PathBuf, retention: Retention) -> StoreWriter {
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(&db, &path, &rx, activity_keep))
+            .spawn(move || run(&db, &path, &rx, retention))
             .expect("spawn the store writer thread");
         StoreWriter { tx, thread: Arc::new(std::sync::Mutex::new(Some(thread))) }
     }
@@ -120,7 +129,7 @@ impl StoreWriter {
     }
 }
 
-fn run(db: &Database, path: &Path, rx: &Receiver<Message>, activity_keep: u64) {
+fn run(db: &Database, path: &Path, rx: &Receiver<Message>, retention: Retention) {
     let mut stopping = false;
     while !stopping {
         let Ok(Message::Write(first)) = rx.recv() else { break };
@@ -135,7 +144,7 @@ fn run(db: &Database, path: &Path, rx: &Receiver<Message>, activity_keep: u64) {
                 Err(_) => break,
             }
         }
-        let result = apply(db, &group, activity_keep)
+        let result = apply(db, &group, retention)
             .map_err(|detail| Arc::new(StoreError::Io { path: path.to_path_buf(), detail }));
         if let Err(error) = &result {
             tracing::error!("store commit failed: {error}");
@@ -148,7 +157,7 @@ fn run(db: &Database, path: &Path, rx: &Receiver<Message>, activity_keep: u64) {
     }
 }
 
-fn apply(db: &Database, group: &[Submission], activity_keep: u64) -> Result<(), String> {
+fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let txn = db.begin_write().map_err(|x| e(&x))?;
     {
@@ -184,16 +193,42 @@ fn apply(db: &Database, group: &[Submission], activity_keep: u64) -> Result<(), 
                 }
             }
         }
-        if wrote_activity && activity_keep > 0 {
-            let len = activity.len().map_err(|x| e(&x))?;
-            if len > activity_keep {
-                let first = activity.first().map_err(|x| e(&x))?.map_or(0, |(k, _)| k.value());
-                let cut = first + (len - activity_keep).min(PRUNE_CHUNK);
-                activity.retain_in(first..cut, |_, _| false).map_err(|x| e(&x))?;
-            }
+        if wrote_activity {
+            prune(&mut activity, retention).map_err(|x| e(&x))?;
         }
     }
     txn.commit().map_err(|x| e(&x))
+}
+
+/// Drops the oldest activity events beyond the count or age limit, at most
+/// [`PRUNE_CHUNK`] per commit so no commit pauses for long.
+fn prune(activity: &mut redb::Table<u64, &[u8]>, retention: Retention) -> Result<(), redb::StorageError> {
+    let Some(first) = activity.first()?.map(|(k, _)| k.value()) else { return Ok(()) };
+    let mut cut = first;
+    if retention.keep > 0 {
+        let len = activity.len()?;
+        if len > retention.keep {
+            cut = first + (len - retention.keep).min(PRUNE_CHUNK);
+        }
+    }
+    if retention.max_age_ms > 0 {
+        let cutoff = chrono::Utc::now().timestamp_millis() - retention.max_age_ms;
+        for entry in activity.range(cut..)?.take(PRUNE_CHUNK as usize) {
+            let (key, value) = entry?;
+            let ts = serde_json::from_slice::<serde_json::Value>(value.value())
+                .ok()
+                .and_then(|v| v["ts"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()))
+                .map(|t| t.timestamp_millis());
+            if ts.is_none_or(|ts| ts >= cutoff) || key.value() >= first + PRUNE_CHUNK {
+                break;
+            }
+            cut = key.value() + 1;
+        }
+    }
+    if cut > first {
+        activity.retain_in(first..cut, |_, _| false)?;
+    }
+    Ok(())
 }
 
 fn to_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {

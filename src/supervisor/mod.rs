@@ -29,7 +29,7 @@ use crate::exchange::PaperExchange;
 use crate::execution::Oms;
 use crate::feed::{self, FeedSource, Replay, SyntheticFeed};
 use crate::model::AccountView;
-use crate::store::{Store, StoreError, StoreWriter};
+use crate::store::{Retention, Store, StoreError, StoreWriter};
 
 pub use engine::{EngineRequest, Runtimes};
 pub use status::{StrategyState, StrategyStatus};
@@ -203,7 +203,10 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         .map_err(|source| HostError::DataDir { path: config.data_dir.clone(), source })?;
     let store = Store::open(&config.data_dir)?;
     let recovered = store.recover()?;
-    let writer = store.writer(config.store.activity_keep);
+    let writer = store.writer(Retention {
+        keep: config.store.activity_keep,
+        max_age_ms: config.store.activity_max_age_days as i64 * 86_400_000,
+    });
     let activity = ActivityBus::new(10_000, recovered.last_activity_seq);
     activity.attach_store(writer.clone());
     let mut oms = Oms::new(PaperExchange::new(&config.exchange.paper));
