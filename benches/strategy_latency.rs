@@ -177,6 +177,7 @@ fn on_candle(c) {
         queue_limit: 1024,
         state_sink: None,
         state_flush_ms: 250,
+        callback_latency: None,
     };
     let handle = live::spawn(spec).unwrap();
     while handle.meta().is_none() {
@@ -203,6 +204,7 @@ fn host_config(dir: &std::path::Path, data: &std::path::Path) -> Config {
     let mut config = Config::embedded();
     config.strategies.dir = dir.to_path_buf();
     config.data_dir = data.to_path_buf();
+    config.http.bind = "127.0.0.1:0".parse().unwrap();
     config.feed.synthetic.speed = 6_000.0;
     config
 }

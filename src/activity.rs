@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 /// Kinds of activity (the envelope's `type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ActivityKind {
     /// An order changed state.
@@ -39,7 +39,7 @@ pub enum ActivityKind {
 }
 
 /// One activity event in the wire envelope of design.md §4.4.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ActivityEvent {
     /// Envelope version.
     pub v: u8,
@@ -53,6 +53,7 @@ pub struct ActivityEvent {
     /// The strategy concerned, if any.
     pub strategy: Option<String>,
     /// Kind-specific payload.
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }
 
@@ -64,6 +65,7 @@ struct Sequencer {
 /// A cheap, clonable handle to the bus.
 #[derive(Clone)]
 pub struct ActivityBus {
+    delivered: Arc<std::sync::atomic::AtomicU64>,
     sequencer: Arc<Mutex<Sequencer>>,
     tail: Arc<Mutex<VecDeque<ActivityEvent>>>,
     capacity: usize,
@@ -75,6 +77,7 @@ impl ActivityBus {
     pub fn new(capacity: usize, last_seq: u64) -> Self {
         let (sender, _) = broadcast::channel(4096);
         ActivityBus {
+            delivered: Default::default(),
             sequencer: Arc::new(Mutex::new(Sequencer { next_seq: last_seq + 1, store: None })),
             tail: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(4096)))),
             capacity: capacity.max(1),
@@ -116,7 +119,13 @@ impl ActivityBus {
         seq
     }
 
+    /// Events made visible since this bus was created.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn deliver(&self, event: ActivityEvent) {
+        self.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         if tail.len() == self.capacity {
             tail.pop_front();

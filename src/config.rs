@@ -434,11 +434,38 @@ pub struct HttpConfig {
     /// Bearer token (or `TRADEHOST_API_TOKEN`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
+    /// Browser origins allowed to call the API (CORS); empty: none.
+    pub cors_origins: Vec<String>,
+    /// Longest time a REST request may take.
+    pub request_timeout_ms: u64,
+    /// Largest request body accepted.
+    pub body_limit_bytes: usize,
+    /// Most WebSocket clients at once.
+    pub ws_max_clients: usize,
+    /// Interval between pings to each WebSocket client.
+    pub ws_ping_interval_ms: u64,
+    /// A client that sends nothing (not even a pong) this long is dropped.
+    pub ws_idle_timeout_ms: u64,
+    /// A client that takes longer than this to accept one message is dropped.
+    pub ws_send_timeout_ms: u64,
+    /// Startup fails if a component is not ready within this time.
+    pub ready_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { bind: SocketAddr::from(([127, 0, 0, 1], 8080)), token: None }
+        HttpConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+            cors_origins: Vec::new(),
+            request_timeout_ms: 10_000,
+            body_limit_bytes: 64 * 1024,
+            ws_max_clients: 1_000,
+            ws_ping_interval_ms: 15_000,
+            ws_idle_timeout_ms: 45_000,
+            ws_send_timeout_ms: 5_000,
+            ready_timeout_ms: 30_000,
+        }
     }
 }
 
@@ -497,10 +524,31 @@ impl Config {
             ("supervisor.event_queue", self.supervisor.event_queue),
             ("shutdown.timeout_ms", self.shutdown.timeout_ms as usize),
             ("store.state_flush_ms", self.store.state_flush_ms as usize),
+            ("http.request_timeout_ms", self.http.request_timeout_ms as usize),
+            ("http.body_limit_bytes", self.http.body_limit_bytes),
+            ("http.ws_max_clients", self.http.ws_max_clients),
+            ("http.ws_ping_interval_ms", self.http.ws_ping_interval_ms as usize),
+            ("http.ws_idle_timeout_ms", self.http.ws_idle_timeout_ms as usize),
+            ("http.ws_send_timeout_ms", self.http.ws_send_timeout_ms as usize),
+            ("http.ready_timeout_ms", self.http.ready_timeout_ms as usize),
         ] {
             if value == 0 {
                 bad(key, "must be greater than 0".into());
             }
+        }
+        if let Some(token) = &self.http.token
+            && token.expose().len() < 16
+        {
+            bad("http.token", "must be at least 16 characters".into());
+        }
+        if !self.http.bind.ip().is_loopback() && self.http.token.is_none() {
+            bad(
+                "http.bind",
+                format!(
+                    "{} is not a loopback address: set http.token or TRADEHOST_API_TOKEN before exposing the API",
+                    self.http.bind
+                ),
+            );
         }
         if self.supervisor.restart_backoff_max_ms < self.supervisor.restart_backoff_initial_ms {
             bad("supervisor.restart_backoff_max_ms", "must be at least supervisor.restart_backoff_initial_ms".into());

@@ -18,6 +18,8 @@ pub mod data;
 pub mod exchange;
 pub mod execution;
 pub mod feed;
+pub mod health;
+pub mod http;
 pub mod model;
 pub mod script;
 pub mod store;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub type TimestampMs = i64;
 
 /// Buy or sell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     /// Increase a long / reduce a short.
@@ -63,7 +63,7 @@ impl FromStr for Side {
 }
 
 /// Market or limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderKind {
     /// Fill at once at the best available price.
@@ -73,7 +73,7 @@ pub enum OrderKind {
 }
 
 /// How long an order stays open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TimeInForce {
     /// Good till cancelled.
@@ -84,7 +84,7 @@ pub enum TimeInForce {
 }
 
 /// What a strategy asks the order manager to send.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderRequest {
     /// Client order id, unique per data dir.
     pub client_id: String,
@@ -109,7 +109,7 @@ pub struct OrderRequest {
 }
 
 /// Life cycle of an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Recorded as an intent, not yet acknowledged by the exchange.
@@ -134,7 +134,7 @@ impl OrderStatus {
 }
 
 /// The state of one order as the order manager knows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Order {
     /// What was asked for.
     pub request: OrderRequest,
@@ -180,7 +180,7 @@ impl Order {
 }
 
 /// Whether a fill added liquidity or took it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Liquidity {
     /// Rested on the book.
@@ -190,7 +190,7 @@ pub enum Liquidity {
 }
 
 /// One execution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Fill {
     /// Sequence number given by the order manager (unique per data dir; 0 until assigned).
     #[serde(default)]
@@ -259,7 +259,7 @@ impl Tick {
 }
 
 /// A net position in one symbol.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Position {
     /// Instrument.
     pub symbol: String,

@@ -106,7 +106,7 @@ mod signals {
             std::fs::write(
                 &config,
                 format!(
-                    "data_dir = {:?}\n[strategies]\ndir = {:?}\n[sandbox]\n{sandbox}\n[shutdown]\non_stop_timeout_ms = 10000\n[feed.synthetic]\nhistory_bars = 5\n",
+                    "data_dir = {:?}\n[strategies]\ndir = {:?}\n[sandbox]\n{sandbox}\n[shutdown]\non_stop_timeout_ms = 10000\n[feed.synthetic]\nhistory_bars = 5\n[http]\nbind = \"127.0.0.1:0\"\n",
                     dir.path().join("data"),
                     strategies
                 ),

@@ -45,7 +45,7 @@ fn kill_9_at_random_moments_loses_nothing_and_never_sends_twice() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {data:?}\n[strategies]\ndir = {strategies:?}\n[feed.synthetic]\nhistory_bars = 5\nspeed = 300.0\n[store]\nstate_flush_ms = 50\n"
+            "data_dir = {data:?}\n[strategies]\ndir = {strategies:?}\n[feed.synthetic]\nhistory_bars = 5\nspeed = 300.0\n[store]\nstate_flush_ms = 50\n[http]\nbind = \"127.0.0.1:0\"\n"
         ),
     )
     .unwrap();

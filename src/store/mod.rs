@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Fill, Order, Position};
 
 pub use check::{CheckReport, check};
-pub use writer::{Retention, StoreWriter, WriteOp};
+pub use writer::{CommitObserver, Retention, StoreWriter, WriteOp};
 
 /// The schema this build writes. Version 1 had no `positions` table.
 pub const SCHEMA_VERSION: u64 = 2;
@@ -138,11 +138,24 @@ pub struct Recovered {
     pub id_block_start: u64,
 }
 
-/// The open store.
+/// The open store: holds the instance lock; reads through [`StoreReader`].
 pub struct Store {
+    reader: StoreReader,
+    _lock: File,
+}
+
+/// Cheap, clonable read access to the store (read transactions only).
+#[derive(Clone)]
+pub struct StoreReader {
     db: std::sync::Arc<Database>,
     path: PathBuf,
-    _lock: File,
+}
+
+impl std::ops::Deref for Store {
+    type Target = StoreReader;
+    fn deref(&self) -> &StoreReader {
+        &self.reader
+    }
 }
 
 /// Key of a strategy's position.
@@ -229,14 +242,14 @@ impl Store {
             tracing::warn!("the store was not closed cleanly: repairing ({:.0}%)", session.progress() * 100.0);
         });
         let db = if existed { builder.open(&path) } else { builder.create(&path) }.map_err(|e| classify(&path, e))?;
-        let store = Store { db: std::sync::Arc::new(db), path, _lock: lock };
+        let store = Store { reader: StoreReader { db: std::sync::Arc::new(db), path }, _lock: lock };
         store.prepare_schema(existed)?;
         Ok(store)
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Read access that outlives nothing: clone it freely.
+    pub fn reader(&self) -> StoreReader {
+        self.reader.clone()
     }
 
     fn prepare_schema(&self, existed: bool) -> Result<(), StoreError> {
@@ -333,7 +346,47 @@ impl Store {
 
     /// Starts the writer thread.
     pub fn writer(&self, retention: Retention) -> StoreWriter {
-        StoreWriter::start(self.db.clone(), self.path.clone(), retention)
+        StoreWriter::start(self.db.clone(), self.path.clone(), retention, None)
+    }
+
+    /// Starts the writer thread, reporting each commit's duration.
+    pub fn observed_writer(&self, retention: Retention, observer: CommitObserver) -> StoreWriter {
+        StoreWriter::start(self.db.clone(), self.path.clone(), retention, Some(observer))
+    }
+}
+
+impl StoreReader {
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The newest `limit` fills, oldest first.
+    pub fn recent_fills(&self, limit: usize) -> Result<Vec<Fill>, StoreError> {
+        let err = io(&self.path);
+        let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = read.open_table(FILLS).map_err(|e| err(e.to_string()))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| err(e.to_string()))?.rev().take(limit) {
+            let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+            out.push(decode(value.value(), || format!("fill {}", key.value()))?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Every stored order (open and closed), by client id.
+    pub fn orders(&self) -> Result<Vec<Order>, StoreError> {
+        let err = io(&self.path);
+        let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = read.open_table(ORDERS).map_err(|e| err(e.to_string()))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| err(e.to_string()))? {
+            let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+            let stored: StoredOrder = decode(value.value(), || format!("order {}", key.value()))?;
+            out.push(stored.order);
+        }
+        Ok(out)
     }
 
     /// Every fill, oldest first.

@@ -59,6 +59,9 @@ pub struct Retention {
     pub max_age_ms: i64,
 }
 
+/// Observes how long each group commit took.
+pub type CommitObserver = Box<dyn Fn(std::time::Duration) + Send>;
+
 /// Runs after a commit with its outcome.
 pub type OnCommit = Box<dyn FnOnce(Result<(), Arc<StoreError>>) + Send>;
 
@@ -80,11 +83,16 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    pub(super) fn start(db: Arc<Database>, path: PathBuf, retention: Retention) -> StoreWriter {
+    pub(super) fn start(
+        db: Arc<Database>,
+        path: PathBuf,
+        retention: Retention,
+        observer: Option<CommitObserver>,
+    ) -> StoreWriter {
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(&db, &path, &rx, retention))
+            .spawn(move || run(&db, &path, &rx, retention, observer))
             .expect("spawn the store writer thread");
         StoreWriter { tx, thread: Arc::new(std::sync::Mutex::new(Some(thread))) }
     }
@@ -129,7 +137,7 @@ impl StoreWriter {
     }
 }
 
-fn run(db: &Database, path: &Path, rx: &Receiver<Message>, retention: Retention) {
+fn run(db: &Database, path: &Path, rx: &Receiver<Message>, retention: Retention, observer: Option<CommitObserver>) {
     let mut stopping = false;
     while !stopping {
         let Ok(Message::Write(first)) = rx.recv() else { break };
@@ -144,8 +152,12 @@ fn run(db: &Database, path: &Path, rx: &Receiver<Message>, retention: Retention)
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = apply(db, &group, retention)
             .map_err(|detail| Arc::new(StoreError::Io { path: path.to_path_buf(), detail }));
+        if let Some(observe) = &observer {
+            observe(started.elapsed());
+        }
         if let Err(error) = &result {
             tracing::error!("store commit failed: {error}");
         }

@@ -114,6 +114,8 @@ pub struct RuntimeSpec {
     pub state_sink: Option<StateSink>,
     /// Longest delay before changed state is handed to the sink.
     pub state_flush_ms: u64,
+    /// Records each callback's duration.
+    pub callback_latency: Option<Arc<crate::health::Histogram>>,
 }
 
 /// A cheap controller of a running strategy thread.
@@ -279,6 +281,7 @@ fn run(
         max_consecutive_errors,
         state_sink,
         state_flush_ms,
+        callback_latency,
         ..
     } = spec;
     let report = |report: RuntimeReport| {
@@ -314,7 +317,11 @@ fn run(
                 _ => {}
             }
         }
+        let started = Instant::now();
         let result = strategy.handle(&event);
+        if let (Some(histogram), Ok(true)) = (&callback_latency, &result) {
+            histogram.observe(started.elapsed());
+        }
         let commands = ctx.borrow_mut().drain();
         if !commands.is_empty() {
             sink(&name, commands);

@@ -103,7 +103,7 @@ pub enum StrategyCommand {
 }
 
 /// Where in a script something went wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Location {
     /// Script file.
     pub file: String,
@@ -120,7 +120,7 @@ impl fmt::Display for Location {
 }
 
 /// A strategy failed to compile or a callback failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error, utoipa::ToSchema)]
 pub struct StrategyError {
     /// Where, when known.
     pub location: Option<Location>,

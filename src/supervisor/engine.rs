@@ -64,6 +64,8 @@ pub struct Engine {
     pub control: mpsc::UnboundedSender<super::Control>,
     /// Shared order id counter (for flatten orders).
     pub id_counter: Arc<std::sync::atomic::AtomicU64>,
+    /// Order and fill counters.
+    pub metrics: Arc<crate::health::Metrics>,
 }
 
 impl Engine {
@@ -247,6 +249,7 @@ impl Engine {
         for event in events {
             match event {
                 ExchangeEvent::Fill(fill) => {
+                    self.metrics.fills.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let strategy = fill.strategy.clone();
                     self.activity.publish(ActivityKind::Fill, Some(&strategy), json!(fill));
                     let position = self.oms.position(&strategy, &fill.symbol);
@@ -257,6 +260,13 @@ impl Engine {
                     }
                 }
                 ExchangeEvent::Order(order) => {
+                    self.metrics.order(
+                        serde_json::to_value(order.status)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .as_deref()
+                            .unwrap_or("unknown"),
+                    );
                     let strategy = order.request.strategy.clone();
                     self.activity.publish(ActivityKind::Order, Some(&strategy), json!(order));
                     if let Some(reason) =

@@ -22,12 +22,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::{ActivityBus, ActivityKind};
-use crate::config::{Config, FeedKind};
+use crate::config::{Config, FeedKind, Secret};
 use crate::data::{MarketHub, Timeframe};
 use crate::exchange::ExchangeEvent;
 use crate::exchange::PaperExchange;
 use crate::execution::Oms;
 use crate::feed::{self, FeedSource, Replay, SyntheticFeed};
+use crate::health::{ComponentState, Health, Metrics};
 use crate::model::AccountView;
 use crate::store::{Retention, Store, StoreError, StoreWriter};
 
@@ -60,12 +61,32 @@ pub enum Control {
         generation: u64,
     },
     /// Start a stopped, failed or quarantined strategy.
-    Start(String, oneshot::Sender<Result<(), String>>),
+    Start(String, ControlReply<()>),
     /// Stop a running strategy (runs `on_stop`).
-    Stop(String, oneshot::Sender<Result<(), String>>),
+    Stop(String, ControlReply<()>),
+    /// Reload a running strategy from its file; answers with the new version
+    /// or the compile error.
+    Reload(String, ControlReply<u32>),
     /// Begin the ordered shutdown.
     Shutdown(ShutdownReason),
 }
+
+/// Why a control request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// No such strategy.
+    #[error("no strategy named {0:?}")]
+    UnknownStrategy(String),
+    /// The strategy is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The new version was refused (compile error with file:line:col).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Where the answer to a control request goes.
+pub type ControlReply<T> = oneshot::Sender<Result<T, ControlError>>;
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +111,14 @@ pub enum HostError {
     /// The stored state cannot be restored.
     #[error("recovery failed: {0}")]
     Recovery(String),
+    /// The control API address cannot be bound.
+    #[error("`http.bind`: cannot listen on {addr}: {message}")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Reason.
+        message: String,
+    },
     /// The strategies folder cannot be watched.
     #[error("cannot watch the strategies folder {path}: {message}")]
     Watch {
@@ -104,7 +133,9 @@ impl HostError {
     /// Exit code: 2 for configuration problems, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            HostError::StrategiesDir(_) | HostError::Replay(_) | HostError::DataDir { .. } => 2,
+            HostError::StrategiesDir(_) | HostError::Replay(_) | HostError::DataDir { .. } | HostError::Bind { .. } => {
+                2
+            }
             HostError::Store(error) => error.exit_code(),
             HostError::Watch { .. } | HostError::Recovery(_) => 1,
         }
@@ -117,6 +148,9 @@ pub struct HostHandle {
     activity: ActivityBus,
     statuses: Arc<ArcSwap<Vec<StrategyStatus>>>,
     account: Arc<ArcSwap<AccountView>>,
+    health: Arc<Health>,
+    http_addr: std::net::SocketAddr,
+    token: Secret,
     done: JoinHandle<i32>,
 }
 
@@ -144,6 +178,21 @@ impl HostHandle {
     /// Current account snapshot.
     pub fn account(&self) -> Arc<AccountView> {
         self.account.load_full()
+    }
+
+    /// Component readiness.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The address the control API listens on.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.http_addr
+    }
+
+    /// The API bearer token.
+    pub fn api_token(&self) -> &Secret {
+        &self.token
     }
 
     /// Waits for the host to finish; returns the process exit code.
@@ -201,12 +250,28 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| HostError::DataDir { path: config.data_dir.clone(), source })?;
+    let health = Arc::new(Health::default());
+    for component in COMPONENTS {
+        health.register(component);
+    }
+    let metrics = Arc::new(Metrics::default());
     let store = Store::open(&config.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(config.http.bind)
+        .await
+        .map_err(|e| HostError::Bind { addr: config.http.bind, message: e.to_string() })?;
+    let http_addr =
+        listener.local_addr().map_err(|e| HostError::Bind { addr: config.http.bind, message: e.to_string() })?;
+    let token = api_token(&config)?;
     let recovered = store.recover()?;
-    let writer = store.writer(Retention {
+    let retention = Retention {
         keep: config.store.activity_keep,
         max_age_ms: config.store.activity_max_age_days as i64 * 86_400_000,
-    });
+    };
+    let writer = {
+        let metrics = metrics.clone();
+        store.observed_writer(retention, Box::new(move |elapsed| metrics.store_commit.observe(elapsed)))
+    };
+    health.set("store", ComponentState::Up);
     let activity = ActivityBus::new(10_000, recovered.last_activity_seq);
     activity.attach_store(writer.clone());
     let mut oms = Oms::new(PaperExchange::new(&config.exchange.paper));
@@ -279,8 +344,10 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         store: writer.clone(),
         control: control_tx.clone(),
         id_counter: id_counter.clone(),
+        metrics: metrics.clone(),
     };
     tasks.spawn("engine", engine.run(engine_rx, feed_rx, engine_cancel.clone()));
+    health.set("engine", ComponentState::Up);
 
     let statuses = Arc::new(ArcSwap::from_pointee(Vec::new()));
     let supervisor = strategies::Supervisor {
@@ -304,7 +371,25 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         cancel: tasks_cancel.clone(),
         store: writer.clone(),
         stored_states: recovered.strategy_states.clone(),
+        metrics: metrics.clone(),
     };
+    let http_cancel = CancellationToken::new();
+    let api = Arc::new(crate::http::ApiContext {
+        control: control_tx.clone(),
+        activity: activity.clone(),
+        strategies: statuses.clone(),
+        account: account.clone(),
+        store: store.reader(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+        token: token.clone(),
+        config: config.http.clone(),
+        started: std::time::Instant::now(),
+        cancel: http_cancel.clone(),
+    });
+    tasks.spawn("http", crate::http::serve(listener, crate::http::router(api), http_cancel.clone()));
+    health.set("http", ComponentState::Up);
+    tracing::info!(addr = %http_addr, "control API and dashboard at http://{http_addr}/");
     activity.publish(
         ActivityKind::System,
         None,
@@ -332,10 +417,12 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         feed_go: Some(feed_go),
         store,
         writer,
+        health: health.clone(),
+        http_cancel,
     };
     let done = tokio::spawn(lifecycle.run(supervisor));
     let _ = control_tx.send(Control::Rescan);
-    Ok(HostHandle { control: control_tx, activity, statuses, account, done })
+    Ok(HostHandle { control: control_tx, activity, statuses, account, health, http_addr, token, done })
 }
 
 struct Lifecycle {
@@ -350,6 +437,26 @@ struct Lifecycle {
     feed_go: Option<oneshot::Sender<()>>,
     store: Store,
     writer: StoreWriter,
+    health: Arc<Health>,
+    http_cancel: CancellationToken,
+}
+
+/// Components that must be up before the host is ready.
+const COMPONENTS: [&str; 5] = ["store", "engine", "feed", "strategies", "http"];
+
+/// The API token: configured (or from the environment), else generated and
+/// written to `<data_dir>/api-token` (mode 0600); never logged.
+fn api_token(config: &Config) -> Result<Secret, HostError> {
+    if let Some(token) = &config.http.token {
+        return Ok(token.clone());
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| HostError::DataDir { path: config.data_dir.clone(), source })?;
+    let path = config.data_dir.join("api-token");
+    let token = crate::http::generate_token();
+    crate::http::write_token_file(&path, &token).map_err(|source| HostError::DataDir { path: path.clone(), source })?;
+    tracing::info!(path = %path.display(), "generated an API token (stored with mode 0600)");
+    Ok(Secret::new(token))
 }
 
 /// How long the live feed waits for the first strategies to start.
@@ -359,6 +466,8 @@ impl Lifecycle {
     fn start_feed(&mut self) {
         if let Some(go) = self.feed_go.take() {
             let _ = go.send(());
+            self.health.set("strategies", ComponentState::Up);
+            self.health.set("feed", ComponentState::Up);
         }
     }
 
@@ -366,6 +475,9 @@ impl Lifecycle {
     async fn run(mut self, mut supervisor: strategies::Supervisor) -> i32 {
         let feed_wait = tokio::time::sleep(FEED_START_WAIT);
         tokio::pin!(feed_wait);
+        let ready_deadline = tokio::time::sleep(Duration::from_millis(self.config.http.ready_timeout_ms));
+        tokio::pin!(ready_deadline);
+        let mut awaiting_ready = true;
         let reason = loop {
             tokio::select! {
                 control = self.control_rx.recv() => match control {
@@ -378,12 +490,26 @@ impl Lifecycle {
                     tracing::warn!("strategies still starting after {FEED_START_WAIT:?}: starting the market feed anyway");
                     self.start_feed();
                 }
+                _ = &mut ready_deadline, if awaiting_ready => {
+                    awaiting_ready = false;
+                    let late = self.health.not_ready();
+                    if !late.is_empty() {
+                        let message = format!("not ready after {} ms: {}", self.config.http.ready_timeout_ms, late.join(", "));
+                        tracing::error!("startup failed: {message}");
+                        break ShutdownReason::Fatal(message);
+                    }
+                }
+            }
+            if awaiting_ready && self.health.is_ready() {
+                awaiting_ready = false;
+                tracing::info!("ready");
             }
             if self.feed_go.is_some() && supervisor.initial_start_done() {
                 self.start_feed();
             }
         };
         tracing::info!(?reason, "shutdown started");
+        self.health.begin_shutdown();
         self.activity.publish(
             ActivityKind::System,
             None,
@@ -416,11 +542,18 @@ impl Lifecycle {
             }
             self.tasks_cancel.cancel();
             self.engine_cancel.cancel();
+            tracing::info!("shutdown: market feed closed");
+            self.http_cancel.cancel();
             self.tasks.close();
             self.tasks.wait().await;
-            tracing::info!("shutdown: market feed closed");
+            tracing::info!("shutdown: control API closed");
         };
+        let fatal = matches!(reason, ShutdownReason::Fatal(_));
         let code = match tokio::time::timeout_at(deadline, sequence).await {
+            Ok(()) if fatal => {
+                tracing::info!("shutdown complete after a fatal error");
+                1
+            }
             Ok(()) => {
                 tracing::info!("shutdown complete");
                 0

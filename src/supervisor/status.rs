@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::strategy::StrategyError;
 
 /// Lifecycle state of a strategy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StrategyState {
     /// Being built or waiting for a restart.
@@ -21,7 +21,7 @@ pub enum StrategyState {
 }
 
 /// One strategy as the supervisor sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StrategyStatus {
     /// Name (file stem).
     pub name: String,

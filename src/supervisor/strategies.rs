@@ -15,9 +15,9 @@ use arc_swap::ArcSwap;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Control;
 use super::engine::{EngineRequest, Runtimes, publish_log};
 use super::status::{StrategyState, StrategyStatus};
+use super::{Control, ControlError, ControlReply};
 use crate::activity::{ActivityBus, ActivityKind};
 use crate::config::{Config, ShutdownPolicy};
 use crate::data::MarketHub;
@@ -48,6 +48,8 @@ pub(super) struct Slot {
     saved_state: Option<serde_json::Value>,
     /// The file is gone; the slot is dropped once the runtime has exited.
     deleted: bool,
+    /// API reload requests waiting for the runtime's answer.
+    pending_reloads: Vec<ControlReply<u32>>,
 }
 
 /// Everything the supervisor loop needs.
@@ -70,6 +72,7 @@ pub struct Supervisor {
     pub(super) scanned: bool,
     pub(super) tasks: super::tasks::Tasks,
     pub(super) store: StoreWriter,
+    pub(super) metrics: Arc<crate::health::Metrics>,
     /// States restored from the store, taken by each strategy's first start.
     pub(super) stored_states: BTreeMap<String, serde_json::Value>,
     pub(super) cancel: tokio_util::sync::CancellationToken,
@@ -121,8 +124,10 @@ impl Supervisor {
             }
             Control::Start(name, reply) => {
                 let result = match self.slots.get_mut(&name) {
-                    None => Err(format!("no strategy named {name}")),
-                    Some(slot) if slot.handle.is_some() => Err(format!("strategy {name} is already running")),
+                    None => Err(ControlError::UnknownStrategy(name.clone())),
+                    Some(slot) if slot.handle.is_some() => {
+                        Err(ControlError::Conflict(format!("strategy {name} is already running")))
+                    }
                     Some(slot) => {
                         slot.restarts_in_a_row = 0;
                         self.start(&name);
@@ -132,15 +137,17 @@ impl Supervisor {
                 let _ = reply.send(result);
             }
             Control::Stop(name, reply) => {
-                let result = match self.slots.get(&name).and_then(|s| s.handle.as_ref()) {
-                    Some(handle) => {
+                let result = match self.slots.get(&name).map(|s| s.handle.as_ref()) {
+                    None => Err(ControlError::UnknownStrategy(name.clone())),
+                    Some(Some(handle)) => {
                         handle.stop();
                         Ok(())
                     }
-                    None => Err(format!("strategy {name} is not running")),
+                    Some(None) => Err(ControlError::Conflict(format!("strategy {name} is not running"))),
                 };
                 let _ = reply.send(result);
             }
+            Control::Reload(name, reply) => self.reload(&name, reply),
             Control::Shutdown(_) => return false,
         }
         self.publish();
@@ -222,6 +229,7 @@ impl Supervisor {
                         last_error: None,
                         saved_state: self.stored_states.remove(&name),
                         deleted: false,
+                        pending_reloads: Vec::new(),
                     };
                     self.slots.insert(name.clone(), slot);
                     if self.config.strategy_override(&name).and_then(|o| o.enabled) == Some(false) {
@@ -230,6 +238,30 @@ impl Supervisor {
                     }
                     self.start(&name);
                 }
+            }
+        }
+    }
+
+    /// Re-reads a running strategy's file and hot-reloads it; the reply comes with the runtime's answer.
+    fn reload(&mut self, name: &str, reply: ControlReply<u32>) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            let _ = reply.send(Err(ControlError::UnknownStrategy(name.to_string())));
+            return;
+        };
+        let Some(handle) = slot.handle.clone().filter(|_| slot.state == StrategyState::Running) else {
+            let _ = reply.send(Err(ControlError::Conflict(format!("strategy {name} is not running"))));
+            return;
+        };
+        match std::fs::read_to_string(&slot.file) {
+            Ok(source) if !source.trim().is_empty() => {
+                slot.hash = hash_of(&source);
+                slot.source = source.clone();
+                slot.pending_reloads.push(reply);
+                handle.reload(source);
+            }
+            Ok(_) => drop(reply.send(Err(ControlError::Rejected(format!("{} is empty", slot.file.display()))))),
+            Err(error) => {
+                drop(reply.send(Err(ControlError::Rejected(format!("cannot read {}: {error}", slot.file.display())))))
             }
         }
     }
@@ -271,6 +303,7 @@ impl Supervisor {
             queue_limit: self.config.supervisor.event_queue,
             state_sink: Some(state_sink(self.store.clone())),
             state_flush_ms: self.config.store.state_flush_ms,
+            callback_latency: Some(self.metrics.callback_histogram(name)),
         };
         match live::spawn(spec) {
             Ok(handle) => {
@@ -321,10 +354,16 @@ impl Supervisor {
                 slot.last_error = None;
                 tracing::info!(strategy = %name, version = slot.version, "strategy reloaded");
                 event("reloaded", json!({ "version": slot.version }));
+                for reply in slot.pending_reloads.drain(..) {
+                    let _ = reply.send(Ok(slot.version));
+                }
             }
             RuntimeReport::ReloadRejected(error) => {
                 tracing::error!(strategy = %name, "reload rejected, the previous version keeps running: {error}");
                 event("reload_rejected", json!({ "error": error.to_string() }));
+                for reply in slot.pending_reloads.drain(..) {
+                    let _ = reply.send(Err(ControlError::Rejected(error.to_string())));
+                }
                 slot.last_error = Some(error);
             }
             RuntimeReport::CallbackFailed { callback, error } => {
@@ -337,6 +376,11 @@ impl Supervisor {
                     slot.saved_state = state;
                 }
                 slot.handle = None;
+                for reply in slot.pending_reloads.drain(..) {
+                    let _ = reply.send(Err(ControlError::Conflict(format!(
+                        "strategy {name} stopped before the reload was applied"
+                    ))));
+                }
                 match reason {
                     ExitReason::Stopped => {
                         slot.state = StrategyState::Stopped;

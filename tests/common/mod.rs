@@ -22,6 +22,7 @@ pub fn fast_config(dir: &Path, data: &Path) -> Config {
     let mut config = Config::embedded();
     config.strategies.dir = dir.to_path_buf();
     config.data_dir = data.to_path_buf();
+    config.http.bind = "127.0.0.1:0".parse().unwrap();
     config.feed.synthetic.history_bars = 5;
     config.supervisor.debounce_ms = 50;
     config.sandbox.callback_budget_ms = 300;

@@ -1,0 +1,209 @@
+//! Host health: a registry of components (ready or not), the aggregate the
+//! `/health` endpoint serves, and the counters and histograms behind
+//! `/metrics` (Prometheus text format). Everything here is lock-light and
+//! updated from any thread.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// State of one component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ComponentState {
+    /// Not ready yet.
+    Starting,
+    /// Ready.
+    Up,
+    /// Stopping.
+    Stopping,
+}
+
+/// Which components exist and whether the host is shutting down.
+#[derive(Debug, Default)]
+pub struct Health {
+    components: Mutex<BTreeMap<String, ComponentState>>,
+    shutting_down: AtomicBool,
+}
+
+impl Health {
+    /// Registers a component as starting.
+    pub fn register(&self, name: &str) {
+        self.components.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), ComponentState::Starting);
+    }
+
+    /// Sets a component's state.
+    pub fn set(&self, name: &str, state: ComponentState) {
+        self.components.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), state);
+    }
+
+    /// Marks the start of shutdown: every component is stopping.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for state in self.components.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
+            *state = ComponentState::Stopping;
+        }
+    }
+
+    /// True once shutdown began.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Every component's state.
+    pub fn components(&self) -> BTreeMap<String, ComponentState> {
+        self.components.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// True when every component is up and shutdown has not begun.
+    pub fn is_ready(&self) -> bool {
+        !self.is_shutting_down() && self.components().values().all(|s| *s == ComponentState::Up)
+    }
+
+    /// Components that are not up.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.components().into_iter().filter(|(_, s)| *s != ComponentState::Up).map(|(n, _)| n).collect()
+    }
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 12] =
+    [0.000_01, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25, 1.0];
+
+/// A fixed-bucket latency histogram with atomic counters.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// Counters and histograms of one host (not global: several hosts may share a process).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Activity events published.
+    pub events: AtomicU64,
+    /// Fills.
+    pub fills: AtomicU64,
+    /// Exchange stream reconnects.
+    pub reconnects: AtomicU64,
+    /// Connected WebSocket clients.
+    pub ws_clients: AtomicU64,
+    /// Store commit latency.
+    pub store_commit: Histogram,
+    orders: Mutex<BTreeMap<String, u64>>,
+    callbacks: Mutex<BTreeMap<String, Arc<Histogram>>>,
+}
+
+impl Metrics {
+    /// Counts an order state change by its status (`filled`, `rejected`, …).
+    pub fn order(&self, status: &str) {
+        *self.orders.lock().unwrap_or_else(|e| e.into_inner()).entry(status.to_string()).or_default() += 1;
+    }
+
+    /// The callback latency histogram of a strategy.
+    pub fn callback_histogram(&self, strategy: &str) -> Arc<Histogram> {
+        self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).entry(strategy.to_string()).or_default().clone()
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        };
+        counter(&mut out, "tradehost_events_total", "Activity events published.", self.events.load(Ordering::Relaxed));
+        counter(&mut out, "tradehost_fills_total", "Fills.", self.fills.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "tradehost_reconnects_total",
+            "Exchange stream reconnects.",
+            self.reconnects.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tradehost_ws_clients Connected WebSocket clients.\n# TYPE tradehost_ws_clients gauge"
+        );
+        let _ = writeln!(out, "tradehost_ws_clients {}", self.ws_clients.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP tradehost_orders_total Order state changes by outcome.\n# TYPE tradehost_orders_total counter"
+        );
+        for (status, n) in self.orders.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "tradehost_orders_total{{status=\"{status}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tradehost_callback_seconds Strategy callback latency.\n# TYPE tradehost_callback_seconds histogram"
+        );
+        for (strategy, histogram) in self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            histogram.render(&mut out, "tradehost_callback_seconds", &format!("strategy=\"{strategy}\""));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tradehost_store_commit_seconds Store commit latency.\n# TYPE tradehost_store_commit_seconds histogram"
+        );
+        self.store_commit.render(&mut out, "tradehost_store_commit_seconds", "");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_components_and_shutdown() {
+        let health = Health::default();
+        health.register("store");
+        health.register("feed");
+        assert!(!health.is_ready());
+        health.set("store", ComponentState::Up);
+        assert_eq!(health.not_ready(), vec!["feed"]);
+        health.set("feed", ComponentState::Up);
+        assert!(health.is_ready());
+        health.begin_shutdown();
+        assert!(!health.is_ready());
+    }
+
+    #[test]
+    fn metrics_render_prometheus_text() {
+        let metrics = Metrics::default();
+        metrics.order("filled");
+        metrics.callback_histogram("s").observe(Duration::from_micros(30));
+        let text = metrics.render();
+        assert!(text.contains("tradehost_orders_total{status=\"filled\"} 1"), "{text}");
+        assert!(text.contains("tradehost_callback_seconds_bucket{strategy=\"s\",le=\"0.00005\"} 1"), "{text}");
+        assert!(text.contains("tradehost_callback_seconds_count{strategy=\"s\"} 1"), "{text}");
+    }
+}

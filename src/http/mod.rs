@@ -1,0 +1,217 @@
+//! The control plane: REST API, WebSocket activity stream, dashboard and
+//! OpenAPI document, built by [`router`] so tests call it in-process. Every
+//! request except `GET /api/v1/health` and the dashboard page needs the
+//! bearer token. Lifecycle requests go through the supervisor's control
+//! channel; reads come from snapshots and the store.
+
+mod error;
+mod routes;
+mod ws;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::CorsLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::activity::ActivityBus;
+use crate::config::{HttpConfig, Secret};
+use crate::health::{Health, Metrics};
+use crate::model::AccountView;
+use crate::store::StoreReader;
+use crate::supervisor::{Control, StrategyStatus};
+
+pub use error::{ApiError, ErrorBody};
+pub use routes::ApiDoc;
+
+/// What the handlers share.
+pub struct ApiContext {
+    /// The supervisor's control channel.
+    pub control: mpsc::UnboundedSender<Control>,
+    /// Live activity.
+    pub activity: ActivityBus,
+    /// Strategy statuses.
+    pub strategies: Arc<ArcSwap<Vec<StrategyStatus>>>,
+    /// Account snapshot.
+    pub account: Arc<ArcSwap<AccountView>>,
+    /// Persisted orders, fills and activity.
+    pub store: StoreReader,
+    /// Component readiness.
+    pub health: Arc<Health>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The bearer token.
+    pub token: Secret,
+    /// Limits and timeouts.
+    pub config: HttpConfig,
+    /// Start time (for uptime).
+    pub started: Instant,
+    /// Closes WebSocket clients at shutdown.
+    pub cancel: CancellationToken,
+}
+
+/// Shared state of the router.
+pub type ApiState = Arc<ApiContext>;
+
+/// Paths that need no token: readiness probes and the dashboard page itself.
+fn is_public(method: &Method, path: &str) -> bool {
+    (method == Method::GET && path == "/api/v1/health") || path == "/" || path == "/index.html"
+}
+
+/// Compares tokens in constant time.
+fn token_matches(expected: &Secret, given: &str) -> bool {
+    let (a, b) = (expected.expose().as_bytes(), given.as_bytes());
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    if is_public(request.method(), request.uri().path()) {
+        return Ok(next.run(request).await);
+    }
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    // Browsers cannot set headers on WebSocket upgrades: the stream also takes ?token=.
+    let query_token = (request.uri().path() == "/api/v1/ws")
+        .then(|| {
+            request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=").map(percent_decode)))
+        })
+        .flatten();
+    match bearer.or(query_token) {
+        Some(given) if token_matches(&state.token, &given) => Ok(next.run(request).await),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok()),
+        ) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Gives every error response the JSON error shape (405, 408, 413, … from
+/// the framework and layers come without one).
+async fn error_shape(response: Response) -> Response {
+    let status = response.status();
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status.as_u16() {
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "timeout",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "unprocessable",
+        s if s < 500 => "bad_request",
+        _ => "internal",
+    };
+    let message = status.canonical_reason().unwrap_or("error").to_string();
+    let mut shaped = error::error_response(status, code, message);
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            shaped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    shaped
+}
+
+/// The whole HTTP surface.
+pub fn router(state: ApiState) -> Router {
+    let config = state.config.clone();
+    let mut router = routes::routes()
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+        .layer(middleware::map_response(error_shape))
+        .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(config.request_timeout_ms),
+        ));
+    if !config.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = config.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+        );
+    }
+    router
+}
+
+/// Serves the router until `shutdown` fires.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: CancellationToken) {
+    let result = axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+    if let Err(error) = result {
+        tracing::error!("HTTP server failed: {error}");
+    }
+}
+
+/// A random 32-byte token in hex.
+pub fn generate_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes the generated token to `<data_dir>/api-token`, readable by the owner only.
+pub fn write_token_file(path: &std::path::Path, token: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::io::Write::write_all(&mut file, token.as_bytes())
+}

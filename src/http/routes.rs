@@ -1,0 +1,415 @@
+//! REST handlers and the OpenAPI document generated from their types.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse};
+use axum::routing::{get, post};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::error::{ApiError, ErrorBody};
+use super::{ApiState, ws};
+use crate::activity::ActivityEvent;
+use crate::health::ComponentState;
+use crate::model::{Fill, Order};
+use crate::supervisor::{Control, ControlError, ShutdownReason, StrategyStatus};
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// All routes (state attached by the caller).
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/index.html", get(dashboard))
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/strategies", get(strategies))
+        .route("/api/v1/strategies/{name}/start", post(start_strategy))
+        .route("/api/v1/strategies/{name}/stop", post(stop_strategy))
+        .route("/api/v1/strategies/{name}/reload", post(reload_strategy))
+        .route("/api/v1/orders", get(orders))
+        .route("/api/v1/fills", get(fills))
+        .route("/api/v1/positions", get(positions))
+        .route("/api/v1/balances", get(balances))
+        .route("/api/v1/activity", get(activity))
+        .route("/api/v1/ws", get(ws::upgrade))
+        .route("/api/v1/shutdown", post(shutdown))
+        .route("/api/v1/metrics", get(metrics))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi))
+}
+
+/// The OpenAPI 3 description of the API, generated from the handlers' types.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tradehost control API", description = "Control and observe a tradehost: strategies, orders, fills, positions, activity."),
+    paths(health, status, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, positions, balances, activity, ws::upgrade, shutdown, metrics, openapi),
+    components(schemas(ErrorBody, StrategyStatus, Order, Fill, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    /// `ready`, `starting` or `shutting_down`.
+    pub status: String,
+    /// Each component's state.
+    pub components: BTreeMap<String, ComponentState>,
+}
+
+/// `/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusResponse {
+    /// tradehost version.
+    pub version: String,
+    /// `paper` or an exchange name.
+    pub mode: String,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Strategies known.
+    pub strategies: usize,
+    /// Strategies running.
+    pub running: usize,
+    /// Open orders.
+    pub open_orders: usize,
+    /// Non-flat positions.
+    pub positions: usize,
+    /// Newest activity sequence number.
+    pub last_seq: u64,
+    /// Connected WebSocket clients.
+    pub ws_clients: u64,
+}
+
+/// Outcome of a lifecycle request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActionResponse {
+    /// Always true (failures are errors).
+    pub ok: bool,
+    /// What happened.
+    pub message: String,
+    /// New code version, for reloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// A strategy's position with its mark.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PositionView {
+    /// Strategy.
+    pub strategy: String,
+    /// Instrument.
+    pub symbol: String,
+    /// Signed size.
+    pub size: Decimal,
+    /// Average entry price.
+    pub entry_price: Decimal,
+    /// Realised PnL.
+    pub realized_pnl: Decimal,
+    /// Unrealised PnL at the mark.
+    pub unrealized_pnl: Decimal,
+    /// Mark (mid) price, if known.
+    pub mark: Option<Decimal>,
+}
+
+/// `/balances`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BalancesResponse {
+    /// Quote currency.
+    pub currency: String,
+    /// Cash balance.
+    pub balance: Decimal,
+    /// Balance plus unrealised PnL.
+    pub equity: Decimal,
+}
+
+/// `?limit=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    /// Most items (1 to 10000, default 100).
+    pub limit: Option<usize>,
+}
+
+/// `/orders` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersQuery {
+    /// Include closed orders from the store (default: open orders only).
+    pub all: Option<bool>,
+    /// Most items (1 to 10000, default 100).
+    pub limit: Option<usize>,
+}
+
+/// `/activity` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityQuery {
+    /// Events after this sequence number (default 0).
+    pub since: Option<u64>,
+    /// Most events (1 to 10000, default 100).
+    pub limit: Option<usize>,
+}
+
+fn limit(value: Option<usize>) -> Result<usize, ApiError> {
+    match value.unwrap_or(100) {
+        n @ 1..=10_000 => Ok(n),
+        n => Err(ApiError::BadRequest(format!("limit must be between 1 and 10000, got {n}"))),
+    }
+}
+
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| ApiError::BadRequest(format!("bad query: {}", e.body_text())))
+}
+
+fn strategy_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(name) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(ApiError::BadRequest(format!("invalid strategy name {name:?}")));
+    }
+    Ok(name)
+}
+
+fn writable(state: &ApiState) -> Result<(), ApiError> {
+    if state.health.is_shutting_down() {
+        return Err(ApiError::Unavailable("the host is shutting down".into()));
+    }
+    Ok(())
+}
+
+async fn ask<T>(
+    state: &ApiState,
+    make: impl FnOnce(oneshot::Sender<Result<T, ControlError>>) -> Control,
+) -> Result<T, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    state.control.send(make(reply)).map_err(|_| ApiError::Unavailable("the supervisor is not running".into()))?;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), answer)
+        .await
+        .map_err(|_| ApiError::Unavailable("the supervisor did not answer in time".into()))?;
+    Ok(answer.map_err(|_| ApiError::Unavailable("the supervisor stopped".into()))??)
+}
+
+async fn dashboard() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-store")], Html(DASHBOARD))
+}
+
+/// Readiness: 200 when every component is up, 503 while starting or shutting down.
+#[utoipa::path(get, path = "/api/v1/health", security(()), responses(
+    (status = 200, description = "ready", body = HealthResponse),
+    (status = 503, description = "starting or shutting down", body = HealthResponse)))]
+async fn health(State(state): State<ApiState>) -> impl IntoResponse {
+    let ready = state.health.is_ready();
+    let status = if state.health.is_shutting_down() {
+        "shutting_down"
+    } else if ready {
+        "ready"
+    } else {
+        "starting"
+    };
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(HealthResponse { status: status.into(), components: state.health.components() }))
+}
+
+/// Version, mode, uptime and counts.
+#[utoipa::path(get, path = "/api/v1/status", responses(
+    (status = 200, body = StatusResponse), (status = 401, body = ErrorBody)))]
+async fn status(State(state): State<ApiState>) -> Json<StatusResponse> {
+    let strategies = state.strategies.load();
+    let account = state.account.load();
+    Json(StatusResponse {
+        version: env!("CARGO_PKG_VERSION").into(),
+        mode: "paper".into(),
+        uptime_s: state.started.elapsed().as_secs(),
+        strategies: strategies.len(),
+        running: strategies.iter().filter(|s| s.state == crate::supervisor::StrategyState::Running).count(),
+        open_orders: account.open_orders.len(),
+        positions: account.positions.values().flat_map(|p| p.values()).filter(|p| !p.size.is_zero()).count(),
+        last_seq: state.activity.last_seq(),
+        ws_clients: state.metrics.ws_clients.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+/// Every strategy with its state, version, reloads, restarts and last error.
+#[utoipa::path(get, path = "/api/v1/strategies", responses(
+    (status = 200, body = Vec<StrategyStatus>), (status = 401, body = ErrorBody)))]
+async fn strategies(State(state): State<ApiState>) -> Json<Vec<StrategyStatus>> {
+    Json(state.strategies.load().as_ref().clone())
+}
+
+/// Starts a stopped, failed or quarantined strategy.
+#[utoipa::path(post, path = "/api/v1/strategies/{name}/start", params(("name" = String, Path, description = "strategy name")), responses(
+    (status = 200, body = ActionResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn start_strategy(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<ActionResponse>, ApiError> {
+    writable(&state)?;
+    let name = strategy_name(name)?;
+    ask(&state, |reply| Control::Start(name.clone(), reply)).await?;
+    Ok(Json(ActionResponse { ok: true, message: format!("strategy {name} is starting"), version: None }))
+}
+
+/// Stops a running strategy (its `on_stop` runs).
+#[utoipa::path(post, path = "/api/v1/strategies/{name}/stop", params(("name" = String, Path, description = "strategy name")), responses(
+    (status = 200, body = ActionResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn stop_strategy(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<ActionResponse>, ApiError> {
+    writable(&state)?;
+    let name = strategy_name(name)?;
+    ask(&state, |reply| Control::Stop(name.clone(), reply)).await?;
+    Ok(Json(ActionResponse { ok: true, message: format!("strategy {name} is stopping"), version: None }))
+}
+
+/// Reloads a running strategy from its file: the new version, or the compile error (422).
+#[utoipa::path(post, path = "/api/v1/strategies/{name}/reload", params(("name" = String, Path, description = "strategy name")), responses(
+    (status = 200, body = ActionResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, description = "compile error with file:line:col", body = ErrorBody),
+    (status = 503, body = ErrorBody)))]
+async fn reload_strategy(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<ActionResponse>, ApiError> {
+    writable(&state)?;
+    let name = strategy_name(name)?;
+    let version = ask(&state, |reply| Control::Reload(name.clone(), reply)).await?;
+    Ok(Json(ActionResponse { ok: true, message: format!("strategy {name} reloaded"), version: Some(version) }))
+}
+
+/// Open orders (or, with `all=true`, every stored order, newest last).
+#[utoipa::path(get, path = "/api/v1/orders", params(OrdersQuery), responses(
+    (status = 200, body = Vec<Order>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn orders(
+    State(state): State<ApiState>,
+    q: Result<Query<OrdersQuery>, QueryRejection>,
+) -> Result<Json<Vec<Order>>, ApiError> {
+    let q = query(q)?;
+    let limit = limit(q.limit)?;
+    if q.all.unwrap_or(false) {
+        let store = state.store.clone();
+        let mut all = tokio::task::spawn_blocking(move || store.orders())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        all.sort_by_key(|o| o.updated);
+        let skip = all.len().saturating_sub(limit);
+        return Ok(Json(all.into_iter().skip(skip).collect()));
+    }
+    Ok(Json(state.account.load().open_orders.iter().take(limit).cloned().collect()))
+}
+
+/// The newest fills, oldest first.
+#[utoipa::path(get, path = "/api/v1/fills", params(LimitQuery), responses(
+    (status = 200, body = Vec<Fill>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn fills(
+    State(state): State<ApiState>,
+    q: Result<Query<LimitQuery>, QueryRejection>,
+) -> Result<Json<Vec<Fill>>, ApiError> {
+    let limit = limit(query(q)?.limit)?;
+    let store = state.store.clone();
+    let fills = tokio::task::spawn_blocking(move || store.recent_fills(limit))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(fills))
+}
+
+/// Every strategy's non-flat positions with unrealised PnL at the mark.
+#[utoipa::path(get, path = "/api/v1/positions", responses(
+    (status = 200, body = Vec<PositionView>), (status = 401, body = ErrorBody)))]
+async fn positions(State(state): State<ApiState>) -> Json<Vec<PositionView>> {
+    let account = state.account.load();
+    let mut out: Vec<PositionView> = account
+        .positions
+        .iter()
+        .flat_map(|(strategy, positions)| positions.values().map(move |p| (strategy, p)))
+        .filter(|(_, p)| !p.size.is_zero())
+        .map(|(strategy, p)| {
+            let mark = account.marks.get(&p.symbol).copied();
+            PositionView {
+                strategy: strategy.clone(),
+                symbol: p.symbol.clone(),
+                size: p.size,
+                entry_price: p.entry_price,
+                realized_pnl: p.realized_pnl,
+                unrealized_pnl: mark.map_or(Decimal::ZERO, |m| p.unrealized_pnl(m)),
+                mark,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.strategy, &a.symbol).cmp(&(&b.strategy, &b.symbol)));
+    Json(out)
+}
+
+/// Cash balance and equity of the account.
+#[utoipa::path(get, path = "/api/v1/balances", responses(
+    (status = 200, body = BalancesResponse), (status = 401, body = ErrorBody)))]
+async fn balances(State(state): State<ApiState>) -> Json<BalancesResponse> {
+    let account = state.account.load();
+    Json(BalancesResponse { currency: account.currency.clone(), balance: account.balance, equity: account.equity })
+}
+
+/// The persisted activity log after `since`.
+#[utoipa::path(get, path = "/api/v1/activity", params(ActivityQuery), responses(
+    (status = 200, body = Vec<ActivityEvent>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn activity(
+    State(state): State<ApiState>,
+    q: Result<Query<ActivityQuery>, QueryRejection>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let q = query(q)?;
+    let (since, limit) = (q.since.unwrap_or(0), limit(q.limit)?);
+    let store = state.store.clone();
+    let events = tokio::task::spawn_blocking(move || store.activity_since(since, limit))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(events))
+}
+
+/// Starts the graceful shutdown.
+#[utoipa::path(post, path = "/api/v1/shutdown", responses(
+    (status = 202, body = ActionResponse), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn shutdown(State(state): State<ApiState>) -> Result<(StatusCode, Json<ActionResponse>), ApiError> {
+    writable(&state)?;
+    state
+        .control
+        .send(Control::Shutdown(ShutdownReason::Api))
+        .map_err(|_| ApiError::Unavailable("the supervisor is not running".into()))?;
+    Ok((StatusCode::ACCEPTED, Json(ActionResponse { ok: true, message: "shutdown started".into(), version: None })))
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/api/v1/metrics", responses(
+    (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"), (status = 401, body = ErrorBody)))]
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    state.metrics.events.store(state.activity.delivered(), std::sync::atomic::Ordering::Relaxed);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", responses(
+    (status = 200, description = "OpenAPI 3 document", body = Object), (status = 401, body = ErrorBody)))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
