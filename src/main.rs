@@ -11,6 +11,8 @@ use tradehost::config::Config;
 use tradehost::script::{ScriptOptions, check};
 use tradehost::supervisor;
 
+mod client;
+
 const TEMPLATE: &str = include_str!("strategy_template.rhai");
 
 #[derive(Parser)]
@@ -60,6 +62,22 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Ask a running host for its health, strategies and positions.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Gracefully shut down a running host and wait until it has exited.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        /// How long to wait for the host to exit, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
     /// Create a commented strategy template NAME.rhai in the strategies folder.
     New {
         /// Strategy name: letters, digits and underscores.
@@ -70,6 +88,23 @@ enum Command {
     },
 }
 
+/// Which host to talk to and how to authenticate.
+#[derive(clap::Args)]
+struct Target {
+    /// Control API address (default: `http.bind` of the config, 127.0.0.1:8080).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// API token (default: TRADEHOST_API_TOKEN, else <data-dir>/api-token).
+    #[arg(long, env = "TRADEHOST_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Config file, for `http.bind` and `data_dir`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data folder holding the generated api-token.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
@@ -77,6 +112,8 @@ fn main() -> ExitCode {
         Command::Check { files, config } => check_files(&files, config.as_deref()),
         Command::New { name, strategies } => new_strategy(&name, &strategies),
         Command::Doctor { config, data_dir } => doctor(config.as_deref(), data_dir),
+        Command::Status { target, json } => client::run(target, client::Action::Status { json }),
+        Command::Stop { target, wait } => client::run(target, client::Action::Stop { wait_s: wait }),
     };
     ExitCode::from(code)
 }

@@ -1,0 +1,206 @@
+//! `tradehost status` and `tradehost stop`: clients of a running host's API.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tradehost::config::Config;
+
+use crate::Target;
+
+/// What to ask.
+pub enum Action {
+    /// Health, strategies and positions.
+    Status {
+        /// JSON instead of tables.
+        json: bool,
+    },
+    /// Graceful shutdown, then wait for the exit.
+    Stop {
+        /// Longest wait for the exit.
+        wait_s: u64,
+    },
+}
+
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn get(&self, path: &str) -> Result<(u16, Value), String> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| format!("no tradehost answers at {}: {e}", self.base))?;
+        let status = response.status().as_u16();
+        let body = response.json().await.map_err(|e| format!("{path}: unreadable answer: {e}"))?;
+        Ok((status, body))
+    }
+}
+
+fn resolve(target: Target) -> Result<Api, (u8, String)> {
+    let config = Config::load(target.config.as_deref()).map_err(|e| (2, format!("bad config: {e}")))?;
+    let addr = target.http.unwrap_or(config.http.bind);
+    let data_dir = target.data_dir.unwrap_or(config.data_dir);
+    let token = match target.token.or_else(|| config.http.token.map(|t| t.expose().to_string())) {
+        Some(token) => token,
+        None => {
+            let path = data_dir.join("api-token");
+            std::fs::read_to_string(&path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| (2, format!("no API token: pass --token, set TRADEHOST_API_TOKEN, or point --data-dir at the host's data folder ({}: {e})", path.display())))?
+        }
+    };
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| (1, e.to_string()))?;
+    Ok(Api { base: format!("http://{addr}"), token, http })
+}
+
+/// Runs a client command; returns the exit code.
+pub fn run(target: Target, action: Action) -> u8 {
+    let api = match resolve(target) {
+        Ok(api) => api,
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            return code;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 1;
+        }
+    };
+    let result = runtime.block_on(async {
+        match action {
+            Action::Status { json } => status(&api, json).await,
+            Action::Stop { wait_s } => stop(&api, Duration::from_secs(wait_s)).await,
+        }
+    });
+    match result {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("error: {message}");
+            1
+        }
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.into_iter().map(line));
+    out.join("\n")
+}
+
+async fn status(api: &Api, json: bool) -> Result<(), String> {
+    let (_, health) = api.get("/api/v1/health").await?;
+    let (code, status) = api.get("/api/v1/status").await?;
+    if code == 401 {
+        return Err("the API refused the token".into());
+    }
+    let (_, strategies) = api.get("/api/v1/strategies").await?;
+    let (_, positions) = api.get("/api/v1/positions").await?;
+    if json {
+        let all =
+            serde_json::json!({ "health": health, "status": status, "strategies": strategies, "positions": positions });
+        println!("{}", serde_json::to_string_pretty(&all).expect("json"));
+        return Ok(());
+    }
+    println!(
+        "tradehost {} ({}) at {}: {}, up {} s, {} strategies ({} running), {} open orders",
+        text(&status["version"]),
+        text(&status["mode"]),
+        api.base,
+        text(&health["status"]),
+        status["uptime_s"],
+        status["strategies"],
+        status["running"],
+        status["open_orders"]
+    );
+    let rows = strategies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let error = s["last_error"].as_object().map_or("-".to_string(), |e| {
+                let location = e
+                    .get("location")
+                    .and_then(|l| l.as_object())
+                    .map_or(String::new(), |l| format!("{}:{}:{}: ", text(&l["file"]), l["line"], l["column"]));
+                format!("{location}{}", text(&e["message"]))
+            });
+            vec![
+                text(&s["name"]),
+                text(&s["state"]),
+                text(&s["version"]),
+                text(&s["reloads"]),
+                text(&s["restarts"]),
+                error,
+            ]
+        })
+        .collect();
+    println!("\n{}", table(&["STRATEGY", "STATE", "VERSION", "RELOADS", "RESTARTS", "LAST ERROR"], rows));
+    let rows: Vec<Vec<String>> = positions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            ["strategy", "symbol", "size", "entry_price", "unrealized_pnl", "realized_pnl"]
+                .iter()
+                .map(|k| text(&p[*k]))
+                .collect()
+        })
+        .collect();
+    if !rows.is_empty() {
+        println!("\n{}", table(&["STRATEGY", "SYMBOL", "SIZE", "ENTRY", "UNREALIZED", "REALIZED"], rows));
+    }
+    Ok(())
+}
+
+async fn stop(api: &Api, wait: Duration) -> Result<(), String> {
+    let response = api
+        .http
+        .post(format!("{}/api/v1/shutdown", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .map_err(|e| format!("no tradehost answers at {}: {e}", api.base))?;
+    match response.status().as_u16() {
+        202 => {}
+        401 => return Err("the API refused the token".into()),
+        503 => println!("the host is already shutting down"),
+        other => return Err(format!("shutdown request answered {other}")),
+    }
+    println!("shutdown requested; waiting for the host to exit");
+    let started = Instant::now();
+    while started.elapsed() < wait {
+        // The host closes its API as the last step of its shutdown, just before it exits.
+        if api.http.get(format!("{}/api/v1/health", api.base)).send().await.is_err() {
+            println!("the host shut down and exited after {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("the host was still running after {} s", wait.as_secs()))
+}
