@@ -164,7 +164,6 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
-        .layer(middleware::map_response(error_shape))
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -179,7 +178,8 @@ pub fn router(state: ApiState) -> Router {
                 .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
         );
     }
-    router
+    // Outermost, so errors from every layer above get the JSON shape too.
+    router.layer(middleware::map_response(error_shape))
 }
 
 /// Serves the router until `shutdown` fires.

@@ -1,0 +1,298 @@
+//! The control API over real HTTP: every endpoint's success and error cases,
+//! bearer auth, the error shape, readiness across startup and shutdown, and
+//! every response validated against the served OpenAPI document.
+
+mod common;
+
+use common::TestHost;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tradehost::supervisor::StrategyState;
+
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    openapi: Value,
+}
+
+impl Api {
+    async fn new(t: &TestHost) -> Api {
+        let base = format!("http://{}", t.host.http_addr());
+        let token = t.host.api_token().expose().to_string();
+        let http = reqwest::Client::new();
+        let openapi: Value = http
+            .get(format!("{base}/api/v1/openapi.json"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Api { base, token, http, openapi }
+    }
+
+    async fn call(&self, method: Method, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    /// Calls with the right token and checks the answer against the OpenAPI document.
+    async fn checked(&self, method: Method, path: &str, template: &str, expected: StatusCode) -> Value {
+        let (status, body) = self.call(method.clone(), path, Some(&self.token)).await;
+        assert_eq!(status, expected, "{method} {path}: {body}");
+        self.validate(&method, template, status, &body);
+        body
+    }
+
+    fn validate(&self, method: &Method, template: &str, status: StatusCode, body: &Value) {
+        let operation = &self.openapi["paths"][template][method.as_str().to_lowercase()];
+        assert!(operation.is_object(), "{method} {template} is not in the OpenAPI document");
+        let response = &operation["responses"][status.as_str()];
+        assert!(response.is_object(), "{method} {template}: status {status} is not documented");
+        let Some(schema) = response["content"]["application/json"]["schema"].as_object() else {
+            return;
+        };
+        let mut root = serde_json::json!({ "components": self.openapi["components"].clone() });
+        root.as_object_mut().unwrap().extend(schema.clone());
+        let validator = jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("schema for {template}: {e}"));
+        if let Err(error) = validator.validate(body) {
+            panic!("{method} {template} {status}: the response does not match the OpenAPI schema: {error}\n{body}");
+        }
+    }
+
+    fn assert_error_shape(body: &Value, code: &str) {
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    }
+}
+
+const TRADER: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_tick(t) {
+    if this.done != true { this.done = true; exchange::market_order("BTCUSD", "buy", 0.01); exchange::limit_order("BTCUSD", "buy", 0.01, t.bid * 0.5); }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_endpoint_answers_documented_json_and_needs_the_token() {
+    let t = TestHost::start(&[("trader", TRADER)], |_| {}).await;
+    t.wait_for(0, "a fill", |e| e.kind == tradehost::activity::ActivityKind::Fill).await;
+    t.wait_for(0, "the resting order", |e| {
+        e.kind == tradehost::activity::ActivityKind::Order && e.data["status"] == "open"
+    })
+    .await;
+    let api = Api::new(&t).await;
+    assert_eq!(api.openapi["openapi"].as_str().map(|v| v.starts_with('3')), Some(true));
+
+    let health = api.checked(Method::GET, "/api/v1/health", "/api/v1/health", StatusCode::OK).await;
+    assert_eq!(health["status"], "ready");
+    let status = api.checked(Method::GET, "/api/v1/status", "/api/v1/status", StatusCode::OK).await;
+    assert_eq!((status["strategies"].as_u64(), status["running"].as_u64()), (Some(1), Some(1)));
+    let strategies = api.checked(Method::GET, "/api/v1/strategies", "/api/v1/strategies", StatusCode::OK).await;
+    assert_eq!(strategies[0]["name"], "trader");
+    let orders = api.checked(Method::GET, "/api/v1/orders", "/api/v1/orders", StatusCode::OK).await;
+    assert_eq!(orders.as_array().unwrap().len(), 1, "one resting order");
+    let all = api.checked(Method::GET, "/api/v1/orders?all=true&limit=50", "/api/v1/orders", StatusCode::OK).await;
+    assert!(all.as_array().unwrap().len() >= 2);
+    let fills = api.checked(Method::GET, "/api/v1/fills?limit=10", "/api/v1/fills", StatusCode::OK).await;
+    assert_eq!(fills[0]["size"], "0.01");
+    let positions = api.checked(Method::GET, "/api/v1/positions", "/api/v1/positions", StatusCode::OK).await;
+    assert_eq!((positions[0]["strategy"].as_str(), positions[0]["size"].as_str()), (Some("trader"), Some("0.01")));
+    let balances = api.checked(Method::GET, "/api/v1/balances", "/api/v1/balances", StatusCode::OK).await;
+    assert_eq!(balances["currency"], "USD");
+    let activity =
+        api.checked(Method::GET, "/api/v1/activity?since=0&limit=5", "/api/v1/activity", StatusCode::OK).await;
+    assert_eq!(activity[0]["v"], 1);
+    let (code, metrics) = api.call(Method::GET, "/metrics", Some(&api.token)).await;
+    assert_eq!(code, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("tradehost_fills_total 1")
+            && metrics.contains("tradehost_callback_seconds_count{strategy=\"trader\"}"),
+        "{metrics}"
+    );
+    api.checked(Method::POST, "/api/v1/strategies/trader/stop", "/api/v1/strategies/{name}/stop", StatusCode::OK).await;
+    t.wait_status("trader", |s| s.state == StrategyState::Stopped).await;
+    let conflict = api
+        .checked(Method::POST, "/api/v1/strategies/trader/stop", "/api/v1/strategies/{name}/stop", StatusCode::CONFLICT)
+        .await;
+    Api::assert_error_shape(&conflict, "conflict");
+    api.checked(Method::POST, "/api/v1/strategies/trader/start", "/api/v1/strategies/{name}/start", StatusCode::OK)
+        .await;
+    t.wait_status("trader", |s| s.state == StrategyState::Running).await;
+    let reloaded = api
+        .checked(Method::POST, "/api/v1/strategies/trader/reload", "/api/v1/strategies/{name}/reload", StatusCode::OK)
+        .await;
+    assert_eq!(reloaded["version"], 2);
+    let missing = api
+        .checked(
+            Method::POST,
+            "/api/v1/strategies/nope/reload",
+            "/api/v1/strategies/{name}/reload",
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+    Api::assert_error_shape(&missing, "not_found");
+
+    // 401 without a token and with a wrong one, on every protected endpoint.
+    for (method, path) in [
+        (Method::GET, "/api/v1/status"),
+        (Method::GET, "/api/v1/strategies"),
+        (Method::POST, "/api/v1/strategies/trader/start"),
+        (Method::POST, "/api/v1/strategies/trader/stop"),
+        (Method::POST, "/api/v1/strategies/trader/reload"),
+        (Method::GET, "/api/v1/orders"),
+        (Method::GET, "/api/v1/fills"),
+        (Method::GET, "/api/v1/positions"),
+        (Method::GET, "/api/v1/balances"),
+        (Method::GET, "/api/v1/activity"),
+        (Method::GET, "/api/v1/ws"),
+        (Method::POST, "/api/v1/shutdown"),
+        (Method::GET, "/api/v1/metrics"),
+        (Method::GET, "/api/v1/openapi.json"),
+    ] {
+        for token in [None, Some("wrong-token-of-some-length")] {
+            let (code, body) = api.call(method.clone(), path, token).await;
+            assert_eq!(code, StatusCode::UNAUTHORIZED, "{method} {path} with {token:?}");
+            Api::assert_error_shape(&body, "unauthorized");
+        }
+    }
+    // Malformed input and unknown routes: 4xx with the error shape, never 500.
+    for (method, path, code, error) in [
+        (Method::GET, "/api/v1/fills?limit=abc", StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::GET, "/api/v1/fills?limit=0", StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::GET, "/api/v1/activity?since=-4", StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::GET, "/api/v1/orders?colour=red", StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::GET, "/api/v1/ws?types=fills,nonsense", StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::POST, "/api/v1/strategies/bad%20name/start", StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::GET, "/api/v1/nothing-here", StatusCode::NOT_FOUND, "not_found"),
+        (Method::DELETE, "/api/v1/status", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (Method::GET, "/api/v1/shutdown", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+    ] {
+        let (status, body) = api.call(method.clone(), path, Some(&api.token)).await;
+        assert_eq!(status, code, "{method} {path}: {body}");
+        Api::assert_error_shape(&body, error);
+    }
+    let oversized = api
+        .http
+        .post(format!("{}/api/v1/shutdown", api.base))
+        .bearer_auth(&api.token)
+        .body(vec![b'x'; 200 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    Api::assert_error_shape(&oversized.json().await.unwrap(), "payload_too_large");
+    let page = api.http.get(format!("{}/", api.base)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK, "the dashboard page needs no token");
+    assert!(page.text().await.unwrap().contains("tradehost"));
+
+    let accepted = api.checked(Method::POST, "/api/v1/shutdown", "/api/v1/shutdown", StatusCode::ACCEPTED).await;
+    assert_eq!(accepted["ok"], true);
+    assert_eq!(tokio::time::timeout(std::time::Duration::from_secs(20), t.host.wait()).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_with_a_compile_error_answers_422_with_file_line_col() {
+    let t = TestHost::start(&[("s", "fn on_tick(t) { }")], |_| {}).await;
+    t.wait_status("s", |s| s.state == StrategyState::Running).await;
+    let api = Api::new(&t).await;
+    std::fs::write(t.file("s"), "fn on_tick(t) {\n  let = 1;\n}").unwrap();
+    let body = api
+        .checked(
+            Method::POST,
+            "/api/v1/strategies/s/reload",
+            "/api/v1/strategies/{name}/reload",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    Api::assert_error_shape(&body, "reload_rejected");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("{}:2:", t.file("s").display())), "{message}");
+    assert_eq!(t.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_is_503_while_starting_200_when_ready_and_503_during_shutdown() {
+    let slow = r#"
+fn on_start() { let t = now(); while now() - t < 700 { } }
+fn on_stop() { let t = now(); while now() - t < 1500 { } }
+"#;
+    let t = TestHost::start(&[("slow", slow)], |c| {
+        c.sandbox.max_operations = 1_000_000_000;
+        c.sandbox.callback_budget_ms = 5_000;
+    })
+    .await;
+    let api = Api::new(&t).await;
+    let (code, body) = api.call(Method::GET, "/api/v1/health", None).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "starting");
+    api.validate(&Method::GET, "/api/v1/health", code, &body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, body) = api.call(Method::GET, "/api/v1/health", None).await;
+        if code == StatusCode::OK {
+            assert_eq!(body["status"], "ready");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    t.host.shutdown(tradehost::supervisor::ShutdownReason::Api);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (code, body) = api.call(Method::GET, "/api/v1/health", None).await;
+    assert_eq!((code, body["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("shutting_down")));
+    let (code, body) = api.call(Method::POST, "/api/v1/strategies/slow/start", Some(&api.token)).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "write endpoints refuse during shutdown");
+    Api::assert_error_shape(&body, "unavailable");
+    assert_eq!(tokio::time::timeout(std::time::Duration::from_secs(20), t.host.wait()).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_fails_naming_the_component_that_is_not_ready_in_time() {
+    let stuck = "fn on_start() { let t = now(); while now() - t < 3000 { } }";
+    let t = TestHost::start(&[("stuck", stuck)], |c| {
+        c.sandbox.max_operations = 1_000_000_000;
+        c.sandbox.callback_budget_ms = 10_000;
+        c.http.ready_timeout_ms = 500;
+    })
+    .await;
+    let failed = t.wait_for(0, "the shutdown", |e| e.data["event"] == "shutdown_started").await;
+    let reason = failed.data["reason"].as_str().unwrap();
+    assert!(reason.contains("not ready after 500 ms") && reason.contains("strategies"), "{reason}");
+    assert_eq!(tokio::time::timeout(std::time::Duration::from_secs(20), t.host.wait()).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_loopback_bind_without_a_token_is_refused() {
+    let mut config = tradehost::config::Config::embedded();
+    config.http.bind = "0.0.0.0:0".parse().unwrap();
+    let problems = config.problems();
+    assert!(
+        problems.iter().any(|p| p.key == "http.bind" && p.message.contains("not a loopback address")),
+        "{problems:?}"
+    );
+    config.http.token = Some(tradehost::config::Secret::new("a-long-enough-token-1234"));
+    assert!(config.problems().is_empty());
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_generated_token_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestHost::start(&[], |c| c.http.token = None).await;
+    let path = t.data.path().join("api-token");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), t.host.api_token().expose());
+    assert_eq!(t.stop().await, 0);
+}
