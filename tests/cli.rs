@@ -218,6 +218,43 @@ mod signals {
     }
 
     #[test]
+    fn tradehost_status_and_stop_talk_to_a_running_host() {
+        let strategy =
+            "fn config() { #{ symbols: [\"BTCUSD\"], timeframe: \"1s\" } }\nfn on_candle(c) { print(\"candle\"); }";
+        let mut host = Host::start(strategy, "callback_budget_ms = 1000");
+        host.wait_line("control API and dashboard at http://");
+        let addr = host
+            .seen
+            .iter()
+            .find_map(|l| l.split("at http://").nth(1))
+            .map(|rest| rest.trim_end_matches('/').split('/').next().unwrap().to_string())
+            .unwrap();
+        host.wait_line("candle");
+        let data_dir = host._dir.path().join("data");
+        let status =
+            tradehost().args(["status", "--json", "--http", &addr, "--data-dir"]).arg(&data_dir).output().unwrap();
+        assert_eq!(status.status.code(), Some(0), "{}", String::from_utf8_lossy(&status.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(json["strategies"][0]["name"], "slow");
+        assert_eq!(json["health"]["status"], "ready");
+        let table = tradehost().args(["status", "--http", &addr, "--data-dir"]).arg(&data_dir).output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&table.stdout).contains("slow      running"),
+            "{}",
+            String::from_utf8_lossy(&table.stdout)
+        );
+        let wrong = tradehost().args(["status", "--http", &addr, "--token", "not-the-right-token"]).output().unwrap();
+        assert_eq!(wrong.status.code(), Some(1));
+
+        let stop = tradehost().args(["stop", "--http", &addr, "--data-dir"]).arg(&data_dir).output().unwrap();
+        assert_eq!(stop.status.code(), Some(0), "{}", String::from_utf8_lossy(&stop.stderr));
+        assert!(String::from_utf8_lossy(&stop.stdout).contains("shut down and exited"));
+        let (code, _) = host.wait_exit(Duration::from_secs(10));
+        assert_eq!(code, 0);
+        assert!(host.seen.iter().any(|l| l.contains("shutdown complete")));
+    }
+
+    #[test]
     fn sigterm_shuts_down_cleanly() {
         let strategy =
             "fn config() { #{ symbols: [\"BTCUSD\"], timeframe: \"1s\" } }\nfn on_candle(c) { print(\"candle\"); }";
