@@ -1,0 +1,201 @@
+//! The dashboard in a real browser: headless Chromium driven over the W3C
+//! WebDriver protocol (chromedriver) loads the page, enters the token, sees a
+//! running strategy and a fill arrive live, clicks Reload and sees the reload
+//! in the activity feed. A screenshot is saved as target/dashboard-e2e.png.
+//!
+//! Needs Debian's `chromium` and `chromium-driver`; `.ci/run` installs them
+//! and runs this test with `--ignored`.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestHost;
+use serde_json::{Value, json};
+
+const TRADER: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_start() { this.n = 0; }
+fn on_tick(t) {
+    this.n += 1;
+    if this.n % 40 == 0 { exchange::market_order("BTCUSD", if this.n % 80 == 0 { "sell" } else { "buy" }, 0.01); }
+}
+"#;
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,1100",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([format!("--user-data-dir={}", profile.path().display())])
+        .collect::<Vec<_>>();
+        let capabilities = json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome",
+            "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args } } } });
+        let created: Value =
+            http.post(format!("{base}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
+        let session =
+            created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_string();
+        Driver { child, base, session, http, _profile: profile }
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut request = self.http.request(method, url);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let response: Value = request.send().await.unwrap().json().await.unwrap();
+        if response["value"]["error"].is_string() {
+            panic!("webdriver {path}: {}", response["value"]);
+        }
+        response["value"].clone()
+    }
+
+    async fn script(&self, script: &str) -> Value {
+        self.command(reqwest::Method::POST, "/execute/sync", json!({ "script": script, "args": [] })).await
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let found =
+            self.command(reqwest::Method::POST, "/element", json!({ "using": "css selector", "value": css })).await;
+        found.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()).unwrap().to_string()
+    }
+
+    async fn wait_true(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.script(script).await == Value::Bool(true) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let body = self.script("return document.body.innerText").await;
+                panic!("timed out waiting for {what}; page:\n{body}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Debian's chromium and chromium-driver; .ci/run installs them and runs this with --ignored"]
+async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
+    let t = TestHost::start(&[("trader", TRADER)], |_| {}).await;
+    let driver = Driver::start().await;
+    let url = format!("http://{}/", t.host.http_addr());
+    driver.command(reqwest::Method::POST, "/url", json!({ "url": url })).await;
+    let input = driver.element("#token-input").await;
+    driver
+        .command(
+            reqwest::Method::POST,
+            &format!("/element/{input}/value"),
+            json!({ "text": t.host.api_token().expose() }),
+        )
+        .await;
+    let save = driver.element("#token-save").await;
+    driver.command(reqwest::Method::POST, &format!("/element/{save}/click"), json!({})).await;
+
+    driver
+        .wait_true("the running strategy", r#"const s = document.querySelector('tr[data-name="trader"] .state'); return !!s && s.textContent === 'running';"#)
+        .await;
+    driver
+        .wait_true("the live stream", "return document.querySelector('#stream').textContent === 'stream: live';")
+        .await;
+    driver
+        .wait_true("a fill in the live feed", "return document.querySelectorAll('#feed li.event-fill').length > 0;")
+        .await;
+    driver.wait_true("the fills table", "return document.querySelectorAll('#fills tbody tr').length > 0;").await;
+
+    let reload = driver.element(r#"button[data-act="reload"][data-name="trader"]"#).await;
+    driver.command(reqwest::Method::POST, &format!("/element/{reload}/click"), json!({})).await;
+    driver
+        .wait_true(
+            "the reload in the feed",
+            "return [...document.querySelectorAll('#feed li.event-strategy')].some(li => li.textContent.includes('reloaded v2'));",
+        )
+        .await;
+    driver
+        .wait_true(
+            "version 2 in the table",
+            r#"return document.querySelector('tr[data-name="trader"] .version').textContent === '2';"#,
+        )
+        .await;
+
+    let png = driver.command(reqwest::Method::GET, "/screenshot", Value::Null).await;
+    use base64_decode::decode;
+    let bytes = decode(png.as_str().unwrap());
+    let artifact = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-e2e.png");
+    std::fs::write(&artifact, &bytes).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG"), "a PNG screenshot");
+    eprintln!("screenshot: {}", artifact.display());
+    // Usable on a phone-sized screen: nothing wider than the viewport.
+    driver.command(reqwest::Method::POST, "/window/rect", json!({ "width": 390, "height": 844 })).await;
+    driver
+        .wait_true("a phone-width layout", "return document.documentElement.scrollWidth <= window.innerWidth + 1;")
+        .await;
+    let phone = driver.command(reqwest::Method::GET, "/screenshot", Value::Null).await;
+    std::fs::write(artifact.with_file_name("dashboard-e2e-phone.png"), decode(phone.as_str().unwrap())).unwrap();
+    let _ = driver.command(reqwest::Method::DELETE, "", Value::Null).await;
+    assert_eq!(t.stop().await, 0);
+}
+
+/// Standard base64 decoding for the screenshot (no extra dependency).
+mod base64_decode {
+    pub fn decode(text: &str) -> Vec<u8> {
+        let value = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        let clean: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=').collect();
+        let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+        for chunk in clean.chunks(4) {
+            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, c)| acc | (u32::from(value(*c)) << (18 - 6 * i)));
+            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
+        }
+        out
+    }
+}
