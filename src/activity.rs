@@ -57,6 +57,23 @@ pub struct ActivityEvent {
     pub data: serde_json::Value,
 }
 
+/// An event as broadcast to live subscribers: the event and its JSON
+/// envelope, serialized once and shared by every subscriber.
+#[derive(Debug)]
+pub struct LiveEvent {
+    /// The event.
+    pub event: ActivityEvent,
+    /// `event` as JSON text.
+    pub json: bytes::Bytes,
+}
+
+impl std::ops::Deref for LiveEvent {
+    type Target = ActivityEvent;
+    fn deref(&self) -> &ActivityEvent {
+        &self.event
+    }
+}
+
 struct Sequencer {
     next_seq: u64,
     store: Option<StoreWriter>,
@@ -69,7 +86,7 @@ pub struct ActivityBus {
     sequencer: Arc<Mutex<Sequencer>>,
     tail: Arc<Mutex<VecDeque<ActivityEvent>>>,
     capacity: usize,
-    sender: broadcast::Sender<ActivityEvent>,
+    sender: broadcast::Sender<Arc<LiveEvent>>,
 }
 
 impl ActivityBus {
@@ -131,11 +148,12 @@ impl ActivityBus {
             tail.pop_front();
         }
         tail.push_back(event.clone());
-        let _ = self.sender.send(event);
+        let json = bytes::Bytes::from(serde_json::to_vec(&event).expect("activity serializes"));
+        let _ = self.sender.send(Arc::new(LiveEvent { event, json }));
     }
 
     /// Live events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<ActivityEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.sender.subscribe()
     }
 

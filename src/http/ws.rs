@@ -30,6 +30,8 @@ const CLOSE_RESYNC: u16 = 4000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a protocol-level timeout.
 const CLOSE_IDLE: u16 = 4001;
+/// Most live events written per flush.
+const BATCH: usize = 512;
 /// Events per replay page read from the store.
 const REPLAY_PAGE: usize = 1_000;
 
@@ -112,9 +114,11 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
     // Subscribe first: anything committed from now on arrives live.
     let mut live = state.activity.subscribe();
     let mut last = since.unwrap_or_else(|| state.activity.last_seq());
-    macro_rules! send {
-        ($message:expr) => {
-            match tokio::time::timeout(send_timeout, sink.send($message)).await {
+    // Every write is bounded by the send timeout: a client that does not
+    // take its messages is closed, never waited on.
+    macro_rules! bounded {
+        ($write:expr) => {
+            match tokio::time::timeout(send_timeout, $write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {
@@ -125,6 +129,21 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
                     return;
                 }
             }
+        };
+    }
+    macro_rules! send {
+        ($message:expr) => {
+            bounded!(sink.send($message))
+        };
+    }
+    macro_rules! feed {
+        ($message:expr) => {
+            bounded!(sink.feed($message))
+        };
+    }
+    macro_rules! flush {
+        () => {
+            bounded!(sink.flush())
         };
     }
     if since.is_some() {
@@ -144,9 +163,10 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
             for event in page {
                 last = event["seq"].as_u64().unwrap_or(last);
                 if wanted(&types, event["type"].as_str().unwrap_or_default()) {
-                    send!(Message::Text(Utf8Bytes::from(event.to_string())));
+                    feed!(Message::Text(Utf8Bytes::from(event.to_string())));
                 }
             }
+            flush!();
         }
     }
     let mut ping = tokio::time::interval(Duration::from_millis(state.config.ws_ping_interval_ms));
@@ -154,24 +174,44 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
     let mut heard = Instant::now();
     loop {
         tokio::select! {
-            event = live.recv() => match event {
-                Ok(event) => {
-                    if event.seq <= last {
-                        continue; // already sent by the replay
-                    }
-                    last = event.seq;
-                    if types.as_ref().is_none_or(|set| set.contains(&event.kind)) {
-                        let text = serde_json::to_string(&event).expect("activity serializes");
-                        send!(Message::Text(Utf8Bytes::from(text)));
+            event = live.recv() => {
+                // Take everything already waiting and write it with one flush:
+                // one syscall for many messages when the stream is busy.
+                let mut batch = vec![event];
+                while batch.len() < BATCH {
+                    match live.try_recv() {
+                        Ok(event) => batch.push(Ok(event)),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(missed)) => batch.push(Err(RecvError::Lagged(missed))),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Closed) => batch.push(Err(RecvError::Closed)),
                     }
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::info!(missed, "dropping a WebSocket client that fell behind the live stream");
-                    send!(close(CLOSE_RESYNC, format!("fell behind by {missed} events: reconnect with ?since={last}")));
-                    return;
+                let mut queued = false;
+                for event in batch {
+                    match event {
+                        Ok(event) => {
+                            if event.seq <= last {
+                                continue; // already sent by the replay
+                            }
+                            last = event.seq;
+                            if types.as_ref().is_none_or(|set| set.contains(&event.kind)) {
+                                let text = Utf8Bytes::try_from(event.json.clone()).expect("JSON is UTF-8");
+                                feed!(Message::Text(text));
+                                queued = true;
+                            }
+                        }
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::info!(missed, "dropping a WebSocket client that fell behind the live stream");
+                            send!(close(CLOSE_RESYNC, format!("fell behind by {missed} events: reconnect with ?since={last}")));
+                            return;
+                        }
+                        Err(RecvError::Closed) => return,
+                    }
                 }
-                Err(RecvError::Closed) => return,
-            },
+                if queued {
+                    flush!();
+                }
+            }
             message = stream.next() => match message {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => heard = Instant::now(),

@@ -76,7 +76,7 @@ impl TestHost {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Ok(event)) if event.seq > since && predicate(&event) => return event,
+                Ok(Ok(event)) if event.seq > since && predicate(&event) => return event.event.clone(),
                 Ok(Ok(_)) => {}
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                     if let Some(found) =
