@@ -296,3 +296,34 @@ async fn the_generated_token_file_is_private() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), t.host.api_token().expose());
     assert_eq!(t.stop().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_is_off_by_default_and_allows_only_configured_origins() {
+    let preflight = |t: &TestHost, origin: &'static str| {
+        let url = format!("http://{}/api/v1/status", t.host.http_addr());
+        async move {
+            reqwest::Client::new()
+                .request(Method::OPTIONS, url)
+                .header("Origin", origin)
+                .header("Access-Control-Request-Method", "GET")
+                .header("Access-Control-Request-Headers", "authorization")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let closed = TestHost::start(&[], |_| {}).await;
+    let response = preflight(&closed, "https://desk.example").await;
+    assert!(response.headers().get("access-control-allow-origin").is_none(), "CORS is off by default");
+    assert_eq!(closed.stop().await, 0);
+
+    let open = TestHost::start(&[], |c| c.http.cors_origins = vec!["https://desk.example".into()]).await;
+    let allowed = preflight(&open, "https://desk.example").await;
+    assert_eq!(
+        allowed.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()),
+        Some("https://desk.example")
+    );
+    let other = preflight(&open, "https://evil.example").await;
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(open.stop().await, 0);
+}
