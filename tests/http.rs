@@ -21,15 +21,7 @@ impl Api {
         let base = format!("http://{}", t.host.http_addr());
         let token = t.host.api_token().expose().to_string();
         let http = reqwest::Client::new();
-        let openapi: Value = http
-            .get(format!("{base}/api/v1/openapi.json"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let openapi = t.api_get("/api/v1/openapi.json").await;
         Api { base, token, http, openapi }
     }
 

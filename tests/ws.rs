@@ -45,17 +45,7 @@ fn is_marker(event: &Value, marker: &str) -> bool {
 }
 
 async fn ws_clients(t: &TestHost) -> u64 {
-    let url = format!("http://{}/api/v1/status", t.host.http_addr());
-    let status: Value = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(t.host.api_token().expose())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    status["ws_clients"].as_u64().unwrap()
+    t.api_get("/api/v1/status").await["ws_clients"].as_u64().unwrap()
 }
 
 async fn wait_clients(t: &TestHost, expected: u64) {

@@ -114,6 +114,14 @@ impl TestHost {
         }
     }
 
+    /// GETs an API path with the host's token and decodes the JSON answer.
+    pub async fn api_get(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://{}{path}", self.host.http_addr());
+        let response =
+            reqwest::Client::new().get(url).bearer_auth(self.host.api_token().expose()).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
     /// The last sequence number so far.
     pub fn seq(&self) -> u64 {
         self.host.activity().last_seq()
