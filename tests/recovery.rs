@@ -95,3 +95,54 @@ async fn an_order_of_unknown_outcome_is_resolved_by_asking_the_exchange_not_rese
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     drop(dir);
 }
+
+fn write_csv(path: &std::path::Path, first_minute: u32, bars: u32) {
+    let mut text = String::from("time,open,high,low,close,volume\n");
+    for m in first_minute..first_minute + bars {
+        let close = 100.0 + m as f64;
+        text.push_str(&format!(
+            "2024-01-01 {:02}:{:02}:00,{close},{},{},{close},1\n",
+            m / 60,
+            m % 60,
+            close + 1.0,
+            close - 1.0
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_candles_are_stored_and_warm_up_a_later_run() {
+    let counter = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1m" } }
+fn on_start() { print(`history ${market::candles("BTCUSD", 1000).len()}`); }
+fn on_candle(c) { print(`close ${c.close}`); }
+"#;
+    let csv_dir = tempfile::tempdir().unwrap();
+    let first = csv_dir.path().join("first.csv");
+    let second = csv_dir.path().join("second.csv");
+    write_csv(&first, 0, 8);
+    write_csv(&second, 8, 3);
+    let replay = |path: std::path::PathBuf| {
+        move |c: &mut tradehost::config::Config| {
+            c.feed.kind = tradehost::config::FeedKind::Replay;
+            c.feed.replay.path = path;
+            c.feed.replay.symbol = "BTCUSD".into();
+            c.feed.replay.speed = 6_000.0;
+        }
+    };
+    let t = TestHost::start(&[("counter", counter)], replay(first)).await;
+    t.wait_log(0, "counter", "history 0").await;
+    t.wait_for(0, "the end of the replay", |e| e.data["event"] == "feed_finished").await;
+    t.wait_log(0, "counter", "close 107.0").await;
+    let (dir, data) = t.stop_keep().await;
+    {
+        let store = Store::open(data.path()).unwrap();
+        let candles = store.candles("BTCUSD", "1m", 100).unwrap();
+        assert_eq!(candles.len(), 8);
+        assert_eq!((candles[0].close, candles[7].close), (100.0, 107.0));
+    }
+    let t = TestHost::start_in(dir, data, replay(second)).await;
+    t.wait_log(0, "counter", "history 8").await;
+    assert_eq!(t.stop().await, 0);
+}

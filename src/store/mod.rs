@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Fill, Order, Position};
+use crate::model::{Candle, Fill, Order, Position};
 
 pub use check::{CheckReport, check};
 pub use writer::{CommitObserver, Retention, StoreWriter, WriteOp};
@@ -34,6 +34,8 @@ pub(crate) const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 pub(crate) const ACCOUNT: TableDefinition<&str, &[u8]> = TableDefinition::new("account");
 pub(crate) const STRATEGY_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("strategy_state");
 pub(crate) const ACTIVITY: TableDefinition<u64, &[u8]> = TableDefinition::new("activity");
+/// Closed candles by `SYMBOL|timeframe|time` (time zero-padded so keys sort by time).
+pub(crate) const CANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("candles");
 
 /// Meta keys.
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
@@ -156,6 +158,11 @@ impl std::ops::Deref for Store {
     fn deref(&self) -> &StoreReader {
         &self.reader
     }
+}
+
+/// Key of a stored candle.
+pub fn candle_key(symbol: &str, timeframe: &str, time: i64) -> String {
+    format!("{symbol}|{timeframe}|{time:020}")
 }
 
 /// Key of a strategy's position.
@@ -283,6 +290,7 @@ impl Store {
             write.open_table(ACCOUNT).map_err(|e| err(e.to_string()))?;
             write.open_table(STRATEGY_STATE).map_err(|e| err(e.to_string()))?;
             write.open_table(ACTIVITY).map_err(|e| err(e.to_string()))?;
+            write.open_table(CANDLES).map_err(|e| err(e.to_string()))?;
             let mut positions = write.open_table(POSITIONS).map_err(|e| err(e.to_string()))?;
             if found == 1 {
                 tracing::info!(path = %self.path.display(), "migrating the store from schema 1 to 2: building positions from fills");
@@ -370,6 +378,21 @@ impl StoreReader {
         for entry in table.iter().map_err(|e| err(e.to_string()))?.rev().take(limit) {
             let (key, value) = entry.map_err(|e| err(e.to_string()))?;
             out.push(decode(value.value(), || format!("fill {}", key.value()))?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The newest `limit` stored candles of a symbol and timeframe, oldest first.
+    pub fn candles(&self, symbol: &str, timeframe: &str, limit: usize) -> Result<Vec<Candle>, StoreError> {
+        let err = io(&self.path);
+        let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = read.open_table(CANDLES).map_err(|e| err(e.to_string()))?;
+        let (from, to) = (candle_key(symbol, timeframe, 0), candle_key(symbol, timeframe, i64::MAX));
+        let mut out = Vec::new();
+        for entry in table.range(from.as_str()..=to.as_str()).map_err(|e| err(e.to_string()))?.rev().take(limit) {
+            let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+            out.push(decode(value.value(), || format!("candle {}", key.value()))?);
         }
         out.reverse();
         Ok(out)

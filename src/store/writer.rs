@@ -10,7 +10,10 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 
-use super::{ACCOUNT, ACTIVITY, FILLS, ORDERS, POSITIONS, STRATEGY_STATE, StoreError, StoredOrder, position_key};
+use super::{
+    ACCOUNT, ACTIVITY, CANDLES, FILLS, ORDERS, POSITIONS, STRATEGY_STATE, StoreError, StoredOrder, candle_key,
+    position_key,
+};
 use crate::model::{Fill, Order, Position};
 
 /// Most submissions folded into one commit.
@@ -40,6 +43,13 @@ pub enum WriteOp {
         strategy: String,
         /// The state.
         state: serde_json::Value,
+    },
+    /// A closed candle (cache for warm-up and backtests).
+    Candle {
+        /// Its timeframe, as written in scripts (`1m`).
+        timeframe: String,
+        /// The candle.
+        candle: crate::model::Candle,
     },
     /// An activity event envelope under its sequence number.
     Activity {
@@ -179,6 +189,7 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
         let mut account = txn.open_table(ACCOUNT).map_err(|x| e(&x))?;
         let mut states = txn.open_table(STRATEGY_STATE).map_err(|x| e(&x))?;
         let mut activity = txn.open_table(ACTIVITY).map_err(|x| e(&x))?;
+        let mut candles = txn.open_table(CANDLES).map_err(|x| e(&x))?;
         let mut wrote_activity = false;
         for op in group.iter().flat_map(|s| &s.ops) {
             match op {
@@ -198,6 +209,10 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
                 }
                 WriteOp::StrategyState { strategy, state } => {
                     states.insert(strategy.as_str(), to_bytes(state).as_slice()).map_err(|x| e(&x))?;
+                }
+                WriteOp::Candle { timeframe, candle } => {
+                    let key = candle_key(&candle.symbol, timeframe, candle.time);
+                    candles.insert(key.as_str(), to_bytes(candle).as_slice()).map_err(|x| e(&x))?;
                 }
                 WriteOp::Activity { seq, envelope } => {
                     activity.insert(*seq, to_bytes(envelope).as_slice()).map_err(|x| e(&x))?;

@@ -223,6 +223,14 @@ impl Engine {
         };
         let events = self.oms.on_tick(&tick);
         self.persist_and_dispatch(events).await;
+        if !candles.is_empty() {
+            // Cached for warm-up and backtests; not awaited (nothing waits on a candle).
+            let ops = candles
+                .iter()
+                .map(|c| WriteOp::Candle { timeframe: c.timeframe.to_string(), candle: c.candle.clone() })
+                .collect();
+            self.store.submit(ops, None);
+        }
         self.route_market(candles, tick);
     }
 

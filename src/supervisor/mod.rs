@@ -370,6 +370,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         tasks: tasks.clone(),
         cancel: tasks_cancel.clone(),
         store: writer.clone(),
+        reader: store.reader(),
         stored_states: recovered.strategy_states.clone(),
         metrics: metrics.clone(),
     };

@@ -23,7 +23,7 @@ use crate::config::{Config, ShutdownPolicy};
 use crate::data::MarketHub;
 use crate::model::AccountView;
 use crate::script::{ScriptOptions, ScriptStrategy};
-use crate::store::{StoreWriter, WriteOp};
+use crate::store::{StoreReader, StoreWriter, WriteOp};
 use crate::strategy::live::{
     self, CommandSink, ExitReason, RuntimeHandle, RuntimeReport, RuntimeSpec, StateSink, TaggedReport,
 };
@@ -72,6 +72,7 @@ pub struct Supervisor {
     pub(super) scanned: bool,
     pub(super) tasks: super::tasks::Tasks,
     pub(super) store: StoreWriter,
+    pub(super) reader: StoreReader,
     pub(super) metrics: Arc<crate::health::Metrics>,
     /// States restored from the store, taken by each strategy's first start.
     pub(super) stored_states: BTreeMap<String, serde_json::Value>,
@@ -283,17 +284,12 @@ impl Supervisor {
         let file = slot.file.display().to_string();
         let source = slot.source.clone();
         let hub = self.hub.clone();
+        let reader = self.reader.clone();
         let spec = RuntimeSpec {
             name: name.to_string(),
             generation: slot.generation,
             factory: Box::new(move |env| ScriptStrategy::new(&file, &source, options, env).map(|s| Box::new(s) as _)),
-            history: Box::new(move |meta: &StrategyMeta| {
-                let mut hub = hub.lock().unwrap_or_else(|e| e.into_inner());
-                meta.symbols
-                    .iter()
-                    .flat_map(|symbol| hub.subscribe(symbol, meta.timeframe).unwrap_or_default())
-                    .collect()
-            }),
+            history: Box::new(move |meta: &StrategyMeta| warm_up_history(&hub, &reader, meta)),
             initial_state: slot.saved_state.clone(),
             account: self.account.clone(),
             ids: OrderIds::new(name, self.id_counter.clone()),
@@ -513,6 +509,27 @@ impl Supervisor {
             .collect()
     }
 }
+
+/// Candles a strategy starts with: what the feed has, preceded by candles
+/// stored by earlier runs when the feed's own history is short.
+fn warm_up_history(hub: &Mutex<MarketHub>, store: &StoreReader, meta: &StrategyMeta) -> Vec<crate::model::Candle> {
+    let mut out = Vec::new();
+    for symbol in &meta.symbols {
+        let live = hub.lock().unwrap_or_else(|e| e.into_inner()).subscribe(symbol, meta.timeframe).unwrap_or_default();
+        if live.len() < WARM_UP_CANDLES {
+            let first = live.first().map_or(i64::MAX, |c| c.time);
+            match store.candles(symbol, &meta.timeframe.to_string(), WARM_UP_CANDLES - live.len()) {
+                Ok(stored) => out.extend(stored.into_iter().filter(|c| c.time < first)),
+                Err(error) => tracing::warn!(symbol, "stored candles unavailable for warm-up: {error}"),
+            }
+        }
+        out.extend(live);
+    }
+    out
+}
+
+/// Candles of history a strategy should start with, per symbol.
+const WARM_UP_CANDLES: usize = 500;
 
 /// Writes a strategy's changed state to the store (not awaited: the bounded
 /// delay and the final write at stop make it durable; the shutdown flush waits).
