@@ -1,14 +1,18 @@
 //! Prints WebSocket fan-out figures for docs/performance.md (no assertions):
-//! 500 connected clients; p99 delivery latency (publish → client) at 5,000
-//! events/s with every client receiving every event; the highest rate
-//! sustained to all clients; memory per idle client; and what a stalled
-//! client costs. Events go through the real host: stored, then broadcast.
+//! 500 connected clients; delivery latency (publish → client) at 1,000,
+//! 5,000 and 10,000 events/s with every client receiving every event; memory
+//! per idle client on the host; and what a stalled client costs. Events go
+//! through the real host (stored, then broadcast). The clients run in a
+//! child process (this binary with `--clients`), so the host's figures are
+//! its own — though both processes share this machine's cores.
 //!
 //! Run with `cargo bench --bench ws_fanout`.
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use serde_json::json;
@@ -17,6 +21,10 @@ use tradehost::activity::ActivityKind;
 use tradehost::config::Config;
 
 const CLIENTS: usize = 500;
+
+fn wall_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -29,18 +37,59 @@ fn rss_kib() -> u64 {
 
 fn number_after(text: &str, key: &str) -> Option<u64> {
     let start = text.find(key)? + key.len();
-    let digits: &str = &text[start..];
+    let digits = &text[start..];
     let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
     digits[..end].parse().ok()
 }
 
-struct Shared {
-    base: Instant,
-    received: AtomicU64,
-    latencies: std::sync::Mutex<Vec<u64>>,
+/// Child process: connects the clients, then for each phase reports how many
+/// events arrived and their latency once every client saw the phase's end marker.
+async fn clients(url: String) {
+    let latencies: Arc<std::sync::Mutex<Vec<u64>>> = Default::default();
+    let received = Arc::new(AtomicU64::new(0));
+    let markers = Arc::new(AtomicU64::new(0));
+    for _ in 0..CLIENTS {
+        let (mut client, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let (latencies, received, markers) = (latencies.clone(), received.clone(), markers.clone());
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(Ok(message)) = client.next().await {
+                let Message::Text(text) = message else { continue };
+                if text.contains("\"marker\"") {
+                    latencies.lock().unwrap().append(&mut mine);
+                    markers.fetch_add(1, Ordering::SeqCst);
+                } else if let Some(sent) = number_after(&text, "\"sent_ns\":") {
+                    mine.push(wall_ns().saturating_sub(sent));
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    println!("ready");
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let line = line.unwrap();
+        let Some(phase) = line.strip_prefix("await ") else { continue };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while markers.load(Ordering::SeqCst) < CLIENTS as u64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut all = std::mem::take(&mut *latencies.lock().unwrap());
+        all.sort_unstable();
+        let at = |q: f64| all.get(((all.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(0);
+        println!(
+            "{phase} {} {} {} {} {}",
+            received.swap(0, Ordering::SeqCst),
+            markers.swap(0, Ordering::SeqCst),
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
+        std::io::stdout().flush().unwrap();
+    }
 }
 
-async fn run() {
+async fn host() {
     let dir = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut config = Config::embedded();
@@ -53,84 +102,66 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let url = format!("ws://{}/api/v1/ws?types=system&token={}", host.http_addr(), host.api_token().expose());
-    let shared = Arc::new(Shared { base: Instant::now(), received: AtomicU64::new(0), latencies: Default::default() });
-
-    let before = rss_kib();
-    let mut readers = Vec::new();
-    for _ in 0..CLIENTS {
-        let (mut client, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-        let shared = shared.clone();
-        readers.push(tokio::spawn(async move {
-            while let Some(Ok(message)) = client.next().await {
-                if let Message::Text(text) = message {
-                    // Clients do as little as possible: they share the CPU with the host here.
-                    let now = shared.base.elapsed().as_nanos() as u64;
-                    if let Some(sent) = number_after(&text, "\"sent_ns\":") {
-                        if text.contains("\"measure\":true") {
-                            shared.latencies.lock().unwrap().push(now.saturating_sub(sent));
-                        }
-                        shared.received.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
+    let rss_before = rss_kib();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--clients", &url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_child = child.stdin.take().unwrap();
+    let mut from_child = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(from_child.next().unwrap().unwrap(), "ready");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_kib();
     println!(
-        "{CLIENTS} idle clients: {:.1} KiB per client (server and client side together, in one process)",
-        (after.saturating_sub(before)) as f64 / CLIENTS as f64
+        "{CLIENTS} idle clients: {:.1} KiB of host memory per client",
+        rss_kib().saturating_sub(rss_before) as f64 / CLIENTS as f64
     );
 
-    // Publishes at `rate` for `seconds`, then reports delivery and latency.
-    let phase = |rate: u64, seconds: u64, label: &'static str| {
-        let shared = shared.clone();
-        let bus = host.activity().clone();
-        async move {
-            shared.received.store(0, Ordering::Relaxed);
-            shared.latencies.lock().unwrap().clear();
-            let total = rate * seconds;
-            let start = Instant::now();
-            for i in 0..total {
-                let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    tokio::time::sleep(wait).await;
-                }
-                bus.publish(
-                    ActivityKind::System,
-                    None,
-                    json!({ "sent_ns": shared.base.elapsed().as_nanos() as u64, "measure": true }),
-                );
+    let bus = host.activity().clone();
+    let mut phase = |rate: u64, seconds: u64, label: &str| {
+        let total = rate * seconds;
+        let start = Instant::now();
+        for i in 0..total {
+            let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
             }
-            let expected = total * CLIENTS as u64;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while shared.received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let got = shared.received.load(Ordering::Relaxed);
-            let mut latencies = std::mem::take(&mut *shared.latencies.lock().unwrap());
-            latencies.sort_unstable();
-            let at = |q: f64| {
-                Duration::from_nanos(
-                    latencies.get(((latencies.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(0),
-                )
-            };
-            println!(
-                "{rate:>6} events/s to {CLIENTS} clients for {seconds} s{label}: delivered {got}/{expected} ({:.1}%); latency median {:.2?}  p99 {:.2?}  max {:.2?}",
-                got as f64 * 100.0 / expected as f64,
-                at(0.5),
-                at(0.99),
-                at(1.0)
-            );
+            bus.publish(ActivityKind::System, None, json!({ "sent_ns": wall_ns() }));
         }
+        bus.publish(ActivityKind::System, None, json!({ "marker": true }));
+        writeln!(to_child, "await {rate}").unwrap();
+        let line = from_child.next().unwrap().unwrap();
+        let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
+        let expected = total * CLIENTS as u64;
+        println!(
+            "{rate:>6} events/s to {CLIENTS} clients for {seconds} s{label}: delivered {}/{expected} ({:.1}%), {} clients to the end; latency median {:.2?}  p99 {:.2?}  max {:.2?}",
+            fields[0],
+            fields[0] as f64 * 100.0 / expected as f64,
+            fields[1],
+            Duration::from_nanos(fields[2]),
+            Duration::from_nanos(fields[3]),
+            Duration::from_nanos(fields[4]),
+        );
     };
-    phase(1_000, 3, "").await;
-    phase(5_000, 3, "").await;
+    let publisher = tokio::task::block_in_place(|| {
+        phase(1_000, 3, "");
+        phase(5_000, 3, "");
+        phase(10_000, 2, "");
+    });
+    let _ = publisher;
 
-    // A stalled client during a busy stretch: it is dropped, memory stays bounded.
+    // A stalled client (connected, never reading) during a busy stretch.
     let (_stalled, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    let rss_before = rss_kib();
-    phase(5_000, 4, " + 1 stalled client").await;
+    let rss_stalled = rss_kib();
+    let bus = host.activity().clone();
+    for i in 0..20_000u64 {
+        bus.publish(ActivityKind::System, None, json!({ "sent_ns": wall_ns(), "pad": "x".repeat(512) }));
+        if i % 1_000 == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let status: serde_json::Value = reqwest::Client::new()
         .get(format!("http://{}/api/v1/status", host.http_addr()))
         .bearer_auth(host.api_token().expose())
@@ -141,23 +172,24 @@ async fn run() {
         .await
         .unwrap();
     println!(
-        "stalled client: RSS {rss_before} KiB before, {} KiB after 20,000 events; clients still connected: {} of {} (a stalled client is dropped once its socket buffers are full and a send outlasts ws_send_timeout_ms)",
+        "stalled client: host RSS {rss_stalled} KiB before and {} KiB after 20,000 events of 0.5 KiB; clients connected: {} of {} (dropped once its socket buffers fill and a send outlasts ws_send_timeout_ms)",
         rss_kib(),
         status["ws_clients"],
         CLIENTS + 1
     );
-    phase(10_000, 2, "").await;
-    phase(20_000, 2, "").await;
+    drop(to_child);
+    let _ = child.kill();
     host.shutdown(tradehost::supervisor::ShutdownReason::Api);
     host.wait().await;
-    for reader in readers {
-        reader.abort();
-    }
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
         return;
     }
-    tokio::runtime::Runtime::new().unwrap().block_on(run());
+    if let Some(i) = args.iter().position(|a| a == "--clients") {
+        return tokio::runtime::Runtime::new().unwrap().block_on(clients(args[i + 1].clone()));
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(host());
 }
