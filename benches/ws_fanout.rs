@@ -144,12 +144,11 @@ async fn host() {
             Duration::from_nanos(fields[4]),
         );
     };
-    let publisher = tokio::task::block_in_place(|| {
+    tokio::task::block_in_place(|| {
         phase(1_000, 3, "");
         phase(5_000, 3, "");
         phase(10_000, 2, "");
     });
-    let _ = publisher;
 
     // A stalled client (connected, never reading) during a busy stretch.
     let (_stalled, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
@@ -179,6 +178,7 @@ async fn host() {
     );
     drop(to_child);
     let _ = child.kill();
+    let _ = child.wait();
     host.shutdown(tradehost::supervisor::ShutdownReason::Api);
     host.wait().await;
 }
