@@ -13,6 +13,7 @@
 //! - [`supervisor`]: composition root: strategy lifecycle, hot reload, restarts, shutdown.
 
 pub mod activity;
+pub mod backtest;
 pub mod config;
 pub mod data;
 pub mod exchange;

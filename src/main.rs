@@ -11,6 +11,7 @@ use tradehost::config::Config;
 use tradehost::script::{ScriptOptions, check};
 use tradehost::supervisor;
 
+mod backtest_cmd;
 mod client;
 
 const TEMPLATE: &str = include_str!("strategy_template.rhai");
@@ -78,6 +79,8 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
+    /// Replay a strategy over historical bars with the live runtime and print a report.
+    Backtest(Box<backtest_cmd::BacktestArgs>),
     /// Create a commented strategy template NAME.rhai in the strategies folder.
     New {
         /// Strategy name: letters, digits and underscores.
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Check { files, config } => check_files(&files, config.as_deref()),
         Command::New { name, strategies } => new_strategy(&name, &strategies),
         Command::Doctor { config, data_dir } => doctor(config.as_deref(), data_dir),
+        Command::Backtest(args) => backtest_cmd::run(*args),
         Command::Status { target, json } => client::run(target, client::Action::Status { json }),
         Command::Stop { target, wait } => client::run(target, client::Action::Stop { wait_s: wait }),
     };

@@ -75,13 +75,29 @@ pub fn parse_timestamp(cell: &str) -> Option<TimestampMs> {
 
 /// Reads a whole CSV file of candles for `symbol`; rows must be strictly increasing in time.
 pub fn read_candles(path: &Path, symbol: &str) -> Result<Vec<Candle>, CsvError> {
+    read_candles_lenient(path, symbol, false).map(|(candles, _)| candles)
+}
+
+/// Like [`read_candles`]; with `skip_bad_rows`, malformed rows are skipped and
+/// counted instead of stopping the read (time order is still enforced).
+pub fn read_candles_lenient(path: &Path, symbol: &str, skip_bad_rows: bool) -> Result<(Vec<Candle>, usize), CsvError> {
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| CsvError::Io { path: name.clone(), message: e.to_string() })?;
-    parse_candles(file, &name, symbol)
+    parse_candles_lenient(std::io::BufReader::new(file), &name, symbol, skip_bad_rows)
 }
 
 /// Parses CSV text from a reader; `name` is used in errors.
 pub fn parse_candles(reader: impl std::io::Read, name: &str, symbol: &str) -> Result<Vec<Candle>, CsvError> {
+    parse_candles_lenient(reader, name, symbol, false).map(|(candles, _)| candles)
+}
+
+/// Parses CSV text, optionally skipping (and counting) malformed rows.
+pub fn parse_candles_lenient(
+    reader: impl std::io::Read,
+    name: &str,
+    symbol: &str,
+    skip_bad_rows: bool,
+) -> Result<(Vec<Candle>, usize), CsvError> {
     let mut reader =
         csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(reader);
     let headers = reader.headers().map_err(|e| CsvError::Io { path: name.into(), message: e.to_string() })?.clone();
@@ -93,44 +109,67 @@ pub fn parse_candles(reader: impl std::io::Read, name: &str, symbol: &str) -> Re
     };
     let columns = [find("open")?, find("high")?, find("low")?, find("close")?, find("volume")?];
     let mut candles: Vec<Candle> = Vec::new();
+    let mut skipped = 0;
     for record in reader.records() {
-        let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line());
-            CsvError::BadRow { path: name.into(), line, message: e.to_string() }
-        })?;
+        let record = match record {
+            Ok(record) => record,
+            Err(e)
+                if skip_bad_rows
+                    && matches!(e.kind(), csv::ErrorKind::UnequalLengths { .. } | csv::ErrorKind::Utf8 { .. }) =>
+            {
+                skipped += 1;
+                continue;
+            }
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                return Err(CsvError::BadRow { path: name.into(), line, message: e.to_string() });
+            }
+        };
         let line = record.position().map_or(0, |p| p.line());
         let bad = |message: String| CsvError::BadRow { path: name.into(), line, message };
-        let stamp = record.get(0).unwrap_or_default();
-        let time = parse_timestamp(stamp).ok_or_else(|| bad(format!("cannot read timestamp {stamp:?}")))?;
-        let mut values = [0.0f64; 5];
-        for (slot, (&index, label)) in
-            values.iter_mut().zip(columns.iter().zip(["open", "high", "low", "close", "volume"]))
-        {
-            let cell = record.get(index).ok_or_else(|| bad(format!("missing `{label}` value")))?;
-            *slot = cell
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| bad(format!("`{label}` is not a number: {cell:?}")))?;
-        }
-        let [open, high, low, close, volume] = values;
-        if high < low || high < open.max(close) || low > open.min(close) || low <= 0.0 || volume < 0.0 {
-            return Err(bad(format!(
-                "inconsistent bar: open {open}, high {high}, low {low}, close {close}, volume {volume}"
-            )));
-        }
+        let parsed = (|| {
+            let stamp = record.get(0).unwrap_or_default();
+            let time = parse_timestamp(stamp).ok_or_else(|| bad(format!("cannot read timestamp {stamp:?}")))?;
+            let mut values = [0.0f64; 5];
+            for (slot, (&index, label)) in
+                values.iter_mut().zip(columns.iter().zip(["open", "high", "low", "close", "volume"]))
+            {
+                let cell = record.get(index).ok_or_else(|| bad(format!("missing `{label}` value")))?;
+                *slot = cell
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| bad(format!("`{label}` is not a number: {cell:?}")))?;
+            }
+            let [open, high, low, close, volume] = values;
+            if high < low || high < open.max(close) || low > open.min(close) || low <= 0.0 || volume < 0.0 {
+                return Err(bad(format!(
+                    "inconsistent bar: open {open}, high {high}, low {low}, close {close}, volume {volume}"
+                )));
+            }
+            Ok(Candle { symbol: symbol.to_string(), time, open, high, low, close, volume })
+        })();
+        let candle = match parsed {
+            Ok(candle) => candle,
+            Err(_) if skip_bad_rows => {
+                skipped += 1;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         if let Some(previous) = candles.last()
-            && time <= previous.time
+            && candle.time <= previous.time
         {
-            let what = if time == previous.time { "duplicate" } else { "out-of-order" };
+            let what = if candle.time == previous.time { "duplicate" } else { "out-of-order" };
+            let stamp = record.get(0).unwrap_or_default();
             return Err(bad(format!("{what} timestamp {stamp:?}: rows must be in strictly increasing time")));
         }
-        candles.push(Candle { symbol: symbol.to_string(), time, open, high, low, close, volume });
+        candles.push(candle);
     }
     if candles.is_empty() {
         return Err(CsvError::Empty { path: name.into() });
     }
-    Ok(candles)
+    Ok((candles, skipped))
 }
 
 /// The bar interval of a series: the smallest gap between consecutive rows.

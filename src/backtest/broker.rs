@@ -1,0 +1,262 @@
+//! The simulated broker of a backtest, with bar-based fill conventions:
+//! a market order placed while handling a bar fills at the next bar's open
+//! (± slippage); a limit order fills on a later bar whose range reaches its
+//! price, at the limit price — or at the open when the bar gaps through it;
+//! fees on every fill; no partial fills (bar volume is not modelled).
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+
+use crate::exchange::ExchangeEvent;
+use crate::model::{
+    Candle, Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Position, Product, Side, TimestampMs,
+    decimal_from_f64,
+};
+
+const BPS: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
+
+/// Fees, slippage and trading rules of a backtest.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Starting cash.
+    pub cash: Decimal,
+    /// Taker fee (market orders), basis points.
+    pub taker_fee_bps: Decimal,
+    /// Maker fee (limit orders), basis points.
+    pub maker_fee_bps: Decimal,
+    /// Slippage on market orders, basis points.
+    pub slippage_bps: Decimal,
+    /// Tick and lot sizes of known symbols (others are not rounded).
+    pub products: BTreeMap<String, Product>,
+}
+
+/// The broker's state.
+pub struct Broker {
+    config: BrokerConfig,
+    /// Cash: starting cash + realised PnL − fees.
+    pub cash: Decimal,
+    /// Net positions by symbol.
+    pub positions: BTreeMap<String, Position>,
+    /// Orders waiting: market orders for the next open, limits until they fill.
+    pub open: Vec<Order>,
+    /// Every fill so far.
+    pub fills: Vec<Fill>,
+    /// Fees paid so far.
+    pub fees: Decimal,
+    marks: BTreeMap<String, Decimal>,
+}
+
+fn dec(value: f64) -> Decimal {
+    decimal_from_f64(value).unwrap_or_default()
+}
+
+impl Broker {
+    /// A broker with the starting cash.
+    pub fn new(config: BrokerConfig) -> Self {
+        Broker {
+            cash: config.cash,
+            config,
+            positions: BTreeMap::new(),
+            open: Vec::new(),
+            fills: Vec::new(),
+            fees: Decimal::ZERO,
+            marks: BTreeMap::new(),
+        }
+    }
+
+    /// The net position in a symbol.
+    pub fn position(&self, symbol: &str) -> Position {
+        self.positions.get(symbol).cloned().unwrap_or_else(|| Position::flat(symbol))
+    }
+
+    /// Mark prices (last closes).
+    pub fn marks(&self) -> &BTreeMap<String, Decimal> {
+        &self.marks
+    }
+
+    /// Cash plus unrealised PnL at the last closes.
+    pub fn equity(&self) -> Decimal {
+        self.cash
+            + self
+                .positions
+                .values()
+                .map(|p| self.marks.get(&p.symbol).map_or(Decimal::ZERO, |m| p.unrealized_pnl(*m)))
+                .sum::<Decimal>()
+    }
+
+    /// Accepts an order placed while handling a bar at `now`.
+    pub fn submit(&mut self, mut request: OrderRequest, now: TimestampMs) -> Vec<ExchangeEvent> {
+        let mut order = Order::new(request.clone(), now);
+        let reject = |mut order: Order, reason: String| {
+            order.status = OrderStatus::Rejected;
+            order.reason = Some(reason);
+            vec![ExchangeEvent::Order(order)]
+        };
+        if let Some(product) = self.config.products.get(&request.symbol) {
+            request.size = product.round_size(request.size);
+            request.price = request.price.map(|p| product.round_price(p));
+            order.request = request.clone();
+        }
+        if request.size <= Decimal::ZERO {
+            return reject(order, "size is below the lot size".into());
+        }
+        if request.kind == OrderKind::Limit {
+            let Some(price) = request.price.filter(|p| *p > Decimal::ZERO) else {
+                return reject(order, "limit order without a positive price".into());
+            };
+            let mark = self.marks.get(&request.symbol).copied();
+            let crosses = mark.is_some_and(|m| match request.side {
+                Side::Buy => price >= m,
+                Side::Sell => price <= m,
+            });
+            if request.post_only && crosses {
+                return reject(
+                    order,
+                    format!("post-only order would take liquidity (limit {price} crosses the last close)"),
+                );
+            }
+        }
+        self.open.push(order.clone());
+        vec![ExchangeEvent::Order(order)]
+    }
+
+    /// Cancels an open order.
+    pub fn cancel(&mut self, client_id: &str, now: TimestampMs) -> Option<ExchangeEvent> {
+        let index = self.open.iter().position(|o| o.request.client_id == client_id)?;
+        let mut order = self.open.remove(index);
+        order.status = OrderStatus::Cancelled;
+        order.reason = Some("cancelled".into());
+        order.updated = now;
+        Some(ExchangeEvent::Order(order))
+    }
+
+    /// Fills what the bar's open and range reach, in order of placement.
+    pub fn on_bar(&mut self, bar: &Candle) -> Vec<ExchangeEvent> {
+        let mut events = Vec::new();
+        let open = dec(bar.open);
+        let (low, high) = (dec(bar.low), dec(bar.high));
+        let mut i = 0;
+        while i < self.open.len() {
+            if self.open[i].request.symbol != bar.symbol {
+                i += 1;
+                continue;
+            }
+            let request = self.open[i].request.clone();
+            let fill_at = match (request.kind, request.price) {
+                (OrderKind::Market, _) => {
+                    let slipped = open * (Decimal::ONE + request.side.sign() * self.config.slippage_bps / BPS);
+                    Some((
+                        self.config
+                            .products
+                            .get(&request.symbol)
+                            .map_or(slipped, |p| p.round_price_away(slipped, request.side)),
+                        Liquidity::Taker,
+                    ))
+                }
+                (OrderKind::Limit, Some(price)) => match request.side {
+                    Side::Buy if open <= price => Some((open, Liquidity::Maker)),
+                    Side::Buy if low <= price => Some((price, Liquidity::Maker)),
+                    Side::Sell if open >= price => Some((open, Liquidity::Maker)),
+                    Side::Sell if high >= price => Some((price, Liquidity::Maker)),
+                    _ => None,
+                },
+                (OrderKind::Limit, None) => None,
+            };
+            let Some((price, liquidity)) = fill_at else {
+                if request.time_in_force == crate::model::TimeInForce::Ioc {
+                    let mut order = self.open.remove(i);
+                    order.status = OrderStatus::Cancelled;
+                    order.reason = Some("immediate-or-cancel order could not fill at the next open".into());
+                    events.push(ExchangeEvent::Order(order));
+                } else {
+                    i += 1;
+                }
+                continue;
+            };
+            let mut order = self.open.remove(i);
+            let mut size = request.size;
+            if request.reduce_only {
+                let position = self.position(&request.symbol).size;
+                if position.is_zero() || Side::closing(position) != request.side {
+                    order.status = OrderStatus::Cancelled;
+                    order.reason = Some("reduce-only order cancelled: no position to reduce".into());
+                    events.push(ExchangeEvent::Order(order));
+                    continue;
+                }
+                size = size.min(position.abs());
+            }
+            events.push(ExchangeEvent::Fill(self.execute(&mut order, size, price, liquidity, bar.time)));
+            events.push(ExchangeEvent::Order(order));
+        }
+        self.marks.insert(bar.symbol.clone(), dec(bar.close));
+        events
+    }
+
+    /// Closes a position at a price as a taker (end of the backtest).
+    pub fn close_position(
+        &mut self,
+        symbol: &str,
+        price: Decimal,
+        now: TimestampMs,
+        strategy: &str,
+        client_id: String,
+    ) -> Option<Fill> {
+        let position = self.position(symbol);
+        if position.size.is_zero() {
+            return None;
+        }
+        let request = OrderRequest {
+            client_id,
+            strategy: strategy.to_string(),
+            symbol: symbol.to_string(),
+            side: Side::closing(position.size),
+            kind: OrderKind::Market,
+            size: position.size.abs(),
+            price: None,
+            time_in_force: crate::model::TimeInForce::Ioc,
+            post_only: false,
+            reduce_only: true,
+        };
+        let mut order = Order::new(request, now);
+        Some(self.execute(&mut order, position.size.abs(), price, Liquidity::Taker, now))
+    }
+
+    fn execute(
+        &mut self,
+        order: &mut Order,
+        size: Decimal,
+        price: Decimal,
+        liquidity: Liquidity,
+        now: TimestampMs,
+    ) -> Fill {
+        let rate = match liquidity {
+            Liquidity::Maker => self.config.maker_fee_bps,
+            Liquidity::Taker => self.config.taker_fee_bps,
+        } / BPS;
+        let fee = (price * size * rate).round_dp(8);
+        let request = &order.request;
+        let realized = self
+            .positions
+            .entry(request.symbol.clone())
+            .or_insert_with(|| Position::flat(&request.symbol))
+            .apply(request.side, size, price);
+        self.cash += realized - fee;
+        self.fees += fee;
+        let fill = Fill {
+            id: self.fills.len() as u64 + 1,
+            order_id: request.client_id.clone(),
+            strategy: request.strategy.clone(),
+            symbol: request.symbol.clone(),
+            side: request.side,
+            size,
+            price,
+            fee,
+            liquidity,
+            time: now,
+        };
+        order.apply_fill(size, price, now);
+        self.fills.push(fill.clone());
+        fill
+    }
+}

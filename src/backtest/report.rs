@@ -1,0 +1,262 @@
+//! Backtest metrics: returns, drawdown, Sharpe and Sortino (annualised from
+//! the bar interval), round-trip trades with win rate and profit factor,
+//! exposure and fees. Serialized deterministically for `--json` (timing is
+//! kept out of the JSON so two runs compare byte for byte).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use serde::Serialize;
+
+use crate::model::{Fill, Position, TimestampMs};
+
+/// Equity after the bars of one time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EquityPoint {
+    /// Bar time.
+    pub time: TimestampMs,
+    /// Cash + unrealised PnL.
+    pub equity: Decimal,
+}
+
+/// What the metrics are computed from.
+pub struct Inputs<'a> {
+    /// Strategy name.
+    pub strategy: &'a str,
+    /// Symbols traded.
+    pub symbols: Vec<String>,
+    /// Bars processed.
+    pub bars: usize,
+    /// Bar length.
+    pub interval_ms: i64,
+    /// Starting cash.
+    pub initial_cash: Decimal,
+    /// Equity curve.
+    pub equity: &'a [EquityPoint],
+    /// Fills.
+    pub fills: &'a [Fill],
+    /// Fees paid.
+    pub fees: Decimal,
+    /// Bar times with a position open.
+    pub exposure_bars: usize,
+    /// Parameter overrides.
+    pub params: &'a BTreeMap<String, serde_json::Value>,
+    /// What happened at the end.
+    pub notes: Vec<String>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// The backtest report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Fill conventions in force.
+    pub conventions: Vec<&'static str>,
+    /// Strategy name.
+    pub strategy: String,
+    /// Symbols.
+    pub symbols: Vec<String>,
+    /// Parameter overrides.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// First bar time (ISO 8601).
+    pub from: String,
+    /// Last bar time (ISO 8601).
+    pub to: String,
+    /// Bars processed.
+    pub bars: usize,
+    /// Starting cash.
+    pub initial_cash: Decimal,
+    /// Final equity.
+    pub final_equity: Decimal,
+    /// Total return (fraction).
+    pub total_return: f64,
+    /// Annualised return (fraction).
+    pub annualized_return: f64,
+    /// Largest peak-to-trough fall (fraction of the peak).
+    pub max_drawdown: f64,
+    /// Largest peak-to-trough fall in money.
+    pub max_drawdown_value: Decimal,
+    /// Longest time below a previous peak, in bars.
+    pub max_drawdown_bars: usize,
+    /// Annualised Sharpe ratio of bar returns (no risk-free rate).
+    pub sharpe: f64,
+    /// Annualised Sortino ratio of bar returns.
+    pub sortino: f64,
+    /// Fraction of bar times with a position open.
+    pub exposure: f64,
+    /// Round-trip trades (flat → position → flat or flip).
+    pub trades: usize,
+    /// Fraction of trades with positive PnL after fees.
+    pub win_rate: f64,
+    /// Gross profit / gross loss of trades (0 without losses or trades).
+    pub profit_factor: f64,
+    /// Fills.
+    pub fills: usize,
+    /// Fees paid.
+    pub fees: Decimal,
+    /// What happened at the end of the data.
+    pub notes: Vec<String>,
+    /// Wall time (not in the JSON output).
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+fn iso(time: TimestampMs) -> String {
+    chrono::DateTime::from_timestamp_millis(time)
+        .map_or(time.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+fn f(value: Decimal) -> f64 {
+    value.to_f64().unwrap_or(0.0)
+}
+
+/// PnL after fees of each round trip, per symbol, in order.
+pub fn round_trips(fills: &[Fill]) -> Vec<f64> {
+    let mut open: BTreeMap<&str, (Position, Decimal)> = BTreeMap::new();
+    let mut trades = Vec::new();
+    for fill in fills {
+        let (position, pnl) =
+            open.entry(fill.symbol.as_str()).or_insert_with(|| (Position::flat(&fill.symbol), Decimal::ZERO));
+        let before = position.size;
+        let realized = position.apply(fill.side, fill.size, fill.price);
+        *pnl += realized - fill.fee;
+        let closed = !before.is_zero()
+            && (position.size.is_zero() || position.size.is_sign_positive() != before.is_sign_positive());
+        if closed {
+            trades.push(f(*pnl));
+            // A flip opens the next trade at the fill price, without extra fees.
+            *pnl = Decimal::ZERO;
+        }
+    }
+    trades
+}
+
+impl Report {
+    /// Computes every metric.
+    pub fn compute(inputs: &Inputs<'_>) -> Report {
+        let initial = inputs.initial_cash;
+        let final_equity = inputs.equity.last().map_or(initial, |p| p.equity);
+        let total_return = if initial.is_zero() { 0.0 } else { f(final_equity / initial) - 1.0 };
+        let span_ms = inputs.equity.last().map_or(0, |p| p.time) - inputs.equity.first().map_or(0, |p| p.time)
+            + inputs.interval_ms;
+        let years = span_ms as f64 / (365.25 * 86_400_000.0);
+        let annualized_return =
+            if years > 0.0 && total_return > -1.0 { (1.0 + total_return).powf(1.0 / years) - 1.0 } else { 0.0 };
+
+        let (mut peak, mut peak_index) = (initial, 0usize);
+        let (mut max_drawdown, mut max_drawdown_value, mut max_drawdown_bars) = (0.0f64, Decimal::ZERO, 0usize);
+        for (i, point) in inputs.equity.iter().enumerate() {
+            if point.equity >= peak {
+                peak = point.equity;
+                peak_index = i;
+            } else {
+                max_drawdown_bars = max_drawdown_bars.max(i - peak_index);
+                let fall = peak - point.equity;
+                if fall > max_drawdown_value {
+                    max_drawdown_value = fall;
+                }
+                if !peak.is_zero() {
+                    max_drawdown = max_drawdown.max(f(fall / peak));
+                }
+            }
+        }
+
+        let mut previous = f(initial);
+        let returns: Vec<f64> = inputs
+            .equity
+            .iter()
+            .map(|p| {
+                let equity = f(p.equity);
+                let r = if previous == 0.0 { 0.0 } else { equity / previous - 1.0 };
+                previous = equity;
+                r
+            })
+            .collect();
+        let bars_per_year = 365.25 * 86_400_000.0 / inputs.interval_ms.max(1) as f64;
+        let n = returns.len() as f64;
+        let mean = if n > 0.0 { returns.iter().sum::<f64>() / n } else { 0.0 };
+        let std =
+            if n > 1.0 { (returns.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+        let downside =
+            if n > 1.0 { (returns.iter().map(|r| r.min(0.0).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+        let sharpe = if std > 0.0 { mean / std * bars_per_year.sqrt() } else { 0.0 };
+        let sortino = if downside > 0.0 { mean / downside * bars_per_year.sqrt() } else { 0.0 };
+
+        let trades = round_trips(inputs.fills);
+        let wins = trades.iter().filter(|p| **p > 0.0).count();
+        let gross_profit: f64 = trades.iter().filter(|p| **p > 0.0).sum();
+        let gross_loss: f64 = -trades.iter().filter(|p| **p < 0.0).sum::<f64>();
+        let round = |x: f64| if x.is_finite() { (x * 1e10).round() / 1e10 } else { 0.0 };
+        Report {
+            conventions: super::CONVENTIONS.to_vec(),
+            strategy: inputs.strategy.to_string(),
+            symbols: inputs.symbols.clone(),
+            params: inputs.params.clone(),
+            from: inputs.equity.first().map_or_else(String::new, |p| iso(p.time)),
+            to: inputs.equity.last().map_or_else(String::new, |p| iso(p.time)),
+            bars: inputs.bars,
+            initial_cash: initial,
+            final_equity,
+            total_return: round(total_return),
+            annualized_return: round(annualized_return),
+            max_drawdown: round(max_drawdown),
+            max_drawdown_value,
+            max_drawdown_bars,
+            sharpe: round(sharpe),
+            sortino: round(sortino),
+            exposure: round(if inputs.equity.is_empty() {
+                0.0
+            } else {
+                inputs.exposure_bars as f64 / inputs.equity.len() as f64
+            }),
+            trades: trades.len(),
+            win_rate: round(if trades.is_empty() { 0.0 } else { wins as f64 / trades.len() as f64 }),
+            profit_factor: round(if gross_loss > 0.0 { gross_profit / gross_loss } else { 0.0 }),
+            fills: inputs.fills.len(),
+            fees: inputs.fees,
+            notes: inputs.notes.clone(),
+            elapsed: inputs.elapsed,
+        }
+    }
+
+    /// Bars per second of wall time.
+    pub fn bars_per_second(&self) -> f64 {
+        self.bars as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let pct = |x: f64| format!("{:.2} %", x * 100.0);
+        let rows: Vec<(&str, String)> = vec![
+            ("strategy", self.strategy.clone()),
+            ("symbols", self.symbols.join(", ")),
+            ("period", format!("{} .. {}", self.from, self.to)),
+            ("bars", self.bars.to_string()),
+            ("trades", self.trades.to_string()),
+            ("win rate", pct(self.win_rate)),
+            ("profit factor", format!("{:.2}", self.profit_factor)),
+            ("total return", pct(self.total_return)),
+            ("annualized return", pct(self.annualized_return)),
+            (
+                "max drawdown",
+                format!(
+                    "{} ({}, {} bars)",
+                    pct(self.max_drawdown),
+                    self.max_drawdown_value.round_dp(2),
+                    self.max_drawdown_bars
+                ),
+            ),
+            ("sharpe", format!("{:.2}", self.sharpe)),
+            ("sortino", format!("{:.2}", self.sortino)),
+            ("exposure", pct(self.exposure)),
+            ("fees paid", self.fees.round_dp(2).to_string()),
+            ("final equity", self.final_equity.round_dp(2).to_string()),
+            ("elapsed", format!("{:.3} s ({:.0} bars/s)", self.elapsed.as_secs_f64(), self.bars_per_second())),
+        ];
+        let mut out: Vec<String> = rows.iter().map(|(k, v)| format!("{k:<18} {v}")).collect();
+        out.extend(self.notes.iter().map(|n| format!("note: {n}")));
+        out.join("\n")
+    }
+}

@@ -1,0 +1,230 @@
+//! `tradehost backtest`: reads the data, runs the strategy (or a sweep),
+//! prints the report, and writes the trades CSV and the plot.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rust_decimal::Decimal;
+use tradehost::backtest::{self, BacktestConfig, BrokerConfig, sweep};
+use tradehost::config::Config;
+use tradehost::feed::csv;
+
+/// The options of `tradehost backtest`.
+#[derive(clap::Args)]
+pub struct BacktestArgs {
+    /// Strategy script.
+    #[arg(long)]
+    strategy: PathBuf,
+    /// CSV file of bars (repeat for several symbols).
+    #[arg(long = "data", required = true)]
+    data: Vec<PathBuf>,
+    /// Symbol of each --data file, in order (default: the file stem).
+    #[arg(long = "symbol")]
+    symbols: Vec<String>,
+    /// Starting cash.
+    #[arg(long, default_value = "100000")]
+    cash: Decimal,
+    /// Taker fee (market orders), basis points.
+    #[arg(long, default_value = "5")]
+    fee_bps: Decimal,
+    /// Maker fee (limit orders), basis points.
+    #[arg(long, default_value = "2")]
+    maker_fee_bps: Decimal,
+    /// Slippage of market orders, basis points.
+    #[arg(long, default_value = "1")]
+    slippage_bps: Decimal,
+    /// First bar time to use (unix time, ISO date or date-time).
+    #[arg(long)]
+    from: Option<String>,
+    /// Use bars before this time.
+    #[arg(long)]
+    to: Option<String>,
+    /// Override a `config().params` value: key=value (repeatable).
+    #[arg(long = "param")]
+    params: Vec<String>,
+    /// Print the report as JSON (deterministic: no timing).
+    #[arg(long)]
+    json: bool,
+    /// Write every fill to this CSV file.
+    #[arg(long)]
+    trades: Option<PathBuf>,
+    /// Plot the equity curve to FILE.svg or FILE.png.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress bar and no strategy log lines.
+    #[arg(long)]
+    quiet: bool,
+    /// Skip (and count) malformed CSV rows instead of stopping.
+    #[arg(long)]
+    skip_bad_rows: bool,
+    /// Sweep a parameter: name=start..end:step or name=v1,v2 (repeat for a grid).
+    #[arg(long = "sweep")]
+    sweeps: Vec<String>,
+    /// Metric that ranks a sweep.
+    #[arg(long, default_value = "sharpe")]
+    rank: String,
+    /// Config file, for sandbox limits and products (tick and lot sizes).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn time_arg(flag: &str, value: &Option<String>) -> Result<Option<i64>, String> {
+    value
+        .as_ref()
+        .map(|v| csv::parse_timestamp(v).ok_or_else(|| format!("{flag} {v:?}: expected unix time or an ISO date")))
+        .transpose()
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(args: BacktestArgs) -> u8 {
+    match execute(args) {
+        Ok(()) => 0,
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            code
+        }
+    }
+}
+
+fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
+    let usage = |m: String| (2u8, m);
+    let config = Config::load(args.config.as_deref()).map_err(|e| usage(format!("bad config: {e}")))?;
+    let source = std::fs::read_to_string(&args.strategy)
+        .map_err(|e| usage(format!("cannot read {}: {e}", args.strategy.display())))?;
+    if !args.symbols.is_empty() && args.symbols.len() != args.data.len() {
+        return Err(usage(format!(
+            "{} --symbol given for {} --data files: give one per file, in order",
+            args.symbols.len(),
+            args.data.len()
+        )));
+    }
+    let mut data = Vec::new();
+    for (i, path) in args.data.iter().enumerate() {
+        let symbol = args
+            .symbols
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| path.file_stem().and_then(|s| s.to_str()).unwrap_or("DATA").to_string());
+        let (candles, skipped) =
+            csv::read_candles_lenient(path, &symbol, args.skip_bad_rows).map_err(|e| usage(e.to_string()))?;
+        if skipped > 0 {
+            eprintln!("note: {}: skipped {skipped} malformed row(s)", path.display());
+        }
+        data.push(candles);
+    }
+    let mut params = std::collections::BTreeMap::new();
+    for param in &args.params {
+        let (key, value) = backtest::parse_param(param).map_err(usage)?;
+        params.insert(key, value);
+    }
+    let backtest_config = BacktestConfig {
+        broker: BrokerConfig {
+            cash: args.cash,
+            taker_fee_bps: args.fee_bps,
+            maker_fee_bps: args.maker_fee_bps,
+            slippage_bps: args.slippage_bps,
+            products: config.exchange.paper.product_list().into_iter().map(|p| (p.symbol.clone(), p)).collect(),
+        },
+        from: time_arg("--from", &args.from).map_err(usage)?,
+        to: time_arg("--to", &args.to).map_err(usage)?,
+        params,
+        sandbox: config.sandbox.clone(),
+    };
+    let file = args.strategy.display().to_string();
+
+    if !args.sweeps.is_empty() {
+        let axes = args
+            .sweeps
+            .iter()
+            .map(|s| sweep::parse_axis(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| usage(e.to_string()))?;
+        let started = Instant::now();
+        let reports =
+            sweep::run(&file, &source, &data, &backtest_config, &axes, &args.rank).map_err(|e| (1, e.to_string()))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&reports).expect("reports serialize"));
+        } else {
+            println!(
+                "{:<40} {:>9} {:>9} {:>9} {:>7} {:>9} {:>14}",
+                "params", "sharpe", "return", "max dd", "trades", "win rate", "final equity"
+            );
+            for r in &reports {
+                let params = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+                println!(
+                    "{params:<40} {:>9.2} {:>8.2}% {:>8.2}% {:>7} {:>8.1}% {:>14}",
+                    r.sharpe,
+                    r.total_return * 100.0,
+                    r.max_drawdown * 100.0,
+                    r.trades,
+                    r.win_rate * 100.0,
+                    r.final_equity.round_dp(2)
+                );
+            }
+            let bars: usize = reports.iter().map(|r| r.bars).sum();
+            eprintln!(
+                "{} runs ranked by {} in {:.2?} ({:.0} bars/s on {} threads)",
+                reports.len(),
+                args.rank,
+                started.elapsed(),
+                bars as f64 / started.elapsed().as_secs_f64(),
+                rayon::current_num_threads()
+            );
+        }
+        return Ok(());
+    }
+
+    let total: usize = data.iter().map(Vec::len).sum();
+    let progress =
+        indicatif::ProgressBar::with_draw_target(Some(total as u64), indicatif::ProgressDrawTarget::hidden());
+    let show_progress = !args.quiet && std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut shown = false;
+    let mut on_bar = |done: usize| {
+        if done.is_multiple_of(4096) {
+            if show_progress && !shown && started.elapsed() > Duration::from_secs(1) {
+                progress.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                shown = true;
+            }
+            progress.set_position(done as u64);
+        }
+    };
+    let result = backtest::run_script(&file, &source, &data, &backtest_config, &mut on_bar);
+    progress.finish_and_clear();
+    let run = result.map_err(|e| (1, e.to_string()))?;
+    if !args.quiet {
+        for (time, line) in &run.logs {
+            let when = chrono::DateTime::from_timestamp_millis(*time)
+                .map_or(time.to_string(), |t| t.format("%Y-%m-%d %H:%M").to_string());
+            eprintln!("{when} {line}");
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&run.report).expect("report serializes"));
+    } else {
+        println!("{}", run.report.table());
+    }
+    if let Some(path) = &args.trades {
+        write_trades(path, &run.fills).map_err(|e| (1, format!("cannot write {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.plot {
+        let title = format!("{} — equity", run.report.strategy);
+        backtest::plot::write(path, &title, &run.equity, &run.fills).map_err(|e| (1, e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn write_trades(path: &Path, fills: &[tradehost::model::Fill]) -> std::io::Result<()> {
+    let mut out = String::from("id,time,symbol,side,size,price,fee,liquidity,order_id\n");
+    for f in fills {
+        let time = chrono::DateTime::from_timestamp_millis(f.time)
+            .map_or(f.time.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        let liquidity = if f.liquidity == tradehost::model::Liquidity::Maker { "maker" } else { "taker" };
+        out.push_str(&format!(
+            "{},{time},{},{},{},{},{},{liquidity},{}\n",
+            f.id, f.symbol, f.side, f.size, f.price, f.fee, f.order_id
+        ));
+    }
+    std::fs::write(path, out)
+}
