@@ -13,16 +13,18 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tradehost::config::{Config, SandboxConfig};
-use tradehost::data::Timeframe;
-use tradehost::model::{AccountView, Candle, OrderKind, Side, TimeInForce, decimal_from_f64};
+use tradehost::model::{AccountView, Candle};
 use tradehost::script::{ScriptOptions, ScriptStrategy};
 use tradehost::strategy::live::{self, RuntimeSpec};
 use tradehost::strategy::{
-    OrderIds, OrderSpec, SharedContext, Strategy, StrategyCommand, StrategyContext, StrategyEnv, StrategyError,
-    StrategyEvent, StrategyMeta,
+    OrderIds, SharedContext, Strategy, StrategyCommand, StrategyContext, StrategyEnv, StrategyEvent,
 };
 
 const SMA_CROSS: &str = include_str!("../strategies/sma_cross.rhai");
+
+#[path = "common/native.rs"]
+mod native;
+use native::NativeSmaCross;
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
     samples.sort();
@@ -55,50 +57,6 @@ fn candles(n: usize) -> Vec<Candle> {
             }
         })
         .collect()
-}
-
-/// sma_cross.rhai written in Rust against the same context.
-struct NativeSmaCross {
-    ctx: SharedContext,
-    above: Option<bool>,
-}
-
-impl Strategy for NativeSmaCross {
-    fn handle(&mut self, event: &StrategyEvent) -> Result<bool, StrategyError> {
-        let StrategyEvent::Candle(c) = event else { return Ok(false) };
-        let mut guard = self.ctx.borrow_mut();
-        let ctx = &mut *guard;
-        let Some(series) = ctx.market.series(&c.symbol) else { return Ok(true) };
-        let fast = ctx.indicators.sma(&c.symbol, series, 10);
-        let slow = ctx.indicators.sma(&c.symbol, series, 30);
-        let (tradehost::data::IndicatorValue::Number(fast), tradehost::data::IndicatorValue::Number(slow)) =
-            (fast, slow)
-        else {
-            return Ok(true);
-        };
-        let above = fast > slow;
-        if self.above.is_some_and(|a| a != above) {
-            let target = if above { 0.05 } else { -0.05 };
-            let position = ctx.account.load().position("bench", &c.symbol).size;
-            let delta = target - tradehost::model::decimal_to_f64(position);
-            let side = if delta > 0.0 { Side::Buy } else { Side::Sell };
-            ctx.place(OrderSpec {
-                symbol: c.symbol.clone(),
-                side,
-                kind: OrderKind::Market,
-                size: decimal_from_f64(delta.abs()).unwrap_or_default(),
-                price: None,
-                time_in_force: TimeInForce::Gtc,
-                post_only: false,
-                reduce_only: false,
-            });
-        }
-        self.above = Some(above);
-        Ok(true)
-    }
-    fn meta(&self) -> StrategyMeta {
-        StrategyMeta { symbols: vec!["BTCUSD".into()], timeframe: Timeframe::minute() }
-    }
 }
 
 fn measure(strategy: &mut dyn Strategy, ctx: &SharedContext, candles: &[Candle]) -> (Vec<Duration>, usize) {
@@ -134,7 +92,7 @@ fn bench_sync() {
     );
 
     let ctx = context();
-    let mut native = NativeSmaCross { ctx: ctx.clone(), above: None };
+    let mut native = NativeSmaCross::new(ctx.clone(), "bench");
     measure(&mut native, &ctx, &data[..1_000]);
     let (samples, commands) = measure(&mut native, &ctx, &data[1_000..]);
     let (median, p99, max) = percentiles(samples);
