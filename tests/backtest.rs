@@ -252,3 +252,22 @@ fn malformed_csvs_give_the_documented_errors() {
     assert!(stderr.contains("skipped 1 malformed row"), "{stderr}");
     assert!(stdout.contains("bars               2"), "{stdout}");
 }
+
+#[test]
+fn from_to_and_several_symbols() {
+    let script = r#"
+fn on_candle(c) { this.seen = (this.seen ?? #{}); this.seen[c.symbol] = (this.seen[c.symbol] ?? 0) + 1; }
+fn on_stop() { print(`X ${this.seen["X"] ?? 0} Y ${this.seen["Y"] ?? 0}`); }
+"#;
+    let x: Vec<Candle> = (0..10).map(|m| bar(m, 100.0, 101.0, 99.0, 100.0)).collect();
+    let y: Vec<Candle> = (5..15).map(|m| Candle { symbol: "Y".into(), ..bar(m, 50.0, 51.0, 49.0, 50.0) }).collect();
+    let mut cfg = config("0", "0", "0");
+    cfg.from = Some(3 * 60_000);
+    cfg.to = Some(12 * 60_000);
+    let run = backtest::run_script("m.rhai", script, &[x, y], &cfg, &mut |_| {}).unwrap();
+    // X: minutes 3..9 (7 bars); Y: minutes 5..11 (7 bars); both delivered to a strategy without config().
+    assert_eq!(run.logs.last().unwrap().1, "X 7 Y 7");
+    assert_eq!(run.report.bars, 14);
+    assert_eq!(run.report.symbols, vec!["X", "Y"]);
+    assert_eq!(run.equity.len(), 9, "one equity point per bar time (minutes 3..11)");
+}

@@ -54,10 +54,11 @@ struct Slot {
     value: IndicatorValue,
 }
 
-/// Indicator states of one strategy, keyed by symbol and parameters.
+/// Indicator states of one strategy, keyed by symbol, then parameters (a
+/// lookup allocates nothing once the indicator exists).
 #[derive(Debug, Clone, Default)]
 pub struct IndicatorCache {
-    slots: HashMap<(String, Key), Slot>,
+    slots: HashMap<String, HashMap<Key, Slot>>,
 }
 
 macro_rules! accessor {
@@ -90,7 +91,11 @@ impl IndicatorCache {
         vwap() => Key::Vwap, State::Vwap(Vwap::new()));
 
     fn value(&mut self, symbol: &str, series: &CandleSeries, key: Key, make: impl FnOnce() -> State) -> IndicatorValue {
-        let slot = self.slots.entry((symbol.to_string(), key)).or_insert_with(|| Slot {
+        if !self.slots.contains_key(symbol) {
+            self.slots.insert(symbol.to_string(), HashMap::new());
+        }
+        let by_key = self.slots.get_mut(symbol).expect("inserted above");
+        let slot = by_key.entry(key).or_insert_with(|| Slot {
             state: make(),
             next_index: series.first_index(),
             value: IndicatorValue::Warming,
