@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 
-use crate::exchange::ExchangeEvent;
+use crate::exchange::{ExchangeEvent, Execution, settle};
 use crate::model::{
     Candle, Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Position, Product, Side, TimestampMs,
     decimal_from_f64,
@@ -230,32 +230,14 @@ impl Broker {
         liquidity: Liquidity,
         now: TimestampMs,
     ) -> Fill {
-        let rate = match liquidity {
+        let fee_rate = match liquidity {
             Liquidity::Maker => self.config.maker_fee_bps,
             Liquidity::Taker => self.config.taker_fee_bps,
         } / BPS;
-        let fee = (price * size * rate).round_dp(8);
-        let request = &order.request;
-        let realized = self
-            .positions
-            .entry(request.symbol.clone())
-            .or_insert_with(|| Position::flat(&request.symbol))
-            .apply(request.side, size, price);
-        self.cash += realized - fee;
-        self.fees += fee;
-        let fill = Fill {
-            id: self.fills.len() as u64 + 1,
-            order_id: request.client_id.clone(),
-            strategy: request.strategy.clone(),
-            symbol: request.symbol.clone(),
-            side: request.side,
-            size,
-            price,
-            fee,
-            liquidity,
-            time: now,
-        };
-        order.apply_fill(size, price, now);
+        let mut fill =
+            settle(&mut self.positions, &mut self.cash, order, Execution { size, price, liquidity, fee_rate, now });
+        fill.id = self.fills.len() as u64 + 1;
+        self.fees += fill.fee;
         self.fills.push(fill.clone());
         fill
     }

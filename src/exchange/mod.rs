@@ -5,7 +5,7 @@ pub mod paper;
 
 use crate::model::{Fill, Order};
 
-pub use paper::{AccountSnapshot, PaperError, PaperExchange};
+pub use paper::{AccountSnapshot, Execution, PaperError, PaperExchange, settle};
 
 /// What an exchange reports back.
 #[derive(Debug, Clone, PartialEq)]

@@ -27,6 +27,52 @@ pub enum PaperError {
     UnknownOrder(String),
 }
 
+/// One execution to settle.
+#[derive(Debug, Clone, Copy)]
+pub struct Execution {
+    /// Filled size.
+    pub size: Decimal,
+    /// Price.
+    pub price: Decimal,
+    /// Maker or taker.
+    pub liquidity: Liquidity,
+    /// Fee as a fraction of notional.
+    pub fee_rate: Decimal,
+    /// Time of the fill.
+    pub now: TimestampMs,
+}
+
+/// Settles an execution: fee (rounded to 8 decimals), netting position,
+/// cash (realised PnL − fee), the order's fill state. Returns the fill (id 0).
+/// Shared by the paper exchange and the backtest broker.
+pub fn settle(
+    positions: &mut BTreeMap<String, Position>,
+    cash: &mut Decimal,
+    order: &mut Order,
+    execution: Execution,
+) -> Fill {
+    let Execution { size, price, liquidity, fee_rate, now } = execution;
+    let fee = (price * size * fee_rate).round_dp(8);
+    let request = &order.request;
+    let position = positions.entry(request.symbol.clone()).or_insert_with(|| Position::flat(&request.symbol));
+    let realized = position.apply(request.side, size, price);
+    *cash += realized - fee;
+    let fill = Fill {
+        id: 0,
+        order_id: request.client_id.clone(),
+        strategy: request.strategy.clone(),
+        symbol: request.symbol.clone(),
+        side: request.side,
+        size,
+        price,
+        fee,
+        liquidity,
+        time: now,
+    };
+    order.apply_fill(size, price, now);
+    fill
+}
+
 /// Balances and positions of the paper account.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AccountSnapshot {
@@ -325,25 +371,7 @@ impl PaperExchange {
             Liquidity::Maker => self.maker_fee,
             Liquidity::Taker => self.taker_fee,
         };
-        let fee = (price * size * rate).round_dp(8);
-        let request = &order.request;
-        let position = self.positions.entry(request.symbol.clone()).or_insert_with(|| Position::flat(&request.symbol));
-        let realized = position.apply(request.side, size, price);
-        self.cash += realized - fee;
-        let fill = Fill {
-            id: 0,
-            order_id: request.client_id.clone(),
-            strategy: request.strategy.clone(),
-            symbol: request.symbol.clone(),
-            side: request.side,
-            size,
-            price,
-            fee,
-            liquidity,
-            time: now,
-        };
-        order.apply_fill(size, price, now);
-        fill
+        settle(&mut self.positions, &mut self.cash, order, Execution { size, price, liquidity, fee_rate: rate, now })
     }
 
     fn mark(&self, symbol: &str) -> Option<Decimal> {
