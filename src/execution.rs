@@ -110,11 +110,6 @@ impl Oms {
         self.view.clone()
     }
 
-    /// The exchange behind it.
-    pub fn exchange(&self) -> &PaperExchange {
-        &self.exchange
-    }
-
     /// Refuses every new order from now on (shutdown phase one).
     pub fn close_gate(&mut self) {
         self.gate_open = false;

@@ -46,11 +46,6 @@ impl MarketHub {
         MarketHub { base, capacity, base_builders: HashMap::new(), history: HashMap::new(), derived: HashMap::new() }
     }
 
-    /// The base timeframe.
-    pub fn base(&self) -> Timeframe {
-        self.base
-    }
-
     /// Adds a trade tick; returns the candles it closed.
     pub fn on_tick(&mut self, tick: &Tick) -> Vec<TimedCandle> {
         use rust_decimal::prelude::ToPrimitive;

@@ -94,11 +94,6 @@ impl CandleAggregator {
         CandleAggregator { timeframe, current: None }
     }
 
-    /// The timeframe it builds.
-    pub fn timeframe(&self) -> Timeframe {
-        self.timeframe
-    }
-
     /// Adds a trade (a one-price bar); returns the bar it closed, if any.
     pub fn add_trade(&mut self, symbol: &str, time: TimestampMs, price: f64, volume: f64) -> Option<Candle> {
         self.add_bar(&Candle {

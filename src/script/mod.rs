@@ -105,11 +105,6 @@ impl ScriptStrategy {
         self.ctx.borrow_mut().timeframe = self.compiled.meta.timeframe.to_string();
     }
 
-    /// The strategy's parameters after overrides.
-    pub fn params(&self) -> &Map {
-        &self.compiled.params
-    }
-
     fn call(&mut self, name: &'static str, args: impl FuncArgs) -> Result<bool, StrategyError> {
         if !self.compiled.callbacks.contains(name) {
             return Ok(false);

@@ -134,7 +134,10 @@ impl RuntimeHandle {
     /// everything else is always delivered.
     pub fn send_event(&self, event: StrategyEvent) {
         if matches!(event, StrategyEvent::Tick(_)) && self.tx.len() >= self.queue_limit {
-            self.dropped_ticks.fetch_add(1, Ordering::Relaxed);
+            let dropped = self.dropped_ticks.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped == 1 || dropped.is_multiple_of(1_000) {
+                tracing::warn!(strategy = %self.name, dropped, "the strategy lags behind the market: ticks dropped (candles, orders and fills never are)");
+            }
             return;
         }
         let _ = self.tx.send(RuntimeInput::Event(event));
@@ -154,11 +157,6 @@ impl RuntimeHandle {
     pub fn abort(&self) {
         self.abort.store(true, Ordering::SeqCst);
         let _ = self.tx.send(RuntimeInput::Stop);
-    }
-
-    /// Ticks dropped because the strategy lagged.
-    pub fn dropped_ticks(&self) -> u64 {
-        self.dropped_ticks.load(Ordering::Relaxed)
     }
 
     /// Symbols and timeframe, once the strategy is built.
