@@ -134,6 +134,10 @@ impl Broker {
     /// Fills what the bar's open and range reach, in order of placement.
     pub fn on_bar(&mut self, bar: &Candle) -> Vec<ExchangeEvent> {
         let mut events = Vec::new();
+        self.marks.insert(bar.symbol.clone(), dec(bar.close));
+        if !self.open.iter().any(|o| o.request.symbol == bar.symbol) {
+            return events; // nothing to fill: skip the price conversions
+        }
         let open = dec(bar.open);
         let (low, high) = (dec(bar.low), dec(bar.high));
         let mut i = 0;
@@ -189,7 +193,6 @@ impl Broker {
             events.push(ExchangeEvent::Fill(self.execute(&mut order, size, price, liquidity, bar.time)));
             events.push(ExchangeEvent::Order(order));
         }
-        self.marks.insert(bar.symbol.clone(), dec(bar.close));
         events
     }
 

@@ -84,6 +84,13 @@ fn text(function: &str, what: &str, v: &Dynamic) -> Result<String> {
     }
 }
 
+/// A symbol argument as a shared string (no copy: indicator calls run on every bar).
+fn symbol_arg(function: &str, v: &Dynamic) -> Result<rhai::ImmutableString> {
+    v.clone()
+        .into_immutable_string()
+        .map_err(|got| bad(function, format!("{function}: `symbol` must be a string, got {got}")))
+}
+
 fn number(function: &str, what: &str, v: &Dynamic) -> Result<f64> {
     v.as_float()
         .or_else(|_| v.as_int().map(|i| i as f64))
@@ -378,7 +385,7 @@ fn ta_module(ctx: &SharedContext) -> Module {
                         };
                         return Ok(compute(n, &values(function, &src)?).map_or(Dynamic::UNIT, Dynamic::from_float));
                     }
-                    let symbol = text(function, "symbol", &src)?;
+                    let symbol = symbol_arg(function, &src)?;
                     let mut ctx = c.borrow_mut();
                     let ctx = &mut *ctx;
                     Ok(match ctx.market.series(&symbol) {
@@ -457,7 +464,7 @@ fn ta_module(ctx: &SharedContext) -> Module {
                             .map_or(IndicatorValue::Warming, IndicatorValue::Macd),
                     ));
                 }
-                let symbol = text(f, "symbol", &src)?;
+                let symbol = symbol_arg(f, &src)?;
                 let mut ctx = c.borrow_mut();
                 let ctx = &mut *ctx;
                 Ok(ctx.market.series(&symbol).map_or(Dynamic::UNIT, |series| {
@@ -478,7 +485,7 @@ fn ta_module(ctx: &SharedContext) -> Module {
                         .map_or(IndicatorValue::Warming, IndicatorValue::Bands),
                 ));
             }
-            let symbol = text(f, "symbol", &src)?;
+            let symbol = symbol_arg(f, &src)?;
             let mut ctx = c.borrow_mut();
             let ctx = &mut *ctx;
             Ok(ctx
