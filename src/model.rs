@@ -189,6 +189,16 @@ pub enum Liquidity {
     Taker,
 }
 
+impl Liquidity {
+    /// The maker or the taker value (fee rates, say), whichever applies.
+    pub fn pick<T>(self, maker: T, taker: T) -> T {
+        match self {
+            Liquidity::Maker => maker,
+            Liquidity::Taker => taker,
+        }
+    }
+}
+
 /// One execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Fill {

@@ -233,10 +233,7 @@ impl Broker {
         liquidity: Liquidity,
         now: TimestampMs,
     ) -> Fill {
-        let fee_rate = match liquidity {
-            Liquidity::Maker => self.config.maker_fee_bps,
-            Liquidity::Taker => self.config.taker_fee_bps,
-        } / BPS;
+        let fee_rate = liquidity.pick(self.config.maker_fee_bps, self.config.taker_fee_bps) / BPS;
         let mut fill =
             settle(&mut self.positions, &mut self.cash, order, Execution { size, price, liquidity, fee_rate, now });
         fill.id = self.fills.len() as u64 + 1;

@@ -367,10 +367,7 @@ impl PaperExchange {
         liquidity: Liquidity,
         now: TimestampMs,
     ) -> Fill {
-        let rate = match liquidity {
-            Liquidity::Maker => self.maker_fee,
-            Liquidity::Taker => self.taker_fee,
-        };
+        let rate = liquidity.pick(self.maker_fee, self.taker_fee);
         settle(&mut self.positions, &mut self.cash, order, Execution { size, price, liquidity, fee_rate: rate, now })
     }
 
