@@ -27,6 +27,7 @@ fn fill(id: u64) -> Fill {
         fee: Decimal::new(3, 2),
         liquidity: Liquidity::Taker,
         time: 1_700_000_000_000,
+        exchange_id: None,
     }
 }
 

@@ -273,6 +273,8 @@ pub enum ExchangeKind {
     /// Simulated fills against the feed.
     #[default]
     Paper,
+    /// Delta Exchange (India or Global, production or testnet).
+    Delta,
 }
 
 /// `[exchange]`.
@@ -283,6 +285,130 @@ pub struct ExchangeConfig {
     pub kind: ExchangeKind,
     /// Paper exchange settings.
     pub paper: PaperConfig,
+    /// Delta Exchange settings.
+    pub delta: DeltaConfig,
+}
+
+/// Delta Exchange environments (shared/delta-exchange.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeltaNetwork {
+    /// India production.
+    India,
+    /// Global production.
+    Global,
+    /// India testnet ("Demo").
+    #[default]
+    IndiaTestnet,
+    /// Global testnet.
+    GlobalTestnet,
+}
+
+impl DeltaNetwork {
+    /// REST base, private (legacy) WebSocket and public WebSocket URLs.
+    pub fn urls(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            DeltaNetwork::India => (
+                "https://api.india.delta.exchange",
+                "wss://socket.india.delta.exchange",
+                "wss://public-socket.india.delta.exchange",
+            ),
+            DeltaNetwork::IndiaTestnet => (
+                "https://cdn-ind.testnet.deltaex.org",
+                "wss://socket-ind.testnet.deltaex.org",
+                "wss://socket-ind-pub.testnet.deltaex.org",
+            ),
+            // No public endpoint is documented for Global: the legacy endpoint serves every channel.
+            DeltaNetwork::Global => {
+                ("https://api.delta.exchange", "wss://socket.delta.exchange", "wss://socket.delta.exchange")
+            }
+            DeltaNetwork::GlobalTestnet => (
+                "https://testnet-api.delta.exchange",
+                "wss://testnet-socket.delta.exchange",
+                "wss://testnet-socket.delta.exchange",
+            ),
+        }
+    }
+
+    /// True for the networks that trade real money.
+    pub fn is_production(self) -> bool {
+        matches!(self, DeltaNetwork::India | DeltaNetwork::Global)
+    }
+}
+
+/// `[exchange.delta]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeltaConfig {
+    /// Which environment.
+    pub network: DeltaNetwork,
+    /// REST base URL override.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rest_url: Option<String>,
+    /// Private (legacy) WebSocket URL override.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_url: Option<String>,
+    /// Public WebSocket URL override.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_public_url: Option<String>,
+    /// API key (or `TRADEHOST_DELTA_API_KEY`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+    /// API secret (or `TRADEHOST_DELTA_API_SECRET`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_secret: Option<Secret>,
+    /// Products to trade and stream.
+    pub symbols: Vec<String>,
+    /// Use the legacy public channel names on the private endpoint.
+    pub legacy_channels: bool,
+    /// Longest time one REST request may take.
+    pub request_timeout_ms: u64,
+    /// Reconnect when no heartbeat arrived for this long.
+    pub heartbeat_timeout_ms: u64,
+    /// Interval of our pings.
+    pub ping_interval_ms: u64,
+    /// First reconnect delay.
+    pub reconnect_initial_ms: u64,
+    /// Largest reconnect delay.
+    pub reconnect_max_ms: u64,
+    /// A symbol whose market stream is silent this long is stale: new entries are refused.
+    pub stale_after_ms: u64,
+    /// One-minute bars loaded over REST at start, for indicator warm-up.
+    pub history_bars: usize,
+}
+
+impl Default for DeltaConfig {
+    fn default() -> Self {
+        DeltaConfig {
+            network: DeltaNetwork::default(),
+            rest_url: None,
+            ws_url: None,
+            ws_public_url: None,
+            api_key: None,
+            api_secret: None,
+            symbols: vec!["BTCUSD".into()],
+            legacy_channels: false,
+            request_timeout_ms: 5_000,
+            heartbeat_timeout_ms: 35_000,
+            ping_interval_ms: 30_000,
+            reconnect_initial_ms: 500,
+            reconnect_max_ms: 30_000,
+            stale_after_ms: 15_000,
+            history_bars: 200,
+        }
+    }
+}
+
+impl DeltaConfig {
+    /// REST, private WebSocket and public WebSocket URLs (overrides first).
+    pub fn urls(&self) -> (String, String, String) {
+        let (rest, ws, public) = self.network.urls();
+        (
+            self.rest_url.clone().unwrap_or_else(|| rest.into()),
+            self.ws_url.clone().unwrap_or_else(|| ws.into()),
+            self.ws_public_url.clone().unwrap_or_else(|| public.into()),
+        )
+    }
 }
 
 /// `[exchange.paper]`.
@@ -505,6 +631,12 @@ impl Config {
         if let Some(token) = env("TRADEHOST_API_TOKEN").filter(|t| !t.is_empty()) {
             self.http.token = Some(Secret::new(token));
         }
+        if let Some(key) = env("TRADEHOST_DELTA_API_KEY").filter(|t| !t.is_empty()) {
+            self.exchange.delta.api_key = Some(Secret::new(key));
+        }
+        if let Some(secret) = env("TRADEHOST_DELTA_API_SECRET").filter(|t| !t.is_empty()) {
+            self.exchange.delta.api_secret = Some(Secret::new(secret));
+        }
     }
 
     /// Every semantic problem, each with its key path.
@@ -531,6 +663,11 @@ impl Config {
             ("http.ws_idle_timeout_ms", self.http.ws_idle_timeout_ms as usize),
             ("http.ws_send_timeout_ms", self.http.ws_send_timeout_ms as usize),
             ("http.ready_timeout_ms", self.http.ready_timeout_ms as usize),
+            ("exchange.delta.request_timeout_ms", self.exchange.delta.request_timeout_ms as usize),
+            ("exchange.delta.heartbeat_timeout_ms", self.exchange.delta.heartbeat_timeout_ms as usize),
+            ("exchange.delta.ping_interval_ms", self.exchange.delta.ping_interval_ms as usize),
+            ("exchange.delta.reconnect_initial_ms", self.exchange.delta.reconnect_initial_ms as usize),
+            ("exchange.delta.stale_after_ms", self.exchange.delta.stale_after_ms as usize),
         ] {
             if value == 0 {
                 bad(key, "must be greater than 0".into());
@@ -552,6 +689,24 @@ impl Config {
         }
         if self.supervisor.restart_backoff_max_ms < self.supervisor.restart_backoff_initial_ms {
             bad("supervisor.restart_backoff_max_ms", "must be at least supervisor.restart_backoff_initial_ms".into());
+        }
+        let delta = &self.exchange.delta;
+        if delta.reconnect_max_ms < delta.reconnect_initial_ms {
+            bad("exchange.delta.reconnect_max_ms", "must be at least exchange.delta.reconnect_initial_ms".into());
+        }
+        if self.exchange.kind == ExchangeKind::Delta && delta.symbols.is_empty() {
+            bad("exchange.delta.symbols", "must name at least one product".into());
+        }
+        for (key, url, schemes) in [
+            ("exchange.delta.rest_url", &delta.rest_url, ["http://", "https://"]),
+            ("exchange.delta.ws_url", &delta.ws_url, ["ws://", "wss://"]),
+            ("exchange.delta.ws_public_url", &delta.ws_public_url, ["ws://", "wss://"]),
+        ] {
+            if let Some(url) = url
+                && !schemes.iter().any(|s| url.starts_with(s))
+            {
+                bad(key, format!("must start with {} or {}, got {url:?}", schemes[0], schemes[1]));
+            }
         }
         let p = &self.exchange.paper;
         if p.balance < Decimal::ZERO {
@@ -577,8 +732,9 @@ impl Config {
                 bad(&format!("exchange.paper.products.{symbol}.lot_size"), "must be greater than 0".into());
             }
         }
+        let paper = self.exchange.kind == ExchangeKind::Paper;
         let need_product =
-            |key: &str, symbol: &str| (!p.products.contains_key(symbol)).then(|| missing_product(key, symbol));
+            |key: &str, symbol: &str| (paper && !p.products.contains_key(symbol)).then(|| missing_product(key, symbol));
         let mut missing = Vec::new();
         match self.feed.kind {
             FeedKind::Synthetic => {
@@ -652,6 +808,9 @@ impl Config {
 
     /// Symbols the configured feed produces.
     pub fn feed_symbols(&self) -> Vec<String> {
+        if self.exchange.kind == ExchangeKind::Delta {
+            return self.exchange.delta.symbols.clone();
+        }
         match self.feed.kind {
             FeedKind::Synthetic => self.feed.synthetic.start_prices.keys().cloned().collect(),
             FeedKind::Replay => vec![self.feed.replay.symbol.clone()],

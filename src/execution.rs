@@ -4,17 +4,24 @@
 //! read model that strategies see, and what must be written to the store
 //! (intents before sending, outcomes before anyone hears of them).
 //! Synchronous and deterministic: the live engine task and a backtest drive
-//! it the same way.
+//! it the same way. With a live venue, sends and cancels are handed to the
+//! connector and their outcomes come back later through [`Oms::apply_venue`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
 use rust_decimal::Decimal;
 
-use crate::exchange::{ExchangeEvent, PaperExchange};
-use crate::model::{AccountView, Order, OrderKind, OrderRequest, OrderStatus, Position, Side, Tick, TimeInForce};
+use crate::exchange::{ExchangeEvent, RemoteOrder, RemoteState, Venue, VenueCommand, VenueFill};
+use crate::model::{AccountView, Fill, Order, OrderKind, OrderRequest, OrderStatus, Position, Side, Tick, TimeInForce};
 use crate::store::{Recovered, WriteOp};
+
+/// Closed orders remembered so late fills can still be attributed.
+const REMEMBERED_CLOSED: usize = 4_096;
+
+/// Symbols whose market data is stale: new entries on them are refused.
+pub type StaleSymbols = Arc<RwLock<HashSet<String>>>;
 
 /// Why a cancel could not be done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,37 +41,55 @@ pub enum ExecutionError {
 
 /// The order manager.
 pub struct Oms {
-    exchange: PaperExchange,
+    venue: Venue,
     open: BTreeMap<String, Order>,
+    closed: HashMap<String, Order>,
+    closed_order: VecDeque<String>,
     positions: HashMap<String, HashMap<String, Position>>,
     marks: HashMap<String, Decimal>,
     gate_open: bool,
     next_fill_id: u64,
+    seen_fills: HashSet<String>,
+    stale: StaleSymbols,
     view: Arc<ArcSwap<AccountView>>,
 }
 
 impl Oms {
-    /// An order manager over a paper account.
-    pub fn new(exchange: PaperExchange) -> Self {
+    /// An order manager over a venue.
+    pub fn new(venue: Venue) -> Self {
         let oms = Oms {
-            exchange,
+            venue,
             open: BTreeMap::new(),
+            closed: HashMap::new(),
+            closed_order: VecDeque::new(),
             positions: HashMap::new(),
             marks: HashMap::new(),
             gate_open: true,
             next_fill_id: 1,
+            seen_fills: HashSet::new(),
+            stale: StaleSymbols::default(),
             view: Arc::new(ArcSwap::from_pointee(AccountView::default())),
         };
         oms.publish();
         oms
     }
 
+    /// The set of stale symbols (written by the market data connector).
+    pub fn stale_symbols(&self) -> StaleSymbols {
+        self.stale.clone()
+    }
+
+    /// Exchange fill ids already recorded (from the store): repeats are dropped.
+    pub fn remember_fills(&mut self, ids: impl IntoIterator<Item = String>) {
+        self.seen_fills.extend(ids);
+    }
+
     /// Restores the stored state. Orders whose outcome is unknown (intent
     /// recorded, no answer stored) are resolved by asking the exchange by
     /// client id — never resent. Returns the resolved orders' events.
     pub fn restore(&mut self, recovered: &Recovered) -> Result<Vec<ExchangeEvent>, ExecutionError> {
-        if let Some(account) = &recovered.paper_account {
-            self.exchange.restore(account).map_err(ExecutionError::Restore)?;
+        if let (Some(account), Venue::Paper(exchange)) = (&recovered.paper_account, &mut self.venue) {
+            exchange.restore(account).map_err(ExecutionError::Restore)?;
         }
         self.positions = recovered
             .positions
@@ -74,35 +99,59 @@ impl Oms {
         self.next_fill_id = recovered.last_fill_id + 1;
         let mut resolved = Vec::new();
         for (client_id, order) in &recovered.orders {
-            match order.status {
-                OrderStatus::Open | OrderStatus::PartiallyFilled => {
-                    // The exchange's own record wins: it may have moved on before the crash.
-                    let current = self.exchange.lookup(client_id).unwrap_or_else(|| order.clone());
-                    if current.status.is_open() {
-                        self.open.insert(client_id.clone(), current);
-                    } else {
-                        resolved.push(ExchangeEvent::Order(current));
-                    }
-                }
-                OrderStatus::Pending => match self.exchange.lookup(client_id) {
-                    Some(known) => {
-                        if known.status.is_open() {
-                            self.open.insert(client_id.clone(), known.clone());
-                        }
-                        resolved.push(ExchangeEvent::Order(known));
-                    }
-                    None => {
-                        let mut lost = order.clone();
-                        lost.status = OrderStatus::Rejected;
-                        lost.reason = Some("never reached the exchange: the host stopped before sending it".into());
-                        resolved.push(ExchangeEvent::Order(lost));
-                    }
-                },
-                _ => {}
+            if !(order.status.is_open() || order.status == OrderStatus::Pending) {
+                self.remember_closed(order.clone());
+                continue;
+            }
+            let (current, changed) = self.resolve_at_start(order);
+            if current.status.is_open() || current.status == OrderStatus::Pending {
+                self.open.insert(client_id.clone(), current.clone());
+            } else {
+                self.remember_closed(current.clone());
+            }
+            if changed {
+                resolved.push(ExchangeEvent::Order(current));
             }
         }
         self.publish();
         Ok(resolved)
+    }
+
+    /// The exchange's word on a stored open or pending order, and whether it changed.
+    fn resolve_at_start(&self, order: &Order) -> (Order, bool) {
+        let client_id = &order.request.client_id;
+        let never_sent = || {
+            let mut lost = order.clone();
+            lost.status = OrderStatus::Rejected;
+            lost.reason = Some("never reached the exchange: the host stopped before sending it".into());
+            (lost, true)
+        };
+        match &self.venue {
+            Venue::Paper(exchange) => match (exchange.lookup(client_id), order.status) {
+                (Some(known), OrderStatus::Pending) => (known, true),
+                (Some(known), _) => {
+                    let changed = !known.status.is_open();
+                    (known, changed)
+                }
+                (None, OrderStatus::Pending) => never_sent(),
+                (None, _) => (order.clone(), false),
+            },
+            Venue::Live(live) => match live.known_at_start.get(client_id) {
+                None if order.status == OrderStatus::Pending => never_sent(),
+                None => {
+                    let mut gone = order.clone();
+                    gone.status = OrderStatus::Cancelled;
+                    gone.reason = Some("the exchange no longer knows this order".into());
+                    (gone, true)
+                }
+                Some(remote) => {
+                    let mut current = order.clone();
+                    apply_remote(&mut current, remote, order.updated);
+                    let changed = current != *order;
+                    (current, changed)
+                }
+            },
+        }
     }
 
     /// The account snapshot strategies read.
@@ -118,8 +167,11 @@ impl Oms {
     /// Checks a strategy's order before anything is sent. The result is
     /// `Pending` (record it as an intent, then send it) or `Rejected` with the reason.
     pub fn prepare(&mut self, request: OrderRequest) -> Order {
+        let stale = !request.reduce_only && self.stale.read().is_ok_and(|s| s.contains(&request.symbol));
         let refusal = if !self.gate_open {
             Some("the host is shutting down: new orders are refused".to_string())
+        } else if stale {
+            Some(format!("market data for {} is stale: new entries are refused until it is fresh", request.symbol))
         } else if self.open.contains_key(&request.client_id) {
             Some(format!("client order id {} is already in use", request.client_id))
         } else {
@@ -136,10 +188,27 @@ impl Oms {
         order
     }
 
-    /// Sends a prepared order (its intent must be stored first).
+    /// Sends a prepared order (its intent must be stored first). A live
+    /// venue answers later (see [`Oms::apply_venue`]); until then the order is pending.
     pub fn send(&mut self, request: OrderRequest) -> Vec<ExchangeEvent> {
-        let events = self.exchange.submit(request);
-        self.record(events)
+        match &mut self.venue {
+            Venue::Paper(exchange) => {
+                let events = exchange.submit(request);
+                self.record(events)
+            }
+            Venue::Live(live) => {
+                let mut order = Order::new(request.clone(), chrono::Utc::now().timestamp_millis());
+                order.status = OrderStatus::Pending;
+                if live.commands.send(VenueCommand::Place(request)).is_err() {
+                    order.status = OrderStatus::Rejected;
+                    order.reason = Some("the exchange connector has stopped".into());
+                    return self.record(vec![ExchangeEvent::Order(order)]);
+                }
+                self.open.insert(order.request.client_id.clone(), order);
+                self.publish();
+                Vec::new()
+            }
+        }
     }
 
     /// Prepares and sends at once (no store in between: backtests, tests).
@@ -158,8 +227,17 @@ impl Oms {
         if !own {
             return Err(not_own());
         }
-        let event = self.exchange.cancel(client_id).map_err(|_| not_own())?;
-        Ok(self.record(vec![event]))
+        match &mut self.venue {
+            Venue::Paper(exchange) => {
+                let event = exchange.cancel(client_id).map_err(|_| not_own())?;
+                Ok(self.record(vec![event]))
+            }
+            Venue::Live(live) => {
+                let order = self.open.get(client_id).cloned().ok_or_else(not_own)?;
+                let _ = live.commands.send(VenueCommand::Cancel(order));
+                Ok(Vec::new())
+            }
+        }
     }
 
     /// Cancels the strategy's open orders (for one symbol, or all).
@@ -206,7 +284,10 @@ impl Oms {
     /// Applies a market tick: resting orders may fill.
     pub fn on_tick(&mut self, tick: &Tick) -> Vec<ExchangeEvent> {
         self.marks.insert(tick.symbol.clone(), tick.mid());
-        let events = self.exchange.on_tick(tick);
+        let events = match &mut self.venue {
+            Venue::Paper(exchange) => exchange.on_tick(tick),
+            Venue::Live(_) => Vec::new(),
+        };
         if events.is_empty() {
             self.publish();
             return events;
@@ -244,8 +325,8 @@ impl Oms {
         for (strategy, symbol) in moved {
             ops.push(WriteOp::Position { position: self.position(&strategy, &symbol), strategy });
         }
-        if !events.is_empty() {
-            ops.push(WriteOp::PaperAccount(self.exchange.save()));
+        if let (false, Venue::Paper(exchange)) = (events.is_empty(), &self.venue) {
+            ops.push(WriteOp::PaperAccount(exchange.save()));
         }
         ops
     }
@@ -268,11 +349,12 @@ impl Oms {
                         .or_insert_with(|| Position::flat(&fill.symbol))
                         .apply(fill.side, fill.size, fill.price);
                 }
-                ExchangeEvent::Order(order) if order.status.is_open() => {
+                ExchangeEvent::Order(order) if order.status.is_open() || order.status == OrderStatus::Pending => {
                     self.open.insert(order.request.client_id.clone(), order.clone());
                 }
                 ExchangeEvent::Order(order) => {
                     self.open.remove(&order.request.client_id);
+                    self.remember_closed(order.clone());
                 }
             }
         }
@@ -280,15 +362,147 @@ impl Oms {
         events
     }
 
+    fn remember_closed(&mut self, order: Order) {
+        let client_id = order.request.client_id.clone();
+        if self.closed.insert(client_id.clone(), order).is_none() {
+            self.closed_order.push_back(client_id);
+        }
+        while self.closed_order.len() > REMEMBERED_CLOSED {
+            if let Some(old) = self.closed_order.pop_front() {
+                self.closed.remove(&old);
+            }
+        }
+    }
+
+    /// Applies a live venue's report; returns the events to store and
+    /// report, or a description of what did not match any known order.
+    pub fn apply_venue(&mut self, update: crate::exchange::VenueUpdate) -> Result<Vec<ExchangeEvent>, String> {
+        use crate::exchange::VenueUpdate;
+        let now = chrono::Utc::now().timestamp_millis();
+        match update {
+            VenueUpdate::Order { client_id, remote } => {
+                let Some(order) = self.open.get(&client_id) else {
+                    return if self.closed.contains_key(&client_id) {
+                        Ok(Vec::new())
+                    } else {
+                        Err(format!(
+                            "the exchange reports order {client_id} ({:?}) that the host never placed",
+                            remote.state
+                        ))
+                    };
+                };
+                let mut order = order.clone();
+                let before = order.clone();
+                apply_remote(&mut order, &remote, now);
+                if order == before {
+                    return Ok(Vec::new());
+                }
+                Ok(self.record(vec![ExchangeEvent::Order(order)]))
+            }
+            VenueUpdate::Fill(fill) => {
+                if !self.seen_fills.insert(fill.exchange_id.clone()) {
+                    return Ok(Vec::new());
+                }
+                let order = self.open.get(&fill.client_id).or_else(|| self.closed.get(&fill.client_id)).cloned();
+                let Some(mut order) = order else {
+                    return Err(format!(
+                        "the exchange reports fill {} of order {} that the host never placed",
+                        fill.exchange_id, fill.client_id
+                    ));
+                };
+                let VenueFill { exchange_id, size, price, fee, liquidity, time, .. } = fill;
+                let was_final = !(order.status.is_open() || order.status == OrderStatus::Pending);
+                let status_before = order.status;
+                order.apply_fill(size, price, time);
+                if was_final {
+                    // A late fill of a cancelled order: it keeps its final status.
+                    order.status = status_before;
+                }
+                let request = &order.request;
+                let fill = Fill {
+                    id: 0,
+                    order_id: request.client_id.clone(),
+                    strategy: request.strategy.clone(),
+                    symbol: request.symbol.clone(),
+                    side: request.side,
+                    size,
+                    price,
+                    fee,
+                    liquidity,
+                    time,
+                    exchange_id: Some(exchange_id),
+                };
+                if was_final {
+                    self.closed.insert(order.request.client_id.clone(), order.clone());
+                }
+                Ok(self.record(vec![ExchangeEvent::Fill(fill), ExchangeEvent::Order(order)]))
+            }
+            VenueUpdate::Balance(balance) => {
+                if let Venue::Live(live) = &mut self.venue {
+                    live.balance = balance;
+                }
+                self.publish();
+                Ok(Vec::new())
+            }
+            VenueUpdate::Difference(text) => Err(text),
+        }
+    }
+
+    /// Every strategy's net position per symbol, summed (what the exchange should hold).
+    pub fn net_positions(&self) -> BTreeMap<String, Decimal> {
+        let mut out = BTreeMap::new();
+        for positions in self.positions.values() {
+            for (symbol, position) in positions {
+                *out.entry(symbol.clone()).or_insert(Decimal::ZERO) += position.size;
+            }
+        }
+        out
+    }
+
     fn publish(&self) {
-        let account = self.exchange.account();
+        let (currency, balance, equity) = match &self.venue {
+            Venue::Paper(exchange) => {
+                let account = exchange.account();
+                (account.currency, account.balance, account.equity)
+            }
+            Venue::Live(live) => {
+                let unrealized: Decimal = self
+                    .positions
+                    .values()
+                    .flat_map(|p| p.values())
+                    .filter_map(|p| self.marks.get(&p.symbol).map(|mark| p.unrealized_pnl(*mark)))
+                    .sum();
+                (live.currency.clone(), live.balance, live.balance + unrealized)
+            }
+        };
         self.view.store(Arc::new(AccountView {
-            currency: account.currency,
-            balance: account.balance,
-            equity: account.equity,
+            currency,
+            balance,
+            equity,
             positions: self.positions.clone(),
             marks: self.marks.clone(),
             open_orders: self.open.values().cloned().collect(),
         }));
     }
+}
+
+/// Applies the exchange's state to an order. `Closed` leaves the status to
+/// the fills (they complete it); a pending order becomes open.
+fn apply_remote(order: &mut Order, remote: &RemoteOrder, now: i64) {
+    let was_pending = order.status == OrderStatus::Pending;
+    match remote.state {
+        RemoteState::Open | RemoteState::Closed if was_pending => {
+            order.status = if order.filled.is_zero() { OrderStatus::Open } else { OrderStatus::PartiallyFilled };
+        }
+        RemoteState::Open | RemoteState::Closed => return,
+        RemoteState::Cancelled => {
+            order.status = OrderStatus::Cancelled;
+            order.reason = remote.reason.clone().or_else(|| Some("cancelled".into()));
+        }
+        RemoteState::Rejected => {
+            order.status = OrderStatus::Rejected;
+            order.reason = remote.reason.clone();
+        }
+    }
+    order.updated = now;
 }

@@ -21,6 +21,8 @@ pub enum ComponentState {
     Up,
     /// Stopping.
     Stopping,
+    /// Was up and is lost for now (an exchange stream reconnecting, stale market data).
+    Down,
 }
 
 /// Which components exist and whether the host is shutting down.
@@ -36,8 +38,11 @@ impl Health {
         self.components.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), ComponentState::Starting);
     }
 
-    /// Sets a component's state.
+    /// Sets a component's state (ignored once shutdown began: everything is stopping).
     pub fn set(&self, name: &str, state: ComponentState) {
+        if self.is_shutting_down() {
+            return;
+        }
         self.components.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), state);
     }
 

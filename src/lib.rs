@@ -4,7 +4,8 @@
 //! - [`model`]: plain domain types (orders, fills, candles, positions) with decimal money.
 //! - [`config`]: typed, validated configuration.
 //! - [`data`]: candle aggregation, per-symbol market state and native indicators.
-//! - [`exchange`]: the paper exchange (simulated fills).
+//! - [`exchange`]: the paper exchange (simulated fills) and the live venue interface.
+//! - [`delta`]: the Delta Exchange connector (REST, streams, reconciliation).
 //! - [`feed`]: market data sources (synthetic random walk, CSV replay).
 //! - [`strategy`]: engine-agnostic strategy runtime: events in, commands out.
 //! - [`script`]: the Rhai implementation: hardened engine and host API modules.
@@ -16,6 +17,7 @@ pub mod activity;
 pub mod backtest;
 pub mod config;
 pub mod data;
+pub mod delta;
 pub mod exchange;
 pub mod execution;
 pub mod feed;

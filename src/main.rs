@@ -109,6 +109,8 @@ struct Target {
 }
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for every client (reqwest and the WebSocket streams).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run { config, strategies, data_dir, http } => run(config.as_deref(), strategies, data_dir, http),

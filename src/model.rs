@@ -223,6 +223,9 @@ pub struct Fill {
     pub liquidity: Liquidity,
     /// Exchange time of the fill.
     pub time: TimestampMs,
+    /// The exchange's own fill id (live exchanges only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_id: Option<String>,
 }
 
 /// An OHLCV bar.

@@ -44,6 +44,7 @@ fn fill(id: u64, order_id: &str, side: Side, size: &str, price: &str) -> Fill {
         fee: Decimal::ZERO,
         liquidity: Liquidity::Taker,
         time: 0,
+        exchange_id: None,
     }
 }
 

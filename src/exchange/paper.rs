@@ -68,6 +68,7 @@ pub fn settle(
         fee,
         liquidity,
         time: now,
+        exchange_id: None,
     };
     order.apply_fill(size, price, now);
     fill

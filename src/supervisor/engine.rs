@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::activity::{ActivityBus, ActivityKind};
 use crate::config::ShutdownPolicy;
 use crate::data::{MarketHub, TimedCandle};
-use crate::exchange::ExchangeEvent;
+use crate::exchange::{ExchangeEvent, VenueUpdate};
 use crate::execution::Oms;
 use crate::feed::FeedEvent;
 use crate::model::{Order, OrderRequest, OrderStatus, Tick};
@@ -66,6 +66,8 @@ pub struct Engine {
     pub id_counter: Arc<std::sync::atomic::AtomicU64>,
     /// Order and fill counters.
     pub metrics: Arc<crate::health::Metrics>,
+    /// Reports of a live venue (none for paper).
+    pub venue_updates: Option<mpsc::UnboundedReceiver<VenueUpdate>>,
 }
 
 impl Engine {
@@ -77,10 +79,15 @@ impl Engine {
         cancel: CancellationToken,
     ) {
         let mut feed_open = true;
+        let mut venue = self.venue_updates.take();
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                update = async { venue.as_mut()?.recv().await }, if venue.is_some() => match update {
+                    Some(update) => self.handle_venue(update).await,
+                    None => venue = None,
+                },
                 request = requests.recv() => match request {
                     Some(request) => self.handle_request(request).await,
                     None => break,
@@ -90,6 +97,15 @@ impl Engine {
                     None => feed_open = false,
                 },
             }
+        }
+    }
+
+    /// Applies a live venue's report: events are stored, then reported;
+    /// anything that matches no known order is logged as a difference.
+    async fn handle_venue(&mut self, update: VenueUpdate) {
+        match self.oms.apply_venue(update) {
+            Ok(events) => self.persist_and_dispatch(events).await,
+            Err(difference) => publish_difference(&self.activity, &difference),
         }
     }
 
@@ -300,4 +316,10 @@ pub fn publish_log(activity: &ActivityBus, strategy: &str, level: LogLevel, mess
         LogLevel::Error => tracing::error!(target: "strategy", strategy = %strategy, "{message}"),
     }
     activity.publish(ActivityKind::Log, Some(strategy), json!({ "level": level, "message": message }));
+}
+
+/// Logs and publishes something the exchange knows that the host did not expect.
+pub fn publish_difference(activity: &ActivityBus, detail: &str) {
+    tracing::warn!("exchange difference: {detail}");
+    activity.publish(ActivityKind::System, None, json!({ "event": "exchange_difference", "detail": detail }));
 }

@@ -22,10 +22,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::{ActivityBus, ActivityKind};
-use crate::config::{Config, FeedKind, Secret};
+use crate::config::{Config, ExchangeKind, FeedKind, Secret};
 use crate::data::{MarketHub, Timeframe};
+use crate::delta::DeltaConnector;
 use crate::exchange::ExchangeEvent;
-use crate::exchange::PaperExchange;
+use crate::exchange::{LiveVenue, PaperExchange, Venue, VenueCommand, VenueUpdate};
 use crate::execution::Oms;
 use crate::feed::{self, FeedSource, Replay, SyntheticFeed};
 use crate::health::{ComponentState, Health, Metrics};
@@ -119,6 +120,9 @@ pub enum HostError {
         /// Reason.
         message: String,
     },
+    /// The exchange connector could not start.
+    #[error("exchange: {0}")]
+    Exchange(#[from] crate::delta::ConnectError),
     /// The strategies folder cannot be watched.
     #[error("cannot watch the strategies folder {path}: {message}")]
     Watch {
@@ -137,6 +141,8 @@ impl HostError {
                 2
             }
             HostError::Store(error) => error.exit_code(),
+            HostError::Exchange(crate::delta::ConnectError::Rest(_)) => 1,
+            HostError::Exchange(_) => 2,
             HostError::Watch { .. } | HostError::Recovery(_) => 1,
         }
     }
@@ -241,6 +247,76 @@ fn build_feed(config: &Config, oms: &mut Oms) -> Result<(MarketHub, FeedSource),
     }
 }
 
+/// Where market data comes from.
+enum Market {
+    /// The synthetic or replay feed.
+    Feed(FeedSource),
+    /// Delta's public stream.
+    Delta(Arc<DeltaConnector>),
+}
+
+/// The running Delta connector's channels.
+struct DeltaLinks {
+    connector: Arc<DeltaConnector>,
+    commands: mpsc::UnboundedReceiver<VenueCommand>,
+    updates_tx: mpsc::UnboundedSender<VenueUpdate>,
+    updates: mpsc::UnboundedReceiver<VenueUpdate>,
+}
+
+/// Connects to Delta, loads warm-up history, and reconciles the store with
+/// the exchange before any strategy resumes: stored open and pending orders
+/// are looked up by client id, missed fills are applied, and differences
+/// (foreign orders or fills, positions that do not add up) are logged.
+async fn start_delta(
+    config: &Config,
+    store: &Store,
+    recovered: &crate::store::Recovered,
+    activity: &ActivityBus,
+) -> Result<(Oms, MarketHub, Vec<ExchangeEvent>, DeltaLinks), HostError> {
+    let delta = &config.exchange.delta;
+    let connector = Arc::new(DeltaConnector::connect(delta).await?);
+    let mut hub = MarketHub::new(Timeframe::minute(), 20_000);
+    match connector.history(delta.history_bars).await {
+        Ok(candles) => candles.into_iter().for_each(|c| drop(hub.on_bar(c))),
+        Err(error) => tracing::warn!("delta: no warm-up history: {error}"),
+    }
+    let stored_fills = store.reader().recent_fills(10_000)?;
+    let startup = connector.startup(recovered, &stored_fills).await.map_err(crate::delta::ConnectError::Rest)?;
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let (updates_tx, updates) = mpsc::unbounded_channel();
+    let mut oms = Oms::new(Venue::Live(LiveVenue {
+        commands: commands_tx,
+        currency: connector.currency.clone(),
+        balance: startup.balance,
+        known_at_start: startup.known_at_start,
+    }));
+    oms.remember_fills(stored_fills.into_iter().filter_map(|f| f.exchange_id));
+    let mut resolved = oms.restore(recovered).map_err(|e| HostError::Recovery(e.to_string()))?;
+    for update in startup.updates {
+        match oms.apply_venue(update) {
+            Ok(events) => resolved.extend(events),
+            Err(difference) => engine::publish_difference(activity, &difference),
+        }
+    }
+    let ours = oms.net_positions();
+    for (symbol, exchange) in &startup.positions {
+        let host = ours.get(symbol).copied().unwrap_or_default();
+        if host != *exchange {
+            engine::publish_difference(
+                activity,
+                &format!("position {symbol}: the exchange holds {exchange}, the strategies' fills add up to {host}"),
+            );
+        }
+    }
+    tracing::info!(
+        currency = %connector.currency,
+        balance = %startup.balance,
+        reconciled = resolved.len(),
+        "delta: reconciled with the store"
+    );
+    Ok((oms, hub, resolved, DeltaLinks { connector, commands, updates_tx, updates }))
+}
+
 /// Starts the host. Must be called inside a tokio runtime.
 pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     let config = Arc::new(config);
@@ -274,20 +350,39 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     health.set("store", ComponentState::Up);
     let activity = ActivityBus::new(10_000, recovered.last_activity_seq);
     activity.attach_store(writer.clone());
-    let mut oms = Oms::new(PaperExchange::new(&config.exchange.paper));
-    // Warm-up history first, on an empty book: it must not fill restored orders.
-    let (hub, source) = build_feed(&config, &mut oms)?;
-    let resolved = oms.restore(&recovered).map_err(|e| HostError::Recovery(e.to_string()))?;
+    let (oms, hub, market, resolved, delta) = match config.exchange.kind {
+        ExchangeKind::Paper => {
+            let mut oms = Oms::new(Venue::Paper(PaperExchange::new(&config.exchange.paper)));
+            // Warm-up history first, on an empty book: it must not fill restored orders.
+            let (hub, source) = build_feed(&config, &mut oms)?;
+            let resolved = oms.restore(&recovered).map_err(|e| HostError::Recovery(e.to_string()))?;
+            (oms, hub, Market::Feed(source), resolved, None)
+        }
+        ExchangeKind::Delta => {
+            for component in [crate::delta::connector::MARKET_COMPONENT, crate::delta::connector::ORDERS_COMPONENT] {
+                health.register(component);
+            }
+            let (oms, hub, resolved, links) = start_delta(&config, &store, &recovered, &activity).await?;
+            let connector = links.connector.clone();
+            (oms, hub, Market::Delta(connector), resolved, Some(links))
+        }
+    };
     if !resolved.is_empty() {
         writer.commit(oms.write_ops(&resolved)).await.map_err(|e| HostError::Recovery(e.to_string()))?;
         for event in &resolved {
-            if let ExchangeEvent::Order(order) = event {
-                tracing::warn!(order = %order.request.client_id, status = ?order.status, "order outcome resolved at start: {}", order.reason.as_deref().unwrap_or("known to the exchange"));
-                activity.publish(
-                    ActivityKind::Order,
-                    Some(&order.request.strategy),
-                    json!({ "recovered": true, "order": order }),
-                );
+            match event {
+                ExchangeEvent::Order(order) => {
+                    tracing::warn!(order = %order.request.client_id, status = ?order.status, "order outcome resolved at start: {}", order.reason.as_deref().unwrap_or("known to the exchange"));
+                    activity.publish(
+                        ActivityKind::Order,
+                        Some(&order.request.strategy),
+                        json!({ "recovered": true, "order": order }),
+                    );
+                }
+                ExchangeEvent::Fill(fill) => {
+                    tracing::warn!(order = %fill.order_id, size = %fill.size, price = %fill.price, "fill found at start");
+                    activity.publish(ActivityKind::Fill, Some(&fill.strategy), json!(fill));
+                }
             }
         }
     }
@@ -326,13 +421,33 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     let tasks_cancel = CancellationToken::new();
     let engine_cancel = CancellationToken::new();
     let (feed_go, go) = oneshot::channel::<()>();
+    let venue_updates = match delta {
+        Some(links) => {
+            let connector = links.connector.clone();
+            tasks.spawn(
+                "exchange orders",
+                connector.clone().run_orders(links.commands, links.updates_tx.clone(), tasks_cancel.clone()),
+            );
+            tasks.spawn(
+                "exchange private stream",
+                connector.run_private(links.updates_tx, health.clone(), metrics.clone(), tasks_cancel.clone()),
+            );
+            Some(links.updates)
+        }
+        None => None,
+    };
     {
         let cancel = tasks_cancel.clone();
+        let stale = oms.stale_symbols();
+        let (health, metrics) = (health.clone(), metrics.clone());
         tasks.spawn("market feed", async move {
             // The live feed starts once the strategies found at start are running.
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = go => feed::run(source, feed_tx, cancel).await,
+                _ = go => match market {
+                    Market::Feed(source) => feed::run(source, feed_tx, cancel).await,
+                    Market::Delta(connector) => connector.run_market(feed_tx, stale, health, metrics, cancel).await,
+                },
             }
         });
     }
@@ -345,6 +460,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         control: control_tx.clone(),
         id_counter: id_counter.clone(),
         metrics: metrics.clone(),
+        venue_updates,
     };
     tasks.spawn("engine", engine.run(engine_rx, feed_rx, engine_cancel.clone()));
     health.set("engine", ComponentState::Up);
@@ -391,12 +507,16 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     tasks.spawn("http", crate::http::serve(listener, crate::http::router(api), http_cancel.clone()));
     health.set("http", ComponentState::Up);
     tracing::info!(addr = %http_addr, "control API and dashboard at http://{http_addr}/");
+    let mode = match config.exchange.kind {
+        ExchangeKind::Paper => "paper",
+        ExchangeKind::Delta => "delta",
+    };
     activity.publish(
         ActivityKind::System,
         None,
         json!({
             "event": "started",
-            "mode": "paper",
+            "mode": mode,
             "version": env!("CARGO_PKG_VERSION"),
             "recovered": {
                 "open_orders": account.load().open_orders.len(),
@@ -405,7 +525,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
             },
         }),
     );
-    tracing::info!(strategies = %config.strategies.dir.display(), symbols = ?config.feed_symbols(), "host started (paper exchange)");
+    tracing::info!(strategies = %config.strategies.dir.display(), symbols = ?config.feed_symbols(), "host started ({mode} exchange)");
     let lifecycle = Lifecycle {
         config,
         control_rx,

@@ -1,0 +1,22 @@
+//! Delta Exchange (India and Global): signed REST, the public and private
+//! WebSocket streams, order-book maintenance, and the venue that plugs them
+//! into the host. The protocol facts follow shared/delta-exchange.md; the
+//! section numbers in the docs below refer to it.
+//!
+//! - [`sign`]: HMAC signing and the query string that is signed and sent.
+//! - [`wire`]: lenient decoding of every REST result and stream message.
+//! - [`book`]: L2 books with sequence and CRC-32 checks.
+//! - [`rest`]: the REST client (budget, clock offset, typed errors).
+//! - [`stream`]: one WebSocket with auth, heartbeat, pings and reconnects.
+//! - [`connector`]: the venue: orders, fills, reconciliation, market data.
+//! - [`doctor`]: `tradehost doctor` checks for a Delta configuration.
+
+pub mod book;
+pub mod connector;
+pub mod doctor;
+pub mod rest;
+pub mod sign;
+pub mod stream;
+pub mod wire;
+
+pub use connector::{ConnectError, DeltaConnector, Startup};
