@@ -30,6 +30,8 @@ use crate::store::Recovered;
 
 /// Health component of the public market stream.
 pub const MARKET_COMPONENT: &str = "exchange.market";
+/// Health component of the REST API (down during outages and maintenance).
+pub const REST_COMPONENT: &str = "exchange.rest";
 /// Health component of the private order stream.
 pub const ORDERS_COMPONENT: &str = "exchange.orders";
 /// Longest `client_order_id` Delta accepts.
@@ -658,6 +660,8 @@ impl DeltaConnector {
                     }
                     let state = if stale_now.is_empty() { ComponentState::Up } else if market.ever_up { ComponentState::Down } else { ComponentState::Starting };
                     health.set(MARKET_COMPONENT, state);
+                    let rest = if self.rest.is_reachable() { ComponentState::Up } else { ComponentState::Down };
+                    health.set(REST_COMPONENT, rest);
                 }
                 event = events.recv() => match event {
                     None => break,

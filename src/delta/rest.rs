@@ -6,7 +6,7 @@
 //! decode problems apart.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -257,6 +257,7 @@ pub struct RestClient {
     budget: RateBudget,
     offset_ms: AtomicI64,
     attempts: u32,
+    reachable: AtomicBool,
 }
 
 impl RestClient {
@@ -275,7 +276,14 @@ impl RestClient {
             budget: RateBudget::new(WINDOW_UNITS, WINDOW),
             offset_ms: AtomicI64::new(0),
             attempts: 4,
+            reachable: AtomicBool::new(true),
         })
+    }
+
+    /// False while the last request could not reach the exchange or met a
+    /// server error or maintenance (for health).
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
     }
 
     /// The budget (for reporting).
@@ -354,12 +362,12 @@ impl RestClient {
         if !body.is_empty() {
             request = request.header("content-type", "application/json").body(body);
         }
-        let response = request.send().await.map_err(|e| RestError::Connectivity {
-            endpoint: endpoint.clone(),
-            message: error_chain(&e),
-            timed_out: e.is_timeout(),
+        let response = request.send().await.map_err(|e| {
+            self.reachable.store(false, Ordering::Relaxed);
+            RestError::Connectivity { endpoint: endpoint.clone(), message: error_chain(&e), timed_out: e.is_timeout() }
         })?;
         let status = response.status().as_u16();
+        self.reachable.store(status < 500, Ordering::Relaxed);
         let reset_ms =
             response.headers().get("x-rate-limit-reset").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let bytes = response.bytes().await.map_err(|e| RestError::Connectivity {

@@ -359,7 +359,8 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
             (oms, hub, Market::Feed(source), resolved, None)
         }
         ExchangeKind::Delta => {
-            for component in [crate::delta::connector::MARKET_COMPONENT, crate::delta::connector::ORDERS_COMPONENT] {
+            use crate::delta::connector::{MARKET_COMPONENT, ORDERS_COMPONENT, REST_COMPONENT};
+            for component in [MARKET_COMPONENT, ORDERS_COMPONENT, REST_COMPONENT] {
                 health.register(component);
             }
             let (oms, hub, resolved, links) = start_delta(&config, &store, &recovered, &activity).await?;

@@ -1,0 +1,253 @@
+//! The host against a faithful fake Delta Exchange on loopback
+//! (tests/support/fake_delta.rs): a shipped strategy trading unchanged,
+//! every fault switch, and clock skew. After each run the store and the
+//! fake's account must agree: same fills, no order sent twice, the same
+//! net position and the same PnL.
+
+mod common;
+#[path = "support/fake_delta.rs"]
+mod fake_delta;
+
+use std::path::Path;
+use std::time::Duration;
+
+use fake_delta::{FakeConfig, FakeDelta};
+use rust_decimal::Decimal;
+use tradehost::config::{Config, ExchangeKind, Secret};
+use tradehost::health::ComponentState;
+use tradehost::store::Store;
+use tradehost::supervisor::{self, HostHandle, ShutdownReason};
+
+const MARKET_MAKER: &str = include_str!("../strategies/market_maker.rhai");
+
+/// A host configured for the fake: fast heartbeats and reconnects, a tight
+/// quote so fills come quickly (the script itself is the shipped one).
+pub fn delta_config(fake: &FakeDelta, dir: &Path, data: &Path) -> Config {
+    let mut config = common::fast_config(dir, data);
+    config.exchange.kind = ExchangeKind::Delta;
+    let delta = &mut config.exchange.delta;
+    delta.rest_url = Some(fake.rest_url());
+    delta.ws_url = Some(fake.ws_url());
+    delta.ws_public_url = Some(fake.ws_public_url());
+    delta.api_key = Some(Secret::new(fake.config().key.clone()));
+    delta.api_secret = Some(Secret::new(fake.config().secret.clone()));
+    delta.request_timeout_ms = 1_000;
+    delta.heartbeat_timeout_ms = 1_500;
+    delta.ping_interval_ms = 1_000;
+    delta.reconnect_initial_ms = 100;
+    delta.reconnect_max_ms = 800;
+    delta.stale_after_ms = 1_000;
+    delta.history_bars = 60;
+    let params = &mut config.strategies.overrides.entry("market_maker".into()).or_default().params;
+    params.insert("spread_bps".into(), serde_json::json!(3.0));
+    params.insert("requote_bps".into(), serde_json::json!(2.0));
+    config
+}
+
+struct Run {
+    fake: FakeDelta,
+    host: HostHandle,
+    dir: tempfile::TempDir,
+    data: tempfile::TempDir,
+}
+
+async fn start(fake_config: FakeConfig) -> Run {
+    let fake = FakeDelta::start(fake_config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("market_maker.rhai"), MARKET_MAKER).unwrap();
+    let host =
+        supervisor::start(delta_config(&fake, dir.path(), data.path())).await.expect("host starts against the fake");
+    let run = Run { fake, host, dir, data };
+    run.wait("host ready", Duration::from_secs(20), |r| r.host.health().is_ready()).await;
+    run
+}
+
+impl Run {
+    async fn wait(&self, what: &str, limit: Duration, done: impl Fn(&Run) -> bool) -> Duration {
+        let start = tokio::time::Instant::now();
+        while !done(self) {
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}; health {:?}",
+                self.host.health().components()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("{what}: {:?}", start.elapsed());
+        start.elapsed()
+    }
+
+    fn state(&self, component: &str) -> Option<ComponentState> {
+        self.host.health().components().get(component).copied()
+    }
+
+    async fn wait_fills(&self, more_than: usize) {
+        self.wait(&format!("more than {more_than} fills on the fake"), Duration::from_secs(30), |r| {
+            r.fake.fills().len() > more_than
+        })
+        .await;
+    }
+
+    /// Freezes the market, lets in-flight reports land, stops the host, and
+    /// checks the store against the fake's account.
+    async fn finish(self) -> (usize, usize) {
+        self.fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        self.host.shutdown(ShutdownReason::Api);
+        let code = tokio::time::timeout(Duration::from_secs(20), self.host.wait()).await.expect("host stops");
+        assert_eq!(code, 0, "clean shutdown");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_consistent(&self.fake, self.data.path())
+    }
+}
+
+/// The store and the fake agree: every fill once, no order posted twice,
+/// the same net position, the same realised PnL after fees.
+pub fn assert_consistent(fake: &FakeDelta, data: &Path) -> (usize, usize) {
+    assert!(fake.duplicate_posts().is_empty(), "orders posted twice: {:?}", fake.duplicate_posts());
+    assert_eq!(fake.signature_failures(), 0, "every signature verified");
+    let store = Store::open(data).unwrap();
+    let fills = store.reader().fills().unwrap();
+    let recovered = store.recover().unwrap();
+    let mut ids: Vec<String> =
+        fills.iter().map(|f| f.exchange_id.clone().expect("live fills carry the exchange id")).collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "a fill was recorded twice");
+    let mut fake_ids: Vec<String> = fake.fills().into_iter().map(|f| f.id).collect();
+    fake_ids.sort();
+    assert_eq!(ids, fake_ids, "store fills == fake fills");
+    let (contracts, _) = fake.position("BTCUSD");
+    let host_size: Decimal = recovered.positions.values().filter_map(|p| p.get("BTCUSD")).map(|p| p.size).sum();
+    assert_eq!(host_size, Decimal::from(contracts) * Decimal::new(1, 3), "net position");
+    let realized: Decimal = recovered.positions.values().flat_map(|p| p.values()).map(|p| p.realized_pnl).sum();
+    let fees: Decimal = fills.iter().map(|f| f.fee).sum();
+    assert_eq!(realized - fees, fake.balance() - FakeConfig::default().balance, "realised PnL after fees");
+    let fake_clients: Vec<String> = fake.orders().into_iter().filter_map(|o| o.client_order_id).collect();
+    for client_id in &fake_clients {
+        assert!(recovered.orders.contains_key(client_id), "order {client_id} on the exchange is in the store");
+    }
+    (fills.len(), fake_clients.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_strategy_trades_unchanged_and_the_accounts_agree() {
+    let run = start(FakeConfig::default()).await;
+    run.wait_fills(6).await;
+    let account = run.host.account();
+    assert_eq!(account.currency, "USD");
+    assert!(account.balance > Decimal::ZERO, "balance from the exchange wallet");
+    let (fills, orders) = run.finish().await;
+    assert!(fills > 6 && orders > fills / 2, "{fills} fills, {orders} orders");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_sockets_and_silent_heartbeats_reconnect_within_the_backoff_bound() {
+    let run = start(FakeConfig::default()).await;
+    run.wait_fills(2).await;
+    let connections = run.fake.connections();
+    run.fake.drop_sockets();
+    run.wait("orders stream down", Duration::from_secs(5), |r| {
+        r.state("exchange.orders") == Some(ComponentState::Down)
+    })
+    .await;
+    let took = run
+        .wait("orders stream up again", Duration::from_secs(5), |r| {
+            r.state("exchange.orders") == Some(ComponentState::Up)
+        })
+        .await;
+    assert!(took < Duration::from_millis(800 + 1_500), "reconnected in {took:?}");
+    run.wait("both streams reconnected", Duration::from_secs(3), |r| r.fake.connections() >= connections + 2).await;
+    // Heartbeats stop: the watchdog reconnects; health shows the outage while it lasts.
+    let connections = run.fake.connections();
+    run.fake.faults().stop_heartbeats.store(true, std::sync::atomic::Ordering::SeqCst);
+    run.wait("watchdog reconnect", Duration::from_secs(6), |r| r.fake.connections() >= connections + 2).await;
+    run.fake.faults().stop_heartbeats.store(false, std::sync::atomic::Ordering::SeqCst);
+    run.wait("streams up after heartbeats resume", Duration::from_secs(6), |r| r.host.health().is_ready()).await;
+    let fills = run.fake.fills().len();
+    run.wait_fills(fills + 2).await;
+    run.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn book_gaps_bad_checksums_and_malformed_frames_resubscribe_without_a_crash() {
+    let run = start(FakeConfig::default()).await;
+    run.wait_fills(1).await;
+    for fault in ["gap", "checksum", "malformed"] {
+        let (snapshots, connections) = (run.fake.snapshots(), run.fake.connections());
+        match fault {
+            "gap" => run.fake.sequence_gap(),
+            "checksum" => run.fake.bad_checksum(),
+            _ => run.fake.malformed_frame(),
+        }
+        if fault == "malformed" {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(run.fake.snapshots(), snapshots, "a malformed frame is skipped, not a resubscribe");
+        } else {
+            run.wait(&format!("resubscribe after {fault}"), Duration::from_secs(5), |r| r.fake.snapshots() > snapshots)
+                .await;
+        }
+        assert_eq!(run.fake.connections(), connections, "{fault}: no reconnect needed");
+        run.wait("market fresh", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Up))
+            .await;
+    }
+    // A frozen market is stale: health shows it and new entries are refused until it is fresh.
+    run.fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
+    run.wait("market stale", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Down))
+        .await;
+    run.fake.faults().freeze_market.store(false, std::sync::atomic::Ordering::SeqCst);
+    run.wait("market fresh again", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Up))
+        .await;
+    let fills = run.fake.fills().len();
+    run.wait_fills(fills + 1).await;
+    run.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_maintenance_and_slow_answers_never_duplicate_an_order() {
+    let run = start(FakeConfig::default()).await;
+    run.wait_fills(1).await;
+    // A burst of 429s: requests wait for X-RATE-LIMIT-RESET, are re-signed and go through.
+    run.fake.faults().burst_429.store(4, std::sync::atomic::Ordering::SeqCst);
+    let fills = run.fake.fills().len();
+    run.wait_fills(fills + 1).await;
+    // Maintenance: REST answers 503 `unavailable`; health shows it; trading resumes afterwards.
+    run.fake.faults().unavailable.store(true, std::sync::atomic::Ordering::SeqCst);
+    run.wait("REST down", Duration::from_secs(5), |r| r.state("exchange.rest") == Some(ComponentState::Down)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    run.fake.faults().unavailable.store(false, std::sync::atomic::Ordering::SeqCst);
+    run.wait("REST up", Duration::from_secs(10), |r| r.state("exchange.rest") == Some(ComponentState::Up)).await;
+    // Answers slower than the client timeout: the order exists anyway and is found by client id.
+    let orders_before = run.fake.orders().len();
+    run.fake.faults().slow_orders_ms.store(1_500, std::sync::atomic::Ordering::SeqCst);
+    run.wait("orders placed while answers are slow", Duration::from_secs(10), |r| {
+        r.fake.orders().len() >= orders_before + 4
+    })
+    .await;
+    // Let the timed-out sends be looked up before answers are fast again.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    run.fake.faults().slow_orders_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    let fills = run.fake.fills().len();
+    run.wait_fills(fills + 1).await;
+    run.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skewed_server_clock_is_measured_and_signatures_hold() {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    fake.faults().clock_skew_ms.store(-42_000, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("market_maker.rhai"), MARKET_MAKER).unwrap();
+    let host = supervisor::start(delta_config(&fake, dir.path(), data.path())).await.expect("starts despite the skew");
+    let run = Run { fake, host, dir, data };
+    run.wait_fills(2).await;
+    // The clock jumps while running: the next requests expire, the client re-measures and re-signs.
+    run.fake.faults().clock_skew_ms.store(30_000, std::sync::atomic::Ordering::SeqCst);
+    let fills = run.fake.fills().len();
+    run.wait_fills(fills + 2).await;
+    assert!(run.dir.path().exists());
+    run.finish().await;
+}
