@@ -11,11 +11,10 @@ mod fake_delta;
 use std::path::Path;
 use std::time::Duration;
 
-use fake_delta::{FakeConfig, FakeDelta};
+use fake_delta::{FakeConfig, FakeDelta, assert_consistent};
 use rust_decimal::Decimal;
 use tradehost::config::{Config, ExchangeKind, Secret};
 use tradehost::health::ComponentState;
-use tradehost::store::Store;
 use tradehost::supervisor::{self, HostHandle, ShutdownReason};
 
 const MARKET_MAKER: &str = include_str!("../strategies/market_maker.rhai");
@@ -100,36 +99,6 @@ impl Run {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_consistent(&self.fake, self.data.path())
     }
-}
-
-/// The store and the fake agree: every fill once, no order posted twice,
-/// the same net position, the same realised PnL after fees.
-pub fn assert_consistent(fake: &FakeDelta, data: &Path) -> (usize, usize) {
-    assert!(fake.duplicate_posts().is_empty(), "orders posted twice: {:?}", fake.duplicate_posts());
-    assert_eq!(fake.signature_failures(), 0, "every signature verified");
-    let store = Store::open(data).unwrap();
-    let fills = store.reader().fills().unwrap();
-    let recovered = store.recover().unwrap();
-    let mut ids: Vec<String> =
-        fills.iter().map(|f| f.exchange_id.clone().expect("live fills carry the exchange id")).collect();
-    ids.sort();
-    let before = ids.len();
-    ids.dedup();
-    assert_eq!(ids.len(), before, "a fill was recorded twice");
-    let mut fake_ids: Vec<String> = fake.fills().into_iter().map(|f| f.id).collect();
-    fake_ids.sort();
-    assert_eq!(ids, fake_ids, "store fills == fake fills");
-    let (contracts, _) = fake.position("BTCUSD");
-    let host_size: Decimal = recovered.positions.values().filter_map(|p| p.get("BTCUSD")).map(|p| p.size).sum();
-    assert_eq!(host_size, Decimal::from(contracts) * Decimal::new(1, 3), "net position");
-    let realized: Decimal = recovered.positions.values().flat_map(|p| p.values()).map(|p| p.realized_pnl).sum();
-    let fees: Decimal = fills.iter().map(|f| f.fee).sum();
-    assert_eq!(realized - fees, fake.balance() - FakeConfig::default().balance, "realised PnL after fees");
-    let fake_clients: Vec<String> = fake.orders().into_iter().filter_map(|o| o.client_order_id).collect();
-    for client_id in &fake_clients {
-        assert!(recovered.orders.contains_key(client_id), "order {client_id} on the exchange is in the store");
-    }
-    (fills.len(), fake_clients.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,6 +68,9 @@ pub struct Engine {
     pub metrics: Arc<crate::health::Metrics>,
     /// Reports of a live venue (none for paper).
     pub venue_updates: Option<mpsc::UnboundedReceiver<VenueUpdate>>,
+    /// Order outcomes and fills found at start (while the host was down):
+    /// delivered to their strategies with the first market event, once they run.
+    pub startup_events: Vec<ExchangeEvent>,
 }
 
 impl Engine {
@@ -228,6 +231,18 @@ impl Engine {
     }
 
     async fn handle_feed(&mut self, event: FeedEvent) {
+        if !self.startup_events.is_empty() {
+            let runtimes = self.runtimes.load();
+            for event in std::mem::take(&mut self.startup_events) {
+                let (strategy, event) = match event {
+                    ExchangeEvent::Fill(fill) => (fill.strategy.clone(), StrategyEvent::Fill(fill)),
+                    ExchangeEvent::Order(order) => (order.request.strategy.clone(), StrategyEvent::Order(order)),
+                };
+                if let Some(runtime) = runtimes.get(&strategy) {
+                    runtime.send_event(event);
+                }
+            }
+        }
         let (candles, tick) = match event {
             FeedEvent::Tick(tick) => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_tick(&tick), tick),
             FeedEvent::Bar { bar, close } => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_bar(bar), close),

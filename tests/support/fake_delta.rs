@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +33,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tradehost::store::Store;
 
 /// How the fake behaves.
 #[derive(Clone, Debug)]
@@ -1080,4 +1082,34 @@ fn handle_client(
         }
         _ => vec![],
     }
+}
+
+/// The store and the fake agree: every fill once, no order posted twice,
+/// the same net position, the same realised PnL after fees.
+pub fn assert_consistent(fake: &FakeDelta, data: &Path) -> (usize, usize) {
+    assert!(fake.duplicate_posts().is_empty(), "orders posted twice: {:?}", fake.duplicate_posts());
+    assert_eq!(fake.signature_failures(), 0, "every signature verified");
+    let store = Store::open(data).unwrap();
+    let fills = store.reader().fills().unwrap();
+    let recovered = store.recover().unwrap();
+    let mut ids: Vec<String> =
+        fills.iter().map(|f| f.exchange_id.clone().expect("live fills carry the exchange id")).collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "a fill was recorded twice");
+    let mut fake_ids: Vec<String> = fake.fills().into_iter().map(|f| f.id).collect();
+    fake_ids.sort();
+    assert_eq!(ids, fake_ids, "store fills == fake fills");
+    let (contracts, _) = fake.position("BTCUSD");
+    let host_size: Decimal = recovered.positions.values().filter_map(|p| p.get("BTCUSD")).map(|p| p.size).sum();
+    assert_eq!(host_size, Decimal::from(contracts) * Decimal::new(1, 3), "net position");
+    let realized: Decimal = recovered.positions.values().flat_map(|p| p.values()).map(|p| p.realized_pnl).sum();
+    let fees: Decimal = fills.iter().map(|f| f.fee).sum();
+    assert_eq!(realized - fees, fake.balance() - FakeConfig::default().balance, "realised PnL after fees");
+    let fake_clients: Vec<String> = fake.orders().into_iter().filter_map(|o| o.client_order_id).collect();
+    for client_id in &fake_clients {
+        assert!(recovered.orders.contains_key(client_id), "order {client_id} on the exchange is in the store");
+    }
+    (fills.len(), fake_clients.len())
 }
