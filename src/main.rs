@@ -222,6 +222,7 @@ fn doctor(config_path: Option<&Path>, data_dir: Option<PathBuf>) -> u8 {
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
+    config.apply_env(|key| std::env::var(key).ok());
     let mut healthy = true;
     let dir = &config.strategies.dir;
     match tradehost::supervisor::scan(dir) {
@@ -254,7 +255,16 @@ fn doctor(config_path: Option<&Path>, data_dir: Option<PathBuf>) -> u8 {
             println!("FAIL  store: {error}");
         }
     }
-    println!("OK    exchange: paper (no connection to check)");
+    match config.exchange.kind {
+        tradehost::config::ExchangeKind::Paper => println!("OK    exchange: paper (no connection to check)"),
+        tradehost::config::ExchangeKind::Delta => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            for check in runtime.block_on(tradehost::delta::doctor::run(&config.exchange.delta)) {
+                healthy &= check.ok;
+                println!("{}  delta {}: {}", if check.ok { "OK  " } else { "FAIL" }, check.name, check.detail);
+            }
+        }
+    }
     u8::from(!healthy)
 }
 

@@ -220,3 +220,58 @@ async fn a_skewed_server_clock_is_measured_and_signatures_hold() {
     assert!(run.dir.path().exists());
     run.finish().await;
 }
+
+async fn doctor(fake: &FakeDelta, secret: &str, symbols: &str) -> (Option<i32>, String) {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("strategies")).unwrap();
+    let config = root.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[strategies]\ndir = {:?}\n[exchange]\nkind = \"delta\"\n[exchange.delta]\nrest_url = \"{}\"\nws_url = \"{}\"\nws_public_url = \"{}\"\napi_key = \"{}\"\napi_secret = \"{secret}\"\nsymbols = {symbols}\n",
+            root.path().join("data"),
+            root.path().join("strategies"),
+            fake.rest_url(),
+            fake.ws_url(),
+            fake.ws_public_url(),
+            fake.config().key,
+        ),
+    )
+    .unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tradehost"))
+            .args(["doctor", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_reachability_clock_key_products_and_websocket_auth() {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    fake.faults().clock_skew_ms.store(7_000, std::sync::atomic::Ordering::SeqCst);
+    let secret = fake.config().secret.clone();
+    let (code, out) = doctor(&fake, &secret, r#"["BTCUSD", "ETHUSD"]"#).await;
+    assert_eq!(code, Some(0), "{out}");
+    for line in [
+        "OK    delta reach",
+        "OK    delta server time offset",
+        "OK    delta API key",
+        "OK    delta product BTCUSD: id 84",
+        "OK    delta product ETHUSD",
+        "OK    delta WebSocket",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in\n{out}");
+    }
+    assert!(out.contains("the local clock is off"), "a 7 s skew is reported\n{out}");
+    let (code, out) = doctor(&fake, "wrong-secret", r#"["BTCUSD", "NOPEUSD"]"#).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL  delta API key") && out.contains("invalid_signature"), "{out}");
+    assert!(out.contains("FAIL  delta product NOPEUSD"), "{out}");
+    assert!(out.contains("FAIL  delta WebSocket") && out.contains("invalid_signature"), "{out}");
+    assert!(fake.signature_failures() >= 2);
+}
