@@ -506,3 +506,86 @@ fn apply_remote(order: &mut Order, remote: &RemoteOrder, now: i64) {
     }
     order.updated = now;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PaperConfig;
+    use crate::exchange::{LiveVenue, PaperExchange, VenueUpdate};
+    use crate::model::Liquidity;
+
+    fn request(id: &str, symbol: &str, reduce_only: bool) -> OrderRequest {
+        OrderRequest {
+            client_id: id.into(),
+            strategy: "s".into(),
+            symbol: symbol.into(),
+            side: Side::Buy,
+            kind: OrderKind::Limit,
+            size: Decimal::new(2, 2),
+            price: Some(Decimal::from(100)),
+            time_in_force: TimeInForce::Gtc,
+            post_only: false,
+            reduce_only,
+        }
+    }
+
+    #[test]
+    fn stale_symbols_refuse_new_entries_but_not_exits() {
+        let mut oms = Oms::new(Venue::Paper(PaperExchange::new(&PaperConfig::default())));
+        oms.stale_symbols().write().unwrap().insert("BTCUSD".into());
+        let refused = oms.prepare(request("a", "BTCUSD", false));
+        assert_eq!(refused.status, OrderStatus::Rejected);
+        assert!(refused.reason.unwrap().contains("stale"));
+        assert_eq!(oms.prepare(request("b", "BTCUSD", true)).status, OrderStatus::Pending);
+        assert_eq!(oms.prepare(request("c", "ETHUSD", false)).status, OrderStatus::Pending);
+        oms.stale_symbols().write().unwrap().clear();
+        assert_eq!(oms.prepare(request("d", "BTCUSD", false)).status, OrderStatus::Pending);
+    }
+
+    fn fill(exchange_id: &str, client_id: &str, size: i64) -> VenueUpdate {
+        VenueUpdate::Fill(VenueFill {
+            exchange_id: exchange_id.into(),
+            client_id: client_id.into(),
+            size: Decimal::new(size, 2),
+            price: Decimal::from(100),
+            fee: Decimal::new(1, 2),
+            liquidity: Liquidity::Maker,
+            time: 1,
+        })
+    }
+
+    #[test]
+    fn live_reports_map_onto_orders_once_each() {
+        let (commands, mut sent) = tokio::sync::mpsc::unbounded_channel();
+        let live = LiveVenue {
+            commands,
+            currency: "USD".into(),
+            balance: Decimal::from(1_000),
+            known_at_start: Default::default(),
+        };
+        let mut oms = Oms::new(Venue::Live(live));
+        assert!(oms.send(request("a", "BTCUSD", false)).is_empty(), "answers come later");
+        assert!(matches!(sent.try_recv(), Ok(VenueCommand::Place(r)) if r.client_id == "a"));
+        assert_eq!(oms.open_orders().next().unwrap().status, OrderStatus::Pending);
+        let open = RemoteOrder { state: RemoteState::Open, reason: None };
+        let events = oms.apply_venue(VenueUpdate::Order { client_id: "a".into(), remote: open.clone() }).unwrap();
+        assert!(matches!(&events[..], [ExchangeEvent::Order(o)] if o.status == OrderStatus::Open));
+        assert!(oms.apply_venue(VenueUpdate::Order { client_id: "a".into(), remote: open }).unwrap().is_empty());
+        let events = oms.apply_venue(fill("f1", "a", 1)).unwrap();
+        assert!(matches!(&events[..], [ExchangeEvent::Fill(f), ExchangeEvent::Order(o)]
+            if f.id == 1 && f.exchange_id.as_deref() == Some("f1") && o.status == OrderStatus::PartiallyFilled));
+        assert!(oms.apply_venue(fill("f1", "a", 1)).unwrap().is_empty(), "the same fill again is dropped");
+        let cancelled = RemoteOrder { state: RemoteState::Cancelled, reason: Some("cancelled_by_user".into()) };
+        oms.apply_venue(VenueUpdate::Order { client_id: "a".into(), remote: cancelled }).unwrap();
+        // A fill that raced the cancel still counts, and the order stays cancelled.
+        let events = oms.apply_venue(fill("f2", "a", 1)).unwrap();
+        assert!(
+            matches!(&events[1], ExchangeEvent::Order(o) if o.status == OrderStatus::Cancelled && o.filled == Decimal::new(2, 2))
+        );
+        assert_eq!(oms.position("s", "BTCUSD").size, Decimal::new(2, 2));
+        assert_eq!(oms.net_positions()["BTCUSD"], Decimal::new(2, 2));
+        assert!(oms.apply_venue(fill("f3", "stranger", 1)).unwrap_err().contains("never placed"));
+        oms.apply_venue(VenueUpdate::Balance(Decimal::from(990))).unwrap();
+        assert_eq!(oms.view().load().balance, Decimal::from(990));
+    }
+}

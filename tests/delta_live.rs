@@ -275,3 +275,100 @@ async fn doctor_checks_reachability_clock_key_products_and_websocket_auth() {
     assert!(out.contains("FAIL  delta WebSocket") && out.contains("invalid_signature"), "{out}");
     assert!(fake.signature_failures() >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_client_covers_every_endpoint_against_the_fake() {
+    use tradehost::delta::rest::{Credentials, NewOrder, RestClient, RestError};
+    let fake = FakeDelta::start(FakeConfig { step_ticks: 0, ..FakeConfig::default() }).await;
+    fake.faults().clock_skew_ms.store(12_000, std::sync::atomic::Ordering::SeqCst);
+    let credentials =
+        Credentials { key: Secret::new(fake.config().key.clone()), secret: Secret::new(fake.config().secret.clone()) };
+    let rest = RestClient::new(&fake.rest_url(), Some(credentials), Duration::from_secs(2)).unwrap();
+    let offset = rest.sync_clock().await.unwrap();
+    assert!((11_000..13_000).contains(&offset), "offset {offset} ms");
+    assert_eq!(rest.server_time().await.unwrap() / 1_000_000, (chrono::Utc::now().timestamp_millis() + offset) / 1_000);
+    let products = rest.products().await.unwrap();
+    assert_eq!(products.iter().map(|p| p.symbol.as_str()).collect::<Vec<_>>(), ["BTCUSD", "ETHUSD"]);
+    let btc = rest.product("BTCUSD").await.unwrap();
+    assert_eq!((btc.id, btc.contract_value, btc.tick_size), (84, Decimal::new(1, 3), Decimal::new(5, 1)));
+    assert!(matches!(rest.product("NOPE").await, Err(RestError::Rejected { status: 404, .. })));
+    let ticker = rest.ticker("BTCUSD").await.unwrap();
+    let quotes = ticker.quotes.unwrap();
+    assert!(quotes.best_bid.unwrap() < quotes.best_ask.unwrap());
+    let book = rest.l2_book("BTCUSD", 3).await.unwrap();
+    assert_eq!((book.buy.len(), book.sell.len()), (3, 3));
+    assert!(book.buy[0].price > book.buy[1].price && book.sell[0].price < book.sell[1].price, "best first");
+    // 4,500 minutes: three chunks of at most 2,000, sorted ascending without duplicates.
+    let requests = fake.requests();
+    let end = 1_700_000_000 - 1_700_000_000 % 60;
+    let candles = rest.candles("BTCUSD", "1m", 60, end - 4_500 * 60, end).await.unwrap();
+    assert_eq!(fake.requests() - requests, 3);
+    assert_eq!(candles.len(), 4_500);
+    assert!(candles.windows(2).all(|w| w[1].time == w[0].time + 60));
+    // Orders: place, edit, look up, cancel, cancel all.
+    let order = |id: &str, price: &str| NewOrder {
+        product_id: 84,
+        size: 2,
+        side: "buy",
+        limit_price: Some(price.into()),
+        time_in_force: "gtc",
+        post_only: true,
+        reduce_only: false,
+        client_order_id: id.into(),
+    };
+    let placed = rest.place_order(&order("t-1", "50000")).await.unwrap();
+    assert_eq!((placed.state.as_str(), placed.client_order_id.as_deref()), ("open", Some("t-1")));
+    let edited = rest.edit_order(&placed.id, 84, 5, Some("50100")).await.unwrap();
+    assert_eq!((edited.size, edited.limit_price), (Decimal::from(5), Some(Decimal::from(50_100))));
+    rest.place_order(&order("t-2", "50000")).await.unwrap();
+    rest.place_order(&order("t-3", "50000")).await.unwrap();
+    assert_eq!(rest.open_orders(&[84]).await.unwrap().len(), 3);
+    assert_eq!(rest.order_by_client_id("t-2").await.unwrap().unwrap().state, "open");
+    assert_eq!(rest.order_by_client_id("never-sent").await.unwrap(), None);
+    assert_eq!(rest.order(&placed.id).await.unwrap().client_order_id.as_deref(), Some("t-1"));
+    let cancelled = rest.cancel_by_client_id("t-2", 84).await.unwrap();
+    assert_eq!(cancelled.state, "cancelled");
+    let again = rest.cancel_order(&cancelled.id, 84).await.unwrap_err();
+    assert_eq!(again.code(), Some("open_order_not_found"), "{again}");
+    rest.cancel_all(84).await.unwrap();
+    assert!(rest.open_orders(&[84]).await.unwrap().is_empty(), "cancel-all sends the explicit cancel_* flags");
+    assert_eq!(rest.order_history(&[84], 0).await.unwrap().len(), 3);
+    // A marketable post-only order is refused with the exchange's code.
+    let refused = rest.place_order(&order("t-4", "70000")).await.unwrap_err();
+    assert_eq!(refused.code(), Some("immediate_execution_post_only"));
+    // A taker fill shows in fills, positions and the wallet.
+    let mut market = order("t-5", "70000");
+    market.limit_price = None;
+    market.post_only = false;
+    assert_eq!(rest.place_order(&market).await.unwrap().state, "closed");
+    let fills = rest.fills(&[84], 0).await.unwrap();
+    assert_eq!((fills.len(), fills[0].size, fills[0].role.as_deref()), (1, Decimal::from(2), Some("taker")));
+    assert!(fills[0].created_at.is_some(), "ISO time with microseconds decoded");
+    let positions = rest.positions().await.unwrap();
+    assert_eq!(positions[0].size, Some(Decimal::from(2)));
+    let wallet = rest.wallet_balances().await.unwrap();
+    assert_eq!(wallet[0].balance, fake.balance());
+    assert!(rest.budget().used() > 0);
+    // Wrong secret: an authentication error, never a retry storm.
+    let wrong = Credentials { key: Secret::new(fake.config().key.clone()), secret: Secret::new("nope") };
+    let bad = RestClient::new(&fake.rest_url(), Some(wrong), Duration::from_secs(2)).unwrap();
+    bad.sync_clock().await.unwrap();
+    let error = bad.wallet_balances().await.unwrap_err();
+    assert!(matches!(&error, RestError::Auth { code, .. } if code == "invalid_signature"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_channel_names_work_behind_the_switch() {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("market_maker.rhai"), MARKET_MAKER).unwrap();
+    let mut config = delta_config(&fake, dir.path(), data.path());
+    config.exchange.delta.legacy_channels = true;
+    config.exchange.delta.ws_public_url = Some("ws://127.0.0.1:9/unused".into());
+    let host = supervisor::start(config).await.unwrap();
+    let run = Run { fake, host, dir, data };
+    run.wait("host ready on the legacy endpoint", Duration::from_secs(20), |r| r.host.health().is_ready()).await;
+    run.wait_fills(3).await;
+    run.finish().await;
+}

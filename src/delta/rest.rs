@@ -653,3 +653,24 @@ impl NewOrder {
         Value::Object(body).to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_waits_for_the_next_window_before_signing() {
+        let budget = RateBudget::new(10, Duration::from_secs(300));
+        let start = Instant::now();
+        budget.acquire(5).await;
+        budget.acquire(5).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        budget.acquire(3).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(300), "waited for the window to reset");
+        assert_eq!(budget.used(), 3);
+        budget.exhausted_for(Duration::from_millis(1_500));
+        let before = Instant::now();
+        budget.acquire(1).await;
+        assert_eq!(before.elapsed(), Duration::from_millis(1_500), "a 429 blocks until X-RATE-LIMIT-RESET");
+    }
+}

@@ -222,3 +222,18 @@ async fn session(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_millis(800));
+        for failures in 1..=20 {
+            let delay = backoff(failures, initial, max);
+            let base = (initial * 2u32.pow((failures - 1).min(3))).min(max);
+            assert!(delay >= base / 2 && delay <= base, "failure {failures}: {delay:?} vs {base:?}");
+        }
+    }
+}

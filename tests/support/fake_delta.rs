@@ -762,6 +762,78 @@ async fn rest(
             candles.reverse(); // newest first, as some deployments answer
             ok(Value::Array(candles))
         }
+        ("GET", ["v2", "tickers", symbol]) => {
+            let ex = shared.exchange.lock().unwrap();
+            let Some(p) = ex.products.iter().find(|p| p.symbol == *symbol) else {
+                return error(StatusCode::NOT_FOUND, "not_found");
+            };
+            let book = &ex.books[&p.id];
+            let (bid, ask) = (*book.bids.keys().next_back().unwrap(), *book.asks.keys().next().unwrap());
+            ok(json!({"symbol": p.symbol, "product_id": p.id, "mark_price": book.mid.to_string(), "close": book.mid,
+                "timestamp": now_us(&shared), "quotes": {"best_bid": fmt_price(bid, p), "best_ask": fmt_price(ask, p), "bid_size": "100", "ask_size": "100"}}))
+        }
+        ("GET", ["v2", "l2orderbook", symbol]) => {
+            let ex = shared.exchange.lock().unwrap();
+            let Some(p) = ex.products.iter().find(|p| p.symbol == *symbol) else {
+                return error(StatusCode::NOT_FOUND, "not_found");
+            };
+            let book = &ex.books[&p.id];
+            let depth: usize = q.get("depth").and_then(|s| s.parse().ok()).unwrap_or(20);
+            let side = |levels: Vec<(&Decimal, &i64)>| {
+                levels
+                    .into_iter()
+                    .take(depth)
+                    .map(|(price, size)| json!({"price": fmt_price(*price, p), "size": size}))
+                    .collect::<Vec<_>>()
+            };
+            ok(
+                json!({"symbol": p.symbol, "buy": side(book.bids.iter().rev().collect()), "sell": side(book.asks.iter().collect()),
+                "last_updated_at": now_us(&shared)}),
+            )
+        }
+        ("PUT", ["v2", "orders"]) => {
+            let ts = now_us(&shared);
+            let mut ex = shared.exchange.lock().unwrap();
+            let id = body.get("id").and_then(Value::as_i64);
+            let Some(i) = ex.orders.iter().position(|o| Some(o.id) == id && o.state == "open") else {
+                return error(StatusCode::BAD_REQUEST, "open_order_not_found");
+            };
+            let size = body.get("size").and_then(Value::as_i64).unwrap_or(0);
+            let filled = ex.orders[i].size - ex.orders[i].unfilled;
+            if size <= filled {
+                return error(StatusCode::BAD_REQUEST, "bad_schema");
+            }
+            ex.orders[i].size = size;
+            ex.orders[i].unfilled = size - filled;
+            if let Some(price) = body.get("limit_price").and_then(Value::as_str).and_then(|p| p.parse().ok()) {
+                ex.orders[i].limit_price = Some(price);
+            }
+            let order = ex.orders[i].clone();
+            drop(ex);
+            let _ = shared.events.send(order_event(&order, "update", None, ts));
+            ok(order_json(&order))
+        }
+        ("DELETE", ["v2", "orders", "all"]) => {
+            let ts = now_us(&shared);
+            let product = body.get("product_id").and_then(Value::as_i64);
+            let cancel_limits = flag(body.get("cancel_limit_orders"));
+            let mut ex = shared.exchange.lock().unwrap();
+            let mut events = Vec::new();
+            // As on the real exchange, the cancel_* flags default to false: a bare call cancels nothing.
+            for order in ex.orders.iter_mut().filter(|o| o.state == "open" && product.is_none_or(|p| p == o.product_id))
+            {
+                if cancel_limits {
+                    order.state = "cancelled".into();
+                    order.cancellation_reason = Some("cancelled_by_user".into());
+                    events.push(order_event(order, "delete", None, ts));
+                }
+            }
+            drop(ex);
+            for event in events {
+                let _ = shared.events.send(event);
+            }
+            envelope(StatusCode::OK, json!({"result": {}, "success": true}))
+        }
         ("POST", ["v2", "orders"]) => {
             shared.timeline.lock().unwrap().1.push(arrived);
             let (response, events, slow) = place(&shared, &body);
@@ -1139,7 +1211,10 @@ pub fn assert_consistent(fake: &FakeDelta, data: &Path) -> (usize, usize) {
     // Average entry prices are divisions: the host (base units) and the exchange
     // (contracts) round them at the 28th digit differently, so compare at 1e-12.
     let (host_pnl, fake_pnl) = (realized - fees, fake.balance() - FakeConfig::default().balance);
-    assert!((host_pnl - fake_pnl).abs() < Decimal::new(1, 12), "realised PnL after fees: host {host_pnl}, exchange {fake_pnl}");
+    assert!(
+        (host_pnl - fake_pnl).abs() < Decimal::new(1, 12),
+        "realised PnL after fees: host {host_pnl}, exchange {fake_pnl}"
+    );
     let fake_clients: Vec<String> = fake.orders().into_iter().filter_map(|o| o.client_order_id).collect();
     for client_id in &fake_clients {
         assert!(recovered.orders.contains_key(client_id), "order {client_id} on the exchange is in the store");
