@@ -77,6 +77,22 @@ impl Run {
         start.elapsed()
     }
 
+    /// Waits for a strategy log line after `since` containing `text`; returns the line.
+    async fn wait_activity(&self, what: &str, limit: Duration, since: u64, text: impl Fn(&str) -> bool) -> String {
+        let start = tokio::time::Instant::now();
+        loop {
+            let found = self.host.activity().since(since, usize::MAX).into_iter().find_map(|e| {
+                let message = e.data["message"].as_str()?.to_string();
+                (e.kind == tradehost::activity::ActivityKind::Log && text(&message)).then_some(message)
+            });
+            if let Some(message) = found {
+                return message;
+            }
+            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn state(&self, component: &str) -> Option<ComponentState> {
         self.host.health().components().get(component).copied()
     }
@@ -371,4 +387,40 @@ async fn legacy_channel_names_work_behind_the_switch() {
     run.wait("host ready on the legacy endpoint", Duration::from_secs(20), |r| r.host.health().is_ready()).await;
     run.wait_fills(3).await;
     run.finish().await;
+}
+
+const CANDLE_LOGGER: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1m" } }
+fn on_candle(c) { log::info(`candle ${c.time} close ${c.close}`); }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candles_come_from_rest_polling_while_the_market_stream_is_silent() {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    // Put the exchange's clock 6 s before a minute boundary, so a silent minute closes soon.
+    let local = chrono::Utc::now().timestamp_millis();
+    fake.faults()
+        .clock_skew_ms
+        .store((54_000 - local % 60_000).rem_euclid(60_000), std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("candles.rhai"), CANDLE_LOGGER).unwrap();
+    let host = supervisor::start(delta_config(&fake, dir.path(), data.path())).await.unwrap();
+    let run = Run { fake, host, dir, data };
+    run.wait("host ready", Duration::from_secs(20), |r| r.host.health().is_ready()).await;
+    let since = run.host.activity().last_seq();
+    run.fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
+    run.wait("market stale", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Down))
+        .await;
+    // The minute that closes while the stream is silent arrives as the exchange's own candle.
+    let logged =
+        run.wait_activity("a polled candle", Duration::from_secs(20), since, |text| text.contains("candle ")).await;
+    let time: i64 = logged.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let close: f64 = logged.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let wave = ((time / 60_000) % 40 - 20) as f64 * 0.5;
+    assert_eq!(close, 60_000.0 + wave, "{logged}: the fake's REST candle for that minute, not a stream-built bar");
+    run.fake.faults().freeze_market.store(false, std::sync::atomic::Ordering::SeqCst);
+    run.wait("market fresh", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Up)).await;
+    run.host.shutdown(ShutdownReason::Api);
+    assert_eq!(run.host.wait().await, 0);
 }

@@ -85,6 +85,22 @@ impl MarketHub {
         out
     }
 
+    /// A complete base bar from another source (REST polling while a stream
+    /// is silent). It replaces a bar in progress of the same or an earlier
+    /// bucket (the exchange's bar is complete, ours is not); bars not newer
+    /// than the history's last one are ignored.
+    pub fn on_polled_bar(&mut self, bar: Candle) -> Vec<TimedCandle> {
+        let newest = self.history.get(&bar.symbol).and_then(CandleSeries::last).map(|c| c.time);
+        if newest.is_some_and(|t| t >= bar.time) {
+            return Vec::new();
+        }
+        if self.base_builders.get(&bar.symbol).and_then(CandleAggregator::current_start).is_some_and(|t| t <= bar.time)
+        {
+            self.base_builders.remove(&bar.symbol);
+        }
+        self.on_bar(bar)
+    }
+
     /// Starts building `timeframe` candles of `symbol` and returns its completed history.
     pub fn subscribe(&mut self, symbol: &str, timeframe: Timeframe) -> Result<Vec<Candle>, HubError> {
         if timeframe.ms() % self.base.ms() != 0 {
@@ -110,6 +126,7 @@ impl MarketHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Tick;
 
     fn bar(minute: i64, close: f64) -> Candle {
         Candle { symbol: "X".into(), time: minute * 60_000, open: close, high: close, low: close, close, volume: 1.0 }
@@ -130,5 +147,30 @@ mod tests {
         assert_eq!(closed.len(), 1);
         assert_eq!((closed[0].candle.time, closed[0].candle.open, closed[0].candle.close), (300_000, 5.0, 9.0));
         assert!(hub.subscribe("X", "90s".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn polled_bars_fill_a_silent_stream_without_reordering_history() {
+        let mut hub = MarketHub::new(Timeframe::minute(), 100);
+        hub.subscribe("X", Timeframe::minute()).unwrap();
+        let tick = |ms: i64, price: i64| Tick {
+            symbol: "X".into(),
+            time: ms,
+            bid: price.into(),
+            ask: price.into(),
+            last: price.into(),
+            volume: 1.into(),
+        };
+        assert!(hub.on_tick(&tick(10_000, 100)).is_empty(), "minute 0 in progress");
+        // The stream goes silent; REST gives the complete minutes 0 and 1.
+        let closed = hub.on_polled_bar(bar(0, 101.0));
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].candle.close, 101.0, "the exchange's complete bar replaces ours");
+        assert_eq!(hub.on_polled_bar(bar(1, 102.0)).len(), 1);
+        assert!(hub.on_polled_bar(bar(1, 999.0)).is_empty(), "not newer than the history: ignored");
+        // The stream resumes in minute 2; minute 2 closes with the first tick of minute 3.
+        assert!(hub.on_tick(&tick(125_000, 103)).is_empty());
+        let closed = hub.on_tick(&tick(185_000, 104));
+        assert_eq!((closed[0].candle.time, closed[0].candle.close), (120_000, 103.0));
     }
 }

@@ -123,6 +123,11 @@ impl CandleAggregator {
         }
     }
 
+    /// Start of the bar in progress, if any.
+    pub fn current_start(&self) -> Option<TimestampMs> {
+        self.current.as_ref().map(|c| c.time)
+    }
+
     /// Closes the bar in progress if the clock has passed its end.
     pub fn close_if_due(&mut self, now: TimestampMs) -> Option<Candle> {
         match &self.current {

@@ -229,16 +229,29 @@ impl DeltaConnector {
         })
     }
 
+    /// Server time, ms (local clock corrected by the measured offset).
+    fn server_now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis() + self.rest.clock_offset_ms()
+    }
+
     /// The last `bars` closed one-minute candles of every symbol, oldest first.
     pub async fn history(&self, bars: usize) -> Result<Vec<Candle>, RestError> {
-        let now = chrono::Utc::now().timestamp() + self.rest.clock_offset_ms() / 1_000;
-        let end = now - now % 60;
+        let end = self.server_now_ms() / 60_000 * 60;
         let mut out = Vec::new();
         for symbol in &self.config.symbols {
-            let candles = self.rest.candles(symbol, "1m", 60, end - bars as i64 * 60, end).await?;
-            out.extend(candles.into_iter().filter_map(|c| {
+            out.extend(self.closed_minutes(symbol, end - bars as i64 * 60, end).await?);
+        }
+        Ok(out)
+    }
+
+    /// Closed one-minute candles of a symbol in `[start, end)` seconds, oldest first.
+    pub async fn closed_minutes(&self, symbol: &str, start: i64, end: i64) -> Result<Vec<Candle>, RestError> {
+        let candles = self.rest.candles(symbol, "1m", 60, start, end).await?;
+        Ok(candles
+            .into_iter()
+            .filter_map(|c| {
                 Some(Candle {
-                    symbol: symbol.clone(),
+                    symbol: symbol.to_string(),
                     time: c.time * 1_000,
                     open: c.open?,
                     high: c.high?,
@@ -246,9 +259,8 @@ impl DeltaConnector {
                     close: c.close?,
                     volume: c.volume.unwrap_or(0.0),
                 })
-            }));
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     /// Start-up reconciliation: the exchange's word on every stored open or
@@ -629,6 +641,12 @@ impl DeltaConnector {
             market.books.insert(symbol.clone(), OrderBook::new(symbol));
         }
         let mut check = tokio::time::interval(Duration::from_millis(250));
+        // Bars the hub has (history, or the stream's bar in progress) end here; while a
+        // symbol is stale its closed minutes are polled over REST from this point on.
+        let start_minute = self.server_now_ms() / 60_000 * 60_000;
+        let mut bars_until: HashMap<String, i64> = symbols.iter().map(|s| (s.clone(), start_minute)).collect();
+        let mut last_poll: HashMap<String, Instant> = HashMap::new();
+        let poll_every = stale_after.max(Duration::from_secs(5));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -658,6 +676,26 @@ impl DeltaConnector {
                             tracing::warn!(symbols = ?stale_now, "delta: market data stale: new entries refused");
                         }
                     }
+                    for symbol in &stale_now {
+                        if last_poll.get(symbol).is_some_and(|t| now - *t < poll_every) {
+                            continue;
+                        }
+                        last_poll.insert(symbol.clone(), now);
+                        let from = bars_until.get(symbol).copied().unwrap_or(start_minute);
+                        let to = self.server_now_ms() / 60_000 * 60_000;
+                        if to <= from {
+                            continue;
+                        }
+                        match self.closed_minutes(symbol, from / 1_000, to / 1_000).await {
+                            Ok(bars) => {
+                                for bar in bars {
+                                    bars_until.insert(symbol.clone(), bar.time + 60_000);
+                                    let _ = feed.send(FeedEvent::PolledBar(bar)).await;
+                                }
+                            }
+                            Err(error) => tracing::warn!(symbol = %symbol, "delta: candle polling failed: {error}"),
+                        }
+                    }
                     let state = if stale_now.is_empty() { ComponentState::Up } else if market.ever_up { ComponentState::Down } else { ComponentState::Starting };
                     health.set(MARKET_COMPONENT, state);
                     let rest = if self.rest.is_reachable() { ComponentState::Up } else { ComponentState::Down };
@@ -675,6 +713,9 @@ impl DeltaConnector {
                     Some(StreamEvent::Malformed(_)) => {}
                     Some(StreamEvent::Message(message)) => {
                         for tick in market.apply(&self.products, *message, book_channel, &commands_tx) {
+                            let minute = tick.time / 60_000 * 60_000;
+                            let until = bars_until.entry(tick.symbol.clone()).or_insert(minute);
+                            *until = (*until).max(minute);
                             if feed.send(FeedEvent::Tick(tick)).await.is_err() {
                                 break;
                             }

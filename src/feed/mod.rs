@@ -28,6 +28,9 @@ pub enum FeedEvent {
         /// Quote at the bar's close.
         close: Tick,
     },
+    /// A complete base bar fetched over REST while a live stream is silent
+    /// (no quote: it only fills the candle history).
+    PolledBar(Candle),
     /// The feed has no more data.
     Finished,
 }

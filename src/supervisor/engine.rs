@@ -244,16 +244,21 @@ impl Engine {
             }
         }
         let (candles, tick) = match event {
-            FeedEvent::Tick(tick) => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_tick(&tick), tick),
-            FeedEvent::Bar { bar, close } => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_bar(bar), close),
+            FeedEvent::Tick(tick) => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_tick(&tick), Some(tick)),
+            FeedEvent::Bar { bar, close } => {
+                (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_bar(bar), Some(close))
+            }
+            FeedEvent::PolledBar(bar) => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_polled_bar(bar), None),
             FeedEvent::Finished => {
                 self.activity.publish(ActivityKind::System, None, json!({ "event": "feed_finished" }));
                 tracing::info!("market feed finished");
                 return;
             }
         };
-        let events = self.oms.on_tick(&tick);
-        self.persist_and_dispatch(events).await;
+        if let Some(tick) = &tick {
+            let events = self.oms.on_tick(tick);
+            self.persist_and_dispatch(events).await;
+        }
         if !candles.is_empty() {
             // Cached for warm-up and backtests; not awaited (nothing waits on a candle).
             let ops = candles
@@ -265,7 +270,7 @@ impl Engine {
         self.route_market(candles, tick);
     }
 
-    fn route_market(&self, candles: Vec<TimedCandle>, tick: Tick) {
+    fn route_market(&self, candles: Vec<TimedCandle>, tick: Option<Tick>) {
         let runtimes = self.runtimes.load();
         for runtime in runtimes.values() {
             for candle in &candles {
@@ -273,7 +278,7 @@ impl Engine {
                     runtime.send_event(StrategyEvent::Candle(candle.candle.clone()));
                 }
             }
-            if runtime.wants(&tick.symbol, None) {
+            if let Some(tick) = tick.as_ref().filter(|t| runtime.wants(&t.symbol, None)) {
                 runtime.send_event(StrategyEvent::Tick(tick.clone()));
             }
         }
