@@ -98,12 +98,16 @@ async fn kill_9_mid_burst_then_restart_agrees_with_the_exchange() {
         let (mut child, lines) = spawn(&config);
         let fills_at_start = fake.fills().len();
         wait("a burst of fills", Duration::from_secs(30), || fake.fills().len() >= fills_at_start + 3 + round).await;
+        // Kill while quotes rest on the book, so the market can fill them while the host is down.
+        wait("resting quotes", Duration::from_secs(10), || fake.orders().iter().any(|o| o.state == "open")).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        // The fake keeps trading against the orders left open while the host is down.
+        // The market keeps moving while the host is down and sweeps through the quotes it left.
         let before_downtime = fake.fills().len();
-        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        fake.sweep();
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let during_downtime = fake.fills().len() - before_downtime;
+        assert!(during_downtime >= 1, "the sweep filled the resting quotes");
         let (child, lines_after) = spawn(&config);
         let orders_before = fake.orders().len();
         wait("the restarted host trading", Duration::from_secs(20), || fake.orders().len() > orders_before).await;

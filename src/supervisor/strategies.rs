@@ -29,6 +29,8 @@ use crate::strategy::live::{
 };
 use crate::strategy::{LogLevel, OrderIds, StrategyCommand, StrategyError, StrategyMeta};
 
+/// How long shutdown waits for a live exchange to confirm cancels and closing fills.
+const POLICY_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 /// A run that lasted this long resets the restart counter.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
@@ -481,8 +483,30 @@ impl Supervisor {
             })
             .collect();
         let (reply, done) = oneshot::channel();
-        if self.engine.send(EngineRequest::ApplyPolicies(policies, reply)).is_ok() {
+        if self.engine.send(EngineRequest::ApplyPolicies(policies.clone(), reply)).is_ok() {
             let _ = done.await;
+        }
+        // A live exchange answers later: wait (bounded) until the cancels and
+        // closing fills are recorded, so the store and the log show them.
+        let settle = tokio::time::Instant::now() + POLICY_SETTLE;
+        let settled = |account: &crate::model::AccountView| {
+            policies.iter().all(|(name, policy)| match policy {
+                ShutdownPolicy::Leave => true,
+                ShutdownPolicy::Cancel => account.open_orders_of(name, None).next().is_none(),
+                ShutdownPolicy::Flatten => {
+                    account.open_orders_of(name, None).next().is_none()
+                        && account.positions.get(name).is_none_or(|p| p.values().all(|p| p.size.is_zero()))
+                }
+            })
+        };
+        while !settled(&self.account.load()) {
+            if tokio::time::Instant::now() >= settle {
+                tracing::warn!(
+                    "shutdown policies not confirmed by the exchange within {POLICY_SETTLE:?}; the next start reconciles them"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 

@@ -302,6 +302,28 @@ impl FakeDelta {
     pub fn malformed_frame(&self) {
         let _ = self.shared.events.send(Event::Raw("{\"type\":\"ob_updates\",\"sy\":".into()));
     }
+    /// The market sweeps through every resting order: each fills at its limit (maker).
+    pub fn sweep(&self) -> usize {
+        let ts = now_us(&self.shared);
+        let mut ex = self.shared.exchange.lock().unwrap();
+        let resting: Vec<usize> = ex
+            .orders
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.state == "open" && o.limit_price.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        let mut events = Vec::new();
+        for &i in &resting {
+            let (size, price) = (ex.orders[i].unfilled, ex.orders[i].limit_price.unwrap());
+            events.extend(execute(&mut ex, &self.shared, i, size, price, "maker", ts));
+        }
+        drop(ex);
+        for event in events {
+            let _ = self.shared.events.send(event);
+        }
+        resting.len()
+    }
     pub fn orders(&self) -> Vec<FakeOrder> {
         self.shared.exchange.lock().unwrap().orders.clone()
     }
@@ -1215,6 +1237,17 @@ pub fn assert_consistent(fake: &FakeDelta, data: &Path) -> (usize, usize) {
         (host_pnl - fake_pnl).abs() < Decimal::new(1, 12),
         "realised PnL after fees: host {host_pnl}, exchange {fake_pnl}"
     );
+    let mut open_on_exchange: Vec<String> =
+        fake.orders().into_iter().filter(|o| o.state == "open").filter_map(|o| o.client_order_id).collect();
+    let mut open_in_store: Vec<String> = recovered
+        .orders
+        .values()
+        .filter(|o| o.status.is_open() || o.status == tradehost::model::OrderStatus::Pending)
+        .map(|o| o.request.client_id.clone())
+        .collect();
+    open_on_exchange.sort();
+    open_in_store.sort();
+    assert_eq!(open_in_store, open_on_exchange, "open orders: store == exchange");
     let fake_clients: Vec<String> = fake.orders().into_iter().filter_map(|o| o.client_order_id).collect();
     for client_id in &fake_clients {
         assert!(recovered.orders.contains_key(client_id), "order {client_id} on the exchange is in the store");
