@@ -359,7 +359,8 @@ pub struct DeltaConfig {
     pub api_secret: Option<Secret>,
     /// Products to trade and stream.
     pub symbols: Vec<String>,
-    /// Use the legacy public channel names on the private endpoint.
+    /// Use the legacy public channel names on the private endpoint (always on
+    /// Global networks unless `ws_public_url` is set).
     pub legacy_channels: bool,
     /// Longest time one REST request may take.
     pub request_timeout_ms: u64,
@@ -400,6 +401,14 @@ impl Default for DeltaConfig {
 }
 
 impl DeltaConfig {
+    /// True when market data uses the legacy channel names on the private
+    /// endpoint: when asked, or on Global networks without a public endpoint.
+    pub fn uses_legacy_channels(&self) -> bool {
+        self.legacy_channels
+            || (self.ws_public_url.is_none()
+                && matches!(self.network, DeltaNetwork::Global | DeltaNetwork::GlobalTestnet))
+    }
+
     /// REST, private WebSocket and public WebSocket URLs (overrides first).
     pub fn urls(&self) -> (String, String, String) {
         let (rest, ws, public) = self.network.urls();
@@ -895,6 +904,38 @@ mod tests {
         config.apply_env(|k| (k == "TRADEHOST_API_TOKEN").then(|| "hunter2".to_string()));
         assert_eq!(config.http.token.as_ref().unwrap().expose(), "hunter2");
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn delta_networks_choose_urls_and_channel_names() {
+        let text = "[exchange]\nkind = \"delta\"\n[exchange.delta]\nnetwork = \"global\"\nsymbols = [\"BTCUSDT\"]\n";
+        let mut config = Config::parse(text, "t.toml").unwrap();
+        let delta = &config.exchange.delta;
+        assert_eq!(delta.urls().0, "https://api.delta.exchange");
+        assert!(delta.network.is_production() && delta.uses_legacy_channels());
+        assert_eq!(config.feed_symbols(), ["BTCUSDT"]);
+        config.apply_env(|k| match k {
+            "TRADEHOST_DELTA_API_KEY" => Some("key-1".into()),
+            "TRADEHOST_DELTA_API_SECRET" => Some("secret-1".into()),
+            _ => None,
+        });
+        assert_eq!(config.exchange.delta.api_secret.as_ref().unwrap().expose(), "secret-1");
+        assert!(!format!("{config:?}").contains("secret-1"), "secrets never print");
+        let india = Config::parse("[exchange.delta]\nnetwork = \"india-testnet\"\n", "t.toml").unwrap();
+        assert!(!india.exchange.delta.uses_legacy_channels() && !india.exchange.delta.network.is_production());
+        let err = Config::parse("[exchange]\nkind = \"delta\"\n[exchange.delta]\nnetwork = \"mars\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exchange.delta.network"), "{err}");
+        let err = Config::parse(
+            "[exchange]\nkind = \"delta\"\n[exchange.delta]\nsymbols = []\nrest_url = \"ftp://x\"\nreconnect_max_ms = 1\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["exchange.delta.symbols", "exchange.delta.rest_url", "exchange.delta.reconnect_max_ms"] {
+            assert!(err.contains(key), "{key} in {err}");
+        }
     }
 
     #[test]

@@ -283,3 +283,37 @@ mod signals {
         assert!(elapsed < Duration::from_secs(5));
     }
 }
+
+#[test]
+fn delta_without_credentials_or_reachable_exchange_exits_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("strategies")).unwrap();
+    let base = format!(
+        "data_dir = {:?}\n[strategies]\ndir = {:?}\n[http]\nbind = \"127.0.0.1:0\"\n[exchange]\nkind = \"delta\"\n[exchange.delta]\nrest_url = \"http://127.0.0.1:9\"\nrequest_timeout_ms = 500\n",
+        dir.path().join("data"),
+        dir.path().join("strategies")
+    );
+    let run = |toml: &str, env: &[(&str, &str)]| {
+        let path = dir.path().join("delta.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut command = tradehost();
+        command
+            .args(["run", "--config"])
+            .arg(&path)
+            .env_remove("TRADEHOST_DELTA_API_KEY")
+            .env_remove("TRADEHOST_DELTA_API_SECRET");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, stderr) = run(&base, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("exchange.delta.api_key") && stderr.contains("TRADEHOST_DELTA_API_KEY"), "{stderr}");
+    let (code, stderr) =
+        run(&base, &[("TRADEHOST_DELTA_API_KEY", "k"), ("TRADEHOST_DELTA_API_SECRET", "super-secret-value")]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("GET /v2/settings") && stderr.contains("cannot reach the exchange"), "{stderr}");
+    assert!(!stderr.contains("super-secret-value"), "the secret is never printed");
+}

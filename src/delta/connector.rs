@@ -622,7 +622,7 @@ impl DeltaConnector {
     ) {
         let symbols = self.config.symbols.clone();
         let (_, ws_url, public_url) = self.config.urls();
-        let (url, book_channel, trades_channel) = if self.config.legacy_channels {
+        let (url, book_channel, trades_channel) = if self.config.uses_legacy_channels() {
             (ws_url, "l2_updates", "all_trades")
         } else {
             (public_url, "ob_updates", "trades")
