@@ -72,8 +72,12 @@ fn spawn(config: &Path) -> (Child, Arc<Mutex<Vec<String>>>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let stdout = child.stdout.take().unwrap();
     let sink = lines.clone();
+    let pid = child.id();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("[{pid}] {line}");
+            }
             sink.lock().unwrap().push(line);
         }
     });

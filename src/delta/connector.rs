@@ -652,14 +652,8 @@ impl DeltaConnector {
                 _ = cancel.cancelled() => break,
                 _ = check.tick() => {
                     let now = Instant::now();
-                    let stale_now: Vec<String> = symbols
-                        .iter()
-                        .filter(|s| {
-                            let live = market.books.get(*s).is_some_and(OrderBook::is_live);
-                            !live || market.fresh.get(*s).is_none_or(|t| now - *t > stale_after)
-                        })
-                        .cloned()
-                        .collect();
+                    let stale_now: Vec<String> =
+                        symbols.iter().filter(|s| !market.is_fresh(s, now, stale_after)).cloned().collect();
                     let changed = {
                         let mut set = stale.write().unwrap_or_else(|e| e.into_inner());
                         let changed = set.len() != stale_now.len() || stale_now.iter().any(|s| !set.contains(s));
@@ -712,7 +706,15 @@ impl DeltaConnector {
                     }
                     Some(StreamEvent::Malformed(_)) => {}
                     Some(StreamEvent::Message(message)) => {
-                        for tick in market.apply(&self.products, *message, book_channel, &commands_tx) {
+                        let ticks = market.apply(&self.products, *message, book_channel, &commands_tx);
+                        // A symbol that just became fresh is open for entries at once.
+                        if let Some(tick) = ticks.first() {
+                            let mut set = stale.write().unwrap_or_else(|e| e.into_inner());
+                            if set.contains(&tick.symbol) && market.is_fresh(&tick.symbol, Instant::now(), stale_after) {
+                                set.remove(&tick.symbol);
+                            }
+                        }
+                        for tick in ticks {
                             let minute = tick.time / 60_000 * 60_000;
                             let until = bars_until.entry(tick.symbol.clone()).or_insert(minute);
                             *until = (*until).max(minute);
@@ -740,6 +742,12 @@ struct MarketState {
 }
 
 impl MarketState {
+    /// The symbol's book is live and it had a message within `stale_after`.
+    fn is_fresh(&self, symbol: &str, now: Instant, stale_after: Duration) -> bool {
+        self.books.get(symbol).is_some_and(OrderBook::is_live)
+            && self.fresh.get(symbol).is_some_and(|t| now - *t <= stale_after)
+    }
+
     /// Applies one public message; returns the ticks it produced.
     fn apply(
         &mut self,
@@ -773,7 +781,9 @@ impl MarketState {
                     let product = products.get(&trade.symbol)?;
                     self.last_trade.insert(trade.symbol.clone(), trade.price);
                     self.fresh.insert(trade.symbol.clone(), Instant::now());
-                    let (bid, ask) = self.top.get(&trade.symbol).copied().unwrap_or((trade.price, trade.price));
+                    // No quote without a live book: ticks wait for the snapshot.
+                    let (bid, ask) = self.top.get(&trade.symbol).copied()?;
+                    self.books.get(&trade.symbol).filter(|b| b.is_live())?;
                     Some(Tick {
                         time: trade.timestamp.map_or_else(|| chrono::Utc::now().timestamp_millis(), |us| us / 1_000),
                         bid,

@@ -162,6 +162,40 @@ async fn session(
             return format!("cannot subscribe: {error}");
         }
     }
+    // Up only once the server acknowledged the subscriptions: whatever happens
+    // after the acknowledgement arrives on this stream, and the consumer's
+    // reconciliation on Up covers everything before it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, socket.next()).await {
+            Err(_) => return "no subscription acknowledgement within 5 s".into(),
+            Ok(None) => return "closed while subscribing".into(),
+            Ok(Some(Err(error))) => return format!("read error while subscribing: {error}"),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Message::Text(text) = frame else { continue };
+        match WsMessage::parse(&text) {
+            Ok(WsMessage::Subscriptions(ack)) => {
+                let refused: Vec<String> = ack["channels"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| Some(format!("{}: {}", c["name"].as_str()?, c["error"].as_str()?)))
+                    .collect();
+                if !refused.is_empty() {
+                    return format!("subscriptions refused: {}", refused.join("; "));
+                }
+                break;
+            }
+            Ok(WsMessage::Heartbeat | WsMessage::Pong) => {}
+            Ok(message) => {
+                let _ = events.send(StreamEvent::Message(Box::new(message)));
+            }
+            Err(error) => {
+                let _ = events.send(StreamEvent::Malformed(error.to_string()));
+            }
+        }
+    }
     *up = true;
     let _ = events.send(StreamEvent::Up);
     let mut heartbeat_deadline = Instant::now() + spec.heartbeat_timeout;

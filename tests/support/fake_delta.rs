@@ -1224,6 +1224,12 @@ pub fn assert_consistent(fake: &FakeDelta, data: &Path) -> (usize, usize) {
     assert_eq!(ids.len(), before, "a fill was recorded twice");
     let mut fake_ids: Vec<String> = fake.fills().into_iter().map(|f| f.id).collect();
     fake_ids.sort();
+    if ids != fake_ids {
+        for fill in fake.fills().iter().filter(|f| !ids.contains(&f.id)) {
+            let stored = fill.client_order_id.as_ref().and_then(|c| recovered.orders.get(c));
+            eprintln!("missing fill {fill:?}\n  stored order: {stored:?}");
+        }
+    }
     assert_eq!(ids, fake_ids, "store fills == fake fills");
     let (contracts, _) = fake.position("BTCUSD");
     let host_size: Decimal = recovered.positions.values().filter_map(|p| p.get("BTCUSD")).map(|p| p.size).sum();
