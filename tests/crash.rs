@@ -114,7 +114,12 @@ fn kill_9_at_random_moments_loses_nothing_and_never_sends_twice() {
         let report = store::check(&store).unwrap();
         assert!(report.problems.is_empty(), "round {round}: {:?}", report.problems);
         let recovered = store.recover().unwrap();
-        let counter = recovered.strategy_states.get("crasher").and_then(|s| s["counter"].as_u64()).unwrap_or(0);
+        let counter = recovered
+            .strategy_states
+            .get("crasher")
+            .map(|s| tradehost::strategy::SavedState::decode(s.clone()))
+            .and_then(|s| s.this["counter"].as_u64())
+            .unwrap_or(0);
         assert!(counter >= last_counter, "round {round}: stored counter went back from {last_counter} to {counter}");
         last_counter = counter;
         total_fills = stored.len();

@@ -142,6 +142,14 @@ async fn kill_9_mid_burst_then_restart_agrees_with_the_exchange() {
         lines.lock().unwrap().iter().rev().take(5).collect::<Vec<_>>()
     );
     let (fills, orders) = assert_consistent(&fake, &root.path().join("data"));
+    // The strategy's own count of on_fill calls, as its saved state holds it,
+    // equals the fills in the store: each reached on_fill exactly once in the
+    // state that survived (fills after the saved state are delivered again).
+    let store = tradehost::store::Store::open(&root.path().join("data")).unwrap();
+    let state = store.recover().unwrap().strategy_states.remove("market_maker").expect("state saved");
+    let saved = tradehost::strategy::SavedState::decode(state);
+    assert_eq!(saved.this["fills"].as_u64(), Some(fills as u64), "on_fill count in the saved state: {saved:?}");
+    assert_eq!(saved.fills_through, store.reader().recent_fills(1).unwrap().first().map(|f| f.id));
     eprintln!("{fills} fills over {orders} orders; {delivered_after_restart} fills happened while the host was down");
     assert!(fills >= 9, "{fills} fills");
     assert!(

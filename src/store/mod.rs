@@ -412,6 +412,19 @@ impl StoreReader {
         Ok(out)
     }
 
+    /// Fills with an id greater than `id`, oldest first.
+    pub fn fills_after(&self, id: u64) -> Result<Vec<Fill>, StoreError> {
+        let err = io(&self.path);
+        let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = read.open_table(FILLS).map_err(|e| err(e.to_string()))?;
+        let mut out = Vec::new();
+        for entry in table.range(id.saturating_add(1)..).map_err(|e| err(e.to_string()))? {
+            let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+            out.push(decode(value.value(), || format!("fill {}", key.value()))?);
+        }
+        Ok(out)
+    }
+
     /// Every fill, oldest first.
     pub fn fills(&self) -> Result<Vec<Fill>, StoreError> {
         let err = io(&self.path);

@@ -116,12 +116,20 @@ pub struct RuntimeSpec {
     pub state_flush_ms: u64,
     /// Records each callback's duration.
     pub callback_latency: Option<Arc<crate::health::Histogram>>,
+    /// Stored fills the saved state has not seen, delivered after `on_start`
+    /// (none: no replay and no de-duplication of fills).
+    pub replay: Option<FillReplay>,
 }
+
+/// Given the last fill id a saved state reflects (`None`: no saved state),
+/// returns the id to continue from and the strategy's stored fills after it.
+pub type FillReplay = Box<dyn FnOnce(Option<u64>) -> (u64, Vec<crate::model::Fill>) + Send>;
 
 /// A cheap controller of a running strategy thread.
 pub struct RuntimeHandle {
     name: String,
     tx: Sender<RuntimeInput>,
+    release: Sender<()>,
     abort: Arc<AtomicBool>,
     queue_limit: usize,
     dropped_ticks: AtomicU64,
@@ -130,6 +138,12 @@ pub struct RuntimeHandle {
 }
 
 impl RuntimeHandle {
+    /// Tells the runtime it is registered for events: it may now read the
+    /// fills to replay (a fill stored later reaches it as an event).
+    pub fn release(&self) {
+        let _ = self.release.try_send(());
+    }
+
     /// Delivers an event; ticks are dropped (and counted) while the queue is full,
     /// everything else is always delivered.
     pub fn send_event(&self, event: StrategyEvent) {
@@ -200,6 +214,7 @@ impl Drop for RuntimeHandle {
 /// Starts a strategy on its own thread.
 pub fn spawn(spec: RuntimeSpec) -> std::io::Result<RuntimeHandle> {
     let (tx, rx) = crossbeam_channel::unbounded();
+    let (release, released) = crossbeam_channel::bounded(1);
     let abort = Arc::new(AtomicBool::new(false));
     let meta = Arc::new(ArcSwap::from_pointee(None));
     let name = spec.name.clone();
@@ -210,9 +225,18 @@ pub fn spawn(spec: RuntimeSpec) -> std::io::Result<RuntimeHandle> {
         std::thread::Builder::new()
             .name(format!("strategy-{name}"))
             .stack_size(STACK_BYTES)
-            .spawn(move || run(spec, rx, abort, meta))?
+            .spawn(move || run(spec, rx, released, abort, meta))?
     };
-    Ok(RuntimeHandle { name, tx, abort, queue_limit, dropped_ticks: AtomicU64::new(0), meta, thread: Some(thread) })
+    Ok(RuntimeHandle {
+        name,
+        tx,
+        release,
+        abort,
+        queue_limit,
+        dropped_ticks: AtomicU64::new(0),
+        meta,
+        thread: Some(thread),
+    })
 }
 
 fn wall_ms() -> TimestampMs {
@@ -239,11 +263,12 @@ impl StatePersistence {
         self.dirty_since.map(|since| since + self.flush)
     }
 
-    /// Exports and hands on the state if it changed; an export error is returned once per distinct message.
-    fn flush(&mut self, name: &str, strategy: &dyn Strategy) -> Option<StrategyError> {
+    /// Exports and hands on the state (with the last fill it reflects) if it
+    /// changed; an export error is returned once per distinct message.
+    fn flush(&mut self, name: &str, strategy: &dyn Strategy, fills_through: Option<u64>) -> Option<StrategyError> {
         self.dirty_since = None;
         let sink = self.sink.as_ref()?;
-        match strategy.export_state() {
+        match strategy.export_state().map(|this| super::SavedState { this, fills_through }.encode()) {
             Ok(state) if self.saved.as_ref() != Some(&state) => {
                 sink(name, state.clone());
                 self.saved = Some(state);
@@ -263,6 +288,7 @@ impl StatePersistence {
 fn run(
     spec: RuntimeSpec,
     rx: Receiver<RuntimeInput>,
+    released: Receiver<()>,
     abort: Arc<AtomicBool>,
     meta_out: Arc<ArcSwap<Option<super::StrategyMeta>>>,
 ) {
@@ -280,8 +306,12 @@ fn run(
         state_sink,
         state_flush_ms,
         callback_latency,
+        replay,
         ..
     } = spec;
+    let saved = initial_state.clone().map(super::SavedState::decode);
+    // The last fill `this` reflects: fills up to it are never delivered again.
+    let fills_through: std::cell::Cell<Option<u64>> = std::cell::Cell::new(None);
     let report = |report: RuntimeReport| {
         let _ = reports.send(TaggedReport { name: name.clone(), generation, report });
     };
@@ -293,7 +323,7 @@ fn run(
         last_error: None,
     };
     let ctx = StrategyContext::new(&name, account, ids, 5_000).shared();
-    let env = StrategyEnv { ctx: ctx.clone(), abort: abort.clone(), initial_state };
+    let env = StrategyEnv { ctx: ctx.clone(), abort: abort.clone(), initial_state: saved.clone().map(|s| s.this) };
     let mut strategy = match factory(env) {
         Ok(strategy) => strategy,
         Err(error) => return report(RuntimeReport::Exited { reason: ExitReason::StartFailed(error), state: None }),
@@ -305,6 +335,14 @@ fn run(
     }
     let mut failures = 0u32;
     let mut deliver = |strategy: &mut Box<dyn Strategy>, event: StrategyEvent| -> Option<StrategyError> {
+        if let StrategyEvent::Fill(fill) = &event {
+            if fills_through.get().is_some_and(|through| fill.id <= through) {
+                return None;
+            }
+            if fills_through.get().is_some() {
+                fills_through.set(Some(fill.id));
+            }
+        }
         let callback = event.callback();
         {
             let mut c = ctx.borrow_mut();
@@ -344,6 +382,17 @@ fn run(
         }
         persistence.touch();
         report(RuntimeReport::Started);
+        if let Some(replay) = replay {
+            // Read the stored fills only once registered for live ones: none falls in between.
+            let _ = released.recv_timeout(Duration::from_secs(10));
+            let (from, missed) = replay(saved.as_ref().and_then(|s| s.fills_through));
+            fills_through.set(Some(from));
+            for fill in missed {
+                if let Some(error) = deliver(&mut strategy, StrategyEvent::Fill(fill)) {
+                    break 'run ExitReason::Failed(error);
+                }
+            }
+        }
         loop {
             if abort.load(Ordering::SeqCst) {
                 break 'run ExitReason::Stopped;
@@ -400,16 +449,19 @@ fn run(
                 }
             }
             if persistence.due().is_some_and(|due| due <= Instant::now())
-                && let Some(error) = persistence.flush(&name, strategy.as_ref())
+                && let Some(error) = persistence.flush(&name, strategy.as_ref(), fills_through.get())
             {
                 report(RuntimeReport::CallbackFailed { callback: "state", error });
             }
         }
     };
     persistence.touch();
-    if let Some(error) = persistence.flush(&name, strategy.as_ref()) {
+    if let Some(error) = persistence.flush(&name, strategy.as_ref(), fills_through.get()) {
         report(RuntimeReport::CallbackFailed { callback: "state", error });
     }
-    let state = strategy.export_state().ok();
+    let state = strategy
+        .export_state()
+        .ok()
+        .map(|this| super::SavedState { this, fills_through: fills_through.get() }.encode());
     report(RuntimeReport::Exited { reason, state });
 }

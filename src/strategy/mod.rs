@@ -180,5 +180,40 @@ pub struct StrategyEnv {
     pub initial_state: Option<serde_json::Value>,
 }
 
+/// A strategy's persisted state: its `this` and the id of the last fill its
+/// `on_fill` had seen when `this` was taken. Saved together, so after a crash
+/// the fills after that id are delivered again and `this` reflects every
+/// fill exactly once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedState {
+    /// The strategy's `this`.
+    pub this: serde_json::Value,
+    /// Last fill id `this` reflects (`None`: unknown, from an older host).
+    pub fills_through: Option<u64>,
+}
+
+/// Marks the stored envelope (a plain `this` was stored by older hosts).
+const SAVED_STATE_KEY: &str = "tradehost_saved_state";
+
+impl SavedState {
+    /// Reads a stored value: the envelope, or a plain `this` of an older host.
+    pub fn decode(stored: serde_json::Value) -> SavedState {
+        match stored {
+            serde_json::Value::Object(mut map) if map.get(SAVED_STATE_KEY) == Some(&serde_json::json!(1)) => {
+                SavedState {
+                    this: map.remove("this").unwrap_or_default(),
+                    fills_through: map.get("fills_through").and_then(serde_json::Value::as_u64),
+                }
+            }
+            this => SavedState { this, fills_through: None },
+        }
+    }
+
+    /// The value to store.
+    pub fn encode(&self) -> serde_json::Value {
+        serde_json::json!({ SAVED_STATE_KEY: 1, "this": self.this, "fills_through": self.fills_through })
+    }
+}
+
 /// Builds a strategy on its own thread.
 pub type StrategyFactory = Box<dyn FnOnce(StrategyEnv) -> Result<Box<dyn Strategy>, StrategyError> + Send>;

@@ -68,8 +68,9 @@ pub struct Engine {
     pub metrics: Arc<crate::health::Metrics>,
     /// Reports of a live venue (none for paper).
     pub venue_updates: Option<mpsc::UnboundedReceiver<VenueUpdate>>,
-    /// Order outcomes and fills found at start (while the host was down):
-    /// delivered to their strategies with the first market event, once they run.
+    /// Order outcomes found at start (while the host was down): delivered to
+    /// their strategies with the first market event, once they run. (Fills
+    /// found at start reach them through the fill replay of their saved state.)
     pub startup_events: Vec<ExchangeEvent>,
 }
 
@@ -234,12 +235,10 @@ impl Engine {
         if !self.startup_events.is_empty() {
             let runtimes = self.runtimes.load();
             for event in std::mem::take(&mut self.startup_events) {
-                let (strategy, event) = match event {
-                    ExchangeEvent::Fill(fill) => (fill.strategy.clone(), StrategyEvent::Fill(fill)),
-                    ExchangeEvent::Order(order) => (order.request.strategy.clone(), StrategyEvent::Order(order)),
-                };
-                if let Some(runtime) = runtimes.get(&strategy) {
-                    runtime.send_event(event);
+                if let ExchangeEvent::Order(order) = event
+                    && let Some(runtime) = runtimes.get(&order.request.strategy)
+                {
+                    runtime.send_event(StrategyEvent::Order(order));
                 }
             }
         }

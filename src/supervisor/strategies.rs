@@ -302,14 +302,16 @@ impl Supervisor {
             state_sink: Some(state_sink(self.store.clone())),
             state_flush_ms: self.config.store.state_flush_ms,
             callback_latency: Some(self.metrics.callback_histogram(name)),
+            replay: Some(fill_replay(self.reader.clone(), name)),
         };
         match live::spawn(spec) {
             Ok(handle) => {
                 let handle = Arc::new(handle);
                 slot.handle = Some(handle.clone());
                 let mut map = HashMap::clone(&self.runtimes.load());
-                map.insert(name.to_string(), handle);
+                map.insert(name.to_string(), handle.clone());
                 self.runtimes.store(Arc::new(map));
+                handle.release();
             }
             Err(error) => {
                 slot.state = StrategyState::Failed;
@@ -554,6 +556,24 @@ fn warm_up_history(hub: &Mutex<MarketHub>, store: &StoreReader, meta: &StrategyM
 
 /// Candles of history a strategy should start with, per symbol.
 const WARM_UP_CANDLES: usize = 500;
+
+/// The stored fills of a strategy after the last one its saved state
+/// reflects; without a saved state, nothing (it starts from the newest fill).
+fn fill_replay(reader: crate::store::StoreReader, name: &str) -> live::FillReplay {
+    let name = name.to_string();
+    Box::new(move |through: Option<u64>| {
+        let result = match through {
+            Some(through) => reader
+                .fills_after(through)
+                .map(|fills| (through, fills.into_iter().filter(|f| f.strategy == name).collect::<Vec<_>>())),
+            None => reader.recent_fills(1).map(|last| (last.first().map_or(0, |f| f.id), Vec::new())),
+        };
+        result.unwrap_or_else(|error| {
+            tracing::error!(strategy = %name, "cannot read fills to replay: {error}");
+            (through.unwrap_or(0), Vec::new())
+        })
+    })
+}
 
 /// Writes a strategy's changed state to the store (not awaited: the bounded
 /// delay and the final write at stop make it durable; the shutdown flush waits).
