@@ -7,18 +7,21 @@
 //! it the same way. With a live venue, sends and cancels are handed to the
 //! connector and their outcomes come back later through [`Oms::apply_venue`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
 use rust_decimal::Decimal;
 
+use crate::bounded::BoundedMap;
 use crate::exchange::{ExchangeEvent, RemoteOrder, RemoteState, Venue, VenueCommand, VenueFill};
 use crate::model::{AccountView, Fill, Order, OrderKind, OrderRequest, OrderStatus, Position, Side, Tick, TimeInForce};
 use crate::store::{Recovered, WriteOp};
 
 /// Closed orders remembered so late fills can still be attributed.
 const REMEMBERED_CLOSED: usize = 4_096;
+/// Exchange fill ids remembered to drop repeats (reconciliations look back minutes, not days).
+const REMEMBERED_FILLS: usize = 100_000;
 
 /// Symbols whose market data is stale: new entries on them are refused.
 pub type StaleSymbols = Arc<RwLock<HashSet<String>>>;
@@ -43,13 +46,12 @@ pub enum ExecutionError {
 pub struct Oms {
     venue: Venue,
     open: BTreeMap<String, Order>,
-    closed: HashMap<String, Order>,
-    closed_order: VecDeque<String>,
+    closed: BoundedMap<String, Order>,
     positions: HashMap<String, HashMap<String, Position>>,
     marks: HashMap<String, Decimal>,
     gate_open: bool,
     next_fill_id: u64,
-    seen_fills: HashSet<String>,
+    seen_fills: BoundedMap<String, ()>,
     stale: StaleSymbols,
     view: Arc<ArcSwap<AccountView>>,
 }
@@ -60,13 +62,12 @@ impl Oms {
         let oms = Oms {
             venue,
             open: BTreeMap::new(),
-            closed: HashMap::new(),
-            closed_order: VecDeque::new(),
+            closed: BoundedMap::new(REMEMBERED_CLOSED),
             positions: HashMap::new(),
             marks: HashMap::new(),
             gate_open: true,
             next_fill_id: 1,
-            seen_fills: HashSet::new(),
+            seen_fills: BoundedMap::new(REMEMBERED_FILLS),
             stale: StaleSymbols::default(),
             view: Arc::new(ArcSwap::from_pointee(AccountView::default())),
         };
@@ -81,7 +82,9 @@ impl Oms {
 
     /// Exchange fill ids already recorded (from the store): repeats are dropped.
     pub fn remember_fills(&mut self, ids: impl IntoIterator<Item = String>) {
-        self.seen_fills.extend(ids);
+        for id in ids {
+            self.seen_fills.insert(id, ());
+        }
     }
 
     /// Restores the stored state. Orders whose outcome is unknown (intent
@@ -363,15 +366,7 @@ impl Oms {
     }
 
     fn remember_closed(&mut self, order: Order) {
-        let client_id = order.request.client_id.clone();
-        if self.closed.insert(client_id.clone(), order).is_none() {
-            self.closed_order.push_back(client_id);
-        }
-        while self.closed_order.len() > REMEMBERED_CLOSED {
-            if let Some(old) = self.closed_order.pop_front() {
-                self.closed.remove(&old);
-            }
-        }
+        self.closed.insert(order.request.client_id.clone(), order);
     }
 
     /// Applies a live venue's report; returns the events to store and
@@ -382,7 +377,7 @@ impl Oms {
         match update {
             VenueUpdate::Order { client_id, remote } => {
                 let Some(order) = self.open.get(&client_id) else {
-                    return if self.closed.contains_key(&client_id) {
+                    return if self.closed.contains(&client_id) {
                         Ok(Vec::new())
                     } else {
                         Err(format!(
@@ -400,7 +395,7 @@ impl Oms {
                 Ok(self.record(vec![ExchangeEvent::Order(order)]))
             }
             VenueUpdate::Fill(fill) => {
-                if !self.seen_fills.insert(fill.exchange_id.clone()) {
+                if !self.seen_fills.insert(fill.exchange_id.clone(), ()) {
                     return Ok(Vec::new());
                 }
                 let order = self.open.get(&fill.client_id).or_else(|| self.closed.get(&fill.client_id)).cloned();

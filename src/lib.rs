@@ -15,6 +15,7 @@
 
 pub mod activity;
 pub mod backtest;
+pub mod bounded;
 pub mod config;
 pub mod data;
 pub mod delta;

@@ -20,6 +20,7 @@ use super::book::OrderBook;
 use super::rest::{Credentials, NewOrder, RestClient, RestError};
 use super::stream::{self, StreamCommand, StreamEvent, StreamSpec};
 use super::wire::{Product, RestOrder, WsMessage};
+use crate::bounded::BoundedMap;
 use crate::config::DeltaConfig;
 use crate::exchange::{RemoteOrder, RemoteState, VenueCommand, VenueFill, VenueUpdate};
 use crate::execution::StaleSymbols;
@@ -180,7 +181,7 @@ pub struct DeltaConnector {
     config: DeltaConfig,
     credentials: Credentials,
     /// Exchange order id → client order id.
-    order_ids: Mutex<HashMap<String, String>>,
+    order_ids: Mutex<BoundedMap<String, String>>,
     /// Newest fill time seen, µs (reconciliation starts a minute before it).
     last_fill_us: AtomicI64,
 }
@@ -224,7 +225,7 @@ impl DeltaConnector {
             currency,
             config: config.clone(),
             credentials,
-            order_ids: Mutex::new(HashMap::new()),
+            order_ids: Mutex::new(BoundedMap::new(100_000)),
             last_fill_us: AtomicI64::new(0),
         })
     }
