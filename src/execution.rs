@@ -49,6 +49,7 @@ pub struct Oms {
     closed: BoundedMap<String, Order>,
     positions: HashMap<String, HashMap<String, Position>>,
     marks: HashMap<String, Decimal>,
+    exchange_marks: HashSet<String>,
     gate_open: bool,
     next_fill_id: u64,
     seen_fills: BoundedMap<String, ()>,
@@ -65,6 +66,7 @@ impl Oms {
             closed: BoundedMap::new(REMEMBERED_CLOSED),
             positions: HashMap::new(),
             marks: HashMap::new(),
+            exchange_marks: HashSet::new(),
             gate_open: true,
             next_fill_id: 1,
             seen_fills: BoundedMap::new(REMEMBERED_FILLS),
@@ -286,7 +288,9 @@ impl Oms {
 
     /// Applies a market tick: resting orders may fill.
     pub fn on_tick(&mut self, tick: &Tick) -> Vec<ExchangeEvent> {
-        self.marks.insert(tick.symbol.clone(), tick.mid());
+        if !self.exchange_marks.contains(&tick.symbol) {
+            self.marks.insert(tick.symbol.clone(), tick.mid());
+        }
         let events = match &mut self.venue {
             Venue::Paper(exchange) => exchange.on_tick(tick),
             Venue::Live(_) => Vec::new(),
@@ -296,6 +300,14 @@ impl Oms {
             return events;
         }
         self.record(events)
+    }
+
+    /// The exchange's mark price of a symbol: from now on it values positions
+    /// instead of the quote's mid.
+    pub fn set_mark(&mut self, symbol: &str, price: Decimal) {
+        self.exchange_marks.insert(symbol.to_string());
+        self.marks.insert(symbol.to_string(), price);
+        self.publish();
     }
 
     /// A strategy's own position in a symbol.

@@ -124,6 +124,12 @@ async fn shipped_strategy_trades_unchanged_and_the_accounts_agree() {
     let account = run.host.account();
     assert_eq!(account.currency, "USD");
     assert!(account.balance > Decimal::ZERO, "balance from the exchange wallet");
+    // Positions are valued at the exchange's mark price (a quarter tick off the mid here), not the mid.
+    let mark = account.marks["BTCUSD"];
+    assert_eq!(mark % Decimal::new(5, 1), Decimal::new(125, 3), "mark {mark} comes from the ticker channel");
+    let unrealized: Decimal =
+        account.positions.values().flat_map(|p| p.values()).map(|p| p.unrealized_pnl(account.marks[&p.symbol])).sum();
+    assert_eq!(account.equity, account.balance + unrealized);
     let (fills, orders) = run.finish().await;
     assert!(fills > 6 && orders > fills / 2, "{fills} fills, {orders} orders");
 }

@@ -623,15 +623,19 @@ impl DeltaConnector {
     ) {
         let symbols = self.config.symbols.clone();
         let (_, ws_url, public_url) = self.config.urls();
-        let (url, book_channel, trades_channel) = if self.config.uses_legacy_channels() {
-            (ws_url, "l2_updates", "all_trades")
+        let (url, book_channel, trades_channel, ticker_channel) = if self.config.uses_legacy_channels() {
+            (ws_url, "l2_updates", "all_trades", "v2/ticker")
         } else {
-            (public_url, "ob_updates", "trades")
+            (public_url, "ob_updates", "trades", "ticker")
         };
         let spec = self.stream_spec(
             "public",
             url,
-            vec![(book_channel.into(), symbols.clone()), (trades_channel.into(), symbols.clone())],
+            vec![
+                (book_channel.into(), symbols.clone()),
+                (trades_channel.into(), symbols.clone()),
+                (ticker_channel.into(), symbols.clone()),
+            ],
         );
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let (commands_tx, commands) = mpsc::unbounded_channel();
@@ -707,6 +711,12 @@ impl DeltaConnector {
                     }
                     Some(StreamEvent::Malformed(_)) => {}
                     Some(StreamEvent::Message(message)) => {
+                        if let WsMessage::Ticker { symbol, mark: Some(price), .. } = message.as_ref() {
+                            if self.products.get(symbol).is_some() {
+                                let _ = feed.send(FeedEvent::Mark { symbol: symbol.clone(), price: *price }).await;
+                            }
+                            continue;
+                        }
                         let ticks = market.apply(&self.products, *message, book_channel, &commands_tx);
                         // A symbol that just became fresh is open for entries at once.
                         if let Some(tick) = ticks.first() {

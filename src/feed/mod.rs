@@ -31,6 +31,13 @@ pub enum FeedEvent {
     /// A complete base bar fetched over REST while a live stream is silent
     /// (no quote: it only fills the candle history).
     PolledBar(Candle),
+    /// The exchange's mark price of a symbol (values positions).
+    Mark {
+        /// Instrument.
+        symbol: String,
+        /// Mark price.
+        price: Decimal,
+    },
     /// The feed has no more data.
     Finished,
 }

@@ -248,6 +248,10 @@ impl Engine {
                 (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_bar(bar), Some(close))
             }
             FeedEvent::PolledBar(bar) => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_polled_bar(bar), None),
+            FeedEvent::Mark { symbol, price } => {
+                self.oms.set_mark(&symbol, price);
+                return;
+            }
             FeedEvent::Finished => {
                 self.activity.publish(ActivityKind::System, None, json!({ "event": "feed_finished" }));
                 tracing::info!("market feed finished");

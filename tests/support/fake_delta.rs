@@ -473,6 +473,18 @@ fn market_tick(shared: &Shared) {
             legacy: json!({"type": "all_trades", "symbol": p.symbol, "product_id": p.id, "price": trade_price, "size": 1, "buyer_role": "taker", "seller_role": "maker", "timestamp": ts}).to_string(),
             channel: "trades",
         });
+        // The mark price sits a quarter tick above the mid (as real marks differ from mids).
+        let mark = book.mid + p.tick / Decimal::from(4);
+        let (ask, bid) =
+            (fmt_price(*book.asks.keys().next().unwrap(), p), fmt_price(*book.bids.keys().next_back().unwrap(), p));
+        out.push(Event::Public {
+            symbol: p.symbol.into(),
+            seq: 0,
+            new: json!({"type": "ticker", "sy": p.symbol, "ts": ts, "d": [{"s": p.symbol, "i": p.id, "m": mark.to_string(), "q": [ask, "100", bid, "100", null]}]}).to_string(),
+            legacy: json!({"type": "v2/ticker", "symbol": p.symbol, "product_id": p.id, "mark_price": mark.to_string(), "timestamp": ts,
+                "quotes": {"best_ask": ask, "ask_size": "100", "best_bid": bid, "bid_size": "100"}}).to_string(),
+            channel: "ticker",
+        });
         // Resting orders the new touch crosses fill at their limit (maker).
         let (best_bid, best_ask) = (*book.bids.keys().next_back().unwrap(), *book.asks.keys().next().unwrap());
         let crossed: Vec<usize> = ex
@@ -1074,7 +1086,12 @@ async fn session(mut socket: WebSocket, shared: Arc<Shared>, public_endpoint: bo
                 Err(_) => return,
                 Ok(Event::Raw(text)) => if public_endpoint { vec![text] } else { vec![] },
                 Ok(Event::Public { symbol, seq, new, legacy, channel }) => {
-                    let name = if channel == "book" { book_channel } else { trades_channel };
+                    let name = match channel {
+                        "book" => book_channel,
+                        "trades" => trades_channel,
+                        _ if public_endpoint => "ticker",
+                        _ => "v2/ticker",
+                    };
                     let subscribed = subs.get(name).is_some_and(|s| s.contains(&symbol));
                     let fresh = channel != "book" || snapshot_seq.get(&symbol).is_some_and(|s| seq > *s);
                     if subscribed && fresh { vec![if public_endpoint { new } else { legacy }] } else { vec![] }
