@@ -601,8 +601,11 @@ impl Lifecycle {
         let ready_deadline = tokio::time::sleep(Duration::from_millis(self.config.http.ready_timeout_ms));
         tokio::pin!(ready_deadline);
         let mut awaiting_ready = true;
+        // Readiness can change without a message (exchange streams coming up): look often until ready.
+        let mut ready_poll = tokio::time::interval(Duration::from_millis(50));
         let reason = loop {
             tokio::select! {
+                _ = ready_poll.tick(), if awaiting_ready => {}
                 control = self.control_rx.recv() => match control {
                     Some(Control::Shutdown(reason)) => break reason,
                     Some(control) => { supervisor.handle_control(control); }
