@@ -430,3 +430,25 @@ async fn candles_come_from_rest_polling_while_the_market_stream_is_silent() {
     run.host.shutdown(ShutdownReason::Api);
     assert_eq!(run.host.wait().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_after_the_host_was_ready_never_fails_the_start_deadline() {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("market_maker.rhai"), MARKET_MAKER).unwrap();
+    let mut config = delta_config(&fake, dir.path(), data.path());
+    config.http.ready_timeout_ms = 2_000;
+    let host = supervisor::start(config).await.unwrap();
+    let run = Run { fake, host, dir, data };
+    run.wait("host ready", Duration::from_secs(2), |r| r.host.health().is_ready()).await;
+    run.fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
+    run.wait("market stale", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Down))
+        .await;
+    // Past the start-up deadline while the market is down: the host keeps running.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(!run.host.health().is_shutting_down(), "a later outage is not a failed start");
+    run.fake.faults().freeze_market.store(false, std::sync::atomic::Ordering::SeqCst);
+    run.wait("ready again", Duration::from_secs(5), |r| r.host.health().is_ready()).await;
+    run.finish().await;
+}
