@@ -88,15 +88,6 @@ impl Products {
         ids.sort_unstable();
         ids
     }
-
-    /// The host's trading rules for a symbol (lot = one contract).
-    pub fn host_product(&self, symbol: &str) -> Option<crate::model::Product> {
-        self.get(symbol).map(|p| crate::model::Product {
-            symbol: symbol.to_string(),
-            tick_size: p.tick_size,
-            lot_size: p.contract_value,
-        })
-    }
 }
 
 /// Maps a script order to a Delta order: whole contracts, the limit price
