@@ -121,6 +121,14 @@ impl Run {
 async fn shipped_strategy_trades_unchanged_and_the_accounts_agree() {
     let run = start(FakeConfig::default()).await;
     run.wait_fills(6).await;
+    // Each requote cancels the old quotes before the new ones rest: never more
+    // than a bid and an ask, plus the pair being replaced.
+    let mut most_open = 0;
+    for _ in 0..100 {
+        most_open = most_open.max(run.fake.orders().iter().filter(|o| o.state == "open").count());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(most_open <= 4, "{most_open} quotes open at once: cancels missed orders");
     let account = run.host.account();
     assert_eq!(account.currency, "USD");
     assert!(account.balance > Decimal::ZERO, "balance from the exchange wallet");

@@ -4,7 +4,7 @@
 //! the strategies' order commands, and publishes orders, fills and positions
 //! on the activity bus. Serial by design, so a given feed gives one outcome.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -41,6 +41,15 @@ pub enum EngineRequest {
     ApplyPolicies(Vec<(String, ShutdownPolicy)>, oneshot::Sender<()>),
 }
 
+/// A strategy's checked commands: intents to store, then steps to run.
+struct Batch {
+    strategy: String,
+    rejected: Vec<ExchangeEvent>,
+    intents: Vec<Order>,
+    steps: Vec<Step>,
+    committed: oneshot::Receiver<Result<(), Arc<crate::store::StoreError>>>,
+}
+
 /// One step of a strategy's command batch, after its intents are stored.
 enum Step {
     Send(OrderRequest),
@@ -68,6 +77,10 @@ pub struct Engine {
     pub metrics: Arc<crate::health::Metrics>,
     /// Reports of a live venue (none for paper).
     pub venue_updates: Option<mpsc::UnboundedReceiver<VenueUpdate>>,
+    /// Send orders as soon as their intents are committed, while the engine
+    /// keeps handling events (live venues; the paper exchange stays strictly
+    /// sequential so its fills stay deterministic).
+    pub pipeline: bool,
     /// Order outcomes found at start (while the host was down): delivered to
     /// their strategies with the first market event, once they run. (Fills
     /// found at start reach them through the fill replay of their saved state.)
@@ -84,16 +97,39 @@ impl Engine {
     ) {
         let mut feed_open = true;
         let mut venue = self.venue_updates.take();
+        // Live venue: batches whose intents are committing, sent in order as their commits land.
+        let mut pending: VecDeque<Batch> = VecDeque::new();
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                committed = async { (&mut pending.front_mut().expect("checked").committed).await }, if !pending.is_empty() => {
+                    let batch = pending.pop_front().expect("checked");
+                    self.finish(batch, committed.unwrap_or(Err(Arc::new(crate::store::StoreError::WriterGone)))).await;
+                }
                 update = async { venue.as_mut()?.recv().await }, if venue.is_some() => match update {
                     Some(update) => self.handle_venue(update).await,
                     None => venue = None,
                 },
                 request = requests.recv() => match request {
-                    Some(request) => self.handle_request(request).await,
+                    Some(EngineRequest::Commands { strategy, commands }) if self.pipeline => {
+                        let batch = self.prepare_batch(&strategy, commands);
+                        if batch.intents.is_empty() && pending.is_empty() {
+                            self.finish(batch, Ok(())).await;
+                        } else {
+                            pending.push_back(self.commit_intents(batch));
+                        }
+                    }
+                    Some(request) => {
+                        if matches!(request, EngineRequest::ApplyPolicies(..)) {
+                            // Policies act on every order sent so far: send the queued ones first.
+                            while let Some(mut batch) = pending.pop_front() {
+                                let committed = (&mut batch.committed).await;
+                                self.finish(batch, committed.unwrap_or(Err(Arc::new(crate::store::StoreError::WriterGone)))).await;
+                            }
+                        }
+                        self.handle_request(request).await
+                    }
                     None => break,
                 },
                 event = feed.recv(), if feed_open => match event {
@@ -129,7 +165,8 @@ impl Engine {
                     if policy == ShutdownPolicy::Flatten {
                         let ids = OrderIds::new(&strategy, self.id_counter.clone());
                         let orders = self.oms.flatten_orders(&strategy, &mut || ids.next_id());
-                        if !self.record_intents(&orders).await {
+                        if let Err(error) = self.record_intents(&orders).await {
+                            self.fatal(format!("cannot store order intents: {error}"));
                             continue;
                         }
                         commands.extend(orders.into_iter().map(|o| Step::Send(o.request)));
@@ -148,51 +185,76 @@ impl Engine {
     /// Executes a strategy's commands in order. Order intents of the whole
     /// batch are stored in one commit before any of them is sent.
     async fn execute(&mut self, strategy: &str, commands: Vec<StrategyCommand>) {
-        let mut rejected = Vec::new();
-        let mut intents = Vec::new();
-        let mut steps = Vec::new();
+        let batch = self.prepare_batch(strategy, commands);
+        let committed = self.record_intents(&batch.intents).await;
+        self.finish(batch, committed).await;
+    }
+
+    /// Checks a strategy's commands: orders become intents (or rejections), cancels steps.
+    fn prepare_batch(&mut self, strategy: &str, commands: Vec<StrategyCommand>) -> Batch {
+        let (done, committed) = oneshot::channel();
+        let mut batch = Batch {
+            strategy: strategy.to_string(),
+            rejected: Vec::new(),
+            intents: Vec::new(),
+            steps: Vec::new(),
+            committed,
+        };
+        let _ = done.send(Ok(()));
         for command in commands {
             match command {
                 StrategyCommand::Place(request) => {
                     let order = self.oms.prepare(request);
                     if order.status == OrderStatus::Pending {
-                        steps.push(Step::Send(order.request.clone()));
-                        intents.push(order);
+                        batch.steps.push(Step::Send(order.request.clone()));
+                        batch.intents.push(order);
                     } else {
-                        rejected.push(ExchangeEvent::Order(order));
+                        batch.rejected.push(ExchangeEvent::Order(order));
                     }
                 }
-                StrategyCommand::Cancel { client_id } => steps.push(Step::Cancel(client_id)),
-                StrategyCommand::CancelAll { symbol } => steps.push(Step::CancelAll(symbol)),
+                StrategyCommand::Cancel { client_id } => batch.steps.push(Step::Cancel(client_id)),
+                StrategyCommand::CancelAll { symbol } => batch.steps.push(Step::CancelAll(symbol)),
                 _ => {}
             }
         }
-        if !self.record_intents(&intents).await {
-            for order in intents {
-                let mut order = order;
+        batch
+    }
+
+    /// Starts committing a batch's intents without waiting for the commit.
+    fn commit_intents(&self, mut batch: Batch) -> Batch {
+        if !batch.intents.is_empty() {
+            let (done, committed) = oneshot::channel();
+            self.store.submit(
+                batch.intents.iter().cloned().map(WriteOp::Order).collect(),
+                Some(Box::new(move |result| drop(done.send(result)))),
+            );
+            batch.committed = committed;
+        }
+        batch
+    }
+
+    /// Runs a batch once its intents are committed (or reports why they were not sent).
+    async fn finish(&mut self, batch: Batch, committed: Result<(), Arc<crate::store::StoreError>>) {
+        let Batch { strategy, mut rejected, intents, mut steps, .. } = batch;
+        if let Err(error) = committed {
+            self.fatal(format!("cannot store order intents: {error}"));
+            for mut order in intents {
                 order.status = OrderStatus::Rejected;
                 order.reason = Some("the order could not be recorded in the store, so it was not sent".into());
                 rejected.push(ExchangeEvent::Order(order));
             }
             steps.retain(|s| !matches!(s, Step::Send(_)));
         }
-        let mut events = rejected;
-        events.extend(self.run_steps(strategy, steps));
-        self.persist_and_dispatch(events).await;
+        rejected.extend(self.run_steps(&strategy, steps));
+        self.persist_and_dispatch(rejected).await;
     }
 
-    /// Stores order intents; false (and a fatal shutdown request) if the store failed.
-    async fn record_intents(&mut self, intents: &[Order]) -> bool {
+    /// Stores order intents and waits for the commit.
+    async fn record_intents(&mut self, intents: &[Order]) -> Result<(), Arc<crate::store::StoreError>> {
         if intents.is_empty() {
-            return true;
+            return Ok(());
         }
-        match self.store.commit(intents.iter().cloned().map(WriteOp::Order).collect()).await {
-            Ok(()) => true,
-            Err(error) => {
-                self.fatal(format!("cannot store order intents: {error}"));
-                false
-            }
-        }
+        self.store.commit(intents.iter().cloned().map(WriteOp::Order).collect()).await
     }
 
     fn run_steps(&mut self, strategy: &str, steps: Vec<Step>) -> Vec<ExchangeEvent> {

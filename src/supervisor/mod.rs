@@ -462,6 +462,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         id_counter: id_counter.clone(),
         metrics: metrics.clone(),
         venue_updates,
+        pipeline: config.exchange.kind == ExchangeKind::Delta,
         startup_events: resolved,
     };
     tasks.spawn("engine", engine.run(engine_rx, feed_rx, engine_cancel.clone()));
