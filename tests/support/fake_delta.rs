@@ -316,7 +316,7 @@ impl FakeDelta {
         let mut events = Vec::new();
         for &i in &resting {
             let (size, price) = (ex.orders[i].unfilled, ex.orders[i].limit_price.unwrap());
-            events.extend(execute(&mut ex, &self.shared, i, size, price, "maker", ts));
+            events.extend(execute(&mut ex, i, size, price, "maker", ts));
         }
         drop(ex);
         for event in events {
@@ -502,7 +502,7 @@ fn market_tick(shared: &Shared) {
         for i in crossed {
             let price = ex.orders[i].limit_price.unwrap();
             let size = ex.orders[i].unfilled;
-            out.extend(execute(&mut ex, shared, i, size, price, "maker", ts));
+            out.extend(execute(&mut ex, i, size, price, "maker", ts));
         }
     }
     drop(ex);
@@ -541,15 +541,7 @@ fn order_event(o: &FakeOrder, action: &str, reason: Option<&str>, ts: i64) -> Ev
 }
 
 /// Fills `size` contracts of order `i` at `price`; returns the stream messages.
-fn execute(
-    ex: &mut Exchange,
-    shared: &Shared,
-    i: usize,
-    size: i64,
-    price: Decimal,
-    role: &'static str,
-    ts: i64,
-) -> Vec<Event> {
+fn execute(ex: &mut Exchange, i: usize, size: i64, price: Decimal, role: &'static str, ts: i64) -> Vec<Event> {
     let product = ex.products.iter().find(|p| p.id == ex.orders[i].product_id).unwrap().clone();
     let rate = if role == "maker" { d("0.0002") } else { d("0.0005") };
     let notional = price * Decimal::from(size) * product.contract_value;
@@ -604,7 +596,6 @@ fn execute(
     };
     ex.fills.push(fill.clone());
     let balance = ex.balance;
-    let _ = shared;
     vec![
         Event::Private {
             channel: "v2/user_trades",
@@ -1043,7 +1034,7 @@ fn place(shared: &Shared, body: &Value) -> (Response, Vec<Event>, u64) {
     let i = ex.orders.len() - 1;
     let mut events = vec![order_event(&ex.orders[i], "create", None, ts)];
     if marketable {
-        events.extend(execute(&mut ex, shared, i, size, touch, "taker", ts));
+        events.extend(execute(&mut ex, i, size, touch, "taker", ts));
     } else if tif == "ioc" {
         ex.orders[i].state = "cancelled".into();
         ex.orders[i].cancellation_reason = Some("ioc_not_filled".into());
