@@ -71,7 +71,7 @@ impl Run {
                 "timed out after {limit:?} waiting for {what}; health {:?}",
                 self.host.health().components()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         eprintln!("{what}: {:?}", start.elapsed());
         start.elapsed()
@@ -162,6 +162,10 @@ async fn dropped_sockets_and_silent_heartbeats_reconnect_within_the_backoff_boun
     // Heartbeats stop: the watchdog reconnects; health shows the outage while it lasts.
     let connections = run.fake.connections();
     run.fake.faults().stop_heartbeats.store(true, std::sync::atomic::Ordering::SeqCst);
+    run.wait("orders stream down after the heartbeat watchdog", Duration::from_secs(4), |r| {
+        r.state("exchange.orders") == Some(ComponentState::Down)
+    })
+    .await;
     run.wait("watchdog reconnect", Duration::from_secs(6), |r| r.fake.connections() >= connections + 2).await;
     run.fake.faults().stop_heartbeats.store(false, std::sync::atomic::Ordering::SeqCst);
     run.wait("streams up after heartbeats resume", Duration::from_secs(6), |r| r.host.health().is_ready()).await;
