@@ -662,6 +662,8 @@ impl DeltaConnector {
                     if changed {
                         if stale_now.is_empty() {
                             tracing::info!("delta: market data fresh for every symbol");
+                        } else if !market.ever_up {
+                            tracing::info!(symbols = ?stale_now, "delta: waiting for the first order books");
                         } else {
                             tracing::warn!(symbols = ?stale_now, "delta: market data stale: new entries refused");
                         }
