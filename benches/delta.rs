@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake_delta::{FakeConfig, FakeDelta};
-use tradehost::config::{Config, ExchangeKind, Secret};
+use tradehost::config::{Config, Secret};
 use tradehost::delta::rest::{Credentials, NewOrder, RestClient, WINDOW, WINDOW_UNITS};
 
 const EVERY_TICK: &str = r#"
@@ -56,14 +56,8 @@ async fn tick_to_order() {
     config.strategies.dir = dir.path().to_path_buf();
     config.data_dir = data.path().to_path_buf();
     config.http.bind = "127.0.0.1:0".parse().unwrap();
-    config.exchange.kind = ExchangeKind::Delta;
-    let delta = &mut config.exchange.delta;
-    delta.rest_url = Some(fake.rest_url());
-    delta.ws_url = Some(fake.ws_url());
-    delta.ws_public_url = Some(fake.ws_public_url());
-    delta.api_key = Some(Secret::new(fake.config().key.clone()));
-    delta.api_secret = Some(Secret::new(fake.config().secret.clone()));
-    delta.history_bars = 10;
+    fake.configure(&mut config);
+    config.exchange.delta.history_bars = 10;
     let host = tradehost::supervisor::start(config).await.unwrap();
     while fake.orders().len() < 20 {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -425,19 +425,9 @@ impl Oms {
                     // A late fill of a cancelled order: it keeps its final status.
                     order.status = status_before;
                 }
-                let request = &order.request;
                 let fill = Fill {
-                    id: 0,
-                    order_id: request.client_id.clone(),
-                    strategy: request.strategy.clone(),
-                    symbol: request.symbol.clone(),
-                    side: request.side,
-                    size,
-                    price,
-                    fee,
-                    liquidity,
-                    time,
                     exchange_id: Some(exchange_id),
+                    ..Fill::of(&order.request, size, price, fee, liquidity, time)
                 };
                 if was_final {
                     self.closed.insert(order.request.client_id.clone(), order.clone());

@@ -228,6 +228,32 @@ pub struct Fill {
     pub exchange_id: Option<String>,
 }
 
+impl Fill {
+    /// A fill of an order (id 0 until the order manager numbers it).
+    pub fn of(
+        request: &OrderRequest,
+        size: Decimal,
+        price: Decimal,
+        fee: Decimal,
+        liquidity: Liquidity,
+        time: TimestampMs,
+    ) -> Fill {
+        Fill {
+            id: 0,
+            order_id: request.client_id.clone(),
+            strategy: request.strategy.clone(),
+            symbol: request.symbol.clone(),
+            side: request.side,
+            size,
+            price,
+            fee,
+            liquidity,
+            time,
+            exchange_id: None,
+        }
+    }
+}
+
 /// An OHLCV bar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candle {

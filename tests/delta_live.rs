@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use fake_delta::{FakeConfig, FakeDelta, assert_consistent};
 use rust_decimal::Decimal;
-use tradehost::config::{Config, ExchangeKind, Secret};
+use tradehost::config::{Config, Secret};
 use tradehost::health::ComponentState;
 use tradehost::supervisor::{self, HostHandle, ShutdownReason};
 
@@ -23,13 +23,8 @@ const MARKET_MAKER: &str = include_str!("../strategies/market_maker.rhai");
 /// quote so fills come quickly (the script itself is the shipped one).
 pub fn delta_config(fake: &FakeDelta, dir: &Path, data: &Path) -> Config {
     let mut config = common::fast_config(dir, data);
-    config.exchange.kind = ExchangeKind::Delta;
+    fake.configure(&mut config);
     let delta = &mut config.exchange.delta;
-    delta.rest_url = Some(fake.rest_url());
-    delta.ws_url = Some(fake.ws_url());
-    delta.ws_public_url = Some(fake.ws_public_url());
-    delta.api_key = Some(Secret::new(fake.config().key.clone()));
-    delta.api_secret = Some(Secret::new(fake.config().secret.clone()));
     delta.request_timeout_ms = 1_000;
     delta.heartbeat_timeout_ms = 1_500;
     delta.ping_interval_ms = 1_000;

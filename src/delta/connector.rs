@@ -77,9 +77,13 @@ impl Products {
         self.by_symbol.get(symbol)
     }
 
-    /// The symbol of a product id.
-    pub fn symbol_of(&self, id: i64) -> Option<&str> {
-        self.by_id.get(&id).map(String::as_str)
+    /// The traded product a message names, by symbol (either field) or else by id.
+    pub fn resolve(&self, symbols: [Option<&str>; 2], id: Option<i64>) -> Option<&Product> {
+        symbols
+            .into_iter()
+            .flatten()
+            .find_map(|s| self.by_symbol.get(s))
+            .or_else(|| self.by_id.get(&id?).and_then(|s| self.by_symbol.get(s)))
     }
 
     /// Product ids of every traded product.
@@ -283,12 +287,8 @@ impl DeltaConnector {
             .unwrap_or_default();
         let mut positions = BTreeMap::new();
         for position in self.rest.positions().await? {
-            let symbol = position
-                .product_symbol
-                .clone()
-                .or_else(|| position.symbol.clone())
-                .or_else(|| position.product_id.and_then(|id| self.products.symbol_of(id).map(str::to_string)));
-            if let Some(product) = symbol.as_deref().and_then(|s| self.products.get(s)) {
+            let symbols = [position.product_symbol.as_deref(), position.symbol.as_deref()];
+            if let Some(product) = self.products.resolve(symbols, position.product_id) {
                 positions.insert(product.symbol.clone(), position.size.unwrap_or_default() * product.contract_value);
             }
         }
@@ -318,10 +318,10 @@ impl DeltaConnector {
         let mut fills = self.rest.fills(&ids, since_us).await?;
         fills.sort_by_key(|f| f.created_at.unwrap_or_default());
         for fill in fills {
-            let Some(symbol) = fill
-                .product_symbol
-                .clone()
-                .or_else(|| fill.product_id.and_then(|id| self.products.symbol_of(id).map(str::to_string)))
+            let Some(symbol) = self
+                .products
+                .resolve([fill.product_symbol.as_deref(), None], fill.product_id)
+                .map(|p| p.symbol.clone())
             else {
                 continue;
             };
@@ -712,11 +712,11 @@ impl DeltaConnector {
                         }
                         let ticks = market.apply(&self.products, *message, book_channel, &commands_tx);
                         // A symbol that just became fresh is open for entries at once.
-                        if let Some(tick) = ticks.first() {
-                            let mut set = stale.write().unwrap_or_else(|e| e.into_inner());
-                            if set.contains(&tick.symbol) && market.is_fresh(&tick.symbol, Instant::now(), stale_after) {
-                                set.remove(&tick.symbol);
-                            }
+                        if let Some(tick) = ticks.first()
+                            && stale.read().is_ok_and(|set| set.contains(&tick.symbol))
+                            && market.is_fresh(&tick.symbol, Instant::now(), stale_after)
+                        {
+                            stale.write().unwrap_or_else(|e| e.into_inner()).remove(&tick.symbol);
                         }
                         for tick in ticks {
                             let minute = tick.time / 60_000 * 60_000;

@@ -5,13 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
-
 use super::rest::{Credentials, RestClient};
-use super::sign::ws_signature;
-use super::wire::WsMessage;
 use crate::config::DeltaConfig;
 
 /// One check's outcome.
@@ -80,31 +74,8 @@ pub async fn run(config: &DeltaConfig) -> Vec<Check> {
 }
 
 async fn websocket(url: &str, credentials: Option<Credentials>, rest: &RestClient) -> Result<String, String> {
-    let connect = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url));
-    let (mut socket, _) = connect.await.map_err(|_| "connect timed out".to_string())?.map_err(|e| e.to_string())?;
+    let mut socket = super::stream::connect(url).await?;
     let Some(credentials) = credentials else { return Err("connected, but no key to authenticate with".into()) };
-    let timestamp = rest.timestamp();
-    let auth = json!({ "type": "key-auth", "payload": {
-        "api-key": credentials.key.expose(),
-        "signature": ws_signature(credentials.secret.expose(), &timestamp),
-        "timestamp": timestamp,
-    }});
-    socket.send(Message::text(auth.to_string())).await.map_err(|e| e.to_string())?;
-    let answer = async {
-        while let Some(frame) = socket.next().await {
-            if let Ok(Message::Text(text)) = frame
-                && let Ok(WsMessage::Auth { success, status, message }) = WsMessage::parse(&text)
-            {
-                return if success {
-                    Ok("connected and authenticated".to_string())
-                } else {
-                    Err(format!("key-auth refused: {status} {}", message.unwrap_or_default()))
-                };
-            }
-        }
-        Err("closed before answering key-auth".to_string())
-    };
-    tokio::time::timeout(Duration::from_secs(5), answer)
-        .await
-        .map_err(|_| "no key-auth answer within 5 s".to_string())?
+    super::stream::key_auth(&mut socket, &credentials, &rest.timestamp()).await?;
+    Ok("connected and authenticated".into())
 }

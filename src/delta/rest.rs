@@ -604,8 +604,7 @@ pub fn decode<T: DeserializeOwned>(endpoint: &str, status: u16, body: &[u8]) -> 
         Value::Object(mut map) if map.contains_key("result") => map.remove("result").unwrap_or(Value::Null),
         other => other,
     };
-    let result = serde_path_to_error::deserialize(result)
-        .map_err(|e| decode_error(format!("{} at `{}`", e.inner(), e.path())))?;
+    let result = super::wire::from_json(result).map_err(decode_error)?;
     Ok((result, meta))
 }
 

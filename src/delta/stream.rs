@@ -117,6 +117,45 @@ fn subscribe_message(kind: &str, channels: &[(String, Vec<String>)]) -> String {
     json!({ "type": kind, "payload": { "channels": channels } }).to_string()
 }
 
+/// A WebSocket connection to Delta.
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects within 10 s.
+pub async fn connect(url: &str) -> Result<Socket, String> {
+    match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(error)) => Err(format!("cannot connect to {url}: {error}")),
+        Err(_) => Err(format!("cannot connect to {url}: timed out")),
+    }
+}
+
+/// Sends `key-auth` signed for `timestamp` and waits up to 5 s for the answer.
+pub async fn key_auth(socket: &mut Socket, credentials: &Credentials, timestamp: &str) -> Result<(), String> {
+    let auth = json!({ "type": "key-auth", "payload": {
+        "api-key": credentials.key.expose(),
+        "signature": ws_signature(credentials.secret.expose(), timestamp),
+        "timestamp": timestamp,
+    }});
+    socket.send(Message::text(auth.to_string())).await.map_err(|e| format!("cannot send key-auth: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, socket.next()).await {
+            Err(_) => return Err("no key-auth answer within 5 s".into()),
+            Ok(None) => return Err("closed during key-auth".into()),
+            Ok(Some(Err(error))) => return Err(format!("read error during key-auth: {error}")),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Message::Text(text) = frame else { continue };
+        if let Ok(WsMessage::Auth { success, status, message }) = WsMessage::parse(&text) {
+            return if success {
+                Ok(())
+            } else {
+                Err(format!("key-auth refused: {status} {}", message.unwrap_or_default()))
+            };
+        }
+    }
+}
+
 /// One connection; returns why it ended.
 async fn session(
     spec: &StreamSpec,
@@ -124,38 +163,14 @@ async fn session(
     commands: &mut mpsc::UnboundedReceiver<StreamCommand>,
     up: &mut bool,
 ) -> String {
-    let connect = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(spec.url.as_str()));
-    let mut socket = match connect.await {
-        Ok(Ok((socket, _))) => socket,
-        Ok(Err(error)) => return format!("cannot connect to {}: {error}", spec.url),
-        Err(_) => return format!("cannot connect to {}: timed out", spec.url),
+    let mut socket = match connect(&spec.url).await {
+        Ok(socket) => socket,
+        Err(error) => return error,
     };
-    if let Some((credentials, rest)) = &spec.auth {
-        let timestamp = rest.timestamp();
-        let auth = json!({ "type": "key-auth", "payload": {
-            "api-key": credentials.key.expose(),
-            "signature": ws_signature(credentials.secret.expose(), &timestamp),
-            "timestamp": timestamp,
-        }});
-        if let Err(error) = socket.send(Message::text(auth.to_string())).await {
-            return format!("cannot send key-auth: {error}");
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let frame = match tokio::time::timeout_at(deadline, socket.next()).await {
-                Err(_) => return "no key-auth answer within 5 s".into(),
-                Ok(None) => return "closed during key-auth".into(),
-                Ok(Some(Err(error))) => return format!("read error during key-auth: {error}"),
-                Ok(Some(Ok(frame))) => frame,
-            };
-            let Message::Text(text) = frame else { continue };
-            if let Ok(WsMessage::Auth { success, status, message }) = WsMessage::parse(&text) {
-                if success {
-                    break;
-                }
-                return format!("key-auth refused: {status} {}", message.unwrap_or_default());
-            }
-        }
+    if let Some((credentials, rest)) = &spec.auth
+        && let Err(error) = key_auth(&mut socket, credentials, &rest.timestamp()).await
+    {
+        return error;
     }
     for message in [json!({ "type": "enable_heartbeat" }).to_string(), subscribe_message("subscribe", &spec.channels)] {
         if let Err(error) = socket.send(Message::text(message)).await {

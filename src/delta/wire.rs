@@ -9,105 +9,75 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Decodes a decimal from a JSON string or number.
-pub fn decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
-    opt_decimal(d)?.ok_or_else(|| de::Error::custom("expected a decimal, got null"))
-}
-
-/// Decodes an optional decimal (null, `""`, string or number).
-pub fn opt_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Null => Ok(None),
-        Value::String(s) if s.is_empty() => Ok(None),
-        Value::String(s) => parse_decimal(&s).map(Some).ok_or_else(|| de::Error::custom(format!("bad decimal {s:?}"))),
-        Value::Number(n) => {
-            parse_decimal(&n.to_string()).map(Some).ok_or_else(|| de::Error::custom(format!("bad decimal {n}")))
-        }
-        other => Err(de::Error::custom(format!("expected a decimal, got {other}"))),
-    }
-}
-
-fn parse_decimal(text: &str) -> Option<Decimal> {
-    text.parse::<Decimal>().ok().or_else(|| Decimal::from_scientific(text).ok())
-}
-
-/// Decodes an integer from a JSON number or a numeric string.
-pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    opt_int(d)?.ok_or_else(|| de::Error::custom("expected an integer, got null"))
-}
-
-/// Decodes an optional integer.
-pub fn opt_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Null => Ok(None),
-        Value::String(s) if s.is_empty() => Ok(None),
-        Value::String(s) => s.parse().map(Some).map_err(|_| de::Error::custom(format!("bad integer {s:?}"))),
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-            .map(Some)
-            .ok_or_else(|| de::Error::custom(format!("bad integer {n}"))),
-        other => Err(de::Error::custom(format!("expected an integer, got {other}"))),
-    }
-}
-
-/// Decodes an id (number or string) as a string.
-pub fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    opt_id(d)?.ok_or_else(|| de::Error::custom("expected an id, got null"))
-}
-
-/// Decodes an optional id.
-pub fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+/// The text of a string or number scalar; `None` for null and `""`.
+fn scalar<'de, D: Deserializer<'de>>(d: D, what: &str) -> Result<Option<String>, D::Error> {
     match Value::deserialize(d)? {
         Value::Null => Ok(None),
         Value::String(s) if s.is_empty() => Ok(None),
         Value::String(s) => Ok(Some(s)),
         Value::Number(n) => Ok(Some(n.to_string())),
-        other => Err(de::Error::custom(format!("expected an id, got {other}"))),
+        other => Err(de::Error::custom(format!("expected {what}, got {other}"))),
     }
+}
+
+/// Parses the scalar's text, or says what it is not.
+fn parse_scalar<'de, D: Deserializer<'de>, T>(
+    d: D,
+    what: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, D::Error> {
+    scalar(d, what)?
+        .map(|text| parse(&text).ok_or_else(|| de::Error::custom(format!("bad {what} {text:?}"))))
+        .transpose()
+}
+
+fn required<E: de::Error, T>(value: Option<T>, what: &str) -> Result<T, E> {
+    value.ok_or_else(|| E::custom(format!("expected {what}, got null")))
+}
+
+/// Decodes a decimal from a JSON string or number.
+pub fn decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    required(opt_decimal(d)?, "a decimal")
+}
+
+/// Decodes an optional decimal (null, `""`, string or number).
+pub fn opt_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    parse_scalar(d, "decimal", |text| text.parse::<Decimal>().ok().or_else(|| Decimal::from_scientific(text).ok()))
+}
+
+/// Decodes an integer from a JSON number or a numeric string.
+pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    required(opt_int(d)?, "an integer")
+}
+
+/// Decodes an optional integer (whole floats such as `3.0` included).
+pub fn opt_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    parse_scalar(d, "integer", |text| {
+        text.parse().ok().or_else(|| text.parse::<f64>().ok().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+    })
+}
+
+/// Decodes an id (number or string) as a string.
+pub fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    required(opt_id(d)?, "an id")
+}
+
+/// Decodes an optional id.
+pub fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    scalar(d, "an id")
 }
 
 /// Decodes an optional float from a number or a numeric string.
 pub fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Null => Ok(None),
-        Value::String(s) if s.is_empty() => Ok(None),
-        Value::String(s) => s.parse().map(Some).map_err(|_| de::Error::custom(format!("bad number {s:?}"))),
-        Value::Number(n) => Ok(n.as_f64()),
-        other => Err(de::Error::custom(format!("expected a number, got {other}"))),
-    }
+    parse_scalar(d, "number", |text| text.parse().ok())
 }
 
 /// Decodes an optional time as epoch microseconds: µs numbers, µs strings
 /// or ISO-8601 text (with or without fractional seconds).
 pub fn opt_time_us<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Null => Ok(None),
-        Value::String(s) if s.is_empty() => Ok(None),
-        Value::String(s) => match s.parse::<i64>() {
-            Ok(us) => Ok(Some(us)),
-            Err(_) => chrono::DateTime::parse_from_rfc3339(&s)
-                .map(|t| Some(t.timestamp_micros()))
-                .map_err(|_| de::Error::custom(format!("bad time {s:?}"))),
-        },
-        Value::Number(n) => n.as_i64().map(Some).ok_or_else(|| de::Error::custom(format!("bad time {n}"))),
-        other => Err(de::Error::custom(format!("expected a time, got {other}"))),
-    }
-}
-
-/// Decodes a boolean sent as `true`/`false` or `"true"`/`"false"`.
-pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Null => Ok(None),
-        Value::Bool(b) => Ok(Some(b)),
-        Value::String(s) => match s.as_str() {
-            "true" => Ok(Some(true)),
-            "false" => Ok(Some(false)),
-            "" => Ok(None),
-            _ => Err(de::Error::custom(format!("bad boolean {s:?}"))),
-        },
-        other => Err(de::Error::custom(format!("expected a boolean, got {other}"))),
-    }
+    parse_scalar(d, "time", |text| {
+        text.parse().ok().or_else(|| chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros()))
+    })
 }
 
 /// A product (`/v2/products`).
@@ -628,9 +598,13 @@ pub struct DecodeError {
     pub message: String,
 }
 
+/// Decodes a JSON value; the error names what is wrong and the field path.
+pub fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| format!("{} at `{}`", e.inner(), e.path()))
+}
+
 fn typed<T: serde::de::DeserializeOwned>(kind: &str, value: Value) -> Result<T, DecodeError> {
-    serde_path_to_error::deserialize(value)
-        .map_err(|e| DecodeError { kind: kind.to_string(), message: format!("{} at `{}`", e.inner(), e.path()) })
+    from_json(value).map_err(|message| DecodeError { kind: kind.to_string(), message })
 }
 
 impl WsMessage {

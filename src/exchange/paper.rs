@@ -57,19 +57,7 @@ pub fn settle(
     let position = positions.entry(request.symbol.clone()).or_insert_with(|| Position::flat(&request.symbol));
     let realized = position.apply(request.side, size, price);
     *cash += realized - fee;
-    let fill = Fill {
-        id: 0,
-        order_id: request.client_id.clone(),
-        strategy: request.strategy.clone(),
-        symbol: request.symbol.clone(),
-        side: request.side,
-        size,
-        price,
-        fee,
-        liquidity,
-        time: now,
-        exchange_id: None,
-    };
+    let fill = Fill::of(request, size, price, fee, liquidity, now);
     order.apply_fill(size, price, now);
     fill
 }

@@ -271,6 +271,16 @@ impl FakeDelta {
         FakeDelta { addr, shared, cancel }
     }
 
+    /// Points a host's config at this fake: Delta, its URLs, its key and secret.
+    pub fn configure(&self, config: &mut tradehost::config::Config) {
+        config.exchange.kind = tradehost::config::ExchangeKind::Delta;
+        let delta = &mut config.exchange.delta;
+        delta.rest_url = Some(self.rest_url());
+        delta.ws_url = Some(self.ws_url());
+        delta.ws_public_url = Some(self.ws_public_url());
+        delta.api_key = Some(tradehost::config::Secret::new(self.config().key.clone()));
+        delta.api_secret = Some(tradehost::config::Secret::new(self.config().secret.clone()));
+    }
     pub fn rest_url(&self) -> String {
         format!("http://{}", self.addr)
     }
