@@ -425,7 +425,20 @@ pub fn decimal_from_f64(value: f64) -> Option<Decimal> {
     if !value.is_finite() {
         return None;
     }
-    Decimal::from_str(&format!("{value}")).ok().or_else(|| Decimal::from_f64(value))
+    short_decimal(value).or_else(|| Decimal::from_str(&format!("{value}")).ok()).or_else(|| Decimal::from_f64(value))
+}
+
+/// The fast path of [`decimal_from_f64`] for numbers with at most 8
+/// decimals below 10^7 (every price and size in practice): there, a multiple
+/// of 10^-8 that reads back as `value` is unique, so it is the shortest
+/// round-trip form too. `None` for anything else.
+fn short_decimal(value: f64) -> Option<Decimal> {
+    const SCALE: f64 = 1e8;
+    if value.abs() >= 1e7 {
+        return None;
+    }
+    let scaled = (value * SCALE).round();
+    (scaled / SCALE == value).then(|| Decimal::new(scaled as i64, 8).normalize())
 }
 
 /// Converts a decimal to a script number.
@@ -436,6 +449,27 @@ pub fn decimal_to_f64(value: Decimal) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_decimal_conversion_equals_the_shortest_round_trip_form() {
+        let mut state = 42u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for _ in 0..200_000 {
+            let magnitude = 10f64.powi((next() * 14.0) as i32 - 6);
+            let digits = 10f64.powi((next() * 10.0) as i32);
+            for value in [next() * magnitude, (next() * magnitude * digits).round() / digits, -next() * magnitude] {
+                let slow = Decimal::from_str(&format!("{value}")).unwrap();
+                assert_eq!(decimal_from_f64(value), Some(slow), "{value}");
+            }
+        }
+        assert_eq!(decimal_from_f64(30000.12), Some(Decimal::from_str("30000.12").unwrap()));
+        assert_eq!(decimal_from_f64(0.1 + 0.2), Some(Decimal::from_str("0.30000000000000004").unwrap()));
+        assert_eq!(decimal_from_f64(-0.0), Some(Decimal::ZERO));
+        assert_eq!(decimal_from_f64(f64::NAN), None);
+    }
 
     fn d(s: &str) -> Decimal {
         s.parse().unwrap()

@@ -45,6 +45,9 @@ fn on_candle(c) {
     } else if c.time == 60000 {
         exchange::limit_order("X", "buy", 1, 100);
         print(`equity ${exchange::equity()}`);
+    } else if c.time == 180000 {
+        let p = exchange::position("X");
+        print(`bar 3: equity ${exchange::equity()}, size ${p.size}, unrealised ${p.unrealized_pnl}`);
     }
 }
 "#;
@@ -72,6 +75,8 @@ fn on_candle(c) {
     );
     // After bar 1: cash 10000 − 0.204204 + 1.398 − 0.05175, plus (103 − 102.102) unrealised.
     assert_eq!(run.logs[0].1, "equity 10002.040046");
+    // Bar 3 brings no order events, only a new mark: long 2 at 100.051, marked at 99.
+    assert_eq!(run.logs[1].1, "bar 3: equity 9998.991046, size 2.0, unrealised -2.102");
     assert_eq!(run.report.final_equity, d("9998.793046"));
     assert_eq!(run.report.fees, d("0.502954"));
     assert_eq!(run.report.trades, 1);

@@ -134,7 +134,12 @@ impl Broker {
     /// Fills what the bar's open and range reach, in order of placement.
     pub fn on_bar(&mut self, bar: &Candle) -> Vec<ExchangeEvent> {
         let mut events = Vec::new();
-        self.marks.insert(bar.symbol.clone(), dec(bar.close));
+        match self.marks.get_mut(&bar.symbol) {
+            Some(mark) => *mark = dec(bar.close),
+            None => {
+                self.marks.insert(bar.symbol.clone(), dec(bar.close));
+            }
+        }
         if !self.open.iter().any(|o| o.request.symbol == bar.symbol) {
             return events; // nothing to fill: skip the price conversions
         }

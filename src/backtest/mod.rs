@@ -136,6 +136,7 @@ pub fn run(
         name: name.to_string(),
         ctx,
         account,
+        placeholder: Arc::new(AccountView::default()),
         broker: Broker::new(config.broker.clone()),
         logs: Vec::new(),
     };
@@ -153,7 +154,7 @@ pub fn run(
         while i < bars.len() && bars[i].time == time {
             let bar = bars[i];
             let events = sim.broker.on_bar(bar);
-            sim.publish_account();
+            sim.publish_account(!events.is_empty());
             sim.deliver(strategy.as_mut(), events, time)?;
             sim.ctx.borrow_mut().market.push_candle(bar.clone());
             if meta.symbols.is_empty() || meta.symbols.contains(&bar.symbol) {
@@ -211,21 +212,43 @@ struct Simulation {
     name: String,
     ctx: SharedContext,
     account: Arc<ArcSwap<AccountView>>,
+    /// Stands in for the account while [`Simulation::publish_account`] updates it.
+    placeholder: Arc<AccountView>,
     broker: Broker,
     logs: Vec<(TimestampMs, String)>,
 }
 
 impl Simulation {
-    fn publish_account(&self) {
-        let positions = self.broker.positions.iter().map(|(s, p)| (s.clone(), p.clone())).collect();
-        self.account.store(Arc::new(AccountView {
-            currency: "USD".into(),
-            balance: self.broker.cash,
-            equity: self.broker.equity(),
-            positions: [(self.name.clone(), positions)].into_iter().collect(),
-            marks: self.broker.marks().iter().map(|(s, m)| (s.clone(), *m)).collect(),
-            open_orders: self.broker.open.clone(),
-        }));
+    /// Shows the broker's account to the strategy: balance, equity and marks
+    /// after every bar; positions and open orders when `orders_changed` (an
+    /// order or fill event). Updated in place when the strategy holds no
+    /// snapshot, which is always the case between callbacks.
+    fn publish_account(&mut self, orders_changed: bool) {
+        let mut view = self.account.swap(self.placeholder.clone());
+        let refresh_orders = match Arc::get_mut(&mut view) {
+            Some(_) => orders_changed,
+            None => {
+                view = Arc::new((*view).clone());
+                true
+            }
+        };
+        let view_mut = Arc::get_mut(&mut view).expect("a fresh or unshared snapshot");
+        view_mut.balance = self.broker.cash;
+        view_mut.equity = self.broker.equity();
+        for (symbol, mark) in self.broker.marks() {
+            match view_mut.marks.get_mut(symbol) {
+                Some(slot) => *slot = *mark,
+                None => {
+                    view_mut.marks.insert(symbol.clone(), *mark);
+                }
+            }
+        }
+        if refresh_orders {
+            let positions = self.broker.positions.iter().map(|(s, p)| (s.clone(), p.clone())).collect();
+            view_mut.positions = [(self.name.clone(), positions)].into_iter().collect();
+            view_mut.open_orders = self.broker.open.clone();
+        }
+        self.account.store(view);
     }
 
     fn deliver(
@@ -277,7 +300,7 @@ impl Simulation {
             }
         }
         if !events.is_empty() {
-            self.publish_account();
+            self.publish_account(true);
             self.deliver(strategy, events, time)?;
         }
         Ok(())

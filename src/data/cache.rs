@@ -2,7 +2,7 @@
 //! its incremental state and is fed only the candles it has not seen yet, so
 //! a call costs O(new candles), not O(period).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::indicators::{Atr, BBands, BBandsValue, Ema, Highest, Lowest, Macd, MacdValue, Rsi, Sma, Vwap};
 use super::series::CandleSeries;
@@ -58,7 +58,7 @@ struct Slot {
 /// lookup allocates nothing once the indicator exists).
 #[derive(Debug, Clone, Default)]
 pub struct IndicatorCache {
-    slots: HashMap<String, HashMap<Key, Slot>>,
+    slots: FxHashMap<String, FxHashMap<Key, Slot>>,
 }
 
 macro_rules! accessor {
@@ -92,7 +92,7 @@ impl IndicatorCache {
 
     fn value(&mut self, symbol: &str, series: &CandleSeries, key: Key, make: impl FnOnce() -> State) -> IndicatorValue {
         if !self.slots.contains_key(symbol) {
-            self.slots.insert(symbol.to_string(), HashMap::new());
+            self.slots.insert(symbol.to_string(), FxHashMap::default());
         }
         let by_key = self.slots.get_mut(symbol).expect("inserted above");
         let slot = by_key.entry(key).or_insert_with(|| Slot {

@@ -1,6 +1,8 @@
 //! Timeframes, candle aggregation and bounded candle series.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -200,15 +202,15 @@ impl CandleSeries {
 /// What a strategy knows of the market: candle series and the last tick per symbol.
 #[derive(Debug, Clone, Default)]
 pub struct MarketState {
-    series: HashMap<String, CandleSeries>,
-    ticks: HashMap<String, Tick>,
+    series: FxHashMap<String, CandleSeries>,
+    ticks: FxHashMap<String, Tick>,
     capacity: usize,
 }
 
 impl MarketState {
     /// Empty state; each series keeps `capacity` candles.
     pub fn new(capacity: usize) -> Self {
-        MarketState { series: HashMap::new(), ticks: HashMap::new(), capacity }
+        MarketState { series: FxHashMap::default(), ticks: FxHashMap::default(), capacity }
     }
 
     /// Appends a closed candle to its symbol's series.

@@ -314,10 +314,13 @@ fn market_module(ctx: &SharedContext) -> Module {
             let symbol = text("market::candles", "symbol", &s)?;
             let n = count("market::candles", "n", &n)?;
             let ctx = c.borrow();
+            let (name, timeframe) = (symbol.as_str().into(), ctx.timeframe.as_str().into());
             Ok(ctx
                 .market
                 .series(&symbol)
-                .map(|series| series.last_n(n).map(|candle| convert::candle(candle, &ctx.timeframe)).collect::<Array>())
+                .map(|series| {
+                    series.last_n(n).map(|candle| convert::candle(candle, &name, &timeframe)).collect::<Array>()
+                })
                 .unwrap_or_default())
         })
     });

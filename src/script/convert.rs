@@ -1,12 +1,14 @@
 //! Conversions between host types and script values: events to object maps,
 //! script numbers to decimals, and the `this` state to and from JSON.
 
-use rhai::{Array, Dynamic, Map};
+use rhai::{Array, Dynamic, ImmutableString, Map};
 use rust_decimal::Decimal;
+use rustc_hash::FxHashMap;
 
 use crate::model::{Candle, Fill, Order, Position, Tick, decimal_to_f64};
 
-/// A map from `(key, value)` pairs.
+/// A map from `(key, value)` pairs (cheapest to build when the keys come in
+/// sorted order).
 pub fn map<const N: usize>(entries: [(&str, Dynamic); N]) -> Dynamic {
     let map: Map = entries.into_iter().map(|(k, v)| (k.into(), v)).collect();
     Dynamic::from_map(map)
@@ -16,28 +18,59 @@ fn num(value: Decimal) -> Dynamic {
     Dynamic::from_float(decimal_to_f64(value))
 }
 
-/// `#{symbol, timeframe, time, open, high, low, close, volume}`.
-pub fn candle(c: &Candle, timeframe: &str) -> Dynamic {
-    map([
-        ("symbol", c.symbol.clone().into()),
-        ("timeframe", timeframe.into()),
-        ("time", Dynamic::from_int(c.time)),
-        ("open", Dynamic::from_float(c.open)),
-        ("high", Dynamic::from_float(c.high)),
-        ("low", Dynamic::from_float(c.low)),
-        ("close", Dynamic::from_float(c.close)),
-        ("volume", Dynamic::from_float(c.volume)),
-    ])
+/// Script strings for symbols and timeframes, made once and then shared by
+/// every candle and tick instead of allocated for each.
+#[derive(Debug, Default)]
+pub struct SharedStrings(FxHashMap<String, ImmutableString>);
+
+impl SharedStrings {
+    /// The shared script string for `text`.
+    pub fn get(&mut self, text: &str) -> ImmutableString {
+        if let Some(shared) = self.0.get(text) {
+            return shared.clone();
+        }
+        let shared = ImmutableString::from(text);
+        self.0.insert(text.to_string(), shared.clone());
+        shared
+    }
+}
+
+/// `#{symbol, timeframe, time, open, high, low, close, volume}`, with the
+/// candle's symbol and timeframe as shared strings.
+pub fn candle(c: &Candle, symbol: &ImmutableString, timeframe: &ImmutableString) -> Dynamic {
+    thread_local! {
+        /// The candle map's keys, in the map's (sorted) order: a copy of it
+        /// takes the values without comparing a key.
+        static CANDLE: Map = ["close", "high", "low", "open", "symbol", "time", "timeframe", "volume"]
+            .into_iter()
+            .map(|key| (key.into(), Dynamic::UNIT))
+            .collect();
+    }
+    let mut map = CANDLE.with(Map::clone);
+    let values = [
+        Dynamic::from_float(c.close),
+        Dynamic::from_float(c.high),
+        Dynamic::from_float(c.low),
+        Dynamic::from_float(c.open),
+        symbol.clone().into(),
+        Dynamic::from_int(c.time),
+        timeframe.clone().into(),
+        Dynamic::from_float(c.volume),
+    ];
+    for (slot, value) in map.values_mut().zip(values) {
+        *slot = value;
+    }
+    Dynamic::from_map(map)
 }
 
 /// `#{symbol, time, bid, ask, last, volume}`.
 pub fn tick(t: &Tick) -> Dynamic {
     map([
+        ("ask", num(t.ask)),
+        ("bid", num(t.bid)),
+        ("last", num(t.last)),
         ("symbol", t.symbol.clone().into()),
         ("time", Dynamic::from_int(t.time)),
-        ("bid", num(t.bid)),
-        ("ask", num(t.ask)),
-        ("last", num(t.last)),
         ("volume", num(t.volume)),
     ])
 }
@@ -149,5 +182,33 @@ pub fn from_json(value: &serde_json::Value) -> Dynamic {
         Value::String(s) => s.clone().into(),
         Value::Array(a) => Dynamic::from_array(a.iter().map(from_json).collect()),
         Value::Object(o) => Dynamic::from_map(o.iter().map(|(k, v)| (k.as_str().into(), from_json(v))).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_map_has_every_field_under_its_own_key() {
+        let c = Candle {
+            symbol: "ETHUSD".into(),
+            time: 1_700_000_000_000,
+            open: 1.5,
+            high: 2.5,
+            low: 0.5,
+            close: 2.0,
+            volume: 10.0,
+        };
+        let mut strings = SharedStrings::default();
+        let (symbol, timeframe) = (strings.get("ETHUSD"), strings.get("5m"));
+        let map = candle(&c, &symbol, &timeframe).cast::<Map>();
+        let json = to_json(&Dynamic::from_map(map), "").unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"symbol": "ETHUSD", "timeframe": "5m", "time": 1_700_000_000_000i64,
+                "open": 1.5, "high": 2.5, "low": 0.5, "close": 2.0, "volume": 10.0})
+        );
+        assert!(strings.get("ETHUSD").ptr_eq(&symbol), "a symbol's string is made once");
     }
 }

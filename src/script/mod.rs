@@ -64,6 +64,7 @@ pub struct ScriptStrategy {
     budget: Duration,
     ctx: SharedContext,
     options: ScriptOptions,
+    strings: convert::SharedStrings,
 }
 
 impl ScriptStrategy {
@@ -90,6 +91,7 @@ impl ScriptStrategy {
             budget,
             ctx: env.ctx,
             options,
+            strings: convert::SharedStrings::default(),
         };
         strategy.activate();
         Ok(strategy)
@@ -134,7 +136,9 @@ impl Strategy for ScriptStrategy {
         match event {
             StrategyEvent::Start => self.call("on_start", ()),
             StrategyEvent::Candle(c) => {
-                let candle = convert::candle(c, &self.ctx.borrow().timeframe);
+                let symbol = self.strings.get(&c.symbol);
+                let timeframe = self.strings.get(&self.ctx.borrow().timeframe);
+                let candle = convert::candle(c, &symbol, &timeframe);
                 self.call("on_candle", (candle,))
             }
             StrategyEvent::Tick(t) => self.call("on_tick", (convert::tick(t),)),
