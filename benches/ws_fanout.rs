@@ -17,10 +17,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tradehost::activity::ActivityKind;
 use tradehost::config::Config;
 
-const CLIENTS: usize = 500;
+/// Connected clients (`WS_FANOUT_CLIENTS` overrides, to find the floor).
+fn clients_count() -> usize {
+    std::env::var("WS_FANOUT_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(500)
+}
 
 fn wall_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
@@ -48,8 +52,12 @@ async fn clients(url: String) {
     let latencies: Arc<std::sync::Mutex<Vec<u64>>> = Default::default();
     let received = Arc::new(AtomicU64::new(0));
     let markers = Arc::new(AtomicU64::new(0));
-    for _ in 0..CLIENTS {
-        let (mut client, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    for _ in 0..clients_count() {
+        // A small read buffer: tungstenite clears the whole buffer (128 KiB
+        // by default) on every read, which would cost these clients, sharing
+        // the host's cores, more than the host's own work.
+        let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+        let (mut client, _) = tokio_tungstenite::connect_async_with_config(&url, Some(config), true).await.unwrap();
         let (latencies, received, markers) = (latencies.clone(), received.clone(), markers.clone());
         tokio::spawn(async move {
             let mut mine = Vec::new();
@@ -71,7 +79,7 @@ async fn clients(url: String) {
         let line = line.unwrap();
         let Some(phase) = line.strip_prefix("await ") else { continue };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while markers.load(Ordering::SeqCst) < CLIENTS as u64 && Instant::now() < deadline {
+        while markers.load(Ordering::SeqCst) < clients_count() as u64 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         let mut all = std::mem::take(&mut *latencies.lock().unwrap());
@@ -114,8 +122,9 @@ async fn host() {
     assert_eq!(from_child.next().unwrap().unwrap(), "ready");
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
-        "{CLIENTS} idle clients: {:.1} KiB of host memory per client",
-        rss_kib().saturating_sub(rss_before) as f64 / CLIENTS as f64
+        "{} idle clients: {:.1} KiB of host memory per client",
+        clients_count(),
+        rss_kib().saturating_sub(rss_before) as f64 / clients_count() as f64
     );
 
     let bus = host.activity().clone();
@@ -133,9 +142,10 @@ async fn host() {
         writeln!(to_child, "await {rate}").unwrap();
         let line = from_child.next().unwrap().unwrap();
         let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
-        let expected = total * CLIENTS as u64;
+        let expected = total * clients_count() as u64;
         println!(
-            "{rate:>6} events/s to {CLIENTS} clients for {seconds} s{label}: delivered {}/{expected} ({:.1}%), {} clients to the end; latency median {:.2?}  p99 {:.2?}  max {:.2?}",
+            "{rate:>6} events/s to {} clients for {seconds} s{label}: delivered {}/{expected} ({:.1}%), {} clients to the end; latency median {:.2?}  p99 {:.2?}  max {:.2?}",
+            clients_count(),
             fields[0],
             fields[0] as f64 * 100.0 / expected as f64,
             fields[1],
@@ -148,6 +158,7 @@ async fn host() {
         phase(1_000, 3, "");
         phase(5_000, 3, "");
         phase(10_000, 2, "");
+        phase(1_000, 3, " (again)");
     });
 
     // A stalled client (connected, never reading) during a busy stretch.
@@ -174,7 +185,7 @@ async fn host() {
         "stalled client: host RSS {rss_stalled} KiB before and {} KiB after 20,000 events of 0.5 KiB; clients connected: {} of {} (dropped once its socket buffers fill and a send outlasts ws_send_timeout_ms)",
         rss_kib(),
         status["ws_clients"],
-        CLIENTS + 1
+        clients_count() + 1
     );
     drop(to_child);
     let _ = child.kill();

@@ -63,8 +63,8 @@ pub struct ActivityEvent {
 pub struct LiveEvent {
     /// The event.
     pub event: ActivityEvent,
-    /// `event` as JSON text.
-    pub json: bytes::Bytes,
+    /// `event` as JSON text, ready to send as a WebSocket text message.
+    pub json: axum::extract::ws::Utf8Bytes,
 }
 
 impl std::ops::Deref for LiveEvent {
@@ -148,7 +148,7 @@ impl ActivityBus {
             tail.pop_front();
         }
         tail.push_back(event.clone());
-        let json = bytes::Bytes::from(serde_json::to_vec(&event).expect("activity serializes"));
+        let json = serde_json::to_string(&event).expect("activity serializes").into();
         let _ = self.sender.send(Arc::new(LiveEvent { event, json }));
     }
 

@@ -182,8 +182,16 @@ pub fn router(state: ApiState) -> Router {
     router.layer(middleware::map_response(error_shape))
 }
 
-/// Serves the router until `shutdown` fires.
+/// Serves the router until `shutdown` fires. Connections have Nagle's
+/// algorithm off: a WebSocket batch or a small answer goes out at once
+/// instead of waiting up to a delayed ACK (~40 ms) behind the previous one.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: CancellationToken) {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|connection| {
+        if let Err(error) = connection.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a connection: {error}");
+        }
+    });
     let result = axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
     if let Err(error) = result {
         tracing::error!("HTTP server failed: {error}");

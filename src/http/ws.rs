@@ -15,9 +15,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
+use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
 use utoipa::IntoParams;
 
 use super::ApiState;
@@ -34,6 +37,11 @@ const CLOSE_IDLE: u16 = 4001;
 const BATCH: usize = 512;
 /// Events per replay page read from the store.
 const REPLAY_PAGE: usize = 1_000;
+/// Read buffer per client: clients only send pongs and close frames, and
+/// every read attempt clears this much (tungstenite's default is 128 KiB).
+const READ_BUFFER: usize = 4 * 1024;
+/// Largest message a client may send.
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
 /// `/ws` query.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -90,6 +98,7 @@ pub async fn upgrade(
         return Err(ApiError::Unavailable(format!("too many WebSocket clients (limit {max})")));
     }
     let slot = ClientSlot(state.clone());
+    let upgrade = upgrade.read_buffer_size(READ_BUFFER).max_message_size(MAX_CLIENT_MESSAGE);
     Ok(upgrade.on_upgrade(move |socket| async move {
         serve_client(socket, &slot.0, q.since, types).await;
         drop(slot);
@@ -107,18 +116,37 @@ fn wanted(types: &Option<HashSet<ActivityKind>>, kind: &str) -> bool {
     })
 }
 
+/// Reads what the client sends (pongs, pings, close) on a task of its own, so
+/// the writing loop never polls the socket for input: it hears a `()` for
+/// every message and the channel's end when the client has gone.
+fn spawn_reader(mut stream: SplitStream<WebSocket>) -> (mpsc::Receiver<()>, AbortOnDropHandle<()>) {
+    let (heard, receiver) = mpsc::channel(1);
+    let task = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+            let _ = heard.try_send(());
+        }
+    });
+    (receiver, AbortOnDropHandle::new(task))
+}
+
 async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, types: Option<HashSet<ActivityKind>>) {
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, stream) = socket.split();
+    let (mut client_said, _reader) = spawn_reader(stream);
     let send_timeout = Duration::from_millis(state.config.ws_send_timeout_ms);
     let idle_timeout = Duration::from_millis(state.config.ws_idle_timeout_ms);
     // Subscribe first: anything committed from now on arrives live.
     let mut live = state.activity.subscribe();
     let mut last = since.unwrap_or_else(|| state.activity.last_seq());
-    // Every write is bounded by the send timeout: a client that does not
-    // take its messages is closed, never waited on.
+    // Every write is bounded by the send timeout, counted from the start of
+    // its batch (one clock read per batch): a client that does not take its
+    // messages is closed, never waited on.
+    let mut deadline: tokio::time::Instant;
     macro_rules! bounded {
         ($write:expr) => {
-            match tokio::time::timeout(send_timeout, $write).await {
+            match tokio::time::timeout_at(deadline, $write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {
@@ -132,9 +160,10 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
         };
     }
     macro_rules! send {
-        ($message:expr) => {
+        ($message:expr) => {{
+            deadline = tokio::time::Instant::now() + send_timeout;
             bounded!(sink.send($message))
-        };
+        }};
     }
     macro_rules! feed {
         ($message:expr) => {
@@ -160,6 +189,7 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
             if page.is_empty() {
                 break;
             }
+            deadline = tokio::time::Instant::now() + send_timeout;
             for event in page {
                 last = event["seq"].as_u64().unwrap_or(last);
                 if wanted(&types, event["type"].as_str().unwrap_or_default()) {
@@ -172,6 +202,8 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
     let mut ping = tokio::time::interval(Duration::from_millis(state.config.ws_ping_interval_ms));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = Instant::now();
+    let shutdown = state.cancel.cancelled();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             event = live.recv() => {
@@ -187,6 +219,7 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
                     }
                 }
                 let mut queued = false;
+                deadline = tokio::time::Instant::now() + send_timeout;
                 for event in batch {
                     match event {
                         Ok(event) => {
@@ -195,8 +228,7 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
                             }
                             last = event.seq;
                             if types.as_ref().is_none_or(|set| set.contains(&event.kind)) {
-                                let text = Utf8Bytes::try_from(event.json.clone()).expect("JSON is UTF-8");
-                                feed!(Message::Text(text));
+                                feed!(Message::Text(event.json.clone()));
                                 queued = true;
                             }
                         }
@@ -212,9 +244,9 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
                     flush!();
                 }
             }
-            message = stream.next() => match message {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => heard = Instant::now(),
+            said = client_said.recv() => match said {
+                Some(()) => heard = Instant::now(),
+                None => return,
             },
             _ = ping.tick() => {
                 if heard.elapsed() > idle_timeout {
@@ -223,7 +255,7 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
                 }
                 send!(Message::Ping(Default::default()));
             }
-            _ = state.cancel.cancelled() => {
+            _ = &mut shutdown => {
                 send!(close(CLOSE_GOING_AWAY, "the host is shutting down".into()));
                 return;
             }
