@@ -187,8 +187,8 @@ async fn bench_reload() {
         std::fs::write(dir.path().join("r.rhai"), versioned(round)).unwrap();
         let wanted = format!("v{round}");
         loop {
-            let event = rx.recv().await.unwrap();
-            if event.data["message"].as_str() == Some(wanted.as_str()) {
+            let batch = rx.recv().await.unwrap();
+            if batch.iter().any(|event| event.data["message"].as_str() == Some(wanted.as_str())) {
                 samples.push(started.elapsed());
                 break;
             }

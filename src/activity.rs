@@ -4,8 +4,11 @@
 //! live subscribers. With a store attached, an event becomes visible (tail
 //! and broadcast) only after the store committed it, so numbers seen by
 //! anyone are never reused after a crash and the stored log has no gaps.
-//! Publishing never blocks: a subscriber that falls behind the broadcast
-//! buffer sees `Lagged` and must resync from the tail.
+//! Live subscribers get events in batches: everything one group commit made
+//! visible is one broadcast, so a busy stream wakes each subscriber once per
+//! commit rather than once per event. Publishing never blocks: a subscriber
+//! that falls behind the broadcast buffer sees `Lagged` and must resync
+//! from the tail.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -74,6 +77,12 @@ impl std::ops::Deref for LiveEvent {
     }
 }
 
+/// Events broadcast together, in sequence order.
+pub type LiveBatch = Arc<[LiveEvent]>;
+
+/// Batches the broadcast buffer holds before a slow subscriber lags.
+const BROADCAST_BATCHES: usize = 4096;
+
 struct Sequencer {
     next_seq: u64,
     store: Option<StoreWriter>,
@@ -86,28 +95,35 @@ pub struct ActivityBus {
     sequencer: Arc<Mutex<Sequencer>>,
     tail: Arc<Mutex<VecDeque<ActivityEvent>>>,
     capacity: usize,
-    sender: broadcast::Sender<Arc<LiveEvent>>,
+    /// Visible events not yet broadcast (until their group commit ends).
+    pending: Arc<Mutex<Vec<LiveEvent>>>,
+    sender: broadcast::Sender<LiveBatch>,
 }
 
 impl ActivityBus {
     /// A bus keeping `capacity` recent events; numbering starts after `last_seq`.
     pub fn new(capacity: usize, last_seq: u64) -> Self {
-        let (sender, _) = broadcast::channel(4096);
+        let (sender, _) = broadcast::channel(BROADCAST_BATCHES);
         ActivityBus {
             delivered: Default::default(),
             sequencer: Arc::new(Mutex::new(Sequencer { next_seq: last_seq + 1, store: None })),
             tail: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(4096)))),
             capacity: capacity.max(1),
+            pending: Default::default(),
             sender,
         }
     }
 
-    /// Persists every event from now on before it becomes visible.
+    /// Persists every event from now on before it becomes visible; what a
+    /// group commit made visible is broadcast when the group ends.
     pub fn attach_store(&self, store: StoreWriter) {
+        let (pending, sender) = (self.pending.clone(), self.sender.clone());
+        store.set_group_end(Arc::new(move || broadcast_pending(&pending, &sender)));
         self.sequencer.lock().unwrap_or_else(|e| e.into_inner()).store = Some(store);
     }
 
-    /// Stops persisting (at the end of shutdown, before the store closes).
+    /// Stops persisting (at the end of shutdown, before the store closes;
+    /// events still committing are broadcast when their group ends).
     pub fn detach_store(&self) {
         self.sequencer.lock().unwrap_or_else(|e| e.into_inner()).store = None;
     }
@@ -126,12 +142,15 @@ impl ActivityBus {
                 store.submit(
                     vec![WriteOp::Activity { seq, envelope }],
                     Some(Box::new(move |result| match result {
-                        Ok(()) => bus.deliver(event),
+                        Ok(()) => bus.make_visible(event),
                         Err(error) => tracing::error!(seq, "activity event not stored, so not published: {error}"),
                     })),
                 );
             }
-            None => self.deliver(event),
+            None => {
+                self.make_visible(event);
+                broadcast_pending(&self.pending, &self.sender);
+            }
         }
         seq
     }
@@ -141,19 +160,21 @@ impl ActivityBus {
         self.delivered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn deliver(&self, event: ActivityEvent) {
+    /// Puts an event in the tail and queues it for the next broadcast.
+    fn make_visible(&self, event: ActivityEvent) {
         self.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let json = serde_json::to_string(&event).expect("activity serializes").into();
+        // The tail lock is held while queueing, so batches keep sequence order.
         let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         if tail.len() == self.capacity {
             tail.pop_front();
         }
         tail.push_back(event.clone());
-        let json = serde_json::to_string(&event).expect("activity serializes").into();
-        let _ = self.sender.send(Arc::new(LiveEvent { event, json }));
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(LiveEvent { event, json });
     }
 
-    /// Live events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
+    /// Live events from now on, in batches.
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveBatch> {
         self.sender.subscribe()
     }
 
@@ -166,6 +187,14 @@ impl ActivityBus {
     /// The sequence number of the newest visible event (0 if none yet).
     pub fn last_seq(&self) -> u64 {
         self.tail.lock().unwrap_or_else(|e| e.into_inner()).back().map_or(0, |e| e.seq)
+    }
+}
+
+/// Broadcasts the queued events as one batch.
+fn broadcast_pending(pending: &Mutex<Vec<LiveEvent>>, sender: &broadcast::Sender<LiveBatch>) {
+    let batch = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+    if !batch.is_empty() {
+        let _ = sender.send(batch.into());
     }
 }
 
@@ -183,9 +212,38 @@ mod tests {
         assert_eq!(bus.last_seq(), 46);
         let tail: Vec<u64> = bus.since(0, 10).iter().map(|e| e.seq).collect();
         assert_eq!(tail, vec![44, 45, 46]);
-        assert_eq!(rx.try_recv().unwrap().seq, 42);
+        assert_eq!(rx.try_recv().unwrap()[0].seq, 42);
         let json = serde_json::to_value(bus.since(45, 1)).unwrap();
         assert_eq!(json[0]["type"], "log");
         assert_eq!(json[0]["v"], 1);
+    }
+
+    #[test]
+    fn what_a_group_commit_made_visible_is_broadcast_as_one_batch_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let writer = store.writer(crate::store::Retention::default());
+        let bus = ActivityBus::new(1_000, 0);
+        bus.attach_store(writer.clone());
+        let mut rx = bus.subscribe();
+        for i in 0..500 {
+            bus.publish(ActivityKind::Log, Some("s"), serde_json::json!({ "i": i }));
+        }
+        let (mut batches, mut received) = (Vec::new(), 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while received < 500 && std::time::Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(batch) => {
+                    received += batch.len();
+                    batches.push(batch);
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
+        let seqs: Vec<u64> = batches.iter().flat_map(|b| b.iter().map(|e| e.seq)).collect();
+        assert_eq!(seqs, (1..=500).collect::<Vec<_>>(), "every event once, in order");
+        assert!(batches.len() < 500, "events committed together share a broadcast ({} batches)", batches.len());
+        assert_eq!(bus.last_seq(), 500);
+        writer.close();
     }
 }

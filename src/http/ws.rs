@@ -33,7 +33,7 @@ const CLOSE_RESYNC: u16 = 4000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a protocol-level timeout.
 const CLOSE_IDLE: u16 = 4001;
-/// Most live events written per flush.
+/// Live events taken before a flush (whole batches, so it may be exceeded).
 const BATCH: usize = 512;
 /// Events per replay page read from the store.
 const REPLAY_PAGE: usize = 1_000;
@@ -206,35 +206,41 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            event = live.recv() => {
-                // Take everything already waiting and write it with one flush:
-                // one syscall for many messages when the stream is busy.
-                let mut batch = vec![event];
-                while batch.len() < BATCH {
+            batch = live.recv() => {
+                // Take every batch already waiting too and write them with
+                // one flush: one syscall for many messages when busy.
+                let mut batches = vec![batch];
+                let mut events = batches[0].as_ref().map_or(0, |b| b.len());
+                while events < BATCH {
                     match live.try_recv() {
-                        Ok(event) => batch.push(Ok(event)),
+                        Ok(batch) => {
+                            events += batch.len();
+                            batches.push(Ok(batch));
+                        }
                         Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
-                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(missed)) => batch.push(Err(RecvError::Lagged(missed))),
-                        Err(tokio::sync::broadcast::error::TryRecvError::Closed) => batch.push(Err(RecvError::Closed)),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(missed)) => batches.push(Err(RecvError::Lagged(missed))),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Closed) => batches.push(Err(RecvError::Closed)),
                     }
                 }
                 let mut queued = false;
                 deadline = tokio::time::Instant::now() + send_timeout;
-                for event in batch {
-                    match event {
-                        Ok(event) => {
-                            if event.seq <= last {
-                                continue; // already sent by the replay
-                            }
-                            last = event.seq;
-                            if types.as_ref().is_none_or(|set| set.contains(&event.kind)) {
-                                feed!(Message::Text(event.json.clone()));
-                                queued = true;
+                for batch in batches {
+                    match batch {
+                        Ok(batch) => {
+                            for event in batch.iter() {
+                                if event.seq <= last {
+                                    continue; // already sent by the replay
+                                }
+                                last = event.seq;
+                                if types.as_ref().is_none_or(|set| set.contains(&event.kind)) {
+                                    feed!(Message::Text(event.json.clone()));
+                                    queued = true;
+                                }
                             }
                         }
                         Err(RecvError::Lagged(missed)) => {
                             tracing::info!(missed, "dropping a WebSocket client that fell behind the live stream");
-                            send!(close(CLOSE_RESYNC, format!("fell behind by {missed} events: reconnect with ?since={last}")));
+                            send!(close(CLOSE_RESYNC, format!("fell behind the live stream by {missed} batches of events: reconnect with ?since={last}")));
                             return;
                         }
                         Err(RecvError::Closed) => return,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Candle, Fill, Order, Position};
 
 pub use check::{CheckReport, check};
-pub use writer::{CommitObserver, Retention, StoreWriter, WriteOp};
+pub use writer::{CommitObserver, GroupEnd, Retention, StoreWriter, WriteOp};
 
 /// The schema this build writes. Version 1 had no `positions` table.
 pub const SCHEMA_VERSION: u64 = 2;

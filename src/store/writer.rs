@@ -75,6 +75,10 @@ pub type CommitObserver = Box<dyn Fn(std::time::Duration) + Send>;
 /// Runs after a commit with its outcome.
 pub type OnCommit = Box<dyn FnOnce(Result<(), Arc<StoreError>>) + Send>;
 
+/// Runs on the writer thread once the callbacks of a group commit have run
+/// (to act once per group on what they did, e.g. broadcast a batch).
+pub type GroupEnd = Arc<dyn Fn() + Send + Sync>;
+
 struct Submission {
     ops: Vec<WriteOp>,
     on_commit: Option<OnCommit>,
@@ -90,6 +94,7 @@ enum Message {
 pub struct StoreWriter {
     tx: Sender<Message>,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    group_end: Arc<std::sync::Mutex<Option<GroupEnd>>>,
 }
 
 impl StoreWriter {
@@ -100,11 +105,18 @@ impl StoreWriter {
         observer: Option<CommitObserver>,
     ) -> StoreWriter {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let group_end: Arc<std::sync::Mutex<Option<GroupEnd>>> = Default::default();
+        let hook = group_end.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(&db, &path, &rx, retention, observer))
+            .spawn(move || run(&db, &path, &rx, retention, observer, &hook))
             .expect("spawn the store writer thread");
-        StoreWriter { tx, thread: Arc::new(std::sync::Mutex::new(Some(thread))) }
+        StoreWriter { tx, thread: Arc::new(std::sync::Mutex::new(Some(thread))), group_end }
+    }
+
+    /// Sets what runs after the callbacks of every group commit.
+    pub fn set_group_end(&self, hook: GroupEnd) {
+        *self.group_end.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
     /// Queues writes; `on_commit` runs on the writer thread once they are durable.
@@ -147,7 +159,14 @@ impl StoreWriter {
     }
 }
 
-fn run(db: &Database, path: &Path, rx: &Receiver<Message>, retention: Retention, observer: Option<CommitObserver>) {
+fn run(
+    db: &Database,
+    path: &Path,
+    rx: &Receiver<Message>,
+    retention: Retention,
+    observer: Option<CommitObserver>,
+    group_end: &std::sync::Mutex<Option<GroupEnd>>,
+) {
     let mut stopping = false;
     while !stopping {
         let Ok(Message::Write(first)) = rx.recv() else { break };
@@ -175,6 +194,10 @@ fn run(db: &Database, path: &Path, rx: &Receiver<Message>, retention: Retention,
             if let Some(on_commit) = submission.on_commit {
                 on_commit(result.clone());
             }
+        }
+        let hook = group_end.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(hook) = hook {
+            hook();
         }
     }
 }

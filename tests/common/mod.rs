@@ -76,8 +76,11 @@ impl TestHost {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Ok(event)) if event.seq > since && predicate(&event) => return event.event.clone(),
-                Ok(Ok(_)) => {}
+                Ok(Ok(batch)) => {
+                    if let Some(found) = batch.iter().find(|event| event.seq > since && predicate(event)) {
+                        return found.event.clone();
+                    }
+                }
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                     if let Some(found) =
                         self.host.activity().since(since, usize::MAX).into_iter().find(|e| predicate(e))
