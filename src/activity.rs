@@ -81,7 +81,10 @@ impl std::ops::Deref for LiveEvent {
 pub type LiveBatch = Arc<[LiveEvent]>;
 
 /// Batches the broadcast buffer holds before a slow subscriber lags.
-const BROADCAST_BATCHES: usize = 4096;
+const BROADCAST_BATCHES: usize = 2048;
+/// Most events in one batch, so the buffer pins at most
+/// `BROADCAST_BATCHES × MAX_BATCH` events however large a commit was.
+const MAX_BATCH: usize = 16;
 
 struct Sequencer {
     next_seq: u64,
@@ -190,11 +193,12 @@ impl ActivityBus {
     }
 }
 
-/// Broadcasts the queued events as one batch.
+/// Broadcasts the queued events, in batches of at most [`MAX_BATCH`].
 fn broadcast_pending(pending: &Mutex<Vec<LiveEvent>>, sender: &broadcast::Sender<LiveBatch>) {
-    let batch = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
-    if !batch.is_empty() {
-        let _ = sender.send(batch.into());
+    let events = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        let _ = sender.send(events.by_ref().take(MAX_BATCH).collect());
     }
 }
 
@@ -243,6 +247,7 @@ mod tests {
         let seqs: Vec<u64> = batches.iter().flat_map(|b| b.iter().map(|e| e.seq)).collect();
         assert_eq!(seqs, (1..=500).collect::<Vec<_>>(), "every event once, in order");
         assert!(batches.len() < 500, "events committed together share a broadcast ({} batches)", batches.len());
+        assert!(batches.iter().all(|b| b.len() <= MAX_BATCH), "batches stay small");
         assert_eq!(bus.last_seq(), 500);
         writer.close();
     }
