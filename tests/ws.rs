@@ -178,6 +178,30 @@ async fn a_silent_client_is_cleaned_up_after_the_ping_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_sending_an_oversized_message_is_closed_and_others_keep_receiving() {
+    let t = TestHost::start(&[], |_| {}).await;
+    let mut rude = connect(&t, "").await.unwrap();
+    let mut polite = connect(&t, "").await.unwrap();
+    wait_clients(&t, 2).await;
+    rude.send(Message::Text("x".repeat(70 * 1024).into())).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rude.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection of a client sending more than 64 KiB is closed");
+    wait_clients(&t, 1).await;
+    t.host.activity().publish(ActivityKind::System, None, json!({ "marker": "after" }));
+    let events = read_until(&mut polite, |e| is_marker(e, "after")).await;
+    assert!(is_marker(events.last().unwrap(), "after"));
+    assert_eq!(t.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_client_limit_and_the_type_filter_hold() {
     let t = TestHost::start(&[], |c| c.http.ws_max_clients = 2).await;
     let mut fills_only = connect(&t, "&types=fill,system").await.unwrap();
