@@ -209,8 +209,9 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
             batch = live.recv() => {
                 // Take every batch already waiting too and write them with
                 // one flush: one syscall for many messages when busy.
+                // (Nothing more after a lag or the end: those finish the client.)
+                let mut events = batch.as_ref().map_or(BATCH, |b| b.len());
                 let mut batches = vec![batch];
-                let mut events = batches[0].as_ref().map_or(0, |b| b.len());
                 while events < BATCH {
                     match live.try_recv() {
                         Ok(batch) => {
@@ -218,8 +219,14 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
                             batches.push(Ok(batch));
                         }
                         Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
-                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(missed)) => batches.push(Err(RecvError::Lagged(missed))),
-                        Err(tokio::sync::broadcast::error::TryRecvError::Closed) => batches.push(Err(RecvError::Closed)),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(missed)) => {
+                            batches.push(Err(RecvError::Lagged(missed)));
+                            break;
+                        }
+                        Err(tokio::sync::broadcast::error::TryRecvError::Closed) => {
+                            batches.push(Err(RecvError::Closed));
+                            break;
+                        }
                     }
                 }
                 let mut queued = false;
