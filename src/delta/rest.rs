@@ -239,6 +239,9 @@ impl Call {
     }
 }
 
+/// Most waits for `X-RATE-LIMIT-RESET` in one call before it gives up.
+pub const MAX_RATE_LIMIT_WAITS: u32 = 10;
+
 /// Which endpoints a call may be retried on when it fails transiently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -312,31 +315,40 @@ impl RestClient {
     }
 
     /// A signed or public call with retries per `retry`. Every attempt is signed anew.
+    /// A 429 (the exchange did nothing) waits for the reset and does not count
+    /// as an attempt; at most [`MAX_RATE_LIMIT_WAITS`] such waits per call.
     pub async fn request<T: DeserializeOwned>(&self, call: Call, retry: Retry) -> Result<(T, Meta), RestError> {
         let Call { method, path, .. } = &call;
-        let mut attempt = 0;
+        let (mut attempt, mut rate_limit_waits) = (0, 0);
         loop {
-            attempt += 1;
-            let result = self.call(&call).await;
-            let error = match result {
+            let error = match self.call(&call).await {
                 Ok(done) => return Ok(done),
                 Err(error) => error,
             };
-            if attempt >= self.attempts {
-                return Err(error);
-            }
             let delay = match &error {
-                RestError::RateLimited { reset_ms, .. } => Duration::from_millis(*reset_ms),
-                RestError::Auth { code, .. } if code == "SignatureExpired" => {
-                    let _ = self.sync_clock().await;
-                    Duration::ZERO
+                RestError::RateLimited { reset_ms, .. } if rate_limit_waits < MAX_RATE_LIMIT_WAITS => {
+                    rate_limit_waits += 1;
+                    Duration::from_millis(*reset_ms)
                 }
-                error if retry == Retry::Idempotent && error.is_transient() => {
-                    Duration::from_millis(200 * 2u64.pow(attempt - 1))
+                RestError::RateLimited { .. } => return Err(error),
+                _ => {
+                    attempt += 1;
+                    if attempt >= self.attempts {
+                        return Err(error);
+                    }
+                    match &error {
+                        RestError::Auth { code, .. } if code == "SignatureExpired" => {
+                            let _ = self.sync_clock().await;
+                            Duration::ZERO
+                        }
+                        error if retry == Retry::Idempotent && error.is_transient() => {
+                            Duration::from_millis(200 * 2u64.pow(attempt - 1))
+                        }
+                        _ => return Err(error),
+                    }
                 }
-                _ => return Err(error),
             };
-            tracing::warn!(endpoint = %format!("{method} {path}"), attempt, "delta: {error}; retrying in {} ms", delay.as_millis());
+            tracing::warn!(endpoint = %format!("{method} {path}"), attempt, rate_limit_waits, "delta: {error}; retrying in {} ms", delay.as_millis());
             tokio::time::sleep(delay).await;
         }
     }
