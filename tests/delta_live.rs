@@ -222,6 +222,12 @@ async fn rate_limits_maintenance_and_slow_answers_never_duplicate_an_order() {
     run.fake.faults().burst_429.store(4, std::sync::atomic::Ordering::SeqCst);
     let fills = run.fake.fills().len();
     run.wait_fills(fills + 1).await;
+    assert_eq!(run.fake.faults().burst_429.load(std::sync::atomic::Ordering::SeqCst), 0, "the burst was served");
+    let rate_limited = run.host.activity().since(0, usize::MAX).into_iter().filter(|e| {
+        e.data["reason"].as_str().is_some_and(|r| r.contains("rate limited"))
+            || e.data["detail"].as_str().is_some_and(|d| d.contains("rate limited"))
+    });
+    assert_eq!(rate_limited.count(), 0, "429s are waited out: no order rejected, no cancel failed");
     // Maintenance: REST answers 503 `unavailable`; health shows it; trading resumes afterwards.
     run.fake.faults().unavailable.store(true, std::sync::atomic::Ordering::SeqCst);
     run.wait("REST down", Duration::from_secs(5), |r| r.state("exchange.rest") == Some(ComponentState::Down)).await;

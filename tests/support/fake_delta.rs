@@ -704,8 +704,9 @@ async fn rest(
     if shared.faults.unavailable.load(Ordering::Relaxed) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     }
-    if shared.faults.burst_429.load(Ordering::Relaxed) > 0 {
-        shared.faults.burst_429.fetch_sub(1, Ordering::Relaxed);
+    // Take one 429 of the burst, if any is left (atomically: two requests
+    // racing for the last one must not wrap the counter around).
+    if shared.faults.burst_429.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
         return (StatusCode::TOO_MANY_REQUESTS, [("x-rate-limit-reset", "200")], "").into_response();
     }
     if headers.get("user-agent").is_none_or(|v| v.is_empty()) {
