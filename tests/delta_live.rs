@@ -46,18 +46,24 @@ struct Run {
 }
 
 async fn start(fake_config: FakeConfig) -> Run {
-    let fake = FakeDelta::start(fake_config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("market_maker.rhai"), MARKET_MAKER).unwrap();
-    let host =
-        supervisor::start(delta_config(&fake, dir.path(), data.path())).await.expect("host starts against the fake");
-    let run = Run { fake, host, dir, data };
+    let run = Run::launch(FakeDelta::start(fake_config).await, ("market_maker", MARKET_MAKER), |_| {}).await;
     run.wait("host ready", Duration::from_secs(20), |r| r.host.health().is_ready()).await;
     run
 }
 
 impl Run {
+    /// Starts a host against `fake` with one strategy `(name, source)` and
+    /// the Delta config adjusted by `configure`; does not wait for readiness.
+    async fn launch(fake: FakeDelta, (name, source): (&str, &str), configure: impl FnOnce(&mut Config)) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(format!("{name}.rhai")), source).unwrap();
+        let mut config = delta_config(&fake, dir.path(), data.path());
+        configure(&mut config);
+        let host = supervisor::start(config).await.expect("host starts against the fake");
+        Run { fake, host, dir, data }
+    }
+
     async fn wait(&self, what: &str, limit: Duration, done: impl Fn(&Run) -> bool) -> Duration {
         let start = tokio::time::Instant::now();
         while !done(self) {
@@ -253,11 +259,7 @@ async fn rate_limits_maintenance_and_slow_answers_never_duplicate_an_order() {
 async fn a_skewed_server_clock_is_measured_and_signatures_hold() {
     let fake = FakeDelta::start(FakeConfig::default()).await;
     fake.faults().clock_skew_ms.store(-42_000, std::sync::atomic::Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("market_maker.rhai"), MARKET_MAKER).unwrap();
-    let host = supervisor::start(delta_config(&fake, dir.path(), data.path())).await.expect("starts despite the skew");
-    let run = Run { fake, host, dir, data };
+    let run = Run::launch(fake, ("market_maker", MARKET_MAKER), |_| {}).await;
     run.wait_fills(2).await;
     // The clock jumps while running: the next requests expire, the client re-measures and re-signs.
     run.fake.faults().clock_skew_ms.store(30_000, std::sync::atomic::Ordering::SeqCst);
@@ -410,14 +412,11 @@ async fn rest_client_covers_every_endpoint_against_the_fake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_channel_names_work_behind_the_switch() {
     let fake = FakeDelta::start(FakeConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("market_maker.rhai"), MARKET_MAKER).unwrap();
-    let mut config = delta_config(&fake, dir.path(), data.path());
-    config.exchange.delta.legacy_channels = true;
-    config.exchange.delta.ws_public_url = Some("ws://127.0.0.1:9/unused".into());
-    let host = supervisor::start(config).await.unwrap();
-    let run = Run { fake, host, dir, data };
+    let run = Run::launch(fake, ("market_maker", MARKET_MAKER), |config| {
+        config.exchange.delta.legacy_channels = true;
+        config.exchange.delta.ws_public_url = Some("ws://127.0.0.1:9/unused".into());
+    })
+    .await;
     run.wait("host ready on the legacy endpoint", Duration::from_secs(20), |r| r.host.health().is_ready()).await;
     run.wait_fills(3).await;
     run.finish().await;
@@ -436,11 +435,7 @@ async fn candles_come_from_rest_polling_while_the_market_stream_is_silent() {
     fake.faults()
         .clock_skew_ms
         .store((54_000 - local % 60_000).rem_euclid(60_000), std::sync::atomic::Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("candles.rhai"), CANDLE_LOGGER).unwrap();
-    let host = supervisor::start(delta_config(&fake, dir.path(), data.path())).await.unwrap();
-    let run = Run { fake, host, dir, data };
+    let run = Run::launch(fake, ("candles", CANDLE_LOGGER), |_| {}).await;
     run.wait("host ready", Duration::from_secs(20), |r| r.host.health().is_ready()).await;
     let since = run.host.activity().last_seq();
     run.fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -462,13 +457,7 @@ async fn candles_come_from_rest_polling_while_the_market_stream_is_silent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_after_the_host_was_ready_never_fails_the_start_deadline() {
     let fake = FakeDelta::start(FakeConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("market_maker.rhai"), MARKET_MAKER).unwrap();
-    let mut config = delta_config(&fake, dir.path(), data.path());
-    config.http.ready_timeout_ms = 2_000;
-    let host = supervisor::start(config).await.unwrap();
-    let run = Run { fake, host, dir, data };
+    let run = Run::launch(fake, ("market_maker", MARKET_MAKER), |config| config.http.ready_timeout_ms = 2_000).await;
     run.wait("host ready", Duration::from_secs(2), |r| r.host.health().is_ready()).await;
     run.fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
     run.wait("market stale", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Down))

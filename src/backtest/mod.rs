@@ -223,16 +223,10 @@ impl Simulation {
     /// after every bar; positions and open orders when `orders_changed` (an
     /// order or fill event). Updated in place when the strategy holds no
     /// snapshot, which is always the case between callbacks.
-    fn publish_account(&mut self, orders_changed: bool) {
+    fn publish_account(&self, orders_changed: bool) {
         let mut view = self.account.swap(self.placeholder.clone());
-        let refresh_orders = match Arc::get_mut(&mut view) {
-            Some(_) => orders_changed,
-            None => {
-                view = Arc::new((*view).clone());
-                true
-            }
-        };
-        let view_mut = Arc::get_mut(&mut view).expect("a fresh or unshared snapshot");
+        let refresh_orders = orders_changed || Arc::get_mut(&mut view).is_none();
+        let view_mut = Arc::make_mut(&mut view);
         view_mut.balance = self.broker.cash;
         view_mut.equity = self.broker.equity();
         for (symbol, mark) in self.broker.marks() {

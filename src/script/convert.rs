@@ -19,7 +19,7 @@ fn num(value: Decimal) -> Dynamic {
 }
 
 /// Script strings for symbols and timeframes, made once and then shared by
-/// every candle and tick instead of allocated for each.
+/// every candle instead of allocated for each.
 #[derive(Debug, Default)]
 pub struct SharedStrings(FxHashMap<String, ImmutableString>);
 

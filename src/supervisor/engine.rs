@@ -50,6 +50,13 @@ struct Batch {
     committed: oneshot::Receiver<Result<(), Arc<crate::store::StoreError>>>,
 }
 
+impl Batch {
+    /// Waits until the batch's intents are committed (at once when it has none).
+    async fn committed(&mut self) -> Result<(), Arc<crate::store::StoreError>> {
+        (&mut self.committed).await.unwrap_or(Err(Arc::new(crate::store::StoreError::WriterGone)))
+    }
+}
+
 /// One step of a strategy's command batch, after its intents are stored.
 enum Step {
     Send(OrderRequest),
@@ -103,9 +110,9 @@ impl Engine {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                committed = async { (&mut pending.front_mut().expect("checked").committed).await }, if !pending.is_empty() => {
+                committed = async { pending.front_mut().expect("checked").committed().await }, if !pending.is_empty() => {
                     let batch = pending.pop_front().expect("checked");
-                    self.finish(batch, committed.unwrap_or(Err(Arc::new(crate::store::StoreError::WriterGone)))).await;
+                    self.finish(batch, committed).await;
                 }
                 update = async { venue.as_mut()?.recv().await }, if venue.is_some() => match update {
                     Some(update) => self.handle_venue(update).await,
@@ -124,8 +131,8 @@ impl Engine {
                         if matches!(request, EngineRequest::ApplyPolicies(..)) {
                             // Policies act on every order sent so far: send the queued ones first.
                             while let Some(mut batch) = pending.pop_front() {
-                                let committed = (&mut batch.committed).await;
-                                self.finish(batch, committed.unwrap_or(Err(Arc::new(crate::store::StoreError::WriterGone)))).await;
+                                let committed = batch.committed().await;
+                                self.finish(batch, committed).await;
                             }
                         }
                         self.handle_request(request).await
@@ -186,7 +193,8 @@ impl Engine {
     /// batch are stored in one commit before any of them is sent.
     async fn execute(&mut self, strategy: &str, commands: Vec<StrategyCommand>) {
         let batch = self.prepare_batch(strategy, commands);
-        let committed = self.record_intents(&batch.intents).await;
+        let mut batch = self.commit_intents(batch);
+        let committed = batch.committed().await;
         self.finish(batch, committed).await;
     }
 
