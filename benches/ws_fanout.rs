@@ -14,10 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tradehost::activity::ActivityKind;
 use tradehost::config::Config;
 
@@ -47,6 +45,80 @@ fn sent_ns(text: &str) -> Option<u64> {
     tail[..tail.find('}')?].parse().ok()
 }
 
+/// One benchmark client: a raw WebSocket reader. It does the RFC 6455
+/// handshake itself and then only splits frames, answers pings and reads
+/// each text frame's send time, so the 500 clients, which share the host's
+/// cores, take as little CPU from the host as a client can.
+struct RawClient {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+    filled: usize,
+}
+
+/// A server frame's opcode and payload range within the read buffer.
+struct Frame {
+    opcode: u8,
+    payload: std::ops::Range<usize>,
+}
+
+impl RawClient {
+    async fn connect(url: &str) -> RawClient {
+        let rest = url.strip_prefix("ws://").unwrap();
+        let (authority, path) = rest.split_at(rest.find('/').unwrap());
+        let stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut client = RawClient { stream, buffer: vec![0; 64 * 1024], filled: 0 };
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        client.stream.write_all(request.as_bytes()).await.unwrap();
+        let head_end = loop {
+            client.fill().await.unwrap();
+            if let Some(at) = client.buffer[..client.filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let head = std::str::from_utf8(&client.buffer[..head_end]).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "handshake refused: {head}");
+        client.consume(head_end);
+        client
+    }
+
+    /// Reads more bytes; `None` at the end of the stream.
+    async fn fill(&mut self) -> Option<()> {
+        if self.filled == self.buffer.len() {
+            self.buffer.resize(self.buffer.len() * 2, 0);
+        }
+        match self.stream.read(&mut self.buffer[self.filled..]).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                self.filled += n;
+                Some(())
+            }
+        }
+    }
+
+    fn consume(&mut self, bytes: usize) {
+        self.buffer.copy_within(bytes..self.filled, 0);
+        self.filled -= bytes;
+    }
+
+    /// The next complete (unmasked, unfragmented) server frame at `at`.
+    fn frame_at(&self, at: usize) -> Option<Frame> {
+        let bytes = &self.buffer[at..self.filled];
+        let (&[first, second], rest) = bytes.split_first_chunk::<2>()?;
+        assert!(first & 0x80 != 0 && second & 0x80 == 0, "fragmented or masked server frame");
+        let (length, header) = match second & 0x7f {
+            126 => (u16::from_be_bytes(*rest.first_chunk::<2>()?) as usize, 4),
+            127 => (u64::from_be_bytes(*rest.first_chunk::<8>()?) as usize, 10),
+            short => (short as usize, 2),
+        };
+        (bytes.len() >= header + length)
+            .then(|| Frame { opcode: first & 0x0f, payload: at + header..at + header + length })
+    }
+}
+
 /// Child process: connects the clients, then for each phase reports how many
 /// events arrived and their latency once every client saw the phase's end marker.
 async fn clients(url: String) {
@@ -54,22 +126,39 @@ async fn clients(url: String) {
     let received = Arc::new(AtomicU64::new(0));
     let markers = Arc::new(AtomicU64::new(0));
     for _ in 0..clients_count() {
-        // A small read buffer: tungstenite clears the whole buffer (128 KiB
-        // by default) on every read, which would cost these clients, sharing
-        // the host's cores, more than the host's own work.
-        let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-        let (mut client, _) = tokio_tungstenite::connect_async_with_config(&url, Some(config), true).await.unwrap();
+        let mut client = RawClient::connect(&url).await;
         let (latencies, received, markers) = (latencies.clone(), received.clone(), markers.clone());
         tokio::spawn(async move {
             let mut mine = Vec::new();
-            while let Some(Ok(message)) = client.next().await {
-                let Message::Text(text) = message else { continue };
-                if text.ends_with("{\"marker\":true}}") {
-                    latencies.lock().unwrap().append(&mut mine);
-                    markers.fetch_add(1, Ordering::SeqCst);
-                } else if let Some(sent) = sent_ns(&text) {
-                    mine.push(wall_ns().saturating_sub(sent));
-                    received.fetch_add(1, Ordering::Relaxed);
+            loop {
+                let mut at = 0;
+                let now = wall_ns();
+                let mut pongs = Vec::new();
+                while let Some(frame) = client.frame_at(at) {
+                    at = frame.payload.end;
+                    let payload = &client.buffer[frame.payload];
+                    match frame.opcode {
+                        0x1 if payload.ends_with(b"{\"marker\":true}}") => {
+                            received.fetch_add(mine.len() as u64, Ordering::SeqCst);
+                            latencies.lock().unwrap().append(&mut mine);
+                            markers.fetch_add(1, Ordering::SeqCst);
+                        }
+                        0x1 => {
+                            let sent = sent_ns(std::str::from_utf8(payload).unwrap()).unwrap();
+                            mine.push(now.saturating_sub(sent));
+                        }
+                        // A pong, masked with a zero key, echoing the ping.
+                        0x9 => pongs.extend([&[0x8a, 0x80 | payload.len() as u8, 0, 0, 0, 0][..], payload].concat()),
+                        0x8 => return,
+                        _ => {}
+                    }
+                }
+                client.consume(at);
+                if !pongs.is_empty() && client.stream.write_all(&pongs).await.is_err() {
+                    return;
+                }
+                if client.fill().await.is_none() {
+                    return;
                 }
             }
         });
