@@ -165,14 +165,12 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
             bounded!(sink.send($message))
         }};
     }
-    macro_rules! feed {
-        ($message:expr) => {
-            bounded!(sink.feed($message))
-        };
-    }
-    macro_rules! flush {
+    // Messages of one batch, written with one bounded `send_all` (one
+    // flush, one timer) instead of one timed write per message.
+    let mut outgoing: Vec<Message> = Vec::new();
+    macro_rules! write_out {
         () => {
-            bounded!(sink.flush())
+            bounded!(sink.send_all(&mut futures_util::stream::iter(outgoing.drain(..).map(Ok))))
         };
     }
     if since.is_some() {
@@ -193,10 +191,10 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
             for event in page {
                 last = event["seq"].as_u64().unwrap_or(last);
                 if wanted(&types, event["type"].as_str().unwrap_or_default()) {
-                    feed!(Message::Text(Utf8Bytes::from(event.to_string())));
+                    outgoing.push(Message::Text(Utf8Bytes::from(event.to_string())));
                 }
             }
-            flush!();
+            write_out!();
         }
     }
     let mut ping = tokio::time::interval(Duration::from_millis(state.config.ws_ping_interval_ms));
@@ -229,8 +227,7 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
                         }
                     }
                 }
-                let mut queued = false;
-                deadline = tokio::time::Instant::now() + send_timeout;
+                let mut finished = None;
                 for batch in batches {
                     match batch {
                         Ok(batch) => {
@@ -240,21 +237,25 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
                                 }
                                 last = event.seq;
                                 if types.as_ref().is_none_or(|set| set.contains(&event.kind)) {
-                                    feed!(Message::Text(event.json.clone()));
-                                    queued = true;
+                                    outgoing.push(Message::Text(event.json.clone()));
                                 }
                             }
                         }
                         Err(RecvError::Lagged(missed)) => {
                             tracing::info!(missed, "dropping a WebSocket client that fell behind the live stream");
-                            send!(close(CLOSE_RESYNC, format!("fell behind the live stream by {missed} batches of events: reconnect with ?since={last}")));
-                            return;
+                            finished = Some(close(CLOSE_RESYNC, format!("fell behind the live stream by {missed} batches of events: reconnect with ?since={last}")));
                         }
                         Err(RecvError::Closed) => return,
                     }
                 }
-                if queued {
-                    flush!();
+                let closing = finished.is_some();
+                outgoing.extend(finished);
+                if !outgoing.is_empty() {
+                    deadline = tokio::time::Instant::now() + send_timeout;
+                    write_out!();
+                }
+                if closing {
+                    return;
                 }
             }
             said = client_said.recv() => match said {
