@@ -164,27 +164,33 @@ async fn clients(url: String) {
         });
     }
     println!("ready");
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let line = line.unwrap();
-        let Some(phase) = line.strip_prefix("await ") else { continue };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while markers.load(Ordering::SeqCst) < clients_count() as u64 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+    // The phases are driven from stdin on a blocking thread: the clients'
+    // runtime only runs clients.
+    tokio::task::spawn_blocking(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let line = line.unwrap();
+            let Some(phase) = line.strip_prefix("await ") else { continue };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while markers.load(Ordering::SeqCst) < clients_count() as u64 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let mut all = std::mem::take(&mut *latencies.lock().unwrap());
+            all.sort_unstable();
+            let at = |q: f64| all.get(((all.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(0);
+            println!(
+                "{phase} {} {} {} {} {}",
+                received.swap(0, Ordering::SeqCst),
+                markers.swap(0, Ordering::SeqCst),
+                at(0.5),
+                at(0.99),
+                at(1.0)
+            );
+            std::io::stdout().flush().unwrap();
         }
-        let mut all = std::mem::take(&mut *latencies.lock().unwrap());
-        all.sort_unstable();
-        let at = |q: f64| all.get(((all.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(0);
-        println!(
-            "{phase} {} {} {} {} {}",
-            received.swap(0, Ordering::SeqCst),
-            markers.swap(0, Ordering::SeqCst),
-            at(0.5),
-            at(0.99),
-            at(1.0)
-        );
-        std::io::stdout().flush().unwrap();
-    }
+    })
+    .await
+    .unwrap();
 }
 
 async fn host() {
