@@ -188,7 +188,7 @@ async fn bench_reload() {
         let wanted = format!("v{round}");
         loop {
             let batch = rx.recv().await.unwrap();
-            if batch.iter().any(|event| event.data["message"].as_str() == Some(wanted.as_str())) {
+            if batch.events().iter().any(|event| event.data["message"].as_str() == Some(wanted.as_str())) {
                 samples.push(started.elapsed());
                 break;
             }

@@ -60,25 +60,60 @@ pub struct ActivityEvent {
     pub data: serde_json::Value,
 }
 
-/// An event as broadcast to live subscribers: the event and its JSON
-/// envelope, serialized once and shared by every subscriber.
-#[derive(Debug)]
-pub struct LiveEvent {
-    /// The event.
-    pub event: ActivityEvent,
-    /// `event` as JSON text, ready to send as a WebSocket text message.
-    pub json: axum::extract::ws::Utf8Bytes,
+/// Events made visible together, in sequence order, with their envelopes
+/// serialized once and framed for the WebSocket stream: every subscriber
+/// shares the batch and writes its frames as they are.
+#[derive(Debug, Default)]
+pub struct LiveBatch {
+    events: Vec<ActivityEvent>,
+    /// Every event's envelope as a WebSocket text frame, back to back.
+    frames: Vec<u8>,
+    /// Where each event's frame ends in `frames`.
+    ends: Vec<usize>,
 }
 
-impl std::ops::Deref for LiveEvent {
-    type Target = ActivityEvent;
-    fn deref(&self) -> &ActivityEvent {
-        &self.event
+impl LiveBatch {
+    fn push(&mut self, event: ActivityEvent, json: &str) {
+        push_text_frame(&mut self.frames, json.as_bytes());
+        self.ends.push(self.frames.len());
+        self.events.push(event);
+    }
+
+    /// The events, oldest first.
+    pub fn events(&self) -> &[ActivityEvent] {
+        &self.events
+    }
+
+    /// Every event's envelope as one WebSocket text frame each, back to back.
+    pub fn frames(&self) -> &[u8] {
+        &self.frames
+    }
+
+    /// Event `i`'s envelope as a WebSocket text frame.
+    pub fn frame(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.frames[start..self.ends[i]]
     }
 }
 
-/// Events broadcast together, in sequence order.
-pub type LiveBatch = Arc<[LiveEvent]>;
+/// Appends `payload` as one final, unmasked WebSocket text frame (RFC 6455
+/// §5.2), the way a server sends it.
+pub fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    const FIN_TEXT: u8 = 0x81;
+    out.push(FIN_TEXT);
+    match payload.len() {
+        short @ 0..=125 => out.push(short as u8),
+        medium @ 126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(medium as u16).to_be_bytes());
+        }
+        long => {
+            out.push(127);
+            out.extend_from_slice(&(long as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
 
 /// Batches the broadcast buffer holds before a slow subscriber lags.
 const BROADCAST_BATCHES: usize = 2048;
@@ -98,9 +133,10 @@ pub struct ActivityBus {
     sequencer: Arc<Mutex<Sequencer>>,
     tail: Arc<Mutex<VecDeque<ActivityEvent>>>,
     capacity: usize,
-    /// Visible events not yet broadcast (until their group commit ends).
-    pending: Arc<Mutex<Vec<LiveEvent>>>,
-    sender: broadcast::Sender<LiveBatch>,
+    /// Visible events, with their envelopes as JSON, not yet broadcast
+    /// (until their group commit ends).
+    pending: Arc<Mutex<Vec<(ActivityEvent, String)>>>,
+    sender: broadcast::Sender<Arc<LiveBatch>>,
 }
 
 impl ActivityBus {
@@ -166,18 +202,18 @@ impl ActivityBus {
     /// Puts an event in the tail and queues it for the next broadcast.
     fn make_visible(&self, event: ActivityEvent) {
         self.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let json = serde_json::to_string(&event).expect("activity serializes").into();
+        let json = serde_json::to_string(&event).expect("activity serializes");
         // The tail lock is held while queueing, so batches keep sequence order.
         let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         if tail.len() == self.capacity {
             tail.pop_front();
         }
         tail.push_back(event.clone());
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(LiveEvent { event, json });
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push((event, json));
     }
 
     /// Live events from now on, in batches.
-    pub fn subscribe(&self) -> broadcast::Receiver<LiveBatch> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveBatch>> {
         self.sender.subscribe()
     }
 
@@ -194,11 +230,15 @@ impl ActivityBus {
 }
 
 /// Broadcasts the queued events, in batches of at most [`MAX_BATCH`].
-fn broadcast_pending(pending: &Mutex<Vec<LiveEvent>>, sender: &broadcast::Sender<LiveBatch>) {
+fn broadcast_pending(pending: &Mutex<Vec<(ActivityEvent, String)>>, sender: &broadcast::Sender<Arc<LiveBatch>>) {
     let events = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
     let mut events = events.into_iter().peekable();
     while events.peek().is_some() {
-        let _ = sender.send(events.by_ref().take(MAX_BATCH).collect());
+        let mut batch = LiveBatch::default();
+        for (event, json) in events.by_ref().take(MAX_BATCH) {
+            batch.push(event, &json);
+        }
+        let _ = sender.send(Arc::new(batch));
     }
 }
 
@@ -216,7 +256,7 @@ mod tests {
         assert_eq!(bus.last_seq(), 46);
         let tail: Vec<u64> = bus.since(0, 10).iter().map(|e| e.seq).collect();
         assert_eq!(tail, vec![44, 45, 46]);
-        assert_eq!(rx.try_recv().unwrap()[0].seq, 42);
+        assert_eq!(rx.try_recv().unwrap().events()[0].seq, 42);
         let json = serde_json::to_value(bus.since(45, 1)).unwrap();
         assert_eq!(json[0]["type"], "log");
         assert_eq!(json[0]["v"], 1);
@@ -238,17 +278,71 @@ mod tests {
         while received < 500 && std::time::Instant::now() < deadline {
             match rx.try_recv() {
                 Ok(batch) => {
-                    received += batch.len();
+                    received += batch.events().len();
                     batches.push(batch);
                 }
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
             }
         }
-        let seqs: Vec<u64> = batches.iter().flat_map(|b| b.iter().map(|e| e.seq)).collect();
+        let seqs: Vec<u64> = batches.iter().flat_map(|b| b.events().iter().map(|e| e.seq)).collect();
         assert_eq!(seqs, (1..=500).collect::<Vec<_>>(), "every event once, in order");
         assert!(batches.len() < 500, "events committed together share a broadcast ({} batches)", batches.len());
-        assert!(batches.iter().all(|b| b.len() <= MAX_BATCH), "batches stay small");
+        assert!(batches.iter().all(|b| b.events().len() <= MAX_BATCH), "batches stay small");
         assert_eq!(bus.last_seq(), 500);
         writer.close();
+    }
+
+    /// Reads `wire` as a WebSocket client would and returns the text messages.
+    fn read_text_frames(wire: Vec<u8>) -> Vec<String> {
+        use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
+        use tokio_tungstenite::tungstenite::{Message, protocol::Role, protocol::WebSocket};
+        let mut socket = WebSocket::from_raw_socket(std::io::Cursor::new(wire), Role::Client, None);
+        let mut texts = Vec::new();
+        loop {
+            match socket.read() {
+                Ok(Message::Text(text)) => texts.push(text.to_string()),
+                Ok(other) => panic!("not a text frame: {other:?}"),
+                // The end of the bytes, as tungstenite reports it.
+                Err(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => return texts,
+                Err(e) => panic!("unreadable frame: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn text_frames_of_every_length_class_read_back_through_tungstenite() {
+        let payloads: Vec<String> = [0, 1, 125, 126, 127, 65_535, 65_536, 200_000]
+            .iter()
+            .map(|n: &usize| format!("{}{}", "é".repeat(n / 2), "x".repeat(n % 2)))
+            .collect();
+        let mut wire = Vec::new();
+        for payload in &payloads {
+            push_text_frame(&mut wire, payload.as_bytes());
+        }
+        assert_eq!(read_text_frames(wire), payloads);
+    }
+
+    #[test]
+    fn a_batch_carries_each_envelope_as_a_frame() {
+        let bus = ActivityBus::new(10, 0);
+        let mut rx = bus.subscribe();
+        // Three events made visible by one commit, then broadcast together.
+        for i in 0..3u64 {
+            let data = serde_json::json!({ "i": i, "pad": "p".repeat(100 * i as usize) });
+            bus.make_visible(ActivityEvent {
+                v: 1,
+                seq: i + 1,
+                ts: Utc::now(),
+                kind: ActivityKind::Fill,
+                strategy: None,
+                data,
+            });
+        }
+        broadcast_pending(&bus.pending, &bus.sender);
+        let batch = rx.try_recv().unwrap();
+        let envelopes: Vec<String> = batch.events().iter().map(|e| serde_json::to_string(e).unwrap()).collect();
+        assert_eq!(read_text_frames(batch.frames().to_vec()), envelopes);
+        let one_by_one: Vec<String> = (0..3).flat_map(|i| read_text_frames(batch.frame(i).to_vec())).collect();
+        assert_eq!(one_by_one, envelopes);
     }
 }

@@ -165,6 +165,7 @@ async fn every_endpoint_answers_documented_json_and_needs_the_token() {
         (Method::GET, "/api/v1/activity?since=-4", StatusCode::BAD_REQUEST, "bad_request"),
         (Method::GET, "/api/v1/orders?colour=red", StatusCode::BAD_REQUEST, "bad_request"),
         (Method::GET, "/api/v1/ws?types=fills,nonsense", StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::GET, "/api/v1/ws", StatusCode::BAD_REQUEST, "bad_request"), // not an upgrade
         (Method::POST, "/api/v1/strategies/bad%20name/start", StatusCode::BAD_REQUEST, "bad_request"),
         (Method::GET, "/api/v1/nothing-here", StatusCode::NOT_FOUND, "not_found"),
         (Method::DELETE, "/api/v1/status", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -174,6 +175,21 @@ async fn every_endpoint_answers_documented_json_and_needs_the_token() {
         assert_eq!(status, code, "{method} {path}: {body}");
         Api::assert_error_shape(&body, error);
     }
+    let old_websocket = api
+        .http
+        .get(format!("{}/api/v1/ws", api.base))
+        .bearer_auth(&api.token)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old_websocket.status(), StatusCode::BAD_REQUEST);
+    let body: Value = old_websocket.json().await.unwrap();
+    Api::assert_error_shape(&body, "bad_request");
+    assert!(body["error"]["message"].as_str().unwrap().contains("Sec-WebSocket-Version: 13"), "{body}");
     let oversized = api
         .http
         .post(format!("{}/api/v1/shutdown", api.base))

@@ -6,26 +6,36 @@
 //! to take its messages (a send that outlasts `ws_send_timeout_ms`, or one
 //! that falls behind the live buffer) is closed with a reason telling it to
 //! reconnect with `?since=`; it never stalls anyone else.
+//!
+//! Fan-out: the activity bus frames every envelope once per batch
+//! ([`LiveBatch::frames`]); each client copies the frames it wants into its
+//! write buffer and writes them with one syscall. tungstenite runs the
+//! protocol around them: the handshake's framing state, reading client
+//! frames (pongs, close), answering pings, and our pings and close frames.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
-use tokio_util::task::AbortOnDropHandle;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use utoipa::IntoParams;
 
 use super::ApiState;
 use super::error::ApiError;
-use crate::activity::ActivityKind;
+use crate::activity::{ActivityKind, LiveBatch, push_text_frame};
 
 /// Close code for "reconnect with ?since=" (application range).
 const CLOSE_RESYNC: u16 = 4000;
@@ -33,15 +43,54 @@ const CLOSE_RESYNC: u16 = 4000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a protocol-level timeout.
 const CLOSE_IDLE: u16 = 4001;
-/// Live events taken before a flush (whole batches, so it may be exceeded).
+/// Close code for an unexpected server condition.
+const CLOSE_INTERNAL: u16 = 1011;
+/// Live events taken before a write (whole batches, so it may be exceeded).
 const BATCH: usize = 512;
 /// Events per replay page read from the store.
 const REPLAY_PAGE: usize = 1_000;
 /// Read buffer per client: clients only send pongs and close frames, and
 /// every read attempt clears this much (tungstenite's default is 128 KiB).
 const READ_BUFFER: usize = 4 * 1024;
+/// Write buffer a client keeps between writes; a larger one (after a
+/// burst) is freed.
+const KEPT_WRITE_BUFFER: usize = 16 * 1024;
 /// Largest message a client may send.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// The connection a client's stream runs on.
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The event types a client asked for, one bit per [`ActivityKind`].
+#[derive(Clone, Copy, PartialEq)]
+struct KindSet(u16);
+
+impl KindSet {
+    const ALL: KindSet = KindSet(u16::MAX);
+
+    fn parse(list: &str) -> Result<KindSet, ApiError> {
+        list.split(',').filter(|t| !t.is_empty()).try_fold(KindSet(0), |set, name| {
+            let kind = kind_named(name).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "unknown event type {name:?} (types: order, fill, position, strategy, log, health, risk, system)"
+                ))
+            })?;
+            Ok(KindSet(set.0 | KindSet::bit(kind)))
+        })
+    }
+
+    fn bit(kind: ActivityKind) -> u16 {
+        1 << kind as u16
+    }
+
+    fn contains(self, kind: ActivityKind) -> bool {
+        self.0 & KindSet::bit(kind) != 0
+    }
+}
+
+fn kind_named(name: &str) -> Option<ActivityKind> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+}
 
 /// `/ws` query.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -74,103 +123,99 @@ impl Drop for ClientSlot {
 pub async fn upgrade(
     State(state): State<ApiState>,
     q: Result<Query<WsQuery>, QueryRejection>,
-    upgrade: WebSocketUpgrade,
+    mut request: Request,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(format!("bad query: {}", e.body_text())))?;
+    let types = q.types.as_deref().map_or(Ok(KindSet::ALL), KindSet::parse)?;
+    let accept = accept_key(request.headers())?;
+    let on_upgrade = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| ApiError::BadRequest("this connection cannot be upgraded to a WebSocket".into()))?;
     if state.health.is_shutting_down() {
         return Err(ApiError::Unavailable("the host is shutting down".into()));
     }
-    let types = match &q.types {
-        None => None,
-        Some(list) => Some(
-            list.split(',')
-                .filter(|t| !t.is_empty())
-                .map(|t| {
-                    serde_json::from_value::<ActivityKind>(serde_json::Value::String(t.to_string()))
-                        .map_err(|_| ApiError::BadRequest(format!("unknown event type {t:?} (types: order, fill, position, strategy, log, health, risk, system)")))
-                })
-                .collect::<Result<HashSet<_>, _>>()?,
-        ),
-    };
     let max = state.config.ws_max_clients as u64;
     if state.metrics.ws_clients.fetch_add(1, Ordering::SeqCst) >= max {
         state.metrics.ws_clients.fetch_sub(1, Ordering::SeqCst);
         return Err(ApiError::Unavailable(format!("too many WebSocket clients (limit {max})")));
     }
     let slot = ClientSlot(state.clone());
-    let upgrade = upgrade.read_buffer_size(READ_BUFFER).max_message_size(MAX_CLIENT_MESSAGE);
-    Ok(upgrade.on_upgrade(move |socket| async move {
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let config =
+            WebSocketConfig::default().read_buffer_size(READ_BUFFER).max_message_size(Some(MAX_CLIENT_MESSAGE));
+        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
         serve_client(socket, &slot.0, q.since, types).await;
         drop(slot);
-    }))
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .expect("a valid 101 response"))
+}
+
+/// Checks the RFC 6455 §4.2.1 upgrade headers and answers the key.
+fn accept_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .any(|value| value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err(ApiError::BadRequest(
+            "not a WebSocket upgrade: send `Connection: Upgrade` and `Upgrade: websocket`".into(),
+        ));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+        return Err(ApiError::BadRequest("unsupported WebSocket version: send `Sec-WebSocket-Version: 13`".into()));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| ApiError::BadRequest("missing `Sec-WebSocket-Key` header".into()))?;
+    Ok(derive_accept_key(key.as_bytes()))
 }
 
 fn close(code: u16, reason: String) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))
+    Message::Close(Some(CloseFrame { code: code.into(), reason: Utf8Bytes::from(reason) }))
 }
 
-fn wanted(types: &Option<HashSet<ActivityKind>>, kind: &str) -> bool {
-    types.as_ref().is_none_or(|set| {
-        serde_json::from_value::<ActivityKind>(serde_json::Value::String(kind.to_string()))
-            .is_ok_and(|k| set.contains(&k))
-    })
-}
-
-/// Reads what the client sends (pongs, pings, close) on a task of its own, so
-/// the writing loop never polls the socket for input: it hears a `()` for
-/// every message and the channel's end when the client has gone.
-fn spawn_reader(mut stream: SplitStream<WebSocket>) -> (mpsc::Receiver<()>, AbortOnDropHandle<()>) {
-    let (heard, receiver) = mpsc::channel(1);
-    let task = tokio::spawn(async move {
-        while let Some(Ok(message)) = stream.next().await {
-            if matches!(message, Message::Close(_)) {
-                break;
-            }
-            let _ = heard.try_send(());
-        }
-    });
-    (receiver, AbortOnDropHandle::new(task))
-}
-
-async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, types: Option<HashSet<ActivityKind>>) {
-    let (mut sink, stream) = socket.split();
-    let (mut client_said, _reader) = spawn_reader(stream);
+async fn serve_client(mut socket: Socket, state: &ApiState, since: Option<u64>, types: KindSet) {
     let send_timeout = Duration::from_millis(state.config.ws_send_timeout_ms);
     let idle_timeout = Duration::from_millis(state.config.ws_idle_timeout_ms);
     // Subscribe first: anything committed from now on arrives live.
     let mut live = state.activity.subscribe();
     let mut last = since.unwrap_or_else(|| state.activity.last_seq());
-    // Every write is bounded by the send timeout, counted from the start of
-    // its batch (one clock read per batch): a client that does not take its
-    // messages is closed, never waited on.
-    let mut deadline: tokio::time::Instant;
+    // Every write is bounded by the send timeout, counted from its start: a
+    // client that does not take its messages is closed, never waited on.
     macro_rules! bounded {
         ($write:expr) => {
-            match tokio::time::timeout_at(deadline, $write).await {
-                Ok(Ok(())) => {}
+            match tokio::time::timeout(send_timeout, $write).await {
+                Ok(Ok(_)) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {
                     tracing::info!("dropping a WebSocket client too slow to take its messages");
                     let reason = format!("too slow: reconnect with ?since={last}");
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(100), sink.send(close(CLOSE_RESYNC, reason))).await;
+                    let _ = tokio::time::timeout(Duration::from_millis(100), socket.send(close(CLOSE_RESYNC, reason)))
+                        .await;
                     return;
                 }
             }
         };
     }
-    macro_rules! send {
-        ($message:expr) => {{
-            deadline = tokio::time::Instant::now() + send_timeout;
-            bounded!(sink.send($message))
-        }};
-    }
-    // Messages of one batch, written with one bounded `send_all` (one
-    // flush, one timer) instead of one timed write per message.
-    let mut outgoing: Vec<Message> = Vec::new();
+    // Frames waiting to be written, as one write.
+    let mut out: Vec<u8> = Vec::new();
     macro_rules! write_out {
         () => {
-            bounded!(sink.send_all(&mut futures_util::stream::iter(outgoing.drain(..).map(Ok))))
+            bounded!(write_frames(&mut socket, &out));
+            out.clear();
+            if out.capacity() > KEPT_WRITE_BUFFER {
+                out = Vec::new(); // a burst's buffer is not kept per client
+            }
         };
     }
     if since.is_some() {
@@ -180,18 +225,17 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
             let page = match tokio::task::spawn_blocking(move || store.activity_since(from, REPLAY_PAGE)).await {
                 Ok(Ok(page)) => page,
                 _ => {
-                    send!(close(1011, "cannot read the activity log".into()));
+                    bounded!(socket.send(close(CLOSE_INTERNAL, "cannot read the activity log".into())));
                     return;
                 }
             };
             if page.is_empty() {
                 break;
             }
-            deadline = tokio::time::Instant::now() + send_timeout;
             for event in page {
                 last = event["seq"].as_u64().unwrap_or(last);
-                if wanted(&types, event["type"].as_str().unwrap_or_default()) {
-                    outgoing.push(Message::Text(Utf8Bytes::from(event.to_string())));
+                if event["type"].as_str().and_then(kind_named).is_some_and(|kind| types.contains(kind)) {
+                    push_text_frame(&mut out, event.to_string().as_bytes());
                 }
             }
             write_out!();
@@ -205,74 +249,87 @@ async fn serve_client(socket: WebSocket, state: &ApiState, since: Option<u64>, t
     loop {
         tokio::select! {
             batch = live.recv() => {
-                // Take every batch already waiting too and write them with
-                // one flush: one syscall for many messages when busy.
-                // (Nothing more after a lag or the end: those finish the client.)
-                let mut events = batch.as_ref().map_or(BATCH, |b| b.len());
-                let mut batches = vec![batch];
-                while events < BATCH {
-                    match live.try_recv() {
-                        Ok(batch) => {
-                            events += batch.len();
-                            batches.push(Ok(batch));
-                        }
-                        Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
-                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(missed)) => {
-                            batches.push(Err(RecvError::Lagged(missed)));
-                            break;
-                        }
-                        Err(tokio::sync::broadcast::error::TryRecvError::Closed) => {
-                            batches.push(Err(RecvError::Closed));
-                            break;
-                        }
-                    }
-                }
-                let mut finished = None;
-                for batch in batches {
+                // Take every batch already waiting too and write them at
+                // once: one syscall for many events when busy.
+                let mut batch = batch;
+                let mut events = 0;
+                let finished = loop {
                     match batch {
                         Ok(batch) => {
-                            for event in batch.iter() {
-                                if event.seq <= last {
-                                    continue; // already sent by the replay
-                                }
-                                last = event.seq;
-                                if types.as_ref().is_none_or(|set| set.contains(&event.kind)) {
-                                    outgoing.push(Message::Text(event.json.clone()));
-                                }
-                            }
+                            events += batch.events().len();
+                            last = append_wanted(&mut out, &batch, last, types);
                         }
                         Err(RecvError::Lagged(missed)) => {
                             tracing::info!(missed, "dropping a WebSocket client that fell behind the live stream");
-                            finished = Some(close(CLOSE_RESYNC, format!("fell behind the live stream by {missed} batches of events: reconnect with ?since={last}")));
+                            break Some(format!("fell behind the live stream by {missed} batches of events: reconnect with ?since={last}"));
                         }
                         Err(RecvError::Closed) => return,
                     }
-                }
-                let closing = finished.is_some();
-                outgoing.extend(finished);
-                if !outgoing.is_empty() {
-                    deadline = tokio::time::Instant::now() + send_timeout;
+                    if events >= BATCH {
+                        break None;
+                    }
+                    batch = match live.try_recv() {
+                        Ok(next) => Ok(next),
+                        Err(TryRecvError::Empty) => break None,
+                        Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    };
+                };
+                if !out.is_empty() {
                     write_out!();
                 }
-                if closing {
+                if let Some(reason) = finished {
+                    bounded!(socket.send(close(CLOSE_RESYNC, reason)));
                     return;
                 }
             }
-            said = client_said.recv() => match said {
-                Some(()) => heard = Instant::now(),
-                None => return,
+            said = socket.next() => match said {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    // tungstenite queued the close reply; send it if we can.
+                    let _ = tokio::time::timeout(Duration::from_millis(100), socket.flush()).await;
+                    return;
+                }
+                Some(Ok(_)) => heard = Instant::now(),
             },
             _ = ping.tick() => {
                 if heard.elapsed() > idle_timeout {
-                    send!(close(CLOSE_IDLE, format!("no answer to pings for {} ms", idle_timeout.as_millis())));
+                    bounded!(socket.send(close(CLOSE_IDLE, format!("no answer to pings for {} ms", idle_timeout.as_millis()))));
                     return;
                 }
-                send!(Message::Ping(Default::default()));
+                bounded!(socket.send(Message::Ping(Default::default())));
             }
             _ = &mut shutdown => {
-                send!(close(CLOSE_GOING_AWAY, "the host is shutting down".into()));
+                bounded!(socket.send(close(CLOSE_GOING_AWAY, "the host is shutting down".into())));
                 return;
             }
         }
     }
+}
+
+/// Appends the frames of `batch`'s events after `last` that `types` wants
+/// (the whole batch at once when it wants them all); returns the new last seq.
+fn append_wanted(out: &mut Vec<u8>, batch: &LiveBatch, last: u64, types: KindSet) -> u64 {
+    let events = batch.events();
+    let Some(newest) = events.last() else { return last };
+    if types == KindSet::ALL && events[0].seq > last {
+        out.extend_from_slice(batch.frames());
+    } else {
+        for (i, event) in events.iter().enumerate() {
+            // Skipped when the replay already sent it, or not wanted.
+            if event.seq > last && types.contains(event.kind) {
+                out.extend_from_slice(batch.frame(i));
+            }
+        }
+    }
+    last.max(newest.seq)
+}
+
+/// Writes ready frames straight to the connection, after whatever
+/// tungstenite still holds (a pong it owes the client), so frames never
+/// interleave.
+async fn write_frames(socket: &mut Socket, frames: &[u8]) -> std::io::Result<()> {
+    socket.flush().await.map_err(std::io::Error::other)?;
+    let io = socket.get_mut();
+    io.write_all(frames).await?;
+    io.flush().await
 }

@@ -77,8 +77,8 @@ impl TestHost {
         loop {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Ok(batch)) => {
-                    if let Some(found) = batch.iter().find(|event| event.seq > since && predicate(event)) {
-                        return found.event.clone();
+                    if let Some(found) = batch.events().iter().find(|event| event.seq > since && predicate(event)) {
+                        return found.clone();
                     }
                 }
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
