@@ -1,6 +1,6 @@
 //! Prints WebSocket fan-out figures for docs/performance.md (no assertions):
 //! 500 connected clients; delivery latency (publish → client) at 1,000,
-//! 5,000 and 10,000 events/s with every client receiving every event; memory
+//! 5,000, 10,000 and 20,000 events/s with every client receiving every event; memory
 //! per idle client on the host; and what a stalled client costs. Events go
 //! through the real host (stored, then broadcast). The clients run in a
 //! child process (this binary with `--clients`), so the host's figures are
@@ -255,6 +255,7 @@ async fn host() {
         phase(1_000, 3, "");
         phase(5_000, 3, "");
         phase(10_000, 2, "");
+        phase(20_000, 2, "");
     });
 
     // A stalled client (connected, never reading) during a busy stretch.
