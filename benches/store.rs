@@ -88,7 +88,10 @@ fn fill_latency() {
         std::thread::spawn(move || {
             for seq in 1..=20_000u64 {
                 writer.submit(
-                    vec![WriteOp::Activity { seq, envelope: serde_json::json!({ "seq": seq, "type": "log" }) }],
+                    vec![WriteOp::Activity {
+                        seq,
+                        envelope: serde_json::json!({ "seq": seq, "type": "log" }).to_string(),
+                    }],
                     None,
                 );
                 std::thread::sleep(Duration::from_micros(100));

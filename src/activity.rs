@@ -173,21 +173,22 @@ impl ActivityBus {
         let seq = sequencer.next_seq;
         sequencer.next_seq += 1;
         let event = ActivityEvent { v: 1, seq, ts: Utc::now(), kind, strategy: strategy.map(str::to_string), data };
+        // Serialized once: the stored envelope and the broadcast frame.
+        let json = serde_json::to_string(&event).expect("activity serializes");
         // Handed on under the lock, so events become visible in sequence order.
         match &sequencer.store {
             Some(store) => {
-                let envelope = serde_json::to_value(&event).expect("activity serializes");
                 let bus = self.clone();
                 store.submit(
-                    vec![WriteOp::Activity { seq, envelope }],
+                    vec![WriteOp::Activity { seq, envelope: json.clone() }],
                     Some(Box::new(move |result| match result {
-                        Ok(()) => bus.make_visible(event),
+                        Ok(()) => bus.make_visible(event, json),
                         Err(error) => tracing::error!(seq, "activity event not stored, so not published: {error}"),
                     })),
                 );
             }
             None => {
-                self.make_visible(event);
+                self.make_visible(event, json);
                 broadcast_pending(&self.pending, &self.sender);
             }
         }
@@ -199,10 +200,10 @@ impl ActivityBus {
         self.delivered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Puts an event in the tail and queues it for the next broadcast.
-    fn make_visible(&self, event: ActivityEvent) {
+    /// Puts an event (and its envelope as JSON) in the tail and queues it
+    /// for the next broadcast.
+    fn make_visible(&self, event: ActivityEvent, json: String) {
         self.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let json = serde_json::to_string(&event).expect("activity serializes");
         // The tail lock is held while queueing, so batches keep sequence order.
         let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         if tail.len() == self.capacity {
@@ -329,14 +330,10 @@ mod tests {
         // Three events made visible by one commit, then broadcast together.
         for i in 0..3u64 {
             let data = serde_json::json!({ "i": i, "pad": "p".repeat(100 * i as usize) });
-            bus.make_visible(ActivityEvent {
-                v: 1,
-                seq: i + 1,
-                ts: Utc::now(),
-                kind: ActivityKind::Fill,
-                strategy: None,
-                data,
-            });
+            let event =
+                ActivityEvent { v: 1, seq: i + 1, ts: Utc::now(), kind: ActivityKind::Fill, strategy: None, data };
+            let json = serde_json::to_string(&event).unwrap();
+            bus.make_visible(event, json);
         }
         broadcast_pending(&bus.pending, &bus.sender);
         let batch = rx.try_recv().unwrap();

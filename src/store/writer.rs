@@ -55,8 +55,8 @@ pub enum WriteOp {
     Activity {
         /// Sequence number.
         seq: u64,
-        /// The envelope as JSON.
-        envelope: serde_json::Value,
+        /// The envelope as JSON text, stored as it is.
+        envelope: String,
     },
 }
 
@@ -238,7 +238,7 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
                     candles.insert(key.as_str(), to_bytes(candle).as_slice()).map_err(|x| e(&x))?;
                 }
                 WriteOp::Activity { seq, envelope } => {
-                    activity.insert(*seq, to_bytes(envelope).as_slice()).map_err(|x| e(&x))?;
+                    activity.insert(*seq, envelope.as_bytes()).map_err(|x| e(&x))?;
                     wrote_activity = true;
                 }
             }
