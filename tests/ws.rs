@@ -202,6 +202,74 @@ async fn a_client_sending_an_oversized_message_is_closed_and_others_keep_receivi
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_clients_pings_are_answered_between_streamed_frames_without_corrupting_any() {
+    // Events go out as ready frames written straight to the socket, pongs
+    // through tungstenite, both while the host's socket is mostly full: every
+    // ping gets its pong, in order, and every event frame arrives whole.
+    let t = TestHost::start(&[], |_| {}).await;
+    // A small receive window keeps the host's socket full most of the time.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4 * 1024).unwrap();
+    let tcp = socket.connect(t.host.http_addr()).await.unwrap();
+    let url = format!("ws://{}/api/v1/ws?types=log,system&token={}", t.host.http_addr(), t.host.api_token().expose());
+    let (client, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    wait_clients(&t, 1).await;
+    let (mut sink, mut stream) = client.split();
+    let pinger = tokio::spawn(async move {
+        for i in 0..300 {
+            sink.send(Message::Ping(format!("ping {i}").into_bytes().into())).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        sink
+    });
+    let bus = t.host.activity().clone();
+    let publisher = tokio::spawn(async move {
+        let pad = "x".repeat(2_000);
+        for i in 0..5_000 {
+            bus.publish(ActivityKind::Log, None, json!({ "i": i, "pad": pad }));
+            if i % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }
+        bus.publish(ActivityKind::System, None, json!({ "marker": "end" }));
+    });
+    let (mut logs, mut pongs) = (Vec::new(), Vec::new());
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.next()).await.expect("a message in time");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let event: Value = serde_json::from_str(&text).expect("every frame is a whole envelope");
+                if is_marker(&event, "end") {
+                    break;
+                }
+                let Some(i) = event["data"]["i"].as_u64() else { continue }; // the host's own events
+                logs.push(i);
+                if logs.len() % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await; // let the socket fill
+                }
+            }
+            Some(Ok(Message::Pong(payload))) => pongs.push(String::from_utf8(payload.to_vec()).unwrap()),
+            Some(Ok(_)) => {}
+            other => panic!("stream ended: {other:?}"),
+        }
+    }
+    publisher.await.unwrap();
+    let mut sink = pinger.await.unwrap();
+    assert_eq!(logs, (0..5_000).collect::<Vec<_>>(), "every event once, in order, intact");
+    // Pongs still owed after the marker arrive next.
+    while pongs.len() < 300 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("the remaining pongs") {
+            Some(Ok(Message::Pong(payload))) => pongs.push(String::from_utf8(payload.to_vec()).unwrap()),
+            Some(Ok(_)) => {}
+            other => panic!("stream ended before every pong: {other:?}"),
+        }
+    }
+    assert_eq!(pongs, (0..300).map(|i| format!("ping {i}")).collect::<Vec<_>>(), "one pong per ping, in order");
+    sink.send(Message::Close(None)).await.unwrap();
+    assert_eq!(t.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_client_limit_and_the_type_filter_hold() {
     let t = TestHost::start(&[], |c| c.http.ws_max_clients = 2).await;
     let mut fills_only = connect(&t, "&types=fill,system").await.unwrap();
