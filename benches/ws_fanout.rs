@@ -28,6 +28,16 @@ fn wall_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
+/// CPU time this process has used (user + system), from /proc/self/stat
+/// (in USER_HZ ticks, 100 per second on Linux).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -179,12 +189,13 @@ async fn clients(url: String) {
             all.sort_unstable();
             let at = |q: f64| all.get(((all.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(0);
             println!(
-                "{phase} {} {} {} {} {}",
+                "{phase} {} {} {} {} {} {}",
                 received.swap(0, Ordering::SeqCst),
                 markers.swap(0, Ordering::SeqCst),
                 at(0.5),
                 at(0.99),
-                at(1.0)
+                at(1.0),
+                (cpu_seconds() * 1e3) as u64
             );
             std::io::stdout().flush().unwrap();
         }
@@ -224,8 +235,10 @@ async fn host() {
     );
 
     let bus = host.activity().clone();
+    let mut clients_cpu_ms = 0;
     let mut phase = |rate: u64, seconds: u64, label: &str| {
         let total = rate * seconds;
+        let host_cpu = cpu_seconds();
         let start = Instant::now();
         for i in 0..total {
             let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
@@ -237,10 +250,12 @@ async fn host() {
         bus.publish(ActivityKind::System, None, json!({ "marker": true }));
         writeln!(to_child, "await {rate}").unwrap();
         let line = from_child.next().unwrap().unwrap();
+        let (host_cpu, elapsed) = (cpu_seconds() - host_cpu, start.elapsed().as_secs_f64());
         let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
+        let clients_cpu = (fields[5] - std::mem::replace(&mut clients_cpu_ms, fields[5])) as f64 / 1e3;
         let expected = total * clients_count() as u64;
         println!(
-            "{rate:>6} events/s to {} clients for {seconds} s{label}: delivered {}/{expected} ({:.1}%), {} clients to the end; latency median {:.2?}  p99 {:.2?}  max {:.2?}",
+            "{rate:>6} events/s to {} clients for {seconds} s{label}: delivered {}/{expected} ({:.1}%), {} clients to the end; latency median {:.2?}  p99 {:.2?}  max {:.2?}; CPU: host {:.2} cores ({:.0} ns per message), clients {:.2} cores",
             clients_count(),
             fields[0],
             fields[0] as f64 * 100.0 / expected as f64,
@@ -248,6 +263,9 @@ async fn host() {
             Duration::from_nanos(fields[2]),
             Duration::from_nanos(fields[3]),
             Duration::from_nanos(fields[4]),
+            host_cpu / elapsed,
+            host_cpu * 1e9 / fields[0].max(1) as f64,
+            clients_cpu / elapsed,
         );
     };
     tokio::task::block_in_place(|| {
