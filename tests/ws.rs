@@ -194,6 +194,22 @@ async fn a_client_sending_an_oversized_message_is_closed_and_others_keep_receivi
     })
     .await;
     assert!(ended.is_ok(), "the connection of a client sending more than 64 KiB is closed");
+    // A frame that only announces 10 MiB is refused at its header, not
+    // waited for (and no room is reserved for it).
+    let mut boaster = connect(&t, "").await.unwrap();
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = boaster.get_mut() else { panic!("plain TCP") };
+    let header = [&[0x81u8, 0x80 | 127][..], &(10u64 << 20).to_be_bytes(), &[1, 2, 3, 4]].concat();
+    tokio::io::AsyncWriteExt::write_all(tcp, &header).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match boaster.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "a frame announcing more than 64 KiB closes the connection at once");
     wait_clients(&t, 1).await;
     t.host.activity().publish(ActivityKind::System, None, json!({ "marker": "after" }));
     let events = read_until(&mut polite, |e| is_marker(e, "after")).await;

@@ -143,8 +143,12 @@ pub async fn upgrade(
     let slot = ClientSlot(state.clone());
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
-        let config =
-            WebSocketConfig::default().read_buffer_size(READ_BUFFER).max_message_size(Some(MAX_CLIENT_MESSAGE));
+        // Frames are limited too: tungstenite reserves a frame's announced
+        // length before reading it.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .max_message_size(Some(MAX_CLIENT_MESSAGE))
+            .max_frame_size(Some(MAX_CLIENT_MESSAGE));
         let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
         serve_client(socket, &slot.0, q.since, types).await;
         drop(slot);
