@@ -141,18 +141,26 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| usage(e.to_string()))?;
         let started = Instant::now();
-        let reports =
-            sweep::run(&file, &source, &data, &backtest_config, &axes, &args.rank).map_err(|e| (1, e.to_string()))?;
+        let reports = sweep::run(&file, &source, &data, &backtest_config, &axes, &args.rank).map_err(|e| match &e {
+            sweep::SweepError::Usage(_) => (2, e.to_string()),
+            sweep::SweepError::Run(run) => (exit_code(run), e.to_string()),
+        })?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&reports).expect("reports serialize"));
+            outln!("{}", serde_json::to_string_pretty(&reports).expect("reports serialize"));
         } else {
-            println!(
+            outln!(
                 "{:<40} {:>9} {:>9} {:>9} {:>7} {:>9} {:>14}",
-                "params", "sharpe", "return", "max dd", "trades", "win rate", "final equity"
+                "params",
+                "sharpe",
+                "return",
+                "max dd",
+                "trades",
+                "win rate",
+                "final equity"
             );
             for r in &reports {
                 let params = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
-                println!(
+                outln!(
                     "{params:<40} {:>9.2} {:>8.2}% {:>8.2}% {:>7} {:>8.1}% {:>14}",
                     r.sharpe,
                     r.total_return * 100.0,
@@ -192,7 +200,7 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
     };
     let result = backtest::run_script(&file, &source, &data, &backtest_config, &mut on_bar);
     progress.finish_and_clear();
-    let run = result.map_err(|e| (1, e.to_string()))?;
+    let run = result.map_err(|e| (exit_code(&e), e.to_string()))?;
     if !args.quiet {
         for (time, line) in &run.logs {
             let when = chrono::DateTime::from_timestamp_millis(*time)
@@ -201,9 +209,9 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&run.report).expect("report serializes"));
+        outln!("{}", serde_json::to_string_pretty(&run.report).expect("report serializes"));
     } else {
-        println!("{}", run.report.table());
+        outln!("{}", run.report.table());
     }
     if let Some(path) = &args.trades {
         write_trades(path, &run.fills).map_err(|e| (1, format!("cannot write {}: {e}", path.display())))?;
@@ -211,8 +219,21 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
     if let Some(path) = &args.plot {
         let title = format!("{} — equity", run.report.strategy);
         backtest::plot::write(path, &title, &run.equity, &run.fills).map_err(|e| (1, e.to_string()))?;
+        eprintln!("plot written to {}", path.display());
+    }
+    if let Some(path) = &args.trades {
+        eprintln!("{} fill(s) written to {}", run.fills.len(), path.display());
     }
     Ok(())
+}
+
+/// Exit code of a failed run: 2 when the data or the strategy's declaration
+/// does not fit (usage), 1 when the strategy failed while running.
+fn exit_code(error: &backtest::BacktestError) -> u8 {
+    match error {
+        backtest::BacktestError::Data(_) | backtest::BacktestError::NoData | backtest::BacktestError::Strategy(_) => 2,
+        backtest::BacktestError::Callback { .. } => 1,
+    }
 }
 
 fn write_trades(path: &Path, fills: &[tradehost::model::Fill]) -> std::io::Result<()> {

@@ -124,10 +124,10 @@ async fn status(api: &Api, json: bool) -> Result<(), String> {
     if json {
         let all =
             serde_json::json!({ "health": health, "status": status, "strategies": strategies, "positions": positions });
-        println!("{}", serde_json::to_string_pretty(&all).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&all).expect("json"));
         return Ok(());
     }
-    println!(
+    outln!(
         "tradehost {} ({}) at {}: {}, up {} s, {} strategies ({} running), {} open orders",
         text(&status["version"]),
         text(&status["mode"]),
@@ -160,7 +160,7 @@ async fn status(api: &Api, json: bool) -> Result<(), String> {
             ]
         })
         .collect();
-    println!("\n{}", table(&["STRATEGY", "STATE", "VERSION", "RELOADS", "RESTARTS", "LAST ERROR"], rows));
+    outln!("\n{}", table(&["STRATEGY", "STATE", "VERSION", "RELOADS", "RESTARTS", "LAST ERROR"], rows));
     let rows: Vec<Vec<String>> = positions
         .as_array()
         .into_iter()
@@ -173,7 +173,7 @@ async fn status(api: &Api, json: bool) -> Result<(), String> {
         })
         .collect();
     if !rows.is_empty() {
-        println!("\n{}", table(&["STRATEGY", "SYMBOL", "SIZE", "ENTRY", "UNREALIZED", "REALIZED"], rows));
+        outln!("\n{}", table(&["STRATEGY", "SYMBOL", "SIZE", "ENTRY", "UNREALIZED", "REALIZED"], rows));
     }
     Ok(())
 }
@@ -189,15 +189,15 @@ async fn stop(api: &Api, wait: Duration) -> Result<(), String> {
     match response.status().as_u16() {
         202 => {}
         401 => return Err("the API refused the token".into()),
-        503 => println!("the host is already shutting down"),
+        503 => outln!("the host is already shutting down"),
         other => return Err(format!("shutdown request answered {other}")),
     }
-    println!("shutdown requested; waiting for the host to exit");
+    outln!("shutdown requested; waiting for the host to exit");
     let started = Instant::now();
     while started.elapsed() < wait {
         // The host closes its API as the last step of its shutdown, just before it exits.
         if api.http.get(format!("{}/api/v1/health", api.base)).send().await.is_err() {
-            println!("the host shut down and exited after {:.1} s", started.elapsed().as_secs_f64());
+            outln!("the host shut down and exited after {:.1} s", started.elapsed().as_secs_f64());
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -11,6 +11,8 @@ use tradehost::config::Config;
 use tradehost::script::{ScriptOptions, check};
 use tradehost::supervisor;
 
+#[macro_use]
+mod out;
 mod backtest_cmd;
 mod client;
 
@@ -195,7 +197,7 @@ fn check_scripts(files: &[PathBuf], config: &Config) -> bool {
             .map_err(|e| format!("{shown}: cannot read: {e}"))
             .and_then(|source| check(&shown, &source, &options).map_err(|e| e.to_string()));
         match result {
-            Ok(meta) => println!("{shown}: ok (symbols {:?}, timeframe {})", meta.symbols, meta.timeframe),
+            Ok(meta) => outln!("{shown}: ok (symbols {:?}, timeframe {})", meta.symbols, meta.timeframe),
             Err(message) => {
                 failed = true;
                 eprintln!("{message}");
@@ -208,14 +210,11 @@ fn check_scripts(files: &[PathBuf], config: &Config) -> bool {
 fn doctor(config_path: Option<&Path>, data_dir: Option<PathBuf>) -> u8 {
     let mut config = match Config::load(config_path) {
         Ok(config) => {
-            println!(
-                "OK    config: {}",
-                config_path.map_or("embedded default".to_string(), |p| p.display().to_string())
-            );
+            outln!("OK    config: {}", config_path.map_or("embedded default".to_string(), |p| p.display().to_string()));
             config
         }
         Err(error) => {
-            println!("FAIL  config: {error}");
+            outln!("FAIL  config: {error}");
             return 1;
         }
     };
@@ -228,16 +227,16 @@ fn doctor(config_path: Option<&Path>, data_dir: Option<PathBuf>) -> u8 {
     match tradehost::supervisor::scan(dir) {
         Ok(found) => {
             let files: Vec<PathBuf> = found.values().map(|(path, _)| path.clone()).collect();
-            println!("OK    strategies folder {}: {} strategies", dir.display(), files.len());
+            outln!("OK    strategies folder {}: {} strategies", dir.display(), files.len());
             healthy &= check_scripts(&files, &config);
         }
         Err(error) => {
-            println!("FAIL  strategies folder {}: {error}", dir.display());
+            outln!("FAIL  strategies folder {}: {error}", dir.display());
             healthy = false;
         }
     }
     match tradehost::store::Store::open(&config.data_dir).and_then(|store| tradehost::store::check(&store)) {
-        Ok(report) if report.problems.is_empty() => println!(
+        Ok(report) if report.problems.is_empty() => outln!(
             "OK    store {}: {} orders, {} fills, {} activity events; positions match fills",
             config.data_dir.display(),
             report.orders,
@@ -247,21 +246,21 @@ fn doctor(config_path: Option<&Path>, data_dir: Option<PathBuf>) -> u8 {
         Ok(report) => {
             healthy = false;
             for problem in report.problems {
-                println!("FAIL  store: {problem}");
+                outln!("FAIL  store: {problem}");
             }
         }
         Err(error) => {
             healthy = false;
-            println!("FAIL  store: {error}");
+            outln!("FAIL  store: {error}");
         }
     }
     match config.exchange.kind {
-        tradehost::config::ExchangeKind::Paper => println!("OK    exchange: paper (no connection to check)"),
+        tradehost::config::ExchangeKind::Paper => outln!("OK    exchange: paper (no connection to check)"),
         tradehost::config::ExchangeKind::Delta => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
             for check in runtime.block_on(tradehost::delta::doctor::run(&config.exchange.delta)) {
                 healthy &= check.ok;
-                println!("{}  delta {}: {}", if check.ok { "OK  " } else { "FAIL" }, check.name, check.detail);
+                outln!("{}  delta {}: {}", if check.ok { "OK  " } else { "FAIL" }, check.name, check.detail);
             }
         }
     }
@@ -281,7 +280,7 @@ fn new_strategy(name: &str, dir: &Path) -> u8 {
     let written = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, TEMPLATE.replace("{{name}}", name)));
     match written {
         Ok(()) => {
-            println!("created {}", path.display());
+            outln!("created {}", path.display());
             0
         }
         Err(error) => {

@@ -65,12 +65,12 @@ fn on_candle(c) {
         vec![
             // market order from bar 0 fills at bar 1's open 102 × (1 + 0.001)
             (Side::Buy, d("2"), d("102.102"), d("0.204204"), Liquidity::Taker, 60_000),
-            // the limit sell placed on bar 0 fills on bar 1, whose high reaches 103.5
-            (Side::Sell, d("1"), d("103.5"), d("0.05175"), Liquidity::Maker, 60_000),
+            // the limit sell placed on bar 1 fills on bar 1's path (open 102, low 101, high 104 at 2/3 of the bar)
+            (Side::Sell, d("1"), d("103.5"), d("0.05175"), Liquidity::Maker, 100_000),
             // bar 2 gaps down through the 100 limit: filled at the open, 98
             (Side::Buy, d("1"), d("98"), d("0.049"), Liquidity::Maker, 120_000),
-            // the end: the position of 2 is closed at the last close, 99
-            (Side::Sell, d("2"), d("99"), d("0.198"), Liquidity::Taker, 180_000),
+            // the end: the position of 2 is closed at the last close, 99, when bar 3 closes
+            (Side::Sell, d("2"), d("99"), d("0.198"), Liquidity::Taker, 240_000),
         ]
     );
     // After bar 1: cash 10000 − 0.204204 + 1.398 − 0.05175, plus (103 − 102.102) unrealised.
@@ -136,7 +136,10 @@ fn the_same_inputs_give_byte_identical_json() {
     assert_eq!(a.status.code(), Some(0), "{}", String::from_utf8_lossy(&a.stderr));
     assert_eq!(a.stdout, b.stdout);
     let report: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
-    assert!(report["conventions"][0].as_str().unwrap().contains("next bar's open"));
+    let conventions = report["conventions"].as_array().unwrap();
+    assert!(conventions.iter().any(|c| c.as_str().unwrap().contains("the next bar's open")), "{conventions:?}");
+    assert_eq!(report["timeframe"], "1m");
+    assert_eq!(report["data_interval"], "1m");
     assert_eq!(report["params"]["fast"], 7);
     assert_eq!(report["bars"], 600);
 }
@@ -194,8 +197,8 @@ fn on_stop() { print(`fired ${this.fired}`); }
 "#;
     let data = vec![(0..60).map(|m| bar(m, 100.0, 101.0, 99.0, 100.0)).collect()];
     let run = backtest::run_script("t.rhai", script, &data, &config("0", "0", "0"), &mut |_| {}).unwrap();
-    // Bars at minutes 0..59: the timer is due at 5, 10, …, 55.
-    assert_eq!(run.logs.last().unwrap().1, "fired 11");
+    // Bars at minutes 0..59, the last closing at 60: the timer is due at 5, 10, …, 60.
+    assert_eq!(run.logs.last().unwrap().1, "fired 12");
 }
 
 #[test]
@@ -250,12 +253,12 @@ fn malformed_csvs_give_the_documented_errors() {
     assert_eq!(code, 2);
     assert!(stderr.contains("duplicate timestamp"), "{stderr}");
     let (code, stderr, stdout) = csv_error(
-        "time,open,high,low,close,volume\n60,1,2,0.5,1,1\n120,1,2,0.5,x,1\n180,1,2,0.5,1,1\n",
+        "time,open,high,low,close,volume\n60,1,2,0.5,1,1\n120,1,2,0.5,x,1\n180,1,2,0.5,1,1\n240,1,2,0.5,1,1\n",
         &["--skip-bad-rows"],
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("skipped 1 malformed row"), "{stderr}");
-    assert!(stdout.contains("bars               2"), "{stdout}");
+    assert!(stdout.contains("bars               3 of 1m (data: 1m bars)"), "{stdout}");
 }
 
 #[test]
@@ -275,4 +278,175 @@ fn on_stop() { print(`X ${this.seen["X"] ?? 0} Y ${this.seen["Y"] ?? 0}`); }
     assert_eq!(run.report.bars, 14);
     assert_eq!(run.report.symbols, vec!["X", "Y"]);
     assert_eq!(run.equity.len(), 9, "one equity point per bar time (minutes 3..11)");
+}
+
+fn fixture(name: &str, symbol: &str) -> Vec<Candle> {
+    tradehost::feed::csv::read_candles(std::path::Path::new(&format!("tests/fixtures/{name}")), symbol).unwrap()
+}
+
+/// The SMA crossover of strategies/sma_cross.rhai on another timeframe.
+fn sma_cross_on(timeframe: &str) -> String {
+    std::fs::read_to_string("strategies/sma_cross.rhai")
+        .unwrap()
+        .replace("timeframe: \"1m\"", &format!("timeframe: \"{timeframe}\""))
+}
+
+#[test]
+fn a_one_hour_strategy_on_minutes_equals_it_on_pandas_hours() {
+    let minutes = fixture("btc_1m_8d.csv", "BTCUSD");
+    let hours = fixture("btc_1h_8d.csv", "BTCUSD"); // made by pandas' resample, see make_resample_fixture.py
+    let mut cfg = config("5", "2", "1");
+    cfg.params = [("fast", 5), ("slow", 20), ("size", 1)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+        .collect();
+    let script = sma_cross_on("1h");
+    let on_minutes = backtest::run_script("s.rhai", &script, &[minutes], &cfg, &mut |_| {}).unwrap();
+    let on_hours = backtest::run_script("s.rhai", &script, &[hours], &cfg, &mut |_| {}).unwrap();
+    assert!(on_hours.report.trades >= 4, "the fixture should make trades: {}", on_hours.report.trades);
+    assert_eq!(on_minutes.report.bars, 192, "8 days of minutes are 192 hourly bars");
+    assert_eq!(on_minutes.report.bars, on_hours.report.bars);
+    assert_eq!((on_minutes.report.data_interval.as_str(), on_hours.report.data_interval.as_str()), ("1m", "1h"));
+    assert_eq!(on_minutes.report.timeframe, "1h");
+    let fills = |run: &backtest::BacktestRun| -> Vec<(i64, Side, Decimal, Decimal, Decimal)> {
+        run.fills.iter().map(|f| (f.time, f.side, f.size, f.price, f.fee)).collect()
+    };
+    assert_eq!(fills(&on_minutes), fills(&on_hours));
+    assert_eq!(on_minutes.equity, on_hours.equity);
+    assert_eq!(on_minutes.report.trades, on_hours.report.trades);
+    assert_eq!(on_minutes.report.final_equity, on_hours.report.final_equity);
+    // The same strategy on 1m bars is a different strategy: many more trades.
+    let on_one_minute =
+        backtest::run_script("s.rhai", &sma_cross_on("1m"), &[fixture("btc_1m_8d.csv", "BTCUSD")], &cfg, &mut |_| {})
+            .unwrap();
+    assert!(on_one_minute.report.trades > on_hours.report.trades * 10);
+}
+
+#[test]
+fn a_five_minute_strategy_reads_the_hours_a_one_hour_strategy_sees() {
+    let minutes = vec![fixture("btc_1m_8d.csv", "BTCUSD")];
+    let cfg = config("0", "0", "0");
+    let hourly = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1h" } }
+fn on_candle(c) { print(`${c.time} ${c.close} ${ta::sma("BTCUSD", 5) ?? "-"}`); }
+"#;
+    let five = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "5m", timeframes: ["1h"] } }
+fn on_candle(c) {
+    let hour = market::candles("BTCUSD@1h", 1);
+    if hour.len() == 1 && hour[0].time != this.last {
+        this.last = hour[0].time;
+        if hour[0].timeframe != "1h" { throw "wrong timeframe"; }
+        print(`${hour[0].time} ${hour[0].close} ${ta::sma("BTCUSD@1h", 5) ?? "-"}`);
+    }
+}
+"#;
+    let hours = backtest::run_script("h.rhai", hourly, &minutes, &cfg, &mut |_| {}).unwrap();
+    let seen = backtest::run_script("f.rhai", five, &minutes, &cfg, &mut |_| {}).unwrap();
+    let lines = |run: &backtest::BacktestRun| run.logs.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>();
+    assert_eq!(lines(&hours).len(), 192);
+    assert_eq!(lines(&seen), lines(&hours));
+    // Each hour is seen when its last 5m candle closes, not later.
+    let times: Vec<i64> = seen.logs.iter().map(|(t, _)| *t).collect();
+    assert_eq!(times, hours.logs.iter().map(|(t, _)| *t).collect::<Vec<_>>());
+
+    let undeclared = r#"fn config() { #{ symbols: ["BTCUSD"], timeframe: "5m" } }
+fn on_candle(c) { market::candles("BTCUSD@1h", 1); }"#;
+    let err = backtest::run_script("u.rhai", undeclared, &minutes, &cfg, &mut |_| {}).err().unwrap().to_string();
+    assert!(err.contains("timeframe 1h is not declared") && err.contains("timeframes: [\"1h\"]"), "{err}");
+}
+
+#[test]
+fn data_coarser_than_the_timeframe_or_for_other_symbols_exits_2_naming_both() {
+    let out = tradehost()
+        .args(["backtest", "--strategy", "strategies/sma_cross.rhai", "--data", "tests/fixtures/btc_1m.csv", "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("trades BTCUSD but the data has btc_1m") && stderr.contains("--symbol"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("m.rhai");
+    std::fs::write(&script, sma_cross_on("1m")).unwrap();
+    let out = tradehost()
+        .args(["backtest", "--strategy"])
+        .arg(&script)
+        .args(["--data", "tests/fixtures/btc_1h_8d.csv", "--symbol", "BTCUSD", "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1h bars") && stderr.contains("1m candles") && stderr.contains("coarser"), "{stderr}");
+}
+
+#[test]
+fn ticks_follow_each_bar_path_and_the_market_maker_trades() {
+    let script = r#"
+fn config() { #{ symbols: ["X"], timeframe: "1m" } }
+fn on_tick(t) { print(`tick ${t.time} ${t.last}`); }
+fn on_candle(c) { print(`candle ${c.time}`); }
+"#;
+    // A rising bar dips first (open, low, high, close); a falling one peaks first.
+    let data = vec![vec![bar(0, 100.0, 103.0, 99.0, 102.0), bar(1, 102.0, 104.0, 97.0, 98.0)]];
+    let run = backtest::run_script("t.rhai", script, &data, &config("0", "0", "0"), &mut |_| {}).unwrap();
+    let lines: Vec<&str> = run.logs.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            "tick 0 100.0",
+            "tick 20000 99.0",
+            "tick 40000 103.0",
+            "tick 60000 102.0",
+            "candle 0",
+            "tick 60000 102.0",
+            "tick 80000 104.0",
+            "tick 100000 97.0",
+            "tick 120000 98.0",
+            "candle 60000",
+        ]
+    );
+    assert!(run.report.conventions.iter().any(|c| c.contains("four ticks")));
+
+    let source = std::fs::read_to_string("strategies/market_maker.rhai").unwrap();
+    let mut cfg = config("0", "0", "0");
+    cfg.broker.products =
+        Config::embedded().exchange.paper.product_list().into_iter().map(|p| (p.symbol.clone(), p)).collect();
+    let run = backtest::run_script("market_maker.rhai", &source, &[fixture("btc_1m.csv", "BTCUSD")], &cfg, &mut |_| {})
+        .unwrap();
+    assert!(run.fills.len() >= 10, "the market maker should trade on ticks: {} fills", run.fills.len());
+    assert!(run.fills.iter().all(|f| f.liquidity == Liquidity::Maker || f.order_id.contains("-end-")));
+}
+
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    let cmd = format!(
+        "{} backtest --strategy strategies/sma_cross.rhai --data tests/fixtures/btc_1m.csv --symbol BTCUSD --quiet | head -1",
+        env!("CARGO_BIN_EXE_tradehost")
+    );
+    let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn no_losing_trades_is_an_infinite_profit_factor_and_short_samples_are_flagged() {
+    let script = r#"
+fn config() { #{ symbols: ["X"], timeframe: "1m" } }
+fn on_candle(c) {
+    if c.time == 0 { exchange::market_order("X", "buy", 1); }
+    if c.time == 120000 { exchange::market_order("X", "sell", 1); }
+}
+"#;
+    let data =
+        vec![(0..5).map(|m| bar(m, 100.0 + m as f64, 101.0 + m as f64, 99.0 + m as f64, 100.0 + m as f64)).collect()];
+    let run = backtest::run_script("w.rhai", script, &data, &config("0", "0", "0"), &mut |_| {}).unwrap();
+    assert_eq!(run.report.trades, 1);
+    assert!(run.report.profit_factor.is_infinite());
+    let json = serde_json::to_value(&run.report).unwrap();
+    assert_eq!(json["profit_factor"], "inf");
+    assert_eq!(json["short_sample"], true);
+    assert!(run.report.table().contains("inf (no losing trades)"));
+    assert!(run.report.notes.iter().any(|n| n.contains("under a month")));
 }

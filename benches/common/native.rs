@@ -51,6 +51,6 @@ impl Strategy for NativeSmaCross {
         Ok(true)
     }
     fn meta(&self) -> StrategyMeta {
-        StrategyMeta { symbols: vec!["BTCUSD".into()], timeframe: Timeframe::minute() }
+        StrategyMeta::new(vec!["BTCUSD".into()], Timeframe::minute())
     }
 }

@@ -1,8 +1,9 @@
-//! The simulated broker of a backtest, with bar-based fill conventions:
-//! a market order placed while handling a bar fills at the next bar's open
-//! (± slippage); a limit order fills on a later bar whose range reaches its
-//! price, at the limit price — or at the open when the bar gaps through it;
-//! fees on every fill; no partial fills (bar volume is not modelled).
+//! The simulated broker of a backtest. Prices move along each bar's path
+//! (open, then the extremes, then the close; see [`super::bar_path`]): a
+//! market order fills at the next price (± slippage); a limit order fills
+//! when the path reaches its price, at the limit price — or at the open when
+//! the bar gaps through it; fees on every fill; no partial fills (bar volume
+//! is not modelled).
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use rust_decimal::Decimal;
 
 use crate::exchange::{ExchangeEvent, Execution, settle};
 use crate::model::{
-    Candle, Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Position, Product, Side, TimestampMs,
+    Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Position, Product, Side, TimestampMs,
     decimal_from_f64,
 };
 
@@ -131,30 +132,36 @@ impl Broker {
         Some(ExchangeEvent::Order(order))
     }
 
-    /// Fills what the bar's open and range reach, in order of placement.
-    pub fn on_bar(&mut self, bar: &Candle) -> Vec<ExchangeEvent> {
+    /// Moves the price of `symbol` to `price` at `now` and fills what the
+    /// move reaches, in order of placement. At a bar's open (`gap`) the price
+    /// jumped there: market orders and limits at or through it fill at it.
+    /// Within a bar the price moved continuously from the previous mark:
+    /// market orders fill at the new price, limits the path reached fill at
+    /// their limit price. Market fills are moved by slippage against the order.
+    pub fn on_price(&mut self, symbol: &str, price: f64, now: TimestampMs, gap: bool) -> Vec<ExchangeEvent> {
         let mut events = Vec::new();
-        match self.marks.get_mut(&bar.symbol) {
-            Some(mark) => *mark = dec(bar.close),
+        let price = dec(price);
+        let previous = match self.marks.get_mut(symbol) {
+            Some(mark) => std::mem::replace(mark, price),
             None => {
-                self.marks.insert(bar.symbol.clone(), dec(bar.close));
+                self.marks.insert(symbol.to_string(), price);
+                price
             }
+        };
+        if !self.open.iter().any(|o| o.request.symbol == symbol) {
+            return events; // nothing to fill
         }
-        if !self.open.iter().any(|o| o.request.symbol == bar.symbol) {
-            return events; // nothing to fill: skip the price conversions
-        }
-        let open = dec(bar.open);
-        let (low, high) = (dec(bar.low), dec(bar.high));
+        let (low, high) = if gap { (price, price) } else { (previous.min(price), previous.max(price)) };
         let mut i = 0;
         while i < self.open.len() {
-            if self.open[i].request.symbol != bar.symbol {
+            if self.open[i].request.symbol != symbol {
                 i += 1;
                 continue;
             }
             let request = self.open[i].request.clone();
             let fill_at = match (request.kind, request.price) {
                 (OrderKind::Market, _) => {
-                    let slipped = open * (Decimal::ONE + request.side.sign() * self.config.slippage_bps / BPS);
+                    let slipped = price * (Decimal::ONE + request.side.sign() * self.config.slippage_bps / BPS);
                     Some((
                         self.config
                             .products
@@ -163,11 +170,11 @@ impl Broker {
                         Liquidity::Taker,
                     ))
                 }
-                (OrderKind::Limit, Some(price)) => match request.side {
-                    Side::Buy if open <= price => Some((open, Liquidity::Maker)),
-                    Side::Buy if low <= price => Some((price, Liquidity::Maker)),
-                    Side::Sell if open >= price => Some((open, Liquidity::Maker)),
-                    Side::Sell if high >= price => Some((price, Liquidity::Maker)),
+                (OrderKind::Limit, Some(limit)) => match request.side {
+                    Side::Buy if gap && price <= limit => Some((price, Liquidity::Maker)),
+                    Side::Buy if low <= limit => Some((limit, Liquidity::Maker)),
+                    Side::Sell if gap && price >= limit => Some((price, Liquidity::Maker)),
+                    Side::Sell if high >= limit => Some((limit, Liquidity::Maker)),
                     _ => None,
                 },
                 (OrderKind::Limit, None) => None,
@@ -176,7 +183,8 @@ impl Broker {
                 if request.time_in_force == crate::model::TimeInForce::Ioc {
                     let mut order = self.open.remove(i);
                     order.status = OrderStatus::Cancelled;
-                    order.reason = Some("immediate-or-cancel order could not fill at the next open".into());
+                    order.reason = Some("immediate-or-cancel order could not fill at the next price".into());
+                    order.updated = now;
                     events.push(ExchangeEvent::Order(order));
                 } else {
                     i += 1;
@@ -190,12 +198,13 @@ impl Broker {
                 if position.is_zero() || Side::closing(position) != request.side {
                     order.status = OrderStatus::Cancelled;
                     order.reason = Some("reduce-only order cancelled: no position to reduce".into());
+                    order.updated = now;
                     events.push(ExchangeEvent::Order(order));
                     continue;
                 }
                 size = size.min(position.abs());
             }
-            events.push(ExchangeEvent::Fill(self.execute(&mut order, size, price, liquidity, bar.time)));
+            events.push(ExchangeEvent::Fill(self.execute(&mut order, size, price, liquidity, now)));
             events.push(ExchangeEvent::Order(order));
         }
         events

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod plot;
 pub mod report;
 pub mod sweep;
+pub mod timeline;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use rust_decimal::Decimal;
 
 use crate::config::SandboxConfig;
 use crate::exchange::ExchangeEvent;
-use crate::model::{AccountView, Candle, Fill, TimestampMs, decimal_from_f64};
+use crate::model::{AccountView, Candle, Fill, Tick, TimestampMs, decimal_from_f64};
 use crate::script::{ScriptOptions, ScriptStrategy};
 use crate::strategy::{
     OrderIds, SharedContext, Strategy, StrategyCommand, StrategyContext, StrategyEnv, StrategyError, StrategyEvent,
@@ -26,11 +27,15 @@ use crate::strategy::{
 
 pub use broker::{Broker, BrokerConfig};
 pub use report::{EquityPoint, Report};
+pub use timeline::{Step, TimelineError};
 
 /// The fill conventions, as printed in every report.
-pub const CONVENTIONS: [&str; 6] = [
-    "a market order placed while handling a bar fills at the next bar's open, moved by slippage_bps against the order",
-    "a limit order fills on a later bar whose range reaches its price, at the limit price, or at the open if the bar gaps through it",
+pub const CONVENTIONS: [&str; 9] = [
+    "bars are candles of the strategy's timeframe, aggregated from the data as the live host aggregates them; on_candle fires once per closed candle, at its close time",
+    "each bar drives four ticks (on_tick, with bid = ask = last): the open at the bar's start, then low then high if the bar closed at or above its open (high then low if below) at 1/3 and 2/3 of the bar, then the close at its end; each tick carries a quarter of the bar's volume",
+    "timers fire at the start and at the close of each bar",
+    "a market order fills at the next tick's price (an order placed in on_candle: the next bar's open), moved by slippage_bps against the order",
+    "a limit order fills when the price path after its placement reaches its price, at the limit price, or at the open if a bar opens through it",
     "no partial fills: bar volume is not modelled",
     "fees on every fill: taker_fee_bps for market orders, maker_fee_bps for limit orders",
     "positions are marked to market at every close; equity = cash + unrealised PnL",
@@ -67,8 +72,11 @@ pub enum BacktestError {
         error: StrategyError,
     },
     /// No bars to run on.
-    #[error("no bars between --from and --to")]
+    #[error("no complete candle of the strategy's timeframe between --from and --to")]
     NoData,
+    /// The data does not fit the strategy (symbols, timeframe).
+    #[error(transparent)]
+    Data(#[from] TimelineError),
 }
 
 /// Everything a run produced.
@@ -83,7 +91,9 @@ pub struct BacktestRun {
     pub logs: Vec<(TimestampMs, String)>,
 }
 
-/// Runs a script over the candles (any number of symbols).
+/// Runs a script over the candles (any number of symbols): the candles are
+/// aggregated to the strategy's timeframe (and to every other timeframe it
+/// reads) first, so the data may be finer than the strategy's timeframe.
 pub fn run_script(
     file: &str,
     source: &str,
@@ -112,15 +122,6 @@ pub fn run(
     on_bar: &mut dyn FnMut(usize),
 ) -> Result<BacktestRun, BacktestError> {
     let started = std::time::Instant::now();
-    let mut bars: Vec<&Candle> = data
-        .iter()
-        .flatten()
-        .filter(|c| config.from.is_none_or(|f| c.time >= f) && config.to.is_none_or(|t| c.time < t))
-        .collect();
-    bars.sort_by(|a, b| (a.time, &a.symbol).cmp(&(b.time, &b.symbol)));
-    if bars.is_empty() {
-        return Err(BacktestError::NoData);
-    }
     let account = Arc::new(ArcSwap::from_pointee(AccountView {
         currency: "USD".into(),
         balance: config.broker.cash,
@@ -132,6 +133,15 @@ pub fn run(
     let env = StrategyEnv { ctx: ctx.clone(), abort: Arc::new(AtomicBool::new(false)), initial_state: None };
     let mut strategy = factory(env).map_err(BacktestError::Strategy)?;
     let meta = strategy.meta();
+    let timeline = timeline::build(data, &meta, config.from, config.to)?;
+    let own_bars = timeline.steps.iter().filter(|s| matches!(s, Step::Own(_))).count();
+    let (Some(first), Some(last_bar)) =
+        (timeline.steps.iter().find_map(Step::own), timeline.steps.iter().rev().find_map(Step::own))
+    else {
+        return Err(BacktestError::NoData);
+    };
+    let (first, last_bar) = (first.time, last_bar.time);
+    let tf = meta.timeframe.ms();
     let mut sim = Simulation {
         name: name.to_string(),
         ctx,
@@ -139,38 +149,52 @@ pub fn run(
         placeholder: Arc::new(AccountView::default()),
         broker: Broker::new(config.broker.clone()),
         logs: Vec::new(),
+        wants_ticks: true,
     };
-    let first = bars[0].time;
     sim.handle(strategy.as_mut(), StrategyEvent::Start, first)?;
     let mut equity = Vec::new();
     let mut exposure_bars = 0usize;
-    let mut i = 0;
-    while i < bars.len() {
-        let time = bars[i].time;
-        let due = sim.ctx.borrow_mut().timers.take_due(time);
-        for timer in due {
-            sim.handle(strategy.as_mut(), StrategyEvent::Timer(timer), time)?;
-        }
-        while i < bars.len() && bars[i].time == time {
-            let bar = bars[i];
-            let events = sim.broker.on_bar(bar);
+    let mut done = 0usize;
+    let steps = timeline.steps;
+    for (i, step) in steps.iter().enumerate() {
+        let bar = match step {
+            Step::Other(timeframe, candle) => {
+                sim.ctx.borrow_mut().market.push_other(*timeframe, candle.clone());
+                continue;
+            }
+            Step::Own(bar) => bar.as_ref(),
+        };
+        sim.fire_timers(strategy.as_mut(), bar.time)?;
+        for (k, (time, price)) in bar_path(bar, tf).into_iter().enumerate() {
+            let events = sim.broker.on_price(&bar.symbol, price, time, k == 0);
             sim.publish_account(!events.is_empty());
             sim.deliver(strategy.as_mut(), events, time)?;
-            sim.ctx.borrow_mut().market.push_candle(bar.clone());
-            if meta.symbols.is_empty() || meta.symbols.contains(&bar.symbol) {
-                sim.handle(strategy.as_mut(), StrategyEvent::Candle(bar.clone()), time)?;
+            if sim.wants_ticks {
+                let tick = bar_tick(bar, time, price);
+                sim.ctx.borrow_mut().market.push_tick(tick.clone());
+                sim.wants_ticks = sim.handle(strategy.as_mut(), StrategyEvent::Tick(tick), time)?;
             }
-            i += 1;
         }
-        if sim.broker.positions.values().any(|p| !p.size.is_zero()) {
-            exposure_bars += 1;
+        let close = bar.time + tf;
+        sim.ctx.borrow_mut().market.push_candle(bar.clone());
+        sim.fire_timers(strategy.as_mut(), close)?;
+        sim.handle(strategy.as_mut(), StrategyEvent::Candle(bar.clone()), close)?;
+        done += 1;
+        let next_time = steps[i + 1..].iter().find_map(Step::own).map(|c| c.time);
+        if next_time != Some(bar.time) {
+            if sim.broker.positions.values().any(|p| !p.size.is_zero()) {
+                exposure_bars += 1;
+            }
+            equity.push(EquityPoint { time: bar.time, equity: sim.broker.equity() });
         }
-        equity.push(EquityPoint { time, equity: sim.broker.equity() });
-        on_bar(i);
+        on_bar(done);
     }
     // The end: cancel what is open, close what is held at the last close.
-    let last = bars[bars.len() - 1].time;
+    let last = last_bar + tf;
     let mut notes = Vec::new();
+    if !timeline.unused.is_empty() {
+        notes.push(format!("data for {} is not traded by the strategy and was left out", timeline.unused.join(", ")));
+    }
     let open: Vec<String> = sim.broker.open.iter().map(|o| o.request.client_id.clone()).collect();
     if !open.is_empty() {
         notes.push(format!("{} order(s) still open at the end were cancelled", open.len()));
@@ -190,12 +214,16 @@ pub fn run(
         point.equity = sim.broker.equity();
     }
     sim.handle(strategy.as_mut(), StrategyEvent::Stop, last)?;
-    let interval = data.iter().filter_map(|s| crate::feed::csv::interval_ms(s)).min().unwrap_or(60_000);
     let report = Report::compute(&report::Inputs {
         strategy: name,
-        symbols: data.iter().filter_map(|s| s.first()).map(|c| c.symbol.clone()).collect(),
-        bars: bars.len(),
-        interval_ms: interval,
+        symbols: if meta.symbols.is_empty() {
+            data.iter().filter_map(|s| s.first()).map(|c| c.symbol.clone()).collect()
+        } else {
+            meta.symbols.clone()
+        },
+        bars: own_bars,
+        timeframe: meta.timeframe,
+        data_interval: timeline.data_interval,
         initial_cash: config.broker.cash,
         equity: &equity,
         fills: &sim.broker.fills,
@@ -208,6 +236,31 @@ pub fn run(
     Ok(BacktestRun { report, fills: sim.broker.fills, equity, logs: sim.logs })
 }
 
+/// The prices a bar's path goes through, with their times: the open at the
+/// bar's start; then the low and the high — the low first when the bar
+/// closed at or above its open (a rising bar most likely dipped first), the
+/// high first when it closed below — at a third and two thirds of the bar;
+/// then the close at its end.
+pub fn bar_path(bar: &Candle, timeframe_ms: i64) -> [(TimestampMs, f64); 4] {
+    let (first, second) = if bar.close >= bar.open { (bar.low, bar.high) } else { (bar.high, bar.low) };
+    let t = bar.time;
+    [(t, bar.open), (t + timeframe_ms / 3, first), (t + timeframe_ms * 2 / 3, second), (t + timeframe_ms, bar.close)]
+}
+
+/// The tick a strategy sees at one point of a bar's path: bid, ask and last
+/// at the price, a quarter of the bar's volume.
+fn bar_tick(bar: &Candle, time: TimestampMs, price: f64) -> Tick {
+    let price = self::price(price);
+    Tick {
+        symbol: bar.symbol.clone(),
+        time,
+        bid: price,
+        ask: price,
+        last: price,
+        volume: decimal_from_f64(bar.volume / 4.0).unwrap_or_default(),
+    }
+}
+
 struct Simulation {
     name: String,
     ctx: SharedContext,
@@ -216,9 +269,20 @@ struct Simulation {
     placeholder: Arc<AccountView>,
     broker: Broker,
     logs: Vec<(TimestampMs, String)>,
+    /// False once the strategy showed it has no `on_tick`.
+    wants_ticks: bool,
 }
 
 impl Simulation {
+    /// Runs the timers due at `time`.
+    fn fire_timers(&mut self, strategy: &mut dyn Strategy, time: TimestampMs) -> Result<(), BacktestError> {
+        let due = self.ctx.borrow_mut().timers.take_due(time);
+        for timer in due {
+            self.handle(strategy, StrategyEvent::Timer(timer), time)?;
+        }
+        Ok(())
+    }
+
     /// Shows the broker's account to the strategy: balance, equity and marks
     /// after every bar; positions and open orders when `orders_changed` (an
     /// order or fill event). Updated in place when the strategy holds no
@@ -261,17 +325,18 @@ impl Simulation {
         Ok(())
     }
 
-    /// Runs one callback at simulated `time` and executes what it asked for.
+    /// Runs one callback at simulated `time` and executes what it asked for;
+    /// false when the strategy has no callback for the event.
     fn handle(
         &mut self,
         strategy: &mut dyn Strategy,
         event: StrategyEvent,
         time: TimestampMs,
-    ) -> Result<(), BacktestError> {
+    ) -> Result<bool, BacktestError> {
         self.ctx.borrow_mut().now = time;
         let result = strategy.handle(&event);
         let commands = self.ctx.borrow_mut().drain();
-        result.map_err(|error| BacktestError::Callback { time, error })?;
+        let ran = result.map_err(|error| BacktestError::Callback { time, error })?;
         let mut events = Vec::new();
         for command in commands {
             match command {
@@ -297,7 +362,7 @@ impl Simulation {
             self.publish_account(true);
             self.deliver(strategy, events, time)?;
         }
-        Ok(())
+        Ok(ran)
     }
 }
 

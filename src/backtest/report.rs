@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
 
+use crate::data::Timeframe;
 use crate::model::{Fill, Position, TimestampMs};
 
 /// Equity after the bars of one time.
@@ -29,8 +30,10 @@ pub struct Inputs<'a> {
     pub symbols: Vec<String>,
     /// Bars processed.
     pub bars: usize,
-    /// Bar length.
-    pub interval_ms: i64,
+    /// The strategy's timeframe: the length of a bar.
+    pub timeframe: Timeframe,
+    /// The interval of the data the bars were made from.
+    pub data_interval: Timeframe,
     /// Starting cash.
     pub initial_cash: Decimal,
     /// Equity curve.
@@ -64,8 +67,15 @@ pub struct Report {
     pub from: String,
     /// Last bar time (ISO 8601).
     pub to: String,
-    /// Bars processed.
+    /// Bars processed: candles of the strategy's timeframe.
     pub bars: usize,
+    /// The strategy's timeframe.
+    pub timeframe: String,
+    /// The interval of the data, detected from its timestamps.
+    pub data_interval: String,
+    /// True when the data spans less than 30 days: annualised figures
+    /// (annualized_return, sharpe, sortino) are extrapolated from a short sample.
+    pub short_sample: bool,
     /// Starting cash.
     pub initial_cash: Decimal,
     /// Final equity.
@@ -90,7 +100,9 @@ pub struct Report {
     pub trades: usize,
     /// Fraction of trades with positive PnL after fees.
     pub win_rate: f64,
-    /// Gross profit / gross loss of trades (0 without losses or trades).
+    /// Gross profit / gross loss of trades: `"inf"` with wins and no losses,
+    /// 0 without trades.
+    #[serde(serialize_with = "finite_or_inf")]
     pub profit_factor: f64,
     /// Fills.
     pub fills: usize,
@@ -101,6 +113,11 @@ pub struct Report {
     /// Wall time (not in the JSON output).
     #[serde(skip)]
     pub elapsed: Duration,
+}
+
+/// A number, or `"inf"` for an infinite one (JSON has no infinity).
+fn finite_or_inf<S: serde::Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    if value.is_infinite() { serializer.serialize_str("inf") } else { serializer.serialize_f64(*value) }
 }
 
 fn iso(time: TimestampMs) -> String {
@@ -140,7 +157,7 @@ impl Report {
         let final_equity = inputs.equity.last().map_or(initial, |p| p.equity);
         let total_return = if initial.is_zero() { 0.0 } else { f(final_equity / initial) - 1.0 };
         let span_ms = inputs.equity.last().map_or(0, |p| p.time) - inputs.equity.first().map_or(0, |p| p.time)
-            + inputs.interval_ms;
+            + inputs.timeframe.ms();
         let years = span_ms as f64 / (365.25 * 86_400_000.0);
         let annualized_return =
             if years > 0.0 && total_return > -1.0 { (1.0 + total_return).powf(1.0 / years) - 1.0 } else { 0.0 };
@@ -174,7 +191,7 @@ impl Report {
                 r
             })
             .collect();
-        let bars_per_year = 365.25 * 86_400_000.0 / inputs.interval_ms.max(1) as f64;
+        let bars_per_year = 365.25 * 86_400_000.0 / inputs.timeframe.ms() as f64;
         let n = returns.len() as f64;
         let mean = if n > 0.0 { returns.iter().sum::<f64>() / n } else { 0.0 };
         let std =
@@ -189,6 +206,19 @@ impl Report {
         let gross_profit: f64 = trades.iter().filter(|p| **p > 0.0).sum();
         let gross_loss: f64 = -trades.iter().filter(|p| **p < 0.0).sum::<f64>();
         let round = |x: f64| if x.is_finite() { (x * 1e10).round() / 1e10 } else { 0.0 };
+        let profit_factor = match (gross_profit > 0.0, gross_loss > 0.0) {
+            (_, true) => round(gross_profit / gross_loss),
+            (true, false) => f64::INFINITY,
+            (false, false) => 0.0,
+        };
+        let short_sample = span_ms < 30 * 86_400_000;
+        let mut notes = inputs.notes.clone();
+        if short_sample {
+            notes.push(format!(
+                "the data spans {:.1} days: annualised return, Sharpe and Sortino are extrapolated from under a month",
+                span_ms as f64 / 86_400_000.0
+            ));
+        }
         Report {
             conventions: super::CONVENTIONS.to_vec(),
             strategy: inputs.strategy.to_string(),
@@ -197,6 +227,9 @@ impl Report {
             from: inputs.equity.first().map_or_else(String::new, |p| iso(p.time)),
             to: inputs.equity.last().map_or_else(String::new, |p| iso(p.time)),
             bars: inputs.bars,
+            timeframe: inputs.timeframe.to_string(),
+            data_interval: inputs.data_interval.to_string(),
+            short_sample,
             initial_cash: initial,
             final_equity,
             total_return: round(total_return),
@@ -213,10 +246,10 @@ impl Report {
             }),
             trades: trades.len(),
             win_rate: round(if trades.is_empty() { 0.0 } else { wins as f64 / trades.len() as f64 }),
-            profit_factor: round(if gross_loss > 0.0 { gross_profit / gross_loss } else { 0.0 }),
+            profit_factor,
             fills: inputs.fills.len(),
             fees: inputs.fees,
-            notes: inputs.notes.clone(),
+            notes,
             elapsed: inputs.elapsed,
         }
     }
@@ -229,16 +262,24 @@ impl Report {
     /// The human-readable table.
     pub fn table(&self) -> String {
         let pct = |x: f64| format!("{:.2} %", x * 100.0);
+        let short = if self.short_sample { " (from under a month of data)" } else { "" };
         let rows: Vec<(&str, String)> = vec![
             ("strategy", self.strategy.clone()),
             ("symbols", self.symbols.join(", ")),
             ("period", format!("{} .. {}", self.from, self.to)),
-            ("bars", self.bars.to_string()),
+            ("bars", format!("{} of {} (data: {} bars)", self.bars, self.timeframe, self.data_interval)),
             ("trades", self.trades.to_string()),
             ("win rate", pct(self.win_rate)),
-            ("profit factor", format!("{:.2}", self.profit_factor)),
+            (
+                "profit factor",
+                if self.profit_factor.is_infinite() {
+                    "inf (no losing trades)".to_string()
+                } else {
+                    format!("{:.2}", self.profit_factor)
+                },
+            ),
             ("total return", pct(self.total_return)),
-            ("annualized return", pct(self.annualized_return)),
+            ("annualized return", format!("{}{short}", pct(self.annualized_return))),
             (
                 "max drawdown",
                 format!(
@@ -248,8 +289,8 @@ impl Report {
                     self.max_drawdown_bars
                 ),
             ),
-            ("sharpe", format!("{:.2}", self.sharpe)),
-            ("sortino", format!("{:.2}", self.sortino)),
+            ("sharpe", format!("{:.2}{short}", self.sharpe)),
+            ("sortino", format!("{:.2}{short}", self.sortino)),
             ("exposure", pct(self.exposure)),
             ("fees paid", self.fees.round_dp(2).to_string()),
             ("final equity", self.final_equity.round_dp(2).to_string()),

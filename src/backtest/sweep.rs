@@ -9,14 +9,20 @@ use rayon::prelude::*;
 use super::{BacktestConfig, BacktestError, Report};
 use crate::model::Candle;
 
-/// A malformed `--sweep` or `--rank`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SweepError(pub String);
+/// Why a sweep did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// A malformed `--sweep` or `--rank`.
+    #[error("{0}")]
+    Usage(String),
+    /// A run of the grid failed.
+    #[error(transparent)]
+    Run(#[from] BacktestError),
+}
 
 /// Parses `name=a..b:step` or `name=v1,v2,...` into the values to try.
 pub fn parse_axis(text: &str) -> Result<(String, Vec<serde_json::Value>), SweepError> {
-    let err = |why: &str| SweepError(format!("--sweep {text:?}: {why} (use name=5..20:5 or name=10,20,30)"));
+    let err = |why: &str| SweepError::Usage(format!("--sweep {text:?}: {why} (use name=5..20:5 or name=10,20,30)"));
     let (name, spec) = text.split_once('=').ok_or_else(|| err("missing `=`"))?;
     if name.is_empty() {
         return Err(err("the parameter name is empty"));
@@ -99,11 +105,10 @@ pub fn run(
     axes: &[(String, Vec<serde_json::Value>)],
     rank: &str,
 ) -> Result<Vec<Report>, SweepError> {
-    let higher_is_better = RANKABLE
-        .iter()
-        .find(|(name, _)| *name == rank)
-        .map(|(_, h)| *h)
-        .ok_or_else(|| SweepError(format!("--rank {rank:?}: one of {}", RANKABLE.map(|r| r.0).join(", "))))?;
+    let higher_is_better =
+        RANKABLE.iter().find(|(name, _)| *name == rank).map(|(_, h)| *h).ok_or_else(|| {
+            SweepError::Usage(format!("--rank {rank:?}: one of {}", RANKABLE.map(|r| r.0).join(", ")))
+        })?;
     let combos = grid(axes);
     let results: Vec<Result<Report, BacktestError>> = combos
         .into_par_iter()
@@ -115,7 +120,7 @@ pub fn run(
         .collect();
     let mut reports = Vec::with_capacity(results.len());
     for result in results {
-        reports.push(result.map_err(|e| SweepError(e.to_string()))?);
+        reports.push(result?);
     }
     reports.sort_by(|a, b| {
         let (x, y) = (metric(a, rank), metric(b, rank));

@@ -82,6 +82,9 @@ impl MarketHub {
                 out.push(TimedCandle { timeframe: *timeframe, candle });
             }
         }
+        // Longer timeframes first: a strategy reading 1h candles from a 5m
+        // strategy sees the hour that closed with its 5m candle before it.
+        out.sort_by(|a, b| b.timeframe.cmp(&a.timeframe));
         out
     }
 

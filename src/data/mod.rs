@@ -13,4 +13,5 @@ pub use hub::{HubError, MarketHub, TimedCandle};
 pub use indicators::{Atr, BBands, BBandsValue, Ema, Highest, Lowest, Macd, MacdValue, Rsi, Sma, Vwap};
 pub use series::{
     CandleAggregator, CandleSeries, DurationError, MarketState, Timeframe, TimeframeError, parse_duration_ms,
+    series_key,
 };

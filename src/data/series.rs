@@ -199,6 +199,12 @@ impl CandleSeries {
     }
 }
 
+/// The name of a symbol's series of another timeframe than the strategy's:
+/// `BTCUSD@1h`, as scripts pass it to `market::candles` and `ta::`.
+pub fn series_key(symbol: &str, timeframe: Timeframe) -> String {
+    format!("{symbol}@{timeframe}")
+}
+
 /// What a strategy knows of the market: candle series and the last tick per symbol.
 #[derive(Debug, Clone, Default)]
 pub struct MarketState {
@@ -213,10 +219,20 @@ impl MarketState {
         MarketState { series: FxHashMap::default(), ticks: FxHashMap::default(), capacity }
     }
 
-    /// Appends a closed candle to its symbol's series.
+    /// Appends a closed candle of the strategy's own timeframe to its symbol's series.
     pub fn push_candle(&mut self, candle: Candle) {
         let capacity = self.capacity;
         self.series.entry(candle.symbol.clone()).or_insert_with(|| CandleSeries::new(capacity)).push(candle);
+    }
+
+    /// Appends a closed candle of another timeframe the strategy reads; its
+    /// series is named `SYMBOL@TF` (see [`series_key`]).
+    pub fn push_other(&mut self, timeframe: Timeframe, candle: Candle) {
+        let capacity = self.capacity;
+        self.series
+            .entry(series_key(&candle.symbol, timeframe))
+            .or_insert_with(|| CandleSeries::new(capacity))
+            .push(candle);
     }
 
     /// Records the latest tick of a symbol.

@@ -206,7 +206,27 @@ pub fn generate_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes the generated token to `<data_dir>/api-token`, readable by the owner only.
+/// The token stored at `path`, or a new one written there when the file is
+/// missing or holds no token; true when it was created.
+pub fn load_or_create_token(path: &std::path::Path) -> std::io::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(stored) if is_token(stored.trim()) => return Ok((stored.trim().to_string(), false)),
+        Ok(_) => tracing::warn!(path = %path.display(), "the stored API token is malformed; generating a new one"),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let token = generate_token();
+    write_token_file(path, &token)?;
+    Ok((token, true))
+}
+
+/// True for a token this host would accept from a file: 32 to 256 printable
+/// ASCII characters without spaces.
+fn is_token(text: &str) -> bool {
+    (32..=256).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Writes a token to `<data_dir>/api-token`, readable by the owner only.
 pub fn write_token_file(path: &std::path::Path, token: &str) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use super::convert;
 use crate::data::{BBands, Ema, Highest, IndicatorValue, Lowest, Macd, Rsi, Sma, parse_duration_ms};
 use crate::model::{OrderKind, Side, TimeInForce, decimal_from_f64, decimal_to_f64};
-use crate::strategy::{LogLevel, OrderSpec, SharedContext, StrategyCommand};
+use crate::strategy::{LogLevel, OrderSpec, SharedContext, StrategyCommand, StrategyContext};
 
 type Result<T> = std::result::Result<T, Box<EvalAltResult>>;
 
@@ -30,7 +30,7 @@ pub const SIGNATURES: &[(&str, &str)] = &[
     ("exchange::open_orders", "exchange::open_orders([symbol: string])"),
     ("exchange::balance", "exchange::balance([asset: string])"),
     ("exchange::equity", "exchange::equity()"),
-    ("market::candles", "market::candles(symbol: string, n: int)"),
+    ("market::candles", "market::candles(symbol: string (\"BTCUSD\" or \"BTCUSD@1h\"), n: int)"),
     ("market::last", "market::last(symbol: string)"),
     ("market::ticker", "market::ticker(symbol: string)"),
     ("market::book", "market::book(symbol: string)"),
@@ -89,6 +89,15 @@ fn symbol_arg(function: &str, v: &Dynamic) -> Result<rhai::ImmutableString> {
     v.clone()
         .into_immutable_string()
         .map_err(|got| bad(function, format!("{function}: `symbol` must be a string, got {got}")))
+}
+
+/// The series a script names (`SYMBOL` or `SYMBOL@TF`) as its key in the
+/// strategy's market state; a plain symbol passes through without a copy.
+fn series_arg(function: &str, ctx: &StrategyContext, symbol: rhai::ImmutableString) -> Result<rhai::ImmutableString> {
+    if !symbol.contains('@') {
+        return Ok(symbol);
+    }
+    ctx.series_key(&symbol).map(Into::into).map_err(|e| bad(function, format!("{function}: {e}")))
 }
 
 fn number(function: &str, what: &str, v: &Dynamic) -> Result<f64> {
@@ -311,13 +320,19 @@ fn market_module(ctx: &SharedContext) -> Module {
     let c = ctx.clone();
     m.set_native_fn("candles", move |cx: NativeCallContext, s: Dynamic, n: Dynamic| {
         located(&cx, || {
-            let symbol = text("market::candles", "symbol", &s)?;
+            let symbol = symbol_arg("market::candles", &s)?;
             let n = count("market::candles", "n", &n)?;
             let ctx = c.borrow();
-            let (name, timeframe) = (symbol.as_str().into(), ctx.timeframe.as_str().into());
+            let key = series_arg("market::candles", &ctx, symbol.clone())?;
+            let (name, timeframe) = match symbol.split_once('@') {
+                Some((name, tf)) => {
+                    (name.into(), tf.parse::<crate::data::Timeframe>().map_or(tf.into(), |t| t.to_string().into()))
+                }
+                None => (symbol.clone(), ctx.timeframe.as_str().into()),
+            };
             Ok(ctx
                 .market
-                .series(&symbol)
+                .series(&key)
                 .map(|series| {
                     series.last_n(n).map(|candle| convert::candle(candle, &name, &timeframe)).collect::<Array>()
                 })
@@ -391,6 +406,7 @@ fn ta_module(ctx: &SharedContext) -> Module {
                     let symbol = symbol_arg(function, &src)?;
                     let mut ctx = c.borrow_mut();
                     let ctx = &mut *ctx;
+                    let symbol = series_arg(function, ctx, symbol)?;
                     Ok(match ctx.market.series(&symbol) {
                         Some(series) => indicator(ctx.indicators.$method(&symbol, series, n)),
                         None => Dynamic::UNIT,
@@ -443,9 +459,10 @@ fn ta_module(ctx: &SharedContext) -> Module {
     let c = ctx.clone();
     m.set_native_fn("vwap", move |cx: NativeCallContext, s: Dynamic| {
         located(&cx, || {
-            let symbol = text("ta::vwap", "symbol", &s)?;
+            let symbol = symbol_arg("ta::vwap", &s)?;
             let mut ctx = c.borrow_mut();
             let ctx = &mut *ctx;
+            let symbol = series_arg("ta::vwap", ctx, symbol)?;
             Ok(ctx
                 .market
                 .series(&symbol)
@@ -470,6 +487,7 @@ fn ta_module(ctx: &SharedContext) -> Module {
                 let symbol = symbol_arg(f, &src)?;
                 let mut ctx = c.borrow_mut();
                 let ctx = &mut *ctx;
+                let symbol = series_arg(f, ctx, symbol)?;
                 Ok(ctx.market.series(&symbol).map_or(Dynamic::UNIT, |series| {
                     indicator(ctx.indicators.macd(&symbol, series, fast, slow, signal))
                 }))
@@ -491,6 +509,7 @@ fn ta_module(ctx: &SharedContext) -> Module {
             let symbol = symbol_arg(f, &src)?;
             let mut ctx = c.borrow_mut();
             let ctx = &mut *ctx;
+            let symbol = series_arg(f, ctx, symbol)?;
             Ok(ctx
                 .market
                 .series(&symbol)

@@ -104,7 +104,10 @@ impl ScriptStrategy {
             params.set_var(key.as_str(), value.clone());
         }
         self.engine.register_static_module("params", params.into());
-        self.ctx.borrow_mut().timeframe = self.compiled.meta.timeframe.to_string();
+        let mut ctx = self.ctx.borrow_mut();
+        ctx.timeframe = self.compiled.meta.timeframe.to_string();
+        ctx.own_timeframe = self.compiled.meta.timeframe;
+        ctx.other_timeframes = self.compiled.meta.timeframes.clone();
     }
 
     fn call(&mut self, name: &'static str, args: impl FuncArgs) -> Result<bool, StrategyError> {
@@ -141,6 +144,7 @@ impl Strategy for ScriptStrategy {
                 let candle = convert::candle(c, &symbol, &timeframe);
                 self.call("on_candle", (candle,))
             }
+            StrategyEvent::OtherCandle(..) => Ok(false),
             StrategyEvent::Tick(t) => self.call("on_tick", (convert::tick(t),)),
             StrategyEvent::Order(o) => self.call("on_order", (convert::order(o),)),
             StrategyEvent::Fill(f) => self.call("on_fill", (convert::fill(f),)),
@@ -246,16 +250,14 @@ fn compile(
         let value = result.map_err(|e| runtime_error(file, "config", *e, &options.limits))?;
         read_config(file, source, value, options)?
     } else {
-        (
-            StrategyMeta { symbols: options.default_symbols.clone(), timeframe: Timeframe::minute() },
-            overrides_only(options),
-        )
+        if let Some(key) = options.param_overrides.keys().next() {
+            return Err(StrategyError::new(format!(
+                "{file}: param `{key}` is set (by --param or the config file) but the script has no config() and declares no params"
+            )));
+        }
+        (StrategyMeta::new(options.default_symbols.clone(), Timeframe::minute()), Map::new())
     };
     Ok(Compiled { ast, callbacks, locations, meta, params })
-}
-
-fn overrides_only(options: &ScriptOptions) -> Map {
-    options.param_overrides.iter().map(|(k, v)| (k.as_str().into(), convert::from_json(v))).collect()
 }
 
 fn read_config(
@@ -271,7 +273,7 @@ fn read_config(
     let map = value.try_cast::<Map>().ok_or_else(|| {
         err("must return an object map such as #{ symbols: [\"BTCUSD\"], timeframe: \"1m\", params: #{} }".into())
     })?;
-    let mut meta = StrategyMeta { symbols: options.default_symbols.clone(), timeframe: Timeframe::minute() };
+    let mut meta = StrategyMeta::new(options.default_symbols.clone(), Timeframe::minute());
     let mut params = Map::new();
     for (key, value) in map {
         match key.as_str() {
@@ -298,9 +300,20 @@ fn read_config(
                 meta.timeframe =
                     Timeframe::from_str(&value.to_string()).map_err(|e| err(format!("`timeframe`: {e}")))?;
             }
+            "timeframes" => {
+                let array = value.try_cast::<rhai::Array>().ok_or_else(|| {
+                    err("`timeframes` must be an array of timeframes such as [\"1h\", \"1d\"]".into())
+                })?;
+                for item in array {
+                    let tf = Timeframe::from_str(&item.to_string()).map_err(|e| err(format!("`timeframes`: {e}")))?;
+                    if !meta.timeframes.contains(&tf) {
+                        meta.timeframes.push(tf);
+                    }
+                }
+            }
             "params" => params = value.try_cast::<Map>().ok_or_else(|| err("`params` must be an object map".into()))?,
             other => {
-                return Err(err(format!("unknown key `{other}` (known: symbols, timeframe, params)")));
+                return Err(err(format!("unknown key `{other}` (known: symbols, timeframe, timeframes, params)")));
             }
         }
     }
@@ -308,7 +321,7 @@ fn read_config(
         if !params.contains_key(key.as_str()) {
             let declared: Vec<_> = params.keys().map(|k| k.to_string()).collect();
             return Err(err(format!(
-                "the config file overrides param `{key}`, which the script does not declare (declared: {})",
+                "param `{key}` is set (by --param or the config file) but the script does not declare it (declared: {})",
                 if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
             )));
         }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use super::{StrategyCommand, Timers};
-use crate::data::{IndicatorCache, MarketState};
+use crate::data::{IndicatorCache, MarketState, Timeframe, series_key};
 use crate::model::{AccountView, OrderKind, OrderRequest, Side, TimeInForce, TimestampMs};
 
 /// Client order ids: `<name>-<counter>` in base 36, at most 22 characters
@@ -61,6 +61,10 @@ pub struct StrategyContext {
     pub market: MarketState,
     /// The strategy's candle timeframe, as scripts see it (`"1m"`).
     pub timeframe: String,
+    /// The strategy's candle timeframe.
+    pub own_timeframe: Timeframe,
+    /// Other timeframes it declared, readable as `SYMBOL@TF` series.
+    pub other_timeframes: Vec<Timeframe>,
     /// Incremental indicator states.
     pub indicators: IndicatorCache,
     /// Account snapshot published by the order manager.
@@ -105,6 +109,8 @@ impl StrategyContext {
             name: name.to_string(),
             market: MarketState::new(candle_capacity),
             timeframe: String::new(),
+            own_timeframe: Timeframe::minute(),
+            other_timeframes: Vec::new(),
             indicators: IndicatorCache::default(),
             account,
             timers: Timers::default(),
@@ -135,6 +141,25 @@ impl StrategyContext {
             reduce_only: spec.reduce_only,
         }));
         client_id
+    }
+
+    /// The market-state key of a series a script names: `SYMBOL` is the
+    /// strategy's own timeframe, `SYMBOL@TF` another one, which must be
+    /// declared in `timeframes` (`SYMBOL@TF` of its own timeframe is `SYMBOL`).
+    pub fn series_key(&self, name: &str) -> Result<String, String> {
+        let Some((symbol, tf)) = name.split_once('@') else {
+            return Ok(name.to_string());
+        };
+        let timeframe: Timeframe = tf.parse().map_err(|e| format!("series {name:?}: {e}"))?;
+        if timeframe == self.own_timeframe {
+            Ok(symbol.to_string())
+        } else if self.other_timeframes.contains(&timeframe) {
+            Ok(series_key(symbol, timeframe))
+        } else {
+            Err(format!(
+                "series {name:?}: timeframe {timeframe} is not declared; add `timeframes: [\"{timeframe}\"]` to config()"
+            ))
+        }
     }
 
     /// Takes the queued commands.

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::{
     OrderIds, Strategy, StrategyCommand, StrategyContext, StrategyEnv, StrategyError, StrategyEvent, StrategyFactory,
 };
-use crate::model::{AccountView, Candle, TimestampMs};
+use crate::model::{AccountView, TimestampMs};
 
 /// Stack of a strategy thread: room for deep (but limited) script recursion.
 const STACK_BYTES: usize = 32 * 1024 * 1024;
@@ -77,8 +77,9 @@ pub struct TaggedReport {
     pub report: RuntimeReport,
 }
 
-/// Gives a starting strategy its warm-up candles, once its symbols and timeframe are known.
-pub type HistoryLoader = Box<dyn FnOnce(&super::StrategyMeta) -> Vec<Candle> + Send>;
+/// Gives a starting strategy its warm-up candles of every timeframe it
+/// reads, once its symbols and timeframes are known.
+pub type HistoryLoader = Box<dyn FnOnce(&super::StrategyMeta) -> Vec<crate::data::TimedCandle> + Send>;
 
 /// Receives a strategy's state (`this`) when it changed, for the store.
 pub type StateSink = Arc<dyn Fn(&str, serde_json::Value) + Send + Sync>;
@@ -178,15 +179,29 @@ impl RuntimeHandle {
         self.meta.load().as_ref().clone()
     }
 
-    /// True if the strategy trades `symbol` (and, for candles, uses `timeframe`).
+    /// True if the strategy trades `symbol` (and, for candles, reads `timeframe`).
     pub fn wants(&self, symbol: &str, timeframe: Option<crate::data::Timeframe>) -> bool {
         match self.meta.load().as_ref() {
             Some(meta) => {
                 (meta.symbols.is_empty() || meta.symbols.iter().any(|s| s == symbol))
-                    && timeframe.is_none_or(|tf| tf == meta.timeframe)
+                    && timeframe.is_none_or(|tf| tf == meta.timeframe || meta.timeframes.contains(&tf))
             }
             None => false,
         }
+    }
+
+    /// The event that delivers a closed candle to this strategy: its own
+    /// timeframe's candle, or a candle of another timeframe it reads.
+    pub fn candle_event(&self, timed: &crate::data::TimedCandle) -> Option<StrategyEvent> {
+        if !self.wants(&timed.candle.symbol, Some(timed.timeframe)) {
+            return None;
+        }
+        let own = self.meta.load().as_ref().as_ref().is_some_and(|m| m.timeframe == timed.timeframe);
+        Some(if own {
+            StrategyEvent::Candle(timed.candle.clone())
+        } else {
+            StrategyEvent::OtherCandle(timed.timeframe, timed.candle.clone())
+        })
     }
 
     /// True once the thread has ended.
@@ -330,8 +345,13 @@ fn run(
     };
     let meta = strategy.meta();
     meta_out.store(Arc::new(Some(meta.clone())));
-    for candle in history(&meta) {
-        ctx.borrow_mut().market.push_candle(candle);
+    for timed in history(&meta) {
+        let mut c = ctx.borrow_mut();
+        if timed.timeframe == meta.timeframe {
+            c.market.push_candle(timed.candle);
+        } else {
+            c.market.push_other(timed.timeframe, timed.candle);
+        }
     }
     let mut failures = 0u32;
     let mut deliver = |strategy: &mut Box<dyn Strategy>, event: StrategyEvent| -> Option<StrategyError> {
@@ -349,6 +369,7 @@ fn run(
             c.now = wall_ms();
             match &event {
                 StrategyEvent::Candle(candle) => c.market.push_candle(candle.clone()),
+                StrategyEvent::OtherCandle(timeframe, candle) => c.market.push_other(*timeframe, candle.clone()),
                 StrategyEvent::Tick(tick) => c.market.push_tick(tick.clone()),
                 _ => {}
             }

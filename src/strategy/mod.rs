@@ -24,6 +24,10 @@ pub enum StrategyEvent {
     Start,
     /// A closed candle of the strategy's timeframe.
     Candle(Candle),
+    /// A closed candle of another timeframe the strategy reads (declared in
+    /// its `timeframes`): stored in the `SYMBOL@TF` series, no callback.
+    /// Delivered before the strategy's own candle that closes with it.
+    OtherCandle(crate::data::Timeframe, Candle),
     /// A quote / trade update.
     Tick(Tick),
     /// One of the strategy's orders changed state.
@@ -41,7 +45,7 @@ impl StrategyEvent {
     pub fn callback(&self) -> &'static str {
         match self {
             StrategyEvent::Start => "on_start",
-            StrategyEvent::Candle(_) => "on_candle",
+            StrategyEvent::Candle(_) | StrategyEvent::OtherCandle(..) => "on_candle",
             StrategyEvent::Tick(_) => "on_tick",
             StrategyEvent::Order(_) => "on_order",
             StrategyEvent::Fill(_) => "on_fill",
@@ -149,8 +153,22 @@ impl fmt::Display for StrategyError {
 pub struct StrategyMeta {
     /// Symbols it trades; empty means every symbol of the feed.
     pub symbols: Vec<String>,
-    /// Candle timeframe.
+    /// Candle timeframe: `on_candle` fires once per closed candle of it.
     pub timeframe: crate::data::Timeframe,
+    /// Other timeframes it reads as `SYMBOL@TF` series (`timeframes` in a script's `config()`).
+    pub timeframes: Vec<crate::data::Timeframe>,
+}
+
+impl StrategyMeta {
+    /// Symbols and one timeframe, reading no other.
+    pub fn new(symbols: Vec<String>, timeframe: crate::data::Timeframe) -> Self {
+        StrategyMeta { symbols, timeframe, timeframes: Vec::new() }
+    }
+
+    /// Every timeframe the strategy needs built: its own, then the others.
+    pub fn all_timeframes(&self) -> impl Iterator<Item = crate::data::Timeframe> + '_ {
+        std::iter::once(self.timeframe).chain(self.timeframes.iter().copied().filter(|tf| *tf != self.timeframe))
+    }
 }
 
 /// A strategy implementation: reads and writes through its [`StrategyContext`].

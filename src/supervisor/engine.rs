@@ -347,8 +347,8 @@ impl Engine {
         let runtimes = self.runtimes.load();
         for runtime in runtimes.values() {
             for candle in &candles {
-                if runtime.wants(&candle.candle.symbol, Some(candle.timeframe)) {
-                    runtime.send_event(StrategyEvent::Candle(candle.candle.clone()));
+                if let Some(event) = runtime.candle_event(candle) {
+                    runtime.send_event(event);
                 }
             }
             if let Some(tick) = tick.as_ref().filter(|t| runtime.wants(&t.symbol, None)) {

@@ -568,8 +568,9 @@ struct Lifecycle {
 /// Components that must be up before the host is ready.
 const COMPONENTS: [&str; 5] = ["store", "engine", "feed", "strategies", "http"];
 
-/// The API token: configured (or from the environment), else generated and
-/// written to `<data_dir>/api-token` (mode 0600); never logged.
+/// The API token: configured (or from the environment), else the one in
+/// `<data_dir>/api-token`, generated there (mode 0600) on the first start and
+/// reused on every later one; never logged.
 fn api_token(config: &Config) -> Result<Secret, HostError> {
     if let Some(token) = &config.http.token {
         return Ok(token.clone());
@@ -577,9 +578,11 @@ fn api_token(config: &Config) -> Result<Secret, HostError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| HostError::DataDir { path: config.data_dir.clone(), source })?;
     let path = config.data_dir.join("api-token");
-    let token = crate::http::generate_token();
-    crate::http::write_token_file(&path, &token).map_err(|source| HostError::DataDir { path: path.clone(), source })?;
-    tracing::info!(path = %path.display(), "generated an API token (stored with mode 0600)");
+    let (token, created) =
+        crate::http::load_or_create_token(&path).map_err(|source| HostError::DataDir { path: path.clone(), source })?;
+    if created {
+        tracing::info!(path = %path.display(), "generated an API token (stored with mode 0600, reused on later starts)");
+    }
     Ok(Secret::new(token))
 }
 

@@ -20,7 +20,7 @@ use super::status::{StrategyState, StrategyStatus};
 use super::{Control, ControlError, ControlReply};
 use crate::activity::{ActivityBus, ActivityKind};
 use crate::config::{Config, ShutdownPolicy};
-use crate::data::MarketHub;
+use crate::data::{MarketHub, TimedCandle};
 use crate::model::AccountView;
 use crate::script::{ScriptOptions, ScriptStrategy};
 use crate::store::{StoreReader, StoreWriter, WriteOp};
@@ -536,20 +536,32 @@ impl Supervisor {
     }
 }
 
-/// Candles a strategy starts with: what the feed has, preceded by candles
-/// stored by earlier runs when the feed's own history is short.
-fn warm_up_history(hub: &Mutex<MarketHub>, store: &StoreReader, meta: &StrategyMeta) -> Vec<crate::model::Candle> {
+/// Candles a strategy starts with, of every timeframe it reads: what the
+/// feed has, preceded by candles stored by earlier runs when the feed's own
+/// history is short.
+fn warm_up_history(hub: &Mutex<MarketHub>, store: &StoreReader, meta: &StrategyMeta) -> Vec<TimedCandle> {
     let mut out = Vec::new();
     for symbol in &meta.symbols {
-        let live = hub.lock().unwrap_or_else(|e| e.into_inner()).subscribe(symbol, meta.timeframe).unwrap_or_default();
-        if live.len() < WARM_UP_CANDLES {
-            let first = live.first().map_or(i64::MAX, |c| c.time);
-            match store.candles(symbol, &meta.timeframe.to_string(), WARM_UP_CANDLES - live.len()) {
-                Ok(stored) => out.extend(stored.into_iter().filter(|c| c.time < first)),
-                Err(error) => tracing::warn!(symbol, "stored candles unavailable for warm-up: {error}"),
+        for timeframe in meta.all_timeframes() {
+            let subscribed = hub.lock().unwrap_or_else(|e| e.into_inner()).subscribe(symbol, timeframe);
+            let live = match subscribed {
+                Ok(live) => live,
+                Err(error) => {
+                    tracing::warn!(symbol, "{error}");
+                    continue;
+                }
+            };
+            if live.len() < WARM_UP_CANDLES {
+                let first = live.first().map_or(i64::MAX, |c| c.time);
+                match store.candles(symbol, &timeframe.to_string(), WARM_UP_CANDLES - live.len()) {
+                    Ok(stored) => out.extend(
+                        stored.into_iter().filter(|c| c.time < first).map(|candle| TimedCandle { timeframe, candle }),
+                    ),
+                    Err(error) => tracing::warn!(symbol, "stored candles unavailable for warm-up: {error}"),
+                }
             }
+            out.extend(live.into_iter().map(|candle| TimedCandle { timeframe, candle }));
         }
-        out.extend(live);
     }
     out
 }
