@@ -83,6 +83,18 @@ enum Command {
     },
     /// Replay a strategy over historical bars with the live runtime and print a report.
     Backtest(Box<backtest_cmd::BacktestArgs>),
+    /// Print the API token the host uses (from <data-dir>/api-token), or replace it with --rotate.
+    Token {
+        /// Write a new token; a running host keeps the old one until it restarts.
+        #[arg(long)]
+        rotate: bool,
+        /// Config file, for `data_dir`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data folder (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Create a commented strategy template NAME.rhai in the strategies folder.
     New {
         /// Strategy name: letters, digits and underscores.
@@ -120,6 +132,7 @@ fn main() -> ExitCode {
         Command::New { name, strategies } => new_strategy(&name, &strategies),
         Command::Doctor { config, data_dir } => doctor(config.as_deref(), data_dir),
         Command::Backtest(args) => backtest_cmd::run(*args),
+        Command::Token { rotate, config, data_dir } => token(rotate, config.as_deref(), data_dir),
         Command::Status { target, json } => client::run(target, client::Action::Status { json }),
         Command::Stop { target, wait } => client::run(target, client::Action::Stop { wait_s: wait }),
     };
@@ -265,6 +278,51 @@ fn doctor(config_path: Option<&Path>, data_dir: Option<PathBuf>) -> u8 {
         }
     }
     u8::from(!healthy)
+}
+
+fn token(rotate: bool, config_path: Option<&Path>, data_dir: Option<PathBuf>) -> u8 {
+    let config = match load_config(config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    if config.http.token.is_some() && data_dir.is_none() {
+        eprintln!("note: the config (or TRADEHOST_API_TOKEN) sets the token; the file below is used only without it");
+    }
+    let dir = data_dir.unwrap_or(config.data_dir);
+    let path = dir.join("api-token");
+    if !rotate {
+        return match std::fs::read_to_string(&path) {
+            Ok(token) => {
+                outln!("{}", token.trim());
+                0
+            }
+            Err(error) => {
+                eprintln!(
+                    "error: no token at {} ({error}); the host writes one on its first start, or run `tradehost token --rotate`",
+                    path.display()
+                );
+                1
+            }
+        };
+    }
+    if let Err(error) = std::fs::create_dir_all(&dir) {
+        eprintln!("error: cannot create {}: {error}", dir.display());
+        return 1;
+    }
+    let token = tradehost::http::generate_token();
+    if let Err(error) = tradehost::http::write_token_file(&path, &token) {
+        eprintln!("error: cannot write {}: {error}", path.display());
+        return 1;
+    }
+    outln!("{token}");
+    match tradehost::store::running_host(&dir) {
+        Some(holder) => eprintln!(
+            "wrote a new token to {}; the running host ({holder}) keeps the old one until it restarts",
+            path.display()
+        ),
+        None => eprintln!("wrote a new token to {}; the host uses it from its next start", path.display()),
+    }
+    0
 }
 
 fn new_strategy(name: &str, dir: &Path) -> u8 {

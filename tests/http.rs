@@ -305,6 +305,71 @@ async fn the_generated_token_file_is_private() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), t.host.api_token().expose());
+    let first = t.host.api_token().expose().to_string();
+    let (dir, data) = t.stop_keep().await;
+    // The next start reuses it: a dashboard that stored the token keeps working.
+    let t = TestHost::start_in(dir, data, |c| c.http.token = None).await;
+    assert_eq!(t.host.api_token().expose(), first);
+    let strategies = t.api_get("/api/v1/strategies").await;
+    assert!(strategies.is_array(), "the old token is accepted after a restart: {strategies}");
+    // `tradehost token --rotate` replaces it for the next start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tradehost"))
+        .args(["token", "--rotate", "--data-dir"])
+        .arg(t.data.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotated = std::fs::read_to_string(&path).unwrap();
+    assert_ne!(rotated, first);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), rotated);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("restart"), "a running host is told to restart");
+    let (dir, data) = t.stop_keep().await;
+    let t = TestHost::start_in(dir, data, |c| c.http.token = None).await;
+    assert_eq!(t.host.api_token().expose(), rotated);
+    assert_eq!(t.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_strategy_stays_stopped_across_restarts_until_started() {
+    let t = TestHost::start(&[("keep", "fn on_tick(t) { }"), ("halt", "fn on_tick(t) { }")], |_| {}).await;
+    t.wait_status("halt", |s| s.state == tradehost::supervisor::StrategyState::Running).await;
+    let api = Api::new(&t).await;
+    let (code, _) = api.call(Method::POST, "/api/v1/strategies/halt/stop", Some(&api.token)).await;
+    assert_eq!(code, StatusCode::OK);
+    let status = t.wait_status("halt", |s| s.state == tradehost::supervisor::StrategyState::Stopped).await;
+    assert!(status.reason.as_deref().is_some_and(|r| r.contains("stopped by a user")), "{status:?}");
+    // A file change does not start it again.
+    std::fs::write(t.file("halt"), "fn on_tick(t) { let changed = 1; }").unwrap();
+    let (dir, data) = t.stop_keep().await;
+    let t = TestHost::start_in(dir, data, |_| {}).await;
+    t.wait_status("keep", |s| s.state == tradehost::supervisor::StrategyState::Running).await;
+    let status = t.wait_status("halt", |s| s.state == tradehost::supervisor::StrategyState::Stopped).await;
+    assert!(status.reason.as_deref().is_some_and(|r| r.contains("stopped by a user")), "{status:?}");
+    let listed = t.api_get("/api/v1/strategies").await;
+    let halt = listed.as_array().unwrap().iter().find(|s| s["name"] == "halt").unwrap().clone();
+    assert_eq!(halt["state"], "stopped");
+    assert!(halt["reason"].as_str().unwrap().contains("stopped by a user"), "{halt}");
+    // Started again, it runs, and keeps running after the next restart.
+    let api = Api::new(&t).await;
+    let (code, _) = api.call(Method::POST, "/api/v1/strategies/halt/start", Some(&api.token)).await;
+    assert_eq!(code, StatusCode::OK);
+    t.wait_status("halt", |s| s.state == tradehost::supervisor::StrategyState::Running).await;
+    let (dir, data) = t.stop_keep().await;
+    let t = TestHost::start_in(dir, data, |_| {}).await;
+    t.wait_status("halt", |s| s.state == tradehost::supervisor::StrategyState::Running).await;
+    assert_eq!(t.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_strategy_on_a_symbol_the_feed_lacks_is_idle_with_the_reason() {
+    let script = r#"fn config() { #{ symbols: ["SOLUSD"], timeframe: "1m" } }
+fn on_candle(c) { }"#;
+    let t = TestHost::start(&[("sol", script)], |_| {}).await;
+    let status = t.wait_status("sol", |s| s.state == tradehost::supervisor::StrategyState::Idle).await;
+    assert!(status.reason.as_deref().is_some_and(|r| r.starts_with("no market data for SOLUSD")), "{status:?}");
+    let listed = t.api_get("/api/v1/strategies").await;
+    assert_eq!(listed[0]["state"], "idle");
+    t.wait_strategy(0, "sol", "idle").await;
     assert_eq!(t.stop().await, 0);
 }
 

@@ -104,11 +104,17 @@ impl MarketHub {
         self.on_bar(bar)
     }
 
-    /// Starts building `timeframe` candles of `symbol` and returns its completed history.
-    pub fn subscribe(&mut self, symbol: &str, timeframe: Timeframe) -> Result<Vec<Candle>, HubError> {
+    /// Whether candles of `timeframe` can be built from the base bars.
+    pub fn check_timeframe(&self, timeframe: Timeframe) -> Result<(), HubError> {
         if timeframe.ms() % self.base.ms() != 0 {
             return Err(HubError::Timeframe { wanted: timeframe, base: self.base });
         }
+        Ok(())
+    }
+
+    /// Starts building `timeframe` candles of `symbol` and returns its completed history.
+    pub fn subscribe(&mut self, symbol: &str, timeframe: Timeframe) -> Result<Vec<Candle>, HubError> {
+        self.check_timeframe(timeframe)?;
         let mut aggregator = CandleAggregator::new(timeframe);
         let mut history = Vec::new();
         if let Some(series) = self.history.get(symbol) {

@@ -34,6 +34,8 @@ pub(crate) const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 pub(crate) const ACCOUNT: TableDefinition<&str, &[u8]> = TableDefinition::new("account");
 pub(crate) const STRATEGY_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("strategy_state");
 pub(crate) const ACTIVITY: TableDefinition<u64, &[u8]> = TableDefinition::new("activity");
+/// Strategies a user stopped, by name: why (kept until a user starts them again).
+pub(crate) const STOPPED: TableDefinition<&str, &str> = TableDefinition::new("stopped_strategies");
 /// Closed candles by `SYMBOL|timeframe|time` (time zero-padded so keys sort by time).
 pub(crate) const CANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("candles");
 
@@ -132,6 +134,8 @@ pub struct Recovered {
     pub paper_account: Option<serde_json::Value>,
     /// Strategy states by name.
     pub strategy_states: BTreeMap<String, serde_json::Value>,
+    /// Strategies a user stopped, with the reason: they stay stopped.
+    pub stopped_strategies: BTreeMap<String, String>,
     /// Highest fill id.
     pub last_fill_id: u64,
     /// Highest activity sequence number.
@@ -176,6 +180,24 @@ fn io(path: &Path) -> impl Fn(String) -> StoreError + '_ {
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: impl Fn() -> String) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Decode { what: what(), detail: e.to_string() })
+}
+
+/// The host holding a data dir's lock right now (`"pid 1234"`), if any;
+/// creates nothing and takes no lock it does not release at once.
+pub fn running_host(dir: &Path) -> Option<String> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).ok()?;
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            None
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            Some(if holder.trim().is_empty() { "pid unknown".to_string() } else { holder.trim().to_string() })
+        }
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
 }
 
 /// Takes the data dir's lock file (exclusive, released when the process ends).
@@ -289,6 +311,7 @@ impl Store {
             write.open_table(FILLS).map_err(|e| err(e.to_string()))?;
             write.open_table(ACCOUNT).map_err(|e| err(e.to_string()))?;
             write.open_table(STRATEGY_STATE).map_err(|e| err(e.to_string()))?;
+            write.open_table(STOPPED).map_err(|e| err(e.to_string()))?;
             write.open_table(ACTIVITY).map_err(|e| err(e.to_string()))?;
             write.open_table(CANDLES).map_err(|e| err(e.to_string()))?;
             let mut positions = write.open_table(POSITIONS).map_err(|e| err(e.to_string()))?;
@@ -335,6 +358,11 @@ impl Store {
                 let (key, value) = entry.map_err(|e| err(e.to_string()))?;
                 out.strategy_states
                     .insert(key.value().to_string(), decode(value.value(), || format!("state of {}", key.value()))?);
+            }
+            let stopped = read.open_table(STOPPED).map_err(|e| err(e.to_string()))?;
+            for entry in stopped.iter().map_err(|e| err(e.to_string()))? {
+                let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+                out.stopped_strategies.insert(key.value().to_string(), value.value().to_string());
             }
             let fills = read.open_table(FILLS).map_err(|e| err(e.to_string()))?;
             out.last_fill_id = fills.last().map_err(|e| err(e.to_string()))?.map_or(0, |(k, _)| k.value());

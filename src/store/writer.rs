@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 
 use super::{
-    ACCOUNT, ACTIVITY, CANDLES, FILLS, ORDERS, POSITIONS, STRATEGY_STATE, StoreError, StoredOrder, candle_key,
+    ACCOUNT, ACTIVITY, CANDLES, FILLS, ORDERS, POSITIONS, STOPPED, STRATEGY_STATE, StoreError, StoredOrder, candle_key,
     position_key,
 };
 use crate::model::{Fill, Order, Position};
@@ -43,6 +43,14 @@ pub enum WriteOp {
         strategy: String,
         /// The state.
         state: serde_json::Value,
+    },
+    /// A user stopped a strategy (`Some(reason)`: it stays stopped across
+    /// restarts) or started it again (`None`).
+    StrategyStopped {
+        /// Strategy.
+        strategy: String,
+        /// Why it was stopped; `None` clears it.
+        reason: Option<String>,
     },
     /// A closed candle (cache for warm-up and backtests).
     Candle {
@@ -211,6 +219,7 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
         let mut positions = txn.open_table(POSITIONS).map_err(|x| e(&x))?;
         let mut account = txn.open_table(ACCOUNT).map_err(|x| e(&x))?;
         let mut states = txn.open_table(STRATEGY_STATE).map_err(|x| e(&x))?;
+        let mut stopped = txn.open_table(STOPPED).map_err(|x| e(&x))?;
         let mut activity = txn.open_table(ACTIVITY).map_err(|x| e(&x))?;
         let mut candles = txn.open_table(CANDLES).map_err(|x| e(&x))?;
         let mut wrote_activity = false;
@@ -232,6 +241,12 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
                 }
                 WriteOp::StrategyState { strategy, state } => {
                     states.insert(strategy.as_str(), to_bytes(state).as_slice()).map_err(|x| e(&x))?;
+                }
+                WriteOp::StrategyStopped { strategy, reason: Some(reason) } => {
+                    stopped.insert(strategy.as_str(), reason.as_str()).map_err(|x| e(&x))?;
+                }
+                WriteOp::StrategyStopped { strategy, reason: None } => {
+                    stopped.remove(strategy.as_str()).map_err(|x| e(&x))?;
                 }
                 WriteOp::Candle { timeframe, candle } => {
                     let key = candle_key(&candle.symbol, timeframe, candle.time);

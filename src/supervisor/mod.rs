@@ -491,6 +491,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         store: writer.clone(),
         reader: store.reader(),
         stored_states: recovered.strategy_states.clone(),
+        stopped_by_user: recovered.stopped_strategies.clone(),
         metrics: metrics.clone(),
     };
     let http_cancel = CancellationToken::new();

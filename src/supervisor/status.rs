@@ -12,6 +12,9 @@ pub enum StrategyState {
     Starting,
     /// Handling events.
     Running,
+    /// Running, but it can never trade: its symbols or timeframe are not in
+    /// the market data (the status's `reason` says which).
+    Idle,
     /// Stopped by the user, by its config, or at shutdown.
     Stopped,
     /// Failed to start (compile error, bad config()); waits for the file to change.
@@ -29,6 +32,8 @@ pub struct StrategyStatus {
     pub file: String,
     /// Lifecycle state.
     pub state: StrategyState,
+    /// Why it is idle, stopped, failed or quarantined.
+    pub reason: Option<String>,
     /// Code version: 1 at first start, +1 per applied reload.
     pub version: u32,
     /// Applied hot reloads.

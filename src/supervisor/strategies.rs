@@ -52,6 +52,11 @@ pub(super) struct Slot {
     deleted: bool,
     /// API reload requests waiting for the runtime's answer.
     pending_reloads: Vec<ControlReply<u32>>,
+    /// Why a user stopped it: it stays stopped (across file changes and
+    /// restarts of the host) until a user starts it again.
+    stopped_by_user: Option<String>,
+    /// Why it runs but can never trade (symbols the market feed lacks).
+    idle: Option<String>,
 }
 
 /// Everything the supervisor loop needs.
@@ -78,6 +83,8 @@ pub struct Supervisor {
     pub(super) metrics: Arc<crate::health::Metrics>,
     /// States restored from the store, taken by each strategy's first start.
     pub(super) stored_states: BTreeMap<String, serde_json::Value>,
+    /// Strategies a user stopped (from the store), with the reason.
+    pub(super) stopped_by_user: BTreeMap<String, String>,
     pub(super) cancel: tokio_util::sync::CancellationToken,
 }
 
@@ -133,23 +140,39 @@ impl Supervisor {
                     }
                     Some(slot) => {
                         slot.restarts_in_a_row = 0;
+                        if slot.stopped_by_user.take().is_some() {
+                            self.store
+                                .submit(vec![WriteOp::StrategyStopped { strategy: name.clone(), reason: None }], None);
+                        }
                         self.start(&name);
                         Ok(())
                     }
                 };
                 let _ = reply.send(result);
             }
-            Control::Stop(name, reply) => {
-                let result = match self.slots.get(&name).map(|s| s.handle.as_ref()) {
-                    None => Err(ControlError::UnknownStrategy(name.clone())),
-                    Some(Some(handle)) => {
+            Control::Stop(name, reply) => match self.slots.get_mut(&name) {
+                None => drop(reply.send(Err(ControlError::UnknownStrategy(name.clone())))),
+                Some(slot) => match &slot.handle {
+                    Some(handle) => {
                         handle.stop();
-                        Ok(())
+                        let reason =
+                            format!("stopped by a user at {}", chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"));
+                        tracing::info!(strategy = %name, "{reason}; it stays stopped until started again");
+                        slot.stopped_by_user = Some(reason.clone());
+                        // Answered once durable: a stop that was acknowledged survives a crash.
+                        let op = WriteOp::StrategyStopped { strategy: name.clone(), reason: Some(reason) };
+                        self.store.submit(
+                            vec![op],
+                            Some(Box::new(move |result| {
+                                let _ = reply.send(result.map_err(|e| {
+                                    ControlError::Conflict(format!("stopped, but not recorded durably: {e}"))
+                                }));
+                            })),
+                        );
                     }
-                    Some(None) => Err(ControlError::Conflict(format!("strategy {name} is not running"))),
-                };
-                let _ = reply.send(result);
-            }
+                    None => drop(reply.send(Err(ControlError::Conflict(format!("strategy {name} is not running"))))),
+                },
+            },
             Control::Reload(name, reply) => self.reload(&name, reply),
             Control::Shutdown(_) => return false,
         }
@@ -205,8 +228,11 @@ impl Supervisor {
                     slot.hash = hash;
                     slot.source = source.clone();
                     match (&slot.handle, slot.state) {
-                        (Some(handle), StrategyState::Running) => handle.reload(source),
+                        (Some(handle), StrategyState::Running | StrategyState::Idle) => handle.reload(source),
                         (Some(_), _) => {} // still starting: the new source applies at its next start
+                        (None, _) if slot.stopped_by_user.is_some() => {
+                            tracing::info!(strategy = %name, "file changed; the strategy stays stopped until a user starts it");
+                        }
                         (None, _) => {
                             slot.restarts_in_a_row = 0;
                             if slot.state == StrategyState::Quarantined {
@@ -233,7 +259,14 @@ impl Supervisor {
                         saved_state: self.stored_states.remove(&name),
                         deleted: false,
                         pending_reloads: Vec::new(),
+                        stopped_by_user: self.stopped_by_user.remove(&name),
+                        idle: None,
                     };
+                    if let Some(reason) = &slot.stopped_by_user {
+                        tracing::info!(strategy = %name, "not starting it: {reason} (start it from the dashboard or the API)");
+                        self.slots.insert(name.clone(), slot);
+                        continue;
+                    }
                     self.slots.insert(name.clone(), slot);
                     if self.config.strategy_override(&name).and_then(|o| o.enabled) == Some(false) {
                         tracing::info!(strategy = %name, "disabled in the config file: not starting it");
@@ -251,7 +284,9 @@ impl Supervisor {
             let _ = reply.send(Err(ControlError::UnknownStrategy(name.to_string())));
             return;
         };
-        let Some(handle) = slot.handle.clone().filter(|_| slot.state == StrategyState::Running) else {
+        let Some(handle) =
+            slot.handle.clone().filter(|_| matches!(slot.state, StrategyState::Running | StrategyState::Idle))
+        else {
             let _ = reply.send(Err(ControlError::Conflict(format!("strategy {name} is not running"))));
             return;
         };
@@ -345,13 +380,25 @@ impl Supervisor {
             RuntimeReport::Started => {
                 slot.state = StrategyState::Running;
                 slot.version = slot.version.max(1);
-                tracing::info!(strategy = %name, version = slot.version, "strategy started");
-                event("started", json!({ "version": slot.version }));
+                slot.idle = idle_of(slot, &self.feed_symbols, &self.hub);
+                match &slot.idle {
+                    None => {
+                        tracing::info!(strategy = %name, version = slot.version, "strategy started");
+                        event("started", json!({ "version": slot.version }));
+                    }
+                    Some(reason) => {
+                        slot.state = StrategyState::Idle;
+                        tracing::warn!(strategy = %name, version = slot.version, "strategy started but idle: {reason}");
+                        event("idle", json!({ "version": slot.version, "reason": reason }));
+                    }
+                }
             }
             RuntimeReport::Reloaded => {
                 slot.version += 1;
                 slot.reloads += 1;
                 slot.last_error = None;
+                slot.idle = idle_of(slot, &self.feed_symbols, &self.hub);
+                slot.state = if slot.idle.is_some() { StrategyState::Idle } else { StrategyState::Running };
                 tracing::info!(strategy = %name, version = slot.version, "strategy reloaded");
                 event("reloaded", json!({ "version": slot.version }));
                 for reply in slot.pending_reloads.drain(..) {
@@ -444,6 +491,16 @@ impl Supervisor {
                 name: name.clone(),
                 file: s.file.display().to_string(),
                 state: s.state,
+                reason: match s.state {
+                    StrategyState::Idle => s.idle.clone(),
+                    StrategyState::Stopped => s.stopped_by_user.clone().or_else(|| {
+                        (self.config.strategy_override(name).and_then(|o| o.enabled) == Some(false))
+                            .then(|| "disabled in the config file (`enabled = false`)".to_string())
+                    }),
+                    StrategyState::Quarantined => Some("failed too often; change the file or start it".to_string()),
+                    StrategyState::Failed => Some("cannot start; waiting for the file to change".to_string()),
+                    _ => None,
+                },
                 version: s.version,
                 reloads: s.reloads,
                 restarts: s.restarts,
@@ -564,6 +621,26 @@ fn warm_up_history(hub: &Mutex<MarketHub>, store: &StoreReader, meta: &StrategyM
         }
     }
     out
+}
+
+/// Why a strategy can never trade on this host's market data: a symbol the
+/// feed does not provide, or a timeframe its bars cannot make.
+pub fn idle_reason(meta: &StrategyMeta, feed_symbols: &[String], hub: &MarketHub) -> Option<String> {
+    let missing: Vec<&str> = meta.symbols.iter().filter(|s| !feed_symbols.contains(s)).map(String::as_str).collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "no market data for {} (the market feed provides {})",
+            missing.join(", "),
+            feed_symbols.join(", ")
+        ));
+    }
+    meta.all_timeframes().find_map(|tf| hub.check_timeframe(tf).err().map(|e| e.to_string()))
+}
+
+/// Why the strategy of a running slot can never trade, if so.
+fn idle_of(slot: &Slot, feed_symbols: &[String], hub: &Mutex<MarketHub>) -> Option<String> {
+    let meta = slot.handle.as_ref()?.meta()?;
+    idle_reason(&meta, feed_symbols, &hub.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Candles of history a strategy should start with, per symbol.
