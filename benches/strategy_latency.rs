@@ -113,6 +113,7 @@ fn on_candle(c) {
 }"#;
     let account = Arc::new(ArcSwap::from_pointee(AccountView::default()));
     let spec = RuntimeSpec {
+        clock: tradehost::clock::Clock::wall(),
         replay: None,
         name: "bench".into(),
         generation: 1,

@@ -137,6 +137,7 @@ pub struct ActivityBus {
     /// (until their group commit ends).
     pending: Arc<Mutex<Vec<(ActivityEvent, String)>>>,
     sender: broadcast::Sender<Arc<LiveBatch>>,
+    clock: Arc<arc_swap::ArcSwap<crate::clock::Clock>>,
 }
 
 impl ActivityBus {
@@ -150,7 +151,13 @@ impl ActivityBus {
             capacity: capacity.max(1),
             pending: Default::default(),
             sender,
+            clock: Default::default(),
         }
+    }
+
+    /// Stamps events from now on with `clock` (the wall clock until set).
+    pub fn set_clock(&self, clock: crate::clock::Clock) {
+        self.clock.store(Arc::new(clock));
     }
 
     /// Persists every event from now on before it becomes visible; what a
@@ -172,7 +179,8 @@ impl ActivityBus {
         let mut sequencer = self.sequencer.lock().unwrap_or_else(|e| e.into_inner());
         let seq = sequencer.next_seq;
         sequencer.next_seq += 1;
-        let event = ActivityEvent { v: 1, seq, ts: Utc::now(), kind, strategy: strategy.map(str::to_string), data };
+        let ts = self.clock.load().now();
+        let event = ActivityEvent { v: 1, seq, ts, kind, strategy: strategy.map(str::to_string), data };
         // Serialized once: the stored envelope and the broadcast frame.
         let json = serde_json::to_string(&event).expect("activity serializes");
         // Handed on under the lock, so events become visible in sequence order.

@@ -55,6 +55,7 @@ pub struct Oms {
     seen_fills: BoundedMap<String, ()>,
     stale: StaleSymbols,
     view: Arc<ArcSwap<AccountView>>,
+    clock: crate::clock::Clock,
 }
 
 impl Oms {
@@ -72,6 +73,7 @@ impl Oms {
             seen_fills: BoundedMap::new(REMEMBERED_FILLS),
             stale: StaleSymbols::default(),
             view: Arc::new(ArcSwap::from_pointee(AccountView::default())),
+            clock: crate::clock::Clock::wall(),
         };
         oms.publish();
         oms
@@ -202,7 +204,7 @@ impl Oms {
                 self.record(events)
             }
             Venue::Live(live) => {
-                let mut order = Order::new(request.clone(), chrono::Utc::now().timestamp_millis());
+                let mut order = Order::new(request.clone(), self.clock.now_ms());
                 order.status = OrderStatus::Pending;
                 if live.commands.send(VenueCommand::Place(request)).is_err() {
                     order.status = OrderStatus::Rejected;
@@ -347,7 +349,12 @@ impl Oms {
     }
 
     fn now(&self) -> i64 {
-        chrono::Utc::now().timestamp_millis()
+        self.clock.now_ms()
+    }
+
+    /// Times orders and updates with `clock` from now on (the wall clock until set).
+    pub fn set_clock(&mut self, clock: crate::clock::Clock) {
+        self.clock = clock;
     }
 
     /// Numbers fills, applies the events to orders and positions, publishes the view.
@@ -385,7 +392,7 @@ impl Oms {
     /// report, or a description of what did not match any known order.
     pub fn apply_venue(&mut self, update: crate::exchange::VenueUpdate) -> Result<Vec<ExchangeEvent>, String> {
         use crate::exchange::VenueUpdate;
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = self.now();
         match update {
             VenueUpdate::Order { client_id, remote } => {
                 let Some(order) = self.open.get(&client_id) else {

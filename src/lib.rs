@@ -2,6 +2,7 @@
 //!
 //! Map of the modules (lower rows never import higher ones):
 //! - [`model`]: plain domain types (orders, fills, candles, positions) with decimal money.
+//! - [`clock`]: the one clock of a run: wall, or simulated for the synthetic and replay feeds.
 //! - [`config`]: typed, validated configuration.
 //! - [`data`]: candle aggregation, per-symbol market state and native indicators.
 //! - [`exchange`]: the paper exchange (simulated fills) and the live venue interface.
@@ -16,6 +17,7 @@
 pub mod activity;
 pub mod backtest;
 pub mod bounded;
+pub mod clock;
 pub mod config;
 pub mod data;
 pub mod delta;

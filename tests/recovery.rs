@@ -146,3 +146,65 @@ fn on_candle(c) { print(`close ${c.close}`); }
     t.wait_log(0, "counter", "history 8").await;
     assert_eq!(t.stop().await, 0);
 }
+
+const FLIPPER: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_candle(c) {
+    this.n = (this.n ?? 0) + 1;
+    let side = if this.n % 2 == 0 { "sell" } else { "buy" };
+    exchange::market_order("BTCUSD", side, 0.001);
+    print(`candle ${c.time} ${c.close} now ${now()}`);
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_synthetic_market_continues_its_time_and_prices() {
+    let t = TestHost::start(&[("flip", FLIPPER)], |_| {}).await;
+    let status = t.api_get("/api/v1/status").await;
+    assert_eq!(status["clock"], "simulated ×60", "{status}");
+    for n in 1..=4 {
+        t.wait_for(0, &format!("fill {n}"), |e| e.kind == ActivityKind::Fill && e.data["id"] == n).await;
+    }
+    let (dir, data) = t.stop_keep().await;
+    let before = Store::open(data.path()).unwrap().fills().unwrap();
+    let last_close = {
+        let store = Store::open(data.path()).unwrap();
+        store.last_candle("BTCUSD").unwrap().unwrap().0.close
+    };
+
+    let t = TestHost::start_in(dir, data, |_| {}).await;
+    let first_new = before.len() as u64 + 1;
+    for n in first_new..first_new + 3 {
+        t.wait_for(0, &format!("fill {n}"), |e| e.kind == ActivityKind::Fill && e.data["id"] == n).await;
+    }
+    let log = t.wait_log(0, "flip", "candle ").await;
+    let (dir, data) = t.stop_keep().await;
+    drop(dir);
+    let store = Store::open(data.path()).unwrap();
+    let fills = store.fills().unwrap();
+    assert!(fills.len() > before.len());
+    for pair in fills.windows(2) {
+        assert!(
+            pair[1].time >= pair[0].time,
+            "fill {} at {} before fill {} at {}",
+            pair[1].id,
+            pair[1].time,
+            pair[0].id,
+            pair[0].time
+        );
+    }
+    // The first new price continues from the last close (the walk moves ~0.1 % a tick), not from the seed's start.
+    let resumed: f64 = log.data["message"].as_str().unwrap().split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!((resumed / last_close - 1.0).abs() < 0.02, "resumed at {resumed}, the last run closed at {last_close}");
+    // Every record of both runs carries the same clock: activity times never go backwards.
+    let events = store.activity_since(0, usize::MAX).unwrap();
+    let times: Vec<String> = events.iter().map(|e| e["ts"].as_str().unwrap().to_string()).collect();
+    for pair in times.windows(2) {
+        assert!(pair[1] >= pair[0], "activity time went back from {} to {}", pair[0], pair[1]);
+    }
+    // A fill's time and its activity event's time come from the same clock.
+    let fill_event = events.iter().rev().find(|e| e["type"] == "fill").unwrap();
+    let fill_ms = fill_event["data"]["time"].as_i64().unwrap();
+    let event_ms = chrono::DateTime::parse_from_rfc3339(fill_event["ts"].as_str().unwrap()).unwrap().timestamp_millis();
+    assert!((event_ms - fill_ms).abs() < 60_000, "activity at {event_ms}, fill at {fill_ms}: one clock");
+}

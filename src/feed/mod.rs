@@ -6,8 +6,6 @@
 pub mod csv;
 pub mod synthetic;
 
-use std::time::Duration;
-
 use rust_decimal::Decimal;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -49,8 +47,8 @@ pub struct Replay {
     pub candles: Vec<Candle>,
     /// Bar length.
     pub interval_ms: i64,
-    /// Simulated seconds per real second.
-    pub speed: f64,
+    /// The run's clock, which paces the bars.
+    pub clock: crate::clock::Clock,
     /// Start again at the end.
     pub repeat: bool,
     /// Half the spread, as a fraction.
@@ -84,8 +82,8 @@ pub enum FeedSource {
     Synthetic {
         /// The generator, positioned at the live start.
         feed: Box<SyntheticFeed>,
-        /// Simulated seconds per real second.
-        speed: f64,
+        /// The run's clock, which paces the steps.
+        clock: crate::clock::Clock,
     },
     /// CSV replay.
     Replay(Replay),
@@ -93,39 +91,34 @@ pub enum FeedSource {
 
 /// Runs a feed until it ends or `cancel` fires.
 pub async fn run(source: FeedSource, tx: mpsc::Sender<FeedEvent>, cancel: CancellationToken) {
-    let pace = |simulated_ms: i64, speed: f64| Duration::from_secs_f64((simulated_ms as f64 / 1000.0 / speed).max(0.0));
     match source {
-        FeedSource::Synthetic { mut feed, speed } => {
-            let mut next = tokio::time::Instant::now();
-            loop {
-                for tick in feed.step() {
-                    if tx.send(FeedEvent::Tick(tick)).await.is_err() {
-                        return;
-                    }
-                }
-                next += pace(feed.tick_ms(), speed);
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep_until(next) => {}
+        FeedSource::Synthetic { mut feed, clock } => loop {
+            // Each step when the run's clock reaches its time: ticks carry the clock's time.
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(clock.wall_until(feed.time())) => {}
+            }
+            for tick in feed.step() {
+                if tx.send(FeedEvent::Tick(tick)).await.is_err() {
+                    return;
                 }
             }
-        }
+        },
         FeedSource::Replay(replay) => {
             let span = replay.candles.last().map_or(0, |c| c.time) - replay.candles.first().map_or(0, |c| c.time)
                 + replay.interval_ms;
             let mut offset = 0;
-            let mut next = tokio::time::Instant::now();
             loop {
                 for candle in &replay.candles {
                     let bar = Candle { time: candle.time + offset, ..candle.clone() };
                     let close = replay.close_tick(&bar);
-                    if tx.send(FeedEvent::Bar { bar, close }).await.is_err() {
-                        return;
-                    }
-                    next += pace(replay.interval_ms, replay.speed);
+                    // A bar is played when the run's clock reaches its close.
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep_until(next) => {}
+                        _ = tokio::time::sleep(replay.clock.wall_until(close.time)) => {}
+                    }
+                    if tx.send(FeedEvent::Bar { bar, close }).await.is_err() {
+                        return;
                     }
                 }
                 if !replay.repeat {

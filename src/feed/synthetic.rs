@@ -40,6 +40,20 @@ impl SyntheticFeed {
         }
     }
 
+    /// Continues an earlier run: each symbol with a price in `prices` walks on
+    /// from it, and the random sequence is drawn anew from the seed and the
+    /// start time (not replayed from the seed's beginning).
+    pub fn resume(mut self, prices: &std::collections::BTreeMap<String, f64>) -> Self {
+        for (product, price) in self.markets.iter_mut() {
+            if let Some(last) = prices.get(&product.symbol).filter(|p| p.is_finite() && **p > 0.0) {
+                *price = *last;
+            }
+        }
+        let seed: u64 = self.rng.get_seed()[..8].iter().fold(0, |acc, b| acc << 8 | u64::from(*b));
+        self.rng = ChaCha8Rng::seed_from_u64(seed ^ self.time as u64);
+        self
+    }
+
     /// Simulated time of the next step.
     pub fn time(&self) -> TimestampMs {
         self.time

@@ -58,6 +58,10 @@ pub struct ApiContext {
     pub started: Instant,
     /// Closes WebSocket clients at shutdown.
     pub cancel: CancellationToken,
+    /// `paper` or `delta (network)`.
+    pub mode: String,
+    /// The run's clock, whose time every record carries.
+    pub clock: crate::clock::Clock,
 }
 
 /// Shared state of the router.

@@ -84,8 +84,13 @@ pub struct HealthResponse {
 pub struct StatusResponse {
     /// tradehost version.
     pub version: String,
-    /// `paper` or an exchange name.
+    /// `paper` or `delta (network)`.
     pub mode: String,
+    /// The clock every record's time comes from: `wall`, or `simulated ×60`
+    /// when the synthetic or replay feed runs the market faster than real time.
+    pub clock: String,
+    /// The clock's current time (ISO 8601).
+    pub now: String,
     /// Seconds since start.
     pub uptime_s: u64,
     /// Strategies known.
@@ -239,10 +244,17 @@ async fn status(State(state): State<ApiState>) -> Json<StatusResponse> {
     let account = state.account.load();
     Json(StatusResponse {
         version: env!("CARGO_PKG_VERSION").into(),
-        mode: "paper".into(),
+        mode: state.mode.clone(),
+        clock: state.clock.label(),
+        now: state.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         uptime_s: state.started.elapsed().as_secs(),
         strategies: strategies.len(),
-        running: strategies.iter().filter(|s| s.state == crate::supervisor::StrategyState::Running).count(),
+        running: strategies
+            .iter()
+            .filter(|s| {
+                matches!(s.state, crate::supervisor::StrategyState::Running | crate::supervisor::StrategyState::Idle)
+            })
+            .count(),
         open_orders: account.open_orders.len(),
         positions: account.positions.values().flat_map(|p| p.values()).filter(|p| !p.size.is_zero()).count(),
         last_seq: state.activity.last_seq(),

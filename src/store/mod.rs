@@ -426,6 +426,32 @@ impl StoreReader {
         Ok(out)
     }
 
+    /// The newest stored candle of a symbol over every timeframe (by close
+    /// time), with its timeframe's length in milliseconds.
+    pub fn last_candle(&self, symbol: &str) -> Result<Option<(Candle, i64)>, StoreError> {
+        let err = io(&self.path);
+        let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = read.open_table(CANDLES).map_err(|e| err(e.to_string()))?;
+        let (from, to) = (format!("{symbol}|"), format!("{symbol}}}"));
+        let mut newest: Option<(Candle, i64)> = None;
+        let mut timeframe = String::new();
+        // Keys sort by timeframe, then time: the last key of each timeframe is its newest candle.
+        for entry in table.range(from.as_str()..to.as_str()).map_err(|e| err(e.to_string()))?.rev() {
+            let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+            let Some(tf) = key.value().split('|').nth(1) else { continue };
+            if tf == timeframe {
+                continue;
+            }
+            timeframe = tf.to_string();
+            let Ok(length) = tf.parse::<crate::data::Timeframe>() else { continue };
+            let candle: Candle = decode(value.value(), || format!("candle {}", key.value()))?;
+            if newest.as_ref().is_none_or(|(c, ms)| candle.time + length.ms() > c.time + ms) {
+                newest = Some((candle, length.ms()));
+            }
+        }
+        Ok(newest)
+    }
+
     /// Every stored order (open and closed), by client id.
     pub fn orders(&self) -> Result<Vec<Order>, StoreError> {
         let err = io(&self.path);

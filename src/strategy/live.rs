@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::{
     OrderIds, Strategy, StrategyCommand, StrategyContext, StrategyEnv, StrategyError, StrategyEvent, StrategyFactory,
 };
-use crate::model::{AccountView, TimestampMs};
+use crate::model::AccountView;
 
 /// Stack of a strategy thread: room for deep (but limited) script recursion.
 const STACK_BYTES: usize = 32 * 1024 * 1024;
@@ -89,6 +89,8 @@ pub type CommandSink = Arc<dyn Fn(&str, Vec<StrategyCommand>) + Send + Sync>;
 
 /// How to start one strategy thread.
 pub struct RuntimeSpec {
+    /// The run's clock: `now()`, timers.
+    pub clock: crate::clock::Clock,
     /// Strategy name.
     pub name: String,
     /// Start counter.
@@ -254,10 +256,6 @@ pub fn spawn(spec: RuntimeSpec) -> std::io::Result<RuntimeHandle> {
     })
 }
 
-fn wall_ms() -> TimestampMs {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// Hands changed state to the sink, at most every `flush` and always at exit.
 struct StatePersistence {
     sink: Option<StateSink>,
@@ -308,6 +306,7 @@ fn run(
     meta_out: Arc<ArcSwap<Option<super::StrategyMeta>>>,
 ) {
     let RuntimeSpec {
+        clock,
         name,
         generation,
         factory,
@@ -366,7 +365,7 @@ fn run(
         let callback = event.callback();
         {
             let mut c = ctx.borrow_mut();
-            c.now = wall_ms();
+            c.now = clock.now_ms();
             match &event {
                 StrategyEvent::Candle(candle) => c.market.push_candle(candle.clone()),
                 StrategyEvent::OtherCandle(timeframe, candle) => c.market.push_other(*timeframe, candle.clone()),
@@ -418,11 +417,7 @@ fn run(
             if abort.load(Ordering::SeqCst) {
                 break 'run ExitReason::Stopped;
             }
-            let timer_due = ctx
-                .borrow()
-                .timers
-                .next_due()
-                .map(|due| Instant::now() + Duration::from_millis((due - wall_ms()).max(0) as u64));
+            let timer_due = ctx.borrow().timers.next_due().map(|due| Instant::now() + clock.wall_until(due));
             let wake = [timer_due, persistence.due()].into_iter().flatten().min();
             let input = match wake {
                 Some(deadline) => match rx.recv_deadline(deadline) {
@@ -462,7 +457,7 @@ fn run(
             if let Some(error) = failed {
                 break 'run ExitReason::Failed(error);
             }
-            let due = ctx.borrow_mut().timers.take_due(wall_ms());
+            let due = ctx.borrow_mut().timers.take_due(clock.now_ms());
             for timer in due {
                 persistence.touch();
                 if let Some(error) = deliver(&mut strategy, StrategyEvent::Timer(timer)) {

@@ -10,6 +10,7 @@ mod status;
 mod strategies;
 mod tasks;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::{ActivityBus, ActivityKind};
+use crate::clock::Clock;
 use crate::config::{Config, ExchangeKind, FeedKind, Secret};
 use crate::data::{MarketHub, Timeframe};
 use crate::delta::DeltaConnector;
@@ -30,7 +32,7 @@ use crate::exchange::{LiveVenue, PaperExchange, Venue, VenueCommand, VenueUpdate
 use crate::execution::Oms;
 use crate::feed::{self, FeedSource, Replay, SyntheticFeed};
 use crate::health::{ComponentState, Health, Metrics};
-use crate::model::AccountView;
+use crate::model::{AccountView, TimestampMs};
 use crate::store::{Retention, Store, StoreError, StoreWriter};
 
 pub use engine::{EngineRequest, Runtimes};
@@ -207,8 +209,14 @@ impl HostHandle {
     }
 }
 
-/// Builds the feed source and a hub preloaded with its history.
-fn build_feed(config: &Config, oms: &mut Oms) -> Result<(MarketHub, FeedSource), HostError> {
+/// Builds the feed source, a hub preloaded with its history, and the run's
+/// simulated clock.
+fn build_feed(
+    config: &Config,
+    oms: &mut Oms,
+    store: &crate::store::StoreReader,
+    last_activity: Option<TimestampMs>,
+) -> Result<(MarketHub, FeedSource, Clock), HostError> {
     let products = config.exchange.paper.product_list();
     match config.feed.kind {
         FeedKind::Synthetic => {
@@ -217,15 +225,32 @@ fn build_feed(config: &Config, oms: &mut Oms) -> Result<(MarketHub, FeedSource),
             let history_ms = syn.history_bars as i64 * 60_000;
             let capacity = (history_ms / base.ms()) as usize + 20_000;
             let mut hub = MarketHub::new(base, capacity);
-            let now = Timeframe::minute().bucket(chrono::Utc::now().timestamp_millis());
-            let mut feed = SyntheticFeed::new(syn, &products, now - history_ms);
-            while feed.time() < now {
-                for tick in feed.step() {
-                    hub.on_tick(&tick);
-                    oms.on_tick(&tick);
+            let resume = synthetic_resume(store, syn, last_activity)?;
+            let feed = match resume {
+                Some((time, prices)) => {
+                    // Continue where the last run stopped: times never go
+                    // backwards, prices do not jump; warm-up candles come from the store.
+                    let start = Timeframe::minute().bucket(time) + Timeframe::minute().ms();
+                    tracing::info!(
+                        resume_at = %chrono::DateTime::from_timestamp_millis(start).map_or(start.to_string(), |t| t.to_rfc3339()),
+                        "the synthetic market continues from the last run's time and prices"
+                    );
+                    SyntheticFeed::new(syn, &products, start).resume(&prices)
                 }
-            }
-            Ok((hub, FeedSource::Synthetic { feed: Box::new(feed), speed: syn.speed }))
+                None => {
+                    let now = Timeframe::minute().bucket(chrono::Utc::now().timestamp_millis());
+                    let mut feed = SyntheticFeed::new(syn, &products, now - history_ms);
+                    while feed.time() < now {
+                        for tick in feed.step() {
+                            hub.on_tick(&tick);
+                            oms.on_tick(&tick);
+                        }
+                    }
+                    feed
+                }
+            };
+            let clock = Clock::simulated(feed.time(), syn.speed);
+            Ok((hub, FeedSource::Synthetic { feed: Box::new(feed), clock: clock.clone() }, clock))
         }
         FeedKind::Replay => {
             let r = &config.feed.replay;
@@ -234,15 +259,16 @@ fn build_feed(config: &Config, oms: &mut Oms) -> Result<(MarketHub, FeedSource),
             let product =
                 products.into_iter().find(|p| p.symbol == r.symbol).expect("validated: replay symbol has a product");
             let hub = MarketHub::new(Timeframe::from_ms(interval_ms), 20_000);
+            let clock = Clock::simulated(candles.first().map_or(0, |c| c.time + interval_ms), r.speed);
             let replay = Replay {
+                clock: clock.clone(),
                 candles,
                 interval_ms,
-                speed: r.speed,
                 repeat: r.repeat,
                 half_spread: r.spread_bps / 20_000.0,
                 product,
             };
-            Ok((hub, FeedSource::Replay(replay)))
+            Ok((hub, FeedSource::Replay(replay), clock))
         }
     }
 }
@@ -350,13 +376,16 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     health.set("store", ComponentState::Up);
     let activity = ActivityBus::new(10_000, recovered.last_activity_seq);
     activity.attach_store(writer.clone());
-    let (oms, hub, market, resolved, delta) = match config.exchange.kind {
+    let (oms, hub, market, resolved, delta, clock) = match config.exchange.kind {
         ExchangeKind::Paper => {
             let mut oms = Oms::new(Venue::Paper(PaperExchange::new(&config.exchange.paper)));
             // Warm-up history first, on an empty book: it must not fill restored orders.
-            let (hub, source) = build_feed(&config, &mut oms)?;
+            let last_activity = last_activity_time(&store, recovered.last_activity_seq);
+            let (hub, source, clock) = build_feed(&config, &mut oms, &store, last_activity)?;
+            oms.set_clock(clock.clone());
+            activity.set_clock(clock.clone());
             let resolved = oms.restore(&recovered).map_err(|e| HostError::Recovery(e.to_string()))?;
-            (oms, hub, Market::Feed(source), resolved, None)
+            (oms, hub, Market::Feed(source), resolved, None, clock)
         }
         ExchangeKind::Delta => {
             use crate::delta::connector::{MARKET_COMPONENT, ORDERS_COMPONENT, REST_COMPONENT};
@@ -365,7 +394,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
             }
             let (oms, hub, resolved, links) = start_delta(&config, &store, &recovered, &activity).await?;
             let connector = links.connector.clone();
-            (oms, hub, Market::Delta(connector), resolved, Some(links))
+            (oms, hub, Market::Delta(connector), resolved, Some(links), Clock::wall())
         }
     };
     if !resolved.is_empty() {
@@ -492,6 +521,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         reader: store.reader(),
         stored_states: recovered.strategy_states.clone(),
         stopped_by_user: recovered.stopped_strategies.clone(),
+        clock: clock.clone(),
         metrics: metrics.clone(),
     };
     let http_cancel = CancellationToken::new();
@@ -507,6 +537,11 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         config: config.http.clone(),
         started: std::time::Instant::now(),
         cancel: http_cancel.clone(),
+        mode: match config.exchange.kind {
+            ExchangeKind::Paper => "paper".to_string(),
+            ExchangeKind::Delta => "delta".to_string(),
+        },
+        clock: clock.clone(),
     });
     tasks.spawn("http", crate::http::serve(listener, crate::http::router(api), http_cancel.clone()));
     health.set("http", ComponentState::Up);
@@ -585,6 +620,31 @@ fn api_token(config: &Config) -> Result<Secret, HostError> {
         tracing::info!(path = %path.display(), "generated an API token (stored with mode 0600, reused on later starts)");
     }
     Ok(Secret::new(token))
+}
+
+/// The time of the newest activity event: the last moment the previous run's clock recorded.
+fn last_activity_time(store: &Store, last_seq: u64) -> Option<TimestampMs> {
+    let newest = store.activity_since(last_seq.checked_sub(1)?, 1).ok()?.pop()?;
+    chrono::DateTime::parse_from_rfc3339(newest["ts"].as_str()?).ok().map(|t| t.timestamp_millis())
+}
+
+/// Where a synthetic market resumes after an earlier run on the same data
+/// folder: the later of the newest stored candle's close and the newest
+/// activity event, at each symbol's newest stored close. `None` on a fresh store.
+fn synthetic_resume(
+    store: &crate::store::StoreReader,
+    config: &crate::config::SyntheticConfig,
+    last_activity: Option<TimestampMs>,
+) -> Result<Option<(TimestampMs, BTreeMap<String, f64>)>, HostError> {
+    let mut prices = BTreeMap::new();
+    let mut time = last_activity;
+    for symbol in config.start_prices.keys() {
+        if let Some((candle, length)) = store.last_candle(symbol)? {
+            time = Some(time.map_or(candle.time + length, |t| t.max(candle.time + length)));
+            prices.insert(symbol.clone(), candle.close);
+        }
+    }
+    Ok(if prices.is_empty() { None } else { time.map(|t| (t, prices)) })
 }
 
 /// How long the live feed waits for the first strategies to start.

@@ -83,6 +83,8 @@ pub struct Supervisor {
     pub(super) metrics: Arc<crate::health::Metrics>,
     /// States restored from the store, taken by each strategy's first start.
     pub(super) stored_states: BTreeMap<String, serde_json::Value>,
+    /// The run's clock.
+    pub(super) clock: crate::clock::Clock,
     /// Strategies a user stopped (from the store), with the reason.
     pub(super) stopped_by_user: BTreeMap<String, String>,
     pub(super) cancel: tokio_util::sync::CancellationToken,
@@ -323,6 +325,7 @@ impl Supervisor {
         let hub = self.hub.clone();
         let reader = self.reader.clone();
         let spec = RuntimeSpec {
+            clock: self.clock.clone(),
             name: name.to_string(),
             generation: slot.generation,
             factory: Box::new(move |env| ScriptStrategy::new(&file, &source, options, env).map(|s| Box::new(s) as _)),

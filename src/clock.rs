@@ -1,0 +1,96 @@
+//! The one clock of a run. Every record the host makes — candles, orders,
+//! fills, positions, activity, strategy timers and `now()` — takes its time
+//! from the same [`Clock`]: the wall clock when trading on an exchange, a
+//! simulated clock running `speed` times faster from a start time when the
+//! synthetic or replay feed drives the market.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::model::TimestampMs;
+
+/// A cheap, shareable clock.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    inner: Arc<Kind>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Wall,
+    Simulated { start: TimestampMs, origin: Instant, speed: f64 },
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::wall()
+    }
+}
+
+impl Clock {
+    /// The system's wall clock.
+    pub fn wall() -> Clock {
+        Clock { inner: Arc::new(Kind::Wall) }
+    }
+
+    /// A clock that reads `start` now and runs `speed` times faster than the wall clock.
+    pub fn simulated(start: TimestampMs, speed: f64) -> Clock {
+        let speed = if speed.is_finite() && speed > 0.0 { speed } else { 1.0 };
+        Clock { inner: Arc::new(Kind::Simulated { start, origin: Instant::now(), speed }) }
+    }
+
+    /// The current time in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> TimestampMs {
+        match *self.inner {
+            Kind::Wall => chrono::Utc::now().timestamp_millis(),
+            Kind::Simulated { start, origin, speed } => {
+                start + (origin.elapsed().as_secs_f64() * 1000.0 * speed) as i64
+            }
+        }
+    }
+
+    /// The current time as a UTC date-time.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_millis(self.now_ms()).unwrap_or_else(chrono::Utc::now)
+    }
+
+    /// How long in wall time until this clock reads `time` (zero if it has).
+    pub fn wall_until(&self, time: TimestampMs) -> Duration {
+        let ahead_ms = (time - self.now_ms()).max(0) as f64;
+        let speed = match *self.inner {
+            Kind::Wall => 1.0,
+            Kind::Simulated { speed, .. } => speed,
+        };
+        Duration::from_secs_f64(ahead_ms / 1000.0 / speed)
+    }
+
+    /// What the API shows: `wall` or `simulated ×60`.
+    pub fn label(&self) -> String {
+        match *self.inner {
+            Kind::Wall => "wall".to_string(),
+            Kind::Simulated { speed, .. } => format!("simulated ×{}", trim_number(speed)),
+        }
+    }
+}
+
+fn trim_number(value: f64) -> String {
+    if value.fract() == 0.0 { format!("{value:.0}") } else { format!("{value}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_simulated_clock_starts_where_told_and_runs_faster() {
+        let clock = Clock::simulated(1_000_000, 60.0);
+        let first = clock.now_ms();
+        assert!((1_000_000..1_000_000 + 600).contains(&first), "{first}");
+        std::thread::sleep(Duration::from_millis(50));
+        let later = clock.now_ms();
+        assert!(later - first >= 50 * 60 - 60, "50 ms of wall time is 3 s simulated: {}", later - first);
+        assert!(clock.wall_until(later + 60_000) <= Duration::from_millis(1_001));
+        assert_eq!(clock.label(), "simulated ×60");
+        assert_eq!(Clock::wall().label(), "wall");
+    }
+}
