@@ -14,6 +14,8 @@ pub enum Action {
         /// JSON instead of tables.
         json: bool,
     },
+    /// `doctor --live`: the running host's components, strategies and clock.
+    Doctor,
     /// Graceful shutdown, then wait for the exit.
     Stop {
         /// Longest wait for the exit.
@@ -78,6 +80,7 @@ pub fn run(target: Target, action: Action) -> u8 {
     let result = runtime.block_on(async {
         match action {
             Action::Status { json } => status(&api, json).await,
+            Action::Doctor => doctor(&api).await,
             Action::Stop { wait_s } => stop(&api, Duration::from_secs(wait_s)).await,
         }
     });
@@ -176,6 +179,53 @@ async fn status(api: &Api, json: bool) -> Result<(), String> {
         outln!("\n{}", table(&["STRATEGY", "SYMBOL", "SIZE", "ENTRY", "UNREALIZED", "REALIZED"], rows));
     }
     Ok(())
+}
+
+async fn doctor(api: &Api) -> Result<(), String> {
+    let (_, health) = api.get("/api/v1/health").await?;
+    let (code, status) = api.get("/api/v1/status").await?;
+    if code == 401 {
+        return Err("the API refused the token".into());
+    }
+    let (_, strategies) = api.get("/api/v1/strategies").await?;
+    let mut failures = 0;
+    let mut line = |ok: Option<bool>, what: String| {
+        let mark = match ok {
+            Some(true) => "OK  ",
+            Some(false) => {
+                failures += 1;
+                "FAIL"
+            }
+            None => "--  ",
+        };
+        outln!("{mark}  {what}");
+    };
+    line(
+        Some(health["status"] == "ready"),
+        format!(
+            "host at {}: {} (tradehost {}, {}, clock {}, up {} s)",
+            api.base,
+            text(&health["status"]),
+            text(&status["version"]),
+            text(&status["mode"]),
+            text(&status["clock"]),
+            status["uptime_s"]
+        ),
+    );
+    for (name, state) in health["components"].as_object().into_iter().flatten() {
+        line(Some(state == "up"), format!("component {name}: {}", text(state)));
+    }
+    for s in strategies.as_array().into_iter().flatten() {
+        let state = text(&s["state"]);
+        let reason = s["reason"].as_str().map_or(String::new(), |r| format!(": {r}"));
+        let ok = match state.as_str() {
+            "running" => Some(true),
+            "failed" | "quarantined" | "idle" => Some(false),
+            _ => None,
+        };
+        line(ok, format!("strategy {}: {state}{reason}", text(&s["name"])));
+    }
+    if failures > 0 { Err(format!("{failures} check(s) failed")) } else { Ok(()) }
 }
 
 async fn stop(api: &Api, wait: Duration) -> Result<(), String> {

@@ -58,12 +58,11 @@ enum Command {
     /// Check config, strategies and the store (integrity: positions equal the sum of fills,
     /// every fill's order exists, activity numbering has no gaps); exits 1 on any FAIL.
     Doctor {
-        /// Config file; without it the embedded default applies.
+        /// Ask the running host instead: its components, strategies and clock.
         #[arg(long)]
-        config: Option<PathBuf>,
-        /// Data folder (overrides `data_dir`).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        live: bool,
+        #[command(flatten)]
+        target: Target,
     },
     /// Ask a running host for its health, strategies and positions.
     Status {
@@ -130,7 +129,8 @@ fn main() -> ExitCode {
         Command::Run { config, strategies, data_dir, http } => run(config.as_deref(), strategies, data_dir, http),
         Command::Check { files, config } => check_files(&files, config.as_deref()),
         Command::New { name, strategies } => new_strategy(&name, &strategies),
-        Command::Doctor { config, data_dir } => doctor(config.as_deref(), data_dir),
+        Command::Doctor { live: true, target } => client::run(target, client::Action::Doctor),
+        Command::Doctor { live: false, target } => doctor(target.config.as_deref(), target.data_dir),
         Command::Backtest(args) => backtest_cmd::run(*args),
         Command::Token { rotate, config, data_dir } => token(rotate, config.as_deref(), data_dir),
         Command::Status { target, json } => client::run(target, client::Action::Status { json }),
@@ -187,16 +187,42 @@ fn run(config: Option<&Path>, strategies: Option<PathBuf>, data_dir: Option<Path
     })
 }
 
-fn check_files(files: &[PathBuf], config: Option<&Path>) -> u8 {
-    let config = match load_config(config) {
+fn check_files(files: &[PathBuf], config_path: Option<&Path>) -> u8 {
+    let config = match load_config(config_path) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    u8::from(!check_scripts(files, &config))
+    let mut ok = check_scripts(files, &config, config_path.is_some());
+    if config_path.is_some() {
+        ok &= check_overrides(files, &config);
+    }
+    u8::from(!ok)
 }
 
-/// Checks scripts, printing one line each; true if all are fine.
-fn check_scripts(files: &[PathBuf], config: &Config) -> bool {
+/// With a config: every `[strategies.overrides.NAME]` must name a strategy in
+/// the strategies folder or among the files checked; true if all do.
+fn check_overrides(files: &[PathBuf], config: &Config) -> bool {
+    let mut names: Vec<String> = tradehost::supervisor::scan(&config.strategies.dir)
+        .map(|found| found.into_keys().collect())
+        .unwrap_or_default();
+    names.extend(files.iter().filter_map(|f| f.file_stem().and_then(|s| s.to_str()).map(str::to_string)));
+    let mut ok = true;
+    for name in config.strategies.overrides.keys().filter(|n| !names.contains(n)) {
+        ok = false;
+        eprintln!(
+            "error: `strategies.overrides.{name}`: there is no strategy {name} in {} (strategies: {})",
+            config.strategies.dir.display(),
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        );
+    }
+    ok
+}
+
+/// Checks scripts, printing one line each; true if all are fine. With
+/// `strict` (a config was given), a strategy the configured market cannot
+/// feed is an error; otherwise a note.
+fn check_scripts(files: &[PathBuf], config: &Config, strict: bool) -> bool {
+    let feed_symbols = config.feed_symbols();
     let mut failed = false;
     for file in files {
         let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
@@ -210,7 +236,25 @@ fn check_scripts(files: &[PathBuf], config: &Config) -> bool {
             .map_err(|e| format!("{shown}: cannot read: {e}"))
             .and_then(|source| check(&shown, &source, &options).map_err(|e| e.to_string()));
         match result {
-            Ok(meta) => outln!("{shown}: ok (symbols {:?}, timeframe {})", meta.symbols, meta.timeframe),
+            Ok(meta) => {
+                let missing: Vec<&str> =
+                    meta.symbols.iter().filter(|s| !feed_symbols.contains(s)).map(String::as_str).collect();
+                if missing.is_empty() {
+                    outln!("{shown}: ok (symbols {:?}, timeframe {})", meta.symbols, meta.timeframe);
+                } else {
+                    let what = format!(
+                        "{shown}: idle: no market data for {} (the configured market provides {})",
+                        missing.join(", "),
+                        feed_symbols.join(", ")
+                    );
+                    if strict {
+                        failed = true;
+                        eprintln!("error: {what}");
+                    } else {
+                        outln!("{what}; with --config, this is checked against your market");
+                    }
+                }
+            }
             Err(message) => {
                 failed = true;
                 eprintln!("{message}");
@@ -241,30 +285,49 @@ fn doctor(config_path: Option<&Path>, data_dir: Option<PathBuf>) -> u8 {
         Ok(found) => {
             let files: Vec<PathBuf> = found.values().map(|(path, _)| path.clone()).collect();
             outln!("OK    strategies folder {}: {} strategies", dir.display(), files.len());
-            healthy &= check_scripts(&files, &config);
+            healthy &= check_scripts(&files, &config, true);
+            healthy &= check_overrides(&[], &config);
         }
         Err(error) => {
             outln!("FAIL  strategies folder {}: {error}", dir.display());
             healthy = false;
         }
     }
-    match tradehost::store::Store::open(&config.data_dir).and_then(|store| tradehost::store::check(&store)) {
-        Ok(report) if report.problems.is_empty() => outln!(
-            "OK    store {}: {} orders, {} fills, {} activity events; positions match fills",
-            config.data_dir.display(),
-            report.orders,
-            report.fills,
-            report.activity
-        ),
-        Ok(report) => {
-            healthy = false;
-            for problem in report.problems {
-                outln!("FAIL  store: {problem}");
+    let running = tradehost::store::running_host(&config.data_dir);
+    let store = if let Some(holder) = &running {
+        outln!(
+            "--    store {}: the host is running ({holder}) and holds it; use `tradehost doctor --live` to ask it",
+            config.data_dir.display()
+        );
+        None
+    } else if !config.data_dir.is_dir() {
+        outln!(
+            "--    store: the data folder {} does not exist, nothing to check (the host creates it on its first start; check `data_dir` or --data-dir)",
+            config.data_dir.display()
+        );
+        None
+    } else {
+        Some(tradehost::store::Store::open(&config.data_dir).and_then(|store| tradehost::store::check(&store)))
+    };
+    if let Some(result) = store {
+        match result {
+            Ok(report) if report.problems.is_empty() => outln!(
+                "OK    store {}: {} orders, {} fills, {} activity events; positions match fills",
+                config.data_dir.display(),
+                report.orders,
+                report.fills,
+                report.activity
+            ),
+            Ok(report) => {
+                healthy = false;
+                for problem in report.problems {
+                    outln!("FAIL  store: {problem}");
+                }
             }
-        }
-        Err(error) => {
-            healthy = false;
-            outln!("FAIL  store: {error}");
+            Err(error) => {
+                healthy = false;
+                outln!("FAIL  store: {error}");
+            }
         }
     }
     match config.exchange.kind {

@@ -97,8 +97,10 @@ pub struct OrderRequest {
     /// Market or limit.
     pub kind: OrderKind,
     /// Size in base units (contracts for derivatives), positive.
+    #[schema(format = "size")]
     pub size: Decimal,
     /// Limit price; `None` for market orders.
+    #[schema(format = "price")]
     pub price: Option<Decimal>,
     /// Good-till-cancelled or immediate-or-cancel.
     pub time_in_force: TimeInForce,
@@ -141,8 +143,10 @@ pub struct Order {
     /// Current status.
     pub status: OrderStatus,
     /// Size filled so far.
+    #[schema(format = "size")]
     pub filled: Decimal,
     /// Size-weighted average fill price, if anything filled.
+    #[schema(format = "price")]
     pub avg_fill_price: Option<Decimal>,
     /// Why it was rejected or cancelled.
     pub reason: Option<String>,
@@ -214,10 +218,13 @@ pub struct Fill {
     /// Buy or sell.
     pub side: Side,
     /// Filled size (positive).
+    #[schema(format = "size")]
     pub size: Decimal,
     /// Execution price.
+    #[schema(format = "price")]
     pub price: Decimal,
     /// Fee paid in the quote currency (negative would be a rebate).
+    #[schema(format = "money")]
     pub fee: Decimal,
     /// Maker or taker.
     pub liquidity: Liquidity,
@@ -303,10 +310,13 @@ pub struct Position {
     /// Instrument.
     pub symbol: String,
     /// Signed size: positive long, negative short, zero flat.
+    #[schema(format = "size")]
     pub size: Decimal,
     /// Average entry price of the open size (zero when flat).
+    #[schema(format = "price")]
     pub entry_price: Decimal,
     /// Profit realised by reducing the position, before fees.
+    #[schema(format = "money")]
     pub realized_pnl: Decimal,
 }
 
@@ -495,5 +505,83 @@ mod tests {
         assert_eq!(p.round_price_away(d("100.9"), Side::Sell), d("100.5"));
         assert_eq!(p.round_size(d("0.0019")), d("0.001"));
         assert_eq!(decimal_from_f64(0.1), Some(d("0.1")));
+    }
+}
+
+/// Decimals of quote-currency amounts (fees, PnL, balances, equity) wherever
+/// money is shown: the API, the CLI, the dashboard, logs and reports. The
+/// store keeps exact values.
+pub const MONEY_DECIMALS: u32 = 4;
+
+/// Decimals of prices and sizes of symbols without a known product.
+const UNKNOWN_DECIMALS: u32 = 8;
+
+/// How money is shown above the script API: prices at the product's tick
+/// decimals, sizes at its lot decimals, quote-currency amounts at
+/// [`MONEY_DECIMALS`]; trailing zeros dropped.
+#[derive(Debug, Clone, Default)]
+pub struct Shown {
+    decimals: HashMap<String, (u32, u32)>,
+}
+
+impl Shown {
+    /// Rules for these products.
+    pub fn new<'a>(products: impl IntoIterator<Item = &'a Product>) -> Self {
+        let decimals = products
+            .into_iter()
+            .map(|p| (p.symbol.clone(), (p.tick_size.normalize().scale(), p.lot_size.normalize().scale())))
+            .collect();
+        Shown { decimals }
+    }
+
+    /// Decimals of a symbol's prices and sizes.
+    pub fn decimals(&self, symbol: &str) -> (u32, u32) {
+        self.decimals.get(symbol).copied().unwrap_or((UNKNOWN_DECIMALS, UNKNOWN_DECIMALS))
+    }
+
+    /// A price of `symbol` as shown.
+    pub fn price(&self, symbol: &str, price: Decimal) -> Decimal {
+        price.round_dp(self.decimals(symbol).0).normalize()
+    }
+
+    /// A size of `symbol` as shown.
+    pub fn size(&self, symbol: &str, size: Decimal) -> Decimal {
+        size.round_dp(self.decimals(symbol).1).normalize()
+    }
+
+    /// A quote-currency amount as shown.
+    pub fn money(amount: Decimal) -> Decimal {
+        amount.round_dp(MONEY_DECIMALS).normalize()
+    }
+
+    /// A fill as shown.
+    pub fn fill(&self, fill: &Fill) -> Fill {
+        Fill {
+            size: self.size(&fill.symbol, fill.size),
+            price: self.price(&fill.symbol, fill.price),
+            fee: Shown::money(fill.fee),
+            ..fill.clone()
+        }
+    }
+
+    /// An order as shown.
+    pub fn order(&self, order: &Order) -> Order {
+        let symbol = &order.request.symbol;
+        let mut shown = order.clone();
+        shown.request.size = self.size(symbol, order.request.size);
+        shown.request.price = order.request.price.map(|p| self.price(symbol, p));
+        shown.filled = self.size(symbol, order.filled);
+        shown.avg_fill_price = order.avg_fill_price.map(|p| self.price(symbol, p));
+        shown
+    }
+
+    /// A position as shown.
+    pub fn position(&self, position: &Position) -> Position {
+        Position {
+            symbol: position.symbol.clone(),
+            size: self.size(&position.symbol, position.size),
+            entry_price: self.price(&position.symbol, position.entry_price),
+            realized_pnl: Shown::money(position.realized_pnl),
+        }
     }
 }

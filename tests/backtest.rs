@@ -77,8 +77,9 @@ fn on_candle(c) {
     assert_eq!(run.logs[0].1, "equity 10002.040046");
     // Bar 3 brings no order events, only a new mark: long 2 at 100.051, marked at 99.
     assert_eq!(run.logs[1].1, "bar 3: equity 9998.991046, size 2.0, unrealised -2.102");
-    assert_eq!(run.report.final_equity, d("9998.793046"));
-    assert_eq!(run.report.fees, d("0.502954"));
+    assert_eq!(run.equity.last().unwrap().equity, d("9998.793046"), "exact below the report");
+    assert_eq!(run.report.final_equity, d("9998.793"), "the report shows money at 4 decimals");
+    assert_eq!(run.report.fees, d("0.503"));
     assert_eq!(run.report.trades, 1);
     assert!(run.report.notes.iter().any(|n| n.contains("closed at the last close 99")), "{:?}", run.report.notes);
     assert_eq!(run.equity.len(), 4);
@@ -105,7 +106,9 @@ fn sma_crossover_matches_the_independent_python_computation() {
         .map(|f| serde_json::json!({ "side": f.side.as_str(), "size": f.size.normalize().to_string(), "price": f.price.normalize().to_string(), "fee": f.fee.normalize().to_string() }))
         .collect();
     assert_eq!(serde_json::Value::Array(ours), expected["fills"]);
-    assert_eq!(run.report.final_equity.normalize().to_string(), expected["final_equity"].as_str().unwrap());
+    let exact = run.equity.last().unwrap().equity;
+    assert_eq!(exact.normalize().to_string(), expected["final_equity"].as_str().unwrap());
+    assert_eq!(run.report.final_equity, tradehost::model::Shown::money(exact));
 }
 
 fn tradehost() -> Command {

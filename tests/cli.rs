@@ -245,6 +245,18 @@ mod signals {
         );
         let wrong = tradehost().args(["status", "--http", &addr, "--token", "not-the-right-token"]).output().unwrap();
         assert_eq!(wrong.status.code(), Some(1));
+        // doctor on the data folder of a running host says so instead of failing on its lock.
+        let doctor = tradehost().args(["doctor", "--config"]).arg(&host.config).output().unwrap();
+        let stdout = String::from_utf8_lossy(&doctor.stdout);
+        assert!(stdout.contains("the host is running (pid ") && stdout.contains("doctor --live"), "{stdout}");
+        assert!(!stdout.contains("FAIL"), "{stdout}");
+        assert_eq!(doctor.status.code(), Some(0), "{stdout}");
+        let live =
+            tradehost().args(["doctor", "--live", "--http", &addr, "--data-dir"]).arg(&data_dir).output().unwrap();
+        let stdout = String::from_utf8_lossy(&live.stdout);
+        assert_eq!(live.status.code(), Some(0), "{stdout}");
+        assert!(stdout.contains("OK    host at http://") && stdout.contains("clock simulated ×60"), "{stdout}");
+        assert!(stdout.contains("OK    strategy slow: running"), "{stdout}");
 
         let stop = tradehost().args(["stop", "--http", &addr, "--data-dir"]).arg(&data_dir).output().unwrap();
         assert_eq!(stop.status.code(), Some(0), "{}", String::from_utf8_lossy(&stop.stderr));
@@ -316,4 +328,89 @@ fn delta_without_credentials_or_reachable_exchange_exits_with_a_clear_error() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("GET /v2/settings") && stderr.contains("cannot reach the exchange"), "{stderr}");
     assert!(!stderr.contains("super-secret-value"), "the secret is never printed");
+}
+
+#[test]
+fn check_finds_unknown_host_functions_wrong_argument_counts_and_unclosed_blocks_without_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "unknown.rhai",
+            "fn on_candle(c) {\n    // never runs: found by check\n    if c.close < 0.0 { let s = ta::supertrend(c.symbol, 10, 3); }\n}\n",
+            "unknown.rhai:3:",
+            "there is no function `ta::supertrend`; ta:: has sma, ema",
+        ),
+        (
+            "arity.rhai",
+            "fn on_candle(c) {\n  let x = ta::sma(c.symbol);\n}\n",
+            "arity.rhai:2:",
+            "`ta::sma` is called with 1 argument(s)",
+        ),
+        (
+            "own.rhai",
+            "fn helper(a, b) { a + b }\nfn on_candle(c) {\n  helper(1);\n}\n",
+            "own.rhai:3:",
+            "`helper` is called with 1 argument(s)",
+        ),
+        (
+            "unclosed.rhai",
+            "fn on_start() { }\n\nfn on_candle(c) {\n    if c.close > 1.0 {\n        print(\"up\");\n    }\n\nfn on_stop() { }\n",
+            "unclosed.rhai:3:17:",
+            "this `{` in fn on_candle is never closed",
+        ),
+    ];
+    for (name, source, at, message) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, source).unwrap();
+        let out = tradehost().arg("check").arg(&file).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(at) && stderr.contains(message), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn check_with_a_config_rejects_overrides_of_missing_strategies_and_strategies_the_market_cannot_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let strategies = dir.path().join("strategies");
+    std::fs::create_dir(&strategies).unwrap();
+    let sol = strategies.join("sol.rhai");
+    std::fs::write(&sol, "fn config() { #{ symbols: [\"SOLUSD\"] } }\nfn on_candle(c) { }").unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!("[strategies]\ndir = {strategies:?}\n[strategies.overrides.sma_crosss]\nparams = {{ fast = 5 }}\n"),
+    )
+    .unwrap();
+    let out = tradehost().args(["check", "--config"]).arg(&config).arg(&sol).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`strategies.overrides.sma_crosss`: there is no strategy sma_crosss"), "{stderr}");
+    assert!(stderr.contains("sol.rhai: idle: no market data for SOLUSD"), "{stderr}");
+    // Without --config the embedded default market is only a note.
+    let out = tradehost().arg("check").arg(&sol).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("idle: no market data for SOLUSD"));
+}
+
+#[test]
+fn an_unknown_param_names_the_params_the_script_has() {
+    let out = tradehost()
+        .args(["backtest", "--strategy", "strategies/sma_cross.rhai", "--data", "tests/fixtures/btc_1m.csv"])
+        .args(["--symbol", "BTCUSD", "--param", "fastt=5", "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("param `fastt`") && stderr.contains("declared: fast, size, slow"), "{stderr}");
+}
+
+#[test]
+fn doctor_on_a_missing_data_folder_says_so_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-data");
+    let out = tradehost().args(["doctor", "--data-dir"]).arg(&missing).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("does not exist, nothing to check"), "{stdout}");
+    assert!(!missing.exists(), "doctor created {}", missing.display());
 }

@@ -403,3 +403,113 @@ async fn cors_is_off_by_default_and_allows_only_configured_origins() {
     assert!(other.headers().get("access-control-allow-origin").is_none());
     assert_eq!(open.stop().await, 0);
 }
+
+const AVERAGER: &str = r#"
+fn config() { #{ symbols: ["BTCUSD", "ETHUSD"], timeframe: "1s" } }
+fn on_tick(t) {
+    this.n = (this.n ?? 0) + 1;
+    if this.n <= 14 {
+        // Buys at seven different prices: the entry price is an average no tick grid holds.
+        exchange::market_order(t.symbol, "buy", if t.symbol == "BTCUSD" { 0.003 } else { 0.07 });
+        exchange::limit_order(t.symbol, "buy", 0.001, t.bid * 0.9);
+    }
+}
+"#;
+
+/// Decimals of a decimal string.
+fn decimals(text: &str) -> u32 {
+    text.split_once('.').map_or(0, |(_, frac)| frac.len() as u32)
+}
+
+/// Walks `value` along its OpenAPI `schema`; every string with format
+/// price/size/money must have at most the decimals the product allows.
+fn check_shown(schemas: &Value, schema: &Value, value: &Value, symbol: Option<&str>, path: &str, checked: &mut usize) {
+    let products: std::collections::BTreeMap<String, tradehost::model::Product> = tradehost::config::Config::embedded()
+        .exchange
+        .paper
+        .product_list()
+        .into_iter()
+        .map(|p| (p.symbol.clone(), p))
+        .collect();
+    let schema = match schema["$ref"].as_str() {
+        Some(r) => &schemas[r.trim_start_matches("#/components/schemas/")],
+        None => schema,
+    };
+    if let Some(one_of) = schema["oneOf"].as_array() {
+        for option in one_of.iter().filter(|o| o["type"] != "null") {
+            check_shown(schemas, option, value, symbol, path, checked);
+        }
+        return;
+    }
+    match value {
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_shown(schemas, &schema["items"], item, symbol, &format!("{path}[{i}]"), checked);
+            }
+        }
+        Value::Object(map) => {
+            let symbol = map
+                .get("symbol")
+                .and_then(Value::as_str)
+                .or(map.get("request").and_then(|r| r["symbol"].as_str()))
+                .or(symbol);
+            for (key, field) in map {
+                check_shown(schemas, &schema["properties"][key], field, symbol, &format!("{path}.{key}"), checked);
+            }
+        }
+        Value::String(text) => {
+            let product = symbol.and_then(|s| products.get(s));
+            let allowed = match schema["format"].as_str() {
+                Some("price") => product.expect("a price belongs to a symbol").tick_size.normalize().scale(),
+                Some("size") => product.expect("a size belongs to a symbol").lot_size.normalize().scale(),
+                Some("money") => tradehost::model::MONEY_DECIMALS,
+                _ => return,
+            };
+            assert!(decimals(text) <= allowed, "{path} = {text}: more than {allowed} decimals");
+            assert!(!text.contains('.') || !text.ends_with('0'), "{path} = {text}: trailing zero");
+            *checked += 1;
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_money_field_has_at_most_the_products_decimals() {
+    let t = TestHost::start(&[("avg", AVERAGER)], |_| {}).await;
+    for n in [14, 13] {
+        t.wait_for(0, "the buys", |e| e.kind == tradehost::activity::ActivityKind::Fill && e.data["id"] == n).await;
+    }
+    let api = Api::new(&t).await;
+    let schemas = api.openapi["components"]["schemas"].clone();
+    let mut checked = 0;
+    for (path, template) in [
+        ("/api/v1/orders?all=true", "/api/v1/orders"),
+        ("/api/v1/orders", "/api/v1/orders"),
+        ("/api/v1/fills", "/api/v1/fills"),
+        ("/api/v1/positions", "/api/v1/positions"),
+        ("/api/v1/balances", "/api/v1/balances"),
+    ] {
+        let body = api.checked(Method::GET, path, template, StatusCode::OK).await;
+        let schema =
+            &api.openapi["paths"][template]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+        check_shown(&schemas, schema, &body, None, path, &mut checked);
+    }
+    assert!(checked > 50, "only {checked} money fields were checked");
+    let positions = t.api_get("/api/v1/positions").await;
+    let entry = positions[0]["entry_price"].as_str().unwrap();
+    assert!(decimals(entry) <= 1, "an averaged entry price is shown at the tick's decimals: {entry}");
+    // The activity stream shows fills the same way.
+    for event in
+        t.host.activity().since(0, usize::MAX).iter().filter(|e| e.kind == tradehost::activity::ActivityKind::Fill)
+    {
+        check_shown(
+            &schemas,
+            &serde_json::json!({"$ref": "#/components/schemas/Fill"}),
+            &event.data,
+            None,
+            "activity",
+            &mut checked,
+        );
+    }
+    assert_eq!(t.stop().await, 0);
+}

@@ -11,7 +11,7 @@ use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
 
 use crate::data::Timeframe;
-use crate::model::{Fill, Position, TimestampMs};
+use crate::model::{Fill, Position, Shown, TimestampMs};
 
 /// Equity after the bars of one time.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -231,11 +231,11 @@ impl Report {
             data_interval: inputs.data_interval.to_string(),
             short_sample,
             initial_cash: initial,
-            final_equity,
+            final_equity: Shown::money(final_equity),
             total_return: round(total_return),
             annualized_return: round(annualized_return),
             max_drawdown: round(max_drawdown),
-            max_drawdown_value,
+            max_drawdown_value: Shown::money(max_drawdown_value),
             max_drawdown_bars,
             sharpe: round(sharpe),
             sortino: round(sortino),
@@ -248,7 +248,7 @@ impl Report {
             win_rate: round(if trades.is_empty() { 0.0 } else { wins as f64 / trades.len() as f64 }),
             profit_factor,
             fills: inputs.fills.len(),
-            fees: inputs.fees,
+            fees: Shown::money(inputs.fees),
             notes,
             elapsed: inputs.elapsed,
         }

@@ -72,6 +72,20 @@ impl Products {
         out
     }
 
+    /// How the products' prices (tick) and sizes (contract value, in base units) are shown.
+    pub fn shown(&self) -> crate::model::Shown {
+        let products: Vec<crate::model::Product> = self
+            .by_symbol
+            .values()
+            .map(|p| crate::model::Product {
+                symbol: p.symbol.clone(),
+                tick_size: p.tick_size,
+                lot_size: p.contract_value,
+            })
+            .collect();
+        crate::model::Shown::new(&products)
+    }
+
     /// A product by symbol.
     pub fn get(&self, symbol: &str) -> Option<&Product> {
         self.by_symbol.get(symbol)

@@ -62,6 +62,8 @@ pub struct ApiContext {
     pub mode: String,
     /// The run's clock, whose time every record carries.
     pub clock: crate::clock::Clock,
+    /// How prices, sizes and money are shown.
+    pub shown: crate::model::Shown,
 }
 
 /// Shared state of the router.

@@ -18,7 +18,7 @@ use super::error::{ApiError, ErrorBody};
 use super::{ApiState, ws};
 use crate::activity::ActivityEvent;
 use crate::health::ComponentState;
-use crate::model::{Fill, Order};
+use crate::model::{Fill, Order, Shown};
 use crate::supervisor::{Control, ControlError, ShutdownReason, StrategyStatus};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -84,7 +84,7 @@ pub struct HealthResponse {
 pub struct StatusResponse {
     /// tradehost version.
     pub version: String,
-    /// `paper` or `delta (network)`.
+    /// `paper` or `delta`.
     pub mode: String,
     /// The clock every record's time comes from: `wall`, or `simulated ×60`
     /// when the synthetic or replay feed runs the market faster than real time.
@@ -127,14 +127,19 @@ pub struct PositionView {
     /// Instrument.
     pub symbol: String,
     /// Signed size.
+    #[schema(format = "size")]
     pub size: Decimal,
     /// Average entry price.
+    #[schema(format = "price")]
     pub entry_price: Decimal,
     /// Realised PnL.
+    #[schema(format = "money")]
     pub realized_pnl: Decimal,
     /// Unrealised PnL at the mark.
+    #[schema(format = "money")]
     pub unrealized_pnl: Decimal,
     /// Mark (mid) price, if known.
+    #[schema(format = "price")]
     pub mark: Option<Decimal>,
 }
 
@@ -144,8 +149,10 @@ pub struct BalancesResponse {
     /// Quote currency.
     pub currency: String,
     /// Cash balance.
+    #[schema(format = "money")]
     pub balance: Decimal,
     /// Balance plus unrealised PnL.
+    #[schema(format = "money")]
     pub equity: Decimal,
 }
 
@@ -328,9 +335,9 @@ async fn orders(
             .map_err(|e| ApiError::Internal(e.to_string()))??;
         all.sort_by_key(|o| o.updated);
         let skip = all.len().saturating_sub(limit);
-        return Ok(Json(all.into_iter().skip(skip).collect()));
+        return Ok(Json(all.iter().skip(skip).map(|o| state.shown.order(o)).collect()));
     }
-    Ok(Json(state.account.load().open_orders.iter().take(limit).cloned().collect()))
+    Ok(Json(state.account.load().open_orders.iter().take(limit).map(|o| state.shown.order(o)).collect()))
 }
 
 /// The newest fills, oldest first.
@@ -345,7 +352,7 @@ async fn fills(
     let fills = tokio::task::spawn_blocking(move || store.recent_fills(limit))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(Json(fills))
+    Ok(Json(fills.iter().map(|f| state.shown.fill(f)).collect()))
 }
 
 /// Every strategy's non-flat positions with unrealised PnL at the mark.
@@ -360,14 +367,15 @@ async fn positions(State(state): State<ApiState>) -> Json<Vec<PositionView>> {
         .filter(|(_, p)| !p.size.is_zero())
         .map(|(strategy, p)| {
             let mark = account.marks.get(&p.symbol).copied();
+            let shown = state.shown.position(p);
             PositionView {
                 strategy: strategy.clone(),
                 symbol: p.symbol.clone(),
-                size: p.size,
-                entry_price: p.entry_price,
-                realized_pnl: p.realized_pnl,
-                unrealized_pnl: mark.map_or(Decimal::ZERO, |m| p.unrealized_pnl(m)),
-                mark,
+                size: shown.size,
+                entry_price: shown.entry_price,
+                realized_pnl: shown.realized_pnl,
+                unrealized_pnl: Shown::money(mark.map_or(Decimal::ZERO, |m| p.unrealized_pnl(m))),
+                mark: mark.map(|m| state.shown.price(&p.symbol, m)),
             }
         })
         .collect();
@@ -380,7 +388,11 @@ async fn positions(State(state): State<ApiState>) -> Json<Vec<PositionView>> {
     (status = 200, body = BalancesResponse), (status = 401, body = ErrorBody)))]
 async fn balances(State(state): State<ApiState>) -> Json<BalancesResponse> {
     let account = state.account.load();
-    Json(BalancesResponse { currency: account.currency.clone(), balance: account.balance, equity: account.equity })
+    Json(BalancesResponse {
+        currency: account.currency.clone(),
+        balance: Shown::money(account.balance),
+        equity: Shown::money(account.equity),
+    })
 }
 
 /// The persisted activity log after `since`.

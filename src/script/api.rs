@@ -14,51 +14,73 @@ use crate::strategy::{LogLevel, OrderSpec, SharedContext, StrategyCommand, Strat
 
 type Result<T> = std::result::Result<T, Box<EvalAltResult>>;
 
-/// Every host function with its expected signature, for error messages.
-pub const SIGNATURES: &[(&str, &str)] = &[
-    (
+/// A host function scripts can call.
+#[derive(Debug, Clone, Copy)]
+pub struct HostFn {
+    /// Qualified name, `ta::sma`.
+    pub name: &'static str,
+    /// The signature shown in errors.
+    pub signature: &'static str,
+    /// Fewest arguments it takes.
+    pub min_args: usize,
+    /// Most arguments it takes.
+    pub max_args: usize,
+}
+
+const fn host(name: &'static str, signature: &'static str, min_args: usize, max_args: usize) -> HostFn {
+    HostFn { name, signature, min_args, max_args }
+}
+
+/// Every host function with its expected signature and argument counts, for
+/// error messages and for `check`.
+pub const HOST_FUNCTIONS: &[HostFn] = &[
+    host(
         "exchange::market_order",
         "exchange::market_order(symbol: string, side: \"buy\"|\"sell\", size: number [, options: #{reduce_only}])",
+        3,
+        4,
     ),
-    (
+    host(
         "exchange::limit_order",
         "exchange::limit_order(symbol: string, side: \"buy\"|\"sell\", size: number, price: number [, options: #{post_only, reduce_only, tif: \"gtc\"|\"ioc\"}])",
+        4,
+        5,
     ),
-    ("exchange::cancel", "exchange::cancel(order_id: string)"),
-    ("exchange::cancel_all", "exchange::cancel_all([symbol: string])"),
-    ("exchange::position", "exchange::position(symbol: string)"),
-    ("exchange::open_orders", "exchange::open_orders([symbol: string])"),
-    ("exchange::balance", "exchange::balance([asset: string])"),
-    ("exchange::equity", "exchange::equity()"),
-    ("market::candles", "market::candles(symbol: string (\"BTCUSD\" or \"BTCUSD@1h\"), n: int)"),
-    ("market::last", "market::last(symbol: string)"),
-    ("market::ticker", "market::ticker(symbol: string)"),
-    ("market::book", "market::book(symbol: string)"),
-    ("ta::sma", "ta::sma(symbol: string | values: array, n: int)"),
-    ("ta::ema", "ta::ema(symbol: string | values: array, n: int)"),
-    ("ta::rsi", "ta::rsi(symbol: string | values: array, n: int)"),
-    ("ta::atr", "ta::atr(symbol: string, n: int)"),
-    ("ta::macd", "ta::macd(symbol: string | values: array, fast: int, slow: int, signal: int)"),
-    ("ta::bbands", "ta::bbands(symbol: string | values: array, n: int, k: number)"),
-    ("ta::vwap", "ta::vwap(symbol: string)"),
-    ("ta::highest", "ta::highest(symbol: string | values: array, n: int)"),
-    ("ta::lowest", "ta::lowest(symbol: string | values: array, n: int)"),
-    ("timer::every", "timer::every(name: string, interval: string such as \"5s\")"),
-    ("timer::after", "timer::after(name: string, delay: string such as \"1m\")"),
-    ("timer::cancel", "timer::cancel(name: string)"),
-    ("log::info", "log::info(message)"),
-    ("log::warn", "log::warn(message)"),
-    ("log::error", "log::error(message)"),
-    ("health::heartbeat", "health::heartbeat()"),
-    ("health::report", "health::report(key: string, value)"),
-    ("health::degraded", "health::degraded(reason: string)"),
-    ("notify", "notify(message)"),
-    ("now", "now()"),
+    host("exchange::cancel", "exchange::cancel(order_id: string)", 1, 1),
+    host("exchange::cancel_all", "exchange::cancel_all([symbol: string])", 0, 1),
+    host("exchange::position", "exchange::position(symbol: string)", 1, 1),
+    host("exchange::open_orders", "exchange::open_orders([symbol: string])", 0, 1),
+    host("exchange::balance", "exchange::balance([asset: string])", 0, 1),
+    host("exchange::equity", "exchange::equity()", 0, 0),
+    host("market::candles", "market::candles(symbol: string (\"BTCUSD\" or \"BTCUSD@1h\"), n: int)", 2, 2),
+    host("market::last", "market::last(symbol: string)", 1, 1),
+    host("market::ticker", "market::ticker(symbol: string)", 1, 1),
+    host("market::book", "market::book(symbol: string)", 1, 1),
+    host("ta::sma", "ta::sma(symbol: string | values: array, n: int)", 2, 2),
+    host("ta::ema", "ta::ema(symbol: string | values: array, n: int)", 2, 2),
+    host("ta::rsi", "ta::rsi(symbol: string | values: array, n: int)", 2, 2),
+    host("ta::atr", "ta::atr(symbol: string, n: int)", 2, 2),
+    host("ta::macd", "ta::macd(symbol: string | values: array, fast: int, slow: int, signal: int)", 4, 4),
+    host("ta::bbands", "ta::bbands(symbol: string | values: array, n: int, k: number)", 3, 3),
+    host("ta::vwap", "ta::vwap(symbol: string)", 1, 1),
+    host("ta::highest", "ta::highest(symbol: string | values: array, n: int)", 2, 2),
+    host("ta::lowest", "ta::lowest(symbol: string | values: array, n: int)", 2, 2),
+    host("timer::every", "timer::every(name: string, interval: string such as \"5s\")", 2, 2),
+    host("timer::after", "timer::after(name: string, delay: string such as \"1m\")", 2, 2),
+    host("timer::cancel", "timer::cancel(name: string)", 1, 1),
+    host("log::info", "log::info(message)", 1, 1),
+    host("log::warn", "log::warn(message)", 1, 1),
+    host("log::error", "log::error(message)", 1, 1),
+    host("health::heartbeat", "health::heartbeat()", 0, 0),
+    host("health::report", "health::report(key: string, value)", 2, 2),
+    host("health::degraded", "health::degraded(reason: string)", 1, 1),
+    host("notify", "notify(message)", 1, 1),
+    host("now", "now()", 0, 0),
 ];
 
 /// The expected signature of a host function, by its qualified name.
 pub fn signature(name: &str) -> Option<&'static str> {
-    SIGNATURES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    HOST_FUNCTIONS.iter().find(|f| f.name == name).map(|f| f.signature)
 }
 
 /// Gives an argument error the position of the call that caused it.

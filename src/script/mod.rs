@@ -6,6 +6,7 @@
 pub mod api;
 pub mod convert;
 pub mod engine;
+mod lint;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -177,6 +178,28 @@ pub fn check(file: &str, source: &str, options: &ScriptOptions) -> Result<Strate
         .map(|c| c.meta)
 }
 
+/// A syntax error at `file:line:col`. When the parser ran into the end of the
+/// file (or the next `fn`) looking for a closing bracket, the error points at
+/// the bracket left open and the `fn` it is in, not where the parser stopped.
+fn syntax_error(file: &str, source: &str, error: &rhai::ParseError) -> StrategyError {
+    let message = error.0.to_string();
+    let runs_past_a_bracket = match error.0.as_ref() {
+        rhai::ParseErrorType::MissingToken(token, _) => ["}", ")", "]"].contains(&token.as_str()),
+        rhai::ParseErrorType::WrongFnDefinition => true,
+        _ => false,
+    };
+    if runs_past_a_bracket && let Some((line, column, bracket, function)) = lint::unclosed(source)
+    {
+        let within = function.map_or(String::new(), |f| format!(" in fn {f}"));
+        let end = error.1.line().map_or(String::new(), |l| format!(" (found at line {l})"));
+        return StrategyError {
+            location: Some(Location { file: file.to_string(), line, column }),
+            message: format!("this `{bracket}`{within} is never closed: {message}{end}"),
+        };
+    }
+    StrategyError { location: location(file, error.position()), message }
+}
+
 fn location(file: &str, position: Position) -> Option<Location> {
     Some(Location { file: file.to_string(), line: position.line()?, column: position.position().unwrap_or(1) })
 }
@@ -204,9 +227,8 @@ fn compile(
             message: "the script is empty".into(),
         });
     }
-    let ast = engine
-        .compile(source)
-        .map_err(|e| StrategyError { location: location(file, e.position()), message: e.0.to_string() })?;
+    let ast = engine.compile(source).map_err(|e| syntax_error(file, source, &e))?;
+    lint::calls(&ast, file)?;
     let mut callbacks = HashSet::new();
     let mut locations = HashMap::new();
     for function in ast.iter_functions() {

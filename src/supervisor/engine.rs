@@ -82,6 +82,8 @@ pub struct Engine {
     pub id_counter: Arc<std::sync::atomic::AtomicU64>,
     /// Order and fill counters.
     pub metrics: Arc<crate::health::Metrics>,
+    /// How prices, sizes and money are shown in activity and logs.
+    pub shown: crate::model::Shown,
     /// Reports of a live venue (none for paper).
     pub venue_updates: Option<mpsc::UnboundedReceiver<VenueUpdate>>,
     /// Send orders as soon as their intents are committed, while the engine
@@ -368,10 +370,11 @@ impl Engine {
                 ExchangeEvent::Fill(fill) => {
                     self.metrics.fills.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let strategy = fill.strategy.clone();
-                    self.activity.publish(ActivityKind::Fill, Some(&strategy), json!(fill));
-                    let position = self.oms.position(&strategy, &fill.symbol);
+                    let shown = self.shown.fill(&fill);
+                    self.activity.publish(ActivityKind::Fill, Some(&strategy), json!(shown));
+                    let position = self.shown.position(&self.oms.position(&strategy, &fill.symbol));
                     self.activity.publish(ActivityKind::Position, Some(&strategy), json!(position));
-                    tracing::info!(strategy = %strategy, id = fill.id, order = %fill.order_id, side = %fill.side, size = %fill.size, price = %fill.price, fee = %fill.fee, "fill");
+                    tracing::info!(strategy = %strategy, id = fill.id, order = %fill.order_id, side = %fill.side, size = %shown.size, price = %shown.price, fee = %shown.fee, "fill");
                     if let Some(runtime) = runtimes.get(&strategy) {
                         runtime.send_event(StrategyEvent::Fill(fill));
                     }
@@ -385,7 +388,7 @@ impl Engine {
                             .unwrap_or("unknown"),
                     );
                     let strategy = order.request.strategy.clone();
-                    self.activity.publish(ActivityKind::Order, Some(&strategy), json!(order));
+                    self.activity.publish(ActivityKind::Order, Some(&strategy), json!(self.shown.order(&order)));
                     if let Some(reason) =
                         order.reason.as_deref().filter(|_| order.status == crate::model::OrderStatus::Rejected)
                     {

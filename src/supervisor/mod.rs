@@ -376,7 +376,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     health.set("store", ComponentState::Up);
     let activity = ActivityBus::new(10_000, recovered.last_activity_seq);
     activity.attach_store(writer.clone());
-    let (oms, hub, market, resolved, delta, clock) = match config.exchange.kind {
+    let (oms, hub, market, resolved, delta, clock, shown) = match config.exchange.kind {
         ExchangeKind::Paper => {
             let mut oms = Oms::new(Venue::Paper(PaperExchange::new(&config.exchange.paper)));
             // Warm-up history first, on an empty book: it must not fill restored orders.
@@ -385,7 +385,8 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
             oms.set_clock(clock.clone());
             activity.set_clock(clock.clone());
             let resolved = oms.restore(&recovered).map_err(|e| HostError::Recovery(e.to_string()))?;
-            (oms, hub, Market::Feed(source), resolved, None, clock)
+            let shown = crate::model::Shown::new(&config.exchange.paper.product_list());
+            (oms, hub, Market::Feed(source), resolved, None, clock, shown)
         }
         ExchangeKind::Delta => {
             use crate::delta::connector::{MARKET_COMPONENT, ORDERS_COMPONENT, REST_COMPONENT};
@@ -394,7 +395,8 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
             }
             let (oms, hub, resolved, links) = start_delta(&config, &store, &recovered, &activity).await?;
             let connector = links.connector.clone();
-            (oms, hub, Market::Delta(connector), resolved, Some(links), Clock::wall())
+            let shown = connector.products.shown();
+            (oms, hub, Market::Delta(connector), resolved, Some(links), Clock::wall(), shown)
         }
     };
     if !resolved.is_empty() {
@@ -490,6 +492,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         control: control_tx.clone(),
         id_counter: id_counter.clone(),
         metrics: metrics.clone(),
+        shown: shown.clone(),
         venue_updates,
         pipeline: config.exchange.kind == ExchangeKind::Delta,
         startup_events: resolved,
@@ -542,6 +545,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
             ExchangeKind::Delta => "delta".to_string(),
         },
         clock: clock.clone(),
+        shown,
     });
     tasks.spawn("http", crate::http::serve(listener, crate::http::router(api), http_cancel.clone()));
     health.set("http", ComponentState::Up);

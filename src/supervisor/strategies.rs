@@ -184,6 +184,7 @@ impl Supervisor {
 
     fn rescan(&mut self) {
         tracing::debug!(dir = %self.dir.display(), "scanning the strategies folder");
+        let first = !self.scanned;
         self.scanned = true;
         let found = match scan(&self.dir) {
             Ok(found) => found,
@@ -214,6 +215,14 @@ impl Supervisor {
                 None => {
                     self.slots.remove(&name);
                 }
+            }
+        }
+        if first {
+            for name in self.config.strategies.overrides.keys().filter(|n| !found.contains_key(*n)) {
+                tracing::warn!(
+                    "`strategies.overrides.{name}` names no strategy in {} (yet): check the spelling; it applies if {name}.rhai appears",
+                    self.dir.display()
+                );
             }
         }
         for (name, (file, source)) in found {
