@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tradehost::config::{Config, SandboxConfig};
+use tradehost::data::{TimedCandle, Timeframe};
 use tradehost::model::{AccountView, Candle};
 use tradehost::script::{ScriptOptions, ScriptStrategy};
 use tradehost::strategy::live::{self, RuntimeSpec};
@@ -125,7 +126,9 @@ fn on_candle(c) {
             };
             ScriptStrategy::new("bench.rhai", always_orders, options, env).map(|s| Box::new(s) as _)
         }),
-        history: Box::new(|_| candles(100)),
+        history: Box::new(|_| {
+            candles(100).into_iter().map(|candle| TimedCandle { timeframe: Timeframe::minute(), candle }).collect()
+        }),
         initial_state: None,
         account,
         ids: OrderIds::new("bench", Arc::new(AtomicU64::new(0))),

@@ -130,11 +130,21 @@ pub struct StoreConfig {
     pub activity_max_age_days: u64,
     /// Longest delay before a changed strategy state (`this`) is stored.
     pub state_flush_ms: u64,
+    /// Closed orders that filled nothing are pruned after this many days (0 keeps them).
+    pub closed_order_retention_days: u64,
+    /// Cached candles kept per symbol and timeframe (0 keeps all).
+    pub candles_keep: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { activity_keep: 1_000_000, activity_max_age_days: 90, state_flush_ms: 250 }
+        StoreConfig {
+            activity_keep: 200_000,
+            activity_max_age_days: 90,
+            state_flush_ms: 250,
+            closed_order_retention_days: 7,
+            candles_keep: 10_000,
+        }
     }
 }
 

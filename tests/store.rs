@@ -250,7 +250,7 @@ fn activity_retention_prunes_by_count_and_by_age() {
             .to_string(),
     }
     };
-    let writer = store.writer(store::Retention { keep: 0, max_age_ms: 7 * 86_400_000 });
+    let writer = store.writer(store::Retention { max_age_ms: 7 * 86_400_000, ..Default::default() });
     let old: Vec<WriteOp> = (1..=10).map(|seq| event(seq, 30)).collect();
     writer.commit_blocking(old).unwrap();
     writer.commit_blocking((11..=15).map(|seq| event(seq, 0)).collect()).unwrap();
@@ -258,10 +258,73 @@ fn activity_retention_prunes_by_count_and_by_age() {
     assert_eq!(kept, (11..=15).collect::<Vec<_>>(), "events older than a week are pruned");
     writer.close();
 
-    let writer = store.writer(store::Retention { keep: 3, max_age_ms: 0 });
+    let writer = store.writer(store::Retention { keep: 3, ..Default::default() });
     writer.commit_blocking(vec![event(16, 0)]).unwrap();
     let kept: Vec<u64> = store.activity_since(0, 100).unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(kept, vec![14, 15, 16], "only the newest 3 are kept");
     assert_eq!(store.activity_len().unwrap(), 3);
+    writer.close();
+}
+
+#[test]
+fn closed_orders_that_filled_nothing_and_old_candles_are_pruned_the_rest_is_kept() {
+    use tradehost::model::{Candle, Order, OrderKind, OrderRequest, OrderStatus, Side, TimeInForce};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let day = 86_400_000;
+    let order = |id: &str, status: OrderStatus, filled: &str, updated: i64| {
+        let request = OrderRequest {
+            client_id: id.into(),
+            strategy: "mm".into(),
+            symbol: "BTCUSD".into(),
+            side: Side::Buy,
+            kind: OrderKind::Limit,
+            size: "1".parse().unwrap(),
+            price: Some("100".parse().unwrap()),
+            time_in_force: TimeInForce::Gtc,
+            post_only: true,
+            reduce_only: false,
+        };
+        let mut order = Order::new(request, updated);
+        order.status = status;
+        order.filled = filled.parse().unwrap();
+        order.updated = updated;
+        WriteOp::Order(order)
+    };
+    let writer = store.writer(store::Retention { closed_orders_ms: 7 * day, candles_keep: 5, ..Default::default() });
+    writer
+        .commit_blocking(vec![
+            order("old-cancelled", OrderStatus::Cancelled, "0", day),
+            order("old-rejected", OrderStatus::Rejected, "0", day),
+            order("old-filled", OrderStatus::Filled, "1", day),
+            order("old-partly", OrderStatus::Cancelled, "0.5", day),
+            order("old-open", OrderStatus::Open, "0", day),
+        ])
+        .unwrap();
+    let ids =
+        || store.orders().unwrap().into_iter().map(|o| o.request.client_id).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(ids().len(), 5, "nothing is old yet");
+    writer.commit_blocking(vec![order("new-cancelled", OrderStatus::Cancelled, "0", 10 * day)]).unwrap();
+    let kept = ids();
+    assert!(!kept.contains("old-cancelled") && !kept.contains("old-rejected"), "{kept:?}");
+    for id in ["old-filled", "old-partly", "old-open", "new-cancelled"] {
+        assert!(kept.contains(id), "{id} is kept: {kept:?}");
+    }
+
+    let candle = |minute: i64| WriteOp::Candle {
+        timeframe: "1m".into(),
+        candle: Candle {
+            symbol: "BTCUSD".into(),
+            time: minute * 60_000,
+            open: 1.0,
+            high: 1.0,
+            low: 1.0,
+            close: 1.0,
+            volume: 1.0,
+        },
+    };
+    writer.commit_blocking((0..20).map(candle).collect()).unwrap();
+    let times: Vec<i64> = store.candles("BTCUSD", "1m", 100).unwrap().iter().map(|c| c.time / 60_000).collect();
+    assert_eq!(times, (15..20).collect::<Vec<_>>(), "the newest 5 candles are kept");
     writer.close();
 }

@@ -84,7 +84,7 @@ impl MarketHub {
         }
         // Longer timeframes first: a strategy reading 1h candles from a 5m
         // strategy sees the hour that closed with its 5m candle before it.
-        out.sort_by(|a, b| b.timeframe.cmp(&a.timeframe));
+        out.sort_by_key(|c| std::cmp::Reverse(c.timeframe));
         out
     }
 

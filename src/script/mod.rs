@@ -188,8 +188,7 @@ fn syntax_error(file: &str, source: &str, error: &rhai::ParseError) -> StrategyE
         rhai::ParseErrorType::WrongFnDefinition => true,
         _ => false,
     };
-    if runs_past_a_bracket && let Some((line, column, bracket, function)) = lint::unclosed(source)
-    {
+    if runs_past_a_bracket && let Some((line, column, bracket, function)) = lint::unclosed(source) {
         let within = function.map_or(String::new(), |f| format!(" in fn {f}"));
         let end = error.1.line().map_or(String::new(), |l| format!(" (found at line {l})"));
         return StrategyError {

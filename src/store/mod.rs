@@ -34,6 +34,9 @@ pub(crate) const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 pub(crate) const ACCOUNT: TableDefinition<&str, &[u8]> = TableDefinition::new("account");
 pub(crate) const STRATEGY_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("strategy_state");
 pub(crate) const ACTIVITY: TableDefinition<u64, &[u8]> = TableDefinition::new("activity");
+/// Closed orders that filled nothing, by `update time|client id`: what the
+/// closed-order retention prunes, oldest first.
+pub(crate) const CLOSED_ORDERS: TableDefinition<&str, ()> = TableDefinition::new("closed_orders");
 /// Strategies a user stopped, by name: why (kept until a user starts them again).
 pub(crate) const STOPPED: TableDefinition<&str, &str> = TableDefinition::new("stopped_strategies");
 /// Closed candles by `SYMBOL|timeframe|time` (time zero-padded so keys sort by time).
@@ -312,6 +315,7 @@ impl Store {
             write.open_table(ACCOUNT).map_err(|e| err(e.to_string()))?;
             write.open_table(STRATEGY_STATE).map_err(|e| err(e.to_string()))?;
             write.open_table(STOPPED).map_err(|e| err(e.to_string()))?;
+            write.open_table(CLOSED_ORDERS).map_err(|e| err(e.to_string()))?;
             write.open_table(ACTIVITY).map_err(|e| err(e.to_string()))?;
             write.open_table(CANDLES).map_err(|e| err(e.to_string()))?;
             let mut positions = write.open_table(POSITIONS).map_err(|e| err(e.to_string()))?;

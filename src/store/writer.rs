@@ -11,8 +11,8 @@ use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 
 use super::{
-    ACCOUNT, ACTIVITY, CANDLES, FILLS, ORDERS, POSITIONS, STOPPED, STRATEGY_STATE, StoreError, StoredOrder, candle_key,
-    position_key,
+    ACCOUNT, ACTIVITY, CANDLES, CLOSED_ORDERS, FILLS, ORDERS, POSITIONS, STOPPED, STRATEGY_STATE, StoreError,
+    StoredOrder, candle_key, position_key,
 };
 use crate::model::{Fill, Order, Position};
 
@@ -68,13 +68,20 @@ pub enum WriteOp {
     },
 }
 
-/// How much of the activity log to keep.
+/// How much of what grows without end the store keeps: the activity log,
+/// closed orders that filled nothing, and cached candles.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
-    /// Most events kept (0: no limit).
+    /// Most activity events kept (0: no limit).
     pub keep: u64,
-    /// Events older than this are pruned (0: no limit).
+    /// Activity events this much older than the newest one are pruned (0: no limit).
     pub max_age_ms: i64,
+    /// Closed orders that filled nothing (cancelled, rejected, expired) are
+    /// pruned once this much older than the newest order written (0: kept).
+    /// Orders with fills are kept, as are the fills and positions.
+    pub closed_orders_ms: i64,
+    /// Most cached candles kept per symbol and timeframe (0: no limit).
+    pub candles_keep: u64,
 }
 
 /// Observes how long each group commit took.
@@ -222,12 +229,20 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
         let mut stopped = txn.open_table(STOPPED).map_err(|x| e(&x))?;
         let mut activity = txn.open_table(ACTIVITY).map_err(|x| e(&x))?;
         let mut candles = txn.open_table(CANDLES).map_err(|x| e(&x))?;
+        let mut closed = txn.open_table(CLOSED_ORDERS).map_err(|x| e(&x))?;
         let mut wrote_activity = false;
+        let mut newest_order: Option<i64> = None;
         for op in group.iter().flat_map(|s| &s.ops) {
             match op {
                 WriteOp::Order(order) => {
                     let bytes = to_bytes(&StoredOrder { order: order.clone() });
                     orders.insert(order.request.client_id.as_str(), bytes.as_slice()).map_err(|x| e(&x))?;
+                    newest_order = Some(newest_order.map_or(order.updated, |t| t.max(order.updated)));
+                    let finished = !order.status.is_open() && order.status != crate::model::OrderStatus::Pending;
+                    if finished && order.filled.is_zero() {
+                        let key = closed_key(order.updated, &order.request.client_id);
+                        closed.insert(key.as_str(), ()).map_err(|x| e(&x))?;
+                    }
                 }
                 WriteOp::Fill(fill) => {
                     fills.insert(fill.id, to_bytes(fill).as_slice()).map_err(|x| e(&x))?;
@@ -251,6 +266,16 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
                 WriteOp::Candle { timeframe, candle } => {
                     let key = candle_key(&candle.symbol, timeframe, candle.time);
                     candles.insert(key.as_str(), to_bytes(candle).as_slice()).map_err(|x| e(&x))?;
+                    if retention.candles_keep > 0
+                        && let Ok(length) = timeframe.parse::<crate::data::Timeframe>()
+                    {
+                        let span = length.ms().saturating_mul((retention.candles_keep - 1).min(i64::MAX as u64) as i64);
+                        let (from, to) = (
+                            candle_key(&candle.symbol, timeframe, 0),
+                            candle_key(&candle.symbol, timeframe, candle.time.saturating_sub(span).max(0)),
+                        );
+                        candles.retain_in(from.as_str()..to.as_str(), |_, _| false).map_err(|x| e(&x))?;
+                    }
                 }
                 WriteOp::Activity { seq, envelope } => {
                     activity.insert(*seq, envelope.as_bytes()).map_err(|x| e(&x))?;
@@ -261,8 +286,37 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
         if wrote_activity {
             prune(&mut activity, retention).map_err(|x| e(&x))?;
         }
+        if let Some(newest) = newest_order.filter(|_| retention.closed_orders_ms > 0) {
+            prune_closed_orders(&mut orders, &mut closed, newest - retention.closed_orders_ms).map_err(|x| e(&x))?;
+        }
     }
     txn.commit().map_err(|x| e(&x))
+}
+
+/// Drops closed orders that filled nothing and were last updated before
+/// `cutoff`, oldest first, at most [`PRUNE_CHUNK`] per commit.
+fn prune_closed_orders(
+    orders: &mut redb::Table<&str, &[u8]>,
+    closed: &mut redb::Table<&str, ()>,
+    cutoff: i64,
+) -> Result<(), redb::StorageError> {
+    let end = closed_key(cutoff.max(0), "");
+    let mut expired = Vec::new();
+    for entry in closed.range(..end.as_str())?.take(PRUNE_CHUNK as usize) {
+        expired.push(entry?.0.value().to_string());
+    }
+    for key in expired {
+        closed.remove(key.as_str())?;
+        if let Some((_, client_id)) = key.split_once('|') {
+            orders.remove(client_id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Key of the closed-order index: update time, then the client id.
+fn closed_key(updated: i64, client_id: &str) -> String {
+    format!("{updated:020}|{client_id}")
 }
 
 /// Drops the oldest activity events beyond the count or age limit, at most
@@ -276,14 +330,17 @@ fn prune(activity: &mut redb::Table<u64, &[u8]>, retention: Retention) -> Result
             cut = first + (len - retention.keep).min(PRUNE_CHUNK);
         }
     }
-    if retention.max_age_ms > 0 {
-        let cutoff = chrono::Utc::now().timestamp_millis() - retention.max_age_ms;
+    let newest_ts = |activity: &redb::Table<u64, &[u8]>| -> Result<Option<i64>, redb::StorageError> {
+        Ok(activity.last()?.and_then(|(_, value)| envelope_ms(value.value())))
+    };
+    if retention.max_age_ms > 0
+        && let Some(newest) = newest_ts(activity)?
+    {
+        // Age on the run's own clock: the newest event's time, not the wall clock.
+        let cutoff = newest - retention.max_age_ms;
         for entry in activity.range(cut..)?.take(PRUNE_CHUNK as usize) {
             let (key, value) = entry?;
-            let ts = serde_json::from_slice::<serde_json::Value>(value.value())
-                .ok()
-                .and_then(|v| v["ts"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()))
-                .map(|t| t.timestamp_millis());
+            let ts = envelope_ms(value.value());
             if ts.is_none_or(|ts| ts >= cutoff) || key.value() >= first + PRUNE_CHUNK {
                 break;
             }
@@ -294,6 +351,12 @@ fn prune(activity: &mut redb::Table<u64, &[u8]>, retention: Retention) -> Result
         activity.retain_in(first..cut, |_, _| false)?;
     }
     Ok(())
+}
+
+/// The time of a stored activity envelope.
+fn envelope_ms(envelope: &[u8]) -> Option<i64> {
+    let value = serde_json::from_slice::<serde_json::Value>(envelope).ok()?;
+    chrono::DateTime::parse_from_rfc3339(value["ts"].as_str()?).ok().map(|t| t.timestamp_millis())
 }
 
 fn to_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {

@@ -368,6 +368,8 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     let retention = Retention {
         keep: config.store.activity_keep,
         max_age_ms: config.store.activity_max_age_days as i64 * 86_400_000,
+        closed_orders_ms: config.store.closed_order_retention_days as i64 * 86_400_000,
+        candles_keep: config.store.candles_keep,
     };
     let writer = {
         let metrics = metrics.clone();
@@ -632,6 +634,9 @@ fn last_activity_time(store: &Store, last_seq: u64) -> Option<TimestampMs> {
     chrono::DateTime::parse_from_rfc3339(newest["ts"].as_str()?).ok().map(|t| t.timestamp_millis())
 }
 
+/// Where and at which prices (by symbol) a synthetic market resumes.
+type Resume = (TimestampMs, BTreeMap<String, f64>);
+
 /// Where a synthetic market resumes after an earlier run on the same data
 /// folder: the later of the newest stored candle's close and the newest
 /// activity event, at each symbol's newest stored close. `None` on a fresh store.
@@ -639,7 +644,7 @@ fn synthetic_resume(
     store: &crate::store::StoreReader,
     config: &crate::config::SyntheticConfig,
     last_activity: Option<TimestampMs>,
-) -> Result<Option<(TimestampMs, BTreeMap<String, f64>)>, HostError> {
+) -> Result<Option<Resume>, HostError> {
     let mut prices = BTreeMap::new();
     let mut time = last_activity;
     for symbol in config.start_prices.keys() {
