@@ -20,7 +20,11 @@ use fake_delta::{FakeConfig, FakeDelta, assert_consistent};
 fn write_config(root: &Path, fake: &FakeDelta) -> std::path::PathBuf {
     let strategies = root.join("strategies");
     std::fs::create_dir_all(&strategies).unwrap();
-    std::fs::write(strategies.join("market_maker.rhai"), include_str!("../strategies/market_maker.rhai")).unwrap();
+    // The shipped market maker, with a line per fill its on_fill sees.
+    let source = include_str!("../strategies/market_maker.rhai");
+    let counted = source.replace("this.fills += 1;", "this.fills += 1; log::info(`fill #${this.fills}`);");
+    assert_ne!(counted, source, "the market maker counts its fills");
+    std::fs::write(strategies.join("market_maker.rhai"), counted).unwrap();
     let config = root.join("config.toml");
     let text = format!(
         r#"data_dir = {data:?}

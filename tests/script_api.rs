@@ -137,9 +137,18 @@ fn wrong_argument_types_and_counts_name_the_signature() {
     );
     assert!(err.starts_with("t.rhai:1:"), "{err}");
 
-    let (mut s, ctx) = build(r#"fn on_candle(c) { exchange::market_order("X"); }"#);
-    let err = feed(&mut s, &ctx, candle(0, 1.0)).unwrap_err().to_string();
-    assert!(err.contains("wrong arguments") && err.contains("expected exchange::market_order(symbol: string"), "{err}");
+    // A wrong argument count is known before anything runs: the script does not compile.
+    let account = Arc::new(ArcSwap::from_pointee(AccountView::default()));
+    let ctx = StrategyContext::new("t", account, OrderIds::new("t", Arc::new(AtomicU64::new(0))), 10).shared();
+    let env = StrategyEnv { ctx, abort: Arc::new(AtomicBool::new(false)), initial_state: None };
+    let source = r#"fn on_candle(c) { exchange::market_order("X"); }"#;
+    let err = ScriptStrategy::new("t.rhai", source, options(), env).err().expect("refused at compile").to_string();
+    assert!(
+        err.starts_with("t.rhai:1:")
+            && err.contains("called with 1 argument(s)")
+            && err.contains("expected exchange::market_order(symbol: string"),
+        "{err}"
+    );
 
     let (mut s, ctx) = build(r#"fn on_candle(c) { exchange::market_order("X", "hold", 1); }"#);
     let err = feed(&mut s, &ctx, candle(0, 1.0)).unwrap_err().to_string();

@@ -389,10 +389,13 @@ impl Engine {
                     );
                     let strategy = order.request.strategy.clone();
                     self.activity.publish(ActivityKind::Order, Some(&strategy), json!(self.shown.order(&order)));
-                    if let Some(reason) =
-                        order.reason.as_deref().filter(|_| order.status == crate::model::OrderStatus::Rejected)
-                    {
+                    // Order churn (posts, cancels, a post-only quote that would cross) is
+                    // routine for a market maker: debug. Other rejections need a look: warn.
+                    let reason = order.reason.as_deref().unwrap_or_default();
+                    if order.status == crate::model::OrderStatus::Rejected && !reason.contains("post-only") {
                         tracing::warn!(strategy = %strategy, order = %order.request.client_id, "order rejected: {reason}");
+                    } else {
+                        tracing::debug!(strategy = %strategy, order = %order.request.client_id, status = ?order.status, reason, "order");
                     }
                     if let Some(runtime) = runtimes.get(&strategy) {
                         runtime.send_event(StrategyEvent::Order(order));
