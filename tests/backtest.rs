@@ -453,3 +453,76 @@ fn on_candle(c) {
     assert!(run.report.table().contains("inf (no losing trades)"));
     assert!(run.report.notes.iter().any(|n| n.contains("under a month")));
 }
+
+fn sym_bar(symbol: &str, minute: i64, o: f64, h: f64, l: f64, c: f64) -> Candle {
+    Candle { symbol: symbol.into(), ..bar(minute, o, h, l, c) }
+}
+
+#[test]
+fn several_symbols_move_through_each_bar_together_with_no_look_ahead() {
+    // An order for Y placed in X's on_candle at minute 1's close fills at Y's
+    // minute-2 open — not at Y's minute-1 open, which lies in the past.
+    let script = r#"
+fn config() { #{ symbols: ["X", "Y"], timeframe: "1m" } }
+fn on_candle(c) {
+    print(`last ${c.symbol} ${market::last(c.symbol)}`);
+    if c.symbol == "X" && c.time == 0 { exchange::market_order("Y", "buy", 1); }
+}
+fn on_fill(f) { print(`fill ${f.symbol} ${f.price} at ${f.time}`); }
+"#;
+    let data = vec![
+        vec![
+            sym_bar("X", 0, 10.0, 11.0, 9.0, 10.5),
+            sym_bar("X", 1, 10.5, 12.0, 10.0, 11.0),
+            sym_bar("X", 2, 11.0, 11.0, 11.0, 11.0),
+        ],
+        vec![
+            sym_bar("Y", 0, 50.0, 51.0, 49.0, 50.5),
+            sym_bar("Y", 1, 60.0, 61.0, 59.0, 60.5),
+            sym_bar("Y", 2, 70.0, 71.0, 69.0, 70.5),
+        ],
+    ];
+    let run = backtest::run_script("m.rhai", script, &data, &config("0", "0", "0"), &mut |_| {}).unwrap();
+    let lines: Vec<&str> = run.logs.iter().map(|(_, l)| l.as_str()).collect();
+    assert!(lines.contains(&"fill Y 60.0 at 60000"), "{lines:?}");
+    // market::last follows the closes for a strategy without on_tick.
+    assert!(lines.contains(&"last X 10.5") && lines.contains(&"last Y 60.5"), "{lines:?}");
+    let times: Vec<i64> = run.logs.iter().map(|(t, _)| *t).collect();
+    assert!(times.windows(2).all(|w| w[1] >= w[0]), "the clock never goes back: {times:?}");
+}
+
+#[test]
+fn other_timeframes_appear_when_they_close_not_earlier() {
+    // A 1h strategy reading 5m candles: at each tick of the hour it sees only
+    // the 5m candles that closed by then.
+    let script = r#"
+fn config() { #{ symbols: ["X"], timeframe: "1h", timeframes: ["5m"] } }
+fn on_tick(t) {
+    let seen = market::candles("X@5m", 100);
+    let newest = if seen.len() > 0 { seen[seen.len() - 1].time + 300000 } else { 0 };
+    if newest > t.time { throw `at ${t.time} a 5m candle closing at ${newest} was visible`; }
+    print(`${t.time} ${seen.len()}`);
+}
+"#;
+    let minutes: Vec<Candle> = (0..180).map(|m| bar(m, 100.0, 101.0, 99.0, 100.5)).collect();
+    let run = backtest::run_script("o.rhai", script, &[minutes], &config("0", "0", "0"), &mut |_| {}).unwrap();
+    let lines: Vec<&str> = run.logs.iter().map(|(_, l)| l.as_str()).collect();
+    // The second hour: 12 candles at its start, 16 at +20 min, 20 at +40, 24 at its end.
+    assert_eq!(&lines[4..8], ["3600000 12", "4800000 16", "6000000 20", "7200000 24"], "{lines:?}");
+}
+
+#[test]
+fn a_limit_order_that_crosses_when_placed_takes_at_the_next_price() {
+    let script = r#"
+fn config() { #{ symbols: ["X"], timeframe: "1m" } }
+fn on_tick(t) {
+    if t.time == 0 { exchange::limit_order("X", "buy", 1, 105); }   // the price is 100: marketable
+}
+"#;
+    let data = vec![vec![bar(0, 100.0, 103.0, 99.0, 102.0), bar(1, 102.0, 103.0, 101.0, 102.0)]];
+    let run = backtest::run_script("l.rhai", script, &data, &config("10", "2", "0"), &mut |_| {}).unwrap();
+    let first = &run.fills[0];
+    // The next price on the path is the low, 99, at a third of the bar: taken there, as a taker.
+    assert_eq!((first.price, first.liquidity, first.time), (d("99"), Liquidity::Taker, 20_000));
+    assert_eq!(first.fee, d("0.099"));
+}

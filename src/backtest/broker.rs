@@ -46,6 +46,9 @@ pub struct Broker {
     /// Fees paid so far.
     pub fees: Decimal,
     marks: BTreeMap<String, Decimal>,
+    /// Limit orders that crossed the price when placed: they take liquidity
+    /// at the next price (capped at their limit), as the live paper exchange does.
+    marketable: std::collections::HashSet<String>,
 }
 
 fn dec(value: f64) -> Decimal {
@@ -63,6 +66,7 @@ impl Broker {
             fills: Vec::new(),
             fees: Decimal::ZERO,
             marks: BTreeMap::new(),
+            marketable: Default::default(),
         }
     }
 
@@ -114,8 +118,11 @@ impl Broker {
             if request.post_only && crosses {
                 return reject(
                     order,
-                    format!("post-only order would take liquidity (limit {price} crosses the last close)"),
+                    format!("post-only order would take liquidity (limit {price} crosses the last price)"),
                 );
+            }
+            if crosses {
+                self.marketable.insert(request.client_id.clone());
             }
         }
         self.open.push(order.clone());
@@ -126,6 +133,7 @@ impl Broker {
     pub fn cancel(&mut self, client_id: &str, now: TimestampMs) -> Option<ExchangeEvent> {
         let index = self.open.iter().position(|o| o.request.client_id == client_id)?;
         let mut order = self.open.remove(index);
+        self.marketable.remove(client_id);
         order.status = OrderStatus::Cancelled;
         order.reason = Some("cancelled".into());
         order.updated = now;
@@ -159,16 +167,22 @@ impl Broker {
                 continue;
             }
             let request = self.open[i].request.clone();
+            let taking = self.marketable.remove(&request.client_id);
+            let slipped = || {
+                let slipped = price * (Decimal::ONE + request.side.sign() * self.config.slippage_bps / BPS);
+                self.config.products.get(&request.symbol).map_or(slipped, |p| p.round_price_away(slipped, request.side))
+            };
             let fill_at = match (request.kind, request.price) {
-                (OrderKind::Market, _) => {
-                    let slipped = price * (Decimal::ONE + request.side.sign() * self.config.slippage_bps / BPS);
-                    Some((
-                        self.config
-                            .products
-                            .get(&request.symbol)
-                            .map_or(slipped, |p| p.round_price_away(slipped, request.side)),
-                        Liquidity::Taker,
-                    ))
+                (OrderKind::Market, _) => Some((slipped(), Liquidity::Taker)),
+                // A limit that crossed when placed takes at the next price, never beyond its limit.
+                (OrderKind::Limit, Some(limit))
+                    if taking && (!gap || request.side.sign() * (limit - price) >= Decimal::ZERO) =>
+                {
+                    let capped = match request.side {
+                        Side::Buy => slipped().min(limit),
+                        Side::Sell => slipped().max(limit),
+                    };
+                    Some((capped, Liquidity::Taker))
                 }
                 (OrderKind::Limit, Some(limit)) => match request.side {
                     Side::Buy if gap && price <= limit => Some((price, Liquidity::Maker)),

@@ -9,7 +9,7 @@ pub mod report;
 pub mod sweep;
 pub mod timeline;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
@@ -156,37 +156,55 @@ pub fn run(
     let mut exposure_bars = 0usize;
     let mut done = 0usize;
     let steps = timeline.steps;
-    for (i, step) in steps.iter().enumerate() {
-        let bar = match step {
-            Step::Other(timeframe, candle) => {
-                sim.ctx.borrow_mut().market.push_other(*timeframe, candle.clone());
-                continue;
+    // Candles of other timeframes wait until the clock passes their close.
+    let mut others: VecDeque<(TimestampMs, crate::data::Timeframe, &Candle)> = VecDeque::new();
+    let mut group: Vec<&Candle> = Vec::new();
+    let mut i = 0;
+    while i < steps.len() {
+        // One group: every step that closes at the same time; the bars of
+        // several symbols move through their ticks side by side.
+        let close = steps[i].close(tf);
+        group.clear();
+        while i < steps.len() && steps[i].close(tf) == close {
+            match &steps[i] {
+                Step::Other(timeframe, candle) => others.push_back((close, *timeframe, candle)),
+                Step::Own(bar) => group.push(bar),
             }
-            Step::Own(bar) => bar.as_ref(),
-        };
-        sim.fire_timers(strategy.as_mut(), bar.time)?;
-        for (k, (time, price)) in bar_path(bar, tf).into_iter().enumerate() {
-            let events = sim.broker.on_price(&bar.symbol, price, time, k == 0);
-            sim.publish_account(!events.is_empty());
-            sim.deliver(strategy.as_mut(), events, time)?;
-            if sim.wants_ticks {
-                let tick = bar_tick(bar, time, price);
-                sim.ctx.borrow_mut().market.push_tick(tick.clone());
-                sim.wants_ticks = sim.handle(strategy.as_mut(), StrategyEvent::Tick(tick), time)?;
+            i += 1;
+        }
+        let Some(start) = group.first().map(|bar| bar.time) else { continue };
+        sim.fire_timers(strategy.as_mut(), start)?;
+        for k in 0..4 {
+            for bar in &group {
+                let (time, price) = bar_path(bar, tf)[k];
+                sim.push_others(&mut others, time);
+                let events = sim.broker.on_price(&bar.symbol, price, time, k == 0);
+                sim.publish_account(!events.is_empty());
+                sim.deliver(strategy.as_mut(), events, time)?;
+                if sim.wants_ticks {
+                    let tick = bar_tick(bar, time, price);
+                    sim.ctx.borrow_mut().market.push_tick(tick.clone());
+                    if !sim.handle(strategy.as_mut(), StrategyEvent::Tick(tick), time)? {
+                        // No on_tick: ticks are not simulated, prices come from closes.
+                        sim.wants_ticks = false;
+                        sim.ctx.borrow_mut().market.forget_tick(&bar.symbol);
+                    }
+                }
             }
         }
-        let close = bar.time + tf;
-        sim.ctx.borrow_mut().market.push_candle(bar.clone());
+        sim.push_others(&mut others, close);
+        for bar in &group {
+            sim.ctx.borrow_mut().market.push_candle((*bar).clone());
+        }
         sim.fire_timers(strategy.as_mut(), close)?;
-        sim.handle(strategy.as_mut(), StrategyEvent::Candle(bar.clone()), close)?;
-        done += 1;
-        let next_time = steps[i + 1..].iter().find_map(Step::own).map(|c| c.time);
-        if next_time != Some(bar.time) {
-            if sim.broker.positions.values().any(|p| !p.size.is_zero()) {
-                exposure_bars += 1;
-            }
-            equity.push(EquityPoint { time: bar.time, equity: sim.broker.equity() });
+        for bar in &group {
+            sim.handle(strategy.as_mut(), StrategyEvent::Candle((*bar).clone()), close)?;
         }
+        done += group.len();
+        if sim.broker.positions.values().any(|p| !p.size.is_zero()) {
+            exposure_bars += 1;
+        }
+        equity.push(EquityPoint { time: start, equity: sim.broker.equity() });
         on_bar(done);
     }
     // The end: cancel what is open, close what is held at the last close.
@@ -274,6 +292,14 @@ struct Simulation {
 }
 
 impl Simulation {
+    /// Gives the strategy the candles of other timeframes that closed by `now`.
+    fn push_others(&self, others: &mut VecDeque<(TimestampMs, crate::data::Timeframe, &Candle)>, now: TimestampMs) {
+        while let Some((_, timeframe, candle)) = others.front().filter(|(close, ..)| *close <= now) {
+            self.ctx.borrow_mut().market.push_other(*timeframe, (*candle).clone());
+            others.pop_front();
+        }
+    }
+
     /// Runs the timers due at `time`.
     fn fire_timers(&mut self, strategy: &mut dyn Strategy, time: TimestampMs) -> Result<(), BacktestError> {
         let due = self.ctx.borrow_mut().timers.take_due(time);

@@ -50,6 +50,14 @@ pub enum Step<'a> {
 }
 
 impl Step<'_> {
+    /// When the candle closes (`timeframe_ms`: the strategy's timeframe).
+    pub fn close(&self, timeframe_ms: i64) -> TimestampMs {
+        match self {
+            Step::Own(candle) => candle.time + timeframe_ms,
+            Step::Other(timeframe, candle) => candle.time + timeframe.ms(),
+        }
+    }
+
     /// The candle, if it is one of the strategy's timeframe.
     pub fn own(&self) -> Option<&Candle> {
         match self {

@@ -240,6 +240,11 @@ impl MarketState {
         self.ticks.insert(tick.symbol.clone(), tick);
     }
 
+    /// Forgets a symbol's latest tick: its last price is the latest close again.
+    pub fn forget_tick(&mut self, symbol: &str) {
+        self.ticks.remove(symbol);
+    }
+
     /// The candle series of a symbol.
     pub fn series(&self, symbol: &str) -> Option<&CandleSeries> {
         self.series.get(symbol)
