@@ -214,8 +214,7 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
         outln!("{}", run.report.table());
     }
     if let Some(path) = &args.trades {
-        let shown = tradehost::model::Shown::new(backtest_config.broker.products.values());
-        write_trades(path, &run.fills, &shown).map_err(|e| (1, format!("cannot write {}: {e}", path.display())))?;
+        write_trades(path, &run.fills).map_err(|e| (1, format!("cannot write {}: {e}", path.display())))?;
     }
     if let Some(path) = &args.plot {
         let title = format!("{} — equity", run.report.strategy);
@@ -237,9 +236,10 @@ fn exit_code(error: &backtest::BacktestError) -> u8 {
     }
 }
 
-fn write_trades(path: &Path, fills: &[tradehost::model::Fill], shown: &tradehost::model::Shown) -> std::io::Result<()> {
+/// Every fill with its exact values (an export for analysis, not a display).
+fn write_trades(path: &Path, fills: &[tradehost::model::Fill]) -> std::io::Result<()> {
     let mut out = String::from("id,time,symbol,side,size,price,fee,liquidity,order_id\n");
-    for f in fills.iter().map(|f| shown.fill(f)) {
+    for f in fills {
         let time = chrono::DateTime::from_timestamp_millis(f.time)
             .map_or(f.time.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string());
         let liquidity = if f.liquidity == tradehost::model::Liquidity::Maker { "maker" } else { "taker" };

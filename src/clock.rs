@@ -4,7 +4,7 @@
 //! simulated clock running `speed` times faster from a start time when the
 //! synthetic or replay feed drives the market.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::model::TimestampMs;
@@ -18,7 +18,21 @@ pub struct Clock {
 #[derive(Debug)]
 enum Kind {
     Wall,
-    Simulated { start: TimestampMs, origin: Instant, speed: f64 },
+    Simulated { speed: f64, anchor: Mutex<Anchor> },
+}
+
+/// A simulated clock reads `at` at the wall instant `since`; while `since`
+/// is `None` it is paused at `at`.
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    at: TimestampMs,
+    since: Option<Instant>,
+}
+
+impl Anchor {
+    fn now(&self, speed: f64) -> TimestampMs {
+        self.at + self.since.map_or(0, |since| (since.elapsed().as_secs_f64() * 1000.0 * speed) as i64)
+    }
 }
 
 impl Default for Clock {
@@ -33,19 +47,44 @@ impl Clock {
         Clock { inner: Arc::new(Kind::Wall) }
     }
 
-    /// A clock that reads `start` now and runs `speed` times faster than the wall clock.
+    /// A clock paused at `start` that, once [`Clock::resume`]d, runs `speed`
+    /// times faster than the wall clock (a market feed resumes it when it starts).
     pub fn simulated(start: TimestampMs, speed: f64) -> Clock {
         let speed = if speed.is_finite() && speed > 0.0 { speed } else { 1.0 };
-        Clock { inner: Arc::new(Kind::Simulated { start, origin: Instant::now(), speed }) }
+        Clock { inner: Arc::new(Kind::Simulated { speed, anchor: Mutex::new(Anchor { at: start, since: None }) }) }
+    }
+
+    fn anchor(&self) -> Option<(f64, std::sync::MutexGuard<'_, Anchor>)> {
+        match &*self.inner {
+            Kind::Wall => None,
+            Kind::Simulated { speed, anchor } => Some((*speed, anchor.lock().unwrap_or_else(|e| e.into_inner()))),
+        }
+    }
+
+    /// Starts a paused simulated clock running (no effect otherwise).
+    pub fn resume(&self) {
+        if let Some((_, mut anchor)) = self.anchor()
+            && anchor.since.is_none()
+        {
+            anchor.since = Some(Instant::now());
+        }
+    }
+
+    /// Moves a simulated clock forward to `time` at once if it is behind (a
+    /// replay skips a gap in its data instead of waiting it out).
+    pub fn skip_to(&self, time: TimestampMs) {
+        if let Some((speed, mut anchor)) = self.anchor()
+            && anchor.now(speed) < time
+        {
+            *anchor = Anchor { at: time, since: anchor.since.map(|_| Instant::now()) };
+        }
     }
 
     /// The current time in milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> TimestampMs {
-        match *self.inner {
-            Kind::Wall => chrono::Utc::now().timestamp_millis(),
-            Kind::Simulated { start, origin, speed } => {
-                start + (origin.elapsed().as_secs_f64() * 1000.0 * speed) as i64
-            }
+        match self.anchor() {
+            None => chrono::Utc::now().timestamp_millis(),
+            Some((speed, anchor)) => anchor.now(speed),
         }
     }
 
@@ -56,19 +95,19 @@ impl Clock {
 
     /// How long in wall time until this clock reads `time` (zero if it has).
     pub fn wall_until(&self, time: TimestampMs) -> Duration {
-        let ahead_ms = (time - self.now_ms()).max(0) as f64;
-        let speed = match *self.inner {
+        let speed = match &*self.inner {
             Kind::Wall => 1.0,
-            Kind::Simulated { speed, .. } => speed,
+            Kind::Simulated { speed, .. } => *speed,
         };
+        let ahead_ms = (time - self.now_ms()).max(0) as f64;
         Duration::from_secs_f64(ahead_ms / 1000.0 / speed)
     }
 
     /// What the API shows: `wall` or `simulated ×60`.
     pub fn label(&self) -> String {
-        match *self.inner {
+        match &*self.inner {
             Kind::Wall => "wall".to_string(),
-            Kind::Simulated { speed, .. } => format!("simulated ×{}", trim_number(speed)),
+            Kind::Simulated { speed, .. } => format!("simulated ×{}", trim_number(*speed)),
         }
     }
 }
@@ -84,6 +123,9 @@ mod tests {
     #[test]
     fn a_simulated_clock_starts_where_told_and_runs_faster() {
         let clock = Clock::simulated(1_000_000, 60.0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(clock.now_ms(), 1_000_000, "paused until resumed");
+        clock.resume();
         let first = clock.now_ms();
         assert!((1_000_000..1_000_000 + 600).contains(&first), "{first}");
         std::thread::sleep(Duration::from_millis(50));
@@ -91,6 +133,8 @@ mod tests {
         assert!(later - first >= 50 * 60 - 60, "50 ms of wall time is 3 s simulated: {}", later - first);
         assert!(clock.wall_until(later + 60_000) <= Duration::from_millis(1_001));
         assert_eq!(clock.label(), "simulated ×60");
+        clock.skip_to(later + 86_400_000);
+        assert!(clock.now_ms() >= later + 86_400_000, "a gap is skipped at once");
         assert_eq!(Clock::wall().label(), "wall");
     }
 }

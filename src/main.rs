@@ -84,7 +84,7 @@ enum Command {
     Backtest(Box<backtest_cmd::BacktestArgs>),
     /// Print the API token the host uses (from <data-dir>/api-token), or replace it with --rotate.
     Token {
-        /// Write a new token; a running host keeps the old one until it restarts.
+        /// Write a new token (refused while the host runs: stop it first).
         #[arg(long)]
         rotate: bool,
         /// Config file, for `data_dir`.
@@ -223,6 +223,13 @@ fn check_overrides(files: &[PathBuf], config: &Config) -> bool {
 /// feed is an error; otherwise a note.
 fn check_scripts(files: &[PathBuf], config: &Config, strict: bool) -> bool {
     let feed_symbols = config.feed_symbols();
+    let base = match (config.exchange.kind, config.feed.kind) {
+        (tradehost::config::ExchangeKind::Delta, _) => Some(tradehost::data::Timeframe::minute()),
+        (_, tradehost::config::FeedKind::Synthetic) => {
+            Some(tradehost::data::Timeframe::from_ms(config.feed.synthetic.tick_interval_ms as i64))
+        }
+        (_, tradehost::config::FeedKind::Replay) => None, // the file's interval, known when it is read
+    };
     let mut failed = false;
     for file in files {
         let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
@@ -236,25 +243,20 @@ fn check_scripts(files: &[PathBuf], config: &Config, strict: bool) -> bool {
             .map_err(|e| format!("{shown}: cannot read: {e}"))
             .and_then(|source| check(&shown, &source, &options).map_err(|e| e.to_string()));
         match result {
-            Ok(meta) => {
-                let missing: Vec<&str> =
-                    meta.symbols.iter().filter(|s| !feed_symbols.contains(s)).map(String::as_str).collect();
-                if missing.is_empty() {
-                    outln!("{shown}: ok (symbols {:?}, timeframe {})", meta.symbols, meta.timeframe);
-                } else {
-                    let what = format!(
-                        "{shown}: idle: no market data for {} (the configured market provides {})",
-                        missing.join(", "),
-                        feed_symbols.join(", ")
-                    );
-                    if strict {
+            Ok(meta) => match tradehost::supervisor::market_gap(&meta, &feed_symbols, base) {
+                None => outln!("{shown}: ok (symbols {:?}, timeframe {})", meta.symbols, meta.timeframe),
+                Some(gap) => {
+                    let what = format!("{shown}: {}{}", if gap.idle { "idle: " } else { "" }, gap.reason);
+                    if strict && gap.idle {
                         failed = true;
                         eprintln!("error: {what}");
+                    } else if strict {
+                        outln!("{what}");
                     } else {
                         outln!("{what}; with --config, this is checked against your market");
                     }
                 }
-            }
+            },
             Err(message) => {
                 failed = true;
                 eprintln!("{message}");
@@ -368,6 +370,13 @@ fn token(rotate: bool, config_path: Option<&Path>, data_dir: Option<PathBuf>) ->
             }
         };
     }
+    if let Some(holder) = tradehost::store::running_host(&dir) {
+        // The host would keep the old token while `status` and `stop` read the new one.
+        eprintln!(
+            "error: the host is running ({holder}); stop it first (`tradehost stop`), then rotate the token and start it again"
+        );
+        return 1;
+    }
     if let Err(error) = std::fs::create_dir_all(&dir) {
         eprintln!("error: cannot create {}: {error}", dir.display());
         return 1;
@@ -378,13 +387,7 @@ fn token(rotate: bool, config_path: Option<&Path>, data_dir: Option<PathBuf>) ->
         return 1;
     }
     outln!("{token}");
-    match tradehost::store::running_host(&dir) {
-        Some(holder) => eprintln!(
-            "wrote a new token to {}; the running host ({holder}) keeps the old one until it restarts",
-            path.display()
-        ),
-        None => eprintln!("wrote a new token to {}; the host uses it from its next start", path.display()),
-    }
+    eprintln!("wrote a new token to {}; the host uses it from its next start", path.display());
     0
 }
 

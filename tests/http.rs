@@ -312,18 +312,24 @@ async fn the_generated_token_file_is_private() {
     assert_eq!(t.host.api_token().expose(), first);
     let strategies = t.api_get("/api/v1/strategies").await;
     assert!(strategies.is_array(), "the old token is accepted after a restart: {strategies}");
-    // `tradehost token --rotate` replaces it for the next start.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tradehost"))
-        .args(["token", "--rotate", "--data-dir"])
-        .arg(t.data.path())
-        .output()
-        .unwrap();
+    // `tradehost token --rotate` refuses while the host runs, and replaces it once stopped.
+    let rotate = |data: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tradehost"))
+            .args(["token", "--rotate", "--data-dir"])
+            .arg(data)
+            .output()
+            .unwrap()
+    };
+    let refused = rotate(t.data.path());
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("the host is running"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), first, "unchanged while running");
+    let (dir, data) = t.stop_keep().await;
+    let out = rotate(data.path());
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let rotated = std::fs::read_to_string(&path).unwrap();
     assert_ne!(rotated, first);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), rotated);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("restart"), "a running host is told to restart");
-    let (dir, data) = t.stop_keep().await;
     let t = TestHost::start_in(dir, data, |c| c.http.token = None).await;
     assert_eq!(t.host.api_token().expose(), rotated);
     assert_eq!(t.stop().await, 0);

@@ -299,15 +299,18 @@ fn closed_orders_that_filled_nothing_and_old_candles_are_pruned_the_rest_is_kept
             order("old-filled", OrderStatus::Filled, "1", day),
             order("old-partly", OrderStatus::Cancelled, "0.5", day),
             order("old-open", OrderStatus::Open, "0", day),
+            order("late-fill", OrderStatus::Cancelled, "0", day),
         ])
         .unwrap();
+    // A fill the exchange reports after the cancel: the order has a fill now and is kept.
+    writer.commit_blocking(vec![order("late-fill", OrderStatus::Cancelled, "0.5", day)]).unwrap();
     let ids =
         || store.orders().unwrap().into_iter().map(|o| o.request.client_id).collect::<std::collections::BTreeSet<_>>();
-    assert_eq!(ids().len(), 5, "nothing is old yet");
+    assert_eq!(ids().len(), 6, "nothing is old yet");
     writer.commit_blocking(vec![order("new-cancelled", OrderStatus::Cancelled, "0", 10 * day)]).unwrap();
     let kept = ids();
     assert!(!kept.contains("old-cancelled") && !kept.contains("old-rejected"), "{kept:?}");
-    for id in ["old-filled", "old-partly", "old-open", "new-cancelled"] {
+    for id in ["old-filled", "old-partly", "old-open", "late-fill", "new-cancelled"] {
         assert!(kept.contains(id), "{id} is kept: {kept:?}");
     }
 

@@ -104,8 +104,13 @@ impl MarketHub {
         self.on_bar(bar)
     }
 
+    /// The length of the base bars.
+    pub fn base(&self) -> Timeframe {
+        self.base
+    }
+
     /// Whether candles of `timeframe` can be built from the base bars.
-    pub fn check_timeframe(&self, timeframe: Timeframe) -> Result<(), HubError> {
+    fn check_timeframe(&self, timeframe: Timeframe) -> Result<(), HubError> {
         if timeframe.ms() % self.base.ms() != 0 {
             return Err(HubError::Timeframe { wanted: timeframe, base: self.base });
         }

@@ -92,26 +92,32 @@ pub enum FeedSource {
 /// Runs a feed until it ends or `cancel` fires.
 pub async fn run(source: FeedSource, tx: mpsc::Sender<FeedEvent>, cancel: CancellationToken) {
     match source {
-        FeedSource::Synthetic { mut feed, clock } => loop {
-            // Each step when the run's clock reaches its time: ticks carry the clock's time.
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(clock.wall_until(feed.time())) => {}
-            }
-            for tick in feed.step() {
-                if tx.send(FeedEvent::Tick(tick)).await.is_err() {
-                    return;
+        FeedSource::Synthetic { mut feed, clock } => {
+            clock.resume(); // the run's clock starts with its market
+            loop {
+                // Each step when the run's clock reaches its time: ticks carry the clock's time.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(clock.wall_until(feed.time())) => {}
+                }
+                for tick in feed.step() {
+                    if tx.send(FeedEvent::Tick(tick)).await.is_err() {
+                        return;
+                    }
                 }
             }
-        },
+        }
         FeedSource::Replay(replay) => {
             let span = replay.candles.last().map_or(0, |c| c.time) - replay.candles.first().map_or(0, |c| c.time)
                 + replay.interval_ms;
             let mut offset = 0;
+            replay.clock.resume(); // the run's clock starts with its market
             loop {
                 for candle in &replay.candles {
                     let bar = Candle { time: candle.time + offset, ..candle.clone() };
                     let close = replay.close_tick(&bar);
+                    // A gap in the data (a weekend, an outage) is skipped, not waited out.
+                    replay.clock.skip_to(close.time - replay.interval_ms);
                     // A bar is played when the run's clock reaches its close.
                     tokio::select! {
                         _ = cancel.cancelled() => return,

@@ -58,7 +58,7 @@ pub struct ApiContext {
     pub started: Instant,
     /// Closes WebSocket clients at shutdown.
     pub cancel: CancellationToken,
-    /// `paper` or `delta (network)`.
+    /// `paper` or `delta`.
     pub mode: String,
     /// The run's clock, whose time every record carries.
     pub clock: crate::clock::Clock,

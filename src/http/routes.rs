@@ -256,12 +256,7 @@ async fn status(State(state): State<ApiState>) -> Json<StatusResponse> {
         now: state.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         uptime_s: state.started.elapsed().as_secs(),
         strategies: strategies.len(),
-        running: strategies
-            .iter()
-            .filter(|s| {
-                matches!(s.state, crate::supervisor::StrategyState::Running | crate::supervisor::StrategyState::Idle)
-            })
-            .count(),
+        running: strategies.iter().filter(|s| s.state == crate::supervisor::StrategyState::Running).count(),
         open_orders: account.open_orders.len(),
         positions: account.positions.values().flat_map(|p| p.values()).filter(|p| !p.size.is_zero()).count(),
         last_seq: state.activity.last_seq(),

@@ -141,7 +141,15 @@ pub fn unclosed(source: &str) -> Option<(usize, usize, char, Option<String>)> {
             }
             '{' | '(' | '[' => open.push((line, column, c, current_fn.clone())),
             '}' | ')' | ']' => {
-                open.pop();
+                let opener = match c {
+                    '}' => '{',
+                    ')' => '(',
+                    _ => '[',
+                };
+                // A stray closer does not close another kind of bracket.
+                if open.last().is_some_and(|(.., bracket, _)| *bracket == opener) {
+                    open.pop();
+                }
                 if c == '}' && open.is_empty() {
                     current_fn = None;
                 }

@@ -183,8 +183,10 @@ pub fn check(file: &str, source: &str, options: &ScriptOptions) -> Result<Strate
 /// the bracket left open and the `fn` it is in, not where the parser stopped.
 fn syntax_error(file: &str, source: &str, error: &rhai::ParseError) -> StrategyError {
     let message = error.0.to_string();
+    let last_line = source.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).last().map_or(1, |(i, _)| i + 1);
+    let at_the_end = error.1.line().is_none_or(|line| line >= last_line);
     let runs_past_a_bracket = match error.0.as_ref() {
-        rhai::ParseErrorType::MissingToken(token, _) => ["}", ")", "]"].contains(&token.as_str()),
+        rhai::ParseErrorType::MissingToken(token, _) => at_the_end && ["}", ")", "]"].contains(&token.as_str()),
         rhai::ParseErrorType::WrongFnDefinition => true,
         _ => false,
     };

@@ -45,6 +45,8 @@ pub(crate) const CANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("c
 /// Meta keys.
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
 pub(crate) const ID_BLOCK_KEY: &str = "next_id_block";
+/// Set once the closed-order index holds every closed order of older stores.
+pub(crate) const CLOSED_INDEX_KEY: &str = "closed_orders_indexed";
 
 /// Client order ids handed out per start; the next start begins after the block.
 pub const ID_BLOCK: u64 = 1 << 32;
@@ -165,6 +167,16 @@ impl std::ops::Deref for Store {
     fn deref(&self) -> &StoreReader {
         &self.reader
     }
+}
+
+/// Key of the closed-order index: update time, then the client id.
+pub(crate) fn closed_key(updated: i64, client_id: &str) -> String {
+    format!("{updated:020}|{client_id}")
+}
+
+/// True for an order the closed-order retention may prune: closed, nothing filled.
+pub(crate) fn prunable(order: &Order) -> bool {
+    !order.status.is_open() && order.status != crate::model::OrderStatus::Pending && order.filled.is_zero()
 }
 
 /// Key of a stored candle.
@@ -329,6 +341,20 @@ impl Store {
             }
             let mut meta = write.open_table(META).map_err(|e| err(e.to_string()))?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(|e| err(e.to_string()))?;
+            if meta.get(CLOSED_INDEX_KEY).map_err(|e| err(e.to_string()))?.is_none() {
+                // Stores from before the closed-order retention: index their closed orders once.
+                let orders = write.open_table(ORDERS).map_err(|e| err(e.to_string()))?;
+                let mut closed = write.open_table(CLOSED_ORDERS).map_err(|e| err(e.to_string()))?;
+                for entry in orders.iter().map_err(|e| err(e.to_string()))? {
+                    let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+                    let stored: StoredOrder = decode(value.value(), || format!("order {}", key.value()))?;
+                    if prunable(&stored.order) {
+                        let index = closed_key(stored.order.updated, key.value());
+                        closed.insert(index.as_str(), ()).map_err(|e| err(e.to_string()))?;
+                    }
+                }
+                meta.insert(CLOSED_INDEX_KEY, 1).map_err(|e| err(e.to_string()))?;
+            }
         }
         write.commit().map_err(|e| err(e.to_string()))
     }

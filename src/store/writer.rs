@@ -12,7 +12,7 @@ use redb::{Database, ReadableTable, ReadableTableMetadata};
 
 use super::{
     ACCOUNT, ACTIVITY, CANDLES, CLOSED_ORDERS, FILLS, ORDERS, POSITIONS, STOPPED, STRATEGY_STATE, StoreError,
-    StoredOrder, candle_key, position_key,
+    StoredOrder, candle_key, closed_key, position_key, prunable,
 };
 use crate::model::{Fill, Order, Position};
 
@@ -238,8 +238,7 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
                     let bytes = to_bytes(&StoredOrder { order: order.clone() });
                     orders.insert(order.request.client_id.as_str(), bytes.as_slice()).map_err(|x| e(&x))?;
                     newest_order = Some(newest_order.map_or(order.updated, |t| t.max(order.updated)));
-                    let finished = !order.status.is_open() && order.status != crate::model::OrderStatus::Pending;
-                    if finished && order.filled.is_zero() {
+                    if prunable(order) {
                         let key = closed_key(order.updated, &order.request.client_id);
                         closed.insert(key.as_str(), ()).map_err(|x| e(&x))?;
                     }
@@ -274,7 +273,16 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
                             candle_key(&candle.symbol, timeframe, 0),
                             candle_key(&candle.symbol, timeframe, candle.time.saturating_sub(span).max(0)),
                         );
-                        candles.retain_in(from.as_str()..to.as_str(), |_, _| false).map_err(|x| e(&x))?;
+                        let expired: Vec<String> = candles
+                            .range(from.as_str()..to.as_str())
+                            .map_err(|x| e(&x))?
+                            .take(PRUNE_CHUNK as usize)
+                            .map(|entry| entry.map(|(key, _)| key.value().to_string()))
+                            .collect::<Result<_, _>>()
+                            .map_err(|x| e(&x))?;
+                        for key in expired {
+                            candles.remove(key.as_str()).map_err(|x| e(&x))?;
+                        }
                     }
                 }
                 WriteOp::Activity { seq, envelope } => {
@@ -307,16 +315,18 @@ fn prune_closed_orders(
     }
     for key in expired {
         closed.remove(key.as_str())?;
-        if let Some((_, client_id)) = key.split_once('|') {
+        let Some((_, client_id)) = key.split_once('|') else { continue };
+        // Only if it is still closed with nothing filled: a late fill of a
+        // cancelled order keeps the order.
+        let still_prunable = match orders.get(client_id)? {
+            Some(value) => serde_json::from_slice::<StoredOrder>(value.value()).is_ok_and(|s| prunable(&s.order)),
+            None => false,
+        };
+        if still_prunable {
             orders.remove(client_id)?;
         }
     }
     Ok(())
-}
-
-/// Key of the closed-order index: update time, then the client id.
-fn closed_key(updated: i64, client_id: &str) -> String {
-    format!("{updated:020}|{client_id}")
 }
 
 /// Drops the oldest activity events beyond the count or age limit, at most

@@ -37,7 +37,7 @@ use crate::store::{Retention, Store, StoreError, StoreWriter};
 
 pub use engine::{EngineRequest, Runtimes};
 pub use status::{StrategyState, StrategyStatus};
-pub use strategies::scan;
+pub use strategies::{MarketGap, market_gap, scan};
 use tasks::Tasks;
 
 /// Why the host shuts down.
@@ -230,7 +230,8 @@ fn build_feed(
                 Some((time, prices)) => {
                     // Continue where the last run stopped: times never go
                     // backwards, prices do not jump; warm-up candles come from the store.
-                    let start = Timeframe::minute().bucket(time) + Timeframe::minute().ms();
+                    // The next whole minute: candles continue without a gap or an overlap.
+                    let start = Timeframe::minute().bucket(time - 1) + Timeframe::minute().ms();
                     tracing::info!(
                         resume_at = %chrono::DateTime::from_timestamp_millis(start).map_or(start.to_string(), |t| t.to_rfc3339()),
                         "the synthetic market continues from the last run's time and prices"
@@ -410,12 +411,13 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
                     activity.publish(
                         ActivityKind::Order,
                         Some(&order.request.strategy),
-                        json!({ "recovered": true, "order": order }),
+                        json!({ "recovered": true, "order": shown.order(order) }),
                     );
                 }
                 ExchangeEvent::Fill(fill) => {
-                    tracing::warn!(order = %fill.order_id, size = %fill.size, price = %fill.price, "fill found at start");
-                    activity.publish(ActivityKind::Fill, Some(&fill.strategy), json!(fill));
+                    let shown_fill = shown.fill(fill);
+                    tracing::warn!(order = %fill.order_id, size = %shown_fill.size, price = %shown_fill.price, "fill found at start");
+                    activity.publish(ActivityKind::Fill, Some(&fill.strategy), json!(shown.fill(fill)));
                 }
             }
         }
@@ -639,7 +641,8 @@ type Resume = (TimestampMs, BTreeMap<String, f64>);
 
 /// Where a synthetic market resumes after an earlier run on the same data
 /// folder: the later of the newest stored candle's close and the newest
-/// activity event, at each symbol's newest stored close. `None` on a fresh store.
+/// activity event, at each symbol's newest stored close (symbols without a
+/// stored candle start again at their configured price). `None` on a fresh store.
 fn synthetic_resume(
     store: &crate::store::StoreReader,
     config: &crate::config::SyntheticConfig,
@@ -653,7 +656,7 @@ fn synthetic_resume(
             prices.insert(symbol.clone(), candle.close);
         }
     }
-    Ok(if prices.is_empty() { None } else { time.map(|t| (t, prices)) })
+    Ok(time.map(|t| (t, prices)))
 }
 
 /// How long the live feed waits for the first strategies to start.

@@ -20,7 +20,7 @@ use super::status::{StrategyState, StrategyStatus};
 use super::{Control, ControlError, ControlReply};
 use crate::activity::{ActivityBus, ActivityKind};
 use crate::config::{Config, ShutdownPolicy};
-use crate::data::{MarketHub, TimedCandle};
+use crate::data::{MarketHub, TimedCandle, Timeframe};
 use crate::model::AccountView;
 use crate::script::{ScriptOptions, ScriptStrategy};
 use crate::store::{StoreReader, StoreWriter, WriteOp};
@@ -55,8 +55,8 @@ pub(super) struct Slot {
     /// Why a user stopped it: it stays stopped (across file changes and
     /// restarts of the host) until a user starts it again.
     stopped_by_user: Option<String>,
-    /// Why it runs but can never trade (symbols the market feed lacks).
-    idle: Option<String>,
+    /// What of its market it cannot get (idle when it can never trade).
+    gap: Option<MarketGap>,
 }
 
 /// Everything the supervisor loop needs.
@@ -127,7 +127,10 @@ impl Supervisor {
             Control::Rescan => self.rescan(),
             Control::RestartDue { name, generation } => {
                 let due = self.slots.get(&name).is_some_and(|s| {
-                    s.generation == generation && s.handle.is_none() && s.state == StrategyState::Starting
+                    s.generation == generation
+                        && s.handle.is_none()
+                        && s.state == StrategyState::Starting
+                        && s.stopped_by_user.is_none()
                 });
                 if due && !self.shutting_down {
                     self.slots.get_mut(&name).expect("checked").restarts += 1;
@@ -154,26 +157,33 @@ impl Supervisor {
             }
             Control::Stop(name, reply) => match self.slots.get_mut(&name) {
                 None => drop(reply.send(Err(ControlError::UnknownStrategy(name.clone())))),
-                Some(slot) => match &slot.handle {
-                    Some(handle) => {
-                        handle.stop();
-                        let reason =
-                            format!("stopped by a user at {}", chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"));
-                        tracing::info!(strategy = %name, "{reason}; it stays stopped until started again");
-                        slot.stopped_by_user = Some(reason.clone());
-                        // Answered once durable: a stop that was acknowledged survives a crash.
-                        let op = WriteOp::StrategyStopped { strategy: name.clone(), reason: Some(reason) };
-                        self.store.submit(
-                            vec![op],
-                            Some(Box::new(move |result| {
-                                let _ = reply.send(result.map_err(|e| {
-                                    ControlError::Conflict(format!("stopped, but not recorded durably: {e}"))
-                                }));
-                            })),
-                        );
+                Some(slot) if slot.stopped_by_user.is_some() => {
+                    drop(reply.send(Err(ControlError::Conflict(format!("strategy {name} is already stopped")))))
+                }
+                Some(slot) if slot.handle.is_none() && slot.state == StrategyState::Stopped => {
+                    drop(reply.send(Err(ControlError::Conflict(format!("strategy {name} is not running")))))
+                }
+                Some(slot) => {
+                    match &slot.handle {
+                        Some(handle) => handle.stop(),
+                        // Waiting for a restart, failed or quarantined: it stays down.
+                        None => slot.state = StrategyState::Stopped,
                     }
-                    None => drop(reply.send(Err(ControlError::Conflict(format!("strategy {name} is not running"))))),
-                },
+                    let at = self.clock.now().format("%Y-%m-%d %H:%M:%S UTC");
+                    let reason = format!("stopped by a user at {at}");
+                    tracing::info!(strategy = %name, "{reason}; it stays stopped until started again");
+                    slot.stopped_by_user = Some(reason.clone());
+                    // Answered once durable: a stop that was acknowledged survives a crash.
+                    let op = WriteOp::StrategyStopped { strategy: name.clone(), reason: Some(reason) };
+                    self.store.submit(
+                        vec![op],
+                        Some(Box::new(move |result| {
+                            let _ = reply.send(result.map_err(|e| {
+                                ControlError::Conflict(format!("stopped, but not recorded durably: {e}"))
+                            }));
+                        })),
+                    );
+                }
             },
             Control::Reload(name, reply) => self.reload(&name, reply),
             Control::Shutdown(_) => return false,
@@ -207,6 +217,10 @@ impl Supervisor {
                 Some(&name),
                 json!({ "event": "removed", "file": slot.file }),
             );
+            if slot.stopped_by_user.take().is_some() {
+                // A stop applies to the strategy's file; a new file of that name starts afresh.
+                self.store.submit(vec![WriteOp::StrategyStopped { strategy: name.clone(), reason: None }], None);
+            }
             match &slot.handle {
                 Some(handle) => {
                     handle.stop();
@@ -271,7 +285,7 @@ impl Supervisor {
                         deleted: false,
                         pending_reloads: Vec::new(),
                         stopped_by_user: self.stopped_by_user.remove(&name),
-                        idle: None,
+                        gap: None,
                     };
                     if let Some(reason) = &slot.stopped_by_user {
                         tracing::info!(strategy = %name, "not starting it: {reason} (start it from the dashboard or the API)");
@@ -392,16 +406,20 @@ impl Supervisor {
             RuntimeReport::Started => {
                 slot.state = StrategyState::Running;
                 slot.version = slot.version.max(1);
-                slot.idle = idle_of(slot, &self.feed_symbols, &self.hub);
-                match &slot.idle {
+                slot.gap = gap_of(slot, &self.feed_symbols, &self.hub);
+                match &slot.gap {
                     None => {
                         tracing::info!(strategy = %name, version = slot.version, "strategy started");
                         event("started", json!({ "version": slot.version }));
                     }
-                    Some(reason) => {
+                    Some(gap) if gap.idle => {
                         slot.state = StrategyState::Idle;
-                        tracing::warn!(strategy = %name, version = slot.version, "strategy started but idle: {reason}");
-                        event("idle", json!({ "version": slot.version, "reason": reason }));
+                        tracing::warn!(strategy = %name, version = slot.version, "strategy started but idle: {}", gap.reason);
+                        event("idle", json!({ "version": slot.version, "reason": gap.reason }));
+                    }
+                    Some(gap) => {
+                        tracing::warn!(strategy = %name, version = slot.version, "strategy started: {}", gap.reason);
+                        event("started", json!({ "version": slot.version, "reason": gap.reason }));
                     }
                 }
             }
@@ -409,8 +427,19 @@ impl Supervisor {
                 slot.version += 1;
                 slot.reloads += 1;
                 slot.last_error = None;
-                slot.idle = idle_of(slot, &self.feed_symbols, &self.hub);
-                slot.state = if slot.idle.is_some() { StrategyState::Idle } else { StrategyState::Running };
+                // Symbols or timeframes the new version added are built from now
+                // on (without warm-up history: restart the strategy for that).
+                if let Some(meta) = slot.handle.as_ref().and_then(|h| h.meta()) {
+                    let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+                    for symbol in &meta.symbols {
+                        for timeframe in meta.all_timeframes() {
+                            let _ = hub.subscribe(symbol, timeframe); // a timeframe it cannot build shows as idle
+                        }
+                    }
+                }
+                slot.gap = gap_of(slot, &self.feed_symbols, &self.hub);
+                let idle = slot.gap.as_ref().is_some_and(|g| g.idle);
+                slot.state = if idle { StrategyState::Idle } else { StrategyState::Running };
                 tracing::info!(strategy = %name, version = slot.version, "strategy reloaded");
                 event("reloaded", json!({ "version": slot.version }));
                 for reply in slot.pending_reloads.drain(..) {
@@ -450,6 +479,13 @@ impl Supervisor {
                         slot.state = StrategyState::Failed;
                         tracing::error!(strategy = %name, "strategy cannot start (waiting for the file to change): {error}");
                         event("failed", json!({ "error": error.to_string() }));
+                        slot.last_error = Some(error);
+                    }
+                    ExitReason::Failed(error) if slot.stopped_by_user.is_some() => {
+                        // Stopped by a user while failing: it stays stopped, no restart.
+                        slot.state = StrategyState::Stopped;
+                        tracing::warn!(strategy = %name, "strategy failed while being stopped: {error}");
+                        event("stopped", json!({ "error": error.to_string() }));
                         slot.last_error = Some(error);
                     }
                     ExitReason::Failed(error) => {
@@ -504,7 +540,7 @@ impl Supervisor {
                 file: s.file.display().to_string(),
                 state: s.state,
                 reason: match s.state {
-                    StrategyState::Idle => s.idle.clone(),
+                    StrategyState::Idle | StrategyState::Running => s.gap.as_ref().map(|g| g.reason.clone()),
                     StrategyState::Stopped => s.stopped_by_user.clone().or_else(|| {
                         (self.config.strategy_override(name).and_then(|o| o.enabled) == Some(false))
                             .then(|| "disabled in the config file (`enabled = false`)".to_string())
@@ -635,24 +671,43 @@ fn warm_up_history(hub: &Mutex<MarketHub>, store: &StoreReader, meta: &StrategyM
     out
 }
 
-/// Why a strategy can never trade on this host's market data: a symbol the
-/// feed does not provide, or a timeframe its bars cannot make.
-pub fn idle_reason(meta: &StrategyMeta, feed_symbols: &[String], hub: &MarketHub) -> Option<String> {
-    let missing: Vec<&str> = meta.symbols.iter().filter(|s| !feed_symbols.contains(s)).map(String::as_str).collect();
-    if !missing.is_empty() {
-        return Some(format!(
-            "no market data for {} (the market feed provides {})",
-            missing.join(", "),
-            feed_symbols.join(", ")
-        ));
-    }
-    meta.all_timeframes().find_map(|tf| hub.check_timeframe(tf).err().map(|e| e.to_string()))
+/// What of its market a strategy cannot get from this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarketGap {
+    /// `no market data for SOLUSD (the market provides BTCUSD, ETHUSD)`.
+    pub reason: String,
+    /// True when it can never trade (idle); false when it still trades some symbols.
+    pub idle: bool,
 }
 
-/// Why the strategy of a running slot can never trade, if so.
-fn idle_of(slot: &Slot, feed_symbols: &[String], hub: &Mutex<MarketHub>) -> Option<String> {
+/// What a strategy lacks of the market: symbols the feed does not provide,
+/// or a timeframe the feed's `base` bars cannot make (when the base is known).
+pub fn market_gap(meta: &StrategyMeta, feed_symbols: &[String], base: Option<Timeframe>) -> Option<MarketGap> {
+    if let Some(base) = base
+        && let Some(tf) = meta.all_timeframes().find(|tf| tf.ms() % base.ms() != 0)
+    {
+        let reason =
+            format!("timeframe {tf} cannot be built from the market's {base} bars (it must be a whole multiple)");
+        return Some(MarketGap { reason, idle: true });
+    }
+    let missing: Vec<&str> = meta.symbols.iter().filter(|s| !feed_symbols.contains(s)).map(String::as_str).collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let trades: Vec<&str> = meta.symbols.iter().filter(|s| feed_symbols.contains(s)).map(String::as_str).collect();
+    let mut reason =
+        format!("no market data for {} (the market provides {})", missing.join(", "), feed_symbols.join(", "));
+    if !trades.is_empty() {
+        reason.push_str(&format!("; it trades {} only", trades.join(", ")));
+    }
+    Some(MarketGap { reason, idle: trades.is_empty() })
+}
+
+/// What the strategy of a running slot lacks of the market, if anything.
+fn gap_of(slot: &Slot, feed_symbols: &[String], hub: &Mutex<MarketHub>) -> Option<MarketGap> {
     let meta = slot.handle.as_ref()?.meta()?;
-    idle_reason(&meta, feed_symbols, &hub.lock().unwrap_or_else(|e| e.into_inner()))
+    let base = hub.lock().unwrap_or_else(|e| e.into_inner()).base();
+    market_gap(&meta, feed_symbols, Some(base))
 }
 
 /// Candles of history a strategy should start with, per symbol.
