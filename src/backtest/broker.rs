@@ -140,6 +140,22 @@ impl Broker {
         Some(ExchangeEvent::Order(order))
     }
 
+    /// True when an order on `symbol` is open.
+    pub fn has_open(&self, symbol: &str) -> bool {
+        self.open.iter().any(|o| o.request.symbol == symbol)
+    }
+
+    /// Sets the mark of `symbol` without filling anything (a bar no order
+    /// could fill on).
+    pub fn set_mark(&mut self, symbol: &str, price: f64) {
+        match self.marks.get_mut(symbol) {
+            Some(mark) => *mark = dec(price),
+            None => {
+                self.marks.insert(symbol.to_string(), dec(price));
+            }
+        }
+    }
+
     /// Moves the price of `symbol` to `price` at `now` and fills what the
     /// move reaches, in order of placement. At a bar's open (`gap`) the price
     /// jumped there: market orders and limits at or through it fill at it.
@@ -148,15 +164,11 @@ impl Broker {
     /// their limit price. Market fills are moved by slippage against the order.
     pub fn on_price(&mut self, symbol: &str, price: f64, now: TimestampMs, gap: bool) -> Vec<ExchangeEvent> {
         let mut events = Vec::new();
-        let price = dec(price);
-        let previous = match self.marks.get_mut(symbol) {
-            Some(mark) => std::mem::replace(mark, price),
-            None => {
-                self.marks.insert(symbol.to_string(), price);
-                price
-            }
-        };
-        if !self.open.iter().any(|o| o.request.symbol == symbol) {
+        let previous = self.marks.get(symbol).copied();
+        self.set_mark(symbol, price);
+        let price = self.marks[symbol];
+        let previous = previous.unwrap_or(price);
+        if !self.has_open(symbol) {
             return events; // nothing to fill
         }
         let (low, high) = if gap { (price, price) } else { (previous.min(price), previous.max(price)) };

@@ -27,7 +27,7 @@ use crate::strategy::{
 
 pub use broker::{Broker, BrokerConfig};
 pub use report::{EquityPoint, Report};
-pub use timeline::{Step, TimelineError};
+pub use timeline::{Step, Timeline, TimelineError};
 
 /// The fill conventions, as printed in every report.
 pub const CONVENTIONS: [&str; 9] = [
@@ -134,10 +134,8 @@ pub fn run(
     let mut strategy = factory(env).map_err(BacktestError::Strategy)?;
     let meta = strategy.meta();
     let timeline = timeline::build(data, &meta, config.from, config.to)?;
-    let own_bars = timeline.steps.iter().filter(|s| matches!(s, Step::Own(_))).count();
-    let (Some(first), Some(last_bar)) =
-        (timeline.steps.iter().find_map(Step::own), timeline.steps.iter().rev().find_map(Step::own))
-    else {
+    let own_bars = timeline.own().count();
+    let (Some(first), Some(last_bar)) = (timeline.own().next(), timeline.own().next_back()) else {
         return Err(BacktestError::NoData);
     };
     let (first, last_bar) = (first.time, last_bar.time);
@@ -155,29 +153,47 @@ pub fn run(
     let mut equity = Vec::new();
     let mut exposure_bars = 0usize;
     let mut done = 0usize;
-    let steps = timeline.steps;
+    let steps = &timeline.steps;
     // Candles of other timeframes wait until the clock passes their close.
     let mut others: VecDeque<(TimestampMs, crate::data::Timeframe, &Candle)> = VecDeque::new();
     let mut group: Vec<&Candle> = Vec::new();
+    let mut walking: Vec<bool> = Vec::new();
     let mut i = 0;
     while i < steps.len() {
         // One group: every step that closes at the same time; the bars of
         // several symbols move through their ticks side by side.
-        let close = steps[i].close(tf);
+        let close = steps[i].close;
         group.clear();
-        while i < steps.len() && steps[i].close(tf) == close {
-            match &steps[i] {
-                Step::Other(timeframe, candle) => others.push_back((close, *timeframe, candle)),
-                Step::Own(bar) => group.push(bar),
+        while i < steps.len() && steps[i].close == close {
+            let candle = timeline.candle(&steps[i]);
+            match steps[i].timeframe {
+                Some(timeframe) => others.push_back((close, timeframe, candle)),
+                None => group.push(candle),
             }
             i += 1;
         }
         let Some(start) = group.first().map(|bar| bar.time) else { continue };
         sim.fire_timers(strategy.as_mut(), start)?;
-        for k in 0..4 {
-            for bar in &group {
-                let (time, price) = bar_path(bar, tf)[k];
+        // A bar's path is walked only while something can happen on it (an
+        // open order, or on_tick); otherwise its close is all that counts.
+        walking.clear();
+        walking.resize(group.len(), false);
+        // Nothing can happen on any bar's path (no open order, no on_tick): skip it.
+        let quiet = !sim.wants_ticks && group.iter().all(|bar| !sim.broker.has_open(&bar.symbol));
+        for k in if quiet { 4 } else { 0 }..4 {
+            for (b, bar) in group.iter().enumerate() {
+                let path = bar_path(bar, tf);
+                let (time, price) = path[k];
                 sim.push_others(&mut others, time);
+                if !walking[b] {
+                    if !sim.wants_ticks && !sim.broker.has_open(&bar.symbol) {
+                        continue;
+                    }
+                    walking[b] = true;
+                    if k > 0 {
+                        sim.broker.set_mark(&bar.symbol, path[k - 1].1);
+                    }
+                }
                 let events = sim.broker.on_price(&bar.symbol, price, time, k == 0);
                 sim.publish_account(!events.is_empty());
                 sim.deliver(strategy.as_mut(), events, time)?;
@@ -193,6 +209,12 @@ pub fn run(
             }
         }
         sim.push_others(&mut others, close);
+        for (bar, walked) in group.iter().zip(&walking) {
+            if !walked {
+                sim.broker.set_mark(&bar.symbol, bar.close);
+            }
+        }
+        sim.publish_account(false);
         for bar in &group {
             sim.ctx.borrow_mut().market.push_candle((*bar).clone());
         }
@@ -294,6 +316,9 @@ struct Simulation {
 impl Simulation {
     /// Gives the strategy the candles of other timeframes that closed by `now`.
     fn push_others(&self, others: &mut VecDeque<(TimestampMs, crate::data::Timeframe, &Candle)>, now: TimestampMs) {
+        if others.is_empty() {
+            return;
+        }
         while let Some((_, timeframe, candle)) = others.front().filter(|(close, ..)| *close <= now) {
             self.ctx.borrow_mut().market.push_other(*timeframe, (*candle).clone());
             others.pop_front();

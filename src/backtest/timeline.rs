@@ -4,8 +4,6 @@
 //! live host delivers them: by close time, other timeframes before the
 //! strategy's own candle that closes with them.
 
-use std::borrow::Cow;
-
 use crate::data::{MarketHub, Timeframe};
 use crate::model::{Candle, TimestampMs};
 use crate::strategy::StrategyMeta;
@@ -39,43 +37,53 @@ pub enum TimelineError {
     },
 }
 
-/// One step of the timeline.
-#[derive(Debug, Clone)]
-pub enum Step<'a> {
-    /// A closed candle of the strategy's timeframe: the broker moves through
-    /// its prices, then `on_candle` fires.
-    Own(Cow<'a, Candle>),
-    /// A closed candle of another timeframe the strategy reads.
-    Other(Timeframe, Candle),
+/// One step of the timeline: a closed candle, of the strategy's timeframe
+/// (`timeframe` is `None`: the broker moves through its prices, then
+/// `on_candle` fires) or of another timeframe it reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// When the candle closes.
+    pub close: TimestampMs,
+    /// `None` for the strategy's own timeframe, else the other timeframe.
+    pub timeframe: Option<Timeframe>,
+    candle: CandleRef,
+    /// The symbol's place in alphabetical order (orders steps that close together).
+    rank: u32,
 }
 
-impl Step<'_> {
-    /// When the candle closes (`timeframe_ms`: the strategy's timeframe).
-    pub fn close(&self, timeframe_ms: i64) -> TimestampMs {
-        match self {
-            Step::Own(candle) => candle.time + timeframe_ms,
-            Step::Other(timeframe, candle) => candle.time + timeframe.ms(),
-        }
-    }
-
-    /// The candle, if it is one of the strategy's timeframe.
-    pub fn own(&self) -> Option<&Candle> {
-        match self {
-            Step::Own(candle) => Some(candle),
-            Step::Other(..) => None,
-        }
-    }
+/// Where a step's candle is: a bar of the data as it is, or one the timeline made.
+#[derive(Debug, Clone, Copy)]
+enum CandleRef {
+    Data { series: u32, index: u32 },
+    Made(u32),
 }
 
 /// The aggregated data of a backtest.
 #[derive(Debug)]
 pub struct Timeline<'a> {
     /// Steps in delivery order.
-    pub steps: Vec<Step<'a>>,
+    pub steps: Vec<Step>,
     /// The data's bar interval (the finest over its symbols).
     pub data_interval: Timeframe,
     /// Symbols in the data the strategy does not trade (left out).
     pub unused: Vec<String>,
+    data: &'a [Vec<Candle>],
+    made: Vec<Candle>,
+}
+
+impl Timeline<'_> {
+    /// The candle of a step.
+    pub fn candle(&self, step: &Step) -> &Candle {
+        match step.candle {
+            CandleRef::Data { series, index } => &self.data[series as usize][index as usize],
+            CandleRef::Made(index) => &self.made[index as usize],
+        }
+    }
+
+    /// The candles of the strategy's timeframe, in order.
+    pub fn own(&self) -> impl DoubleEndedIterator<Item = &Candle> {
+        self.steps.iter().filter(|s| s.timeframe.is_none()).map(|s| self.candle(s))
+    }
 }
 
 /// Builds the timeline of `meta`'s strategy over `data` (one series per
@@ -91,15 +99,24 @@ pub fn build<'a>(
     if !missing.is_empty() {
         return Err(TimelineError::Symbols { wanted: meta.symbols.clone(), have });
     }
-    let mut keyed: Vec<(TimestampMs, bool, &str, Step<'a>)> = Vec::new();
+    // Steps of several symbols that close together go in symbol order.
+    let mut by_symbol: Vec<usize> = (0..data.len()).collect();
+    by_symbol.sort_by(|a, b| data[*a].first().map(|c| &c.symbol).cmp(&data[*b].first().map(|c| &c.symbol)));
+    let mut rank = vec![0u32; data.len()];
+    for (r, series) in by_symbol.into_iter().enumerate() {
+        rank[series] = r as u32;
+    }
+    let mut steps: Vec<Step> = Vec::new();
+    let mut made = Vec::new();
     let mut unused = Vec::new();
     let mut finest: Option<Timeframe> = None;
-    for series in data {
+    for (series_index, series) in data.iter().enumerate() {
         let Some(first) = series.first() else { continue };
         if !meta.symbols.is_empty() && !meta.symbols.contains(&first.symbol) {
             unused.push(first.symbol.clone());
             continue;
         }
+        let offset = from.map_or(0, |f| series.partition_point(|c| c.time < f));
         let bars = series_in(series, from, to);
         let interval = crate::feed::csv::interval_ms(bars).filter(|ms| *ms > 0).map(Timeframe::from_ms);
         let interval = interval.unwrap_or(meta.timeframe);
@@ -109,38 +126,35 @@ pub fn build<'a>(
                 return Err(TimelineError::Timeframe { symbol: first.symbol.clone(), data: interval, timeframe });
             }
         }
+        let rank = rank[series_index];
         if meta.all_timeframes().all(|tf| tf == interval) {
-            keyed.extend(
-                bars.iter()
-                    .map(|bar| (bar.time + interval.ms(), true, bar.symbol.as_str(), Step::Own(Cow::Borrowed(bar)))),
-            );
+            steps.extend(bars.iter().enumerate().map(|(i, bar)| {
+                let candle = CandleRef::Data { series: series_index as u32, index: (offset + i) as u32 };
+                Step { close: bar.time + interval.ms(), timeframe: None, candle, rank }
+            }));
             continue;
         }
         let mut hub = MarketHub::new(interval, 1);
         for timeframe in meta.all_timeframes() {
-            hub.subscribe(&first.symbol, timeframe).map_err(|_| TimelineError::Timeframe {
-                symbol: first.symbol.clone(),
-                data: interval,
-                timeframe,
-            })?;
+            // Cannot fail: every timeframe is a multiple of the interval (checked above).
+            let _ = hub.subscribe(&first.symbol, timeframe);
         }
         for bar in bars {
             for timed in hub.on_bar(bar.clone()) {
                 let close = timed.candle.time + timed.timeframe.ms();
-                let own = timed.timeframe == meta.timeframe;
-                let step =
-                    if own { Step::Own(Cow::Owned(timed.candle)) } else { Step::Other(timed.timeframe, timed.candle) };
-                keyed.push((close, own, first.symbol.as_str(), step));
+                let timeframe = (timed.timeframe != meta.timeframe).then_some(timed.timeframe);
+                steps.push(Step { close, timeframe, candle: CandleRef::Made(made.len() as u32), rank });
+                made.push(timed.candle);
             }
         }
     }
+    // By close; other timeframes before the strategy's own; then by symbol.
     // Stable: the hub's order (longer timeframes first) holds within a key.
-    keyed.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
-    Ok(Timeline {
-        steps: keyed.into_iter().map(|(_, _, _, step)| step).collect(),
-        data_interval: finest.unwrap_or(meta.timeframe),
-        unused,
-    })
+    let key = |step: &Step| (step.close, step.timeframe.is_none(), step.rank);
+    if !steps.is_sorted_by_key(key) {
+        steps.sort_by_key(key);
+    }
+    Ok(Timeline { steps, data_interval: finest.unwrap_or(meta.timeframe), unused, data, made })
 }
 
 /// The bars of a series in `[from, to)`.
@@ -177,21 +191,16 @@ mod tests {
         let data = vec![(0..125).map(|m| bar(m, m as f64)).collect::<Vec<_>>()];
         let timeline = build(&data, &meta("5m", &["1h"]), None, None).unwrap();
         assert_eq!(timeline.data_interval.to_string(), "1m");
-        let own: Vec<&Candle> = timeline
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Own(c) => Some(c.as_ref()),
-                _ => None,
-            })
-            .collect();
+        let own: Vec<&Candle> = timeline.own().collect();
         assert_eq!(own.len(), 25, "125 minutes = 25 closed 5m candles");
         assert_eq!((own[1].open, own[1].high, own[1].low, own[1].close, own[1].volume), (5.0, 10.0, 4.0, 9.0, 5.0));
         // The hour 0 closes with the 5m candle of 55..59, and comes first.
-        let hour = timeline.steps.iter().position(|s| matches!(s, Step::Other(..))).unwrap();
-        let Step::Other(tf, candle) = &timeline.steps[hour] else { unreachable!() };
-        assert_eq!((tf.to_string(), candle.time, candle.close), ("1h".to_string(), 0, 59.0));
-        let Step::Own(next) = &timeline.steps[hour + 1] else { panic!("the 5m candle follows the hour") };
+        let hour = timeline.steps.iter().position(|s| s.timeframe.is_some()).unwrap();
+        let (step, candle) = (&timeline.steps[hour], timeline.candle(&timeline.steps[hour]));
+        assert_eq!((step.timeframe.unwrap().to_string(), candle.time, candle.close), ("1h".to_string(), 0, 59.0));
+        let next = &timeline.steps[hour + 1];
+        assert!(next.timeframe.is_none(), "the 5m candle follows the hour");
+        let next = timeline.candle(next);
         assert_eq!(next.time, 55 * 60_000);
     }
 

@@ -1,11 +1,13 @@
-//! Static checks of a script, before any of it runs: calls to host functions
-//! that do not exist or with the wrong number of arguments, calls to the
-//! script's own functions with the wrong number of arguments, and — for a
-//! syntax error at the end of the file — the construct that was left open.
+//! Static checks of a script's source, before any of it runs: calls to host
+//! functions that do not exist or with the wrong number of arguments, calls to
+//! the script's own functions with the wrong number of arguments, and — for a
+//! syntax error at the end of the file — the bracket that was left open. A
+//! small lexer (strings and comments skipped) reads the source; the compiled
+//! script only tells which functions it defines.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rhai::{AST, ASTNode, Expr, FnCallExpr, Position, Stmt};
+use rhai::AST;
 
 use super::api::HOST_FUNCTIONS;
 use crate::strategy::{Location, StrategyError};
@@ -13,65 +15,162 @@ use crate::strategy::{Location, StrategyError};
 /// Host modules whose functions are all listed in [`HOST_FUNCTIONS`].
 const HOST_MODULES: [&str; 6] = ["exchange", "market", "ta", "timer", "log", "health"];
 
-/// The first call in `ast` to a host function that does not exist or with an
-/// argument count it does not take, or to a script function with the wrong
-/// argument count, at its `file:line:col`.
-pub fn calls(ast: &AST, file: &str) -> Result<(), StrategyError> {
+/// A token of the source with its 1-based line and column.
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    /// A name or keyword.
+    Ident(String),
+    /// Punctuation, one character.
+    Punct(char),
+    /// A string, character or number.
+    Literal,
+}
+
+/// The source's tokens with their positions; strings and comments are skipped.
+fn lex(source: &str) -> Vec<(Token, usize, usize)> {
+    let chars: Vec<char> = source.chars().collect();
+    let mut out = Vec::new();
+    let (mut i, mut line, mut column) = (0, 1, 1);
+    // Moves past `n` characters, keeping the line and column.
+    let step = |i: &mut usize, line: &mut usize, column: &mut usize, n: usize| {
+        for _ in 0..n {
+            if *i >= chars.len() {
+                return;
+            }
+            if chars[*i] == '\n' {
+                *line += 1;
+                *column = 1;
+            } else {
+                *column += 1;
+            }
+            *i += 1;
+        }
+    };
+    while i < chars.len() {
+        let (c, next) = (chars[i], chars.get(i + 1).copied());
+        let at = (line, column);
+        match c {
+            '/' if next == Some('/') => {
+                while i < chars.len() && chars[i] != '\n' {
+                    step(&mut i, &mut line, &mut column, 1);
+                }
+            }
+            '/' if next == Some('*') => {
+                step(&mut i, &mut line, &mut column, 2);
+                while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
+                    step(&mut i, &mut line, &mut column, 1);
+                }
+                step(&mut i, &mut line, &mut column, 2);
+            }
+            '"' | '`' | '\'' => {
+                step(&mut i, &mut line, &mut column, 1);
+                while i < chars.len() && chars[i] != c {
+                    let escaped = if chars[i] == '\\' { 2 } else { 1 };
+                    step(&mut i, &mut line, &mut column, escaped);
+                }
+                step(&mut i, &mut line, &mut column, 1);
+                out.push((Token::Literal, at.0, at.1));
+            }
+            c if c.is_alphabetic() || c == '_' => {
+                let start = i;
+                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                    step(&mut i, &mut line, &mut column, 1);
+                }
+                out.push((Token::Ident(chars[start..i].iter().collect()), at.0, at.1));
+            }
+            c if c.is_ascii_digit() => {
+                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.') {
+                    step(&mut i, &mut line, &mut column, 1);
+                }
+                out.push((Token::Literal, at.0, at.1));
+            }
+            c if c.is_whitespace() => step(&mut i, &mut line, &mut column, 1),
+            c => {
+                out.push((Token::Punct(c), at.0, at.1));
+                step(&mut i, &mut line, &mut column, 1);
+            }
+        }
+    }
+    out
+}
+
+/// The number of arguments of the call whose `(` is at `tokens[open]`.
+fn arguments(tokens: &[(Token, usize, usize)], open: usize) -> usize {
+    let (mut depth, mut commas, mut any) = (0usize, 0usize, false);
+    for (token, ..) in &tokens[open..] {
+        match token {
+            Token::Punct('(' | '[' | '{') => {
+                depth += 1;
+                if depth > 1 {
+                    any = true;
+                }
+            }
+            Token::Punct(')' | ']' | '}') => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    break;
+                }
+            }
+            Token::Punct(',') if depth == 1 => commas += 1,
+            _ => any = true,
+        }
+    }
+    if any { commas + 1 } else { 0 }
+}
+
+/// The first call in `source` to a host function that does not exist or with
+/// an argument count it does not take, or to one of the script's own
+/// functions (from `ast`) with the wrong argument count, at its `file:line:col`.
+pub fn calls(source: &str, ast: &AST, file: &str) -> Result<(), StrategyError> {
     let mut own: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     for function in ast.iter_functions() {
         own.entry(function.name.to_string()).or_default().insert(function.params.len());
     }
-    let mut problem: Option<(Position, String)> = None;
-    ast.walk(&mut |nodes: &[ASTNode]| {
-        let call = match nodes.last() {
-            Some(ASTNode::Expr(Expr::FnCall(call, pos))) | Some(ASTNode::Stmt(Stmt::FnCall(call, pos))) => {
-                Some((call.as_ref(), *pos))
-            }
-            _ => None,
-        };
-        if let Some((call, pos)) = call
-            && let Some(message) = check_call(call, &own)
-        {
-            problem = Some((pos, message));
-            return false;
+    let tokens = lex(source);
+    for (i, (token, line, column)) in tokens.iter().enumerate() {
+        let Token::Ident(first) = token else { continue };
+        let previous = i.checked_sub(1).map(|p| &tokens[p].0);
+        // `x.name(…)` is a method call, `fn name(…)` a definition; `a::b(…)` is read at `a`.
+        if matches!(previous, Some(Token::Punct('.'))) || matches!(previous, Some(Token::Ident(k)) if k == "fn") {
+            continue;
         }
-        true
-    });
-    match problem {
-        None => Ok(()),
-        Some((pos, message)) => Err(StrategyError {
-            location: pos.line().map(|line| Location {
-                file: file.to_string(),
-                line,
-                column: pos.position().unwrap_or(1),
-            }),
-            message,
-        }),
+        if i >= 2 && matches!((&tokens[i - 2].0, &tokens[i - 1].0), (Token::Punct(':'), Token::Punct(':'))) {
+            continue;
+        }
+        let qualified = matches!(tokens.get(i + 1..i + 3), Some([(Token::Punct(':'), ..), (Token::Punct(':'), ..)]));
+        let (name, open) = match (qualified, tokens.get(i + 3), tokens.get(i + 4)) {
+            (true, Some((Token::Ident(function), ..)), Some((Token::Punct('('), ..))) => {
+                (format!("{first}::{function}"), i + 4)
+            }
+            (false, ..) if matches!(tokens.get(i + 1), Some((Token::Punct('('), ..))) => (first.clone(), i + 1),
+            _ => continue,
+        };
+        if let Some(message) = check_call(&name, arguments(&tokens, open), &own) {
+            return Err(StrategyError {
+                location: Some(Location { file: file.to_string(), line: *line, column: *column }),
+                message,
+            });
+        }
     }
+    Ok(())
 }
 
-fn check_call(call: &FnCallExpr, own: &BTreeMap<String, BTreeSet<usize>>) -> Option<String> {
-    if call.is_operator_call() {
-        return None;
-    }
-    let args = call.args.len();
-    let namespace = call.namespace.to_string();
-    let name = if namespace.is_empty() { call.name.to_string() } else { format!("{namespace}::{}", call.name) };
+fn check_call(name: &str, args: usize, own: &BTreeMap<String, BTreeSet<usize>>) -> Option<String> {
+    let namespace = name.split_once("::").map_or("", |(ns, _)| ns);
     if namespace.is_empty()
-        && let Some(arities) = own.get(&name)
+        && let Some(arities) = own.get(name)
     {
         return (!arities.contains(&args)).then(|| {
             let takes: Vec<String> = arities.iter().map(usize::to_string).collect();
             format!("`{name}` is called with {args} argument(s); the script defines it with {}", takes.join(" or "))
         });
     }
-    let host = HOST_FUNCTIONS.iter().find(|f| f.name == name);
-    match host {
+    match HOST_FUNCTIONS.iter().find(|f| f.name == name) {
         Some(f) if !(f.min_args..=f.max_args).contains(&args) => {
             Some(format!("`{name}` is called with {args} argument(s); expected {}", f.signature))
         }
         Some(_) => None,
-        None if HOST_MODULES.contains(&namespace.as_str()) => {
+        None if HOST_MODULES.contains(&namespace) => {
             let prefix = format!("{namespace}::");
             let known: Vec<&str> = HOST_FUNCTIONS.iter().filter_map(|f| f.name.strip_prefix(prefix.as_str())).collect();
             Some(format!("there is no function `{name}`; {namespace}:: has {}", known.join(", ")))
@@ -85,62 +184,16 @@ fn check_call(call: &FnCallExpr, own: &BTreeMap<String, BTreeSet<usize>>) -> Opt
 pub fn unclosed(source: &str) -> Option<(usize, usize, char, Option<String>)> {
     let mut open: Vec<(usize, usize, char, Option<String>)> = Vec::new();
     let mut current_fn: Option<String> = None;
-    let chars: Vec<char> = source.chars().collect();
-    let (mut i, mut line, mut column) = (0, 1, 1);
-    let advance = |i: &mut usize, line: &mut usize, column: &mut usize| {
-        if chars[*i] == '\n' {
-            *line += 1;
-            *column = 1;
-        } else {
-            *column += 1;
-        }
-        *i += 1;
-    };
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        match c {
-            '/' if next == Some('/') => {
-                while i < chars.len() && chars[i] != '\n' {
-                    advance(&mut i, &mut line, &mut column);
-                }
-                continue;
-            }
-            '/' if next == Some('*') => {
-                while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
-                    advance(&mut i, &mut line, &mut column);
-                }
-                for _ in 0..2 {
-                    if i < chars.len() {
-                        advance(&mut i, &mut line, &mut column);
-                    }
-                }
-                continue;
-            }
-            '"' | '`' | '\'' => {
-                advance(&mut i, &mut line, &mut column);
-                while i < chars.len() && chars[i] != c {
-                    if chars[i] == '\\' {
-                        advance(&mut i, &mut line, &mut column);
-                    }
-                    if i < chars.len() {
-                        advance(&mut i, &mut line, &mut column);
-                    }
+    let tokens = lex(source);
+    for (i, (token, line, column)) in tokens.iter().enumerate() {
+        match token {
+            Token::Ident(keyword) if keyword == "fn" => {
+                if let Some((Token::Ident(name), ..)) = tokens.get(i + 1) {
+                    current_fn = Some(name.clone());
                 }
             }
-            'f' if next == Some('n')
-                && chars.get(i + 2).is_some_and(|c| c.is_whitespace())
-                && (i == 0 || !chars[i - 1].is_alphanumeric() && chars[i - 1] != '_') =>
-            {
-                let name: String = chars[i + 3..]
-                    .iter()
-                    .skip_while(|c| c.is_whitespace())
-                    .take_while(|c| c.is_alphanumeric() || **c == '_')
-                    .collect();
-                current_fn = Some(name);
-            }
-            '{' | '(' | '[' => open.push((line, column, c, current_fn.clone())),
-            '}' | ')' | ']' => {
+            Token::Punct(c @ ('{' | '(' | '[')) => open.push((*line, *column, *c, current_fn.clone())),
+            Token::Punct(c @ ('}' | ')' | ']')) => {
                 let opener = match c {
                     '}' => '{',
                     ')' => '(',
@@ -150,14 +203,11 @@ pub fn unclosed(source: &str) -> Option<(usize, usize, char, Option<String>)> {
                 if open.last().is_some_and(|(.., bracket, _)| *bracket == opener) {
                     open.pop();
                 }
-                if c == '}' && open.is_empty() {
+                if *c == '}' && open.is_empty() {
                     current_fn = None;
                 }
             }
             _ => {}
-        }
-        if i < chars.len() {
-            advance(&mut i, &mut line, &mut column);
         }
     }
     open.pop()
@@ -174,6 +224,23 @@ mod tests {
         let (line, column, bracket, function) = unclosed(source).unwrap();
         assert_eq!((line, column, bracket, function.as_deref()), (3, 17, '{', Some("on_candle")));
         assert!(unclosed("fn a() { [1, (2)] }").is_none());
+    }
+
+    fn lint(source: &str) -> Result<(), String> {
+        let ast = rhai::Engine::new().compile(source).map_err(|e| e.to_string())?;
+        calls(source, &ast, "t.rhai").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn calls_are_counted_past_strings_comments_nesting_and_methods() {
+        assert!(lint("fn on_candle(c) { let x = ta::sma(c.symbol, max(1, [2, 3].len())); }").is_ok());
+        assert!(lint("fn on_candle(c) { // ta::nope(1)\n let s = \"ta::nope(1)\"; }").is_ok());
+        assert!(lint("fn f(a) { a }\nfn on_candle(c) { let m = #{ k: f(1), j: [1, 2].map(|x| x) }; }").is_ok());
+        let err = lint("fn f(a) { a }\nfn on_candle(c) {\n    let m = #{ k: f(1, 2) };\n}").unwrap_err();
+        assert!(err.starts_with("t.rhai:3:19: `f` is called with 2 argument(s)"), "{err}");
+        let err = lint("fn on_candle(c) { exchange::cancel_all(c.symbol, 1); }").unwrap_err();
+        assert!(err.contains("`exchange::cancel_all` is called with 2 argument(s)"), "{err}");
+        assert!(lint("fn on_candle(c) { exchange::cancel_all(); exchange::cancel_all(c.symbol); }").is_ok());
     }
 
     /// The table `check` uses agrees with what is registered: every host

@@ -229,7 +229,7 @@ fn compile(
         });
     }
     let ast = engine.compile(source).map_err(|e| syntax_error(file, source, &e))?;
-    lint::calls(&ast, file)?;
+    lint::calls(source, &ast, file)?;
     let mut callbacks = HashSet::new();
     let mut locations = HashMap::new();
     for function in ast.iter_functions() {
