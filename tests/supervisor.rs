@@ -221,3 +221,26 @@ fn on_fill(f) { print(`filled at ${f.price}`); }
     assert!([102.0, 103.0, 104.0, 105.0].contains(&price), "{price}");
     assert_eq!(t.stop().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_holds_a_strategy_that_waits_for_a_restart() {
+    let failing = bad("fn on_candle(c) { throw \"boom\"; }");
+    let t = TestHost::start(&[("flaky", &failing)], |c| {
+        c.supervisor.max_consecutive_errors = 1;
+        c.supervisor.restart_backoff_initial_ms = 2_000; // a long wait to stop it in
+        c.supervisor.quarantine_after_restarts = 5;
+    })
+    .await;
+    t.wait_strategy(0, "flaky", "failed").await;
+    t.wait_status("flaky", |s| s.state == StrategyState::Starting).await;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    t.host.control().send(tradehost::supervisor::Control::Stop("flaky".into(), reply)).unwrap();
+    answer.await.unwrap().expect("a strategy waiting for its restart can be stopped");
+    let status = t.wait_status("flaky", |s| s.state == StrategyState::Stopped).await;
+    assert!(status.reason.as_deref().is_some_and(|r| r.contains("stopped by a user")), "{status:?}");
+    // The restart that was due does not happen.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let status = t.host.strategies().into_iter().find(|s| s.name == "flaky").unwrap();
+    assert_eq!((status.state, status.restarts), (StrategyState::Stopped, 0), "{status:?}");
+    assert_eq!(t.stop().await, 0);
+}
