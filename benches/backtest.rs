@@ -58,6 +58,7 @@ fn main() {
             taker_fee_bps: Decimal::from(5),
             maker_fee_bps: Decimal::from(2),
             slippage_bps: Decimal::from(1),
+            leverage: Decimal::from(5),
             products: Config::embedded()
                 .exchange
                 .paper

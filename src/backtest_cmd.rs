@@ -125,6 +125,7 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
             maker_fee_bps: args.maker_fee_bps,
             slippage_bps: args.slippage_bps,
             products: config.exchange.paper.product_list().into_iter().map(|p| (p.symbol.clone(), p)).collect(),
+            leverage: config.exchange.paper.leverage,
         },
         from: time_arg("--from", &args.from).map_err(usage)?,
         to: time_arg("--to", &args.to).map_err(usage)?,

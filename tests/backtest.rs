@@ -26,6 +26,7 @@ fn config(taker: &str, maker: &str, slippage: &str) -> BacktestConfig {
             maker_fee_bps: d(maker),
             slippage_bps: d(slippage),
             products: BTreeMap::new(),
+            leverage: d("5"),
         },
         from: None,
         to: None,
@@ -525,4 +526,19 @@ fn on_tick(t) {
     // The next price on the path is the low, 99, at a third of the bar: taken there, as a taker.
     assert_eq!((first.price, first.liquidity, first.time), (d("99"), Liquidity::Taker, 20_000));
     assert_eq!(first.fee, d("0.099"));
+}
+
+#[test]
+fn an_order_past_the_margin_limit_is_rejected_as_on_the_paper_exchange() {
+    let out = tradehost()
+        .args(["backtest", "--strategy", "strategies/sma_cross.rhai", "--data", "tests/fixtures/btc_1m.csv"])
+        .args(["--symbol", "BTCUSD", "--param", "size=1e9", "--quiet", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["trades"], 0, "a billion BTC on 100,000 cash never fills");
+    assert_eq!(report["final_equity"], "100000");
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("order(s) were rejected; the first: insufficient margin"), "{notes}");
 }

@@ -30,6 +30,9 @@ pub struct BrokerConfig {
     pub slippage_bps: Decimal,
     /// Tick and lot sizes of known symbols (others are not rounded).
     pub products: BTreeMap<String, Product>,
+    /// Most exposure (positions and resting limits at their prices) as a
+    /// multiple of equity, as on the paper exchange (`exchange.paper.leverage`).
+    pub leverage: Decimal,
 }
 
 /// The broker's state.
@@ -125,8 +128,47 @@ impl Broker {
                 self.marketable.insert(request.client_id.clone());
             }
         }
+        if let Err(reason) = self.check_margin(&request) {
+            return reject(order, reason);
+        }
         self.open.push(order.clone());
         vec![ExchangeEvent::Order(order)]
+    }
+
+    /// Refuses an order that would take exposure past equity × leverage, as
+    /// the paper exchange does (reduce-only orders and orders that lower the
+    /// exposure always pass; before the first price nothing can be checked).
+    fn check_margin(&self, request: &OrderRequest) -> Result<(), String> {
+        let Some(mark) = self.marks.get(&request.symbol).copied().filter(|_| !request.reduce_only) else {
+            return Ok(());
+        };
+        let resting: Decimal = self
+            .open
+            .iter()
+            .filter(|o| o.request.kind == OrderKind::Limit)
+            .map(|o| o.remaining() * o.request.price.unwrap_or_default())
+            .sum();
+        let others: Decimal = self
+            .positions
+            .values()
+            .filter(|p| p.symbol != request.symbol)
+            .map(|p| p.size.abs() * self.marks.get(&p.symbol).copied().unwrap_or_default())
+            .sum();
+        let current = self.position(&request.symbol).size;
+        let after = current + request.side.sign() * request.size;
+        let before_total = others + resting + current.abs() * mark;
+        let after_total = others + resting + after.abs() * request.price.unwrap_or(mark).max(mark);
+        let limit = self.equity() * self.config.leverage;
+        if after_total > limit && after_total > before_total {
+            return Err(format!(
+                "insufficient margin: exposure would be {:.2}, limit is {:.2} (equity {:.2} × leverage {})",
+                after_total,
+                limit,
+                self.equity(),
+                self.config.leverage
+            ));
+        }
+        Ok(())
     }
 
     /// Cancels an open order.

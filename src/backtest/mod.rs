@@ -30,13 +30,14 @@ pub use report::{EquityPoint, Report};
 pub use timeline::{Step, Timeline, TimelineError};
 
 /// The fill conventions, as printed in every report.
-pub const CONVENTIONS: [&str; 9] = [
+pub const CONVENTIONS: [&str; 10] = [
     "bars are candles of the strategy's timeframe, aggregated from the data as the live host aggregates them; on_candle fires once per closed candle, at its close time",
     "each bar drives four ticks (on_tick, with bid = ask = last): the open at the bar's start, then low then high if the bar closed at or above its open (high then low if below) at 1/3 and 2/3 of the bar, then the close at its end; each tick carries a quarter of the bar's volume",
     "timers fire at the start and at the close of each bar",
     "a market order fills at the next tick's price (an order placed in on_candle: the next bar's open), moved by slippage_bps against the order",
     "a limit order fills when the price path after its placement reaches its price, at the limit price, or at the open if a bar opens through it",
     "no partial fills: bar volume is not modelled",
+    "an order that would take exposure past equity × leverage (exchange.paper.leverage) is rejected, as on the paper exchange",
     "fees on every fill: taker_fee_bps for market orders, maker_fee_bps for limit orders",
     "positions are marked to market at every close; equity = cash + unrealised PnL",
     "orders still open at the end are cancelled; an open position is closed at the last close as a taker",
@@ -148,6 +149,7 @@ pub fn run(
         broker: Broker::new(config.broker.clone()),
         logs: Vec::new(),
         wants_ticks: true,
+        rejected: (0, None),
     };
     sim.handle(strategy.as_mut(), StrategyEvent::Start, first)?;
     let mut equity = Vec::new();
@@ -235,6 +237,9 @@ pub fn run(
     if !timeline.unused.is_empty() {
         notes.push(format!("data for {} is not traded by the strategy and was left out", timeline.unused.join(", ")));
     }
+    if let (rejected @ 1.., Some(first)) = &sim.rejected {
+        notes.push(format!("{rejected} order(s) were rejected; the first: {first}"));
+    }
     let open: Vec<String> = sim.broker.open.iter().map(|o| o.request.client_id.clone()).collect();
     if !open.is_empty() {
         notes.push(format!("{} order(s) still open at the end were cancelled", open.len()));
@@ -311,6 +316,8 @@ struct Simulation {
     logs: Vec<(TimestampMs, String)>,
     /// False once the strategy showed it has no `on_tick`.
     wants_ticks: bool,
+    /// Orders the broker rejected, and the first reason.
+    rejected: (usize, Option<String>),
 }
 
 impl Simulation {
@@ -369,7 +376,13 @@ impl Simulation {
         for event in events {
             let event = match event {
                 ExchangeEvent::Fill(fill) => StrategyEvent::Fill(fill),
-                ExchangeEvent::Order(order) => StrategyEvent::Order(order),
+                ExchangeEvent::Order(order) => {
+                    if order.status == crate::model::OrderStatus::Rejected {
+                        self.rejected.0 += 1;
+                        self.rejected.1.get_or_insert_with(|| order.reason.clone().unwrap_or_default());
+                    }
+                    StrategyEvent::Order(order)
+                }
             };
             self.handle(strategy, event, time)?;
         }
