@@ -113,6 +113,7 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
         }
         data.push(candles);
     }
+    check_outputs(&args).map_err(usage)?;
     let mut params = std::collections::BTreeMap::new();
     for param in &args.params {
         let (key, value) = backtest::parse_param(param).map_err(usage)?;
@@ -144,7 +145,7 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
         let started = Instant::now();
         let reports = sweep::run(&file, &source, &data, &backtest_config, &axes, &args.rank).map_err(|e| match &e {
             sweep::SweepError::Usage(_) => (2, e.to_string()),
-            sweep::SweepError::Run(run) => (exit_code(run), e.to_string()),
+            sweep::SweepError::Run { error, .. } => (exit_code(error), e.to_string()),
         })?;
         if args.json {
             outln!("{}", serde_json::to_string_pretty(&reports).expect("reports serialize"));
@@ -170,6 +171,9 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
                     r.win_rate * 100.0,
                     r.final_equity.round_dp(2)
                 );
+            }
+            if reports.first().is_some_and(|r| r.short_sample) {
+                eprintln!("note: the data spans under a month: Sharpe and returns are extrapolated to a year");
             }
             let bars: usize = reports.iter().map(|r| r.bars).sum();
             eprintln!(
@@ -224,6 +228,41 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
     }
     if let Some(path) = &args.trades {
         eprintln!("{} fill(s) written to {}", run.fills.len(), path.display());
+    }
+    Ok(())
+}
+
+/// Refuses, before anything runs, outputs that cannot be written or would
+/// overwrite an input, and options that do not go together.
+fn check_outputs(args: &BacktestArgs) -> Result<(), String> {
+    if !args.sweeps.is_empty() {
+        if args.plot.is_some() || args.trades.is_some() {
+            return Err("--plot and --trades write one run's results; run the chosen parameters without --sweep".into());
+        }
+        for param in &args.params {
+            let name = param.split_once('=').map_or(param.as_str(), |(k, _)| k);
+            if args.sweeps.iter().any(|s| s.split_once('=').is_some_and(|(k, _)| k == name)) {
+                return Err(format!("`{name}` is given by both --param and --sweep: keep one"));
+            }
+        }
+    }
+    if let Some(plot) = &args.plot {
+        let extension = plot.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        if !matches!(extension.as_deref(), Some("svg" | "png")) {
+            return Err(format!("--plot {}: the file must end in .svg or .png", plot.display()));
+        }
+    }
+    let inputs: Vec<PathBuf> =
+        args.data.iter().chain([&args.strategy]).filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+    for (flag, path) in [("--plot", &args.plot), ("--trades", &args.trades)] {
+        let Some(path) = path else { continue };
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            return Err(format!("{flag} {}: the folder {} does not exist", path.display(), parent.display()));
+        }
+        if std::fs::canonicalize(path).is_ok_and(|p| inputs.contains(&p)) {
+            return Err(format!("{flag} {}: that is an input of this run; write elsewhere", path.display()));
+        }
     }
     Ok(())
 }

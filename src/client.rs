@@ -131,9 +131,10 @@ async fn status(api: &Api, json: bool) -> Result<(), String> {
         return Ok(());
     }
     outln!(
-        "tradehost {} ({}) at {}: {}, up {} s, {} strategies ({} running), {} open orders",
+        "tradehost {} ({}, clock {}) at {}: {}, up {} s, {} strategies ({} running), {} open orders",
         text(&status["version"]),
         text(&status["mode"]),
+        text(&status["clock"]),
         api.base,
         text(&health["status"]),
         status["uptime_s"],
@@ -159,11 +160,12 @@ async fn status(api: &Api, json: bool) -> Result<(), String> {
                 text(&s["version"]),
                 text(&s["reloads"]),
                 text(&s["restarts"]),
+                text(&s["reason"]),
                 error,
             ]
         })
         .collect();
-    outln!("\n{}", table(&["STRATEGY", "STATE", "VERSION", "RELOADS", "RESTARTS", "LAST ERROR"], rows));
+    outln!("\n{}", table(&["STRATEGY", "STATE", "VERSION", "RELOADS", "RESTARTS", "REASON", "LAST ERROR"], rows));
     let rows: Vec<Vec<String>> = positions
         .as_array()
         .into_iter()

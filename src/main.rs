@@ -228,7 +228,11 @@ fn check_scripts(files: &[PathBuf], config: &Config, strict: bool) -> bool {
         (_, tradehost::config::FeedKind::Synthetic) => {
             Some(tradehost::data::Timeframe::from_ms(config.feed.synthetic.tick_interval_ms as i64))
         }
-        (_, tradehost::config::FeedKind::Replay) => None, // the file's interval, known when it is read
+        (_, tradehost::config::FeedKind::Replay) => {
+            let replay = &config.feed.replay;
+            let candles = tradehost::feed::csv::read_candles(&replay.path, &replay.symbol).ok();
+            candles.and_then(|c| tradehost::feed::csv::interval_ms(&c)).map(tradehost::data::Timeframe::from_ms)
+        }
     };
     let mut failed = false;
     for file in files {

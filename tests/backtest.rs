@@ -542,3 +542,17 @@ fn an_order_past_the_margin_limit_is_rejected_as_on_the_paper_exchange() {
     let notes = report["notes"].to_string();
     assert!(notes.contains("order(s) were rejected; the first: insufficient margin"), "{notes}");
 }
+
+#[test]
+fn a_candle_the_data_starts_inside_is_not_delivered() {
+    let script = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1h" } }
+fn on_candle(c) { print(`${c.time}`); }
+"#;
+    let mut cfg = config("0", "0", "0");
+    cfg.from = Some(1_704_067_200_000 + 30 * 60_000); // 00:30: the first hour would hold 30 minutes
+    let run = backtest::run_script("p.rhai", script, &[fixture("btc_1m_8d.csv", "BTCUSD")], &cfg, &mut |_| {}).unwrap();
+    assert_eq!(run.logs[0].1, "1704070800000", "the first candle is the first whole hour, 01:00");
+    assert_eq!(run.report.bars, 191);
+    assert_eq!(run.report.from, "2024-01-01T01:00:00Z");
+}

@@ -414,3 +414,34 @@ fn doctor_on_a_missing_data_folder_says_so_and_creates_nothing() {
     assert!(stdout.contains("does not exist, nothing to check"), "{stdout}");
     assert!(!missing.exists(), "doctor created {}", missing.display());
 }
+
+#[test]
+fn backtest_refuses_mistyped_params_and_outputs_that_would_go_wrong_before_running() {
+    let base = [
+        "backtest",
+        "--strategy",
+        "strategies/sma_cross.rhai",
+        "--data",
+        "tests/fixtures/btc_1m.csv",
+        "--symbol",
+        "BTCUSD",
+        "--quiet",
+    ];
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--param", "fast=abc"],
+            "param `fast` is set to \"abc\" (by --param or the config file), but the script declares it as a number (10)",
+        ),
+        (&["--sweep", "fast=5,10", "--plot", "x.svg"], "--plot and --trades write one run's results"),
+        (&["--sweep", "fast=5,10", "--param", "fast=7"], "`fast` is given by both --param and --sweep"),
+        (&["--trades", "tests/fixtures/btc_1m.csv"], "that is an input of this run"),
+        (&["--plot", "equity.jpg"], "the file must end in .svg or .png"),
+    ];
+    for (extra, message) in cases {
+        let out = tradehost().args(base).args(extra).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(message), "{extra:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{extra:?}: nothing ran");
+    }
+}

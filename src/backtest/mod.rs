@@ -73,7 +73,7 @@ pub enum BacktestError {
         error: StrategyError,
     },
     /// No bars to run on.
-    #[error("no complete candle of the strategy's timeframe between --from and --to")]
+    #[error("the data holds no complete candle of the strategy's timeframe (within --from and --to, if given)")]
     NoData,
     /// The data does not fit the strategy (symbols, timeframe).
     #[error(transparent)]

@@ -16,8 +16,13 @@ pub enum SweepError {
     #[error("{0}")]
     Usage(String),
     /// A run of the grid failed.
-    #[error(transparent)]
-    Run(#[from] BacktestError),
+    #[error("the run with {params}: {error}")]
+    Run {
+        /// The parameters of the run, `fast=5 slow=0`.
+        params: String,
+        /// What went wrong.
+        error: BacktestError,
+    },
 }
 
 /// Parses `name=a..b:step` or `name=v1,v2,...` into the values to try.
@@ -110,12 +115,15 @@ pub fn run(
             SweepError::Usage(format!("--rank {rank:?}: one of {}", RANKABLE.map(|r| r.0).join(", ")))
         })?;
     let combos = grid(axes);
-    let results: Vec<Result<Report, BacktestError>> = combos
+    let results: Vec<Result<Report, SweepError>> = combos
         .into_par_iter()
         .map(|params| {
+            let shown = params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
             let mut config = base.clone();
             config.params.extend(params);
-            super::run_script(file, source, data, &config, &mut |_| {}).map(|run| run.report)
+            super::run_script(file, source, data, &config, &mut |_| {})
+                .map(|run| run.report)
+                .map_err(|error| SweepError::Run { params: shown, error })
         })
         .collect();
     let mut reports = Vec::with_capacity(results.len());

@@ -139,8 +139,12 @@ pub fn build<'a>(
             // Cannot fail: every timeframe is a multiple of the interval (checked above).
             let _ = hub.subscribe(&first.symbol, timeframe);
         }
+        let data_start = bars.first().map_or(0, |b| b.time);
         for bar in bars {
             for timed in hub.on_bar(bar.clone()) {
+                if timed.candle.time < data_start {
+                    continue; // the data starts inside this candle: it would be partial
+                }
                 let close = timed.candle.time + timed.timeframe.ms();
                 let timeframe = (timed.timeframe != meta.timeframe).then_some(timed.timeframe);
                 steps.push(Step { close, timeframe, candle: CandleRef::Made(made.len() as u32), rank });

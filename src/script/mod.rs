@@ -348,6 +348,26 @@ fn read_config(
                 if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
             )));
         }
+        let declared = &params[key.as_str()];
+        let number = |v: &Dynamic| v.is_int() || v.is_float();
+        let fits = match value {
+            serde_json::Value::Number(_) => number(declared) || declared.is_string(),
+            serde_json::Value::Bool(_) => declared.is_bool() || declared.is_string(),
+            serde_json::Value::String(_) => !number(declared) && !declared.is_bool(),
+            _ => true,
+        };
+        if !fits {
+            let kind = if number(declared) {
+                "a number"
+            } else if declared.is_bool() {
+                "true or false"
+            } else {
+                "a value"
+            };
+            return Err(err(format!(
+                "param `{key}` is set to {value} (by --param or the config file), but the script declares it as {kind} ({declared})"
+            )));
+        }
         params.insert(key.as_str().into(), convert::from_json(value));
     }
     Ok((meta, params))

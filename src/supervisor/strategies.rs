@@ -686,9 +686,10 @@ pub fn market_gap(meta: &StrategyMeta, feed_symbols: &[String], base: Option<Tim
     if let Some(base) = base
         && let Some(tf) = meta.all_timeframes().find(|tf| tf.ms() % base.ms() != 0)
     {
+        // Its own timeframe missing: no on_candle ever; another one: those reads stay empty.
         let reason =
             format!("timeframe {tf} cannot be built from the market's {base} bars (it must be a whole multiple)");
-        return Some(MarketGap { reason, idle: true });
+        return Some(MarketGap { reason, idle: tf == meta.timeframe });
     }
     let missing: Vec<&str> = meta.symbols.iter().filter(|s| !feed_symbols.contains(s)).map(String::as_str).collect();
     if missing.is_empty() {
