@@ -239,10 +239,25 @@ pub fn spawn(spec: RuntimeSpec) -> std::io::Result<RuntimeHandle> {
     let thread = {
         let abort = abort.clone();
         let meta = meta.clone();
-        std::thread::Builder::new()
-            .name(format!("strategy-{name}"))
-            .stack_size(STACK_BYTES)
-            .spawn(move || run(spec, rx, released, abort, meta))?
+        let (reports, generation) = (spec.reports.clone(), spec.generation);
+        let tag = name.clone();
+        std::thread::Builder::new().name(format!("strategy-{name}")).stack_size(STACK_BYTES).spawn(move || {
+            // A panic (a bug in a host function, not a script error) ends the
+            // thread as a failure: the supervisor restarts it with backoff and
+            // quarantines it like any other failing strategy.
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, rx, released, abort, meta)));
+            if let Err(payload) = outcome {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_string());
+                let error = StrategyError::new(format!("the strategy's thread panicked: {message}"));
+                let report = RuntimeReport::Exited { reason: ExitReason::Failed(error), state: None };
+                let _ = reports.send(TaggedReport { name: tag, generation, report });
+            }
+        })?
     };
     Ok(RuntimeHandle {
         name,
@@ -480,4 +495,70 @@ fn run(
         .ok()
         .map(|this| super::SavedState { this, fills_through: fills_through.get() }.encode());
     report(RuntimeReport::Exited { reason, state });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Candle;
+    use crate::strategy::{Strategy, StrategyMeta};
+
+    /// A strategy whose `on_candle` hits a bug in the host (a panic).
+    struct Buggy;
+
+    impl Strategy for Buggy {
+        fn handle(&mut self, event: &StrategyEvent) -> Result<bool, StrategyError> {
+            match event {
+                StrategyEvent::Candle(_) => panic!("index out of bounds in a host function"),
+                _ => Ok(true),
+            }
+        }
+        fn meta(&self) -> StrategyMeta {
+            StrategyMeta::new(vec!["X".into()], crate::data::Timeframe::minute())
+        }
+    }
+
+    #[test]
+    fn a_panicking_strategy_thread_reports_a_failure_instead_of_dying_silently() {
+        let (reports, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let spec = RuntimeSpec {
+            clock: crate::clock::Clock::wall(),
+            name: "buggy".into(),
+            generation: 7,
+            factory: Box::new(|_| Ok(Box::new(Buggy) as _)),
+            history: Box::new(|_| Vec::new()),
+            initial_state: None,
+            account: Default::default(),
+            ids: crate::strategy::OrderIds::new("buggy", Default::default()),
+            sink: Arc::new(|_, _| {}),
+            reports,
+            max_consecutive_errors: 5,
+            queue_limit: 16,
+            state_sink: None,
+            state_flush_ms: 250,
+            callback_latency: None,
+            replay: None,
+        };
+        let handle = spawn(spec).unwrap();
+        handle.release();
+        let candle = Candle { symbol: "X".into(), time: 0, open: 1.0, high: 1.0, low: 1.0, close: 1.0, volume: 1.0 };
+        handle.send_event(StrategyEvent::Candle(candle));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exit = loop {
+            match rx.try_recv() {
+                Ok(TaggedReport { report: RuntimeReport::Exited { reason, .. }, generation, .. }) => {
+                    break (reason, generation);
+                }
+                Ok(_) => {}
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("no exit report: {e}"),
+            }
+        };
+        match exit {
+            (ExitReason::Failed(error), 7) => {
+                assert!(error.message.contains("panicked: index out of bounds in a host function"), "{error}")
+            }
+            (other, generation) => panic!("expected a failure of generation 7, got {other:?} of {generation}"),
+        }
+    }
 }
