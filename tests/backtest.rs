@@ -530,11 +530,7 @@ fn on_tick(t) {
 
 #[test]
 fn an_order_past_the_margin_limit_is_rejected_as_on_the_paper_exchange() {
-    let out = tradehost()
-        .args(["backtest", "--strategy", "strategies/sma_cross.rhai", "--data", "tests/fixtures/btc_1m.csv"])
-        .args(["--symbol", "BTCUSD", "--param", "size=1e9", "--quiet", "--json"])
-        .output()
-        .unwrap();
+    let out = backtest_cli(&["--param", "size=1e9", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["trades"], 0, "a billion BTC on 100,000 cash never fills");
@@ -555,4 +551,33 @@ fn on_candle(c) { print(`${c.time}`); }
     assert_eq!(run.logs[0].1, "1704070800000", "the first candle is the first whole hour, 01:00");
     assert_eq!(run.report.bars, 191);
     assert_eq!(run.report.from, "2024-01-01T01:00:00Z");
+}
+
+#[test]
+fn an_unknown_param_names_the_params_the_script_has() {
+    let out = backtest_cli(&["--param", "fastt=5"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("param `fastt`") && stderr.contains("declared: fast, size, slow"), "{stderr}");
+}
+
+#[test]
+fn backtest_refuses_mistyped_params_and_outputs_that_would_go_wrong_before_running() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--param", "fast=abc"],
+            "param `fast` is set to \"abc\" (by --param or the config file), but the script declares it as a number (10)",
+        ),
+        (&["--sweep", "fast=5,10", "--plot", "x.svg"], "--plot and --trades write one run's results"),
+        (&["--sweep", "fast=5,10", "--param", "fast=7"], "`fast` is given by both --param and --sweep"),
+        (&["--trades", "tests/fixtures/btc_1m.csv"], "that is an input of this run"),
+        (&["--plot", "equity.jpg"], "the file must end in .svg or .png"),
+    ];
+    for (extra, message) in cases {
+        let out = backtest_cli(extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(message), "{extra:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{extra:?}: nothing ran");
+    }
 }

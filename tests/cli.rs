@@ -394,18 +394,6 @@ fn check_with_a_config_rejects_overrides_of_missing_strategies_and_strategies_th
 }
 
 #[test]
-fn an_unknown_param_names_the_params_the_script_has() {
-    let out = tradehost()
-        .args(["backtest", "--strategy", "strategies/sma_cross.rhai", "--data", "tests/fixtures/btc_1m.csv"])
-        .args(["--symbol", "BTCUSD", "--param", "fastt=5", "--quiet"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("param `fastt`") && stderr.contains("declared: fast, size, slow"), "{stderr}");
-}
-
-#[test]
 fn doctor_on_a_missing_data_folder_says_so_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-data");
@@ -413,35 +401,4 @@ fn doctor_on_a_missing_data_folder_says_so_and_creates_nothing() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("does not exist, nothing to check"), "{stdout}");
     assert!(!missing.exists(), "doctor created {}", missing.display());
-}
-
-#[test]
-fn backtest_refuses_mistyped_params_and_outputs_that_would_go_wrong_before_running() {
-    let base = [
-        "backtest",
-        "--strategy",
-        "strategies/sma_cross.rhai",
-        "--data",
-        "tests/fixtures/btc_1m.csv",
-        "--symbol",
-        "BTCUSD",
-        "--quiet",
-    ];
-    let cases: [(&[&str], &str); 5] = [
-        (
-            &["--param", "fast=abc"],
-            "param `fast` is set to \"abc\" (by --param or the config file), but the script declares it as a number (10)",
-        ),
-        (&["--sweep", "fast=5,10", "--plot", "x.svg"], "--plot and --trades write one run's results"),
-        (&["--sweep", "fast=5,10", "--param", "fast=7"], "`fast` is given by both --param and --sweep"),
-        (&["--trades", "tests/fixtures/btc_1m.csv"], "that is an input of this run"),
-        (&["--plot", "equity.jpg"], "the file must end in .svg or .png"),
-    ];
-    for (extra, message) in cases {
-        let out = tradehost().args(base).args(extra).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
-        assert!(stderr.contains(message), "{extra:?}: {stderr}");
-        assert!(out.stdout.is_empty(), "{extra:?}: nothing ran");
-    }
 }

@@ -417,7 +417,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
                 ExchangeEvent::Fill(fill) => {
                     let shown_fill = shown.fill(fill);
                     tracing::warn!(order = %fill.order_id, size = %shown_fill.size, price = %shown_fill.price, "fill found at start");
-                    activity.publish(ActivityKind::Fill, Some(&fill.strategy), json!(shown.fill(fill)));
+                    activity.publish(ActivityKind::Fill, Some(&fill.strategy), json!(shown_fill));
                 }
             }
         }
