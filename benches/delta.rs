@@ -58,14 +58,14 @@ async fn tick_to_order() {
     config.http.bind = "127.0.0.1:0".parse().unwrap();
     fake.configure(&mut config);
     config.exchange.delta.history_bars = 10;
-    let host = tradehost::supervisor::start(config).await.unwrap();
+    let host = tradehost::host::start(config).await.unwrap();
     while fake.orders().len() < 20 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     fake.clear_timeline();
     tokio::time::sleep(Duration::from_secs(15)).await;
     let samples = fake.tick_to_order();
-    host.shutdown(tradehost::supervisor::ShutdownReason::Api);
+    host.shutdown(tradehost::control::ShutdownReason::Api);
     host.wait().await;
     print_row("market message -> signed order at the exchange (strategy orders on every tick)", samples);
 }

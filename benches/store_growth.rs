@@ -12,7 +12,8 @@
 use std::time::{Duration, Instant};
 
 use tradehost::config::Config;
-use tradehost::supervisor::{self, ShutdownReason};
+use tradehost::control::ShutdownReason;
+use tradehost::host;
 
 /// Simulated seconds per wall second.
 const SPEED: f64 = 7_200.0;
@@ -35,7 +36,7 @@ async fn run(days: f64) {
     config.feed.synthetic.speed = SPEED;
     config.feed.synthetic.history_bars = 60;
     let store = config.store.clone();
-    let host = supervisor::start(config).await.expect("host starts");
+    let host = host::start(config).await.expect("host starts");
     let file = data.path().join("tradehost.redb");
     let status_url = format!("http://{}/api/v1/status", host.http_addr());
     let client = reqwest::Client::new();

@@ -80,6 +80,7 @@ fn bench_sync() {
         limits: SandboxConfig::default(),
         param_overrides: Default::default(),
         default_symbols: vec![],
+        panicking_function: false,
     };
     let env = StrategyEnv { ctx: ctx.clone(), abort: Arc::new(AtomicBool::new(false)), initial_state: None };
     let mut script = ScriptStrategy::new("sma_cross.rhai", SMA_CROSS, options, env).unwrap();
@@ -123,6 +124,7 @@ fn on_candle(c) {
                 limits: SandboxConfig::default(),
                 param_overrides: Default::default(),
                 default_symbols: vec![],
+                panicking_function: false,
             };
             ScriptStrategy::new("bench.rhai", always_orders, options, env).map(|s| Box::new(s) as _)
         }),
@@ -182,7 +184,7 @@ async fn bench_reload() {
     let dir = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("r.rhai"), versioned(0)).unwrap();
-    let host = tradehost::supervisor::start(host_config(dir.path(), data.path())).await.unwrap();
+    let host = tradehost::host::start(host_config(dir.path(), data.path())).await.unwrap();
     let mut samples = Vec::new();
     for round in 1..=20 {
         let mut rx = host.activity().subscribe();
@@ -203,7 +205,7 @@ async fn bench_reload() {
         "reload: file write -> new version handling events: median {median:.1?}  max {max:.1?}  (p99 {p99:.1?}; debounce_ms = {})",
         Config::embedded().supervisor.debounce_ms
     );
-    host.shutdown(tradehost::supervisor::ShutdownReason::Api);
+    host.shutdown(tradehost::control::ShutdownReason::Api);
     host.wait().await;
 }
 
@@ -217,14 +219,13 @@ async fn bench_shutdown() {
             let source = std::fs::read_to_string(format!("strategies/{}.rhai", shipped[i % 3])).unwrap();
             std::fs::write(dir.path().join(format!("s{i}.rhai")), source).unwrap();
         }
-        let host = tradehost::supervisor::start(host_config(dir.path(), data.path())).await.unwrap();
-        while host.strategies().iter().filter(|s| s.state == tradehost::supervisor::StrategyState::Running).count() < 10
-        {
+        let host = tradehost::host::start(host_config(dir.path(), data.path())).await.unwrap();
+        while host.strategies().iter().filter(|s| s.state == tradehost::control::StrategyState::Running).count() < 10 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let started = Instant::now();
-        host.shutdown(tradehost::supervisor::ShutdownReason::Api);
+        host.shutdown(tradehost::control::ShutdownReason::Api);
         assert_eq!(host.wait().await, 0);
         samples.push(started.elapsed());
     }

@@ -212,7 +212,7 @@ async fn host() {
     config.data_dir = data.path().to_path_buf();
     config.http.bind = "127.0.0.1:0".parse().unwrap();
     config.http.ws_send_timeout_ms = 1_000;
-    let host = tradehost::supervisor::start(config).await.unwrap();
+    let host = tradehost::host::start(config).await.unwrap();
     while !host.health().is_ready() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -305,7 +305,7 @@ async fn host() {
     drop(to_child);
     let _ = child.kill();
     let _ = child.wait();
-    host.shutdown(tradehost::supervisor::ShutdownReason::Api);
+    host.shutdown(tradehost::control::ShutdownReason::Api);
     host.wait().await;
 }
 

@@ -102,6 +102,30 @@ pub struct Config {
     pub http: HttpConfig,
     /// Durable state.
     pub store: StoreConfig,
+    /// Faults injected by tests; never read from a file.
+    #[serde(skip)]
+    pub faults: Faults,
+}
+
+/// Faults a test injects on purpose to check that the host survives a
+/// failing task; never read from a config file (tests set them in code).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// How many more times the market feed task panics as it starts (shared by its restarts).
+    pub feed_panics: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// The engine task panics as it starts.
+    pub engine_panics: bool,
+    /// Scripts get `test::panic(message)`, a host function that panics.
+    pub panicking_function: bool,
+}
+
+impl Faults {
+    /// Panics if a feed panic is still due (the market feed task calls it as it starts).
+    pub fn feed_step(&self) {
+        use std::sync::atomic::Ordering;
+        let due = self.feed_panics.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        assert!(!due, "injected fault: the market feed panicked");
+    }
 }
 
 impl Default for Config {
@@ -116,6 +140,7 @@ impl Default for Config {
             feed: FeedConfig::default(),
             http: HttpConfig::default(),
             store: StoreConfig::default(),
+            faults: Faults::default(),
         }
     }
 }

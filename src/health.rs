@@ -29,6 +29,7 @@ pub enum ComponentState {
 #[derive(Debug, Default)]
 pub struct Health {
     components: Mutex<BTreeMap<String, ComponentState>>,
+    reasons: Mutex<BTreeMap<String, String>>,
     shutting_down: AtomicBool,
 }
 
@@ -38,12 +39,28 @@ impl Health {
         self.components.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), ComponentState::Starting);
     }
 
-    /// Sets a component's state (ignored once shutdown began: everything is stopping).
+    /// Sets a component's state (ignored once shutdown began: everything is
+    /// stopping). Up clears the reason a failure left.
     pub fn set(&self, name: &str, state: ComponentState) {
         if self.is_shutting_down() {
             return;
         }
         self.components.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), state);
+        if state == ComponentState::Up {
+            self.reasons.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        }
+    }
+
+    /// Marks a component down and says why (a task that panicked, say); the
+    /// reason stays until the component is up again, through shutdown.
+    pub fn set_down(&self, name: &str, reason: &str) {
+        self.reasons.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), reason.to_string());
+        self.set(name, ComponentState::Down);
+    }
+
+    /// Why components are down, where a reason was given.
+    pub fn reasons(&self) -> BTreeMap<String, String> {
+        self.reasons.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Marks the start of shutdown: every component is stopping.
@@ -128,12 +145,43 @@ pub struct Metrics {
     pub store_commit: Histogram,
     orders: Mutex<BTreeMap<String, u64>>,
     callbacks: Mutex<BTreeMap<String, Arc<Histogram>>>,
+    queues: Mutex<BTreeMap<&'static str, QueueDepth>>,
+}
+
+/// Reads how many items wait in a queue now.
+pub struct QueueDepth(Box<dyn Fn() -> usize + Send + Sync>);
+
+impl QueueDepth {
+    /// A depth read by `read`.
+    pub fn new(read: impl Fn() -> usize + Send + Sync + 'static) -> Self {
+        QueueDepth(Box::new(read))
+    }
+}
+
+impl std::fmt::Debug for QueueDepth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QueueDepth({})", (self.0)())
+    }
+}
+
+/// The text of a panic's payload, for failure reports.
+pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 impl Metrics {
     /// Counts an order state change by its status (`filled`, `rejected`, …).
     pub fn order(&self, status: &str) {
         *self.orders.lock().unwrap_or_else(|e| e.into_inner()).entry(status.to_string()).or_default() += 1;
+    }
+
+    /// Exports a queue's depth as `tradehost_queue_depth{queue="NAME"}`.
+    pub fn watch_queue(&self, name: &'static str, depth: QueueDepth) {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner()).insert(name, depth);
     }
 
     /// The callback latency histogram of a strategy.
@@ -179,6 +227,15 @@ impl Metrics {
             "# HELP tradehost_store_commit_seconds Store commit latency.\n# TYPE tradehost_store_commit_seconds histogram"
         );
         self.store_commit.render(&mut out, "tradehost_store_commit_seconds", "");
+        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if !queues.is_empty() {
+            out.push_str(
+                "# HELP tradehost_queue_depth Items waiting in a queue.\n# TYPE tradehost_queue_depth gauge\n",
+            );
+            for (name, depth) in queues.iter() {
+                let _ = writeln!(out, "tradehost_queue_depth{{queue=\"{name}\"}} {}", (depth.0)());
+            }
+        }
         out
     }
 }

@@ -456,6 +456,48 @@ pub fn decimal_to_f64(value: Decimal) -> f64 {
     value.to_f64().unwrap_or(f64::NAN)
 }
 
+/// Where in a script something went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Location {
+    /// Script file.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// A strategy failed to compile or a callback failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error, utoipa::ToSchema)]
+pub struct StrategyError {
+    /// Where, when known.
+    pub location: Option<Location>,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl StrategyError {
+    /// An error with no location.
+    pub fn new(message: impl Into<String>) -> Self {
+        StrategyError { location: None, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for StrategyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.location {
+            Some(location) => write!(f, "{location}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

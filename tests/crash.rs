@@ -59,7 +59,7 @@ fn kill_9_at_random_moments_loses_nothing_and_never_sends_twice() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tradehost"))
             .args(["run", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "info,tradehost::supervisor::engine=debug")
+            .env("RUST_LOG", "info,tradehost::execution::engine=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

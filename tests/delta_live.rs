@@ -14,8 +14,9 @@ use std::time::Duration;
 use fake_delta::{FakeConfig, FakeDelta, assert_consistent};
 use rust_decimal::Decimal;
 use tradehost::config::{Config, Secret};
+use tradehost::control::ShutdownReason;
 use tradehost::health::ComponentState;
-use tradehost::supervisor::{self, HostHandle, ShutdownReason};
+use tradehost::host::{self, HostHandle};
 
 const MARKET_MAKER: &str = include_str!("../strategies/market_maker.rhai");
 
@@ -60,7 +61,7 @@ impl Run {
         std::fs::write(dir.path().join(format!("{name}.rhai")), source).unwrap();
         let mut config = delta_config(&fake, dir.path(), data.path());
         configure(&mut config);
-        let host = supervisor::start(config).await.expect("host starts against the fake");
+        let host = host::start(config).await.expect("host starts against the fake");
         Run { fake, host, dir, data }
     }
 

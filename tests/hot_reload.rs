@@ -5,7 +5,7 @@
 mod common;
 
 use common::{TestHost, is_log, save_by_rename};
-use tradehost::supervisor::StrategyState;
+use tradehost::control::StrategyState;
 
 fn version(tag: &str) -> String {
     format!(

@@ -7,7 +7,7 @@ mod common;
 use common::TestHost;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tradehost::supervisor::StrategyState;
+use tradehost::control::StrategyState;
 
 struct Api {
     base: String,
@@ -258,7 +258,7 @@ fn on_stop() { let t = now(); while now() - t < 1500 { } }
         assert!(std::time::Instant::now() < deadline, "never ready: {body}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    t.host.shutdown(tradehost::supervisor::ShutdownReason::Api);
+    t.host.shutdown(tradehost::control::ShutdownReason::Api);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let (code, body) = api.call(Method::GET, "/api/v1/health", None).await;
     assert_eq!((code, body["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("shutting_down")));
@@ -338,18 +338,18 @@ async fn the_generated_token_file_is_private() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_strategy_stays_stopped_across_restarts_until_started() {
     let t = TestHost::start(&[("keep", "fn on_tick(t) { }"), ("halt", "fn on_tick(t) { }")], |_| {}).await;
-    t.wait_status("halt", |s| s.state == tradehost::supervisor::StrategyState::Running).await;
+    t.wait_status("halt", |s| s.state == tradehost::control::StrategyState::Running).await;
     let api = Api::new(&t).await;
     let (code, _) = api.call(Method::POST, "/api/v1/strategies/halt/stop", Some(&api.token)).await;
     assert_eq!(code, StatusCode::OK);
-    let status = t.wait_status("halt", |s| s.state == tradehost::supervisor::StrategyState::Stopped).await;
+    let status = t.wait_status("halt", |s| s.state == tradehost::control::StrategyState::Stopped).await;
     assert!(status.reason.as_deref().is_some_and(|r| r.contains("stopped by a user")), "{status:?}");
     // A file change does not start it again.
     std::fs::write(t.file("halt"), "fn on_tick(t) { let changed = 1; }").unwrap();
     let (dir, data) = t.stop_keep().await;
     let t = TestHost::start_in(dir, data, |_| {}).await;
-    t.wait_status("keep", |s| s.state == tradehost::supervisor::StrategyState::Running).await;
-    let status = t.wait_status("halt", |s| s.state == tradehost::supervisor::StrategyState::Stopped).await;
+    t.wait_status("keep", |s| s.state == tradehost::control::StrategyState::Running).await;
+    let status = t.wait_status("halt", |s| s.state == tradehost::control::StrategyState::Stopped).await;
     assert!(status.reason.as_deref().is_some_and(|r| r.contains("stopped by a user")), "{status:?}");
     let listed = t.api_get("/api/v1/strategies").await;
     let halt = listed.as_array().unwrap().iter().find(|s| s["name"] == "halt").unwrap().clone();
@@ -359,10 +359,10 @@ async fn a_stopped_strategy_stays_stopped_across_restarts_until_started() {
     let api = Api::new(&t).await;
     let (code, _) = api.call(Method::POST, "/api/v1/strategies/halt/start", Some(&api.token)).await;
     assert_eq!(code, StatusCode::OK);
-    t.wait_status("halt", |s| s.state == tradehost::supervisor::StrategyState::Running).await;
+    t.wait_status("halt", |s| s.state == tradehost::control::StrategyState::Running).await;
     let (dir, data) = t.stop_keep().await;
     let t = TestHost::start_in(dir, data, |_| {}).await;
-    t.wait_status("halt", |s| s.state == tradehost::supervisor::StrategyState::Running).await;
+    t.wait_status("halt", |s| s.state == tradehost::control::StrategyState::Running).await;
     assert_eq!(t.stop().await, 0);
 }
 
@@ -371,7 +371,7 @@ async fn a_strategy_on_a_symbol_the_feed_lacks_is_idle_with_the_reason() {
     let script = r#"fn config() { #{ symbols: ["SOLUSD"], timeframe: "1m" } }
 fn on_candle(c) { }"#;
     let t = TestHost::start(&[("sol", script)], |_| {}).await;
-    let status = t.wait_status("sol", |s| s.state == tradehost::supervisor::StrategyState::Idle).await;
+    let status = t.wait_status("sol", |s| s.state == tradehost::control::StrategyState::Idle).await;
     assert!(status.reason.as_deref().is_some_and(|r| r.starts_with("no market data for SOLUSD")), "{status:?}");
     let listed = t.api_get("/api/v1/strategies").await;
     assert_eq!(listed[0]["state"], "idle");

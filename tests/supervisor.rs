@@ -5,7 +5,7 @@ mod common;
 use common::TestHost;
 use tradehost::activity::ActivityKind;
 use tradehost::config::ShutdownPolicy;
-use tradehost::supervisor::StrategyState;
+use tradehost::control::StrategyState;
 
 const TRADER: &str = r#"
 fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
@@ -234,7 +234,7 @@ async fn a_stop_holds_a_strategy_that_waits_for_a_restart() {
     t.wait_strategy(0, "flaky", "failed").await;
     t.wait_status("flaky", |s| s.state == StrategyState::Starting).await;
     let (reply, answer) = tokio::sync::oneshot::channel();
-    t.host.control().send(tradehost::supervisor::Control::Stop("flaky".into(), reply)).unwrap();
+    t.host.control().send(tradehost::control::Control::Stop("flaky".into(), reply)).unwrap();
     answer.await.unwrap().expect("a strategy waiting for its restart can be stopped");
     let status = t.wait_status("flaky", |s| s.state == StrategyState::Stopped).await;
     assert!(status.reason.as_deref().is_some_and(|r| r.contains("stopped by a user")), "{status:?}");

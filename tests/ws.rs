@@ -309,7 +309,7 @@ async fn shutdown_closes_clients_with_a_reason() {
     let t = TestHost::start(&[], |_| {}).await;
     let mut client = connect(&t, "").await.unwrap();
     wait_clients(&t, 1).await;
-    t.host.shutdown(tradehost::supervisor::ShutdownReason::Api);
+    t.host.shutdown(tradehost::control::ShutdownReason::Api);
     let reason = loop {
         match tokio::time::timeout(Duration::from_secs(20), client.next()).await.unwrap() {
             Some(Ok(Message::Close(Some(frame)))) => break frame.reason.to_string(),

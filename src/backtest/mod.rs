@@ -106,6 +106,7 @@ pub fn run_script(
         limits: config.sandbox.clone(),
         param_overrides: config.params.clone(),
         default_symbols: data.iter().filter_map(|s| s.first()).map(|c| c.symbol.clone()).collect(),
+        panicking_function: false,
     };
     let (file, source) = (file.to_string(), source.to_string());
     let name = std::path::Path::new(&file).file_stem().and_then(|s| s.to_str()).unwrap_or("strategy").to_string();

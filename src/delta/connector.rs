@@ -5,7 +5,7 @@
 //! (order books with sequence and checksum checks, trades → ticks, per-symbol
 //! freshness feeding health and the stale-symbol gate).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,12 +22,10 @@ use super::stream::{self, StreamCommand, StreamEvent, StreamSpec};
 use super::wire::{Product, RestOrder, WsMessage};
 use crate::bounded::BoundedMap;
 use crate::config::DeltaConfig;
+use crate::exchange::MarketEvent;
 use crate::exchange::{RemoteOrder, RemoteState, VenueCommand, VenueFill, VenueUpdate};
-use crate::execution::StaleSymbols;
-use crate::feed::FeedEvent;
 use crate::health::{ComponentState, Health, Metrics};
 use crate::model::{Candle, Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Side, Tick, TimeInForce};
-use crate::store::Recovered;
 
 /// Health component of the public market stream.
 pub const MARKET_COMPONENT: &str = "exchange.market";
@@ -276,10 +274,15 @@ impl DeltaConnector {
     /// Start-up reconciliation: the exchange's word on every stored open or
     /// pending order, then orders, fills and the balance since the last fill
     /// the store knows (or the oldest unresolved order).
-    pub async fn startup(&self, recovered: &Recovered, stored_fills: &[Fill]) -> Result<Startup, RestError> {
+    pub async fn startup(
+        &self,
+        stored_orders: impl IntoIterator<Item = &Order>,
+        stored_fills: &[Fill],
+    ) -> Result<Startup, RestError> {
         let mut known_at_start = HashMap::new();
         let mut since_ms = chrono::Utc::now().timestamp_millis() - 3_600_000;
-        for (client_id, order) in &recovered.orders {
+        for order in stored_orders {
+            let client_id = &order.request.client_id;
             if !(order.status.is_open() || order.status == OrderStatus::Pending) {
                 continue;
             }
@@ -617,11 +620,11 @@ impl DeltaConnector {
     }
 
     /// The public stream: books and trades become ticks on `feed`; symbols
-    /// silent longer than `stale_after_ms` (or with a broken book) are stale.
+    /// silent longer than `stale_after_ms` (or with a broken book) are stale,
+    /// reported as [`MarketEvent::Stale`] when that changes.
     pub async fn run_market(
         self: Arc<Self>,
-        feed: mpsc::Sender<FeedEvent>,
-        stale: StaleSymbols,
+        feed: mpsc::Sender<MarketEvent>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
@@ -646,7 +649,10 @@ impl DeltaConnector {
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let stream = tokio::spawn(stream::run(spec, events_tx, commands, cancel.clone()));
         let stale_after = Duration::from_millis(self.config.stale_after_ms);
-        let mut market = MarketState::default();
+        let mut market = PublicBooks::default();
+        // Symbols reported stale to the order manager (the first check reports every
+        // symbol without a book yet).
+        let mut stale: HashSet<String> = HashSet::new();
         for symbol in &symbols {
             market.books.insert(symbol.clone(), OrderBook::new(symbol));
         }
@@ -664,16 +670,7 @@ impl DeltaConnector {
                     let now = Instant::now();
                     let stale_now: Vec<String> =
                         symbols.iter().filter(|s| !market.is_fresh(s, now, stale_after)).cloned().collect();
-                    let changed = {
-                        let mut set = stale.write().unwrap_or_else(|e| e.into_inner());
-                        let changed = set.len() != stale_now.len() || stale_now.iter().any(|s| !set.contains(s));
-                        if changed {
-                            set.clear();
-                            set.extend(stale_now.iter().cloned());
-                        }
-                        changed
-                    };
-                    if changed {
+                    if report_stale(&feed, &mut stale, &symbols, |s| stale_now.contains(s)).await {
                         if stale_now.is_empty() {
                             tracing::info!("delta: market data fresh for every symbol");
                         } else if !market.ever_up {
@@ -696,7 +693,7 @@ impl DeltaConnector {
                             Ok(bars) => {
                                 for bar in bars {
                                     bars_until.insert(symbol.clone(), bar.time + 60_000);
-                                    let _ = feed.send(FeedEvent::PolledBar(bar)).await;
+                                    let _ = feed.send(MarketEvent::PolledBar(bar)).await;
                                 }
                             }
                             Err(error) => tracing::warn!(symbol = %symbol, "delta: candle polling failed: {error}"),
@@ -720,23 +717,24 @@ impl DeltaConnector {
                     Some(StreamEvent::Message(message)) => {
                         if let WsMessage::Ticker { symbol, mark: Some(price), .. } = message.as_ref() {
                             if self.products.get(symbol).is_some() {
-                                let _ = feed.send(FeedEvent::Mark { symbol: symbol.clone(), price: *price }).await;
+                                let _ = feed.send(MarketEvent::Mark { symbol: symbol.clone(), price: *price }).await;
                             }
                             continue;
                         }
                         let ticks = market.apply(&self.products, *message, book_channel, &commands_tx);
                         // A symbol that just became fresh is open for entries at once.
                         if let Some(tick) = ticks.first()
-                            && stale.read().is_ok_and(|set| set.contains(&tick.symbol))
+                            && stale.contains(&tick.symbol)
                             && market.is_fresh(&tick.symbol, Instant::now(), stale_after)
                         {
-                            stale.write().unwrap_or_else(|e| e.into_inner()).remove(&tick.symbol);
+                            stale.remove(&tick.symbol);
+                            let _ = feed.send(MarketEvent::Stale { symbol: tick.symbol.clone(), stale: false }).await;
                         }
                         for tick in ticks {
                             let minute = tick.time / 60_000 * 60_000;
                             let until = bars_until.entry(tick.symbol.clone()).or_insert(minute);
                             *until = (*until).max(minute);
-                            if feed.send(FeedEvent::Tick(tick)).await.is_err() {
+                            if feed.send(MarketEvent::Tick(tick)).await.is_err() {
                                 break;
                             }
                         }
@@ -749,9 +747,33 @@ impl DeltaConnector {
     }
 }
 
+/// Sends a [`MarketEvent::Stale`] for every symbol whose staleness changes
+/// to `is_stale(symbol)`; returns true when any did.
+async fn report_stale(
+    feed: &mpsc::Sender<MarketEvent>,
+    stale: &mut HashSet<String>,
+    symbols: &[String],
+    is_stale: impl Fn(&String) -> bool,
+) -> bool {
+    let mut changed = false;
+    for symbol in symbols {
+        let now = is_stale(symbol);
+        if now != stale.contains(symbol) {
+            changed = true;
+            if now {
+                stale.insert(symbol.clone());
+            } else {
+                stale.remove(symbol);
+            }
+            let _ = feed.send(MarketEvent::Stale { symbol: symbol.clone(), stale: now }).await;
+        }
+    }
+    changed
+}
+
 /// Books, last trades and freshness of the public stream.
 #[derive(Default)]
-struct MarketState {
+struct PublicBooks {
     books: HashMap<String, OrderBook>,
     last_trade: HashMap<String, Decimal>,
     top: HashMap<String, (Decimal, Decimal)>,
@@ -759,7 +781,7 @@ struct MarketState {
     ever_up: bool,
 }
 
-impl MarketState {
+impl PublicBooks {
     /// The symbol's book is live and it had a message within `stale_after`.
     fn is_fresh(&self, symbol: &str, now: Instant, stale_after: Duration) -> bool {
         self.books.get(symbol).is_some_and(OrderBook::is_live)

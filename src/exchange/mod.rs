@@ -8,9 +8,43 @@ pub mod paper;
 use rust_decimal::Decimal;
 use tokio::sync::mpsc;
 
-use crate::model::{Fill, Liquidity, Order, OrderRequest, TimestampMs};
+use crate::model::{Candle, Fill, Liquidity, Order, OrderRequest, Tick, TimestampMs};
 
 pub use paper::{AccountSnapshot, Execution, PaperError, PaperExchange, settle};
+
+/// What a market data source reports (a feed, or a live venue's public stream).
+#[derive(Debug, Clone, PartialEq)]
+pub enum MarketEvent {
+    /// A trade/quote tick to aggregate into bars.
+    Tick(Tick),
+    /// A complete base bar (replay) and the quote at its close.
+    Bar {
+        /// The bar.
+        bar: Candle,
+        /// Quote at the bar's close.
+        close: Tick,
+    },
+    /// A complete base bar fetched over REST while a live stream is silent
+    /// (no quote: it only fills the candle history).
+    PolledBar(Candle),
+    /// The exchange's mark price of a symbol (values positions).
+    Mark {
+        /// Instrument.
+        symbol: String,
+        /// Mark price.
+        price: Decimal,
+    },
+    /// A symbol's market data went stale (`true`: new entries on it are
+    /// refused) or is fresh again (`false`).
+    Stale {
+        /// Instrument.
+        symbol: String,
+        /// Stale now.
+        stale: bool,
+    },
+    /// The feed has no more data.
+    Finished,
+}
 
 /// What an exchange reports back.
 #[derive(Debug, Clone, PartialEq)]

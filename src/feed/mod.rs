@@ -1,7 +1,7 @@
 //! Market data sources. `synthetic` generates a seeded random walk (the
 //! embedded default); `replay` plays a CSV file (design.md §4.6). The live
 //! feed task paces them at a configurable speed multiple and sends
-//! [`FeedEvent`]s to the engine; it stops when its cancellation token fires.
+//! [`MarketEvent`]s to the engine; it stops when its cancellation token fires.
 
 pub mod csv;
 pub mod synthetic;
@@ -12,33 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{Candle, Product, Side, Tick, decimal_from_f64};
 
+pub use crate::exchange::MarketEvent;
 pub use synthetic::SyntheticFeed;
-
-/// What a feed produces.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FeedEvent {
-    /// A trade/quote tick to aggregate into bars.
-    Tick(Tick),
-    /// A complete base bar (replay) and the quote at its close.
-    Bar {
-        /// The bar.
-        bar: Candle,
-        /// Quote at the bar's close.
-        close: Tick,
-    },
-    /// A complete base bar fetched over REST while a live stream is silent
-    /// (no quote: it only fills the candle history).
-    PolledBar(Candle),
-    /// The exchange's mark price of a symbol (values positions).
-    Mark {
-        /// Instrument.
-        symbol: String,
-        /// Mark price.
-        price: Decimal,
-    },
-    /// The feed has no more data.
-    Finished,
-}
 
 /// A CSV replay.
 #[derive(Debug, Clone)]
@@ -55,6 +30,9 @@ pub struct Replay {
     pub half_spread: f64,
     /// Trading rules of the symbol.
     pub product: Product,
+    /// Where the replay is: the next bar and the time offset of this pass
+    /// (a restarted feed task continues from here).
+    pub cursor: (usize, i64),
 }
 
 impl Replay {
@@ -89,10 +67,11 @@ pub enum FeedSource {
     Replay(Replay),
 }
 
-/// Runs a feed until it ends or `cancel` fires.
-pub async fn run(source: FeedSource, tx: mpsc::Sender<FeedEvent>, cancel: CancellationToken) {
+/// Runs a feed until it ends or `cancel` fires. The source keeps its
+/// position, so running it again (after a panic) continues where it was.
+pub async fn run(source: &mut FeedSource, tx: mpsc::Sender<MarketEvent>, cancel: CancellationToken) {
     match source {
-        FeedSource::Synthetic { mut feed, clock } => {
+        FeedSource::Synthetic { feed, clock } => {
             clock.resume(); // the run's clock starts with its market
             loop {
                 // Each step when the run's clock reaches its time: ticks carry the clock's time.
@@ -101,7 +80,7 @@ pub async fn run(source: FeedSource, tx: mpsc::Sender<FeedEvent>, cancel: Cancel
                     _ = tokio::time::sleep(clock.wall_until(feed.time())) => {}
                 }
                 for tick in feed.step() {
-                    if tx.send(FeedEvent::Tick(tick)).await.is_err() {
+                    if tx.send(MarketEvent::Tick(tick)).await.is_err() {
                         return;
                     }
                 }
@@ -110,11 +89,10 @@ pub async fn run(source: FeedSource, tx: mpsc::Sender<FeedEvent>, cancel: Cancel
         FeedSource::Replay(replay) => {
             let span = replay.candles.last().map_or(0, |c| c.time) - replay.candles.first().map_or(0, |c| c.time)
                 + replay.interval_ms;
-            let mut offset = 0;
             replay.clock.resume(); // the run's clock starts with its market
             loop {
-                for candle in &replay.candles {
-                    let bar = Candle { time: candle.time + offset, ..candle.clone() };
+                while let Some(candle) = replay.candles.get(replay.cursor.0) {
+                    let bar = Candle { time: candle.time + replay.cursor.1, ..candle.clone() };
                     let close = replay.close_tick(&bar);
                     // A gap in the data (a weekend, an outage) is skipped, not waited out.
                     replay.clock.skip_to(close.time - replay.interval_ms);
@@ -123,15 +101,16 @@ pub async fn run(source: FeedSource, tx: mpsc::Sender<FeedEvent>, cancel: Cancel
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(replay.clock.wall_until(close.time)) => {}
                     }
-                    if tx.send(FeedEvent::Bar { bar, close }).await.is_err() {
+                    replay.cursor.0 += 1;
+                    if tx.send(MarketEvent::Bar { bar, close }).await.is_err() {
                         return;
                     }
                 }
                 if !replay.repeat {
-                    let _ = tx.send(FeedEvent::Finished).await;
+                    let _ = tx.send(MarketEvent::Finished).await;
                     return;
                 }
-                offset += span;
+                replay.cursor = (0, replay.cursor.1 + span);
             }
         }
     }

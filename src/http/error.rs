@@ -78,9 +78,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::supervisor::ControlError> for ApiError {
-    fn from(error: crate::supervisor::ControlError) -> Self {
-        use crate::supervisor::ControlError;
+impl From<crate::control::ControlError> for ApiError {
+    fn from(error: crate::control::ControlError) -> Self {
+        use crate::control::ControlError;
         match error {
             ControlError::UnknownStrategy(_) => ApiError::NotFound(error.to_string()),
             ControlError::Conflict(message) => ApiError::Conflict(message),

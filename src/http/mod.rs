@@ -26,10 +26,10 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::activity::ActivityBus;
 use crate::config::{HttpConfig, Secret};
+use crate::control::{Control, StrategyStatus};
 use crate::health::{Health, Metrics};
 use crate::model::AccountView;
 use crate::store::StoreReader;
-use crate::supervisor::{Control, StrategyStatus};
 
 pub use error::{ApiError, ErrorBody};
 pub use routes::ApiDoc;

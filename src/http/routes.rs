@@ -17,9 +17,9 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiState, ws};
 use crate::activity::ActivityEvent;
+use crate::control::{Control, ControlError, ShutdownReason, StrategyStatus};
 use crate::health::ComponentState;
 use crate::model::{Fill, Order, Shown};
-use crate::supervisor::{Control, ControlError, ShutdownReason, StrategyStatus};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -77,6 +77,9 @@ pub struct HealthResponse {
     pub status: String,
     /// Each component's state.
     pub components: BTreeMap<String, ComponentState>,
+    /// Why components are down, where known (a task that panicked names its panic).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub reasons: BTreeMap<String, String>,
 }
 
 /// `/status`.
@@ -240,7 +243,14 @@ async fn health(State(state): State<ApiState>) -> impl IntoResponse {
         "starting"
     };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(HealthResponse { status: status.into(), components: state.health.components() }))
+    (
+        code,
+        Json(HealthResponse {
+            status: status.into(),
+            components: state.health.components(),
+            reasons: state.health.reasons(),
+        }),
+    )
 }
 
 /// Version, mode, uptime and counts.
@@ -256,7 +266,7 @@ async fn status(State(state): State<ApiState>) -> Json<StatusResponse> {
         now: state.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         uptime_s: state.started.elapsed().as_secs(),
         strategies: strategies.len(),
-        running: strategies.iter().filter(|s| s.state == crate::supervisor::StrategyState::Running).count(),
+        running: strategies.iter().filter(|s| s.state == crate::control::StrategyState::Running).count(),
         open_orders: account.open_orders.len(),
         positions: account.positions.values().flat_map(|p| p.values()).filter(|p| !p.size.is_zero()).count(),
         last_seq: state.activity.last_seq(),

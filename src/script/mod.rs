@@ -5,8 +5,8 @@
 
 pub mod api;
 pub mod convert;
-pub mod engine;
 mod lint;
+pub mod sandbox;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -18,7 +18,7 @@ use crate::config::SandboxConfig;
 use crate::data::Timeframe;
 use crate::strategy::{Location, SharedContext, Strategy, StrategyEnv, StrategyError, StrategyEvent, StrategyMeta};
 
-pub use engine::{CallbackGuard, hardened_engine};
+pub use sandbox::{CallbackGuard, hardened_engine};
 
 /// Callbacks a script may define, with their parameter counts.
 pub const CALLBACKS: &[(&str, usize, &str)] = &[
@@ -42,6 +42,9 @@ pub struct ScriptOptions {
     pub param_overrides: BTreeMap<String, serde_json::Value>,
     /// Symbols used when `config()` names none (the feed's symbols).
     pub default_symbols: Vec<String>,
+    /// Adds `test::panic(message)`, a host function that panics (tests of
+    /// the host's panic handling set it through `Config::faults`).
+    pub panicking_function: bool,
 }
 
 /// A compiled and checked script.
@@ -74,6 +77,13 @@ impl ScriptStrategy {
         let guard = CallbackGuard::default();
         let mut engine = hardened_engine(&options.limits, &guard, env.abort.clone());
         api::install(&mut engine, &env.ctx);
+        if options.panicking_function {
+            let mut test = rhai::Module::new();
+            test.set_native_fn("panic", |message: &str| -> Result<(), Box<rhai::EvalAltResult>> {
+                panic!("{message}")
+            });
+            engine.register_static_module("test", test.into());
+        }
         let budget = Duration::from_millis(options.limits.callback_budget_ms);
         let compiled = compile(&engine, file, source, &options, &guard, budget)?;
         let state = env
@@ -398,7 +408,7 @@ fn runtime_error(file: &str, callback: &str, error: EvalAltResult, limits: &Sand
             "{what} exceeds the sandbox limits (sandbox.max_string_size {} bytes, max_array_size {}, max_map_size {})",
             limits.max_string_size, limits.max_array_size, limits.max_map_size
         ),
-        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == engine::ABORTED => {
+        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == sandbox::ABORTED => {
             "stopped: the host is shutting down".to_string()
         }
         EvalAltResult::ErrorTerminated(..) => {

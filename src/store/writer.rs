@@ -104,12 +104,20 @@ enum Message {
     Stop,
 }
 
-/// A cheap handle to the writer thread.
+/// Runs once if the writer thread panics, with the panic's message.
+pub type OnPanic = Box<dyn FnOnce(String) + Send>;
+
+/// A cheap handle to the writer thread. Its queue is unbounded: every
+/// producer is async (the engine, the activity bus) or a strategy thread
+/// that must not block on disk, and the engine waits for the commits that
+/// matter (order intents, outcomes), so only fire-and-forget writes (candles,
+/// activity, strategy state) can pile up; [`StoreWriter::queue_depth`] exports the depth.
 #[derive(Clone)]
 pub struct StoreWriter {
     tx: Sender<Message>,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
     group_end: Arc<std::sync::Mutex<Option<GroupEnd>>>,
+    on_panic: Arc<std::sync::Mutex<Option<OnPanic>>>,
 }
 
 impl StoreWriter {
@@ -122,11 +130,35 @@ impl StoreWriter {
         let (tx, rx) = crossbeam_channel::unbounded();
         let group_end: Arc<std::sync::Mutex<Option<GroupEnd>>> = Default::default();
         let hook = group_end.clone();
+        let on_panic: Arc<std::sync::Mutex<Option<OnPanic>>> = Default::default();
+        let panicked = on_panic.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(&db, &path, &rx, retention, observer, &hook))
+            .spawn(move || {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&db, &path, &rx, retention, observer, &hook)
+                }));
+                if let Err(payload) = outcome {
+                    let message = crate::health::panic_message(payload);
+                    tracing::error!("the store writer panicked: {message}");
+                    if let Some(report) = panicked.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        report(message);
+                    }
+                }
+            })
             .expect("spawn the store writer thread");
-        StoreWriter { tx, thread: Arc::new(std::sync::Mutex::new(Some(thread))), group_end }
+        StoreWriter { tx, thread: Arc::new(std::sync::Mutex::new(Some(thread))), group_end, on_panic }
+    }
+
+    /// Sets what runs if the writer thread panics (writes fail from then on).
+    pub fn set_on_panic(&self, report: OnPanic) {
+        *self.on_panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+    }
+
+    /// Reads how many submissions wait for the writer.
+    pub fn queue_depth(&self) -> crate::health::QueueDepth {
+        let tx = self.tx.clone();
+        crate::health::QueueDepth::new(move || tx.len())
     }
 
     /// Sets what runs after the callbacks of every group commit.

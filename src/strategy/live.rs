@@ -248,11 +248,7 @@ pub fn spawn(spec: RuntimeSpec) -> std::io::Result<RuntimeHandle> {
             let outcome =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, rx, released, abort, meta)));
             if let Err(payload) = outcome {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".to_string());
+                let message = crate::health::panic_message(payload);
                 let error = StrategyError::new(format!("the strategy's thread panicked: {message}"));
                 let report = RuntimeReport::Exited { reason: ExitReason::Failed(error), state: None };
                 let _ = reports.send(TaggedReport { name: tag, generation, report });

@@ -8,12 +8,11 @@ mod context;
 pub mod live;
 mod timers;
 
-use std::fmt;
-
 use serde::Serialize;
 
 use crate::model::{Candle, Fill, Order, OrderRequest, Tick};
 
+pub use crate::model::{Location, StrategyError};
 pub use context::{OrderIds, OrderSpec, SharedContext, StrategyContext, base36};
 pub use timers::Timers;
 
@@ -104,48 +103,6 @@ pub enum StrategyCommand {
     },
     /// The strategy declares itself degraded (empty reason: recovered).
     Degraded(String),
-}
-
-/// Where in a script something went wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Location {
-    /// Script file.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file, self.line, self.column)
-    }
-}
-
-/// A strategy failed to compile or a callback failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error, utoipa::ToSchema)]
-pub struct StrategyError {
-    /// Where, when known.
-    pub location: Option<Location>,
-    /// What went wrong.
-    pub message: String,
-}
-
-impl StrategyError {
-    /// An error with no location.
-    pub fn new(message: impl Into<String>) -> Self {
-        StrategyError { location: None, message: message.into() }
-    }
-}
-
-impl fmt::Display for StrategyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.location {
-            Some(location) => write!(f, "{location}: {}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
 }
 
 /// What a strategy declares about itself (`fn config()` for scripts).

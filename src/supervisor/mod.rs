@@ -1,812 +1,505 @@
-//! The composition root. [`start`] builds the host from a [`Config`]: the
-//! market feed, the engine (order manager + routing), the strategies folder
-//! watcher and the supervisor loop that owns every strategy. Every external
-//! trigger — file changes, signals, later the API — becomes one [`Control`]
-//! message. Shutdown is one ordered sequence with a deadline:
-//! gate → `on_stop` → shutdown policies → flush → close feed → done.
+//! The supervisor loop: discovers `strategies/*.rhai`, starts each on its own
+//! thread, applies hot reloads (the runtime keeps the old version when the
+//! new one does not compile), restarts failed strategies with exponential
+//! backoff, quarantines crash loops until the file changes, and runs the
+//! strategy phases of the ordered shutdown.
 
-mod engine;
-mod status;
-mod strategies;
-mod tasks;
+mod market;
+mod reports;
+mod shutdown;
+mod sinks;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
 use crate::activity::{ActivityBus, ActivityKind};
 use crate::clock::Clock;
-use crate::config::{Config, ExchangeKind, FeedKind, Secret};
-use crate::data::{MarketHub, Timeframe};
-use crate::delta::DeltaConnector;
-use crate::exchange::ExchangeEvent;
-use crate::exchange::{LiveVenue, PaperExchange, Venue, VenueCommand, VenueUpdate};
-use crate::execution::Oms;
-use crate::feed::{self, FeedSource, Replay, SyntheticFeed};
-use crate::health::{ComponentState, Health, Metrics};
-use crate::model::{AccountView, TimestampMs};
-use crate::store::{Retention, Store, StoreError, StoreWriter};
+use crate::config::Config;
+use crate::control::{Control, ControlError, ControlReply, StrategyState, StrategyStatus};
+use crate::data::MarketHub;
+use crate::execution::{EngineRequest, Runtimes};
+use crate::health::Metrics;
+use crate::model::AccountView;
+use crate::script::{ScriptOptions, ScriptStrategy};
+use crate::store::{StoreReader, StoreWriter, WriteOp};
+use crate::strategy::live::{self, RuntimeHandle, RuntimeSpec, TaggedReport};
+use crate::strategy::{OrderIds, StrategyError};
 
-pub use engine::{EngineRequest, Runtimes};
-pub use status::{StrategyState, StrategyStatus};
-pub use strategies::{MarketGap, market_gap, scan};
-use tasks::Tasks;
+pub use market::{MarketGap, market_gap};
 
-/// Why the host shuts down.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShutdownReason {
-    /// SIGINT, SIGTERM, Ctrl+C or Ctrl+Break.
-    Signal(String),
-    /// Asked through the control API.
-    Api,
-    /// A component failed.
-    Fatal(String),
+/// A run that lasted this long resets the restart counter.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+pub(crate) struct Slot {
+    file: PathBuf,
+    hash: u64,
+    source: String,
+    handle: Option<Arc<RuntimeHandle>>,
+    generation: u64,
+    state: StrategyState,
+    version: u32,
+    reloads: u32,
+    restarts: u32,
+    restarts_in_a_row: u32,
+    started_at: Instant,
+    last_error: Option<StrategyError>,
+    saved_state: Option<serde_json::Value>,
+    /// The file is gone; the slot is dropped once the runtime has exited.
+    deleted: bool,
+    /// API reload requests waiting for the runtime's answer.
+    pending_reloads: Vec<ControlReply<u32>>,
+    /// Why a user stopped it: it stays stopped (across file changes and
+    /// restarts of the host) until a user starts it again.
+    stopped_by_user: Option<String>,
+    /// What of its market it cannot get (idle when it can never trade).
+    gap: Option<MarketGap>,
 }
 
-/// One message type for every trigger that steers the host.
-#[derive(Debug)]
-pub enum Control {
-    /// The strategies folder changed: rescan it.
-    Rescan,
-    /// A restart delay has passed.
-    RestartDue {
-        /// Strategy.
-        name: String,
-        /// The start it belongs to (stale ones are ignored).
-        generation: u64,
-    },
-    /// Start a stopped, failed or quarantined strategy.
-    Start(String, ControlReply<()>),
-    /// Stop a running strategy (runs `on_stop`).
-    Stop(String, ControlReply<()>),
-    /// Reload a running strategy from its file; answers with the new version
-    /// or the compile error.
-    Reload(String, ControlReply<u32>),
-    /// Begin the ordered shutdown.
-    Shutdown(ShutdownReason),
+/// What the host gives the supervisor.
+pub struct Parts {
+    /// The host's configuration.
+    pub config: Arc<Config>,
+    /// The running strategies, as the engine routes to them.
+    pub runtimes: Runtimes,
+    /// Where the strategies' status is published.
+    pub statuses: Arc<ArcSwap<Vec<StrategyStatus>>>,
+    /// The host's control channel (restart timers send to it).
+    pub control: mpsc::UnboundedSender<Control>,
+    /// The engine's request queue.
+    pub engine: mpsc::Sender<EngineRequest>,
+    /// Activity bus.
+    pub activity: ActivityBus,
+    /// Market history (warm-up).
+    pub hub: Arc<Mutex<MarketHub>>,
+    /// The account snapshot (shutdown policies wait on it).
+    pub account: Arc<ArcSwap<AccountView>>,
+    /// Shared order id counter.
+    pub id_counter: Arc<AtomicU64>,
+    /// Durable writes.
+    pub store: StoreWriter,
+    /// Reads of the store (warm-up candles, fills to replay).
+    pub reader: StoreReader,
+    /// States restored from the store, taken by each strategy's first start.
+    pub stored_states: BTreeMap<String, serde_json::Value>,
+    /// Strategies a user stopped (from the store), with the reason.
+    pub stopped_by_user: BTreeMap<String, String>,
+    /// The run's clock.
+    pub clock: Clock,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Fires when shutdown begins (pending restarts are dropped).
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
-/// Why a control request failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ControlError {
-    /// No such strategy.
-    #[error("no strategy named {0:?}")]
-    UnknownStrategy(String),
-    /// The strategy is not in a state that allows it.
-    #[error("{0}")]
-    Conflict(String),
-    /// The new version was refused (compile error with file:line:col).
-    #[error("{0}")]
-    Rejected(String),
+/// The strategy slots and everything they need.
+pub struct Supervisor {
+    config: Arc<Config>,
+    dir: PathBuf,
+    slots: BTreeMap<String, Slot>,
+    runtimes: Runtimes,
+    statuses: Arc<ArcSwap<Vec<StrategyStatus>>>,
+    control: mpsc::UnboundedSender<Control>,
+    reports_tx: mpsc::UnboundedSender<TaggedReport>,
+    reports: mpsc::UnboundedReceiver<TaggedReport>,
+    engine: mpsc::Sender<EngineRequest>,
+    activity: ActivityBus,
+    hub: Arc<Mutex<MarketHub>>,
+    account: Arc<ArcSwap<AccountView>>,
+    id_counter: Arc<AtomicU64>,
+    feed_symbols: Vec<String>,
+    shutting_down: bool,
+    scanned: bool,
+    store: StoreWriter,
+    reader: StoreReader,
+    metrics: Arc<Metrics>,
+    stored_states: BTreeMap<String, serde_json::Value>,
+    clock: Clock,
+    stopped_by_user: BTreeMap<String, String>,
+    cancel: tokio_util::sync::CancellationToken,
 }
 
-/// Where the answer to a control request goes.
-pub type ControlReply<T> = oneshot::Sender<Result<T, ControlError>>;
-
-/// Why the host could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum HostError {
-    /// The strategies folder is missing.
-    #[error("`strategies.dir`: {0} does not exist or is not a folder")]
-    StrategiesDir(PathBuf),
-    /// The data folder cannot be created.
-    #[error("`data_dir`: cannot create {path}: {source}")]
-    DataDir {
-        /// Folder.
-        path: PathBuf,
-        /// Reason.
-        source: std::io::Error,
-    },
-    /// The replay file cannot be used.
-    #[error("`feed.replay.path`: {0}")]
-    Replay(#[from] crate::feed::csv::CsvError),
-    /// The store cannot be opened.
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    /// The stored state cannot be restored.
-    #[error("recovery failed: {0}")]
-    Recovery(String),
-    /// The control API address cannot be bound.
-    #[error("`http.bind`: cannot listen on {addr}: {message}")]
-    Bind {
-        /// Address.
-        addr: std::net::SocketAddr,
-        /// Reason.
-        message: String,
-    },
-    /// The exchange connector could not start.
-    #[error("exchange: {0}")]
-    Exchange(#[from] crate::delta::ConnectError),
-    /// The strategies folder cannot be watched.
-    #[error("cannot watch the strategies folder {path}: {message}")]
-    Watch {
-        /// Folder.
-        path: PathBuf,
-        /// Reason.
-        message: String,
-    },
-}
-
-impl HostError {
-    /// Exit code: 2 for configuration problems, 1 otherwise.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            HostError::StrategiesDir(_) | HostError::Replay(_) | HostError::DataDir { .. } | HostError::Bind { .. } => {
-                2
-            }
-            HostError::Store(error) => error.exit_code(),
-            HostError::Exchange(crate::delta::ConnectError::Rest(_)) => 1,
-            HostError::Exchange(_) => 2,
-            HostError::Watch { .. } | HostError::Recovery(_) => 1,
+impl Supervisor {
+    /// A supervisor with no strategies yet (the first [`Control::Rescan`] finds them).
+    pub fn new(parts: Parts) -> Self {
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        Supervisor {
+            dir: parts.config.strategies.dir.clone(),
+            feed_symbols: parts.config.feed_symbols(),
+            config: parts.config,
+            slots: BTreeMap::new(),
+            runtimes: parts.runtimes,
+            statuses: parts.statuses,
+            control: parts.control,
+            reports_tx,
+            reports,
+            engine: parts.engine,
+            activity: parts.activity,
+            hub: parts.hub,
+            account: parts.account,
+            id_counter: parts.id_counter,
+            shutting_down: false,
+            scanned: false,
+            store: parts.store,
+            reader: parts.reader,
+            metrics: parts.metrics,
+            stored_states: parts.stored_states,
+            clock: parts.clock,
+            stopped_by_user: parts.stopped_by_user,
+            cancel: parts.cancel,
         }
     }
-}
 
-/// A cheap handle to a running host.
-pub struct HostHandle {
-    control: mpsc::UnboundedSender<Control>,
-    activity: ActivityBus,
-    statuses: Arc<ArcSwap<Vec<StrategyStatus>>>,
-    account: Arc<ArcSwap<AccountView>>,
-    health: Arc<Health>,
-    http_addr: std::net::SocketAddr,
-    token: Secret,
-    done: JoinHandle<i32>,
-}
-
-impl HostHandle {
-    /// Sends a control message.
-    pub fn control(&self) -> mpsc::UnboundedSender<Control> {
-        self.control.clone()
-    }
-
-    /// Starts the ordered shutdown.
-    pub fn shutdown(&self, reason: ShutdownReason) {
-        let _ = self.control.send(Control::Shutdown(reason));
-    }
-
-    /// The activity bus.
-    pub fn activity(&self) -> &ActivityBus {
-        &self.activity
-    }
-
-    /// Current status of every strategy.
-    pub fn strategies(&self) -> Vec<StrategyStatus> {
-        self.statuses.load().as_ref().clone()
-    }
-
-    /// Current account snapshot.
-    pub fn account(&self) -> Arc<AccountView> {
-        self.account.load_full()
-    }
-
-    /// Component readiness.
-    pub fn health(&self) -> &Health {
-        &self.health
-    }
-
-    /// The address the control API listens on.
-    pub fn http_addr(&self) -> std::net::SocketAddr {
-        self.http_addr
-    }
-
-    /// The API bearer token.
-    pub fn api_token(&self) -> &Secret {
-        &self.token
-    }
-
-    /// Waits for the host to finish; returns the process exit code.
-    pub async fn wait(self) -> i32 {
-        self.done.await.unwrap_or(1)
+    /// The next report of a strategy runtime.
+    pub async fn next_report(&mut self) -> Option<TaggedReport> {
+        self.reports.recv().await
     }
 }
 
-/// Builds the feed source, a hub preloaded with its history, and the run's
-/// simulated clock.
-fn build_feed(
-    config: &Config,
-    oms: &mut Oms,
-    store: &crate::store::StoreReader,
-    last_activity: Option<TimestampMs>,
-) -> Result<(MarketHub, FeedSource, Clock), HostError> {
-    let products = config.exchange.paper.product_list();
-    match config.feed.kind {
-        FeedKind::Synthetic => {
-            let syn = &config.feed.synthetic;
-            let base = Timeframe::from_ms(syn.tick_interval_ms as i64);
-            let history_ms = syn.history_bars as i64 * 60_000;
-            let capacity = (history_ms / base.ms()) as usize + 20_000;
-            let mut hub = MarketHub::new(base, capacity);
-            let resume = synthetic_resume(store, syn, last_activity)?;
-            let feed = match resume {
-                Some((time, prices)) => {
-                    // Continue where the last run stopped: times never go
-                    // backwards, prices do not jump; warm-up candles come from the store.
-                    // The next whole minute: candles continue without a gap or an overlap.
-                    let start = Timeframe::minute().bucket(time - 1) + Timeframe::minute().ms();
-                    tracing::info!(
-                        resume_at = %chrono::DateTime::from_timestamp_millis(start).map_or(start.to_string(), |t| t.to_rfc3339()),
-                        "the synthetic market continues from the last run's time and prices"
+fn hash_of(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Reads the `*.rhai` files of a folder: name → (path, source). Files that are
+/// empty right now (an editor mid-save) are left out of this scan.
+pub fn scan(dir: &Path) -> std::io::Result<BTreeMap<String, (PathBuf, String)>> {
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+        if stem.starts_with('.') || path.extension().and_then(|e| e.to_str()) != Some("rhai") || !path.is_file() {
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(source) if source.trim().is_empty() => {
+                tracing::debug!(file = %path.display(), "empty file: waiting for the save to finish");
+                found.insert(stem.to_string(), (path, String::new()));
+            }
+            Ok(source) => {
+                found.insert(stem.to_string(), (path, source));
+            }
+            Err(error) => tracing::warn!(file = %path.display(), "cannot read strategy: {error}"),
+        }
+    }
+    Ok(found)
+}
+
+impl Supervisor {
+    /// Handles a control message; returns false once shutdown was requested.
+    pub fn handle_control(&mut self, control: Control) -> bool {
+        match control {
+            Control::Rescan => self.rescan(),
+            Control::RestartDue { name, generation } => {
+                let due = self.slots.get(&name).is_some_and(|s| {
+                    s.generation == generation
+                        && s.handle.is_none()
+                        && s.state == StrategyState::Starting
+                        && s.stopped_by_user.is_none()
+                });
+                if due && !self.shutting_down {
+                    self.slots.get_mut(&name).expect("checked").restarts += 1;
+                    self.start(&name);
+                }
+            }
+            Control::Start(name, reply) => {
+                let result = match self.slots.get_mut(&name) {
+                    None => Err(ControlError::UnknownStrategy(name.clone())),
+                    Some(slot) if slot.handle.is_some() => {
+                        Err(ControlError::Conflict(format!("strategy {name} is already running")))
+                    }
+                    Some(slot) => {
+                        slot.restarts_in_a_row = 0;
+                        if slot.stopped_by_user.take().is_some() {
+                            self.store
+                                .submit(vec![WriteOp::StrategyStopped { strategy: name.clone(), reason: None }], None);
+                        }
+                        self.start(&name);
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Control::Stop(name, reply) => match self.slots.get_mut(&name) {
+                None => drop(reply.send(Err(ControlError::UnknownStrategy(name.clone())))),
+                Some(slot) if slot.stopped_by_user.is_some() => {
+                    drop(reply.send(Err(ControlError::Conflict(format!("strategy {name} is already stopped")))))
+                }
+                Some(slot) if slot.handle.is_none() && slot.state == StrategyState::Stopped => {
+                    drop(reply.send(Err(ControlError::Conflict(format!("strategy {name} is not running")))))
+                }
+                Some(slot) => {
+                    match &slot.handle {
+                        Some(handle) => handle.stop(),
+                        // Waiting for a restart, failed or quarantined: it stays down.
+                        None => slot.state = StrategyState::Stopped,
+                    }
+                    let at = self.clock.now().format("%Y-%m-%d %H:%M:%S UTC");
+                    let reason = format!("stopped by a user at {at}");
+                    tracing::info!(strategy = %name, "{reason}; it stays stopped until started again");
+                    slot.stopped_by_user = Some(reason.clone());
+                    // Answered once durable: a stop that was acknowledged survives a crash.
+                    let op = WriteOp::StrategyStopped { strategy: name.clone(), reason: Some(reason) };
+                    self.store.submit(
+                        vec![op],
+                        Some(Box::new(move |result| {
+                            let _ = reply.send(result.map_err(|e| {
+                                ControlError::Conflict(format!("stopped, but not recorded durably: {e}"))
+                            }));
+                        })),
                     );
-                    SyntheticFeed::new(syn, &products, start).resume(&prices)
+                }
+            },
+            Control::Reload(name, reply) => self.reload(&name, reply),
+            Control::Shutdown(_) => return false,
+        }
+        self.publish();
+        true
+    }
+
+    fn rescan(&mut self) {
+        tracing::debug!(dir = %self.dir.display(), "scanning the strategies folder");
+        let first = !self.scanned;
+        self.scanned = true;
+        let found = match scan(&self.dir) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::error!(dir = %self.dir.display(), "cannot read the strategies folder: {error}");
+                return;
+            }
+        };
+        let removed: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(name, slot)| !slot.deleted && !found.contains_key(*name))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in removed {
+            tracing::info!(strategy = %name, "strategy file deleted: stopping it");
+            let slot = self.slots.get_mut(&name).expect("listed");
+            self.activity.publish(
+                ActivityKind::Strategy,
+                Some(&name),
+                json!({ "event": "removed", "file": slot.file }),
+            );
+            if slot.stopped_by_user.take().is_some() {
+                // A stop applies to the strategy's file; a new file of that name starts afresh.
+                self.store.submit(vec![WriteOp::StrategyStopped { strategy: name.clone(), reason: None }], None);
+            }
+            match &slot.handle {
+                Some(handle) => {
+                    handle.stop();
+                    slot.deleted = true;
                 }
                 None => {
-                    let now = Timeframe::minute().bucket(chrono::Utc::now().timestamp_millis());
-                    let mut feed = SyntheticFeed::new(syn, &products, now - history_ms);
-                    while feed.time() < now {
-                        for tick in feed.step() {
-                            hub.on_tick(&tick);
-                            oms.on_tick(&tick);
+                    self.slots.remove(&name);
+                }
+            }
+        }
+        if first {
+            for name in self.config.strategies.overrides.keys().filter(|n| !found.contains_key(*n)) {
+                tracing::warn!(
+                    "`strategies.overrides.{name}` names no strategy in {} (yet): check the spelling; it applies if {name}.rhai appears",
+                    self.dir.display()
+                );
+            }
+        }
+        for (name, (file, source)) in found {
+            if source.is_empty() {
+                continue;
+            }
+            let hash = hash_of(&source);
+            if let Some(slot) = self.slots.get_mut(&name) {
+                slot.deleted = false;
+            }
+            match self.slots.get_mut(&name) {
+                Some(slot) if slot.hash == hash => {}
+                Some(slot) => {
+                    slot.hash = hash;
+                    slot.source = source.clone();
+                    match (&slot.handle, slot.state) {
+                        (Some(handle), StrategyState::Running | StrategyState::Idle) => handle.reload(source),
+                        (Some(_), _) => {} // still starting: the new source applies at its next start
+                        (None, _) if slot.stopped_by_user.is_some() => {
+                            tracing::info!(strategy = %name, "file changed; the strategy stays stopped until a user starts it");
+                        }
+                        (None, _) => {
+                            slot.restarts_in_a_row = 0;
+                            if slot.state == StrategyState::Quarantined {
+                                tracing::info!(strategy = %name, "file changed: leaving quarantine");
+                            }
+                            self.start(&name);
                         }
                     }
-                    feed
                 }
-            };
-            let clock = Clock::simulated(feed.time(), syn.speed);
-            Ok((hub, FeedSource::Synthetic { feed: Box::new(feed), clock: clock.clone() }, clock))
-        }
-        FeedKind::Replay => {
-            let r = &config.feed.replay;
-            let candles = feed::csv::read_candles(&r.path, &r.symbol)?;
-            let interval_ms = feed::csv::interval_ms(&candles).unwrap_or(60_000);
-            let product =
-                products.into_iter().find(|p| p.symbol == r.symbol).expect("validated: replay symbol has a product");
-            let hub = MarketHub::new(Timeframe::from_ms(interval_ms), 20_000);
-            let clock = Clock::simulated(candles.first().map_or(0, |c| c.time + interval_ms), r.speed);
-            let replay = Replay {
-                clock: clock.clone(),
-                candles,
-                interval_ms,
-                repeat: r.repeat,
-                half_spread: r.spread_bps / 20_000.0,
-                product,
-            };
-            Ok((hub, FeedSource::Replay(replay), clock))
-        }
-    }
-}
-
-/// Where market data comes from.
-enum Market {
-    /// The synthetic or replay feed.
-    Feed(FeedSource),
-    /// Delta's public stream.
-    Delta(Arc<DeltaConnector>),
-}
-
-/// The running Delta connector's channels.
-struct DeltaLinks {
-    connector: Arc<DeltaConnector>,
-    commands: mpsc::UnboundedReceiver<VenueCommand>,
-    updates_tx: mpsc::UnboundedSender<VenueUpdate>,
-    updates: mpsc::UnboundedReceiver<VenueUpdate>,
-}
-
-/// Connects to Delta, loads warm-up history, and reconciles the store with
-/// the exchange before any strategy resumes: stored open and pending orders
-/// are looked up by client id, missed fills are applied, and differences
-/// (foreign orders or fills, positions that do not add up) are logged.
-async fn start_delta(
-    config: &Config,
-    store: &Store,
-    recovered: &crate::store::Recovered,
-    activity: &ActivityBus,
-) -> Result<(Oms, MarketHub, Vec<ExchangeEvent>, DeltaLinks), HostError> {
-    let delta = &config.exchange.delta;
-    let connector = Arc::new(DeltaConnector::connect(delta).await?);
-    let mut hub = MarketHub::new(Timeframe::minute(), 20_000);
-    match connector.history(delta.history_bars).await {
-        Ok(candles) => candles.into_iter().for_each(|c| drop(hub.on_bar(c))),
-        Err(error) => tracing::warn!("delta: no warm-up history: {error}"),
-    }
-    let stored_fills = store.reader().recent_fills(10_000)?;
-    let startup = connector.startup(recovered, &stored_fills).await.map_err(crate::delta::ConnectError::Rest)?;
-    let (commands_tx, commands) = mpsc::unbounded_channel();
-    let (updates_tx, updates) = mpsc::unbounded_channel();
-    let mut oms = Oms::new(Venue::Live(LiveVenue {
-        commands: commands_tx,
-        currency: connector.currency.clone(),
-        balance: startup.balance,
-        known_at_start: startup.known_at_start,
-    }));
-    oms.remember_fills(stored_fills.into_iter().filter_map(|f| f.exchange_id));
-    let mut resolved = oms.restore(recovered).map_err(|e| HostError::Recovery(e.to_string()))?;
-    for update in startup.updates {
-        match oms.apply_venue(update) {
-            Ok(events) => resolved.extend(events),
-            Err(difference) => engine::publish_difference(activity, &difference),
-        }
-    }
-    let ours = oms.net_positions();
-    for (symbol, exchange) in &startup.positions {
-        let host = ours.get(symbol).copied().unwrap_or_default();
-        if host != *exchange {
-            engine::publish_difference(
-                activity,
-                &format!("position {symbol}: the exchange holds {exchange}, the strategies' fills add up to {host}"),
-            );
-        }
-    }
-    tracing::info!(
-        currency = %connector.currency,
-        balance = %startup.balance,
-        reconciled = resolved.len(),
-        "delta: reconciled with the store"
-    );
-    Ok((oms, hub, resolved, DeltaLinks { connector, commands, updates_tx, updates }))
-}
-
-/// Starts the host. Must be called inside a tokio runtime.
-pub async fn start(config: Config) -> Result<HostHandle, HostError> {
-    let config = Arc::new(config);
-    let dir = config.strategies.dir.clone();
-    if !dir.is_dir() {
-        return Err(HostError::StrategiesDir(dir));
-    }
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| HostError::DataDir { path: config.data_dir.clone(), source })?;
-    let health = Arc::new(Health::default());
-    for component in COMPONENTS {
-        health.register(component);
-    }
-    let metrics = Arc::new(Metrics::default());
-    let store = Store::open(&config.data_dir)?;
-    let listener = tokio::net::TcpListener::bind(config.http.bind)
-        .await
-        .map_err(|e| HostError::Bind { addr: config.http.bind, message: e.to_string() })?;
-    let http_addr =
-        listener.local_addr().map_err(|e| HostError::Bind { addr: config.http.bind, message: e.to_string() })?;
-    let token = api_token(&config)?;
-    let recovered = store.recover()?;
-    let retention = Retention {
-        keep: config.store.activity_keep,
-        max_age_ms: config.store.activity_max_age_days as i64 * 86_400_000,
-        closed_orders_ms: config.store.closed_order_retention_days as i64 * 86_400_000,
-        candles_keep: config.store.candles_keep,
-    };
-    let writer = {
-        let metrics = metrics.clone();
-        store.observed_writer(retention, Box::new(move |elapsed| metrics.store_commit.observe(elapsed)))
-    };
-    health.set("store", ComponentState::Up);
-    let activity = ActivityBus::new(10_000, recovered.last_activity_seq);
-    activity.attach_store(writer.clone());
-    let (oms, hub, market, resolved, delta, clock, shown) = match config.exchange.kind {
-        ExchangeKind::Paper => {
-            let mut oms = Oms::new(Venue::Paper(PaperExchange::new(&config.exchange.paper)));
-            // Warm-up history first, on an empty book: it must not fill restored orders.
-            let last_activity = last_activity_time(&store, recovered.last_activity_seq);
-            let (hub, source, clock) = build_feed(&config, &mut oms, &store, last_activity)?;
-            oms.set_clock(clock.clone());
-            activity.set_clock(clock.clone());
-            let resolved = oms.restore(&recovered).map_err(|e| HostError::Recovery(e.to_string()))?;
-            let shown = crate::model::Shown::new(&config.exchange.paper.product_list());
-            (oms, hub, Market::Feed(source), resolved, None, clock, shown)
-        }
-        ExchangeKind::Delta => {
-            use crate::delta::connector::{MARKET_COMPONENT, ORDERS_COMPONENT, REST_COMPONENT};
-            for component in [MARKET_COMPONENT, ORDERS_COMPONENT, REST_COMPONENT] {
-                health.register(component);
-            }
-            let (oms, hub, resolved, links) = start_delta(&config, &store, &recovered, &activity).await?;
-            let connector = links.connector.clone();
-            let shown = connector.products.shown();
-            (oms, hub, Market::Delta(connector), resolved, Some(links), Clock::wall(), shown)
-        }
-    };
-    if !resolved.is_empty() {
-        writer.commit(oms.write_ops(&resolved)).await.map_err(|e| HostError::Recovery(e.to_string()))?;
-        for event in &resolved {
-            match event {
-                ExchangeEvent::Order(order) => {
-                    tracing::warn!(order = %order.request.client_id, status = ?order.status, "order outcome resolved at start: {}", order.reason.as_deref().unwrap_or("known to the exchange"));
-                    activity.publish(
-                        ActivityKind::Order,
-                        Some(&order.request.strategy),
-                        json!({ "recovered": true, "order": shown.order(order) }),
-                    );
-                }
-                ExchangeEvent::Fill(fill) => {
-                    let shown_fill = shown.fill(fill);
-                    tracing::warn!(order = %fill.order_id, size = %shown_fill.size, price = %shown_fill.price, "fill found at start");
-                    activity.publish(ActivityKind::Fill, Some(&fill.strategy), json!(shown_fill));
-                }
-            }
-        }
-    }
-    let hub = Arc::new(Mutex::new(hub));
-    let account = oms.view();
-    let id_counter = Arc::new(AtomicU64::new(recovered.id_block_start));
-    let runtimes: Runtimes = Arc::new(ArcSwap::from_pointee(Default::default()));
-
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let (engine_tx, engine_rx) = mpsc::unbounded_channel();
-    let (feed_tx, feed_rx) = mpsc::channel(4096);
-    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-
-    let watcher = {
-        let control = control_tx.clone();
-        let mut debouncer = notify_debouncer_full::new_debouncer(
-            Duration::from_millis(config.supervisor.debounce_ms),
-            None,
-            move |result: notify_debouncer_full::DebounceEventResult| match result {
-                // Reads (our own rescans included) raise access events: only changes count.
-                Ok(events) if events.iter().any(|e| !matches!(e.event.kind, notify::EventKind::Access(_))) => {
-                    let _ = control.send(Control::Rescan);
-                }
-                Ok(_) => {}
-                Err(errors) => tracing::warn!(?errors, "strategies folder watcher error"),
-            },
-        )
-        .map_err(|e| HostError::Watch { path: dir.clone(), message: e.to_string() })?;
-        debouncer
-            .watch(&dir, notify::RecursiveMode::NonRecursive)
-            .map_err(|e| HostError::Watch { path: dir.clone(), message: e.to_string() })?;
-        debouncer
-    };
-
-    let tasks = Tasks::new();
-    let tasks_cancel = CancellationToken::new();
-    let engine_cancel = CancellationToken::new();
-    let (feed_go, go) = oneshot::channel::<()>();
-    let venue_updates = match delta {
-        Some(links) => {
-            let connector = links.connector.clone();
-            tasks.spawn(
-                "exchange orders",
-                connector.clone().run_orders(links.commands, links.updates_tx.clone(), tasks_cancel.clone()),
-            );
-            tasks.spawn(
-                "exchange private stream",
-                connector.run_private(links.updates_tx, health.clone(), metrics.clone(), tasks_cancel.clone()),
-            );
-            Some(links.updates)
-        }
-        None => None,
-    };
-    {
-        let cancel = tasks_cancel.clone();
-        let stale = oms.stale_symbols();
-        let (health, metrics) = (health.clone(), metrics.clone());
-        tasks.spawn("market feed", async move {
-            // The live feed starts once the strategies found at start are running.
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = go => match market {
-                    Market::Feed(source) => feed::run(source, feed_tx, cancel).await,
-                    Market::Delta(connector) => connector.run_market(feed_tx, stale, health, metrics, cancel).await,
-                },
-            }
-        });
-    }
-    let engine = engine::Engine {
-        oms,
-        hub: hub.clone(),
-        runtimes: runtimes.clone(),
-        activity: activity.clone(),
-        store: writer.clone(),
-        control: control_tx.clone(),
-        id_counter: id_counter.clone(),
-        metrics: metrics.clone(),
-        shown: shown.clone(),
-        venue_updates,
-        pipeline: config.exchange.kind == ExchangeKind::Delta,
-        startup_events: resolved,
-    };
-    tasks.spawn("engine", engine.run(engine_rx, feed_rx, engine_cancel.clone()));
-    health.set("engine", ComponentState::Up);
-
-    let statuses = Arc::new(ArcSwap::from_pointee(Vec::new()));
-    let supervisor = strategies::Supervisor {
-        config: config.clone(),
-        dir,
-        slots: Default::default(),
-        runtimes: runtimes.clone(),
-        statuses: statuses.clone(),
-        control: control_tx.clone(),
-        reports_tx,
-        reports: reports_rx,
-        engine: engine_tx,
-        activity: activity.clone(),
-        hub,
-        account: account.clone(),
-        id_counter,
-        feed_symbols: config.feed_symbols(),
-        shutting_down: false,
-        scanned: false,
-        tasks: tasks.clone(),
-        cancel: tasks_cancel.clone(),
-        store: writer.clone(),
-        reader: store.reader(),
-        stored_states: recovered.strategy_states.clone(),
-        stopped_by_user: recovered.stopped_strategies.clone(),
-        clock: clock.clone(),
-        metrics: metrics.clone(),
-    };
-    let http_cancel = CancellationToken::new();
-    let api = Arc::new(crate::http::ApiContext {
-        control: control_tx.clone(),
-        activity: activity.clone(),
-        strategies: statuses.clone(),
-        account: account.clone(),
-        store: store.reader(),
-        health: health.clone(),
-        metrics: metrics.clone(),
-        token: token.clone(),
-        config: config.http.clone(),
-        started: std::time::Instant::now(),
-        cancel: http_cancel.clone(),
-        mode: match config.exchange.kind {
-            ExchangeKind::Paper => "paper".to_string(),
-            ExchangeKind::Delta => "delta".to_string(),
-        },
-        clock: clock.clone(),
-        shown,
-    });
-    tasks.spawn("http", crate::http::serve(listener, crate::http::router(api), http_cancel.clone()));
-    health.set("http", ComponentState::Up);
-    tracing::info!(addr = %http_addr, "control API and dashboard at http://{http_addr}/");
-    let mode = match config.exchange.kind {
-        ExchangeKind::Paper => "paper",
-        ExchangeKind::Delta => "delta",
-    };
-    activity.publish(
-        ActivityKind::System,
-        None,
-        json!({
-            "event": "started",
-            "mode": mode,
-            "version": env!("CARGO_PKG_VERSION"),
-            "recovered": {
-                "open_orders": account.load().open_orders.len(),
-                "strategy_states": recovered.strategy_states.len(),
-                "fills": recovered.last_fill_id,
-            },
-        }),
-    );
-    tracing::info!(strategies = %config.strategies.dir.display(), symbols = ?config.feed_symbols(), "host started ({mode} exchange)");
-    let lifecycle = Lifecycle {
-        config,
-        control_rx,
-        watcher,
-        tasks,
-        tasks_cancel,
-        engine_cancel,
-        runtimes,
-        activity: activity.clone(),
-        feed_go: Some(feed_go),
-        store,
-        writer,
-        health: health.clone(),
-        http_cancel,
-    };
-    let done = tokio::spawn(lifecycle.run(supervisor));
-    let _ = control_tx.send(Control::Rescan);
-    Ok(HostHandle { control: control_tx, activity, statuses, account, health, http_addr, token, done })
-}
-
-struct Lifecycle {
-    config: Arc<Config>,
-    control_rx: mpsc::UnboundedReceiver<Control>,
-    watcher: notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>,
-    tasks: Tasks,
-    tasks_cancel: CancellationToken,
-    engine_cancel: CancellationToken,
-    runtimes: Runtimes,
-    activity: ActivityBus,
-    feed_go: Option<oneshot::Sender<()>>,
-    store: Store,
-    writer: StoreWriter,
-    health: Arc<Health>,
-    http_cancel: CancellationToken,
-}
-
-/// Components that must be up before the host is ready.
-const COMPONENTS: [&str; 5] = ["store", "engine", "feed", "strategies", "http"];
-
-/// The API token: configured (or from the environment), else the one in
-/// `<data_dir>/api-token`, generated there (mode 0600) on the first start and
-/// reused on every later one; never logged.
-fn api_token(config: &Config) -> Result<Secret, HostError> {
-    if let Some(token) = &config.http.token {
-        return Ok(token.clone());
-    }
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| HostError::DataDir { path: config.data_dir.clone(), source })?;
-    let path = config.data_dir.join("api-token");
-    let (token, created) =
-        crate::http::load_or_create_token(&path).map_err(|source| HostError::DataDir { path: path.clone(), source })?;
-    if created {
-        tracing::info!(path = %path.display(), "generated an API token (stored with mode 0600, reused on later starts)");
-    }
-    Ok(Secret::new(token))
-}
-
-/// The time of the newest activity event: the last moment the previous run's clock recorded.
-fn last_activity_time(store: &Store, last_seq: u64) -> Option<TimestampMs> {
-    let newest = store.activity_since(last_seq.checked_sub(1)?, 1).ok()?.pop()?;
-    chrono::DateTime::parse_from_rfc3339(newest["ts"].as_str()?).ok().map(|t| t.timestamp_millis())
-}
-
-/// Where and at which prices (by symbol) a synthetic market resumes.
-type Resume = (TimestampMs, BTreeMap<String, f64>);
-
-/// Where a synthetic market resumes after an earlier run on the same data
-/// folder: the later of the newest stored candle's close and the newest
-/// activity event, at each symbol's newest stored close (symbols without a
-/// stored candle start again at their configured price). `None` on a fresh store.
-fn synthetic_resume(
-    store: &crate::store::StoreReader,
-    config: &crate::config::SyntheticConfig,
-    last_activity: Option<TimestampMs>,
-) -> Result<Option<Resume>, HostError> {
-    let mut prices = BTreeMap::new();
-    let mut time = last_activity;
-    for symbol in config.start_prices.keys() {
-        if let Some((candle, length)) = store.last_candle(symbol)? {
-            time = Some(time.map_or(candle.time + length, |t| t.max(candle.time + length)));
-            prices.insert(symbol.clone(), candle.close);
-        }
-    }
-    Ok(time.map(|t| (t, prices)))
-}
-
-/// How long the live feed waits for the first strategies to start.
-const FEED_START_WAIT: Duration = Duration::from_secs(10);
-
-impl Lifecycle {
-    fn start_feed(&mut self) {
-        if let Some(go) = self.feed_go.take() {
-            let _ = go.send(());
-            self.health.set("strategies", ComponentState::Up);
-            self.health.set("feed", ComponentState::Up);
-        }
-    }
-
-    /// The supervisor loop, then the ordered shutdown; returns the exit code.
-    async fn run(mut self, mut supervisor: strategies::Supervisor) -> i32 {
-        let feed_wait = tokio::time::sleep(FEED_START_WAIT);
-        tokio::pin!(feed_wait);
-        let ready_deadline = tokio::time::sleep(Duration::from_millis(self.config.http.ready_timeout_ms));
-        tokio::pin!(ready_deadline);
-        let mut awaiting_ready = true;
-        // Readiness can change without a message (exchange streams coming up): look often until ready.
-        let mut ready_poll = tokio::time::interval(Duration::from_millis(50));
-        let reason = loop {
-            tokio::select! {
-                _ = ready_poll.tick(), if awaiting_ready => {}
-                control = self.control_rx.recv() => match control {
-                    Some(Control::Shutdown(reason)) => break reason,
-                    Some(control) => { supervisor.handle_control(control); }
-                    None => break ShutdownReason::Fatal("control channel closed".into()),
-                },
-                Some(report) = supervisor.reports.recv() => supervisor.handle_report(report),
-                _ = &mut feed_wait, if self.feed_go.is_some() => {
-                    tracing::warn!("strategies still starting after {FEED_START_WAIT:?}: starting the market feed anyway");
-                    self.start_feed();
-                }
-                _ = &mut ready_deadline, if awaiting_ready => {
-                    awaiting_ready = false;
-                    let late = self.health.not_ready();
-                    if !late.is_empty() {
-                        let message = format!("not ready after {} ms: {}", self.config.http.ready_timeout_ms, late.join(", "));
-                        tracing::error!("startup failed: {message}");
-                        break ShutdownReason::Fatal(message);
+                None => {
+                    let slot = Slot {
+                        file,
+                        hash,
+                        source,
+                        handle: None,
+                        generation: 0,
+                        state: StrategyState::Stopped,
+                        version: 0,
+                        reloads: 0,
+                        restarts: 0,
+                        restarts_in_a_row: 0,
+                        started_at: Instant::now(),
+                        last_error: None,
+                        saved_state: self.stored_states.remove(&name),
+                        deleted: false,
+                        pending_reloads: Vec::new(),
+                        stopped_by_user: self.stopped_by_user.remove(&name),
+                        gap: None,
+                    };
+                    if let Some(reason) = &slot.stopped_by_user {
+                        tracing::info!(strategy = %name, "not starting it: {reason} (start it from the dashboard or the API)");
+                        self.slots.insert(name.clone(), slot);
+                        continue;
                     }
+                    self.slots.insert(name.clone(), slot);
+                    if self.config.strategy_override(&name).and_then(|o| o.enabled) == Some(false) {
+                        tracing::info!(strategy = %name, "disabled in the config file: not starting it");
+                        continue;
+                    }
+                    self.start(&name);
                 }
             }
-            if awaiting_ready && self.health.is_ready() {
-                awaiting_ready = false;
-                tracing::info!("ready");
-            }
-            if self.feed_go.is_some() && supervisor.initial_start_done() {
-                self.start_feed();
-            }
+        }
+    }
+
+    /// Re-reads a running strategy's file and hot-reloads it; the reply comes with the runtime's answer.
+    fn reload(&mut self, name: &str, reply: ControlReply<u32>) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            let _ = reply.send(Err(ControlError::UnknownStrategy(name.to_string())));
+            return;
         };
-        tracing::info!(?reason, "shutdown started");
-        self.health.begin_shutdown();
-        self.activity.publish(
-            ActivityKind::System,
-            None,
-            json!({ "event": "shutdown_started", "reason": format!("{reason:?}") }),
-        );
-        let timeout = Duration::from_millis(self.config.shutdown.timeout_ms);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let watchdog = {
-            let runtimes = self.runtimes.clone();
-            let names = self.tasks.names();
-            tokio::spawn(async move {
-                tokio::time::sleep_until(deadline - timeout / 5).await;
-                let strategies: Vec<String> = runtimes.load().keys().cloned().collect();
-                tracing::warn!(tasks = ?names.lock().unwrap_or_else(|e| e.into_inner()), strategies = ?strategies, "shutdown deadline nears; still running");
+        let Some(handle) =
+            slot.handle.clone().filter(|_| matches!(slot.state, StrategyState::Running | StrategyState::Idle))
+        else {
+            let _ = reply.send(Err(ControlError::Conflict(format!("strategy {name} is not running"))));
+            return;
+        };
+        match std::fs::read_to_string(&slot.file) {
+            Ok(source) if !source.trim().is_empty() => {
+                slot.hash = hash_of(&source);
+                slot.source = source.clone();
+                slot.pending_reloads.push(reply);
+                handle.reload(source);
+            }
+            Ok(_) => drop(reply.send(Err(ControlError::Rejected(format!("{} is empty", slot.file.display()))))),
+            Err(error) => {
+                drop(reply.send(Err(ControlError::Rejected(format!("cannot read {}: {error}", slot.file.display())))))
+            }
+        }
+    }
+
+    fn start(&mut self, name: &str) {
+        if self.shutting_down {
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        slot.generation += 1;
+        slot.state = StrategyState::Starting;
+        slot.started_at = Instant::now();
+        let overrides = self.config.strategy_override(name).map(|o| o.params.clone()).unwrap_or_default();
+        let options = ScriptOptions {
+            limits: self.config.sandbox.clone(),
+            param_overrides: overrides,
+            default_symbols: self.feed_symbols.clone(),
+            panicking_function: self.config.faults.panicking_function,
+        };
+        let file = slot.file.display().to_string();
+        let source = slot.source.clone();
+        let hub = self.hub.clone();
+        let reader = self.reader.clone();
+        let spec = RuntimeSpec {
+            clock: self.clock.clone(),
+            name: name.to_string(),
+            generation: slot.generation,
+            factory: Box::new(move |env| ScriptStrategy::new(&file, &source, options, env).map(|s| Box::new(s) as _)),
+            history: Box::new(move |meta: &crate::strategy::StrategyMeta| market::warm_up_history(&hub, &reader, meta)),
+            initial_state: slot.saved_state.clone(),
+            account: self.account.clone(),
+            ids: OrderIds::new(name, self.id_counter.clone()),
+            sink: sinks::command_sink(self.engine.clone(), self.activity.clone()),
+            reports: self.reports_tx.clone(),
+            max_consecutive_errors: self.config.supervisor.max_consecutive_errors,
+            queue_limit: self.config.supervisor.event_queue,
+            state_sink: Some(sinks::state_sink(self.store.clone())),
+            state_flush_ms: self.config.store.state_flush_ms,
+            callback_latency: Some(self.metrics.callback_histogram(name)),
+            replay: Some(sinks::fill_replay(self.reader.clone(), name)),
+        };
+        match live::spawn(spec) {
+            Ok(handle) => {
+                let handle = Arc::new(handle);
+                slot.handle = Some(handle.clone());
+                let mut map = HashMap::clone(&self.runtimes.load());
+                map.insert(name.to_string(), handle.clone());
+                self.runtimes.store(Arc::new(map));
+                handle.release();
+            }
+            Err(error) => {
+                slot.state = StrategyState::Failed;
+                slot.last_error = Some(StrategyError::new(format!("cannot start a thread: {error}")));
+            }
+        }
+    }
+
+    fn unregister(&self, name: &str) {
+        let mut map = HashMap::clone(&self.runtimes.load());
+        map.remove(name);
+        self.runtimes.store(Arc::new(map));
+    }
+
+    /// Publishes the strategies' status.
+    pub(crate) fn publish(&self) {
+        let statuses = self
+            .slots
+            .iter()
+            .map(|(name, s)| StrategyStatus {
+                name: name.clone(),
+                file: s.file.display().to_string(),
+                state: s.state,
+                reason: match s.state {
+                    StrategyState::Idle | StrategyState::Running => s.gap.as_ref().map(|g| g.reason.clone()),
+                    StrategyState::Stopped => s.stopped_by_user.clone().or_else(|| {
+                        (self.config.strategy_override(name).and_then(|o| o.enabled) == Some(false))
+                            .then(|| "disabled in the config file (`enabled = false`)".to_string())
+                    }),
+                    StrategyState::Quarantined => Some("failed too often; change the file or start it".to_string()),
+                    StrategyState::Failed => Some("cannot start; waiting for the file to change".to_string()),
+                    _ => None,
+                },
+                version: s.version,
+                reloads: s.reloads,
+                restarts: s.restarts,
+                last_error: s.last_error.clone(),
             })
-        };
-        let on_stop = Duration::from_millis(self.config.shutdown.on_stop_timeout_ms);
-        let abort_grace = Duration::from_millis(self.config.sandbox.callback_budget_ms + 1_000);
-        let sequence = async {
-            tracing::info!("shutdown: order gate closed");
-            let (reply, closed) = oneshot::channel();
-            if supervisor.engine.send(EngineRequest::CloseGate(reply)).is_ok() {
-                let _ = closed.await;
-            }
-            supervisor.stop_all(on_stop, abort_grace).await;
-            tracing::info!("shutdown: strategies stopped and shutdown policies applied");
-            match self.writer.flush().await {
-                Ok(()) => tracing::info!("shutdown: store flushed"),
-                Err(error) => tracing::error!("shutdown: store flush failed: {error}"),
-            }
-            self.tasks_cancel.cancel();
-            self.engine_cancel.cancel();
-            tracing::info!("shutdown: market feed closed");
-            self.http_cancel.cancel();
-            self.tasks.close();
-            self.tasks.wait().await;
-            tracing::info!("shutdown: control API closed");
-        };
-        let fatal = matches!(reason, ShutdownReason::Fatal(_));
-        let code = match tokio::time::timeout_at(deadline, sequence).await {
-            Ok(()) if fatal => {
-                tracing::info!("shutdown complete after a fatal error");
-                1
-            }
-            Ok(()) => {
-                tracing::info!("shutdown complete");
-                0
-            }
-            Err(_) => {
-                let names = self.tasks.names();
-                let tasks = names.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                tracing::error!(?tasks, strategies = ?supervisor.still_running(), "shutdown deadline of {} ms passed", timeout.as_millis());
-                1
-            }
-        };
-        watchdog.abort();
-        drop(self.watcher);
-        self.activity.detach_store();
-        let writer = self.writer;
-        let _ = tokio::task::spawn_blocking(move || writer.close()).await;
-        drop(self.store);
-        code
+            .collect();
+        self.statuses.store(Arc::new(statuses));
     }
-}
 
-/// Waits for SIGINT/SIGTERM (Ctrl+C/Ctrl+Break on Windows) and starts the
-/// ordered shutdown; a second signal exits the process at once with 130.
-pub fn spawn_signal_handler(control: mpsc::UnboundedSender<Control>) {
-    tokio::spawn(async move {
-        let first = next_signal().await;
-        tracing::info!(signal = %first, "signal received: shutting down (send it again to exit at once)");
-        let _ = control.send(Control::Shutdown(ShutdownReason::Signal(first.to_string())));
-        let second = next_signal().await;
-        eprintln!("second {second}: exiting at once");
-        std::process::exit(130);
-    });
-}
-
-#[cfg(unix)]
-async fn next_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
+    /// True once the first scan is done and no strategy is still starting.
+    pub fn initial_start_done(&self) -> bool {
+        self.scanned && self.slots.values().all(|s| s.state != StrategyState::Starting)
     }
-}
 
-#[cfg(windows)]
-async fn next_signal() -> &'static str {
-    let mut ctrl_break = tokio::signal::windows::ctrl_break().expect("Ctrl+Break handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "Ctrl+C",
-        _ = ctrl_break.recv() => "Ctrl+Break",
+    /// Names of strategies whose threads are still running.
+    pub fn still_running(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.handle.as_ref().is_some_and(|h| !h.is_finished()))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 }

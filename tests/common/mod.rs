@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tradehost::activity::{ActivityEvent, ActivityKind};
 use tradehost::config::Config;
-use tradehost::supervisor::{self, HostHandle, StrategyStatus};
+use tradehost::control::{ShutdownReason, StrategyStatus};
+use tradehost::host::{self, HostHandle};
 
 /// A host running on temporary folders.
 pub struct TestHost {
@@ -49,13 +50,13 @@ impl TestHost {
     ) -> TestHost {
         let mut config = fast_config(dir.path(), data.path());
         tweak(&mut config);
-        let host = supervisor::start(config).await.unwrap();
+        let host = host::start(config).await.unwrap();
         TestHost { host, dir, data }
     }
 
     /// Shuts down and gives back the folders for a restart.
     pub async fn stop_keep(self) -> (tempfile::TempDir, tempfile::TempDir) {
-        self.host.shutdown(supervisor::ShutdownReason::Api);
+        self.host.shutdown(ShutdownReason::Api);
         let code =
             tokio::time::timeout(Duration::from_secs(20), self.host.wait()).await.expect("shutdown finished in time");
         assert_eq!(code, 0);
@@ -132,7 +133,7 @@ impl TestHost {
 
     /// Shuts down and returns the exit code.
     pub async fn stop(self) -> i32 {
-        self.host.shutdown(supervisor::ShutdownReason::Api);
+        self.host.shutdown(ShutdownReason::Api);
         tokio::time::timeout(Duration::from_secs(20), self.host.wait()).await.expect("shutdown finished in time")
     }
 }

@@ -1,4 +1,4 @@
-//! Order management: the gate that refuses new orders during shutdown,
+//! The order manager: the gate that refuses new orders during shutdown,
 //! ownership checks (a strategy may only cancel its own orders), order state,
 //! fill numbering, each strategy's own positions from its fills, the account
 //! read model that strategies see, and what must be written to the store
@@ -8,7 +8,7 @@
 //! connector and their outcomes come back later through [`Oms::apply_venue`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rust_decimal::Decimal;
@@ -22,9 +22,6 @@ use crate::store::{Recovered, WriteOp};
 const REMEMBERED_CLOSED: usize = 4_096;
 /// Exchange fill ids remembered to drop repeats (reconciliations look back minutes, not days).
 const REMEMBERED_FILLS: usize = 100_000;
-
-/// Symbols whose market data is stale: new entries on them are refused.
-pub type StaleSymbols = Arc<RwLock<HashSet<String>>>;
 
 /// Why a cancel could not be done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,7 +50,8 @@ pub struct Oms {
     gate_open: bool,
     next_fill_id: u64,
     seen_fills: BoundedMap<String, ()>,
-    stale: StaleSymbols,
+    /// Symbols whose market data is stale: new entries on them are refused.
+    stale: HashSet<String>,
     view: Arc<ArcSwap<AccountView>>,
     clock: crate::clock::Clock,
 }
@@ -71,7 +69,7 @@ impl Oms {
             gate_open: true,
             next_fill_id: 1,
             seen_fills: BoundedMap::new(REMEMBERED_FILLS),
-            stale: StaleSymbols::default(),
+            stale: HashSet::new(),
             view: Arc::new(ArcSwap::from_pointee(AccountView::default())),
             clock: crate::clock::Clock::wall(),
         };
@@ -79,9 +77,13 @@ impl Oms {
         oms
     }
 
-    /// The set of stale symbols (written by the market data connector).
-    pub fn stale_symbols(&self) -> StaleSymbols {
-        self.stale.clone()
+    /// Marks a symbol's market data stale (new entries on it are refused) or fresh again.
+    pub fn set_stale(&mut self, symbol: &str, stale: bool) {
+        if stale {
+            self.stale.insert(symbol.to_string());
+        } else {
+            self.stale.remove(symbol);
+        }
     }
 
     /// Exchange fill ids already recorded (from the store): repeats are dropped.
@@ -174,7 +176,7 @@ impl Oms {
     /// Checks a strategy's order before anything is sent. The result is
     /// `Pending` (record it as an intent, then send it) or `Rejected` with the reason.
     pub fn prepare(&mut self, request: OrderRequest) -> Order {
-        let stale = !request.reduce_only && self.stale.read().is_ok_and(|s| s.contains(&request.symbol));
+        let stale = !request.reduce_only && self.stale.contains(&request.symbol);
         let refusal = if !self.gate_open {
             Some("the host is shutting down: new orders are refused".to_string())
         } else if stale {
@@ -536,13 +538,13 @@ mod tests {
     #[test]
     fn stale_symbols_refuse_new_entries_but_not_exits() {
         let mut oms = Oms::new(Venue::Paper(PaperExchange::new(&PaperConfig::default())));
-        oms.stale_symbols().write().unwrap().insert("BTCUSD".into());
+        oms.set_stale("BTCUSD", true);
         let refused = oms.prepare(request("a", "BTCUSD", false));
         assert_eq!(refused.status, OrderStatus::Rejected);
         assert!(refused.reason.unwrap().contains("stale"));
         assert_eq!(oms.prepare(request("b", "BTCUSD", true)).status, OrderStatus::Pending);
         assert_eq!(oms.prepare(request("c", "ETHUSD", false)).status, OrderStatus::Pending);
-        oms.stale_symbols().write().unwrap().clear();
+        oms.set_stale("BTCUSD", false);
         assert_eq!(oms.prepare(request("d", "BTCUSD", false)).status, OrderStatus::Pending);
     }
 

@@ -18,6 +18,6 @@ pub fn write(args: std::fmt::Arguments<'_>) {
 
 /// `println!` for command output: see [`write`].
 macro_rules! outln {
-    () => { $crate::out::write(format_args!("\n")) };
-    ($($arg:tt)*) => { $crate::out::write(format_args!("{}\n", format_args!($($arg)*))) };
+    () => { $crate::cli::out::write(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::out::write(format_args!("{}\n", format_args!($($arg)*))) };
 }

@@ -12,12 +12,13 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::Oms;
 use crate::activity::{ActivityBus, ActivityKind};
 use crate::config::ShutdownPolicy;
+use crate::control::{Control, ShutdownReason};
 use crate::data::{MarketHub, TimedCandle};
+use crate::exchange::MarketEvent;
 use crate::exchange::{ExchangeEvent, VenueUpdate};
-use crate::execution::Oms;
-use crate::feed::FeedEvent;
 use crate::model::{Order, OrderRequest, OrderStatus, Tick};
 use crate::store::{StoreWriter, WriteOp};
 use crate::strategy::live::RuntimeHandle;
@@ -77,7 +78,7 @@ pub struct Engine {
     /// Durable writes.
     pub store: StoreWriter,
     /// Where a fatal store failure is reported.
-    pub control: mpsc::UnboundedSender<super::Control>,
+    pub control: mpsc::UnboundedSender<Control>,
     /// Shared order id counter (for flatten orders).
     pub id_counter: Arc<std::sync::atomic::AtomicU64>,
     /// Order and fill counters.
@@ -100,8 +101,8 @@ impl Engine {
     /// Runs until the request channel closes or `cancel` fires.
     pub async fn run(
         mut self,
-        mut requests: mpsc::UnboundedReceiver<EngineRequest>,
-        mut feed: mpsc::Receiver<FeedEvent>,
+        mut requests: mpsc::Receiver<EngineRequest>,
+        mut feed: mpsc::Receiver<MarketEvent>,
         cancel: CancellationToken,
     ) {
         let mut feed_open = true;
@@ -300,10 +301,10 @@ impl Engine {
 
     fn fatal(&self, message: String) {
         tracing::error!("{message}");
-        let _ = self.control.send(super::Control::Shutdown(super::ShutdownReason::Fatal(message)));
+        let _ = self.control.send(Control::Shutdown(ShutdownReason::Fatal(message)));
     }
 
-    async fn handle_feed(&mut self, event: FeedEvent) {
+    async fn handle_feed(&mut self, event: MarketEvent) {
         if !self.startup_events.is_empty() {
             let runtimes = self.runtimes.load();
             for event in std::mem::take(&mut self.startup_events) {
@@ -315,16 +316,22 @@ impl Engine {
             }
         }
         let (candles, tick) = match event {
-            FeedEvent::Tick(tick) => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_tick(&tick), Some(tick)),
-            FeedEvent::Bar { bar, close } => {
+            MarketEvent::Tick(tick) => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_tick(&tick), Some(tick)),
+            MarketEvent::Bar { bar, close } => {
                 (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_bar(bar), Some(close))
             }
-            FeedEvent::PolledBar(bar) => (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_polled_bar(bar), None),
-            FeedEvent::Mark { symbol, price } => {
+            MarketEvent::PolledBar(bar) => {
+                (self.hub.lock().unwrap_or_else(|e| e.into_inner()).on_polled_bar(bar), None)
+            }
+            MarketEvent::Mark { symbol, price } => {
                 self.oms.set_mark(&symbol, price);
                 return;
             }
-            FeedEvent::Finished => {
+            MarketEvent::Stale { symbol, stale } => {
+                self.oms.set_stale(&symbol, stale);
+                return;
+            }
+            MarketEvent::Finished => {
                 self.activity.publish(ActivityKind::System, None, json!({ "event": "feed_finished" }));
                 tracing::info!("market feed finished");
                 return;

@@ -1,0 +1,54 @@
+//! `tradehost run`: the host in the foreground until a signal or a fatal error.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tradehost::host;
+
+use super::load_config;
+
+/// Loads the config with the command line's overrides, sets up logging and
+/// runs the host; returns the process exit code.
+pub fn run(
+    config: Option<&Path>,
+    strategies: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    http: Option<SocketAddr>,
+) -> u8 {
+    let mut config = match load_config(config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    if let Some(dir) = strategies {
+        config.strategies.dir = dir;
+    }
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = http {
+        config.http.bind = addr;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tradehost-worker").build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return 1;
+        }
+    };
+    runtime.block_on(async {
+        let host = match host::start(config).await {
+            Ok(host) => host,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return error.exit_code() as u8;
+            }
+        };
+        host::spawn_signal_handler(host.control());
+        host.wait().await as u8
+    })
+}

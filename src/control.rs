@@ -1,0 +1,102 @@
+//! The language every edge speaks to the host: [`Control`] requests and
+//! their replies, [`ControlError`], why the host shuts down, and the
+//! strategies' read model ([`StrategyStatus`]). The HTTP API, signals, the
+//! file watcher and the supervisor's own timers all send [`Control`]
+//! messages down one channel; the host's lifecycle loop answers them.
+//! Imports nothing above the model.
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::model::StrategyError;
+
+/// Why the host shuts down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShutdownReason {
+    /// SIGINT, SIGTERM, Ctrl+C or Ctrl+Break.
+    Signal(String),
+    /// Asked through the control API.
+    Api,
+    /// A component failed.
+    Fatal(String),
+}
+
+/// One message type for every trigger that steers the host.
+#[derive(Debug)]
+pub enum Control {
+    /// The strategies folder changed: rescan it.
+    Rescan,
+    /// A restart delay has passed.
+    RestartDue {
+        /// Strategy.
+        name: String,
+        /// The start it belongs to (stale ones are ignored).
+        generation: u64,
+    },
+    /// Start a stopped, failed or quarantined strategy.
+    Start(String, ControlReply<()>),
+    /// Stop a running strategy (runs `on_stop`).
+    Stop(String, ControlReply<()>),
+    /// Reload a running strategy from its file; answers with the new version
+    /// or the compile error.
+    Reload(String, ControlReply<u32>),
+    /// Begin the ordered shutdown.
+    Shutdown(ShutdownReason),
+}
+
+/// Why a control request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// No such strategy.
+    #[error("no strategy named {0:?}")]
+    UnknownStrategy(String),
+    /// The strategy is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The new version was refused (compile error with file:line:col).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Where the answer to a control request goes.
+pub type ControlReply<T> = oneshot::Sender<Result<T, ControlError>>;
+
+/// Lifecycle state of a strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StrategyState {
+    /// Being built or waiting for a restart.
+    Starting,
+    /// Handling events.
+    Running,
+    /// Running, but it can never trade: its symbols or timeframe are not in
+    /// the market data (the status's `reason` says which).
+    Idle,
+    /// Stopped by the user, by its config, or at shutdown.
+    Stopped,
+    /// Failed to start (compile error, bad config()); waits for the file to change.
+    Failed,
+    /// Crashed too often; waits for the file to change or a user start.
+    Quarantined,
+}
+
+/// One strategy as the supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct StrategyStatus {
+    /// Name (file stem).
+    pub name: String,
+    /// Script file.
+    pub file: String,
+    /// Lifecycle state.
+    pub state: StrategyState,
+    /// Why it is idle, stopped, failed or quarantined.
+    pub reason: Option<String>,
+    /// Code version: 1 at first start, +1 per applied reload.
+    pub version: u32,
+    /// Applied hot reloads.
+    pub reloads: u32,
+    /// Restarts after failures.
+    pub restarts: u32,
+    /// The last error (compile, reload or callback), with its location.
+    pub last_error: Option<StrategyError>,
+}

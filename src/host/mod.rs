@@ -1,0 +1,441 @@
+//! The composition root. [`start`] builds the host from a [`Config`]: the
+//! store and its recovery, the venue and its market ([`venue`]), the engine
+//! (order manager + routing), the strategies folder watcher, the supervisor
+//! that owns every strategy, and the HTTP API; then the [`lifecycle`] loop
+//! runs it until the ordered shutdown. Every external trigger — file
+//! changes, signals, the API — becomes one [`Control`] message. Every task
+//! is spawned through [`tasks`], which reports its failures.
+//!
+//! Channels and what happens when one backs up:
+//! - control (edges → lifecycle): unbounded: its senders are sync callbacks
+//!   (the file watcher's thread, signals) that cannot wait, at human or
+//!   file-event rate;
+//! - engine requests (strategies → engine): bounded ([`ENGINE_QUEUE`]); a
+//!   strategy thread that gets ahead of the engine blocks on it (back
+//!   pressure on that strategy alone); depth in `/metrics`;
+//! - market events (feed → engine): bounded (4,096); the feed waits;
+//! - task reports (tasks → lifecycle): unbounded: one per failure or restart;
+//! - strategy reports (strategy threads → supervisor): unbounded: sent from
+//!   strategy threads that must not block on the loop that stops them, a few
+//!   per start, reload or exit;
+//! - venue commands and updates (engine ↔ Delta connector): unbounded: the
+//!   order manager hands orders on from synchronous code and every update
+//!   (a fill) must be applied, never dropped; both are as many as the
+//!   strategies' own orders;
+//! - the strategy event queue, the activity broadcast and the store writer
+//!   queue document their policies in `strategy::live`, `activity` and
+//!   `store::writer`.
+
+mod lifecycle;
+mod signals;
+mod tasks;
+mod venue;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::activity::{ActivityBus, ActivityKind};
+use crate::config::{Config, ExchangeKind, Secret};
+use crate::control::{Control, ShutdownReason, StrategyStatus};
+use crate::execution::{Engine, Runtimes};
+use crate::health::{ComponentState, Health, Metrics};
+use crate::model::AccountView;
+use crate::store::{Recovered, Retention, Store, StoreError, StoreWriter};
+use crate::supervisor::Supervisor;
+use lifecycle::{Lifecycle, PendingFeed};
+
+pub use signals::spawn_signal_handler;
+
+/// Capacity of the engine's request queue (strategies' order commands).
+pub const ENGINE_QUEUE: usize = 1_024;
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The strategies folder is missing.
+    #[error("`strategies.dir`: {0} does not exist or is not a folder")]
+    StrategiesDir(PathBuf),
+    /// The data folder cannot be created.
+    #[error("`data_dir`: cannot create {path}: {source}")]
+    DataDir {
+        /// Folder.
+        path: PathBuf,
+        /// Reason.
+        source: std::io::Error,
+    },
+    /// The replay file cannot be used.
+    #[error("`feed.replay.path`: {0}")]
+    Replay(#[from] crate::feed::csv::CsvError),
+    /// The store cannot be opened.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The stored state cannot be restored.
+    #[error("recovery failed: {0}")]
+    Recovery(String),
+    /// The control API address cannot be bound.
+    #[error("`http.bind`: cannot listen on {addr}: {message}")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Reason.
+        message: String,
+    },
+    /// The exchange connector could not start.
+    #[error("exchange: {0}")]
+    Exchange(#[from] crate::delta::ConnectError),
+    /// The strategies folder cannot be watched.
+    #[error("cannot watch the strategies folder {path}: {message}")]
+    Watch {
+        /// Folder.
+        path: PathBuf,
+        /// Reason.
+        message: String,
+    },
+}
+
+impl HostError {
+    /// Exit code: 2 for configuration problems, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            HostError::StrategiesDir(_) | HostError::Replay(_) | HostError::DataDir { .. } | HostError::Bind { .. } => {
+                2
+            }
+            HostError::Store(error) => error.exit_code(),
+            HostError::Exchange(crate::delta::ConnectError::Rest(_)) => 1,
+            HostError::Exchange(_) => 2,
+            HostError::Watch { .. } | HostError::Recovery(_) => 1,
+        }
+    }
+}
+
+/// A cheap handle to a running host.
+pub struct HostHandle {
+    control: mpsc::UnboundedSender<Control>,
+    activity: ActivityBus,
+    statuses: Arc<ArcSwap<Vec<StrategyStatus>>>,
+    account: Arc<ArcSwap<AccountView>>,
+    health: Arc<Health>,
+    http_addr: std::net::SocketAddr,
+    token: Secret,
+    done: JoinHandle<i32>,
+}
+
+impl HostHandle {
+    /// Sends a control message.
+    pub fn control(&self) -> mpsc::UnboundedSender<Control> {
+        self.control.clone()
+    }
+
+    /// Starts the ordered shutdown.
+    pub fn shutdown(&self, reason: ShutdownReason) {
+        let _ = self.control.send(Control::Shutdown(reason));
+    }
+
+    /// The activity bus.
+    pub fn activity(&self) -> &ActivityBus {
+        &self.activity
+    }
+
+    /// Current status of every strategy.
+    pub fn strategies(&self) -> Vec<StrategyStatus> {
+        self.statuses.load().as_ref().clone()
+    }
+
+    /// Current account snapshot.
+    pub fn account(&self) -> Arc<AccountView> {
+        self.account.load_full()
+    }
+
+    /// Component readiness.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The address the control API listens on.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.http_addr
+    }
+
+    /// The API bearer token.
+    pub fn api_token(&self) -> &Secret {
+        &self.token
+    }
+
+    /// Waits for the host to finish; returns the process exit code.
+    pub async fn wait(self) -> i32 {
+        self.done.await.unwrap_or(1)
+    }
+}
+
+/// Starts the host. Must be called inside a tokio runtime.
+pub async fn start(config: Config) -> Result<HostHandle, HostError> {
+    let config = Arc::new(config);
+    let dir = config.strategies.dir.clone();
+    if !dir.is_dir() {
+        return Err(HostError::StrategiesDir(dir));
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| HostError::DataDir { path: config.data_dir.clone(), source })?;
+    let health = Arc::new(Health::default());
+    for component in COMPONENTS {
+        health.register(component);
+    }
+    let metrics = Arc::new(Metrics::default());
+    let store = Store::open(&config.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(config.http.bind)
+        .await
+        .map_err(|e| HostError::Bind { addr: config.http.bind, message: e.to_string() })?;
+    let http_addr =
+        listener.local_addr().map_err(|e| HostError::Bind { addr: config.http.bind, message: e.to_string() })?;
+    let token = api_token(&config)?;
+    let recovered = store.recover()?;
+    let (task_reports_tx, task_reports) = mpsc::unbounded_channel();
+    let writer = start_writer(&store, &config, &metrics, task_reports_tx.clone());
+    health.set("store", ComponentState::Up);
+    let activity = ActivityBus::new(10_000, recovered.last_activity_seq);
+    activity.attach_store(writer.clone());
+    let booted = venue::boot(&config, &store, &recovered, &writer, &activity, &health).await?;
+    let hub = Arc::new(Mutex::new(booted.hub));
+    let account = booted.oms.view();
+    let id_counter = Arc::new(AtomicU64::new(recovered.id_block_start));
+    let runtimes: Runtimes = Arc::new(ArcSwap::from_pointee(Default::default()));
+
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
+    let (feed_tx, feed_rx) = mpsc::channel(4096);
+    watch_queue(&metrics, "engine", &engine_tx);
+    watch_queue(&metrics, "market", &feed_tx);
+    let watcher = watch_strategies(&config, control_tx.clone())?;
+
+    let shutdown = CancellationToken::new();
+    let tasks = tasks::Tasks::new(task_reports_tx, shutdown.clone());
+    let tasks_cancel = CancellationToken::new();
+    let engine_cancel = CancellationToken::new();
+    let venue_updates = booted.delta.map(|links| {
+        let connector = links.connector.clone();
+        let cancel = tasks_cancel.clone();
+        tasks.spawn_critical(
+            "exchange orders",
+            crate::delta::connector::ORDERS_COMPONENT,
+            connector.clone().run_orders(links.commands, links.updates_tx.clone(), cancel.clone()),
+        );
+        let (updates_tx, health, metrics) = (links.updates_tx, health.clone(), metrics.clone());
+        tasks.spawn_restarting("exchange private stream", crate::delta::connector::ORDERS_COMPONENT, move || {
+            connector.clone().run_private(updates_tx.clone(), health.clone(), metrics.clone(), cancel.clone())
+        });
+        links.updates
+    });
+    let engine = Engine {
+        oms: booted.oms,
+        hub: hub.clone(),
+        runtimes: runtimes.clone(),
+        activity: activity.clone(),
+        store: writer.clone(),
+        control: control_tx.clone(),
+        id_counter: id_counter.clone(),
+        metrics: metrics.clone(),
+        shown: booted.shown.clone(),
+        venue_updates,
+        pipeline: config.exchange.kind == ExchangeKind::Delta,
+        startup_events: booted.resolved,
+    };
+    let engine_run = engine.run(engine_rx, feed_rx, engine_cancel.clone());
+    let engine_fault = config.faults.engine_panics;
+    tasks.spawn_critical("engine", "engine", async move {
+        assert!(!engine_fault, "injected fault: the engine panicked");
+        engine_run.await
+    });
+    health.set("engine", ComponentState::Up);
+
+    let statuses = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    let supervisor = Supervisor::new(crate::supervisor::Parts {
+        config: config.clone(),
+        runtimes: runtimes.clone(),
+        statuses: statuses.clone(),
+        control: control_tx.clone(),
+        engine: engine_tx,
+        activity: activity.clone(),
+        hub,
+        account: account.clone(),
+        id_counter,
+        store: writer.clone(),
+        reader: store.reader(),
+        stored_states: recovered.strategy_states.clone(),
+        stopped_by_user: recovered.stopped_strategies.clone(),
+        clock: booted.clock.clone(),
+        metrics: metrics.clone(),
+        cancel: shutdown.clone(),
+    });
+    let http_cancel = CancellationToken::new();
+    let api = Arc::new(crate::http::ApiContext {
+        control: control_tx.clone(),
+        activity: activity.clone(),
+        strategies: statuses.clone(),
+        account: account.clone(),
+        store: store.reader(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+        token: token.clone(),
+        config: config.http.clone(),
+        started: std::time::Instant::now(),
+        cancel: http_cancel.clone(),
+        mode: mode(&config).to_string(),
+        clock: booted.clock.clone(),
+        shown: booted.shown,
+    });
+    tasks.spawn_critical("http", "http", crate::http::serve(listener, crate::http::router(api), http_cancel.clone()));
+    health.set("http", ComponentState::Up);
+    tracing::info!(addr = %http_addr, "control API and dashboard at http://{http_addr}/");
+    publish_started(&config, &activity, &account, &recovered);
+    let feed = PendingFeed {
+        market: booted.market,
+        tx: feed_tx,
+        cancel: tasks_cancel.clone(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+    };
+    let lifecycle = Lifecycle {
+        config,
+        control_rx,
+        task_reports,
+        watcher,
+        tasks,
+        shutdown,
+        tasks_cancel,
+        engine_cancel,
+        runtimes,
+        activity: activity.clone(),
+        feed: Some(feed),
+        store,
+        writer,
+        health: health.clone(),
+        http_cancel,
+    };
+    let done = tokio::spawn(lifecycle.run(supervisor));
+    let _ = control_tx.send(Control::Rescan);
+    Ok(HostHandle { control: control_tx, activity, statuses, account, health, http_addr, token, done })
+}
+
+/// Exports the depth of a bounded queue (without keeping it open).
+fn watch_queue<T: Send + 'static>(metrics: &Metrics, name: &'static str, tx: &mpsc::Sender<T>) {
+    let weak = tx.downgrade();
+    metrics.watch_queue(
+        name,
+        crate::health::QueueDepth::new(move || weak.upgrade().map_or(0, |tx| tx.max_capacity() - tx.capacity())),
+    );
+}
+
+/// `paper` or `delta`.
+fn mode(config: &Config) -> &'static str {
+    match config.exchange.kind {
+        ExchangeKind::Paper => "paper",
+        ExchangeKind::Delta => "delta",
+    }
+}
+
+/// Starts the store's writer thread with the configured retention; a panic
+/// on it is reported like a failed critical task.
+fn start_writer(
+    store: &Store,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    reports: mpsc::UnboundedSender<tasks::TaskReport>,
+) -> StoreWriter {
+    let retention = Retention {
+        keep: config.store.activity_keep,
+        max_age_ms: config.store.activity_max_age_days as i64 * 86_400_000,
+        closed_orders_ms: config.store.closed_order_retention_days as i64 * 86_400_000,
+        candles_keep: config.store.candles_keep,
+    };
+    let observer = {
+        let metrics = metrics.clone();
+        Box::new(move |elapsed| metrics.store_commit.observe(elapsed))
+    };
+    let writer = store.observed_writer(retention, observer);
+    writer.set_on_panic(Box::new(move |message| {
+        let _ = reports.send(tasks::TaskReport::Failed {
+            task: "store writer".into(),
+            component: "store".into(),
+            message: format!("task \"store writer\" panicked: {message}"),
+            restarting: false,
+        });
+    }));
+    metrics.watch_queue("store", writer.queue_depth());
+    writer
+}
+
+/// Watches the strategies folder: every change becomes a [`Control::Rescan`].
+fn watch_strategies(
+    config: &Config,
+    control: mpsc::UnboundedSender<Control>,
+) -> Result<
+    notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>,
+    HostError,
+> {
+    let dir = &config.strategies.dir;
+    let watch_error = |e: notify::Error| HostError::Watch { path: dir.clone(), message: e.to_string() };
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(config.supervisor.debounce_ms),
+        None,
+        move |result: notify_debouncer_full::DebounceEventResult| match result {
+            // Reads (our own rescans included) raise access events: only changes count.
+            Ok(events) if events.iter().any(|e| !matches!(e.event.kind, notify::EventKind::Access(_))) => {
+                let _ = control.send(Control::Rescan);
+            }
+            Ok(_) => {}
+            Err(errors) => tracing::warn!(?errors, "strategies folder watcher error"),
+        },
+    )
+    .map_err(watch_error)?;
+    debouncer.watch(dir, notify::RecursiveMode::NonRecursive).map_err(watch_error)?;
+    Ok(debouncer)
+}
+
+/// Publishes (and logs) that the host started, with what it recovered.
+fn publish_started(config: &Config, activity: &ActivityBus, account: &ArcSwap<AccountView>, recovered: &Recovered) {
+    let mode = mode(config);
+    activity.publish(
+        ActivityKind::System,
+        None,
+        json!({
+            "event": "started",
+            "mode": mode,
+            "version": env!("CARGO_PKG_VERSION"),
+            "recovered": {
+                "open_orders": account.load().open_orders.len(),
+                "strategy_states": recovered.strategy_states.len(),
+                "fills": recovered.last_fill_id,
+            },
+        }),
+    );
+    tracing::info!(strategies = %config.strategies.dir.display(), symbols = ?config.feed_symbols(), "host started ({mode} exchange)");
+}
+
+/// Components that must be up before the host is ready.
+const COMPONENTS: [&str; 5] = ["store", "engine", "feed", "strategies", "http"];
+
+/// The API token: configured (or from the environment), else the one in
+/// `<data_dir>/api-token`, generated there (mode 0600) on the first start and
+/// reused on every later one; never logged.
+fn api_token(config: &Config) -> Result<Secret, HostError> {
+    if let Some(token) = &config.http.token {
+        return Ok(token.clone());
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| HostError::DataDir { path: config.data_dir.clone(), source })?;
+    let path = config.data_dir.join("api-token");
+    let (token, created) =
+        crate::http::load_or_create_token(&path).map_err(|source| HostError::DataDir { path: path.clone(), source })?;
+    if created {
+        tracing::info!(path = %path.display(), "generated an API token (stored with mode 0600, reused on later starts)");
+    }
+    Ok(Secret::new(token))
+}

@@ -1,0 +1,82 @@
+//! What a strategy gets of the market: its warm-up history, and what of its
+//! market this host cannot give it (a [`MarketGap`]).
+
+use std::sync::Mutex;
+
+use super::Slot;
+use crate::data::{MarketHub, TimedCandle, Timeframe};
+use crate::store::StoreReader;
+use crate::strategy::StrategyMeta;
+
+/// Candles a strategy starts with, of every timeframe it reads: what the
+/// feed has, preceded by candles stored by earlier runs when the feed's own
+/// history is short.
+pub(super) fn warm_up_history(hub: &Mutex<MarketHub>, store: &StoreReader, meta: &StrategyMeta) -> Vec<TimedCandle> {
+    let mut out = Vec::new();
+    for symbol in &meta.symbols {
+        for timeframe in meta.all_timeframes() {
+            let subscribed = hub.lock().unwrap_or_else(|e| e.into_inner()).subscribe(symbol, timeframe);
+            let live = match subscribed {
+                Ok(live) => live,
+                Err(error) => {
+                    tracing::warn!(symbol, "{error}");
+                    continue;
+                }
+            };
+            if live.len() < WARM_UP_CANDLES {
+                let first = live.first().map_or(i64::MAX, |c| c.time);
+                match store.candles(symbol, &timeframe.to_string(), WARM_UP_CANDLES - live.len()) {
+                    Ok(stored) => out.extend(
+                        stored.into_iter().filter(|c| c.time < first).map(|candle| TimedCandle { timeframe, candle }),
+                    ),
+                    Err(error) => tracing::warn!(symbol, "stored candles unavailable for warm-up: {error}"),
+                }
+            }
+            out.extend(live.into_iter().map(|candle| TimedCandle { timeframe, candle }));
+        }
+    }
+    out
+}
+
+/// What of its market a strategy cannot get from this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarketGap {
+    /// `no market data for SOLUSD (the market provides BTCUSD, ETHUSD)`.
+    pub reason: String,
+    /// True when it can never trade (idle); false when it still trades some symbols.
+    pub idle: bool,
+}
+
+/// What a strategy lacks of the market: symbols the feed does not provide,
+/// or a timeframe the feed's `base` bars cannot make (when the base is known).
+pub fn market_gap(meta: &StrategyMeta, feed_symbols: &[String], base: Option<Timeframe>) -> Option<MarketGap> {
+    if let Some(base) = base
+        && let Some(tf) = meta.all_timeframes().find(|tf| tf.ms() % base.ms() != 0)
+    {
+        // Its own timeframe missing: no on_candle ever; another one: those reads stay empty.
+        let reason =
+            format!("timeframe {tf} cannot be built from the market's {base} bars (it must be a whole multiple)");
+        return Some(MarketGap { reason, idle: tf == meta.timeframe });
+    }
+    let missing: Vec<&str> = meta.symbols.iter().filter(|s| !feed_symbols.contains(s)).map(String::as_str).collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let trades: Vec<&str> = meta.symbols.iter().filter(|s| feed_symbols.contains(s)).map(String::as_str).collect();
+    let mut reason =
+        format!("no market data for {} (the market provides {})", missing.join(", "), feed_symbols.join(", "));
+    if !trades.is_empty() {
+        reason.push_str(&format!("; it trades {} only", trades.join(", ")));
+    }
+    Some(MarketGap { reason, idle: trades.is_empty() })
+}
+
+/// What the strategy of a running slot lacks of the market, if anything.
+pub(super) fn gap_of(slot: &Slot, feed_symbols: &[String], hub: &Mutex<MarketHub>) -> Option<MarketGap> {
+    let meta = slot.handle.as_ref()?.meta()?;
+    let base = hub.lock().unwrap_or_else(|e| e.into_inner()).base();
+    market_gap(&meta, feed_symbols, Some(base))
+}
+
+/// Candles of history a strategy should start with, per symbol.
+const WARM_UP_CANDLES: usize = 500;
