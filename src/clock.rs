@@ -2,7 +2,8 @@
 //! fills, positions, activity, strategy timers and `now()` — takes its time
 //! from the same [`Clock`]: the wall clock when trading on an exchange, a
 //! simulated clock running `speed` times faster from a start time when the
-//! synthetic or replay feed drives the market.
+//! synthetic or replay feed drives the market, and a manual clock that only
+//! moves when a test moves it ([`Clock::manual`], [`Clock::advance`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +20,11 @@ pub struct Clock {
 enum Kind {
     Wall,
     Simulated { speed: f64, anchor: Mutex<Anchor> },
+    Manual(Mutex<TimestampMs>),
 }
+
+/// How often a wait on a manual clock looks whether the clock was moved.
+const MANUAL_POLL: Duration = Duration::from_millis(2);
 
 /// A simulated clock reads `at` at the wall instant `since`; while `since`
 /// is `None` it is paused at `at`.
@@ -54,9 +59,30 @@ impl Clock {
         Clock { inner: Arc::new(Kind::Simulated { speed, anchor: Mutex::new(Anchor { at: start, since: None }) }) }
     }
 
+    /// A clock that stands at `start` until [`Clock::advance`] or
+    /// [`Clock::set`] moves it (tests: timers and anything timed fire when
+    /// the test says so, not after a sleep).
+    pub fn manual(start: TimestampMs) -> Clock {
+        Clock { inner: Arc::new(Kind::Manual(Mutex::new(start))) }
+    }
+
+    /// Moves a manual clock forward by `ms` (no effect on other clocks).
+    pub fn advance(&self, ms: i64) {
+        if let Kind::Manual(now) = &*self.inner {
+            *now.lock().unwrap_or_else(|e| e.into_inner()) += ms;
+        }
+    }
+
+    /// Sets a manual clock to `time` (no effect on other clocks).
+    pub fn set(&self, time: TimestampMs) {
+        if let Kind::Manual(now) = &*self.inner {
+            *now.lock().unwrap_or_else(|e| e.into_inner()) = time;
+        }
+    }
+
     fn anchor(&self) -> Option<(f64, std::sync::MutexGuard<'_, Anchor>)> {
         match &*self.inner {
-            Kind::Wall => None,
+            Kind::Wall | Kind::Manual(_) => None,
             Kind::Simulated { speed, anchor } => Some((*speed, anchor.lock().unwrap_or_else(|e| e.into_inner()))),
         }
     }
@@ -82,6 +108,9 @@ impl Clock {
 
     /// The current time in milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> TimestampMs {
+        if let Kind::Manual(now) = &*self.inner {
+            return *now.lock().unwrap_or_else(|e| e.into_inner());
+        }
         match self.anchor() {
             None => chrono::Utc::now().timestamp_millis(),
             Some((speed, anchor)) => anchor.now(speed),
@@ -94,10 +123,13 @@ impl Clock {
     }
 
     /// How long in wall time until this clock reads `time` (zero if it has).
+    /// A manual clock's wait is a short poll: only the test knows when it moves.
     pub fn wall_until(&self, time: TimestampMs) -> Duration {
         let speed = match &*self.inner {
             Kind::Wall => 1.0,
             Kind::Simulated { speed, .. } => *speed,
+            Kind::Manual(_) if self.now_ms() >= time => return Duration::ZERO,
+            Kind::Manual(_) => return MANUAL_POLL,
         };
         let ahead_ms = (time - self.now_ms()).max(0) as f64;
         Duration::from_secs_f64(ahead_ms / 1000.0 / speed)
@@ -108,6 +140,7 @@ impl Clock {
         match &*self.inner {
             Kind::Wall => "wall".to_string(),
             Kind::Simulated { speed, .. } => format!("simulated ×{}", trim_number(*speed)),
+            Kind::Manual(_) => "manual".to_string(),
         }
     }
 }
@@ -136,5 +169,21 @@ mod tests {
         clock.skip_to(later + 86_400_000);
         assert!(clock.now_ms() >= later + 86_400_000, "a gap is skipped at once");
         assert_eq!(Clock::wall().label(), "wall");
+    }
+
+    #[test]
+    fn a_manual_clock_moves_only_when_moved() {
+        let clock = Clock::manual(1_000);
+        assert_eq!(clock.now_ms(), 1_000);
+        assert_eq!(clock.wall_until(1_000), Duration::ZERO);
+        assert!(clock.wall_until(2_000) <= MANUAL_POLL, "waits poll");
+        clock.advance(500);
+        assert_eq!(clock.now_ms(), 1_500);
+        clock.set(86_400_000);
+        assert_eq!(clock.now(), chrono::DateTime::from_timestamp_millis(86_400_000).unwrap());
+        clock.resume();
+        clock.skip_to(90_000_000);
+        assert_eq!(clock.now_ms(), 86_400_000, "resume and skip_to belong to simulated clocks");
+        assert_eq!(clock.label(), "manual");
     }
 }

@@ -557,4 +557,82 @@ mod tests {
             (other, generation) => panic!("expected a failure of generation 7, got {other:?} of {generation}"),
         }
     }
+
+    /// Sets an hourly timer at start and logs what wakes it.
+    struct Hourly(crate::strategy::SharedContext);
+
+    impl Strategy for Hourly {
+        fn handle(&mut self, event: &StrategyEvent) -> Result<bool, StrategyError> {
+            let mut c = self.0.borrow_mut();
+            let message = match event {
+                StrategyEvent::Start => {
+                    let now = c.now;
+                    c.timers.every("hourly", now, 3_600_000);
+                    return Ok(true);
+                }
+                StrategyEvent::Timer(name) => format!("{name} at {}", c.now),
+                StrategyEvent::Tick(tick) => format!("tick at {}", tick.time),
+                _ => return Ok(true),
+            };
+            c.commands.push(StrategyCommand::Log { level: crate::strategy::LogLevel::Info, message });
+            Ok(true)
+        }
+        fn meta(&self) -> StrategyMeta {
+            StrategyMeta::new(vec!["X".into()], crate::data::Timeframe::minute())
+        }
+    }
+
+    fn tick_at(time: i64) -> StrategyEvent {
+        let one = rust_decimal::Decimal::ONE;
+        StrategyEvent::Tick(crate::model::Tick { symbol: "X".into(), time, bid: one, ask: one, last: one, volume: one })
+    }
+
+    #[test]
+    fn timers_fire_when_the_injected_clock_is_moved_not_when_wall_time_passes() {
+        let clock = crate::clock::Clock::manual(0);
+        let (logs_tx, logs) = crossbeam_channel::unbounded();
+        let (reports, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let spec = RuntimeSpec {
+            clock: clock.clone(),
+            name: "hourly".into(),
+            generation: 1,
+            factory: Box::new(|env| Ok(Box::new(Hourly(env.ctx)) as _)),
+            history: Box::new(|_| Vec::new()),
+            initial_state: None,
+            account: Default::default(),
+            ids: crate::strategy::OrderIds::new("hourly", Default::default()),
+            sink: Arc::new(move |_, commands| {
+                for command in commands {
+                    if let StrategyCommand::Log { message, .. } = command {
+                        let _ = logs_tx.send(message);
+                    }
+                }
+            }),
+            reports,
+            max_consecutive_errors: 5,
+            queue_limit: 16,
+            state_sink: None,
+            state_flush_ms: 250,
+            callback_latency: None,
+            replay: None,
+        };
+        let handle = spawn(spec).unwrap();
+        handle.release();
+        // `on_start` sets the timer at the clock's time: wait until it has run.
+        assert!(matches!(started.blocking_recv(), Some(TaggedReport { report: RuntimeReport::Started, .. })));
+        let next = || logs.recv_timeout(Duration::from_secs(10)).expect("a log line");
+        // A minute short of the hour: an event is handled, the timer is not due.
+        clock.advance(3_540_000);
+        handle.send_event(tick_at(3_540_000));
+        assert_eq!(next(), "tick at 3540000", "no timer before its time");
+        // The hour: the timer fires at once, at the clock's time.
+        clock.advance(60_000);
+        assert_eq!(next(), "hourly at 3600000");
+        // Three hours later in one move: a late repeating timer fires once, not three times.
+        clock.advance(3 * 3_600_000);
+        assert_eq!(next(), "hourly at 14400000");
+        handle.send_event(tick_at(14_400_000));
+        assert_eq!(next(), "tick at 14400000");
+        handle.stop();
+    }
 }

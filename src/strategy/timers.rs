@@ -38,8 +38,9 @@ impl Timers {
         self.timers.values().map(|t| t.due).min()
     }
 
-    /// Names of timers due at `now`, earliest first; repeating ones are rescheduled
-    /// (a late repeating timer fires once, not once per missed interval).
+    /// Names of timers due at `now`, earliest first; repeating ones are
+    /// rescheduled on their own schedule (a late repeating timer fires once,
+    /// not once per missed interval, and next at its first time after `now`).
     pub fn take_due(&mut self, now: TimestampMs) -> Vec<String> {
         let mut due: Vec<(TimestampMs, String)> =
             self.timers.iter().filter(|(_, t)| t.due <= now).map(|(n, t)| (t.due, n.clone())).collect();
@@ -47,7 +48,12 @@ impl Timers {
         for (_, name) in &due {
             let timer = self.timers.get_mut(name).expect("listed above");
             match timer.every_ms {
-                Some(every) => timer.due = now.max(timer.due + every),
+                // The next time on its schedule after `now` (not `now` itself: it would fire again at once).
+                Some(every) => {
+                    let next = timer.due.saturating_add(every);
+                    let missed = if next <= now { (now - next) / every + 1 } else { 0 };
+                    timer.due = next.saturating_add(missed.saturating_mul(every));
+                }
                 None => {
                     self.timers.remove(name);
                 }
@@ -70,6 +76,10 @@ mod tests {
         assert_eq!(t.take_due(10), vec!["a"]);
         assert_eq!(t.take_due(20), vec!["b", "a"]);
         assert_eq!(t.next_due(), Some(30));
+        // Late by three intervals: fires once, then keeps its schedule.
+        assert_eq!(t.take_due(65), vec!["a"]);
+        assert_eq!(t.take_due(65), Vec::<String>::new(), "not again at the same time");
+        assert_eq!(t.next_due(), Some(70));
         assert!(t.cancel("a"));
         assert_eq!(t.next_due(), None);
     }
