@@ -259,7 +259,11 @@ fn on_stop() { let t = now(); while now() - t < 1500 { } }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     t.host.shutdown(tradehost::control::ShutdownReason::Api);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !t.host.health().is_shutting_down() {
+        assert!(std::time::Instant::now() < deadline, "shutdown never began");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let (code, body) = api.call(Method::GET, "/api/v1/health", None).await;
     assert_eq!((code, body["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("shutting_down")));
     let (code, body) = api.call(Method::POST, "/api/v1/strategies/slow/start", Some(&api.token)).await;

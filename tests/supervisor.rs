@@ -227,7 +227,7 @@ async fn a_stop_holds_a_strategy_that_waits_for_a_restart() {
     let failing = bad("fn on_candle(c) { throw \"boom\"; }");
     let t = TestHost::start(&[("flaky", &failing)], |c| {
         c.supervisor.max_consecutive_errors = 1;
-        c.supervisor.restart_backoff_initial_ms = 2_000; // a long wait to stop it in
+        c.supervisor.restart_backoff_initial_ms = 1_000; // a wait to stop it in
         c.supervisor.quarantine_after_restarts = 5;
     })
     .await;
@@ -238,8 +238,8 @@ async fn a_stop_holds_a_strategy_that_waits_for_a_restart() {
     answer.await.unwrap().expect("a strategy waiting for its restart can be stopped");
     let status = t.wait_status("flaky", |s| s.state == StrategyState::Stopped).await;
     assert!(status.reason.as_deref().is_some_and(|r| r.contains("stopped by a user")), "{status:?}");
-    // The restart that was due does not happen.
-    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    // The restart that was due (1 s after the failure) does not happen.
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
     let status = t.host.strategies().into_iter().find(|s| s.name == "flaky").unwrap();
     assert_eq!((status.state, status.restarts), (StrategyState::Stopped, 0), "{status:?}");
     assert_eq!(t.stop().await, 0);
