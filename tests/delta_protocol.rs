@@ -12,7 +12,8 @@ use tradehost::delta::connector::{Products, new_order};
 use tradehost::delta::rest::{RestError, classify_error, decode};
 use tradehost::delta::sign::{Query, signature, ws_signature};
 use tradehost::delta::wire::{
-    Balance, BookMessage, L2Book, Product, RestCandle, RestFill, RestOrder, RestPosition, Settings, Ticker, WsMessage,
+    Balance, BookMessage, DeltaProduct, L2Book, RestCandle, RestFill, RestOrder, RestPosition, Settings, Ticker,
+    WsMessage,
 };
 use tradehost::model::{OrderKind, OrderRequest, Side, TimeInForce};
 
@@ -85,7 +86,7 @@ fn every_signing_vector_is_reproduced_byte_for_byte() {
 
 #[test]
 fn every_rest_sample_decodes() {
-    let (products, meta): (Vec<Product>, _) =
+    let (products, meta): (Vec<DeltaProduct>, _) =
         decode("GET /v2/products", 200, fixture("rest_products.json").as_bytes()).unwrap();
     assert_eq!(meta.after, None);
     let p = &products[0];
@@ -260,7 +261,7 @@ fn both_error_shapes_are_classified() {
     let err = decode::<Value>("GET /v2/x", 200, br#"{"success":false,"error":{"code":"bad_schema"}}"#).unwrap_err();
     assert_eq!(err.code(), Some("bad_schema"));
     let err =
-        decode::<Vec<Product>>("GET /v2/products", 200, br#"{"success":true,"result":[{"id":"x"}]}"#).unwrap_err();
+        decode::<Vec<DeltaProduct>>("GET /v2/products", 200, br#"{"success":true,"result":[{"id":"x"}]}"#).unwrap_err();
     assert!(matches!(err, RestError::Decode { .. }) && err.to_string().contains("[0].id"), "{err}");
 }
 
@@ -319,7 +320,7 @@ fn request(size: &str, price: Option<&str>, side: Side) -> OrderRequest {
 
 #[test]
 fn script_orders_map_to_whole_contracts_on_the_tick_grid() {
-    let (products, _): (Vec<Product>, _) = decode("p", 200, fixture("rest_products.json").as_bytes()).unwrap();
+    let (products, _): (Vec<DeltaProduct>, _) = decode("p", 200, fixture("rest_products.json").as_bytes()).unwrap();
     let products = Products::new(products);
     let buy = new_order(&products, &request("0.025", Some("60000.17"), Side::Buy)).unwrap();
     assert_eq!((buy.product_id, buy.size, buy.limit_price.as_deref()), (84, 25, Some("60000.1")), "buys round down");

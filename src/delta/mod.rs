@@ -8,12 +8,18 @@
 //! - [`book`]: L2 books with sequence and CRC-32 checks.
 //! - [`rest`]: the REST client (budget, clock offset, typed errors).
 //! - [`stream`]: one WebSocket with auth, heartbeat, pings and reconnects.
-//! - [`connector`]: the venue: orders, fills, reconciliation, market data.
+//! - [`products`]: products, orders in contracts, Delta's order states in host words.
+//! - [`connector`]: the venue: connecting, history, start-up reconciliation.
+//! - [`orders`]: the order executor and the private stream.
+//! - [`market`]: the public stream: books, ticks, marks, freshness.
 //! - [`doctor`]: `tradehost doctor` checks for a Delta configuration.
 
 pub mod book;
 pub mod connector;
 pub mod doctor;
+mod market;
+mod orders;
+pub mod products;
 pub mod rest;
 pub mod sign;
 pub mod stream;

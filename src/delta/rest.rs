@@ -15,7 +15,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::sign::{Query, signature};
-use super::wire::{Balance, L2Book, Meta, Product, RestCandle, RestFill, RestOrder, RestPosition, Settings, Ticker};
+use super::wire::{
+    Balance, DeltaProduct, L2Book, Meta, RestCandle, RestFill, RestOrder, RestPosition, Settings, Ticker,
+};
 use crate::config::Secret;
 
 /// Sent on every request (the CDN refuses requests without one).
@@ -397,7 +399,7 @@ impl RestClient {
     }
 
     /// All products (paginated).
-    pub async fn products(&self) -> Result<Vec<Product>, RestError> {
+    pub async fn products(&self) -> Result<Vec<DeltaProduct>, RestError> {
         let mut all = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -405,7 +407,7 @@ impl RestClient {
             let (page, meta): (Vec<Value>, Meta) =
                 self.request(Call::get("/v2/products", query, 3, false), Retry::Idempotent).await?;
             // Products the host cannot use (spot with decimal sizes, odd shapes) are skipped, not fatal.
-            all.extend(page.into_iter().filter_map(|p| serde_json::from_value::<Product>(p).ok()));
+            all.extend(page.into_iter().filter_map(|p| serde_json::from_value::<DeltaProduct>(p).ok()));
             match meta.after {
                 Some(next) => after = Some(next),
                 None => return Ok(all),
@@ -414,7 +416,7 @@ impl RestClient {
     }
 
     /// One product by symbol.
-    pub async fn product(&self, symbol: &str) -> Result<Product, RestError> {
+    pub async fn product(&self, symbol: &str) -> Result<DeltaProduct, RestError> {
         let path = format!("/v2/products/{}", super::sign::quote_plus(symbol));
         Ok(self.request(Call::get(&path, Query::new(), 3, false), Retry::Idempotent).await?.0)
     }

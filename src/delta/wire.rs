@@ -80,9 +80,9 @@ pub fn opt_time_us<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Er
     })
 }
 
-/// A product (`/v2/products`).
+/// A product as Delta describes it (`/v2/products`); the host trades [`crate::model::Product`].
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct Product {
+pub struct DeltaProduct {
     /// Numeric id (environment specific).
     #[serde(deserialize_with = "int")]
     pub id: i64,

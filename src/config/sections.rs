@@ -1,0 +1,210 @@
+//! The host's own sections: strategies and their overrides, the sandbox,
+//! the supervisor, shutdown, the store and the HTTP API.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::Secret;
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Activity events kept in the store; older ones are pruned (0 keeps all).
+    pub activity_keep: u64,
+    /// Activity events older than this many days are pruned (0: no age limit).
+    pub activity_max_age_days: u64,
+    /// Longest delay before a changed strategy state (`this`) is stored.
+    pub state_flush_ms: u64,
+    /// Closed orders that filled nothing are pruned after this many days (0 keeps them).
+    pub closed_order_retention_days: u64,
+    /// Cached candles kept per symbol and timeframe (0 keeps all).
+    pub candles_keep: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            activity_keep: 200_000,
+            activity_max_age_days: 90,
+            state_flush_ms: 250,
+            closed_order_retention_days: 7,
+            candles_keep: 10_000,
+        }
+    }
+}
+
+/// What a strategy does with its orders and positions at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShutdownPolicy {
+    /// Leave orders and positions as they are.
+    Leave,
+    /// Cancel the strategy's open orders (default).
+    #[default]
+    Cancel,
+    /// Cancel open orders and close positions with reduce-only market orders.
+    Flatten,
+}
+
+/// `[strategies]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StrategiesConfig {
+    /// Folder watched for `*.rhai` files.
+    pub dir: PathBuf,
+    /// Default shutdown policy.
+    pub shutdown_policy: ShutdownPolicy,
+    /// Per-strategy settings, keyed by file stem.
+    pub overrides: BTreeMap<String, StrategyOverride>,
+}
+
+impl Default for StrategiesConfig {
+    fn default() -> Self {
+        StrategiesConfig {
+            dir: PathBuf::from("strategies"),
+            shutdown_policy: ShutdownPolicy::Cancel,
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[strategies.overrides.NAME]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StrategyOverride {
+    /// Set false to keep the strategy from starting.
+    pub enabled: Option<bool>,
+    /// Overrides of the script's `config().params`.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Overrides `strategies.shutdown_policy`.
+    pub shutdown_policy: Option<ShutdownPolicy>,
+}
+
+/// `[sandbox]`: limits applied to every script callback.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Rhai operations per callback.
+    pub max_operations: u64,
+    /// Nested function calls.
+    pub max_call_depth: usize,
+    /// Expression nesting depth.
+    pub max_expr_depth: usize,
+    /// Bytes in one string.
+    pub max_string_size: usize,
+    /// Elements in one array.
+    pub max_array_size: usize,
+    /// Entries in one map.
+    pub max_map_size: usize,
+    /// Wall-clock budget per callback.
+    pub callback_budget_ms: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            max_operations: 5_000_000,
+            max_call_depth: 64,
+            max_expr_depth: 64,
+            max_string_size: 1 << 20,
+            max_array_size: 100_000,
+            max_map_size: 10_000,
+            callback_budget_ms: 1_000,
+        }
+    }
+}
+
+/// `[supervisor]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// Quiet time after the last file event before a change is applied.
+    pub debounce_ms: u64,
+    /// Consecutive callback errors that make a strategy restart.
+    pub max_consecutive_errors: u32,
+    /// First restart delay; doubles on each restart.
+    pub restart_backoff_initial_ms: u64,
+    /// Upper bound of the restart delay.
+    pub restart_backoff_max_ms: u64,
+    /// Restarts (without a healthy minute between them) before quarantine.
+    pub quarantine_after_restarts: u32,
+    /// Events a strategy may have queued before ticks are coalesced.
+    pub event_queue: usize,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            debounce_ms: 150,
+            max_consecutive_errors: 5,
+            restart_backoff_initial_ms: 500,
+            restart_backoff_max_ms: 30_000,
+            quarantine_after_restarts: 3,
+            event_queue: 1024,
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Bound on the whole shutdown sequence.
+    pub timeout_ms: u64,
+    /// Bound on the `on_stop` phase.
+    pub on_stop_timeout_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { timeout_ms: 30_000, on_stop_timeout_ms: 5_000 }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// Bearer token (or `TRADEHOST_API_TOKEN`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// Browser origins allowed to call the API (CORS); empty: none.
+    pub cors_origins: Vec<String>,
+    /// Longest time a REST request may take.
+    pub request_timeout_ms: u64,
+    /// Largest request body accepted.
+    pub body_limit_bytes: usize,
+    /// Most WebSocket clients at once.
+    pub ws_max_clients: usize,
+    /// Interval between pings to each WebSocket client.
+    pub ws_ping_interval_ms: u64,
+    /// A client that sends nothing (not even a pong) this long is dropped.
+    pub ws_idle_timeout_ms: u64,
+    /// A client that takes longer than this to accept one message is dropped.
+    pub ws_send_timeout_ms: u64,
+    /// Startup fails if a component is not ready within this time.
+    pub ready_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+            cors_origins: Vec::new(),
+            request_timeout_ms: 10_000,
+            body_limit_bytes: 64 * 1024,
+            ws_max_clients: 1_000,
+            ws_ping_interval_ms: 15_000,
+            ws_idle_timeout_ms: 45_000,
+            ws_send_timeout_ms: 5_000,
+            ready_timeout_ms: 30_000,
+        }
+    }
+}
