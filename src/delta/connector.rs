@@ -284,7 +284,7 @@ impl DeltaConnector {
         let time_us = time_us.unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
         self.last_fill_us.fetch_max(time_us, Ordering::Relaxed);
         Some(VenueUpdate::Fill(VenueFill {
-            exchange_id,
+            exchange_id: Some(exchange_id),
             client_id,
             size,
             price,

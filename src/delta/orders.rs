@@ -59,7 +59,7 @@ impl DeltaConnector {
         let refuse = |reason: String| {
             vec![VenueUpdate::Order {
                 client_id: client_id.clone(),
-                remote: RemoteOrder { state: RemoteState::Rejected, reason: Some(reason) },
+                remote: RemoteOrder::new(RemoteState::Rejected, Some(reason)),
             }]
         };
         let order = match new_order(&self.products, &request) {
@@ -95,10 +95,10 @@ impl DeltaConnector {
                     if misses >= 2 {
                         return vec![VenueUpdate::Order {
                             client_id: client_id.into(),
-                            remote: RemoteOrder {
-                                state: RemoteState::Rejected,
-                                reason: Some(format!("not placed: {error}, and the exchange has no such order")),
-                            },
+                            remote: RemoteOrder::new(
+                                RemoteState::Rejected,
+                                Some(format!("not placed: {error}, and the exchange has no such order")),
+                            ),
                         }];
                     }
                 }

@@ -124,5 +124,5 @@ pub fn remote_of(order: &RestOrder) -> RemoteOrder {
         "cancelled" => RemoteState::Cancelled,
         _ => RemoteState::Open,
     };
-    RemoteOrder { state, reason: order.cancellation_reason.clone() }
+    RemoteOrder::new(state, order.cancellation_reason.clone())
 }

@@ -1,7 +1,9 @@
-//! Exchanges: what an order becomes. `paper` simulates fills against the
-//! market feed deterministically; a live connector (Delta) reports the same
-//! outcomes asynchronously as [`VenueUpdate`]s, which the order manager maps
-//! onto its orders.
+//! Exchanges: what an order becomes. One vocabulary for every venue: the
+//! order manager sends [`VenueCommand`]s and applies the [`VenueUpdate`]s
+//! that come back, through one path. `paper` simulates fills against the
+//! market feed deterministically and answers at once; a live connector
+//! (Delta) answers later, from its REST calls and private stream. Market data
+//! sources report [`MarketEvent`]s.
 
 pub mod paper;
 
@@ -46,7 +48,7 @@ pub enum MarketEvent {
     Finished,
 }
 
-/// What an exchange reports back.
+/// What the order manager reports once it applied a venue's updates.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExchangeEvent {
     /// An order changed state (accepted, partially filled, filled, cancelled, rejected).
@@ -61,6 +63,35 @@ pub enum Venue {
     Paper(PaperExchange),
     /// A live connector: answers later with [`VenueUpdate`]s.
     Live(LiveVenue),
+}
+
+impl Venue {
+    /// Hands a command to the venue and returns what it answers at once:
+    /// everything for the paper exchange; nothing for a live connector (its
+    /// answers come later), unless it has stopped (a placed order is rejected).
+    pub fn command(&mut self, command: VenueCommand) -> Vec<VenueUpdate> {
+        match self {
+            Venue::Paper(exchange) => exchange.answer(command),
+            Venue::Live(live) => match live.commands.send(command) {
+                Ok(()) => Vec::new(),
+                Err(mpsc::error::SendError(VenueCommand::Place(request))) => {
+                    let reason = Some("the exchange connector has stopped".to_string());
+                    let remote = RemoteOrder::new(RemoteState::Rejected, reason);
+                    vec![VenueUpdate::Order { client_id: request.client_id, remote }]
+                }
+                Err(_) => Vec::new(),
+            },
+        }
+    }
+
+    /// A new quote: the paper exchange fills what it crosses; a live venue's
+    /// fills come through its own stream.
+    pub fn on_quote(&mut self, tick: &Tick) -> Vec<VenueUpdate> {
+        match self {
+            Venue::Paper(exchange) => exchange.on_quote(tick),
+            Venue::Live(_) => Vec::new(),
+        }
+    }
 }
 
 /// The order manager's side of a live connector.
@@ -104,13 +135,26 @@ pub struct RemoteOrder {
     pub state: RemoteState,
     /// Why (rejections and cancellations).
     pub reason: Option<String>,
+    /// The size the venue accepted, when it differs from the request's
+    /// (rounded to the lot size, a reduce-only order capped at the position).
+    pub size: Option<Decimal>,
+    /// The limit price the venue accepted (rounded to the tick size).
+    pub price: Option<Decimal>,
+}
+
+impl RemoteOrder {
+    /// A state (with its reason) that leaves size and price as they are.
+    pub fn new(state: RemoteState, reason: Option<String>) -> Self {
+        RemoteOrder { state, reason, size: None, price: None }
+    }
 }
 
 /// One of our fills, in host units.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VenueFill {
-    /// The exchange's fill id (duplicates are dropped by it).
-    pub exchange_id: String,
+    /// The exchange's fill id: a fill seen before is dropped (none for the
+    /// paper exchange, which reports every fill once).
+    pub exchange_id: Option<String>,
     /// Client order id of the order that filled.
     pub client_id: String,
     /// Size in base units.

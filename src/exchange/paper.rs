@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::ExchangeEvent;
+use super::{ExchangeEvent, RemoteOrder, RemoteState, VenueCommand, VenueFill, VenueUpdate};
 use crate::config::PaperConfig;
 use crate::model::{
     Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Position, Product, Side, Tick, TimeInForce,
@@ -192,6 +192,34 @@ impl PaperExchange {
             equity: self.cash + unrealized,
             positions,
         }
+    }
+
+    /// Carries out a command as a live venue would, and answers at once with
+    /// the updates a live venue sends: the order's state (with the size and
+    /// price it accepted) before its fills.
+    pub fn answer(&mut self, command: VenueCommand) -> Vec<VenueUpdate> {
+        match command {
+            VenueCommand::Place(request) => {
+                let events = self.submit(request);
+                let accepted = match (events.first(), events.iter().find_map(order_of)) {
+                    (Some(ExchangeEvent::Fill(_)), Some(order)) => {
+                        Some(update_of(order, RemoteState::Open, order.request.client_id.clone()))
+                    }
+                    _ => None,
+                };
+                accepted.into_iter().chain(updates(events)).collect()
+            }
+            VenueCommand::Cancel(order) => match self.cancel(&order.request.client_id) {
+                Ok(event) => updates(vec![event]),
+                Err(error) => vec![VenueUpdate::Difference(format!("paper exchange: cannot cancel: {error}"))],
+            },
+        }
+    }
+
+    /// A new quote, as a live venue's private stream reports it: the fills of
+    /// resting orders it crosses, and orders it closes.
+    pub fn on_quote(&mut self, tick: &Tick) -> Vec<VenueUpdate> {
+        updates(self.on_tick(tick))
     }
 
     /// Accepts, fills or rejects an order at the current quote.
@@ -395,4 +423,46 @@ impl PaperExchange {
         }
         Ok(())
     }
+}
+
+fn order_of(event: &ExchangeEvent) -> Option<&Order> {
+    match event {
+        ExchangeEvent::Order(order) => Some(order),
+        ExchangeEvent::Fill(_) => None,
+    }
+}
+
+/// An order's state in a live venue's words, with the size and price accepted.
+fn update_of(order: &Order, state: RemoteState, client_id: String) -> VenueUpdate {
+    let remote =
+        RemoteOrder { state, reason: order.reason.clone(), size: Some(order.request.size), price: order.request.price };
+    VenueUpdate::Order { client_id, remote }
+}
+
+/// The paper exchange's own events as the updates a live venue sends.
+fn updates(events: Vec<ExchangeEvent>) -> Vec<VenueUpdate> {
+    events
+        .into_iter()
+        .map(|event| match event {
+            ExchangeEvent::Fill(fill) => VenueUpdate::Fill(VenueFill {
+                exchange_id: None,
+                client_id: fill.order_id,
+                size: fill.size,
+                price: fill.price,
+                fee: fill.fee,
+                liquidity: fill.liquidity,
+                time: fill.time,
+            }),
+            ExchangeEvent::Order(order) => {
+                let state = match order.status {
+                    OrderStatus::Filled => RemoteState::Closed,
+                    OrderStatus::Cancelled => RemoteState::Cancelled,
+                    OrderStatus::Rejected => RemoteState::Rejected,
+                    OrderStatus::Pending | OrderStatus::Open | OrderStatus::PartiallyFilled => RemoteState::Open,
+                };
+                let client_id = order.request.client_id.clone();
+                update_of(&order, state, client_id)
+            }
+        })
+        .collect()
 }

@@ -4,8 +4,9 @@
 //! read model that strategies see, and what must be written to the store
 //! (intents before sending, outcomes before anyone hears of them).
 //! Synchronous and deterministic: the live engine task and a backtest drive
-//! it the same way. With a live venue, sends and cancels are handed to the
-//! connector and their outcomes come back later through [`Oms::apply_venue`].
+//! it the same way. Every venue gets the same commands and answers with the
+//! same updates, applied through [`Oms::apply_venue`]: the paper exchange
+//! at once, a live connector later.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use arc_swap::ArcSwap;
 use rust_decimal::Decimal;
 
 use crate::bounded::BoundedMap;
-use crate::exchange::{ExchangeEvent, RemoteOrder, RemoteState, Venue, VenueCommand, VenueFill};
+use crate::exchange::{ExchangeEvent, RemoteOrder, RemoteState, Venue, VenueCommand, VenueFill, VenueUpdate};
 use crate::model::{AccountView, Fill, Order, OrderKind, OrderRequest, OrderStatus, Position, Side, Tick, TimeInForce};
 use crate::store::{Recovered, WriteOp};
 
@@ -197,27 +198,46 @@ impl Oms {
         order
     }
 
-    /// Sends a prepared order (its intent must be stored first). A live
-    /// venue answers later (see [`Oms::apply_venue`]); until then the order is pending.
+    /// Sends a prepared order (its intent must be stored first); it is
+    /// pending until the venue answers (the paper exchange at once, a live
+    /// venue later through [`Oms::apply_venue`]).
     pub fn send(&mut self, request: OrderRequest) -> Vec<ExchangeEvent> {
-        match &mut self.venue {
-            Venue::Paper(exchange) => {
-                let events = exchange.submit(request);
-                self.record(events)
-            }
-            Venue::Live(live) => {
-                let mut order = Order::new(request.clone(), self.clock.now_ms());
-                order.status = OrderStatus::Pending;
-                if live.commands.send(VenueCommand::Place(request)).is_err() {
-                    order.status = OrderStatus::Rejected;
-                    order.reason = Some("the exchange connector has stopped".into());
-                    return self.record(vec![ExchangeEvent::Order(order)]);
+        let mut order = Order::new(request.clone(), self.clock.now_ms());
+        order.status = OrderStatus::Pending;
+        self.open.insert(order.request.client_id.clone(), order);
+        let events = self.command(VenueCommand::Place(request));
+        if events.is_empty() {
+            self.publish();
+        }
+        events
+    }
+
+    /// Hands a command to the venue and applies what it answers now.
+    fn command(&mut self, command: VenueCommand) -> Vec<ExchangeEvent> {
+        let answers = self.venue.command(command);
+        self.apply_answers(answers)
+    }
+
+    /// Applies a batch of a venue's updates. An order reported more than once
+    /// in it is reported once, in its last state (a paper order accepted and
+    /// filled at once reads as its fill, then the filled order).
+    fn apply_answers(&mut self, answers: Vec<VenueUpdate>) -> Vec<ExchangeEvent> {
+        let mut events: Vec<ExchangeEvent> = Vec::new();
+        for answer in answers {
+            match self.apply_venue(answer) {
+                Ok(applied) => {
+                    for event in applied {
+                        if let ExchangeEvent::Order(order) = &event {
+                            let id = &order.request.client_id;
+                            events.retain(|e| !matches!(e, ExchangeEvent::Order(o) if o.request.client_id == *id));
+                        }
+                        events.push(event);
+                    }
                 }
-                self.open.insert(order.request.client_id.clone(), order);
-                self.publish();
-                Vec::new()
+                Err(difference) => tracing::warn!("exchange difference: {difference}"),
             }
         }
+        events
     }
 
     /// Prepares and sends at once (no store in between: backtests, tests).
@@ -231,22 +251,10 @@ impl Oms {
 
     /// Cancels one of the strategy's open orders.
     pub fn cancel(&mut self, strategy: &str, client_id: &str) -> Result<Vec<ExchangeEvent>, ExecutionError> {
-        let own = self.open.get(client_id).is_some_and(|o| o.request.strategy == strategy);
-        let not_own = || ExecutionError::NotOwnOrder { strategy: strategy.into(), client_id: client_id.into() };
-        if !own {
-            return Err(not_own());
-        }
-        match &mut self.venue {
-            Venue::Paper(exchange) => {
-                let event = exchange.cancel(client_id).map_err(|_| not_own())?;
-                Ok(self.record(vec![event]))
-            }
-            Venue::Live(live) => {
-                let order = self.open.get(client_id).cloned().ok_or_else(not_own)?;
-                let _ = live.commands.send(VenueCommand::Cancel(order));
-                Ok(Vec::new())
-            }
-        }
+        let order = self.open.get(client_id).filter(|o| o.request.strategy == strategy).cloned();
+        let order = order
+            .ok_or_else(|| ExecutionError::NotOwnOrder { strategy: strategy.into(), client_id: client_id.into() })?;
+        Ok(self.command(VenueCommand::Cancel(order)))
     }
 
     /// Cancels the strategy's open orders (for one symbol, or all).
@@ -295,15 +303,12 @@ impl Oms {
         if !self.exchange_marks.contains(&tick.symbol) {
             self.marks.insert(tick.symbol.clone(), tick.mid());
         }
-        let events = match &mut self.venue {
-            Venue::Paper(exchange) => exchange.on_tick(tick),
-            Venue::Live(_) => Vec::new(),
-        };
+        let answers = self.venue.on_quote(tick);
+        let events = self.apply_answers(answers);
         if events.is_empty() {
             self.publish();
-            return events;
         }
-        self.record(events)
+        events
     }
 
     /// The exchange's mark price of a symbol: from now on it values positions
@@ -390,10 +395,10 @@ impl Oms {
         self.closed.insert(order.request.client_id.clone(), order);
     }
 
-    /// Applies a live venue's report; returns the events to store and
-    /// report, or a description of what did not match any known order.
-    pub fn apply_venue(&mut self, update: crate::exchange::VenueUpdate) -> Result<Vec<ExchangeEvent>, String> {
-        use crate::exchange::VenueUpdate;
+    /// Applies a venue's report (the one path for every venue); returns the
+    /// events to store and report, or a description of what did not match
+    /// any known order.
+    pub fn apply_venue(&mut self, update: VenueUpdate) -> Result<Vec<ExchangeEvent>, String> {
         let now = self.now();
         match update {
             VenueUpdate::Order { client_id, remote } => {
@@ -416,14 +421,17 @@ impl Oms {
                 Ok(self.record(vec![ExchangeEvent::Order(order)]))
             }
             VenueUpdate::Fill(fill) => {
-                if !self.seen_fills.insert(fill.exchange_id.clone(), ()) {
+                if let Some(id) = &fill.exchange_id
+                    && !self.seen_fills.insert(id.clone(), ())
+                {
                     return Ok(Vec::new());
                 }
                 let order = self.open.get(&fill.client_id).or_else(|| self.closed.get(&fill.client_id)).cloned();
                 let Some(mut order) = order else {
                     return Err(format!(
                         "the exchange reports fill {} of order {} that the host never placed",
-                        fill.exchange_id, fill.client_id
+                        fill.exchange_id.as_deref().unwrap_or("(no id)"),
+                        fill.client_id
                     ));
                 };
                 let VenueFill { exchange_id, size, price, fee, liquidity, time, .. } = fill;
@@ -434,10 +442,7 @@ impl Oms {
                     // A late fill of a cancelled order: it keeps its final status.
                     order.status = status_before;
                 }
-                let fill = Fill {
-                    exchange_id: Some(exchange_id),
-                    ..Fill::of(&order.request, size, price, fee, liquidity, time)
-                };
+                let fill = Fill { exchange_id, ..Fill::of(&order.request, size, price, fee, liquidity, time) };
                 if was_final {
                     self.closed.insert(order.request.client_id.clone(), order.clone());
                 }
@@ -492,9 +497,16 @@ impl Oms {
     }
 }
 
-/// Applies the exchange's state to an order. `Closed` leaves the status to
-/// the fills (they complete it); a pending order becomes open.
+/// Applies the exchange's state to an order, with the size and price it
+/// accepted. `Closed` leaves the status to the fills (they complete it); a
+/// pending order becomes open.
 fn apply_remote(order: &mut Order, remote: &RemoteOrder, now: i64) {
+    if let Some(size) = remote.size {
+        order.request.size = size;
+    }
+    if remote.price.is_some() {
+        order.request.price = remote.price;
+    }
     let was_pending = order.status == OrderStatus::Pending;
     match remote.state {
         RemoteState::Open | RemoteState::Closed if was_pending => {
@@ -550,7 +562,7 @@ mod tests {
 
     fn fill(exchange_id: &str, client_id: &str, size: i64) -> VenueUpdate {
         VenueUpdate::Fill(VenueFill {
-            exchange_id: exchange_id.into(),
+            exchange_id: Some(exchange_id.into()),
             client_id: client_id.into(),
             size: Decimal::new(size, 2),
             price: Decimal::from(100),
@@ -573,7 +585,7 @@ mod tests {
         assert!(oms.send(request("a", "BTCUSD", false)).is_empty(), "answers come later");
         assert!(matches!(sent.try_recv(), Ok(VenueCommand::Place(r)) if r.client_id == "a"));
         assert_eq!(oms.open_orders().next().unwrap().status, OrderStatus::Pending);
-        let open = RemoteOrder { state: RemoteState::Open, reason: None };
+        let open = RemoteOrder::new(RemoteState::Open, None);
         let events = oms.apply_venue(VenueUpdate::Order { client_id: "a".into(), remote: open.clone() }).unwrap();
         assert!(matches!(&events[..], [ExchangeEvent::Order(o)] if o.status == OrderStatus::Open));
         assert!(oms.apply_venue(VenueUpdate::Order { client_id: "a".into(), remote: open }).unwrap().is_empty());
@@ -581,7 +593,7 @@ mod tests {
         assert!(matches!(&events[..], [ExchangeEvent::Fill(f), ExchangeEvent::Order(o)]
             if f.id == 1 && f.exchange_id.as_deref() == Some("f1") && o.status == OrderStatus::PartiallyFilled));
         assert!(oms.apply_venue(fill("f1", "a", 1)).unwrap().is_empty(), "the same fill again is dropped");
-        let cancelled = RemoteOrder { state: RemoteState::Cancelled, reason: Some("cancelled_by_user".into()) };
+        let cancelled = RemoteOrder::new(RemoteState::Cancelled, Some("cancelled_by_user".into()));
         oms.apply_venue(VenueUpdate::Order { client_id: "a".into(), remote: cancelled }).unwrap();
         // A fill that raced the cancel still counts, and the order stays cancelled.
         let events = oms.apply_venue(fill("f2", "a", 1)).unwrap();
@@ -593,5 +605,42 @@ mod tests {
         assert!(oms.apply_venue(fill("f3", "stranger", 1)).unwrap_err().contains("never placed"));
         oms.apply_venue(VenueUpdate::Balance(Decimal::from(990))).unwrap();
         assert_eq!(oms.view().load().balance, Decimal::from(990));
+    }
+
+    #[test]
+    fn paper_answers_take_the_live_venues_path_with_the_accepted_size() {
+        let mut oms = Oms::new(Venue::Paper(PaperExchange::new(&PaperConfig::default())));
+        let quote = Tick {
+            symbol: "BTCUSD".into(),
+            time: 1_000,
+            bid: Decimal::from(100),
+            ask: Decimal::from(101),
+            last: Decimal::from(100),
+            volume: Decimal::ZERO,
+        };
+        assert!(oms.on_tick(&quote).is_empty());
+        // 0.0123 is rounded to the lot size 0.001 by the venue; accepted and filled at once.
+        let mut market = request("m", "BTCUSD", false);
+        (market.kind, market.price, market.size) = (OrderKind::Market, None, Decimal::new(123, 4));
+        let events = oms.submit(market);
+        assert!(
+            matches!(&events[..], [ExchangeEvent::Fill(f), ExchangeEvent::Order(o)]
+                if f.size == Decimal::new(12, 3) && f.exchange_id.is_none() && f.id == 1
+                    && o.status == OrderStatus::Filled && o.request.size == Decimal::new(12, 3)),
+            "one fill, then the filled order: {events:?}"
+        );
+        // A resting limit order: open; the next quote through it fills it.
+        let events = oms.submit(request("l", "BTCUSD", false));
+        assert!(matches!(&events[..], [ExchangeEvent::Order(o)] if o.status == OrderStatus::Open), "{events:?}");
+        let through = Tick { bid: Decimal::from(99), ask: Decimal::new(995, 1), last: Decimal::from(99), ..quote };
+        let events = oms.on_tick(&through);
+        assert!(
+            matches!(&events[..], [ExchangeEvent::Fill(f), ExchangeEvent::Order(o)]
+            if f.id == 2 && o.status == OrderStatus::Filled),
+            "{events:?}"
+        );
+        assert_eq!(oms.position("s", "BTCUSD").size, Decimal::new(32, 3));
+        // Cancelling an order that is not open is refused before the venue is asked.
+        assert!(oms.cancel("s", "l").is_err());
     }
 }
