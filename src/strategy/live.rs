@@ -335,23 +335,15 @@ fn run(
         ..
     } = spec;
     let saved = initial_state.clone().map(super::SavedState::decode);
-    // The last fill `this` reflects: fills up to it are never delivered again.
-    let fills_through: std::cell::Cell<Option<u64>> = std::cell::Cell::new(None);
-    let report = |report: RuntimeReport| {
-        let _ = reports.send(TaggedReport { name: name.clone(), generation, report });
-    };
-    let mut persistence = StatePersistence {
-        sink: state_sink,
-        flush: Duration::from_millis(state_flush_ms),
-        saved: initial_state.clone(),
-        dirty_since: None,
-        last_error: None,
-    };
     let ctx = StrategyContext::new(&name, account, ids, 5_000).shared();
     let env = StrategyEnv { ctx: ctx.clone(), abort: abort.clone(), initial_state: saved.clone().map(|s| s.this) };
-    let mut strategy = match factory(env) {
+    let strategy = match factory(env) {
         Ok(strategy) => strategy,
-        Err(error) => return report(RuntimeReport::Exited { reason: ExitReason::StartFailed(error), state: None }),
+        Err(error) => {
+            let report = RuntimeReport::Exited { reason: ExitReason::StartFailed(error), state: None };
+            let _ = reports.send(TaggedReport { name, generation, report });
+            return;
+        }
     };
     let meta = strategy.meta();
     meta_out.store(Arc::new(Some(meta.clone())));
@@ -363,20 +355,141 @@ fn run(
             c.market.push_other(timed.timeframe, timed.candle);
         }
     }
-    let mut failures = 0u32;
-    let mut deliver = |strategy: &mut Box<dyn Strategy>, event: StrategyEvent| -> Option<StrategyError> {
+    let mut runner = Runner {
+        persistence: StatePersistence {
+            sink: state_sink,
+            flush: Duration::from_millis(state_flush_ms),
+            saved: initial_state,
+            dirty_since: None,
+            last_error: None,
+        },
+        name,
+        generation,
+        strategy,
+        ctx,
+        clock,
+        sink,
+        reports,
+        callback_latency,
+        max_consecutive_errors,
+        failures: 0,
+        fills_through: None,
+    };
+    let reason = runner.run(&rx, &released, replay, saved.and_then(|s| s.fills_through), &abort, &meta_out);
+    runner.finish(reason);
+}
+
+/// A strategy on its own thread: delivers events and timers to it, counts
+/// its failures in a row, and keeps its saved state current.
+struct Runner {
+    name: String,
+    generation: u64,
+    strategy: Box<dyn Strategy>,
+    ctx: super::SharedContext,
+    clock: crate::clock::Clock,
+    sink: CommandSink,
+    reports: UnboundedSender<TaggedReport>,
+    callback_latency: Option<Arc<crate::health::Histogram>>,
+    max_consecutive_errors: u32,
+    failures: u32,
+    persistence: StatePersistence,
+    /// The last fill `this` reflects: fills up to it are never delivered again.
+    fills_through: Option<u64>,
+}
+
+impl Runner {
+    fn report(&self, report: RuntimeReport) {
+        let _ = self.reports.send(TaggedReport { name: self.name.clone(), generation: self.generation, report });
+    }
+
+    /// `on_start`, the fills missed while it was down, then events and timers
+    /// until it is stopped or fails; returns why it ended.
+    fn run(
+        &mut self,
+        rx: &Receiver<RuntimeInput>,
+        released: &Receiver<()>,
+        replay: Option<FillReplay>,
+        saved_through: Option<u64>,
+        abort: &AtomicBool,
+        meta_out: &ArcSwap<Option<super::StrategyMeta>>,
+    ) -> ExitReason {
+        if let Some(error) = self.deliver(StrategyEvent::Start) {
+            return ExitReason::Failed(error);
+        }
+        self.persistence.touch();
+        self.report(RuntimeReport::Started);
+        if let Some(replay) = replay {
+            // Read the stored fills only once registered for live ones: none falls in between.
+            let _ = released.recv_timeout(Duration::from_secs(10));
+            let (from, missed) = replay(saved_through);
+            self.fills_through = Some(from);
+            for fill in missed {
+                if let Some(error) = self.deliver(StrategyEvent::Fill(fill)) {
+                    return ExitReason::Failed(error);
+                }
+            }
+        }
+        loop {
+            if abort.load(Ordering::SeqCst) {
+                return ExitReason::Stopped;
+            }
+            let input = match self.wake_at() {
+                Some(deadline) => match rx.recv_deadline(deadline) {
+                    Ok(input) => Some(input),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return ExitReason::Stopped,
+                },
+                None => match rx.recv() {
+                    Ok(input) => Some(input),
+                    Err(_) => return ExitReason::Stopped,
+                },
+            };
+            let failed = match input {
+                Some(RuntimeInput::Event(event)) => {
+                    self.persistence.touch();
+                    self.deliver(event)
+                }
+                Some(RuntimeInput::Reload(source)) => {
+                    self.reload(&source, meta_out);
+                    None
+                }
+                Some(RuntimeInput::Stop) => {
+                    if !abort.load(Ordering::SeqCst) {
+                        self.deliver(StrategyEvent::Stop);
+                    }
+                    return ExitReason::Stopped;
+                }
+                None => None,
+            };
+            if let Some(error) = failed.or_else(|| self.fire_timers()) {
+                return ExitReason::Failed(error);
+            }
+            if self.persistence.due().is_some_and(|due| due <= Instant::now()) {
+                self.save_state();
+            }
+        }
+    }
+
+    /// When to stop waiting for input: the next timer or state save, if any.
+    fn wake_at(&self) -> Option<Instant> {
+        let timer_due = self.ctx.borrow().timers.next_due().map(|due| Instant::now() + self.clock.wall_until(due));
+        [timer_due, self.persistence.due()].into_iter().flatten().min()
+    }
+
+    /// Delivers one event; returns the error that ends the run (too many failures in a row).
+    fn deliver(&mut self, event: StrategyEvent) -> Option<StrategyError> {
         if let StrategyEvent::Fill(fill) = &event {
-            if fills_through.get().is_some_and(|through| fill.id <= through) {
+            if self.fills_through.is_some_and(|through| fill.id <= through) {
                 return None;
             }
-            if fills_through.get().is_some() {
-                fills_through.set(Some(fill.id));
+            if self.fills_through.is_some() {
+                self.fills_through = Some(fill.id);
             }
         }
         let callback = event.callback();
         {
-            let mut c = ctx.borrow_mut();
-            c.now = clock.now_ms();
+            let mut c = self.ctx.borrow_mut();
+            c.now = self.clock.now_ms();
             match &event {
                 StrategyEvent::Candle(candle) => c.market.push_candle(candle.clone()),
                 StrategyEvent::OtherCandle(timeframe, candle) => c.market.push_other(*timeframe, candle.clone()),
@@ -385,112 +498,71 @@ fn run(
             }
         }
         let started = Instant::now();
-        let result = strategy.handle(&event);
-        if let (Some(histogram), Ok(true)) = (&callback_latency, &result) {
+        let result = self.strategy.handle(&event);
+        if let (Some(histogram), Ok(true)) = (&self.callback_latency, &result) {
             histogram.observe(started.elapsed());
         }
-        let commands = ctx.borrow_mut().drain();
+        let commands = self.ctx.borrow_mut().drain();
         if !commands.is_empty() {
-            sink(&name, commands);
+            (self.sink)(&self.name, commands);
         }
         match result {
             Ok(ran) => {
                 if ran {
-                    failures = 0;
+                    self.failures = 0;
                 }
                 None
             }
             Err(error) => {
-                failures += 1;
-                report(RuntimeReport::CallbackFailed { callback, error: error.clone() });
-                (failures >= max_consecutive_errors).then_some(error)
+                self.failures += 1;
+                self.report(RuntimeReport::CallbackFailed { callback, error: error.clone() });
+                (self.failures >= self.max_consecutive_errors).then_some(error)
             }
         }
-    };
-    let reason = 'run: {
-        if let Some(error) = deliver(&mut strategy, StrategyEvent::Start) {
-            break 'run ExitReason::Failed(error);
-        }
-        persistence.touch();
-        report(RuntimeReport::Started);
-        if let Some(replay) = replay {
-            // Read the stored fills only once registered for live ones: none falls in between.
-            let _ = released.recv_timeout(Duration::from_secs(10));
-            let (from, missed) = replay(saved.as_ref().and_then(|s| s.fills_through));
-            fills_through.set(Some(from));
-            for fill in missed {
-                if let Some(error) = deliver(&mut strategy, StrategyEvent::Fill(fill)) {
-                    break 'run ExitReason::Failed(error);
-                }
-            }
-        }
-        loop {
-            if abort.load(Ordering::SeqCst) {
-                break 'run ExitReason::Stopped;
-            }
-            let timer_due = ctx.borrow().timers.next_due().map(|due| Instant::now() + clock.wall_until(due));
-            let wake = [timer_due, persistence.due()].into_iter().flatten().min();
-            let input = match wake {
-                Some(deadline) => match rx.recv_deadline(deadline) {
-                    Ok(input) => Some(input),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break 'run ExitReason::Stopped,
-                },
-                None => match rx.recv() {
-                    Ok(input) => Some(input),
-                    Err(_) => break 'run ExitReason::Stopped,
-                },
-            };
-            let failed = match input {
-                Some(RuntimeInput::Event(event)) => {
-                    persistence.touch();
-                    deliver(&mut strategy, event)
-                }
-                Some(RuntimeInput::Reload(source)) => {
-                    match strategy.reload(&source) {
-                        Ok(()) => {
-                            meta_out.store(Arc::new(Some(strategy.meta())));
-                            persistence.touch();
-                            report(RuntimeReport::Reloaded)
-                        }
-                        Err(error) => report(RuntimeReport::ReloadRejected(error)),
-                    }
-                    None
-                }
-                Some(RuntimeInput::Stop) => {
-                    if !abort.load(Ordering::SeqCst) {
-                        deliver(&mut strategy, StrategyEvent::Stop);
-                    }
-                    break 'run ExitReason::Stopped;
-                }
-                None => None,
-            };
-            if let Some(error) = failed {
-                break 'run ExitReason::Failed(error);
-            }
-            let due = ctx.borrow_mut().timers.take_due(clock.now_ms());
-            for timer in due {
-                persistence.touch();
-                if let Some(error) = deliver(&mut strategy, StrategyEvent::Timer(timer)) {
-                    break 'run ExitReason::Failed(error);
-                }
-            }
-            if persistence.due().is_some_and(|due| due <= Instant::now())
-                && let Some(error) = persistence.flush(&name, strategy.as_ref(), fills_through.get())
-            {
-                report(RuntimeReport::CallbackFailed { callback: "state", error });
-            }
-        }
-    };
-    persistence.touch();
-    if let Some(error) = persistence.flush(&name, strategy.as_ref(), fills_through.get()) {
-        report(RuntimeReport::CallbackFailed { callback: "state", error });
     }
-    let state = strategy
-        .export_state()
-        .ok()
-        .map(|this| super::SavedState { this, fills_through: fills_through.get() }.encode());
-    report(RuntimeReport::Exited { reason, state });
+
+    /// Delivers the timers due by the clock, earliest first.
+    fn fire_timers(&mut self) -> Option<StrategyError> {
+        let due = self.ctx.borrow_mut().timers.take_due(self.clock.now_ms());
+        for timer in due {
+            self.persistence.touch();
+            if let Some(error) = self.deliver(StrategyEvent::Timer(timer)) {
+                return Some(error);
+            }
+        }
+        None
+    }
+
+    /// Swaps in a new version, or keeps the running one and reports why not.
+    fn reload(&mut self, source: &str, meta_out: &ArcSwap<Option<super::StrategyMeta>>) {
+        match self.strategy.reload(source) {
+            Ok(()) => {
+                meta_out.store(Arc::new(Some(self.strategy.meta())));
+                self.persistence.touch();
+                self.report(RuntimeReport::Reloaded)
+            }
+            Err(error) => self.report(RuntimeReport::ReloadRejected(error)),
+        }
+    }
+
+    /// Hands changed state to the sink; an export error is reported.
+    fn save_state(&mut self) {
+        if let Some(error) = self.persistence.flush(&self.name, self.strategy.as_ref(), self.fills_through) {
+            self.report(RuntimeReport::CallbackFailed { callback: "state", error });
+        }
+    }
+
+    /// Saves the final state and reports the exit.
+    fn finish(mut self, reason: ExitReason) {
+        self.persistence.touch();
+        self.save_state();
+        let state = self
+            .strategy
+            .export_state()
+            .ok()
+            .map(|this| super::SavedState { this, fills_through: self.fills_through }.encode());
+        self.report(RuntimeReport::Exited { reason, state });
+    }
 }
 
 #[cfg(test)]
