@@ -219,20 +219,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     let tasks = tasks::Tasks::new(task_reports_tx, shutdown.clone());
     let tasks_cancel = CancellationToken::new();
     let engine_cancel = CancellationToken::new();
-    let venue_updates = booted.delta.map(|links| {
-        let connector = links.connector.clone();
-        let cancel = tasks_cancel.clone();
-        tasks.spawn_critical(
-            "exchange orders",
-            crate::delta::connector::ORDERS_COMPONENT,
-            connector.clone().run_orders(links.commands, links.updates_tx.clone(), cancel.clone()),
-        );
-        let (updates_tx, health, metrics) = (links.updates_tx, health.clone(), metrics.clone());
-        tasks.spawn_restarting("exchange private stream", crate::delta::connector::ORDERS_COMPONENT, move || {
-            connector.clone().run_private(updates_tx.clone(), health.clone(), metrics.clone(), cancel.clone())
-        });
-        links.updates
-    });
+    let venue_updates = booted.delta.map(|links| links.spawn(&tasks, &health, &metrics, &tasks_cancel));
     let engine = Engine {
         oms: booted.oms,
         hub: hub.clone(),

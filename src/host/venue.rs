@@ -12,17 +12,20 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::HostError;
+use super::tasks::Tasks;
 use crate::activity::{ActivityBus, ActivityKind};
 use crate::clock::Clock;
 use crate::config::{Config, ExchangeKind, FeedKind};
 use crate::data::{MarketHub, Timeframe};
 use crate::delta::DeltaConnector;
+use crate::delta::connector::ORDERS_COMPONENT;
 use crate::exchange::{ExchangeEvent, LiveVenue, PaperExchange, Venue, VenueCommand, VenueUpdate};
 use crate::execution::{Oms, publish_difference};
 use crate::feed::{self, FeedSource, Replay, SyntheticFeed};
-use crate::health::Health;
+use crate::health::{Health, Metrics};
 use crate::model::{Shown, TimestampMs};
 use crate::store::{Recovered, Store, StoreReader, StoreWriter};
+use tokio_util::sync::CancellationToken;
 
 /// The venue, its market and what start-up found.
 pub(super) struct Booted {
@@ -191,6 +194,28 @@ pub(super) struct DeltaLinks {
     pub commands: mpsc::UnboundedReceiver<VenueCommand>,
     pub updates_tx: mpsc::UnboundedSender<VenueUpdate>,
     pub updates: mpsc::UnboundedReceiver<VenueUpdate>,
+}
+
+impl DeltaLinks {
+    /// Spawns the order executor (its failure shuts the host down: it holds
+    /// orders in flight) and the private stream (restarted: it reconciles
+    /// over REST whenever it starts); returns the updates they send.
+    pub(super) fn spawn(
+        self,
+        tasks: &Tasks,
+        health: &Arc<Health>,
+        metrics: &Arc<Metrics>,
+        cancel: &CancellationToken,
+    ) -> mpsc::UnboundedReceiver<VenueUpdate> {
+        let DeltaLinks { connector, commands, updates_tx, updates } = self;
+        let executor = connector.clone().run_orders(commands, updates_tx.clone(), cancel.clone());
+        tasks.spawn_critical("exchange orders", ORDERS_COMPONENT, executor);
+        let (health, metrics, cancel) = (health.clone(), metrics.clone(), cancel.clone());
+        tasks.spawn_restarting("exchange private stream", ORDERS_COMPONENT, move || {
+            connector.clone().run_private(updates_tx.clone(), health.clone(), metrics.clone(), cancel.clone())
+        });
+        updates
+    }
 }
 
 /// Connects to Delta, loads warm-up history, and reconciles the store with
