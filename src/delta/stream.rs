@@ -4,6 +4,11 @@
 //! decode every frame (a malformed one is reported and skipped), and on any
 //! failure reconnect with capped exponential backoff and jitter, then
 //! authenticate and subscribe again.
+//!
+//! Decoded frames go to the connector task through an unbounded channel:
+//! blocking the socket reader would stall heartbeats and pings and get the
+//! stream dropped, and the connector applies each frame at once (a book
+//! update, a tick handed to the bounded market queue, an order update).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,12 @@
 //! A strategy on its own OS thread: events in through a channel, commands out
-//! through a sink, lifecycle reports to the supervisor. Timers run on wall
-//! time. Nothing here touches the tokio runtime's workers.
+//! through a sink, lifecycle reports to the supervisor. Timers run on the
+//! run's clock. Nothing here touches the tokio runtime's workers.
+//!
+//! The event channel is unbounded for everything but ticks: candles, orders,
+//! fills and timers must all arrive (the engine cannot wait on a strategy),
+//! and they come at bar or order rate; ticks beyond `queue_limit` queued
+//! events are dropped and counted. The report channel is unbounded because
+//! the thread must never block on the loop that is stopping it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
