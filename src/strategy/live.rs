@@ -577,6 +577,34 @@ mod tests {
     use crate::model::Candle;
     use crate::strategy::{Strategy, StrategyMeta};
 
+    /// A runtime for `factory` with the usual limits and no persistence.
+    fn test_spec(
+        name: &str,
+        clock: crate::clock::Clock,
+        factory: StrategyFactory,
+        sink: CommandSink,
+        reports: UnboundedSender<TaggedReport>,
+    ) -> RuntimeSpec {
+        RuntimeSpec {
+            clock,
+            name: name.into(),
+            generation: 7,
+            factory,
+            history: Box::new(|_| Vec::new()),
+            initial_state: None,
+            account: Default::default(),
+            ids: crate::strategy::OrderIds::new(name, Default::default()),
+            sink,
+            reports,
+            max_consecutive_errors: 5,
+            queue_limit: 16,
+            state_sink: None,
+            state_flush_ms: 250,
+            callback_latency: None,
+            replay: None,
+        }
+    }
+
     /// A strategy whose `on_candle` hits a bug in the host (a panic).
     struct Buggy;
 
@@ -595,24 +623,13 @@ mod tests {
     #[test]
     fn a_panicking_strategy_thread_reports_a_failure_instead_of_dying_silently() {
         let (reports, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let spec = RuntimeSpec {
-            clock: crate::clock::Clock::wall(),
-            name: "buggy".into(),
-            generation: 7,
-            factory: Box::new(|_| Ok(Box::new(Buggy) as _)),
-            history: Box::new(|_| Vec::new()),
-            initial_state: None,
-            account: Default::default(),
-            ids: crate::strategy::OrderIds::new("buggy", Default::default()),
-            sink: Arc::new(|_, _| {}),
+        let spec = test_spec(
+            "buggy",
+            crate::clock::Clock::wall(),
+            Box::new(|_| Ok(Box::new(Buggy) as _)),
+            Arc::new(|_, _| {}),
             reports,
-            max_consecutive_errors: 5,
-            queue_limit: 16,
-            state_sink: None,
-            state_flush_ms: 250,
-            callback_latency: None,
-            replay: None,
-        };
+        );
         let handle = spawn(spec).unwrap();
         handle.release();
         let candle = Candle { symbol: "X".into(), time: 0, open: 1.0, high: 1.0, low: 1.0, close: 1.0, volume: 1.0 };
@@ -670,30 +687,15 @@ mod tests {
         let clock = crate::clock::Clock::manual(0);
         let (logs_tx, logs) = crossbeam_channel::unbounded();
         let (reports, mut started) = tokio::sync::mpsc::unbounded_channel();
-        let spec = RuntimeSpec {
-            clock: clock.clone(),
-            name: "hourly".into(),
-            generation: 1,
-            factory: Box::new(|env| Ok(Box::new(Hourly(env.ctx)) as _)),
-            history: Box::new(|_| Vec::new()),
-            initial_state: None,
-            account: Default::default(),
-            ids: crate::strategy::OrderIds::new("hourly", Default::default()),
-            sink: Arc::new(move |_, commands| {
-                for command in commands {
-                    if let StrategyCommand::Log { message, .. } = command {
-                        let _ = logs_tx.send(message);
-                    }
+        let sink: CommandSink = Arc::new(move |_, commands| {
+            for command in commands {
+                if let StrategyCommand::Log { message, .. } = command {
+                    let _ = logs_tx.send(message);
                 }
-            }),
-            reports,
-            max_consecutive_errors: 5,
-            queue_limit: 16,
-            state_sink: None,
-            state_flush_ms: 250,
-            callback_latency: None,
-            replay: None,
-        };
+            }
+        });
+        let spec =
+            test_spec("hourly", clock.clone(), Box::new(|env| Ok(Box::new(Hourly(env.ctx)) as _)), sink, reports);
         let handle = spawn(spec).unwrap();
         handle.release();
         // `on_start` sets the timer at the clock's time: wait until it has run.
