@@ -125,25 +125,12 @@ impl Supervisor {
                             tracing::error!(strategy = %name, "strategy quarantined after {} failed runs in a row; fix the file to restart it: {error}", slot.restarts_in_a_row);
                             event("quarantined", json!({ "error": error.to_string() }));
                         } else {
-                            let exponent = slot.restarts_in_a_row.saturating_sub(1).min(20);
-                            let delay_ms = (sup.restart_backoff_initial_ms.saturating_mul(1 << exponent))
-                                .min(sup.restart_backoff_max_ms);
+                            let delay_ms = backoff_ms(slot.restarts_in_a_row, sup);
                             slot.state = StrategyState::Starting;
                             tracing::warn!(strategy = %name, delay_ms, "strategy failed, restarting after backoff: {error}");
                             event("failed", json!({ "error": error.to_string(), "restart_in_ms": delay_ms }));
-                            let control = self.control.clone();
-                            let generation = slot.generation;
-                            let restart_name = name.clone();
-                            let cancel = self.cancel.clone();
-                            // A timer, ended by shutdown: nothing in it can fail.
-                            tokio::spawn(async move {
-                                tokio::select! {
-                                    _ = cancel.cancelled() => {}
-                                    _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {
-                                        let _ = control.send(Control::RestartDue { name: restart_name, generation });
-                                    }
-                                }
-                            });
+                            let due = Control::RestartDue { name: name.clone(), generation: slot.generation };
+                            send_after(self.control.clone(), due, delay_ms, self.cancel.clone());
                         }
                     }
                 }
@@ -155,4 +142,25 @@ impl Supervisor {
         }
         self.publish();
     }
+}
+
+/// The wait before restart number `in_a_row`: doubling from the initial delay, capped.
+fn backoff_ms(in_a_row: u32, config: &crate::config::SupervisorConfig) -> u64 {
+    let exponent = in_a_row.saturating_sub(1).min(20);
+    (config.restart_backoff_initial_ms.saturating_mul(1 << exponent)).min(config.restart_backoff_max_ms)
+}
+
+/// Sends `message` after `delay_ms`, unless shutdown begins first (a timer: nothing in it can fail).
+fn send_after(
+    control: tokio::sync::mpsc::UnboundedSender<Control>,
+    message: Control,
+    delay_ms: u64,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => drop(control.send(message)),
+        }
+    });
 }
