@@ -106,6 +106,21 @@ impl Run {
         }
     }
 
+    /// Every report has landed: the host's open orders are the exchange's
+    /// (none still pending) and its net BTCUSD position is the exchange's.
+    fn caught_up(&self) -> bool {
+        let account = self.host.account();
+        let mut host_open: Vec<&str> = account.open_orders.iter().map(|o| o.request.client_id.as_str()).collect();
+        let pending = account.open_orders.iter().any(|o| o.status == tradehost::model::OrderStatus::Pending);
+        let mut fake_open: Vec<String> =
+            self.fake.orders().into_iter().filter(|o| o.state == "open").filter_map(|o| o.client_order_id).collect();
+        host_open.sort_unstable();
+        fake_open.sort_unstable();
+        let host_size: Decimal = account.positions.values().filter_map(|p| p.get("BTCUSD")).map(|p| p.size).sum();
+        let (contracts, _) = self.fake.position("BTCUSD");
+        !pending && host_open == fake_open && host_size == Decimal::from(contracts) * Decimal::new(1, 3)
+    }
+
     fn state(&self, component: &str) -> Option<ComponentState> {
         self.host.health().components().get(component).copied()
     }
@@ -121,7 +136,8 @@ impl Run {
     /// checks the store against the fake's account.
     async fn finish(self) -> (usize, usize) {
         self.fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        self.wait("the host's orders and position to match the exchange's", Duration::from_secs(10), Run::caught_up)
+            .await;
         self.host.shutdown(ShutdownReason::Api);
         let code = tokio::time::timeout(Duration::from_secs(20), self.host.wait()).await.expect("host stops");
         assert_eq!(code, 0, "clean shutdown");
@@ -248,8 +264,14 @@ async fn rate_limits_maintenance_and_slow_answers_never_duplicate_an_order() {
         r.fake.orders().len() >= orders_before + 4
     })
     .await;
-    // Let the timed-out sends be looked up before answers are fast again.
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    // The sends that timed out are looked up (by client id) before answers are fast again.
+    let slow: Vec<String> =
+        run.fake.orders()[orders_before..].iter().filter_map(|o| o.client_order_id.clone()).collect();
+    run.wait("the timed-out sends resolved", Duration::from_secs(10), |r| {
+        let pending = |o: &&tradehost::model::Order| o.status == tradehost::model::OrderStatus::Pending;
+        !r.host.account().open_orders.iter().filter(pending).any(|o| slow.contains(&o.request.client_id))
+    })
+    .await;
     run.fake.faults().slow_orders_ms.store(0, std::sync::atomic::Ordering::SeqCst);
     let fills = run.fake.fills().len();
     run.wait_fills(fills + 1).await;
