@@ -141,7 +141,6 @@ impl Run {
         self.host.shutdown(ShutdownReason::Api);
         let code = tokio::time::timeout(Duration::from_secs(20), self.host.wait()).await.expect("host stops");
         assert_eq!(code, 0, "clean shutdown");
-        tokio::time::sleep(Duration::from_millis(300)).await;
         assert_consistent(&self.fake, self.data.path())
     }
 }
