@@ -12,6 +12,7 @@ use tradehost::activity::ActivityKind;
 use tradehost::control::StrategyState;
 
 const PANICS_ON_THIRD_CANDLE: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
 fn on_candle(c) {
     this.n = (this.n ?? 0) + 1;
     if this.n == 3 { test::panic("index out of bounds in a host function"); }
