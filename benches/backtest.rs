@@ -71,6 +71,7 @@ fn main() {
         to: None,
         params: BTreeMap::new(),
         sandbox: SandboxConfig::default(),
+        risk: Default::default(),
     };
     let source = include_str!("../strategies/sma_cross.rhai");
 

@@ -9,6 +9,7 @@
 //! - [`control`]: the requests every edge sends the host, their replies and errors, strategy status.
 //! - [`config`]: typed, validated configuration.
 //! - [`data`]: candle aggregation, per-symbol market state and native indicators.
+//! - [`risk`]: pre-trade limits of the account and of each strategy (pure, synchronous).
 //! - [`health`]: the component registry and the counters behind `/metrics`.
 //! - [`store`]: redb tables, the single writer, recovery and typed reads.
 //! - [`activity`]: the activity bus with sequence numbers, a bounded tail and persistence.
@@ -38,6 +39,7 @@ pub mod health;
 pub mod host;
 pub mod http;
 pub mod model;
+pub mod risk;
 pub mod script;
 pub mod store;
 pub mod strategy;

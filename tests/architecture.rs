@@ -14,6 +14,7 @@ const LAYERS: &[&str] = &[
     "control",
     "config",
     "data",
+    "risk",
     "health",
     "store",
     "activity",

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use rust_decimal::Decimal;
 use tradehost::backtest::{self, BacktestConfig, BrokerConfig};
-use tradehost::config::{Config, SandboxConfig};
+use tradehost::config::{Config, RiskLimits, SandboxConfig};
 use tradehost::model::{Candle, Liquidity, Side};
 
 fn d(s: &str) -> Decimal {
@@ -32,6 +32,7 @@ fn config(taker: &str, maker: &str, slippage: &str) -> BacktestConfig {
         to: None,
         params: BTreeMap::new(),
         sandbox: SandboxConfig::default(),
+        risk: Default::default(),
     }
 }
 
@@ -84,6 +85,39 @@ fn on_candle(c) {
     assert_eq!(run.report.trades, 1);
     assert!(run.report.notes.iter().any(|n| n.contains("closed at the last close 99")), "{:?}", run.report.notes);
     assert_eq!(run.equity.len(), 4);
+}
+
+#[test]
+fn a_max_position_limit_rejects_the_documented_orders_and_changes_the_equity_predictably() {
+    let script = r#"
+fn config() { #{ symbols: ["X"], timeframe: "1m" } }
+fn on_candle(c) { exchange::market_order("X", "buy", 1); }
+"#;
+    // Rising bars: a buy on bar k fills at bar k+1's open.
+    let data = vec![
+        (0..5)
+            .map(|k| {
+                bar(
+                    k,
+                    100.0 + 10.0 * k as f64,
+                    100.0 + 10.0 * k as f64,
+                    100.0 + 10.0 * k as f64,
+                    100.0 + 10.0 * k as f64,
+                )
+            })
+            .collect(),
+    ];
+    let free = backtest::run_script("buy.rhai", script, &data, &config("0", "0", "0"), &mut |_| {}).unwrap();
+    let mut limited = config("0", "0", "0");
+    let limits = RiskLimits { max_position_notional: Some(d("250")), ..Default::default() };
+    limited.risk = tradehost::risk::RiskGate::new(limits, BTreeMap::new());
+    let run = backtest::run_script("buy.rhai", script, &data, &limited, &mut |_| {}).unwrap();
+    // Unlimited: buys filled at 110, 120, 130, 140 and closed at 140 → +60.
+    assert_eq!(free.report.final_equity, d("10060"));
+    // Limited: bar 0 (1 × 100) and bar 1 (2 × 110) pass; bar 2 (3 × 120), 3 and 4 are over 250.
+    assert_eq!(run.report.final_equity, d("10050"));
+    let note = run.report.notes.iter().find(|n| n.contains("rejected")).expect("a note on the rejections");
+    assert!(note.starts_with("3 order(s) were rejected (3 by risk limit max_position_notional); the first: risk limit max_position_notional (account): position value 360"), "{note}");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 
 use crate::config::SandboxConfig;
 use crate::exchange::ExchangeEvent;
-use crate::model::{AccountView, Candle, Fill, Tick, TimestampMs, decimal_from_f64};
+use crate::model::{AccountView, Candle, Fill, Order, OrderRequest, OrderStatus, Tick, TimestampMs, decimal_from_f64};
 use crate::script::{ScriptOptions, ScriptStrategy};
 use crate::strategy::{
     OrderIds, SharedContext, Strategy, StrategyCommand, StrategyContext, StrategyEnv, StrategyError, StrategyEvent,
@@ -56,6 +56,8 @@ pub struct BacktestConfig {
     pub params: BTreeMap<String, serde_json::Value>,
     /// Script sandbox limits.
     pub sandbox: SandboxConfig,
+    /// Pre-trade limits, as live (`[risk]` and the strategy's override).
+    pub risk: crate::risk::RiskGate,
 }
 
 /// Why a backtest stopped.
@@ -151,6 +153,8 @@ pub fn run(
         logs: Vec::new(),
         wants_ticks: true,
         rejected: (0, None),
+        risk: config.risk.clone(),
+        risk_rejected: BTreeMap::new(),
     };
     sim.handle(strategy.as_mut(), StrategyEvent::Start, first)?;
     let mut equity = Vec::new();
@@ -239,7 +243,10 @@ pub fn run(
         notes.push(format!("data for {} is not traded by the strategy and was left out", timeline.unused.join(", ")));
     }
     if let (rejected @ 1.., Some(first)) = &sim.rejected {
-        notes.push(format!("{rejected} order(s) were rejected; the first: {first}"));
+        let by_limit: Vec<String> =
+            sim.risk_rejected.iter().map(|(limit, n)| format!("{n} by risk limit {limit}")).collect();
+        let by_limit = if by_limit.is_empty() { String::new() } else { format!(" ({})", by_limit.join(", ")) };
+        notes.push(format!("{rejected} order(s) were rejected{by_limit}; the first: {first}"));
     }
     let open: Vec<String> = sim.broker.open.iter().map(|o| o.request.client_id.clone()).collect();
     if !open.is_empty() {
@@ -319,6 +326,10 @@ struct Simulation {
     wants_ticks: bool,
     /// Orders the broker rejected, and the first reason.
     rejected: (usize, Option<String>),
+    /// Pre-trade limits.
+    risk: crate::risk::RiskGate,
+    /// Orders the risk limits refused, by limit.
+    risk_rejected: BTreeMap<&'static str, usize>,
 }
 
 impl Simulation {
@@ -378,7 +389,7 @@ impl Simulation {
             let event = match event {
                 ExchangeEvent::Fill(fill) => StrategyEvent::Fill(fill),
                 ExchangeEvent::Order(order) => {
-                    if order.status == crate::model::OrderStatus::Rejected {
+                    if order.status == OrderStatus::Rejected {
                         self.rejected.0 += 1;
                         self.rejected.1.get_or_insert_with(|| order.reason.clone().unwrap_or_default());
                     }
@@ -388,6 +399,22 @@ impl Simulation {
             self.handle(strategy, event, time)?;
         }
         Ok(())
+    }
+
+    /// Checks an order against the risk limits (on the account as it is
+    /// after the orders before it), then hands it to the broker.
+    fn place(&mut self, request: OrderRequest, time: TimestampMs) -> Vec<ExchangeEvent> {
+        if !self.risk.is_open() {
+            self.publish_account(true);
+            if let Err(refusal) = self.risk.check(&request, &self.account.load(), time) {
+                *self.risk_rejected.entry(refusal.limit).or_default() += 1;
+                let mut order = Order::new(request, time);
+                order.status = OrderStatus::Rejected;
+                order.reason = Some(refusal.to_string());
+                return vec![ExchangeEvent::Order(order)];
+            }
+        }
+        self.broker.submit(request, time)
     }
 
     /// Runs one callback at simulated `time` and executes what it asked for;
@@ -405,7 +432,7 @@ impl Simulation {
         let mut events = Vec::new();
         for command in commands {
             match command {
-                StrategyCommand::Place(request) => events.extend(self.broker.submit(request, time)),
+                StrategyCommand::Place(request) => events.extend(self.place(request, time)),
                 StrategyCommand::Cancel { client_id } => events.extend(self.broker.cancel(&client_id, time)),
                 StrategyCommand::CancelAll { symbol } => {
                     let ids: Vec<String> = self

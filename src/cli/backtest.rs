@@ -132,6 +132,7 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
         to: time_arg("--to", &args.to).map_err(usage)?,
         params,
         sandbox: config.sandbox.clone(),
+        risk: tradehost::risk::RiskGate::from_config(&config),
     };
     let file = args.strategy.display().to_string();
 

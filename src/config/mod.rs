@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod market;
+mod risk;
 mod sections;
 mod validate;
 
@@ -16,6 +17,7 @@ pub use market::{
     DeltaConfig, DeltaNetwork, ExchangeConfig, ExchangeKind, FeedConfig, FeedKind, PaperConfig, ProductConfig,
     ReplayConfig, SyntheticConfig,
 };
+pub use risk::RiskLimits;
 pub use sections::{
     HttpConfig, SandboxConfig, ShutdownConfig, ShutdownPolicy, StoreConfig, StrategiesConfig, StrategyOverride,
     SupervisorConfig,
@@ -110,6 +112,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Durable state.
     pub store: StoreConfig,
+    /// Pre-trade limits of the account.
+    pub risk: RiskLimits,
     /// Faults injected by tests; never read from a file.
     #[serde(skip)]
     pub faults: Faults,
@@ -148,6 +152,7 @@ impl Default for Config {
             feed: FeedConfig::default(),
             http: HttpConfig::default(),
             store: StoreConfig::default(),
+            risk: RiskLimits::default(),
             faults: Faults::default(),
         }
     }

@@ -82,6 +82,8 @@ pub struct StrategyOverride {
     pub params: BTreeMap<String, serde_json::Value>,
     /// Overrides `strategies.shutdown_policy`.
     pub shutdown_policy: Option<ShutdownPolicy>,
+    /// Pre-trade limits of this strategy's own orders and positions.
+    pub risk: Option<super::RiskLimits>,
 }
 
 /// `[sandbox]`: limits applied to every script callback.

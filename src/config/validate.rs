@@ -12,6 +12,12 @@ impl Config {
         self.limit_problems(&mut out);
         self.exchange_problems(&mut out);
         self.feed_problems(&mut out);
+        self.risk.problems("risk", &mut out);
+        for (name, strategy) in &self.strategies.overrides {
+            if let Some(risk) = &strategy.risk {
+                risk.problems(&format!("strategies.overrides.{name}.risk"), &mut out);
+            }
+        }
         out
     }
 

@@ -249,11 +249,8 @@ impl Engine {
         let Batch { strategy, mut rejected, intents, mut steps, .. } = batch;
         if let Err(error) = committed {
             self.fatal(format!("cannot store order intents: {error}"));
-            for mut order in intents {
-                order.status = OrderStatus::Rejected;
-                order.reason = Some("the order could not be recorded in the store, so it was not sent".into());
-                rejected.push(ExchangeEvent::Order(order));
-            }
+            let reason = "the order could not be recorded in the store, so it was not sent";
+            rejected.extend(self.oms.reject_unsent(intents, reason));
             steps.retain(|s| !matches!(s, Step::Send(_)));
         }
         rejected.extend(self.run_steps(&strategy, steps));

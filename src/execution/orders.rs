@@ -55,6 +55,7 @@ pub struct Oms {
     stale: HashSet<String>,
     view: Arc<ArcSwap<AccountView>>,
     clock: crate::clock::Clock,
+    risk: crate::risk::RiskGate,
 }
 
 impl Oms {
@@ -73,6 +74,7 @@ impl Oms {
             stale: HashSet::new(),
             view: Arc::new(ArcSwap::from_pointee(AccountView::default())),
             clock: crate::clock::Clock::wall(),
+            risk: crate::risk::RiskGate::default(),
         };
         oms.publish();
         oms
@@ -174,7 +176,13 @@ impl Oms {
         self.gate_open = false;
     }
 
-    /// Checks a strategy's order before anything is sent. The result is
+    /// Checks every new order against these limits from now on.
+    pub fn set_risk(&mut self, risk: crate::risk::RiskGate) {
+        self.risk = risk;
+    }
+
+    /// Checks a strategy's order before anything is sent: the shutdown gate,
+    /// stale market data, its client id, then the risk limits. The result is
     /// `Pending` (record it as an intent, then send it) or `Rejected` with the reason.
     pub fn prepare(&mut self, request: OrderRequest) -> Order {
         let stale = !request.reduce_only && self.stale.contains(&request.symbol);
@@ -185,7 +193,8 @@ impl Oms {
         } else if self.open.contains_key(&request.client_id) {
             Some(format!("client order id {} is already in use", request.client_id))
         } else {
-            None
+            let now = self.now();
+            self.risk.check(&request, &self.view.load(), now).err().map(|refusal| refusal.to_string())
         };
         let mut order = Order::new(request, self.now());
         match refusal {
@@ -193,9 +202,28 @@ impl Oms {
                 order.status = OrderStatus::Rejected;
                 order.reason = Some(reason);
             }
-            None => order.status = OrderStatus::Pending,
+            None => {
+                // Working from now on: the next order's checks count it.
+                order.status = OrderStatus::Pending;
+                self.open.insert(order.request.client_id.clone(), order.clone());
+                self.publish();
+            }
         }
         order
+    }
+
+    /// Rejects prepared orders that will not be sent (their intents could
+    /// not be stored), with the reason; returns their events.
+    pub fn reject_unsent(&mut self, orders: Vec<Order>, reason: &str) -> Vec<ExchangeEvent> {
+        let events = orders
+            .into_iter()
+            .map(|mut order| {
+                order.status = OrderStatus::Rejected;
+                order.reason = Some(reason.to_string());
+                ExchangeEvent::Order(order)
+            })
+            .collect();
+        self.record(events)
     }
 
     /// Sends a prepared order (its intent must be stored first); it is

@@ -78,6 +78,8 @@ pub(super) async fn boot(
             (oms, hub, Market::Delta(connector), resolved, Some(links), Clock::wall(), shown)
         }
     };
+    let mut oms = oms;
+    oms.set_risk(crate::risk::RiskGate::from_config(config));
     publish_resolved(&oms, &resolved, writer, activity, &shown).await?;
     Ok(Booted { oms, hub, market, resolved, delta, clock, shown })
 }
