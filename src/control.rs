@@ -8,7 +8,7 @@
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::model::StrategyError;
+use crate::model::{StrategyError, TradingState, TradingStates};
 
 /// Why the host shuts down.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +40,37 @@ pub enum Control {
     /// Reload a running strategy from its file; answers with the new version
     /// or the compile error.
     Reload(String, ControlReply<u32>),
+    /// Set the account's trading state (`strategy` none) or a strategy's;
+    /// answers with the states now in force (stored before the answer).
+    SetTrading {
+        /// A strategy, or none for the account.
+        strategy: Option<String>,
+        /// The new state.
+        state: TradingState,
+        /// Where the answer goes.
+        reply: ControlReply<TradingStates>,
+    },
+    /// The kill switch: halt the account, cancel every open order and, with
+    /// `flatten`, close every position with reduce-only market orders.
+    Kill {
+        /// Also close every position.
+        flatten: bool,
+        /// Where the report goes.
+        reply: ControlReply<KillReport>,
+    },
     /// Begin the ordered shutdown.
     Shutdown(ShutdownReason),
+}
+
+/// What the kill switch did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct KillReport {
+    /// The trading states now in force (the account is halted).
+    pub trading: TradingStates,
+    /// Open orders it asked the venue to cancel.
+    pub cancelled: usize,
+    /// Reduce-only market orders it sent to close positions.
+    pub flatten_orders: usize,
 }
 
 /// Why a control request failed.

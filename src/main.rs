@@ -75,6 +75,30 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
+    /// The kill switch: halt the account, cancel every open order (and with --flatten close every position).
+    Kill {
+        #[command(flatten)]
+        target: Target,
+        /// Also close every position with reduce-only market orders.
+        #[arg(long)]
+        flatten: bool,
+    },
+    /// Let only position-reducing orders out (the account, or one strategy with --strategy).
+    Pause {
+        #[command(flatten)]
+        target: Target,
+        /// One strategy instead of the account.
+        #[arg(long)]
+        strategy: Option<String>,
+    },
+    /// Let every order the limits allow out again (the account, or one strategy with --strategy).
+    Resume {
+        #[command(flatten)]
+        target: Target,
+        /// One strategy instead of the account.
+        #[arg(long)]
+        strategy: Option<String>,
+    },
     /// Replay a strategy over historical bars with the live runtime and print a report.
     Backtest(Box<backtest::BacktestArgs>),
     /// Print the API token the host uses (from <data-dir>/api-token), or replace it with --rotate.
@@ -132,6 +156,13 @@ fn main() -> ExitCode {
         Command::Token { rotate, config, data_dir } => cli::token::token(rotate, config.as_deref(), data_dir),
         Command::Status { target, json } => client::run(target, client::Action::Status { json }),
         Command::Stop { target, wait } => client::run(target, client::Action::Stop { wait_s: wait }),
+        Command::Kill { target, flatten } => client::run(target, client::Action::Kill { flatten }),
+        Command::Pause { target, strategy } => {
+            client::run(target, client::Action::Trading { state: "reduce_only", strategy })
+        }
+        Command::Resume { target, strategy } => {
+            client::run(target, client::Action::Trading { state: "resume", strategy })
+        }
     };
     ExitCode::from(code)
 }

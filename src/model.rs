@@ -1,7 +1,7 @@
 //! Plain domain types shared by every layer: sides, orders, fills, candles,
 //! ticks, positions and products. Money and sizes are exact decimals.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
@@ -355,6 +355,57 @@ impl Position {
     }
 }
 
+/// Whether new orders may go out. For an order the stricter of the
+/// account's state and its strategy's applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TradingState {
+    /// Every order the limits allow.
+    #[default]
+    Active,
+    /// Only orders that reduce a position (cancels always work).
+    ReduceOnly,
+    /// No new order at all (cancels always work).
+    Halted,
+}
+
+impl TradingState {
+    /// `active`, `reduce_only` or `halted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TradingState::Active => "active",
+            TradingState::ReduceOnly => "reduce_only",
+            TradingState::Halted => "halted",
+        }
+    }
+}
+
+/// The trading states in force: the account's and those of strategies that
+/// have their own (a strategy not listed is `active`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TradingStates {
+    /// The account's state.
+    pub account: TradingState,
+    /// Strategies whose own state is not `active`.
+    pub strategies: BTreeMap<String, TradingState>,
+}
+
+impl TradingStates {
+    /// The state that applies to a strategy's orders: the stricter one.
+    pub fn of(&self, strategy: &str) -> TradingState {
+        self.account.max(self.strategies.get(strategy).copied().unwrap_or_default())
+    }
+
+    /// Sets the account's state (`strategy` none) or a strategy's.
+    pub fn set(&mut self, strategy: Option<&str>, state: TradingState) {
+        match (strategy, state) {
+            (None, state) => self.account = state,
+            (Some(name), TradingState::Active) => drop(self.strategies.remove(name)),
+            (Some(name), state) => drop(self.strategies.insert(name.to_string(), state)),
+        }
+    }
+}
+
 /// The read model of the account that strategies see: published by the
 /// order manager after every change, read without locks.
 #[derive(Debug, Clone, Default)]
@@ -371,6 +422,8 @@ pub struct AccountView {
     pub marks: HashMap<String, Decimal>,
     /// Open orders of every strategy.
     pub open_orders: Vec<Order>,
+    /// Whether new orders may go out.
+    pub trading: TradingStates,
 }
 
 impl AccountView {

@@ -4,15 +4,18 @@
 //! `[strategies.overrides.NAME.risk]` limits bound that strategy's own
 //! orders and positions; an order must pass both. Reduce-only orders and
 //! orders that only shrink a position pass the exposure checks
-//! (`max_position_notional`, `max_gross_exposure`, `max_leverage`). A refusal
-//! names the limit, its value and the order's value.
+//! (`max_position_notional`, `max_gross_exposure`, `max_leverage`). Before
+//! the limits, the trading state: `halted` refuses every new order,
+//! `reduce_only` every order that does not shrink a position (for the
+//! account, or for one strategy; cancels never come here). A refusal names
+//! the limit, its value and the order's value.
 
 use std::collections::{BTreeMap, HashMap};
 
 use rust_decimal::Decimal;
 
 use crate::config::{Config, RiskLimits};
-use crate::model::{AccountView, Order, OrderRequest, Side, TimestampMs};
+use crate::model::{AccountView, Order, OrderRequest, Side, TimestampMs, TradingState, TradingStates};
 
 /// Why an order was refused: which limit, and the figures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +52,8 @@ pub struct RiskGate {
     strategies: BTreeMap<String, RiskLimits>,
     /// Token buckets by (scope, limit).
     buckets: HashMap<(String, &'static str), Bucket>,
+    /// Whether new orders may go out.
+    trading: TradingStates,
 }
 
 /// Whose limits and which of the account's orders and positions they see.
@@ -110,12 +115,27 @@ impl RiskGate {
 
     /// Account limits and per-strategy limits.
     pub fn new(account: RiskLimits, strategies: BTreeMap<String, RiskLimits>) -> Self {
-        RiskGate { account, strategies, buckets: HashMap::new() }
+        RiskGate { account, strategies, buckets: HashMap::new(), trading: TradingStates::default() }
     }
 
-    /// True when no limit is set anywhere (every order passes).
+    /// True when no limit is set anywhere and trading is active (every order passes).
     pub fn is_open(&self) -> bool {
-        self.account.is_empty() && self.strategies.is_empty()
+        self.account.is_empty() && self.strategies.is_empty() && self.trading == TradingStates::default()
+    }
+
+    /// The trading states in force.
+    pub fn trading(&self) -> &TradingStates {
+        &self.trading
+    }
+
+    /// Sets the account's trading state (`strategy` none) or a strategy's.
+    pub fn set_trading(&mut self, strategy: Option<&str>, state: TradingState) {
+        self.trading.set(strategy, state);
+    }
+
+    /// Restores stored trading states.
+    pub fn restore_trading(&mut self, trading: TradingStates) {
+        self.trading = trading;
     }
 
     /// Checks an order against the account's and its strategy's limits at
@@ -124,6 +144,7 @@ impl RiskGate {
         if self.is_open() {
             return Ok(());
         }
+        self.check_trading_state(request, account)?;
         let strategy_limits = self.strategies.get(&request.strategy).cloned();
         let scopes: Vec<(Scope, RiskLimits)> = [(Scope::Account, Some(self.account.clone()))]
             .into_iter()
@@ -142,6 +163,28 @@ impl RiskGate {
                 if let Some(bucket) = self.buckets.get_mut(&(scope.name(), key)) {
                     bucket.tokens -= 1.0;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses what a `halted` or `reduce_only` state does not allow.
+    fn check_trading_state(&self, request: &OrderRequest, account: &AccountView) -> Result<(), Refusal> {
+        let states = [(Scope::Account, self.trading.account)].into_iter().chain(
+            self.trading.strategies.get(&request.strategy).map(|state| (Scope::Strategy(&request.strategy), *state)),
+        );
+        for (scope, state) in states {
+            let refuse = |detail: String| Err(Refusal { limit: "trading_state", scope: scope.name(), detail });
+            match state {
+                TradingState::Active => {}
+                TradingState::Halted => return refuse("halted: new orders are refused (cancels still work)".into()),
+                TradingState::ReduceOnly if !shrinks(request, scope.position(account, &request.symbol)) => {
+                    return refuse(format!(
+                        "reduce_only: a {} of {} {} would not reduce the position",
+                        request.side, request.size, request.symbol
+                    ));
+                }
+                TradingState::ReduceOnly => {}
             }
         }
         Ok(())
@@ -174,6 +217,13 @@ fn rate_limits(limits: &RiskLimits) -> Vec<(&'static str, u32, i64)> {
     .into_iter()
     .filter_map(|(key, value, period)| value.map(|v| (key, v, period)))
     .collect()
+}
+
+/// True when an order can only reduce `position`: reduce-only, or on the
+/// closing side and no larger than the position.
+fn shrinks(request: &OrderRequest, position: Decimal) -> bool {
+    request.reduce_only
+        || (!position.is_zero() && Side::closing(position) == request.side && request.size <= position.abs())
 }
 
 /// The price an order is valued at: its limit, or the mark for a market order.
@@ -350,6 +400,7 @@ mod tests {
                     o
                 })
                 .collect(),
+            trading: TradingStates::default(),
         }
     }
 

@@ -95,3 +95,113 @@ async fn a_thousand_orders_in_one_callback_are_held_to_the_order_rate_and_the_ho
     assert_eq!(t.api_get("/api/v1/health").await["status"], "ready");
     assert_eq!(t.stop().await, 0);
 }
+
+const OBEYS: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_candle(c) {
+    let state = risk::state();
+    if this.step == () {
+        this.step = "bought";
+        exchange::market_order("BTCUSD", "buy", 0.02);
+        this.resting = exchange::limit_order("BTCUSD", "buy", 0.01, c.close * 0.5);
+    } else if state == "reduce_only" && this.step == "bought" {
+        this.step = "reduced";
+        exchange::market_order("BTCUSD", "buy", 0.01);
+        exchange::market_order("BTCUSD", "sell", 0.01);
+    } else if state == "halted" && this.step == "reduced" {
+        this.step = "halted";
+        exchange::market_order("BTCUSD", "sell", 0.01);
+        exchange::cancel(this.resting);
+    }
+}
+fn on_order(o) { log::info(o.status + " " + o.side + " " + o.size + " " + (o.reason ?? "")); }
+"#;
+
+async fn post(t: &TestHost, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let url = format!("http://{}{path}", t.host.http_addr());
+    let mut request = reqwest::Client::new().post(url).bearer_auth(t.host.api_token().expose());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reduce_only_lets_only_reductions_out_and_halted_only_cancels() {
+    let t = TestHost::start(&[("s", OBEYS)], |_| {}).await;
+    t.wait_log(0, "s", "filled buy 0.02").await;
+    t.wait_log(0, "s", "open buy 0.01").await;
+    let seq = t.seq();
+    let (code, trading) =
+        post(&t, "/api/v1/risk/state", Some(serde_json::json!({"strategy": "s", "state": "reduce_only"}))).await;
+    assert_eq!((code, trading["strategies"]["s"].as_str()), (200, Some("reduce_only")), "{trading}");
+    let rejected = t.wait_log(seq, "s", "rejected buy 0.01").await;
+    assert!(
+        rejected.data["message"].as_str().unwrap().contains("risk limit trading_state (strategy s): reduce_only"),
+        "{}",
+        rejected.data
+    );
+    t.wait_log(seq, "s", "filled sell 0.01").await;
+    let seq = t.seq();
+    let (code, _) = post(&t, "/api/v1/risk/state", Some(serde_json::json!({"state": "halted"}))).await;
+    assert_eq!(code, 200);
+    let rejected = t.wait_log(seq, "s", "rejected sell 0.01").await;
+    assert!(rejected.data["message"].as_str().unwrap().contains("(account): halted"), "{}", rejected.data);
+    t.wait_log(seq, "s", "cancelled buy 0.01").await;
+    let risk = t.api_get("/api/v1/risk").await;
+    assert_eq!(risk["trading"]["account"], "halted", "{risk}");
+    let event = t.wait_for(0, "the risk event", |e| e.kind == ActivityKind::Risk && e.data["state"] == "halted").await;
+    assert_eq!(event.data["scope"], "account");
+    // Bad input: an unknown state or strategy is refused in the API's error shape.
+    let (code, body) = post(&t, "/api/v1/risk/state", Some(serde_json::json!({"state": "paused"}))).await;
+    assert_eq!((code, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    let (code, body) =
+        post(&t, "/api/v1/risk/state", Some(serde_json::json!({"state": "halted", "strategy": "nobody"}))).await;
+    assert_eq!(code, 404, "{body}");
+    let (code, trading) = post(&t, "/api/v1/risk/state", Some(serde_json::json!({"state": "resume"}))).await;
+    assert_eq!((code, trading["account"].as_str()), (200, Some("active")));
+    assert_eq!(t.stop().await, 0);
+}
+
+const HOLDS_AND_QUOTES: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_candle(c) {
+    if this.started == () {
+        this.started = true;
+        exchange::market_order("BTCUSD", "buy", 0.02);
+        exchange::limit_order("BTCUSD", "buy", 0.01, c.close * 0.5);
+        exchange::limit_order("BTCUSD", "sell", 0.01, c.close * 2.0);
+    } else if exchange::position("BTCUSD").size == 0.0 && exchange::open_orders().len() == 0 {
+        exchange::market_order("BTCUSD", "buy", 0.01);
+    }
+}
+fn on_order(o) { log::info(o.status + " " + o.side + " " + o.size + " " + (o.reason ?? "")); }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_switch_halts_cancels_everything_flattens_and_survives_a_restart() {
+    let leave =
+        |c: &mut tradehost::config::Config| c.strategies.shutdown_policy = tradehost::config::ShutdownPolicy::Leave;
+    let t = TestHost::start(&[("holder", HOLDS_AND_QUOTES)], leave).await;
+    t.wait_log(0, "holder", "filled buy 0.02").await;
+    t.wait_log(0, "holder", "open sell 0.01").await;
+    t.wait_log(0, "holder", "open buy 0.01").await;
+    let seq = t.seq();
+    let (code, report) = post(&t, "/api/v1/kill?flatten=true", None).await;
+    assert_eq!(code, 200, "{report}");
+    assert_eq!((report["cancelled"].as_u64(), report["flatten_orders"].as_u64()), (Some(2), Some(1)), "{report}");
+    assert_eq!(report["trading"]["account"], "halted");
+    t.wait_log(seq, "holder", "filled sell 0.02").await;
+    let account = t.host.account();
+    assert!(account.open_orders.is_empty(), "{:?}", account.open_orders);
+    assert!(account.positions.values().flat_map(|p| p.values()).all(|p| p.size.is_zero()));
+    // Flat and halted: its next entry is refused.
+    let refused = t.wait_log(seq, "holder", "rejected buy 0.01").await;
+    assert!(refused.data["message"].as_str().unwrap().contains("halted"), "{}", refused.data);
+    // A halted host comes back halted.
+    let (dir, data) = t.stop_keep().await;
+    let t = TestHost::start_in(dir, data, leave).await;
+    assert_eq!(t.api_get("/api/v1/risk").await["trading"]["account"], "halted");
+    assert_eq!(t.stop().await, 0);
+}

@@ -1,4 +1,5 @@
-//! `tradehost status` and `tradehost stop`: clients of a running host's API.
+//! `tradehost status`, `stop`, `kill`, `pause`, `resume` and `doctor --live`:
+//! clients of a running host's API.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,18 @@ pub enum Action {
         /// Longest wait for the exit.
         wait_s: u64,
     },
+    /// The kill switch.
+    Kill {
+        /// Also close every position.
+        flatten: bool,
+    },
+    /// Set a trading state: the account's, or one strategy's.
+    Trading {
+        /// `halted`, `reduce_only` or `active`.
+        state: &'static str,
+        /// A strategy, or none for the account.
+        strategy: Option<String>,
+    },
 }
 
 struct Api {
@@ -30,6 +43,21 @@ struct Api {
 }
 
 impl Api {
+    async fn post(&self, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let mut request = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| format!("no tradehost answers at {}: {e}", self.base))?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.map_err(|e| format!("{path}: unreadable answer: {e}"))?;
+        match status {
+            200 => Ok(body),
+            401 => Err("the API refused the token".into()),
+            _ => Err(format!("{path}: {}", body["error"]["message"].as_str().unwrap_or("failed"))),
+        }
+    }
+
     async fn get(&self, path: &str) -> Result<(u16, Value), String> {
         let response = self
             .http
@@ -82,6 +110,8 @@ pub fn run(target: Target, action: Action) -> u8 {
             Action::Status { json } => status(&api, json).await,
             Action::Doctor => doctor(&api).await,
             Action::Stop { wait_s } => stop(&api, Duration::from_secs(wait_s)).await,
+            Action::Kill { flatten } => kill(&api, flatten).await,
+            Action::Trading { state, strategy } => trading(&api, state, strategy).await,
         }
     });
     match result {
@@ -255,4 +285,27 @@ async fn stop(api: &Api, wait: Duration) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(format!("the host was still running after {} s", wait.as_secs()))
+}
+
+async fn kill(api: &Api, flatten: bool) -> Result<(), String> {
+    let report = api.post(&format!("/api/v1/kill?flatten={flatten}"), None).await?;
+    outln!(
+        "account halted; cancels sent for {} open order(s); {} closing order(s) sent",
+        text(&report["cancelled"]),
+        text(&report["flatten_orders"])
+    );
+    outln!("`tradehost resume` lets new orders out again");
+    Ok(())
+}
+
+async fn trading(api: &Api, state: &str, strategy: Option<String>) -> Result<(), String> {
+    let body = serde_json::json!({ "state": state, "strategy": strategy });
+    let trading = api.post("/api/v1/risk/state", Some(body)).await?;
+    outln!("account: {}", text(&trading["account"]));
+    if let Some(strategies) = trading["strategies"].as_object() {
+        for (name, state) in strategies {
+            outln!("strategy {name}: {}", text(state));
+        }
+    }
+    Ok(())
 }

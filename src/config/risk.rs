@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::ConfigProblem;
 
 /// Pre-trade limits of the account or of one strategy.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RiskLimits {
     /// Largest order, in base units (contracts × contract value).

@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 use super::Oms;
 use crate::activity::{ActivityBus, ActivityKind};
 use crate::config::ShutdownPolicy;
-use crate::control::{Control, ShutdownReason};
+use crate::control::{Control, KillReport, ShutdownReason};
 use crate::data::{MarketHub, TimedCandle};
 use crate::exchange::MarketEvent;
 use crate::exchange::{ExchangeEvent, VenueUpdate};
-use crate::model::{Order, OrderRequest, OrderStatus, Tick};
+use crate::model::{Order, OrderRequest, OrderStatus, Tick, TradingState, TradingStates};
 use crate::store::{StoreWriter, WriteOp};
 use crate::strategy::live::RuntimeHandle;
 use crate::strategy::{LogLevel, OrderIds, StrategyCommand, StrategyEvent};
@@ -40,6 +40,22 @@ pub enum EngineRequest {
     CloseGate(oneshot::Sender<()>),
     /// Apply each strategy's shutdown policy.
     ApplyPolicies(Vec<(String, ShutdownPolicy)>, oneshot::Sender<()>),
+    /// Set a trading state (stored before the answer).
+    SetTrading {
+        /// A strategy, or none for the account.
+        strategy: Option<String>,
+        /// The new state.
+        state: TradingState,
+        /// The states now in force.
+        reply: oneshot::Sender<TradingStates>,
+    },
+    /// The kill switch.
+    Kill {
+        /// Also close every position.
+        flatten: bool,
+        /// What it did.
+        reply: oneshot::Sender<KillReport>,
+    },
 }
 
 /// A strategy's checked commands: intents to store, then steps to run.
@@ -131,8 +147,8 @@ impl Engine {
                         }
                     }
                     Some(request) => {
-                        if matches!(request, EngineRequest::ApplyPolicies(..)) {
-                            // Policies act on every order sent so far: send the queued ones first.
+                        if matches!(request, EngineRequest::ApplyPolicies(..) | EngineRequest::Kill { .. }) {
+                            // Policies and the kill switch act on every order sent so far: send the queued ones first.
                             while let Some(mut batch) = pending.pop_front() {
                                 let committed = batch.committed().await;
                                 self.finish(batch, committed).await;
@@ -166,6 +182,14 @@ impl Engine {
                 self.oms.close_gate();
                 let _ = reply.send(());
             }
+            EngineRequest::SetTrading { strategy, state, reply } => {
+                let trading = self.set_trading(strategy.as_deref(), state).await;
+                let _ = reply.send(trading);
+            }
+            EngineRequest::Kill { flatten, reply } => {
+                let report = self.kill(flatten).await;
+                let _ = reply.send(report);
+            }
             EngineRequest::ApplyPolicies(policies, reply) => {
                 for (strategy, policy) in policies {
                     let mut commands = Vec::new();
@@ -190,6 +214,52 @@ impl Engine {
                 let _ = reply.send(());
             }
         }
+    }
+
+    /// Sets a trading state, stores it, then publishes it.
+    async fn set_trading(&mut self, strategy: Option<&str>, state: TradingState) -> TradingStates {
+        let trading = self.oms.set_trading(strategy, state);
+        if let Err(error) = self.store.commit(vec![WriteOp::Trading(trading.clone())]).await {
+            self.fatal(format!("cannot store the trading state: {error}"));
+        }
+        let scope = strategy.map_or("account".to_string(), |s| format!("strategy {s}"));
+        tracing::warn!(scope = %scope, state = state.as_str(), "trading state set");
+        self.activity.publish(
+            ActivityKind::Risk,
+            strategy,
+            json!({ "event": "trading_state", "scope": scope, "state": state }),
+        );
+        trading
+    }
+
+    /// The kill switch: halt the account, cancel every open order, and with
+    /// `flatten` close every position with reduce-only market orders.
+    async fn kill(&mut self, flatten: bool) -> KillReport {
+        let trading = self.set_trading(None, TradingState::Halted).await;
+        let cancelled = self.oms.open_orders().filter(|o| o.status.is_open()).count();
+        let mut events = self.oms.cancel_everything();
+        let mut flatten_orders = 0;
+        if flatten {
+            for strategy in self.oms.strategies_with_positions() {
+                let ids = OrderIds::new(&strategy, self.id_counter.clone());
+                let orders = self.oms.flatten_orders(&strategy, &mut || ids.next_id());
+                if let Err(error) = self.record_intents(&orders).await {
+                    self.fatal(format!("cannot store order intents: {error}"));
+                    continue;
+                }
+                flatten_orders += orders.len();
+                let steps = orders.into_iter().map(|o| Step::Send(o.request)).collect();
+                events.extend(self.run_steps(&strategy, steps));
+            }
+        }
+        self.persist_and_dispatch(events).await;
+        tracing::warn!(cancelled, flatten_orders, "kill switch: account halted");
+        self.activity.publish(
+            ActivityKind::Risk,
+            None,
+            json!({ "event": "kill", "flatten": flatten, "cancelled": cancelled, "flatten_orders": flatten_orders }),
+        );
+        KillReport { trading, cancelled, flatten_orders }
     }
 
     /// Executes a strategy's commands in order. Order intents of the whole

@@ -109,6 +109,9 @@ impl Oms {
             .map(|(strategy, p)| (strategy.clone(), p.iter().map(|(s, p)| (s.clone(), p.clone())).collect()))
             .collect();
         self.next_fill_id = recovered.last_fill_id + 1;
+        if let Some(trading) = &recovered.trading {
+            self.risk.restore_trading(trading.clone());
+        }
         let mut resolved = Vec::new();
         for (client_id, order) in &recovered.orders {
             if !(order.status.is_open() || order.status == OrderStatus::Pending) {
@@ -177,8 +180,35 @@ impl Oms {
     }
 
     /// Checks every new order against these limits from now on.
-    pub fn set_risk(&mut self, risk: crate::risk::RiskGate) {
+    /// The trading states in force stay as they are.
+    pub fn set_risk(&mut self, mut risk: crate::risk::RiskGate) {
+        risk.restore_trading(self.risk.trading().clone());
         self.risk = risk;
+        self.publish();
+    }
+
+    /// Sets the account's trading state (`strategy` none) or a strategy's;
+    /// returns the states now in force.
+    pub fn set_trading(
+        &mut self,
+        strategy: Option<&str>,
+        state: crate::model::TradingState,
+    ) -> crate::model::TradingStates {
+        self.risk.set_trading(strategy, state);
+        self.publish();
+        self.risk.trading().clone()
+    }
+
+    /// Every open order, for a kill switch: cancels of all of them, by strategy.
+    pub fn cancel_everything(&mut self) -> Vec<ExchangeEvent> {
+        let strategies: std::collections::BTreeSet<String> =
+            self.open.values().map(|o| o.request.strategy.clone()).collect();
+        strategies.iter().flat_map(|strategy| self.cancel_all(strategy, None)).collect()
+    }
+
+    /// Strategies holding a position.
+    pub fn strategies_with_positions(&self) -> Vec<String> {
+        self.positions.iter().filter(|(_, p)| p.values().any(|p| !p.size.is_zero())).map(|(s, _)| s.clone()).collect()
     }
 
     /// Checks a strategy's order before anything is sent: the shutdown gate,
@@ -521,6 +551,7 @@ impl Oms {
             positions: self.positions.clone(),
             marks: self.marks.clone(),
             open_orders: self.open.values().cloned().collect(),
+            trading: self.risk.trading().clone(),
         }));
     }
 }

@@ -277,6 +277,15 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         mode: mode(&config).to_string(),
         clock: booted.clock.clone(),
         shown: booted.shown,
+        risk_limits: crate::http::RiskLimitsView {
+            account: config.risk.clone(),
+            strategies: config
+                .strategies
+                .overrides
+                .iter()
+                .filter_map(|(name, o)| o.risk.clone().map(|r| (name.clone(), r)))
+                .collect(),
+        },
     });
     tasks.spawn_critical("http", "http", crate::http::serve(listener, crate::http::router(api), http_cancel.clone()));
     health.set("http", ComponentState::Up);

@@ -32,7 +32,7 @@ use crate::model::AccountView;
 use crate::store::StoreReader;
 
 pub use error::{ApiError, ErrorBody};
-pub use routes::ApiDoc;
+pub use routes::{ApiDoc, RiskLimitsView};
 
 /// What the handlers share.
 pub struct ApiContext {
@@ -64,6 +64,8 @@ pub struct ApiContext {
     pub clock: crate::clock::Clock,
     /// How prices, sizes and money are shown.
     pub shown: crate::model::Shown,
+    /// The risk limits in force: the account's and each strategy's.
+    pub risk_limits: RiskLimitsView,
 }
 
 /// Shared state of the router.

@@ -17,9 +17,9 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiState, ws};
 use crate::activity::ActivityEvent;
-use crate::control::{Control, ControlError, ShutdownReason, StrategyStatus};
+use crate::control::{Control, ControlError, KillReport, ShutdownReason, StrategyStatus};
 use crate::health::ComponentState;
-use crate::model::{Fill, Order, Shown};
+use crate::model::{Fill, Order, Shown, TradingState, TradingStates};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -41,6 +41,9 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/activity", get(activity))
         .route("/api/v1/ws", get(ws::upgrade))
         .route("/api/v1/shutdown", post(shutdown))
+        .route("/api/v1/risk", get(risk))
+        .route("/api/v1/risk/state", post(set_trading_state))
+        .route("/api/v1/kill", post(kill))
         .route("/api/v1/metrics", get(metrics))
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi))
@@ -50,8 +53,8 @@ pub fn routes() -> Router<ApiState> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tradehost control API", description = "Control and observe a tradehost: strategies, orders, fills, positions, activity."),
-    paths(health, status, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, positions, balances, activity, ws::upgrade, shutdown, metrics, openapi),
-    components(schemas(ErrorBody, StrategyStatus, Order, Fill, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse)),
+    paths(health, status, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, positions, balances, activity, ws::upgrade, shutdown, risk, set_trading_state, kill, metrics, openapi),
+    components(schemas(ErrorBody, StrategyStatus, Order, Fill, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, RiskResponse, RiskLimitsView, TradingStates, TradingState, TradingStateRequest, KillReport)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -426,6 +429,86 @@ async fn shutdown(State(state): State<ApiState>) -> Result<(StatusCode, Json<Act
         .send(Control::Shutdown(ShutdownReason::Api))
         .map_err(|_| ApiError::Unavailable("the supervisor is not running".into()))?;
     Ok((StatusCode::ACCEPTED, Json(ActionResponse { ok: true, message: "shutdown started".into(), version: None })))
+}
+
+/// The risk limits in force, by scope.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct RiskLimitsView {
+    /// `[risk]`: limits of the whole account.
+    pub account: crate::config::RiskLimits,
+    /// `[strategies.overrides.NAME.risk]`: limits of each strategy's own orders.
+    pub strategies: BTreeMap<String, crate::config::RiskLimits>,
+}
+
+/// `/risk`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RiskResponse {
+    /// Whether new orders may go out: the account's state and each strategy's own.
+    pub trading: TradingStates,
+    /// The limits in force.
+    pub limits: RiskLimitsView,
+}
+
+/// A trading state to set: the account's, or one strategy's.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TradingStateRequest {
+    /// `active`, `reduce_only`, `halted`, or `resume` (back to `active`).
+    pub state: String,
+    /// A strategy; without it the account's state is set.
+    pub strategy: Option<String>,
+}
+
+/// `/kill` options.
+#[derive(Debug, Deserialize, ToSchema, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KillQuery {
+    /// Also close every position with reduce-only market orders.
+    pub flatten: Option<bool>,
+}
+
+/// The trading states and the limits in force.
+#[utoipa::path(get, path = "/api/v1/risk", responses(
+    (status = 200, body = RiskResponse), (status = 401, body = ErrorBody)))]
+async fn risk(State(state): State<ApiState>) -> Json<RiskResponse> {
+    Json(RiskResponse { trading: state.account.load().trading.clone(), limits: state.risk_limits.clone() })
+}
+
+/// Sets the account's trading state, or a strategy's (`resume` returns to `active`).
+#[utoipa::path(post, path = "/api/v1/risk/state", request_body = TradingStateRequest, responses(
+    (status = 200, body = TradingStates), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn set_trading_state(
+    State(state): State<ApiState>,
+    body: Result<Json<TradingStateRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<TradingStates>, ApiError> {
+    writable(&state)?;
+    let Json(request) = body.map_err(|e| ApiError::BadRequest(format!("bad body: {}", e.body_text())))?;
+    let trading = match request.state.as_str() {
+        "active" | "resume" => TradingState::Active,
+        "reduce_only" => TradingState::ReduceOnly,
+        "halted" => TradingState::Halted,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown state {other:?}: expected active, reduce_only, halted or resume"
+            )));
+        }
+    };
+    let strategy = request.strategy;
+    Ok(Json(ask(&state, |reply| Control::SetTrading { strategy, state: trading, reply }).await?))
+}
+
+/// The kill switch: halts the account, cancels every open order and, with
+/// `flatten=true`, closes every position with reduce-only market orders.
+#[utoipa::path(post, path = "/api/v1/kill", params(KillQuery), responses(
+    (status = 200, body = KillReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 503, body = ErrorBody)))]
+async fn kill(
+    State(state): State<ApiState>,
+    q: Result<Query<KillQuery>, QueryRejection>,
+) -> Result<Json<KillReport>, ApiError> {
+    let flatten = query(q)?.flatten.unwrap_or(false);
+    Ok(Json(ask(&state, |reply| Control::Kill { flatten, reply }).await?))
 }
 
 /// Prometheus text format.

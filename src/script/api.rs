@@ -74,6 +74,7 @@ pub const HOST_FUNCTIONS: &[HostFn] = &[
     host("health::heartbeat", "health::heartbeat()", 0, 0),
     host("health::report", "health::report(key: string, value)", 2, 2),
     host("health::degraded", "health::degraded(reason: string)", 1, 1),
+    host("risk::state", "risk::state()", 0, 0),
     host("notify", "notify(message)", 1, 1),
     host("now", "now()", 0, 0),
 ];
@@ -193,6 +194,7 @@ pub fn install(engine: &mut Engine, ctx: &SharedContext) {
     engine.register_static_module("timer", timer_module(ctx).into());
     engine.register_static_module("log", log_module(ctx).into());
     engine.register_static_module("health", health_module(ctx).into());
+    engine.register_static_module("risk", risk_module(ctx).into());
     let c = ctx.clone();
     engine.register_fn("notify", move |message: Dynamic| {
         c.borrow_mut().commands.push(StrategyCommand::Notify(message.to_string()))
@@ -582,6 +584,17 @@ fn log_module(ctx: &SharedContext) -> Module {
             })
         });
     }
+    m
+}
+
+fn risk_module(ctx: &SharedContext) -> Module {
+    let mut m = Module::new();
+    let c = ctx.clone();
+    // The state that applies to this strategy's orders: the stricter of the account's and its own.
+    m.set_native_fn("state", move || {
+        let ctx = c.borrow();
+        Ok(ctx.account.load().trading.of(&ctx.name).as_str().to_string())
+    });
     m
 }
 

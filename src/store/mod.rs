@@ -137,6 +137,8 @@ pub struct Recovered {
     pub positions: BTreeMap<String, BTreeMap<String, Position>>,
     /// The paper account, as the exchange saved it.
     pub paper_account: Option<serde_json::Value>,
+    /// The trading states last set.
+    pub trading: Option<crate::model::TradingStates>,
     /// Strategy states by name.
     pub strategy_states: BTreeMap<String, serde_json::Value>,
     /// Strategies a user stopped, with the reason: they stay stopped.
@@ -382,6 +384,9 @@ impl Store {
             let account = read.open_table(ACCOUNT).map_err(|e| err(e.to_string()))?;
             if let Some(value) = account.get("paper").map_err(|e| err(e.to_string()))? {
                 out.paper_account = Some(decode(value.value(), || "paper account".into())?);
+            }
+            if let Some(value) = account.get("trading").map_err(|e| err(e.to_string()))? {
+                out.trading = Some(decode(value.value(), || "trading states".into())?);
             }
             let states = read.open_table(STRATEGY_STATE).map_err(|e| err(e.to_string()))?;
             for entry in states.iter().map_err(|e| err(e.to_string()))? {

@@ -37,6 +37,8 @@ pub enum WriteOp {
     },
     /// The paper exchange's account and book.
     PaperAccount(serde_json::Value),
+    /// The trading states in force (a halted host comes back halted).
+    Trading(crate::model::TradingStates),
     /// A strategy's `this`.
     StrategyState {
         /// Strategy.
@@ -284,6 +286,9 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
                 }
                 WriteOp::PaperAccount(value) => {
                     account.insert("paper", to_bytes(value).as_slice()).map_err(|x| e(&x))?;
+                }
+                WriteOp::Trading(trading) => {
+                    account.insert("trading", to_bytes(trading).as_slice()).map_err(|x| e(&x))?;
                 }
                 WriteOp::StrategyState { strategy, state } => {
                     states.insert(strategy.as_str(), to_bytes(state).as_slice()).map_err(|x| e(&x))?;

@@ -157,6 +157,25 @@ impl Supervisor {
         }
     }
 
+    /// Hands a request to the engine and forwards its answer to `reply`
+    /// (without waiting: the loop goes on).
+    fn ask_engine<T: Send + 'static>(
+        &self,
+        reply: ControlReply<T>,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> EngineRequest,
+    ) {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let (engine, request) = (self.engine.clone(), make(answer));
+        tokio::spawn(async move {
+            let stopped = || ControlError::Conflict("the order engine has stopped".into());
+            let result = match engine.send(request).await {
+                Ok(()) => answered.await.map_err(|_| stopped()),
+                Err(_) => Err(stopped()),
+            };
+            let _ = reply.send(result);
+        });
+    }
+
     /// The next report of a strategy runtime.
     pub async fn next_report(&mut self) -> Option<TaggedReport> {
         self.reports.recv().await
@@ -259,6 +278,16 @@ impl Supervisor {
                 }
             },
             Control::Reload(name, reply) => self.reload(&name, reply),
+            Control::SetTrading { strategy, state, reply } => {
+                if let Some(name) = strategy.as_ref().filter(|name| !self.slots.contains_key(*name)) {
+                    let _ = reply.send(Err(ControlError::UnknownStrategy(name.clone())));
+                } else {
+                    self.ask_engine(reply, |answer| EngineRequest::SetTrading { strategy, state, reply: answer });
+                }
+            }
+            Control::Kill { flatten, reply } => {
+                self.ask_engine(reply, |answer| EngineRequest::Kill { flatten, reply: answer });
+            }
             Control::Shutdown(_) => return false,
         }
         self.publish();
