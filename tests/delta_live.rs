@@ -491,3 +491,49 @@ async fn an_outage_after_the_host_was_ready_never_fails_the_start_deadline() {
     run.wait("ready again", Duration::from_secs(5), |r| r.host.health().is_ready()).await;
     run.finish().await;
 }
+
+const OVERSIZED: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_tick(t) {
+    if this.sent == () {
+        this.sent = true;
+        exchange::market_order("BTCUSD", "buy", 0.002);
+        exchange::limit_order("BTCUSD", "buy", 0.001, t.bid * 0.9);
+        exchange::limit_order("BTCUSD", "buy", 0.5, t.bid * 0.9);
+    }
+}
+fn on_order(o) { log::info(o.status + " " + o.size + " " + (o.reason ?? "")); }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn risk_limits_and_the_kill_switch_hold_on_the_delta_venue() {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    let run = Run::launch(fake, ("big", OVERSIZED), |c| {
+        c.risk.max_order_size = Some(Decimal::new(1, 2));
+        c.strategies.shutdown_policy = tradehost::config::ShutdownPolicy::Leave;
+    })
+    .await;
+    let refused = run
+        .wait_activity("the oversized order refused", Duration::from_secs(20), 0, |m| m.starts_with("rejected 0.5"))
+        .await;
+    assert!(
+        refused.contains("risk limit max_order_size (account): order size 0.5 is over the limit 0.01"),
+        "{refused}"
+    );
+    run.wait("the other two orders on the exchange", Duration::from_secs(10), |r| r.fake.orders().len() == 2).await;
+    assert!(run.fake.orders().iter().all(|o| o.size <= 10), "no order over 10 contracts reached the exchange");
+    run.wait("the market buy filled", Duration::from_secs(10), |r| r.fake.position("BTCUSD").0 == 2).await;
+    run.wait("the resting buy open", Duration::from_secs(10), |r| r.host.account().open_orders.len() == 1).await;
+    // The kill switch: the exchange's book and position agree afterwards.
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    run.host.control().send(tradehost::control::Control::Kill { flatten: true, reply }).unwrap();
+    let report = answer.await.unwrap().unwrap();
+    assert_eq!((report.cancelled, report.flatten_orders), (1, 1));
+    run.wait("no open order on the exchange", Duration::from_secs(10), |r| {
+        r.fake.orders().iter().all(|o| o.state != "open")
+    })
+    .await;
+    run.wait("flat on the exchange", Duration::from_secs(10), |r| r.fake.position("BTCUSD").0 == 0).await;
+    assert_eq!(run.host.account().trading.account, tradehost::model::TradingState::Halted);
+    run.finish().await;
+}
