@@ -146,6 +146,7 @@ pub struct Metrics {
     orders: Mutex<BTreeMap<String, u64>>,
     callbacks: Mutex<BTreeMap<String, Arc<Histogram>>>,
     queues: Mutex<BTreeMap<&'static str, QueueDepth>>,
+    risk_rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Reads how many items wait in a queue now.
@@ -177,6 +178,11 @@ impl Metrics {
     /// Counts an order state change by its status (`filled`, `rejected`, …).
     pub fn order(&self, status: &str) {
         *self.orders.lock().unwrap_or_else(|e| e.into_inner()).entry(status.to_string()).or_default() += 1;
+    }
+
+    /// Counts an order refused by a risk limit (`max_order_size`, `trading_state`, …).
+    pub fn risk_rejection(&self, limit: &'static str) {
+        *self.risk_rejections.lock().unwrap_or_else(|e| e.into_inner()).entry(limit).or_default() += 1;
     }
 
     /// Exports a queue's depth as `tradehost_queue_depth{queue="NAME"}`.
@@ -227,6 +233,14 @@ impl Metrics {
             "# HELP tradehost_store_commit_seconds Store commit latency.\n# TYPE tradehost_store_commit_seconds histogram"
         );
         self.store_commit.render(&mut out, "tradehost_store_commit_seconds", "");
+        let rejections = self.risk_rejections.lock().unwrap_or_else(|e| e.into_inner());
+        if !rejections.is_empty() {
+            out.push_str("# HELP tradehost_risk_rejections_total Orders refused by a risk limit.\n# TYPE tradehost_risk_rejections_total counter\n");
+            for (limit, count) in rejections.iter() {
+                let _ = writeln!(out, "tradehost_risk_rejections_total{{limit=\"{limit}\"}} {count}");
+            }
+        }
+        drop(rejections);
         let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         if !queues.is_empty() {
             out.push_str(

@@ -93,6 +93,10 @@ async fn a_thousand_orders_in_one_callback_are_held_to_the_order_rate_and_the_ho
     t.wait_for(seq, "the other strategy's next candle", |e| is_log(e, "steady", "steady")).await;
     assert_eq!(t.wait_status("runaway", |_| true).await.state, StrategyState::Running);
     assert_eq!(t.api_get("/api/v1/health").await["status"], "ready");
+    let url = format!("http://{}/metrics", t.host.http_addr());
+    let metrics = reqwest::Client::new().get(url).bearer_auth(t.host.api_token().expose()).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains("tradehost_risk_rejections_total{limit=\"max_orders_per_minute\"} 975"), "{metrics}");
     assert_eq!(t.stop().await, 0);
 }
 

@@ -298,6 +298,9 @@ impl Engine {
                 _ => {}
             }
         }
+        for limit in self.oms.take_refusals() {
+            self.metrics.risk_rejection(limit);
+        }
         batch
     }
 

@@ -56,6 +56,8 @@ pub struct Oms {
     view: Arc<ArcSwap<AccountView>>,
     clock: crate::clock::Clock,
     risk: crate::risk::RiskGate,
+    /// Limits that refused orders since the last [`Oms::take_refusals`].
+    refusals: Vec<&'static str>,
 }
 
 impl Oms {
@@ -75,6 +77,7 @@ impl Oms {
             view: Arc::new(ArcSwap::from_pointee(AccountView::default())),
             clock: crate::clock::Clock::wall(),
             risk: crate::risk::RiskGate::default(),
+            refusals: Vec::new(),
         };
         oms.publish();
         oms
@@ -224,7 +227,10 @@ impl Oms {
             Some(format!("client order id {} is already in use", request.client_id))
         } else {
             let now = self.now();
-            self.risk.check(&request, &self.view.load(), now).err().map(|refusal| refusal.to_string())
+            self.risk.check(&request, &self.view.load(), now).err().map(|refusal| {
+                self.refusals.push(refusal.limit);
+                refusal.to_string()
+            })
         };
         let mut order = Order::new(request, self.now());
         match refusal {
@@ -240,6 +246,11 @@ impl Oms {
             }
         }
         order
+    }
+
+    /// The limits that refused orders since the last call, one entry per order.
+    pub fn take_refusals(&mut self) -> Vec<&'static str> {
+        std::mem::take(&mut self.refusals)
     }
 
     /// Rejects prepared orders that will not be sent (their intents could
