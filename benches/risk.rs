@@ -56,7 +56,8 @@ fn main() {
     let strategies = ["a", "b", "c"];
     let mut account = AccountView { currency: "USD".into(), balance: Decimal::from(100_000), ..Default::default() };
     account.equity = account.balance;
-    account.marks = [("BTCUSD".to_string(), Decimal::from(60_000)), ("ETHUSD".to_string(), Decimal::from(3_000))].into();
+    account.marks =
+        [("BTCUSD".to_string(), Decimal::from(60_000)), ("ETHUSD".to_string(), Decimal::from(3_000))].into();
     for (i, name) in strategies.iter().enumerate() {
         let mut position = Position::flat("BTCUSD");
         position.size = Decimal::new(i as i64 + 1, 2);
@@ -67,7 +68,8 @@ fn main() {
             account.open_orders.push(order);
         }
     }
-    let per_strategy: BTreeMap<String, RiskLimits> = strategies.iter().map(|s| (s.to_string(), every_limit())).collect();
+    let per_strategy: BTreeMap<String, RiskLimits> =
+        strategies.iter().map(|s| (s.to_string(), every_limit())).collect();
     let mut gate = RiskGate::new(every_limit(), per_strategy);
     let orders = [request("a", Side::Buy, Some(Decimal::from(59_500))), request("b", Side::Sell, None)];
     let mut times = Vec::with_capacity(200_000);

@@ -50,6 +50,15 @@ pub enum Control {
         /// Where the answer goes.
         reply: ControlReply<TradingStates>,
     },
+    /// Replace the risk limits in force (a JSON `risk::Limits`, validated by
+    /// the sender); stored before the answer, and used from then on, also
+    /// after a restart, instead of the config file's.
+    SetLimits {
+        /// The new limits.
+        limits: serde_json::Value,
+        /// Where the answer goes.
+        reply: ControlReply<()>,
+    },
     /// The kill switch: halt the account, cancel every open order and, with
     /// `flatten`, close every position with reduce-only market orders.
     Kill {

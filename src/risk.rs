@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rust_decimal::Decimal;
 
-use crate::config::{Config, RiskLimits};
+use crate::config::{Config, ConfigProblem, RiskLimits};
 use crate::model::{AccountView, Order, OrderRequest, Side, TimestampMs, TradingState, TradingStates};
 
 /// Why an order was refused: which limit, and the figures.
@@ -27,6 +27,39 @@ pub struct Refusal {
     pub scope: String,
     /// The limit's value and the order's.
     pub detail: String,
+}
+
+/// The limits in force: the account's and each strategy's own.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// `[risk]`: limits of the whole account.
+    pub account: RiskLimits,
+    /// `[strategies.overrides.NAME.risk]`: limits of each strategy's own orders and positions.
+    pub strategies: BTreeMap<String, RiskLimits>,
+}
+
+impl Limits {
+    /// The limits of a configuration.
+    pub fn from_config(config: &Config) -> Self {
+        let strategies = config
+            .strategies
+            .overrides
+            .iter()
+            .filter_map(|(name, o)| o.risk.clone().filter(|r| !r.is_empty()).map(|r| (name.clone(), r)))
+            .collect();
+        Limits { account: config.risk.clone(), strategies }
+    }
+
+    /// Values that cannot be limits, each under its key (`account.max_order_size`).
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        self.account.problems("account", &mut out);
+        for (name, limits) in &self.strategies {
+            limits.problems(&format!("strategies.{name}"), &mut out);
+        }
+        out
+    }
 }
 
 /// A token bucket: `capacity` orders, refilled evenly over `period_ms`.
@@ -104,13 +137,17 @@ impl Scope<'_> {
 impl RiskGate {
     /// The limits of a configuration: `[risk]` and every strategy override's `risk`.
     pub fn from_config(config: &Config) -> Self {
-        let strategies = config
-            .strategies
-            .overrides
-            .iter()
-            .filter_map(|(name, o)| o.risk.clone().filter(|r| !r.is_empty()).map(|r| (name.clone(), r)))
-            .collect();
-        RiskGate::new(config.risk.clone(), strategies)
+        RiskGate::from_limits(Limits::from_config(config))
+    }
+
+    /// A gate enforcing `limits`.
+    pub fn from_limits(limits: Limits) -> Self {
+        RiskGate::new(limits.account, limits.strategies)
+    }
+
+    /// The limits it enforces.
+    pub fn limits(&self) -> Limits {
+        Limits { account: self.account.clone(), strategies: self.strategies.clone() }
     }
 
     /// Account limits and per-strategy limits.

@@ -209,3 +209,45 @@ async fn the_kill_switch_halts_cancels_everything_flattens_and_survives_a_restar
     assert_eq!(t.api_get("/api/v1/risk").await["trading"]["account"], "halted");
     assert_eq!(t.stop().await, 0);
 }
+
+const EVERY_CANDLE: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_candle(c) { exchange::market_order("BTCUSD", if exchange::position("BTCUSD").size > 0.0 { "sell" } else { "buy" }, 0.02); }
+fn on_order(o) { if o.status == "rejected" { log::info("rejected: " + o.reason); } }
+"#;
+
+async fn put(t: &TestHost, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let url = format!("http://{}{path}", t.host.http_addr());
+    let response =
+        reqwest::Client::new().put(url).bearer_auth(t.host.api_token().expose()).json(&body).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_change_at_runtime_are_validated_stored_and_kept_across_a_restart() {
+    let t = TestHost::start(&[("trader", EVERY_CANDLE)], |_| {}).await;
+    t.wait_for(0, "a fill", |e| e.kind == ActivityKind::Fill).await;
+    // Bad input: an unknown limit and a negative one are refused, naming them.
+    let (code, body) = put(&t, "/api/v1/risk/limits", serde_json::json!({"account": {"max_order_sise": "1"}})).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("max_order_sise"), "{body}");
+    let (code, body) =
+        put(&t, "/api/v1/risk/limits", serde_json::json!({"strategies": {"trader": {"max_order_size": "-1"}}})).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("strategies.trader.max_order_size"), "{body}");
+    // A valid change applies to the next order.
+    let seq = t.seq();
+    let limits = serde_json::json!({"strategies": {"trader": {"max_order_size": "0.01"}}});
+    let (code, body) = put(&t, "/api/v1/risk/limits", limits).await;
+    assert_eq!(code, 200, "{body}");
+    let rejected = t.wait_log(seq, "trader", "rejected: risk limit max_order_size (strategy trader)").await;
+    assert!(rejected.data["message"].as_str().unwrap().contains("order size 0.02 is over the limit 0.01"));
+    t.wait_for(seq, "the change as an activity event", |e| e.kind == ActivityKind::Risk && e.data["event"] == "limits")
+        .await;
+    assert_eq!(t.api_get("/api/v1/risk").await["limits"]["strategies"]["trader"]["max_order_size"], "0.01");
+    let (dir, data) = t.stop_keep().await;
+    let t = TestHost::start_in(dir, data, |_| {}).await;
+    assert_eq!(t.api_get("/api/v1/risk").await["limits"]["strategies"]["trader"]["max_order_size"], "0.01");
+    t.wait_log(0, "trader", "rejected: risk limit max_order_size").await;
+    assert_eq!(t.stop().await, 0);
+}

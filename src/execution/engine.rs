@@ -49,6 +49,13 @@ pub enum EngineRequest {
         /// The states now in force.
         reply: oneshot::Sender<TradingStates>,
     },
+    /// Replace the risk limits (stored before the answer).
+    SetLimits {
+        /// The new limits.
+        limits: crate::risk::Limits,
+        /// Answered once stored.
+        reply: oneshot::Sender<()>,
+    },
     /// The kill switch.
     Kill {
         /// Also close every position.
@@ -186,6 +193,10 @@ impl Engine {
                 let trading = self.set_trading(strategy.as_deref(), state).await;
                 let _ = reply.send(trading);
             }
+            EngineRequest::SetLimits { limits, reply } => {
+                self.set_limits(limits).await;
+                let _ = reply.send(());
+            }
             EngineRequest::Kill { flatten, reply } => {
                 let report = self.kill(flatten).await;
                 let _ = reply.send(report);
@@ -230,6 +241,17 @@ impl Engine {
             json!({ "event": "trading_state", "scope": scope, "state": state }),
         );
         trading
+    }
+
+    /// Replaces the risk limits, stores them, then publishes the change.
+    async fn set_limits(&mut self, limits: crate::risk::Limits) {
+        let json = serde_json::to_value(&limits).unwrap_or_default();
+        self.oms.set_risk(crate::risk::RiskGate::from_limits(limits));
+        if let Err(error) = self.store.commit(vec![WriteOp::RiskLimits(json.clone())]).await {
+            self.fatal(format!("cannot store the risk limits: {error}"));
+        }
+        tracing::warn!("risk limits replaced through the API");
+        self.activity.publish(ActivityKind::Risk, None, json!({ "event": "limits", "limits": json }));
     }
 
     /// The kill switch: halt the account, cancel every open order, and with

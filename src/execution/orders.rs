@@ -58,6 +58,8 @@ pub struct Oms {
     risk: crate::risk::RiskGate,
     /// Limits that refused orders since the last [`Oms::take_refusals`].
     refusals: Vec<&'static str>,
+    /// The limits in force, for readers (the API).
+    limits: Arc<ArcSwap<crate::risk::Limits>>,
 }
 
 impl Oms {
@@ -78,6 +80,7 @@ impl Oms {
             clock: crate::clock::Clock::wall(),
             risk: crate::risk::RiskGate::default(),
             refusals: Vec::new(),
+            limits: Default::default(),
         };
         oms.publish();
         oms
@@ -186,8 +189,14 @@ impl Oms {
     /// The trading states in force stay as they are.
     pub fn set_risk(&mut self, mut risk: crate::risk::RiskGate) {
         risk.restore_trading(self.risk.trading().clone());
+        self.limits.store(Arc::new(risk.limits()));
         self.risk = risk;
         self.publish();
+    }
+
+    /// The limits in force, as published for readers.
+    pub fn limits(&self) -> Arc<ArcSwap<crate::risk::Limits>> {
+        self.limits.clone()
     }
 
     /// Sets the account's trading state (`strategy` none) or a strategy's;

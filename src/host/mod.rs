@@ -205,6 +205,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     let booted = venue::boot(&config, &store, &recovered, &writer, &activity, &health).await?;
     let hub = Arc::new(Mutex::new(booted.hub));
     let account = booted.oms.view();
+    let risk_limits = booted.oms.limits();
     let id_counter = Arc::new(AtomicU64::new(recovered.id_block_start));
     let runtimes: Runtimes = Arc::new(ArcSwap::from_pointee(Default::default()));
 
@@ -277,15 +278,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         mode: mode(&config).to_string(),
         clock: booted.clock.clone(),
         shown: booted.shown,
-        risk_limits: crate::http::RiskLimitsView {
-            account: config.risk.clone(),
-            strategies: config
-                .strategies
-                .overrides
-                .iter()
-                .filter_map(|(name, o)| o.risk.clone().map(|r| (name.clone(), r)))
-                .collect(),
-        },
+        risk_limits,
     });
     tasks.spawn_critical("http", "http", crate::http::serve(listener, crate::http::router(api), http_cancel.clone()));
     health.set("http", ComponentState::Up);

@@ -79,9 +79,25 @@ pub(super) async fn boot(
         }
     };
     let mut oms = oms;
-    oms.set_risk(crate::risk::RiskGate::from_config(config));
+    oms.set_risk(crate::risk::RiskGate::from_limits(risk_limits(config, recovered)));
     publish_resolved(&oms, &resolved, writer, activity, &shown).await?;
     Ok(Booted { oms, hub, market, resolved, delta, clock, shown })
+}
+
+/// The risk limits in force: those last set through the API, else the config file's.
+fn risk_limits(config: &Config, recovered: &Recovered) -> crate::risk::Limits {
+    let stored = recovered.risk_limits.as_ref().map(|v| serde_json::from_value::<crate::risk::Limits>(v.clone()));
+    match stored {
+        Some(Ok(limits)) => {
+            tracing::warn!("risk limits: the ones last set through the API apply, not the config file's [risk]");
+            limits
+        }
+        Some(Err(error)) => {
+            tracing::error!("stored risk limits are unreadable ({error}): the config file's apply");
+            crate::risk::Limits::from_config(config)
+        }
+        None => crate::risk::Limits::from_config(config),
+    }
 }
 
 /// Stores the order outcomes found at start, then logs and publishes them.

@@ -32,7 +32,7 @@ use crate::model::AccountView;
 use crate::store::StoreReader;
 
 pub use error::{ApiError, ErrorBody};
-pub use routes::{ApiDoc, RiskLimitsView};
+pub use routes::ApiDoc;
 
 /// What the handlers share.
 pub struct ApiContext {
@@ -65,7 +65,7 @@ pub struct ApiContext {
     /// How prices, sizes and money are shown.
     pub shown: crate::model::Shown,
     /// The risk limits in force: the account's and each strategy's.
-    pub risk_limits: RiskLimitsView,
+    pub risk_limits: Arc<ArcSwap<crate::risk::Limits>>,
 }
 
 /// Shared state of the router.

@@ -17,9 +17,11 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiState, ws};
 use crate::activity::ActivityEvent;
+use crate::config::RiskLimits;
 use crate::control::{Control, ControlError, KillReport, ShutdownReason, StrategyStatus};
 use crate::health::ComponentState;
 use crate::model::{Fill, Order, Shown, TradingState, TradingStates};
+use crate::risk::Limits;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -43,6 +45,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/shutdown", post(shutdown))
         .route("/api/v1/risk", get(risk))
         .route("/api/v1/risk/state", post(set_trading_state))
+        .route("/api/v1/risk/limits", axum::routing::put(set_limits))
         .route("/api/v1/kill", post(kill))
         .route("/api/v1/metrics", get(metrics))
         .route("/metrics", get(metrics))
@@ -53,8 +56,8 @@ pub fn routes() -> Router<ApiState> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tradehost control API", description = "Control and observe a tradehost: strategies, orders, fills, positions, activity."),
-    paths(health, status, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, positions, balances, activity, ws::upgrade, shutdown, risk, set_trading_state, kill, metrics, openapi),
-    components(schemas(ErrorBody, StrategyStatus, Order, Fill, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, RiskResponse, RiskLimitsView, TradingStates, TradingState, TradingStateRequest, KillReport)),
+    paths(health, status, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, positions, balances, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
+    components(schemas(ErrorBody, StrategyStatus, Order, Fill, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, RiskResponse, Limits, RiskLimits, TradingStates, TradingState, TradingStateRequest, KillReport)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -431,22 +434,13 @@ async fn shutdown(State(state): State<ApiState>) -> Result<(StatusCode, Json<Act
     Ok((StatusCode::ACCEPTED, Json(ActionResponse { ok: true, message: "shutdown started".into(), version: None })))
 }
 
-/// The risk limits in force, by scope.
-#[derive(Debug, Clone, Default, Serialize, ToSchema)]
-pub struct RiskLimitsView {
-    /// `[risk]`: limits of the whole account.
-    pub account: crate::config::RiskLimits,
-    /// `[strategies.overrides.NAME.risk]`: limits of each strategy's own orders.
-    pub strategies: BTreeMap<String, crate::config::RiskLimits>,
-}
-
 /// `/risk`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RiskResponse {
     /// Whether new orders may go out: the account's state and each strategy's own.
     pub trading: TradingStates,
     /// The limits in force.
-    pub limits: RiskLimitsView,
+    pub limits: Limits,
 }
 
 /// A trading state to set: the account's, or one strategy's.
@@ -471,7 +465,32 @@ pub struct KillQuery {
 #[utoipa::path(get, path = "/api/v1/risk", responses(
     (status = 200, body = RiskResponse), (status = 401, body = ErrorBody)))]
 async fn risk(State(state): State<ApiState>) -> Json<RiskResponse> {
-    Json(RiskResponse { trading: state.account.load().trading.clone(), limits: state.risk_limits.clone() })
+    Json(RiskResponse {
+        trading: state.account.load().trading.clone(),
+        limits: state.risk_limits.load().as_ref().clone(),
+    })
+}
+
+/// Replaces the risk limits in force (every limit at once: the account's and
+/// each strategy's); stored, and used from then on, also after a restart,
+/// instead of the config file's.
+#[utoipa::path(put, path = "/api/v1/risk/limits", request_body = Limits, responses(
+    (status = 200, body = Limits), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 503, body = ErrorBody)))]
+async fn set_limits(
+    State(state): State<ApiState>,
+    body: Result<Json<Limits>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Limits>, ApiError> {
+    writable(&state)?;
+    let Json(limits) = body.map_err(|e| ApiError::BadRequest(format!("bad limits: {}", e.body_text())))?;
+    let problems = limits.problems();
+    if !problems.is_empty() {
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        return Err(ApiError::BadRequest(problems.join("; ")));
+    }
+    let json = serde_json::to_value(&limits).map_err(|e| ApiError::Internal(e.to_string()))?;
+    ask(&state, |reply| Control::SetLimits { limits: json, reply }).await?;
+    Ok(Json(limits))
 }
 
 /// Sets the account's trading state, or a strategy's (`resume` returns to `active`).

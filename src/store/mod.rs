@@ -139,6 +139,8 @@ pub struct Recovered {
     pub paper_account: Option<serde_json::Value>,
     /// The trading states last set.
     pub trading: Option<crate::model::TradingStates>,
+    /// Risk limits last set through the API.
+    pub risk_limits: Option<serde_json::Value>,
     /// Strategy states by name.
     pub strategy_states: BTreeMap<String, serde_json::Value>,
     /// Strategies a user stopped, with the reason: they stay stopped.
@@ -387,6 +389,9 @@ impl Store {
             }
             if let Some(value) = account.get("trading").map_err(|e| err(e.to_string()))? {
                 out.trading = Some(decode(value.value(), || "trading states".into())?);
+            }
+            if let Some(value) = account.get("limits").map_err(|e| err(e.to_string()))? {
+                out.risk_limits = Some(decode(value.value(), || "risk limits".into())?);
             }
             let states = read.open_table(STRATEGY_STATE).map_err(|e| err(e.to_string()))?;
             for entry in states.iter().map_err(|e| err(e.to_string()))? {

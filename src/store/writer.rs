@@ -39,6 +39,8 @@ pub enum WriteOp {
     PaperAccount(serde_json::Value),
     /// The trading states in force (a halted host comes back halted).
     Trading(crate::model::TradingStates),
+    /// Risk limits set through the API (they replace the config file's from then on).
+    RiskLimits(serde_json::Value),
     /// A strategy's `this`.
     StrategyState {
         /// Strategy.
@@ -289,6 +291,9 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
                 }
                 WriteOp::Trading(trading) => {
                     account.insert("trading", to_bytes(trading).as_slice()).map_err(|x| e(&x))?;
+                }
+                WriteOp::RiskLimits(limits) => {
+                    account.insert("limits", to_bytes(limits).as_slice()).map_err(|x| e(&x))?;
                 }
                 WriteOp::StrategyState { strategy, state } => {
                     states.insert(strategy.as_str(), to_bytes(state).as_slice()).map_err(|x| e(&x))?;

@@ -285,6 +285,18 @@ impl Supervisor {
                     self.ask_engine(reply, |answer| EngineRequest::SetTrading { strategy, state, reply: answer });
                 }
             }
+            Control::SetLimits { limits, reply } => {
+                let parsed = serde_json::from_value::<crate::risk::Limits>(limits).map_err(|e| e.to_string());
+                let problems = parsed.as_ref().map(|l| l.problems()).unwrap_or_default();
+                match parsed {
+                    Err(error) => drop(reply.send(Err(ControlError::Rejected(format!("bad limits: {error}"))))),
+                    Ok(_) if !problems.is_empty() => {
+                        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                        drop(reply.send(Err(ControlError::Rejected(problems.join("; ")))));
+                    }
+                    Ok(limits) => self.ask_engine(reply, |answer| EngineRequest::SetLimits { limits, reply: answer }),
+                }
+            }
             Control::Kill { flatten, reply } => {
                 self.ask_engine(reply, |answer| EngineRequest::Kill { flatten, reply: answer });
             }
