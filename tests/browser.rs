@@ -175,6 +175,23 @@ async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
         .await;
     let phone = driver.command(reqwest::Method::GET, "/screenshot", Value::Null).await;
     std::fs::write(artifact.with_file_name("dashboard-e2e-phone.png"), decode(phone.as_str().unwrap())).unwrap();
+    driver.command(reqwest::Method::POST, "/window/rect", json!({ "width": 1400, "height": 1000 })).await;
+
+    // The kill switch: confirm, keep the positions; the account shows halted until resumed.
+    let kill = driver.element("#kill").await;
+    driver.command(reqwest::Method::POST, &format!("/element/{kill}/click"), json!({})).await;
+    driver.command(reqwest::Method::POST, "/alert/accept", json!({})).await;
+    driver.command(reqwest::Method::POST, "/alert/dismiss", json!({})).await;
+    driver
+        .wait_true("the halted account", "return document.querySelector('#trading').textContent === 'trading: halted';")
+        .await;
+    assert_eq!(t.host.account().trading.account, tradehost::model::TradingState::Halted);
+    let resume = driver.element("#resume").await;
+    driver.command(reqwest::Method::POST, &format!("/element/{resume}/click"), json!({})).await;
+    driver.command(reqwest::Method::POST, "/alert/accept", json!({})).await;
+    driver
+        .wait_true("trading again", "return document.querySelector('#trading').textContent === 'trading: active';")
+        .await;
     let _ = driver.command(reqwest::Method::DELETE, "", Value::Null).await;
     assert_eq!(t.stop().await, 0);
 }
