@@ -2,7 +2,8 @@
 //! each crash: every fill the host reported is in the store, positions equal
 //! the sum of fills, activity numbering has no gaps, the strategy's persisted
 //! counter never goes backwards and is restored; across all runs no client
-//! order id was ever sent twice.
+//! order id was ever sent twice. And a host halted just before a kill -9 comes
+//! back halted.
 #![cfg(unix)]
 
 use std::collections::BTreeMap;
@@ -135,4 +136,66 @@ fn kill_9_at_random_moments_loses_nothing_and_never_sends_twice() {
     assert!(restores_seen >= 10, "restarts restored the counter ({restores_seen} seen)");
     assert!(total_fills > 20, "the strategy traded ({total_fills} fills)");
     assert!(last_counter > 0);
+}
+
+/// A host process on `config`, with its API address (read from its log; the rest of the log is drained).
+fn spawn_with_address(config: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tradehost"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| Some(line.split("dashboard at http://").nth(1)?.split('/').next()?.to_string()))
+        .expect("the host prints its API address");
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, address)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_while_halted_comes_back_halted() {
+    let root = tempfile::tempdir().unwrap();
+    let strategies = root.path().join("strategies");
+    let data = root.path().join("data");
+    std::fs::create_dir(&strategies).unwrap();
+    std::fs::write(strategies.join("crasher.rhai"), CRASHER).unwrap();
+    let config = root.path().join("config.toml");
+    let text = format!(
+        "data_dir = {data:?}\n[strategies]\ndir = {strategies:?}\n[feed.synthetic]\nhistory_bars = 5\n[http]\nbind = \"127.0.0.1:0\"\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    let (mut child, address) = spawn_with_address(&config);
+    let token = std::fs::read_to_string(data.join("api-token")).unwrap();
+    let http = reqwest::Client::new();
+    let halted = http
+        .post(format!("http://{address}/api/v1/risk/state"))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({ "state": "halted" }))
+        .send()
+        .await
+        .unwrap();
+    let code = halted.status().as_u16();
+    assert_eq!(code, 200, "halted, and stored before the answer: {}", halted.text().await.unwrap());
+    child.kill().unwrap(); // SIGKILL, right after the answer
+    child.wait().unwrap();
+    let recovered = Store::open(&data).unwrap().recover().unwrap();
+    assert_eq!(recovered.trading.map(|t| t.account), Some(tradehost::model::TradingState::Halted));
+    let (mut child, address) = spawn_with_address(&config);
+    let risk: serde_json::Value = http
+        .get(format!("http://{address}/api/v1/risk"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(risk["trading"]["account"], "halted", "{risk}");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
