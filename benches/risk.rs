@@ -27,6 +27,7 @@ fn every_limit() -> RiskLimits {
         price_band_pct: Some(Decimal::from(50)),
         max_leverage: Some(Decimal::from(1_000)),
         symbols: Some(vec!["BTCUSD".into(), "ETHUSD".into()]),
+        ..Default::default()
     }
 }
 

@@ -121,6 +121,35 @@ fn on_candle(c) { exchange::market_order("X", "buy", 1); }
 }
 
 #[test]
+fn a_daily_loss_protection_makes_a_backtest_reduce_only_on_the_bar_clock() {
+    let script = r#"
+fn config() { #{ symbols: ["X"], timeframe: "1m" } }
+fn on_candle(c) { exchange::market_order("X", "buy", 1); }
+"#;
+    let data = vec![
+        (0..5)
+            .map(|k| {
+                let p = 100.0 - 10.0 * k as f64;
+                bar(k, p, p, p, p)
+            })
+            .collect(),
+    ];
+    let mut limited = config("0", "0", "0");
+    let limits = RiskLimits { max_daily_loss: Some(d("15")), ..Default::default() };
+    limited.risk = tradehost::risk::RiskGate::new(limits, BTreeMap::new());
+    let run = backtest::run_script("falling.rhai", script, &data, &limited, &mut |_| {}).unwrap();
+    // Buys fill at 90, 80 and 70; at the close of bar 3 the account is 30 down: reduce-only from then on.
+    let protection = run.report.notes.iter().find(|n| n.contains("protection")).expect("a note on the protection");
+    assert!(
+        protection.contains("protection max_daily_loss triggered for account: reduce_only (lost 30 since the day began, the limit is 15)"),
+        "{protection}"
+    );
+    let rejected = run.report.notes.iter().find(|n| n.contains("rejected")).expect("a note on the rejections");
+    assert!(rejected.starts_with("2 order(s) were rejected (2 by risk limit trading_state)"), "{rejected}");
+    assert_eq!(run.fills.iter().filter(|f| f.side == Side::Buy).count(), 3);
+}
+
+#[test]
 fn sma_crossover_matches_the_independent_python_computation() {
     let expected: serde_json::Value = serde_json::from_str(include_str!("fixtures/sma_cross_expected.json")).unwrap();
     let candles =

@@ -251,3 +251,32 @@ async fn limits_change_at_runtime_are_validated_stored_and_kept_across_a_restart
     t.wait_log(0, "trader", "rejected: risk limit max_order_size").await;
     assert_eq!(t.stop().await, 0);
 }
+
+const CHURN: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_candle(c) {
+    if exchange::position("BTCUSD").size == 0.0 { exchange::market_order("BTCUSD", "buy", 0.01); }
+}
+fn on_order(o) { if o.status == "rejected" { log::info("rejected: " + o.reason); } }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protection_triggers_live_is_published_and_stays_armed_across_a_restart() {
+    // Bought at the ask, marked at the mid: the strategy is a little down at once.
+    let limits = RiskLimits { max_daily_loss: Some("0.0001".parse().unwrap()), ..Default::default() };
+    let t = TestHost::start(&[("churn", CHURN)], strategy_limits("churn", limits.clone())).await;
+    let event =
+        t.wait_for(0, "the protection", |e| e.kind == ActivityKind::Risk && e.data["event"] == "protection").await;
+    let protection = &event.data["protection"];
+    assert_eq!(
+        (protection["protection"].as_str(), protection["event"].as_str(), protection["state"].as_str()),
+        (Some("max_daily_loss"), Some("triggered"), Some("reduce_only")),
+        "{protection}"
+    );
+    assert_eq!(event.strategy.as_deref(), Some("churn"));
+    assert_eq!(t.api_get("/api/v1/risk").await["trading"]["strategies"]["churn"], "reduce_only");
+    let (dir, data) = t.stop_keep().await;
+    let t = TestHost::start_in(dir, data, strategy_limits("churn", limits)).await;
+    assert_eq!(t.api_get("/api/v1/risk").await["trading"]["strategies"]["churn"], "reduce_only", "still armed");
+    assert_eq!(t.stop().await, 0);
+}

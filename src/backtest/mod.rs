@@ -155,6 +155,8 @@ pub fn run(
         rejected: (0, None),
         risk: config.risk.clone(),
         risk_rejected: BTreeMap::new(),
+        realized: BTreeMap::new(),
+        protections: Vec::new(),
     };
     sim.handle(strategy.as_mut(), StrategyEvent::Start, first)?;
     let mut equity = Vec::new();
@@ -222,6 +224,7 @@ pub fn run(
             }
         }
         sim.publish_account(false);
+        sim.watch_protections(close);
         for bar in &group {
             sim.ctx.borrow_mut().market.push_candle((*bar).clone());
         }
@@ -247,6 +250,17 @@ pub fn run(
             sim.risk_rejected.iter().map(|(limit, n)| format!("{n} by risk limit {limit}")).collect();
         let by_limit = if by_limit.is_empty() { String::new() } else { format!(" ({})", by_limit.join(", ")) };
         notes.push(format!("{rejected} order(s) were rejected{by_limit}; the first: {first}"));
+    }
+    for (time, event) in &sim.protections {
+        let at = chrono::DateTime::from_timestamp_millis(*time).map_or(time.to_string(), |t| t.to_rfc3339());
+        notes.push(format!(
+            "{at}: protection {} {} for {}: {} ({})",
+            event.protection,
+            event.event,
+            event.scope,
+            event.state.as_str(),
+            event.detail
+        ));
     }
     let open: Vec<String> = sim.broker.open.iter().map(|o| o.request.client_id.clone()).collect();
     if !open.is_empty() {
@@ -330,6 +344,10 @@ struct Simulation {
     risk: crate::risk::RiskGate,
     /// Orders the risk limits refused, by limit.
     risk_rejected: BTreeMap<&'static str, usize>,
+    /// Realised PnL by symbol after the last fill (a fill's own is the change).
+    realized: BTreeMap<String, rust_decimal::Decimal>,
+    /// What the protections triggered or lifted, with the time.
+    protections: Vec<(TimestampMs, crate::risk::ProtectionEvent)>,
 }
 
 impl Simulation {
@@ -387,7 +405,14 @@ impl Simulation {
     ) -> Result<(), BacktestError> {
         for event in events {
             let event = match event {
-                ExchangeEvent::Fill(fill) => StrategyEvent::Fill(fill),
+                ExchangeEvent::Fill(fill) => {
+                    let realized = self.broker.position(&fill.symbol).realized_pnl;
+                    let before = self.realized.insert(fill.symbol.clone(), realized).unwrap_or_default();
+                    if realized != before {
+                        self.risk.on_exit(&self.name, realized - before - fill.fee, time);
+                    }
+                    StrategyEvent::Fill(fill)
+                }
                 ExchangeEvent::Order(order) => {
                     if order.status == OrderStatus::Rejected {
                         self.rejected.0 += 1;
@@ -399,6 +424,14 @@ impl Simulation {
             self.handle(strategy, event, time)?;
         }
         Ok(())
+    }
+
+    /// Lets the protections look at the account at `time` (the bar clock).
+    fn watch_protections(&mut self, time: TimestampMs) {
+        if self.risk.protects() {
+            let events = self.risk.watch(&self.account.load(), time);
+            self.protections.extend(events.into_iter().map(|e| (time, e)));
+        }
     }
 
     /// Checks an order against the risk limits (on the account as it is

@@ -17,7 +17,7 @@ pub use market::{
     DeltaConfig, DeltaNetwork, ExchangeConfig, ExchangeKind, FeedConfig, FeedKind, PaperConfig, ProductConfig,
     ReplayConfig, SyntheticConfig,
 };
-pub use risk::RiskLimits;
+pub use risk::{LosingStreak, RiskLimits};
 pub use sections::{
     HttpConfig, SandboxConfig, ShutdownConfig, ShutdownPolicy, StoreConfig, StrategiesConfig, StrategyOverride,
     SupervisorConfig,

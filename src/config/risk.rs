@@ -42,6 +42,41 @@ pub struct RiskLimits {
     /// The only symbols orders may be for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub symbols: Option<Vec<String>>,
+    /// Protection: a loss this large (quote currency, realised + unrealised)
+    /// since the day began makes the scope reduce-only until the next day
+    /// (or a manual resume).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_daily_loss: Option<Decimal>,
+    /// The hour (UTC, 0–23) a trading day begins; 0 when left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day_start_utc_hour: Option<u32>,
+    /// Protection: a fall from peak equity of this many percent halts the
+    /// scope until a manual resume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_drawdown_pct: Option<Decimal>,
+    /// Protection: this many losing exits within a window stop new entries for a while.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub losing_streak: Option<LosingStreak>,
+}
+
+/// `[risk.losing_streak]`: `trades` losing exits within `window_minutes`
+/// make the scope reduce-only for `cooldown_minutes`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LosingStreak {
+    /// Losing exits (fills that realise a loss) that trigger it.
+    pub trades: u32,
+    /// The window they must fall in.
+    pub window_minutes: u64,
+    /// How long new entries stay refused.
+    pub cooldown_minutes: u64,
+}
+
+impl RiskLimits {
+    /// True when a protection (daily loss, drawdown, losing streak) is set.
+    pub fn protects(&self) -> bool {
+        self.max_daily_loss.is_some() || self.max_drawdown_pct.is_some() || self.losing_streak.is_some()
+    }
 }
 
 impl RiskLimits {
@@ -62,6 +97,8 @@ impl RiskLimits {
             ("max_gross_exposure", self.max_gross_exposure),
             ("price_band_pct", self.price_band_pct),
             ("max_leverage", self.max_leverage),
+            ("max_daily_loss", self.max_daily_loss),
+            ("max_drawdown_pct", self.max_drawdown_pct),
         ] {
             if let Some(value) = value
                 && value <= Decimal::ZERO
@@ -76,6 +113,26 @@ impl RiskLimits {
         ] {
             if value == Some(0) {
                 bad(key, "must be greater than 0 (leave it out for no limit)".into());
+            }
+        }
+        if self.day_start_utc_hour.is_some_and(|h| h > 23) {
+            bad(
+                "day_start_utc_hour",
+                format!("must be an hour from 0 to 23, got {}", self.day_start_utc_hour.unwrap_or(0)),
+            );
+        }
+        if self.max_drawdown_pct.is_some_and(|p| p >= Decimal::ONE_HUNDRED) {
+            bad("max_drawdown_pct", "must be below 100".into());
+        }
+        if let Some(streak) = &self.losing_streak {
+            for (key, value) in [
+                ("losing_streak.trades", u64::from(streak.trades)),
+                ("losing_streak.window_minutes", streak.window_minutes),
+                ("losing_streak.cooldown_minutes", streak.cooldown_minutes),
+            ] {
+                if value == 0 {
+                    bad(key, "must be greater than 0".into());
+                }
             }
         }
         if self.symbols.as_ref().is_some_and(Vec::is_empty) {

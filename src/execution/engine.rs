@@ -52,7 +52,7 @@ pub enum EngineRequest {
     /// Replace the risk limits (stored before the answer).
     SetLimits {
         /// The new limits.
-        limits: crate::risk::Limits,
+        limits: Box<crate::risk::Limits>,
         /// Answered once stored.
         reply: oneshot::Sender<()>,
     },
@@ -114,6 +114,8 @@ pub struct Engine {
     /// keeps handling events (live venues; the paper exchange stays strictly
     /// sequential so its fills stay deterministic).
     pub pipeline: bool,
+    /// When the protections' state was last stored (clock time).
+    pub protections_saved: i64,
     /// Order outcomes found at start (while the host was down): delivered to
     /// their strategies with the first market event, once they run. (Fills
     /// found at start reach them through the fill replay of their saved state.)
@@ -194,7 +196,7 @@ impl Engine {
                 let _ = reply.send(trading);
             }
             EngineRequest::SetLimits { limits, reply } => {
-                self.set_limits(limits).await;
+                self.set_limits(*limits).await;
                 let _ = reply.send(());
             }
             EngineRequest::Kill { flatten, reply } => {
@@ -227,10 +229,38 @@ impl Engine {
         }
     }
 
+    /// Lets the protections look at the account: what they trigger or lift
+    /// is stored, then logged and published; what they watch (baselines,
+    /// peaks) is stored at least once a minute of clock time.
+    async fn watch_protections(&mut self) {
+        if !self.oms.protects() {
+            return;
+        }
+        let events = self.oms.watch_protections();
+        let now = self.oms.now();
+        if events.is_empty() {
+            if now - self.protections_saved >= 60_000 {
+                self.protections_saved = now;
+                self.store.submit(self.oms.risk_state_ops(), None);
+            }
+            return;
+        }
+        self.protections_saved = now;
+        if let Err(error) = self.store.commit(self.oms.risk_state_ops()).await {
+            self.fatal(format!("cannot store the protections' state: {error}"));
+            return;
+        }
+        for event in events {
+            let scope = (event.scope != "account").then_some(event.scope.as_str());
+            tracing::warn!(scope = %event.scope, protection = event.protection, state = event.state.as_str(), "protection {}: {}", event.event, event.detail);
+            self.activity.publish(ActivityKind::Risk, scope, json!({ "event": "protection", "protection": event }));
+        }
+    }
+
     /// Sets a trading state, stores it, then publishes it.
     async fn set_trading(&mut self, strategy: Option<&str>, state: TradingState) -> TradingStates {
         let trading = self.oms.set_trading(strategy, state);
-        if let Err(error) = self.store.commit(vec![WriteOp::Trading(trading.clone())]).await {
+        if let Err(error) = self.store.commit(self.oms.risk_state_ops()).await {
             self.fatal(format!("cannot store the trading state: {error}"));
         }
         let scope = strategy.map_or("account".to_string(), |s| format!("strategy {s}"));
@@ -432,6 +462,7 @@ impl Engine {
         if let Some(tick) = &tick {
             let events = self.oms.on_tick(tick);
             self.persist_and_dispatch(events).await;
+            self.watch_protections().await;
         }
         if !candles.is_empty() {
             // Cached for warm-up and backtests; not awaited (nothing waits on a candle).

@@ -118,6 +118,11 @@ impl Oms {
         if let Some(trading) = &recovered.trading {
             self.risk.restore_trading(trading.clone());
         }
+        if let Some(protections) = &recovered.protections {
+            let protections = serde_json::from_value(protections.clone())
+                .map_err(|e| ExecutionError::Restore(format!("protections: {e}")))?;
+            self.risk.restore_protections(protections);
+        }
         let mut resolved = Vec::new();
         for (client_id, order) in &recovered.orders {
             if !(order.status.is_open() || order.status == OrderStatus::Pending) {
@@ -189,9 +194,30 @@ impl Oms {
     /// The trading states in force stay as they are.
     pub fn set_risk(&mut self, mut risk: crate::risk::RiskGate) {
         risk.restore_trading(self.risk.trading().clone());
+        risk.restore_protections(self.risk.protections().clone());
         self.limits.store(Arc::new(risk.limits()));
         self.risk = risk;
         self.publish();
+    }
+
+    /// Lets the protections look at the account now; returns what they
+    /// triggered or lifted (the trading states are changed already).
+    pub fn watch_protections(&mut self) -> Vec<crate::risk::ProtectionEvent> {
+        if !self.risk.protects() {
+            return Vec::new();
+        }
+        let now = self.now();
+        let events = self.risk.watch(&self.view.load(), now);
+        if !events.is_empty() {
+            self.publish();
+        }
+        events
+    }
+
+    /// The trading states and what the protections watch, for the store.
+    pub fn risk_state_ops(&self) -> Vec<WriteOp> {
+        let protections = serde_json::to_value(self.risk.protections()).unwrap_or_default();
+        vec![WriteOp::Trading(self.risk.trading().clone()), WriteOp::Protections(protections)]
     }
 
     /// The limits in force, as published for readers.
@@ -433,8 +459,14 @@ impl Oms {
         ops
     }
 
-    fn now(&self) -> i64 {
+    /// The order manager's clock, now.
+    pub fn now(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// True when a protection is set anywhere.
+    pub fn protects(&self) -> bool {
+        self.risk.protects()
     }
 
     /// Times orders and updates with `clock` from now on (the wall clock until set).
@@ -449,12 +481,16 @@ impl Oms {
                 ExchangeEvent::Fill(fill) => {
                     fill.id = self.next_fill_id;
                     self.next_fill_id += 1;
-                    self.positions
+                    let realized = self
+                        .positions
                         .entry(fill.strategy.clone())
                         .or_default()
                         .entry(fill.symbol.clone())
                         .or_insert_with(|| Position::flat(&fill.symbol))
                         .apply(fill.side, fill.size, fill.price);
+                    if !realized.is_zero() {
+                        self.risk.on_exit(&fill.strategy, realized - fill.fee, fill.time);
+                    }
                 }
                 ExchangeEvent::Order(order) if order.status.is_open() || order.status == OrderStatus::Pending => {
                     self.open.insert(order.request.client_id.clone(), order.clone());

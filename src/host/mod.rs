@@ -233,6 +233,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         shown: booted.shown.clone(),
         venue_updates,
         pipeline: config.exchange.kind == ExchangeKind::Delta,
+        protections_saved: 0,
         startup_events: booted.resolved,
     };
     let engine_run = engine.run(engine_rx, feed_rx, engine_cancel.clone());

@@ -141,6 +141,8 @@ pub struct Recovered {
     pub trading: Option<crate::model::TradingStates>,
     /// Risk limits last set through the API.
     pub risk_limits: Option<serde_json::Value>,
+    /// What the risk protections watched.
+    pub protections: Option<serde_json::Value>,
     /// Strategy states by name.
     pub strategy_states: BTreeMap<String, serde_json::Value>,
     /// Strategies a user stopped, with the reason: they stay stopped.
@@ -392,6 +394,9 @@ impl Store {
             }
             if let Some(value) = account.get("limits").map_err(|e| err(e.to_string()))? {
                 out.risk_limits = Some(decode(value.value(), || "risk limits".into())?);
+            }
+            if let Some(value) = account.get("protections").map_err(|e| err(e.to_string()))? {
+                out.protections = Some(decode(value.value(), || "protections".into())?);
             }
             let states = read.open_table(STRATEGY_STATE).map_err(|e| err(e.to_string()))?;
             for entry in states.iter().map_err(|e| err(e.to_string()))? {

@@ -41,6 +41,8 @@ pub enum WriteOp {
     Trading(crate::model::TradingStates),
     /// Risk limits set through the API (they replace the config file's from then on).
     RiskLimits(serde_json::Value),
+    /// What the risk protections watch: daily baselines, peaks, losing exits, what they imposed.
+    Protections(serde_json::Value),
     /// A strategy's `this`.
     StrategyState {
         /// Strategy.
@@ -294,6 +296,9 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
                 }
                 WriteOp::RiskLimits(limits) => {
                     account.insert("limits", to_bytes(limits).as_slice()).map_err(|x| e(&x))?;
+                }
+                WriteOp::Protections(protections) => {
+                    account.insert("protections", to_bytes(protections).as_slice()).map_err(|x| e(&x))?;
                 }
                 WriteOp::StrategyState { strategy, state } => {
                     states.insert(strategy.as_str(), to_bytes(state).as_slice()).map_err(|x| e(&x))?;

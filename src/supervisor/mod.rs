@@ -294,7 +294,10 @@ impl Supervisor {
                         let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
                         drop(reply.send(Err(ControlError::Rejected(problems.join("; ")))));
                     }
-                    Ok(limits) => self.ask_engine(reply, |answer| EngineRequest::SetLimits { limits, reply: answer }),
+                    Ok(limits) => self.ask_engine(reply, |answer| EngineRequest::SetLimits {
+                        limits: Box::new(limits),
+                        reply: answer,
+                    }),
                 }
             }
             Control::Kill { flatten, reply } => {

@@ -10,12 +10,16 @@
 //! account, or for one strategy; cancels never come here). A refusal names
 //! the limit, its value and the order's value.
 
+mod protections;
+
 use std::collections::{BTreeMap, HashMap};
 
 use rust_decimal::Decimal;
 
 use crate::config::{Config, ConfigProblem, RiskLimits};
 use crate::model::{AccountView, Order, OrderRequest, Side, TimestampMs, TradingState, TradingStates};
+
+pub use protections::{ProtectionEvent, Protections};
 
 /// Why an order was refused: which limit, and the figures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +91,8 @@ pub struct RiskGate {
     buckets: HashMap<(String, &'static str), Bucket>,
     /// Whether new orders may go out.
     trading: TradingStates,
+    /// What the protections watch (daily baselines, peaks, losing exits).
+    protections: Protections,
 }
 
 /// Whose limits and which of the account's orders and positions they see.
@@ -152,7 +158,13 @@ impl RiskGate {
 
     /// Account limits and per-strategy limits.
     pub fn new(account: RiskLimits, strategies: BTreeMap<String, RiskLimits>) -> Self {
-        RiskGate { account, strategies, buckets: HashMap::new(), trading: TradingStates::default() }
+        RiskGate {
+            account,
+            strategies,
+            buckets: HashMap::new(),
+            trading: TradingStates::default(),
+            protections: Protections::default(),
+        }
     }
 
     /// True when no limit is set anywhere and trading is active (every order passes).
@@ -165,12 +177,62 @@ impl RiskGate {
         &self.trading
     }
 
-    /// Sets the account's trading state (`strategy` none) or a strategy's.
+    /// Sets the account's trading state (`strategy` none) or a strategy's, by
+    /// hand: what a protection imposed on that scope is dropped with it.
     pub fn set_trading(&mut self, strategy: Option<&str>, state: TradingState) {
         self.trading.set(strategy, state);
+        self.protections.on_manual(strategy, state);
     }
 
-    /// Restores stored trading states.
+    /// What the protections watch, for the store.
+    pub fn protections(&self) -> &Protections {
+        &self.protections
+    }
+
+    /// Restores what the protections watched (after a restart).
+    pub fn restore_protections(&mut self, protections: Protections) {
+        self.protections = protections;
+    }
+
+    /// True when a protection is set anywhere.
+    pub fn protects(&self) -> bool {
+        self.account.protects() || self.strategies.values().any(RiskLimits::protects)
+    }
+
+    /// Notes a fill of `strategy` that realised `pnl` (losing exits count
+    /// toward losing streaks).
+    pub fn on_exit(&mut self, strategy: &str, pnl: Decimal, now: TimestampMs) {
+        self.protections.on_exit(strategy, pnl, now);
+    }
+
+    /// Looks at the account and at each protected strategy at `now`: the
+    /// protections trigger or lift trading states; returns what happened.
+    pub fn watch(&mut self, account: &AccountView, now: TimestampMs) -> Vec<ProtectionEvent> {
+        let mut events = Vec::new();
+        if self.account.protects() {
+            let seen = (Decimal::ZERO, account.equity);
+            events.extend(self.protections.watch(protections::ACCOUNT, &self.account, seen, now, &mut self.trading));
+        }
+        for (name, limits) in self.strategies.iter().filter(|(_, l)| l.protects()) {
+            let pnl: Decimal = account
+                .positions
+                .get(name)
+                .map(|positions| {
+                    positions
+                        .values()
+                        .map(|p| {
+                            p.realized_pnl
+                                + account.marks.get(&p.symbol).map_or(Decimal::ZERO, |m| p.unrealized_pnl(*m))
+                        })
+                        .sum()
+                })
+                .unwrap_or_default();
+            events.extend(self.protections.watch(name, limits, (account.equity, pnl), now, &mut self.trading));
+        }
+        events
+    }
+
+    /// Restores stored trading states (not a manual change: protections keep what they imposed).
     pub fn restore_trading(&mut self, trading: TradingStates) {
         self.trading = trading;
     }
