@@ -277,6 +277,11 @@ async fn a_protection_triggers_live_is_published_and_stays_armed_across_a_restar
     assert_eq!(t.api_get("/api/v1/risk").await["trading"]["strategies"]["churn"], "reduce_only");
     let (dir, data) = t.stop_keep().await;
     let t = TestHost::start_in(dir, data, strategy_limits("churn", limits)).await;
-    assert_eq!(t.api_get("/api/v1/risk").await["trading"]["strategies"]["churn"], "reduce_only", "still armed");
+    let risk = t.api_get("/api/v1/risk").await;
+    assert_eq!(risk["trading"]["strategies"]["churn"], "reduce_only", "still reduce-only: {risk}");
+    let watched = risk["protections"].as_array().unwrap().iter().find(|p| p["scope"] == "churn").cloned();
+    let imposed = watched.map(|w| w["imposed"].clone()).unwrap_or_default();
+    assert_eq!(imposed["protection"], "max_daily_loss", "still armed: {risk}");
+    assert!(imposed["until"].as_i64().is_some(), "until the next trading day: {risk}");
     assert_eq!(t.stop().await, 0);
 }

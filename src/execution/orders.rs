@@ -60,6 +60,8 @@ pub struct Oms {
     refusals: Vec<&'static str>,
     /// The limits in force, for readers (the API).
     limits: Arc<ArcSwap<crate::risk::Limits>>,
+    /// What the protections watch, for readers (the API).
+    protections: Arc<ArcSwap<Vec<crate::risk::ProtectionStatus>>>,
 }
 
 impl Oms {
@@ -81,6 +83,7 @@ impl Oms {
             risk: crate::risk::RiskGate::default(),
             refusals: Vec::new(),
             limits: Default::default(),
+            protections: Default::default(),
         };
         oms.publish();
         oms
@@ -196,6 +199,7 @@ impl Oms {
         risk.restore_trading(self.risk.trading().clone());
         risk.restore_protections(self.risk.protections().clone());
         self.limits.store(Arc::new(risk.limits()));
+        self.protections.store(Arc::new(risk.protections().status()));
         self.risk = risk;
         self.publish();
     }
@@ -214,8 +218,15 @@ impl Oms {
         events
     }
 
-    /// The trading states and what the protections watch, for the store.
+    /// What the protections watch, as published for readers.
+    pub fn protections(&self) -> Arc<ArcSwap<Vec<crate::risk::ProtectionStatus>>> {
+        self.protections.clone()
+    }
+
+    /// The trading states and what the protections watch, for the store
+    /// (publishing the protections' status for readers as it goes).
     pub fn risk_state_ops(&self) -> Vec<WriteOp> {
+        self.protections.store(Arc::new(self.risk.protections().status()));
         let protections = serde_json::to_value(self.risk.protections()).unwrap_or_default();
         vec![WriteOp::Trading(self.risk.trading().clone()), WriteOp::Protections(protections)]
     }

@@ -206,6 +206,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     let hub = Arc::new(Mutex::new(booted.hub));
     let account = booted.oms.view();
     let risk_limits = booted.oms.limits();
+    let protections = booted.oms.protections();
     let id_counter = Arc::new(AtomicU64::new(recovered.id_block_start));
     let runtimes: Runtimes = Arc::new(ArcSwap::from_pointee(Default::default()));
 
@@ -280,6 +281,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         clock: booted.clock.clone(),
         shown: booted.shown,
         risk_limits,
+        protections,
     });
     tasks.spawn_critical("http", "http", crate::http::serve(listener, crate::http::router(api), http_cancel.clone()));
     health.set("http", ComponentState::Up);

@@ -66,6 +66,8 @@ pub struct ApiContext {
     pub shown: crate::model::Shown,
     /// The risk limits in force: the account's and each strategy's.
     pub risk_limits: Arc<ArcSwap<crate::risk::Limits>>,
+    /// What the protections watch, by scope.
+    pub protections: Arc<ArcSwap<Vec<crate::risk::ProtectionStatus>>>,
 }
 
 /// Shared state of the router.

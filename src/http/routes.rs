@@ -21,7 +21,7 @@ use crate::config::RiskLimits;
 use crate::control::{Control, ControlError, KillReport, ShutdownReason, StrategyStatus};
 use crate::health::ComponentState;
 use crate::model::{Fill, Order, Shown, TradingState, TradingStates};
-use crate::risk::Limits;
+use crate::risk::{Limits, ProtectionStatus};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -57,7 +57,7 @@ pub fn routes() -> Router<ApiState> {
 #[openapi(
     info(title = "tradehost control API", description = "Control and observe a tradehost: strategies, orders, fills, positions, activity."),
     paths(health, status, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, positions, balances, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
-    components(schemas(ErrorBody, StrategyStatus, Order, Fill, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, RiskResponse, Limits, RiskLimits, TradingStates, TradingState, TradingStateRequest, KillReport)),
+    components(schemas(ErrorBody, StrategyStatus, Order, Fill, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -441,6 +441,9 @@ pub struct RiskResponse {
     pub trading: TradingStates,
     /// The limits in force.
     pub limits: Limits,
+    /// What the protections watch and impose, by scope (as last stored: at
+    /// least once a minute, and at every trigger or change).
+    pub protections: Vec<ProtectionStatus>,
 }
 
 /// A trading state to set: the account's, or one strategy's.
@@ -461,13 +464,14 @@ pub struct KillQuery {
     pub flatten: Option<bool>,
 }
 
-/// The trading states and the limits in force.
+/// The trading states, the limits in force and what the protections watch.
 #[utoipa::path(get, path = "/api/v1/risk", responses(
     (status = 200, body = RiskResponse), (status = 401, body = ErrorBody)))]
 async fn risk(State(state): State<ApiState>) -> Json<RiskResponse> {
     Json(RiskResponse {
         trading: state.account.load().trading.clone(),
         limits: state.risk_limits.load().as_ref().clone(),
+        protections: state.protections.load().as_ref().clone(),
     })
 }
 

@@ -19,7 +19,7 @@ use rust_decimal::Decimal;
 use crate::config::{Config, ConfigProblem, RiskLimits};
 use crate::model::{AccountView, Order, OrderRequest, Side, TimestampMs, TradingState, TradingStates};
 
-pub use protections::{ProtectionEvent, Protections};
+pub use protections::{Imposed, ProtectionEvent, ProtectionStatus, Protections};
 
 /// Why an order was refused: which limit, and the figures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

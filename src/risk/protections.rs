@@ -41,11 +41,29 @@ pub struct ProtectionEvent {
 }
 
 /// A state a protection imposed on a scope.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Imposed {
-    protection: String,
-    state: TradingState,
-    until: Option<TimestampMs>,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Imposed {
+    /// `max_daily_loss`, `max_drawdown_pct` or `losing_streak`.
+    pub protection: String,
+    /// What it imposed.
+    pub state: TradingState,
+    /// Until when (none: until a manual resume).
+    pub until: Option<TimestampMs>,
+}
+
+/// What the protections watch for one scope, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ProtectionStatus {
+    /// `account` or the strategy's name.
+    pub scope: String,
+    /// Equity when the trading day began (the daily loss counts from it).
+    pub day_start_equity: Decimal,
+    /// Peak equity (the drawdown counts from it).
+    pub peak_equity: Decimal,
+    /// Losing exits within the losing streak's window.
+    pub losing_exits: usize,
+    /// What a protection imposes now, if anything.
+    pub imposed: Option<Imposed>,
 }
 
 /// What is watched for one scope.
@@ -79,6 +97,20 @@ fn scope_name(key: &str) -> String {
 }
 
 impl Protections {
+    /// Every watched scope, as the API shows it.
+    pub fn status(&self) -> Vec<ProtectionStatus> {
+        self.scopes
+            .iter()
+            .map(|(key, w)| ProtectionStatus {
+                scope: scope_name(key),
+                day_start_equity: w.day_start,
+                peak_equity: w.peak,
+                losing_exits: w.losses.len(),
+                imposed: w.imposed.clone(),
+            })
+            .collect()
+    }
+
     /// Notes a fill that realised `pnl` for `strategy`: a loss counts toward
     /// the losing streaks of the strategy and of the account.
     pub fn on_exit(&mut self, strategy: &str, pnl: Decimal, now: TimestampMs) {
