@@ -153,7 +153,11 @@ pub fn run(
         logs: Vec::new(),
         wants_ticks: true,
         rejected: (0, None),
-        risk: config.risk.clone(),
+        risk: {
+            let mut risk = config.risk.clone();
+            risk.declare(name, meta.symbols.clone());
+            risk
+        },
         risk_rejected: BTreeMap::new(),
         realized: BTreeMap::new(),
         protections: Vec::new(),

@@ -56,6 +56,13 @@ pub enum EngineRequest {
         /// Answered once stored.
         reply: oneshot::Sender<()>,
     },
+    /// The symbols a strategy declares (at its start and every reload).
+    Declare {
+        /// Strategy.
+        strategy: String,
+        /// Its symbols.
+        symbols: Vec<String>,
+    },
     /// The kill switch.
     Kill {
         /// Also close every position.
@@ -199,6 +206,7 @@ impl Engine {
                 self.set_limits(*limits).await;
                 let _ = reply.send(());
             }
+            EngineRequest::Declare { strategy, symbols } => self.oms.declare_symbols(&strategy, symbols),
             EngineRequest::Kill { flatten, reply } => {
                 let report = self.kill(flatten).await;
                 let _ = reply.send(report);

@@ -196,8 +196,7 @@ impl Oms {
     /// Checks every new order against these limits from now on.
     /// The trading states in force stay as they are.
     pub fn set_risk(&mut self, mut risk: crate::risk::RiskGate) {
-        risk.restore_trading(self.risk.trading().clone());
-        risk.restore_protections(self.risk.protections().clone());
+        risk.take_state(&mut self.risk);
         self.limits.store(Arc::new(risk.limits()));
         self.protections.store(Arc::new(risk.protections().status()));
         self.risk = risk;
@@ -468,6 +467,11 @@ impl Oms {
             ops.push(WriteOp::PaperAccount(exchange.save()));
         }
         ops
+    }
+
+    /// A strategy's declared symbols: its only symbols unless its limits say otherwise.
+    pub fn declare_symbols(&mut self, strategy: &str, symbols: Vec<String>) {
+        self.risk.declare(strategy, symbols);
     }
 
     /// The order manager's clock, now.

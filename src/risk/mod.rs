@@ -93,6 +93,9 @@ pub struct RiskGate {
     trading: TradingStates,
     /// What the protections watch (daily baselines, peaks, losing exits).
     protections: Protections,
+    /// The symbols each strategy declares (`config()`): its only symbols
+    /// unless its limits name `symbols` themselves.
+    declared: BTreeMap<String, Vec<String>>,
 }
 
 /// Whose limits and which of the account's orders and positions they see.
@@ -164,12 +167,31 @@ impl RiskGate {
             buckets: HashMap::new(),
             trading: TradingStates::default(),
             protections: Protections::default(),
+            declared: BTreeMap::new(),
         }
     }
 
-    /// True when no limit is set anywhere and trading is active (every order passes).
+    /// True when no limit is set anywhere, no strategy declared its symbols
+    /// and trading is active (every order passes).
     pub fn is_open(&self) -> bool {
-        self.account.is_empty() && self.strategies.is_empty() && self.trading == TradingStates::default()
+        self.account.is_empty()
+            && self.strategies.is_empty()
+            && self.declared.is_empty()
+            && self.trading == TradingStates::default()
+    }
+
+    /// The symbols a strategy declares: its orders must be for one of them
+    /// (unless its own limits name `symbols`).
+    pub fn declare(&mut self, strategy: &str, symbols: Vec<String>) {
+        self.declared.insert(strategy.to_string(), symbols);
+    }
+
+    /// Keeps what another gate knew that is not configuration: trading
+    /// states, protections and declared symbols.
+    pub fn take_state(&mut self, from: &mut RiskGate) {
+        self.trading = std::mem::take(&mut from.trading);
+        self.protections = std::mem::take(&mut from.protections);
+        self.declared = std::mem::take(&mut from.declared);
     }
 
     /// The trading states in force.
@@ -244,7 +266,13 @@ impl RiskGate {
             return Ok(());
         }
         self.check_trading_state(request, account)?;
-        let strategy_limits = self.strategies.get(&request.strategy).cloned();
+        let mut strategy_limits = self.strategies.get(&request.strategy).cloned();
+        if let Some(declared) = self.declared.get(&request.strategy) {
+            let limits = strategy_limits.get_or_insert_with(RiskLimits::default);
+            if limits.symbols.is_none() {
+                limits.symbols = Some(declared.clone());
+            }
+        }
         let scopes: Vec<(Scope, RiskLimits)> = [(Scope::Account, Some(self.account.clone()))]
             .into_iter()
             .chain([(Scope::Strategy(&request.strategy), strategy_limits)])
@@ -602,6 +630,22 @@ mod tests {
         );
         // Another strategy holds nothing and has no limits of its own.
         assert_eq!(gate.check(&order("b", "other", Side::Buy, "1", None), &held, 0), Ok(()));
+    }
+
+    #[test]
+    fn a_strategy_trades_only_the_symbols_it_declares_unless_its_limits_say_otherwise() {
+        let mut eth = order("a", "s", Side::Buy, "1", None);
+        eth.symbol = "ETHUSD".into();
+        let flat = account("0", &[]);
+        let mut declared = RiskGate::default();
+        declared.declare("s", vec!["BTCUSD".into()]);
+        let refusal = declared.check(&eth, &flat, 0).unwrap_err();
+        assert_eq!((refusal.limit, refusal.scope.as_str()), ("symbols", "strategy s"));
+        assert_eq!(declared.check(&order("b", "s", Side::Buy, "1", None), &flat, 0), Ok(()));
+        let own = RiskLimits { symbols: Some(vec!["BTCUSD".into(), "ETHUSD".into()]), ..Default::default() };
+        let mut widened = RiskGate::new(RiskLimits::default(), [("s".to_string(), own)].into_iter().collect());
+        widened.declare("s", vec!["BTCUSD".into()]);
+        assert_eq!(widened.check(&eth, &flat, 0), Ok(()), "the strategy's own `symbols` limit decides");
     }
 
     #[test]

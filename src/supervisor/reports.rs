@@ -9,9 +9,21 @@ use super::market::gap_of;
 use super::{HEALTHY_RUN, Supervisor};
 use crate::activity::ActivityKind;
 use crate::control::{Control, ControlError, StrategyState};
+use crate::execution::EngineRequest;
 use crate::strategy::live::{ExitReason, RuntimeReport, TaggedReport};
 
 impl Supervisor {
+    /// Tells the engine the symbols a strategy declares (its only ones,
+    /// unless its risk limits name `symbols`).
+    fn declare_symbols(&self, name: &str) {
+        let meta = self.slots.get(name).and_then(|s| s.handle.as_ref()).and_then(|h| h.meta());
+        if let Some(meta) = meta {
+            let request = EngineRequest::Declare { strategy: name.to_string(), symbols: meta.symbols };
+            let engine = self.engine.clone();
+            tokio::spawn(async move { drop(engine.send(request).await) });
+        }
+    }
+
     /// Handles a runtime's report.
     pub fn handle_report(&mut self, tagged: TaggedReport) {
         let TaggedReport { name, generation, report } = tagged;
@@ -29,6 +41,8 @@ impl Supervisor {
         };
         match report {
             RuntimeReport::Started => {
+                self.declare_symbols(&name);
+                let Some(slot) = self.slots.get_mut(&name) else { return };
                 slot.state = StrategyState::Running;
                 slot.version = slot.version.max(1);
                 slot.gap = gap_of(slot, &self.feed_symbols, &self.hub);
@@ -49,6 +63,8 @@ impl Supervisor {
                 }
             }
             RuntimeReport::Reloaded => {
+                self.declare_symbols(&name);
+                let Some(slot) = self.slots.get_mut(&name) else { return };
                 slot.version += 1;
                 slot.reloads += 1;
                 slot.last_error = None;
