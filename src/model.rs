@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use rust_decimal::prelude::*;
@@ -424,6 +425,8 @@ pub struct AccountView {
     pub open_orders: Vec<Order>,
     /// Whether new orders may go out.
     pub trading: TradingStates,
+    /// The risk limits in force, as JSON `{account, strategies: {name: …}}` (for scripts).
+    pub risk_limits: Arc<serde_json::Value>,
 }
 
 impl AccountView {

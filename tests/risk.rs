@@ -16,6 +16,8 @@ fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
 fn on_candle(c) {
     if this.sent == () {
         this.sent = true;
+        let limits = risk::limits();
+        log::info("limits: order size " + limits.account.max_order_size + ", own " + limits.own.len() + ", state " + risk::state());
         exchange::market_order("BTCUSD", "buy", 0.01);
         exchange::market_order("BTCUSD", "buy", 50.0);
     }
@@ -61,6 +63,7 @@ fn strategy_limits(name: &str, limits: RiskLimits) -> impl FnOnce(&mut tradehost
 async fn an_order_over_a_limit_reaches_the_script_rejected_with_the_limit_named() {
     let limits = RiskLimits { max_order_size: Some("1".parse().unwrap()), ..Default::default() };
     let t = TestHost::start(&[("fat", FAT_FINGER)], |c| c.risk = limits).await;
+    t.wait_log(0, "fat", "limits: order size 1.0, own 0, state active").await;
     let rejected = t.wait_log(0, "fat", "rejected").await;
     let message = rejected.data["message"].as_str().unwrap();
     assert!(

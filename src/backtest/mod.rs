@@ -130,6 +130,7 @@ pub fn run(
         currency: "USD".into(),
         balance: config.broker.cash,
         equity: config.broker.cash,
+        risk_limits: Arc::new(serde_json::to_value(config.risk.limits()).unwrap_or_default()),
         ..Default::default()
     }));
     let ctx =

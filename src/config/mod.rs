@@ -325,4 +325,24 @@ mod tests {
         assert!(err.contains("exchange.paper.leverage"), "{err}");
         assert!(err.contains("sandbox.max_operations"), "{err}");
     }
+
+    #[test]
+    fn bad_risk_limits_name_their_keys() {
+        let text = "[risk]\nmax_order_size = \"-1\"\nday_start_utc_hour = 24\n[risk.losing_streak]\ntrades = 0\nwindow_minutes = 5\ncooldown_minutes = 5\n[strategies.overrides.a.risk]\nmax_open_orders = 0\n";
+        let err = Config::parse(text, "t.toml").unwrap_err().to_string();
+        for key in [
+            "risk.max_order_size",
+            "risk.day_start_utc_hour",
+            "risk.losing_streak.trades",
+            "strategies.overrides.a.risk.max_open_orders",
+        ] {
+            assert!(err.contains(key), "{key} in {err}");
+        }
+        let err = Config::parse("[risk]\nmax_open_orders = \"many\"\n", "t.toml").unwrap_err().to_string();
+        assert!(err.contains("max_open_orders"), "{err}");
+        let err = Config::parse("[risk]\nmax_order_sise = 1\n", "t.toml").unwrap_err().to_string();
+        assert!(err.contains("max_order_sise"), "{err}");
+        let ok = Config::parse("[risk]\nmax_order_size = \"0.5\"\nmax_orders_per_second = 5\n", "t.toml").unwrap();
+        assert_eq!(ok.risk.max_order_size, Some(rust_decimal::Decimal::new(5, 1)));
+    }
 }

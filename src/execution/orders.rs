@@ -60,6 +60,8 @@ pub struct Oms {
     refusals: Vec<&'static str>,
     /// The limits in force, for readers (the API).
     limits: Arc<ArcSwap<crate::risk::Limits>>,
+    /// The same as JSON, for scripts (in the account view).
+    limits_json: Arc<serde_json::Value>,
     /// What the protections watch, for readers (the API).
     protections: Arc<ArcSwap<Vec<crate::risk::ProtectionStatus>>>,
 }
@@ -83,6 +85,7 @@ impl Oms {
             risk: crate::risk::RiskGate::default(),
             refusals: Vec::new(),
             limits: Default::default(),
+            limits_json: Default::default(),
             protections: Default::default(),
         };
         oms.publish();
@@ -198,6 +201,7 @@ impl Oms {
     pub fn set_risk(&mut self, mut risk: crate::risk::RiskGate) {
         risk.take_state(&mut self.risk);
         self.limits.store(Arc::new(risk.limits()));
+        self.limits_json = Arc::new(serde_json::to_value(risk.limits()).unwrap_or_default());
         self.protections.store(Arc::new(risk.protections().status()));
         self.risk = risk;
         self.publish();
@@ -623,6 +627,7 @@ impl Oms {
             marks: self.marks.clone(),
             open_orders: self.open.values().cloned().collect(),
             trading: self.risk.trading().clone(),
+            risk_limits: self.limits_json.clone(),
         }));
     }
 }

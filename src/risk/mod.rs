@@ -527,7 +527,7 @@ mod tests {
                     o
                 })
                 .collect(),
-            trading: TradingStates::default(),
+            ..Default::default()
         }
     }
 

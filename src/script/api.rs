@@ -75,6 +75,7 @@ pub const HOST_FUNCTIONS: &[HostFn] = &[
     host("health::report", "health::report(key: string, value)", 2, 2),
     host("health::degraded", "health::degraded(reason: string)", 1, 1),
     host("risk::state", "risk::state()", 0, 0),
+    host("risk::limits", "risk::limits()", 0, 0),
     host("notify", "notify(message)", 1, 1),
     host("now", "now()", 0, 0),
 ];
@@ -595,7 +596,38 @@ fn risk_module(ctx: &SharedContext) -> Module {
         let ctx = c.borrow();
         Ok(ctx.account.load().trading.of(&ctx.name).as_str().to_string())
     });
+    let c = ctx.clone();
+    // The limits that bound this strategy's orders: the account's and its own (unset ones are left out).
+    m.set_native_fn("limits", move || {
+        let ctx = c.borrow();
+        let account = ctx.account.load();
+        let limits = serde_json::json!({
+            "account": account.risk_limits.get("account").cloned().unwrap_or_else(|| serde_json::json!({})),
+            "own": account.risk_limits["strategies"].get(&ctx.name).cloned().unwrap_or_else(|| serde_json::json!({})),
+        });
+        Ok(convert::from_json(&numbers(limits)))
+    });
     m
+}
+
+/// Limits as scripts read them: amounts (stored as exact decimal strings) become numbers.
+fn numbers(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .map(|(key, value)| {
+                    let value = match value {
+                        serde_json::Value::String(text) if key != "symbols" => {
+                            text.parse::<f64>().map_or(serde_json::Value::String(text), serde_json::Value::from)
+                        }
+                        other => numbers(other),
+                    };
+                    (key, value)
+                })
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 fn health_module(ctx: &SharedContext) -> Module {
