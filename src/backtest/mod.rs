@@ -162,6 +162,7 @@ pub fn run(
         risk_rejected: BTreeMap::new(),
         realized: BTreeMap::new(),
         protections: Vec::new(),
+        view_stale: std::cell::Cell::new(false),
     };
     sim.handle(strategy.as_mut(), StrategyEvent::Start, first)?;
     let mut equity = Vec::new();
@@ -353,6 +354,8 @@ struct Simulation {
     realized: BTreeMap<String, rust_decimal::Decimal>,
     /// What the protections triggered or lifted, with the time.
     protections: Vec<(TimestampMs, crate::risk::ProtectionEvent)>,
+    /// An order went to the broker since the account view was last published.
+    view_stale: std::cell::Cell<bool>,
 }
 
 impl Simulation {
@@ -381,6 +384,7 @@ impl Simulation {
     /// order or fill event). Updated in place when the strategy holds no
     /// snapshot, which is always the case between callbacks.
     fn publish_account(&self, orders_changed: bool) {
+        self.view_stale.set(self.view_stale.get() && !orders_changed);
         let mut view = self.account.swap(self.placeholder.clone());
         let refresh_orders = orders_changed || Arc::get_mut(&mut view).is_none();
         let view_mut = Arc::make_mut(&mut view);
@@ -443,7 +447,9 @@ impl Simulation {
     /// after the orders before it), then hands it to the broker.
     fn place(&mut self, request: OrderRequest, time: TimestampMs) -> Vec<ExchangeEvent> {
         if !self.risk.is_open() {
-            self.publish_account(true);
+            if self.view_stale.get() {
+                self.publish_account(true);
+            }
             if let Err(refusal) = self.risk.check(&request, &self.account.load(), time) {
                 *self.risk_rejected.entry(refusal.limit).or_default() += 1;
                 let mut order = Order::new(request, time);
@@ -452,6 +458,7 @@ impl Simulation {
                 return vec![ExchangeEvent::Order(order)];
             }
         }
+        self.view_stale.set(true);
         self.broker.submit(request, time)
     }
 

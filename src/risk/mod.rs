@@ -87,8 +87,10 @@ impl Bucket {
 pub struct RiskGate {
     account: RiskLimits,
     strategies: BTreeMap<String, RiskLimits>,
-    /// Token buckets by (scope, limit).
-    buckets: HashMap<(String, &'static str), Bucket>,
+    /// The account's order-rate token buckets, by limit.
+    account_buckets: BTreeMap<&'static str, Bucket>,
+    /// Each strategy's order-rate token buckets, by limit.
+    strategy_buckets: HashMap<String, BTreeMap<&'static str, Bucket>>,
     /// Whether new orders may go out.
     trading: TradingStates,
     /// What the protections watch (daily baselines, peaks, losing exits).
@@ -164,7 +166,8 @@ impl RiskGate {
         RiskGate {
             account,
             strategies,
-            buckets: HashMap::new(),
+            account_buckets: BTreeMap::new(),
+            strategy_buckets: HashMap::new(),
             trading: TradingStates::default(),
             protections: Protections::default(),
             declared: BTreeMap::new(),
@@ -266,28 +269,35 @@ impl RiskGate {
             return Ok(());
         }
         self.check_trading_state(request, account)?;
-        let mut strategy_limits = self.strategies.get(&request.strategy).cloned();
-        if let Some(declared) = self.declared.get(&request.strategy) {
-            let limits = strategy_limits.get_or_insert_with(RiskLimits::default);
-            if limits.symbols.is_none() {
-                limits.symbols = Some(declared.clone());
-            }
+        let strategy = Scope::Strategy(&request.strategy);
+        let own = self.strategies.get(&request.strategy);
+        if let Some(declared) = self.declared.get(&request.strategy)
+            && own.is_none_or(|limits| limits.symbols.is_none())
+            && !declared.contains(&request.symbol)
+        {
+            let detail = format!("{} is not one of the symbols it declares: {}", request.symbol, declared.join(", "));
+            return Err(Refusal { limit: "symbols", scope: strategy.name(), detail });
         }
-        let scopes: Vec<(Scope, RiskLimits)> = [(Scope::Account, Some(self.account.clone()))]
-            .into_iter()
-            .chain([(Scope::Strategy(&request.strategy), strategy_limits)])
-            .filter_map(|(scope, limits)| limits.map(|l| (scope, l)))
-            .collect();
-        for (scope, limits) in &scopes {
-            check_limits(*scope, limits, request, account)?;
+        check_limits(Scope::Account, &self.account, request, account)?;
+        if let Some(own) = own {
+            check_limits(strategy, own, request, account)?;
         }
         // Rates last: only an order that passes everything else takes a token.
-        for (scope, limits) in &scopes {
-            self.rate_room(*scope, limits, now)?;
+        let own = own.map(rate_limits).unwrap_or_default();
+        let account_rates = rate_limits(&self.account);
+        if account_rates.is_empty() && own.is_empty() {
+            return Ok(());
         }
-        for (scope, limits) in &scopes {
-            for (key, _, _) in rate_limits(limits) {
-                if let Some(bucket) = self.buckets.get_mut(&(scope.name(), key)) {
+        let (account_buckets, strategy_buckets) = (&mut self.account_buckets, &mut self.strategy_buckets);
+        let own_buckets = match strategy_buckets.get_mut(&request.strategy) {
+            Some(buckets) => buckets,
+            None => strategy_buckets.entry(request.strategy.clone()).or_default(),
+        };
+        rate_room(Scope::Account, &account_rates, account_buckets, now)?;
+        rate_room(strategy, &own, own_buckets, now)?;
+        for (rates, buckets) in [(&account_rates, account_buckets), (&own, own_buckets)] {
+            for (key, ..) in rates {
+                if let Some(bucket) = buckets.get_mut(key) {
                     bucket.tokens -= 1.0;
                 }
             }
@@ -316,23 +326,27 @@ impl RiskGate {
         }
         Ok(())
     }
+}
 
-    /// Refuses when a rate limit has no token left at `now`.
-    fn rate_room(&mut self, scope: Scope, limits: &RiskLimits, now: TimestampMs) -> Result<(), Refusal> {
-        for (key, capacity, period_ms) in rate_limits(limits) {
-            let bucket =
-                self.buckets.entry((scope.name(), key)).or_insert(Bucket { tokens: f64::from(capacity), updated: now });
-            if bucket.refill(capacity, period_ms, now) < 1.0 {
-                let per = if period_ms == 1_000 { "second" } else { "minute" };
-                return Err(Refusal {
-                    limit: key,
-                    scope: scope.name(),
-                    detail: format!("{capacity} orders per {per} already sent"),
-                });
-            }
+/// Refuses when a rate limit has no token left at `now`.
+fn rate_room(
+    scope: Scope,
+    rates: &[(&'static str, u32, i64)],
+    buckets: &mut BTreeMap<&'static str, Bucket>,
+    now: TimestampMs,
+) -> Result<(), Refusal> {
+    for (key, capacity, period_ms) in rates {
+        let bucket = buckets.entry(key).or_insert(Bucket { tokens: f64::from(*capacity), updated: now });
+        if bucket.refill(*capacity, *period_ms, now) < 1.0 {
+            let per = if *period_ms == 1_000 { "second" } else { "minute" };
+            return Err(Refusal {
+                limit: key,
+                scope: scope.name(),
+                detail: format!("{capacity} orders per {per} already sent"),
+            });
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// The order-rate limits that are set: (key, orders, period in ms).
