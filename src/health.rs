@@ -185,6 +185,12 @@ impl Metrics {
         *self.risk_rejections.lock().unwrap_or_else(|e| e.into_inner()).entry(limit).or_default() += 1;
     }
 
+    /// Orders refused so far, by risk limit.
+    pub fn risk_rejections(&self) -> BTreeMap<String, u64> {
+        let counts = self.risk_rejections.lock().unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|(limit, n)| (limit.to_string(), *n)).collect()
+    }
+
     /// Exports a queue's depth as `tradehost_queue_depth{queue="NAME"}`.
     pub fn watch_queue(&self, name: &'static str, depth: QueueDepth) {
         self.queues.lock().unwrap_or_else(|e| e.into_inner()).insert(name, depth);

@@ -100,6 +100,7 @@ async fn a_thousand_orders_in_one_callback_are_held_to_the_order_rate_and_the_ho
     let metrics = reqwest::Client::new().get(url).bearer_auth(t.host.api_token().expose()).send().await.unwrap();
     let metrics = metrics.text().await.unwrap();
     assert!(metrics.contains("tradehost_risk_rejections_total{limit=\"max_orders_per_minute\"} 975"), "{metrics}");
+    assert_eq!(t.api_get("/api/v1/risk").await["rejections"]["max_orders_per_minute"], 975);
     assert_eq!(t.stop().await, 0);
 }
 

@@ -444,6 +444,8 @@ pub struct RiskResponse {
     /// What the protections watch and impose, by scope (as last stored: at
     /// least once a minute, and at every trigger or change).
     pub protections: Vec<ProtectionStatus>,
+    /// Orders refused since the host started, by limit.
+    pub rejections: BTreeMap<String, u64>,
 }
 
 /// A trading state to set: the account's, or one strategy's.
@@ -472,6 +474,7 @@ async fn risk(State(state): State<ApiState>) -> Json<RiskResponse> {
         trading: state.account.load().trading.clone(),
         limits: state.risk_limits.load().as_ref().clone(),
         protections: state.protections.load().as_ref().clone(),
+        rejections: state.metrics.risk_rejections(),
     })
 }
 
