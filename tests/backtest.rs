@@ -87,26 +87,22 @@ fn on_candle(c) {
     assert_eq!(run.equity.len(), 4);
 }
 
-#[test]
-fn a_max_position_limit_rejects_the_documented_orders_and_changes_the_equity_predictably() {
-    let script = r#"
+/// Buys 1 X at market on every bar.
+const BUY_EVERY_BAR: &str = r#"
 fn config() { #{ symbols: ["X"], timeframe: "1m" } }
 fn on_candle(c) { exchange::market_order("X", "buy", 1); }
 "#;
+
+/// One-minute bars that open, peak and close at one price each.
+fn flat_bars(prices: &[f64]) -> Vec<Candle> {
+    prices.iter().enumerate().map(|(k, p)| bar(k as i64, *p, *p, *p, *p)).collect()
+}
+
+#[test]
+fn a_max_position_limit_rejects_the_documented_orders_and_changes_the_equity_predictably() {
+    let script = BUY_EVERY_BAR;
     // Rising bars: a buy on bar k fills at bar k+1's open.
-    let data = vec![
-        (0..5)
-            .map(|k| {
-                bar(
-                    k,
-                    100.0 + 10.0 * k as f64,
-                    100.0 + 10.0 * k as f64,
-                    100.0 + 10.0 * k as f64,
-                    100.0 + 10.0 * k as f64,
-                )
-            })
-            .collect(),
-    ];
+    let data = vec![flat_bars(&[100.0, 110.0, 120.0, 130.0, 140.0])];
     let free = backtest::run_script("buy.rhai", script, &data, &config("0", "0", "0"), &mut |_| {}).unwrap();
     let mut limited = config("0", "0", "0");
     let limits = RiskLimits { max_position_notional: Some(d("250")), ..Default::default() };
@@ -122,18 +118,8 @@ fn on_candle(c) { exchange::market_order("X", "buy", 1); }
 
 #[test]
 fn a_daily_loss_protection_makes_a_backtest_reduce_only_on_the_bar_clock() {
-    let script = r#"
-fn config() { #{ symbols: ["X"], timeframe: "1m" } }
-fn on_candle(c) { exchange::market_order("X", "buy", 1); }
-"#;
-    let data = vec![
-        (0..5)
-            .map(|k| {
-                let p = 100.0 - 10.0 * k as f64;
-                bar(k, p, p, p, p)
-            })
-            .collect(),
-    ];
+    let script = BUY_EVERY_BAR;
+    let data = vec![flat_bars(&[100.0, 90.0, 80.0, 70.0, 60.0])];
     let mut limited = config("0", "0", "0");
     let limits = RiskLimits { max_daily_loss: Some(d("15")), ..Default::default() };
     limited.risk = tradehost::risk::RiskGate::new(limits, BTreeMap::new());

@@ -35,13 +35,19 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line[start..].split_whitespace().next()
 }
 
-#[test]
-fn kill_9_at_random_moments_loses_nothing_and_never_sends_twice() {
+/// A folder with the crasher strategy; returns it with its strategies and data folders.
+fn crash_folder() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let root = tempfile::tempdir().unwrap();
     let strategies = root.path().join("strategies");
     let data = root.path().join("data");
     std::fs::create_dir(&strategies).unwrap();
     std::fs::write(strategies.join("crasher.rhai"), CRASHER).unwrap();
+    (root, strategies, data)
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_nothing_and_never_sends_twice() {
+    let (root, strategies, data) = crash_folder();
     let config = root.path().join("config.toml");
     std::fs::write(
         &config,
@@ -159,11 +165,7 @@ fn spawn_with_address(config: &std::path::Path) -> (std::process::Child, String)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_while_halted_comes_back_halted() {
-    let root = tempfile::tempdir().unwrap();
-    let strategies = root.path().join("strategies");
-    let data = root.path().join("data");
-    std::fs::create_dir(&strategies).unwrap();
-    std::fs::write(strategies.join("crasher.rhai"), CRASHER).unwrap();
+    let (root, strategies, data) = crash_folder();
     let config = root.path().join("config.toml");
     let text = format!(
         "data_dir = {data:?}\n[strategies]\ndir = {strategies:?}\n[feed.synthetic]\nhistory_bars = 5\n[http]\nbind = \"127.0.0.1:0\"\n"
