@@ -58,6 +58,8 @@ pub struct Oms {
     risk: crate::risk::RiskGate,
     /// Limits that refused orders since the last [`Oms::take_refusals`].
     refusals: Vec<&'static str>,
+    /// Orders checked and accepted but not sent yet (their intents are being stored).
+    preparing: BTreeMap<String, Order>,
     /// The limits in force, for readers (the API).
     limits: Arc<ArcSwap<crate::risk::Limits>>,
     /// The same as JSON, for scripts (in the account view).
@@ -84,6 +86,7 @@ impl Oms {
             clock: crate::clock::Clock::wall(),
             risk: crate::risk::RiskGate::default(),
             refusals: Vec::new(),
+            preparing: BTreeMap::new(),
             limits: Default::default(),
             limits_json: Default::default(),
             protections: Default::default(),
@@ -272,11 +275,15 @@ impl Oms {
             Some("the host is shutting down: new orders are refused".to_string())
         } else if stale {
             Some(format!("market data for {} is stale: new entries are refused until it is fresh", request.symbol))
-        } else if self.open.contains_key(&request.client_id) {
+        } else if self.open.contains_key(&request.client_id) || self.preparing.contains_key(&request.client_id) {
             Some(format!("client order id {} is already in use", request.client_id))
         } else {
             let now = self.now();
-            self.risk.check(&request, &self.view.load(), now).err().map(|refusal| {
+            let mut view = self.view.load_full();
+            if !self.preparing.is_empty() {
+                Arc::make_mut(&mut view).open_orders.extend(self.preparing.values().cloned());
+            }
+            self.risk.check(&request, &view, now).err().map(|refusal| {
                 self.refusals.push(refusal.limit);
                 refusal.to_string()
             })
@@ -288,10 +295,9 @@ impl Oms {
                 order.reason = Some(reason);
             }
             None => {
-                // Working from now on: the next order's checks count it.
+                // Not sent yet (strategies do not see it), but the next order's checks count it.
                 order.status = OrderStatus::Pending;
-                self.open.insert(order.request.client_id.clone(), order.clone());
-                self.publish();
+                self.preparing.insert(order.request.client_id.clone(), order.clone());
             }
         }
         order
@@ -308,6 +314,7 @@ impl Oms {
         let events = orders
             .into_iter()
             .map(|mut order| {
+                self.preparing.remove(&order.request.client_id);
                 order.status = OrderStatus::Rejected;
                 order.reason = Some(reason.to_string());
                 ExchangeEvent::Order(order)
@@ -320,6 +327,7 @@ impl Oms {
     /// pending until the venue answers (the paper exchange at once, a live
     /// venue later through [`Oms::apply_venue`]).
     pub fn send(&mut self, request: OrderRequest) -> Vec<ExchangeEvent> {
+        self.preparing.remove(&request.client_id);
         let mut order = Order::new(request.clone(), self.clock.now_ms());
         order.status = OrderStatus::Pending;
         self.open.insert(order.request.client_id.clone(), order);
