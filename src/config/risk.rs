@@ -77,9 +77,7 @@ impl RiskLimits {
     pub fn protects(&self) -> bool {
         self.max_daily_loss.is_some() || self.max_drawdown_pct.is_some() || self.losing_streak.is_some()
     }
-}
 
-impl RiskLimits {
     /// True when no limit is set.
     pub fn is_empty(&self) -> bool {
         *self == RiskLimits::default()
