@@ -175,9 +175,13 @@ impl Order {
 
     /// Records a fill on this order and updates the status.
     pub fn apply_fill(&mut self, size: Decimal, price: Decimal, now: TimestampMs) {
-        let notional = self.avg_fill_price.unwrap_or_default() * self.filled + price * size;
-        self.filled += size;
-        self.avg_fill_price = Some(notional / self.filled);
+        let notional = self
+            .avg_fill_price
+            .unwrap_or_default()
+            .saturating_mul(self.filled)
+            .saturating_add(price.saturating_mul(size));
+        self.filled = self.filled.saturating_add(size);
+        self.avg_fill_price = notional.checked_div(self.filled).or(self.avg_fill_price);
         self.status =
             if self.remaining() <= Decimal::ZERO { OrderStatus::Filled } else { OrderStatus::PartiallyFilled };
         self.updated = now;
@@ -332,13 +336,14 @@ impl Position {
         let delta = side.sign() * size;
         let mut realized = Decimal::ZERO;
         if self.size.is_zero() || self.size.signum() == delta.signum() {
-            let new_size = self.size + delta;
-            self.entry_price = (self.entry_price * self.size.abs() + price * size) / new_size.abs();
+            let new_size = self.size.saturating_add(delta);
+            let cost = self.entry_price.saturating_mul(self.size.abs()).saturating_add(price.saturating_mul(size));
+            self.entry_price = cost.checked_div(new_size.abs()).unwrap_or(self.entry_price);
             self.size = new_size;
         } else {
             let closing = size.min(self.size.abs());
-            realized = (price - self.entry_price) * closing * self.size.signum();
-            let new_size = self.size + delta;
+            realized = price.saturating_sub(self.entry_price).saturating_mul(closing) * self.size.signum();
+            let new_size = self.size.saturating_add(delta);
             if new_size.is_zero() {
                 self.entry_price = Decimal::ZERO;
             } else if new_size.signum() != self.size.signum() {
@@ -346,13 +351,13 @@ impl Position {
             }
             self.size = new_size;
         }
-        self.realized_pnl += realized;
+        self.realized_pnl = self.realized_pnl.saturating_add(realized);
         realized
     }
 
     /// Unrealised PnL at the given mark price.
     pub fn unrealized_pnl(&self, mark: Decimal) -> Decimal {
-        (mark - self.entry_price) * self.size
+        mark.saturating_sub(self.entry_price).saturating_mul(self.size)
     }
 }
 
@@ -447,6 +452,22 @@ impl AccountView {
     }
 }
 
+/// The largest order size or price the host accepts, from a script or any
+/// other source (10^12: far beyond any market, small enough that every sum of
+/// sizes times prices stays exact in a `Decimal`).
+pub const ORDER_NUMBER_MAX: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
+
+/// Checks an order's size or price: positive and at most [`ORDER_NUMBER_MAX`].
+pub fn check_order_number(what: &str, value: Decimal) -> Result<Decimal, String> {
+    if value <= Decimal::ZERO {
+        Err(format!("{what} must be positive, got {value}"))
+    } else if value > ORDER_NUMBER_MAX {
+        Err(format!("{what} {value} is over the largest the host accepts ({ORDER_NUMBER_MAX})"))
+    } else {
+        Ok(value)
+    }
+}
+
 /// Trading rules of an instrument.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Product {
@@ -479,11 +500,17 @@ impl Product {
     }
 }
 
+/// `value` in whole steps; unchanged when the step is not positive or the
+/// number of steps is not representable (orders that large are refused
+/// before they are rounded: see [`ORDER_NUMBER_MAX`]).
 fn round_to_step(value: Decimal, step: Decimal, strategy: RoundingStrategy) -> Decimal {
     if step <= Decimal::ZERO {
         return value;
     }
-    ((value / step).round_dp_with_strategy(0, strategy) * step).normalize()
+    value
+        .checked_div(step)
+        .and_then(|steps| steps.round_dp_with_strategy(0, strategy).checked_mul(step))
+        .map_or(value, |rounded| rounded.normalize())
 }
 
 /// Converts a script number to an exact decimal (shortest round-trip form).

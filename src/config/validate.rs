@@ -158,13 +158,16 @@ impl Config {
                         });
                     }
                 }
-                for (key, value) in
-                    [("feed.synthetic.volatility", syn.volatility), ("feed.synthetic.spread_bps", syn.spread_bps)]
-                {
-                    if !(value.is_finite() && value >= 0.0) {
+                // Per-tick volatility above 0.1 (10 % per tick) is no market
+                // the host simulates; 100 % spread would cross the book.
+                for (key, value, max) in [
+                    ("feed.synthetic.volatility", syn.volatility, 0.1),
+                    ("feed.synthetic.spread_bps", syn.spread_bps, 10_000.0),
+                ] {
+                    if !(value.is_finite() && (0.0..=max).contains(&value)) {
                         missing.push(ConfigProblem {
                             key: key.into(),
-                            message: format!("must be 0 or more, got {value}"),
+                            message: format!("must be from 0 to {max}, got {value}"),
                         });
                     }
                 }

@@ -48,14 +48,25 @@ impl FromStr for Timeframe {
     }
 }
 
-/// A malformed duration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {0:?}: expected a number and a unit ms, s, m, h or d, e.g. \"500ms\" or \"5s\"")]
-pub struct DurationError(pub String);
+/// The longest duration a timer or timeframe may have (366 days): longer
+/// ones are refused rather than overflowing the clock.
+pub const MAX_DURATION_MS: i64 = 366 * 86_400_000;
 
-/// Parses `"500ms"`, `"5s"`, `"1.5m"`, `"2h"`, `"1d"` into milliseconds (positive).
+/// A duration that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Not a number and a unit.
+    #[error("invalid duration {0:?}: expected a number and a unit ms, s, m, h or d, e.g. \"500ms\" or \"5s\"")]
+    Malformed(String),
+    /// Longer than [`MAX_DURATION_MS`].
+    #[error("duration {0:?} is longer than the longest allowed, 366d")]
+    TooLong(String),
+}
+
+/// Parses `"500ms"`, `"5s"`, `"1.5m"`, `"2h"`, `"1d"` into milliseconds
+/// (positive, at most [`MAX_DURATION_MS`]).
 pub fn parse_duration_ms(text: &str) -> Result<i64, DurationError> {
-    let err = || DurationError(text.to_string());
+    let err = || DurationError::Malformed(text.chars().take(64).collect());
     let trimmed = text.trim();
     let split = trimmed.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(err)?;
     let (number, unit) = trimmed.split_at(split);
@@ -68,8 +79,14 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, DurationError> {
         "d" => 86_400_000.0,
         _ => return Err(err()),
     };
-    let ms = (number * unit_ms).round() as i64;
-    if ms <= 0 { Err(err()) } else { Ok(ms) }
+    let ms = (number * unit_ms).round();
+    if ms > MAX_DURATION_MS as f64 {
+        Err(DurationError::TooLong(text.chars().take(64).collect()))
+    } else if ms < 1.0 {
+        Err(err())
+    } else {
+        Ok(ms as i64)
+    }
 }
 
 impl fmt::Display for Timeframe {
@@ -276,6 +293,10 @@ mod tests {
         assert_eq!(parse_duration_ms("250ms"), Ok(250));
         assert!(parse_duration_ms("5 parsecs").is_err());
         assert!(parse_duration_ms("0s").is_err());
+        assert_eq!(parse_duration_ms("366d"), Ok(MAX_DURATION_MS));
+        let huge = "99999999999999999999d";
+        assert_eq!(parse_duration_ms(huge), Err(DurationError::TooLong(huge.into())));
+        assert!(parse_duration_ms(huge).unwrap_err().to_string().contains("longer than the longest allowed, 366d"));
     }
 
     #[test]

@@ -32,18 +32,22 @@ impl Products {
         out
     }
 
-    /// How the products' prices (tick) and sizes (contract value, in base units) are shown.
-    pub fn shown(&self) -> crate::model::Shown {
-        let products: Vec<crate::model::Product> = self
-            .by_symbol
+    /// The products' trading rules in host units: prices in ticks, sizes in
+    /// contracts (the contract value, in base units).
+    pub fn rules(&self) -> Vec<crate::model::Product> {
+        self.by_symbol
             .values()
             .map(|p| crate::model::Product {
                 symbol: p.symbol.clone(),
                 tick_size: p.tick_size,
                 lot_size: p.contract_value,
             })
-            .collect();
-        crate::model::Shown::new(&products)
+            .collect()
+    }
+
+    /// How the products' prices and sizes are shown.
+    pub fn shown(&self) -> crate::model::Shown {
+        crate::model::Shown::new(&self.rules())
     }
 
     /// A product by symbol.

@@ -397,20 +397,29 @@ impl PaperExchange {
     /// exposure always pass.
     fn check_margin(&self, request: &OrderRequest, quote: &Tick) -> Result<(), String> {
         let mark_of = |symbol: &str| self.mark(symbol).unwrap_or_default();
-        let resting: Decimal = self.resting.values().map(|o| o.remaining() * o.request.price.unwrap_or_default()).sum();
-        let exposure_without: Decimal = self
+        // Resting orders are valued at their symbol's mark (their limit price
+        // when there is none): a far-off order is not exposure.
+        let resting = self
+            .resting
+            .values()
+            .map(|o| {
+                let at = self.mark(&o.request.symbol).or(o.request.price).unwrap_or_default();
+                o.remaining().saturating_mul(at)
+            })
+            .fold(Decimal::ZERO, Decimal::saturating_add);
+        let exposure_without = self
             .positions
             .values()
             .filter(|p| p.symbol != request.symbol)
-            .map(|p| p.size.abs() * mark_of(&p.symbol))
-            .sum::<Decimal>()
-            + resting;
+            .map(|p| p.size.abs().saturating_mul(mark_of(&p.symbol)))
+            .fold(resting, Decimal::saturating_add);
         let mark = quote.mid();
         let current = self.position(&request.symbol).size;
         let after = current + request.side.sign() * request.size;
-        let before_total = exposure_without + current.abs() * mark;
-        let after_total = exposure_without + after.abs() * request.price.unwrap_or(mark).max(mark);
-        let limit = self.account().equity * self.leverage;
+        let before_total = exposure_without.saturating_add(current.abs().saturating_mul(mark));
+        let after_total =
+            exposure_without.saturating_add(after.abs().saturating_mul(request.price.unwrap_or(mark).max(mark)));
+        let limit = self.account().equity.saturating_mul(self.leverage);
         if after_total > limit && after_total > before_total {
             return Err(format!(
                 "insufficient margin: exposure would be {:.2} {cur}, limit is {:.2} {cur} (equity {:.2} × leverage {})",

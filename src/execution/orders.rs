@@ -66,6 +66,8 @@ pub struct Oms {
     limits_json: Arc<serde_json::Value>,
     /// What the protections watch, for readers (the API).
     protections: Arc<ArcSwap<Vec<crate::risk::ProtectionStatus>>>,
+    /// Trading rules by symbol (orders are rounded to them before checks).
+    products: HashMap<String, crate::model::Product>,
 }
 
 impl Oms {
@@ -90,6 +92,7 @@ impl Oms {
             limits: Default::default(),
             limits_json: Default::default(),
             protections: Default::default(),
+            products: HashMap::new(),
         };
         oms.publish();
         oms
@@ -269,9 +272,11 @@ impl Oms {
     /// Checks a strategy's order before anything is sent: the shutdown gate,
     /// stale market data, its client id, then the risk limits. The result is
     /// `Pending` (record it as an intent, then send it) or `Rejected` with the reason.
-    pub fn prepare(&mut self, request: OrderRequest) -> Order {
+    pub fn prepare(&mut self, mut request: OrderRequest) -> Order {
         let stale = !request.reduce_only && self.stale.contains(&request.symbol);
-        let refusal = if !self.gate_open {
+        let refusal = if let Err(invalid) = self.round_to_product(&mut request) {
+            Some(invalid)
+        } else if !self.gate_open {
             Some("the host is shutting down: new orders are refused".to_string())
         } else if stale {
             Some(format!("market data for {} is stale: new entries are refused until it is fresh", request.symbol))
@@ -301,6 +306,42 @@ impl Oms {
             }
         }
         order
+    }
+
+    /// Checks an order's size and price and rounds them to its product's lot
+    /// and tick as the venue will, so the order shows what is sent.
+    fn round_to_product(&self, request: &mut OrderRequest) -> Result<(), String> {
+        crate::model::check_order_number("size", request.size)?;
+        if let Some(price) = request.price {
+            crate::model::check_order_number("price", price)?;
+        }
+        let Some(product) = self.products.get(&request.symbol) else {
+            return Ok(());
+        };
+        let size = product.round_size(request.size);
+        if size <= Decimal::ZERO {
+            return Err(format!(
+                "size {} is below the lot size {} of {}",
+                request.size, product.lot_size, product.symbol
+            ));
+        }
+        request.size = size;
+        if let Some(price) = request.price {
+            let rounded = product.round_price(price);
+            if rounded <= Decimal::ZERO {
+                return Err(format!(
+                    "price {price} is below the tick size {} of {}",
+                    product.tick_size, product.symbol
+                ));
+            }
+            request.price = Some(rounded);
+        }
+        Ok(())
+    }
+
+    /// The trading rules orders are rounded to before they are checked and sent.
+    pub fn set_products(&mut self, products: impl IntoIterator<Item = crate::model::Product>) {
+        self.products = products.into_iter().map(|p| (p.symbol.clone(), p)).collect();
     }
 
     /// The limits that refused orders since the last call, one entry per order.

@@ -71,7 +71,8 @@ impl SyntheticFeed {
         let mut ticks = Vec::with_capacity(self.markets.len());
         for (product, price) in self.markets.iter_mut() {
             let z: f64 = self.rng.sample(StandardNormal);
-            *price *= (self.volatility * z).exp();
+            // Kept within what an order may carry, however long the walk runs.
+            *price = (*price * (self.volatility * z).exp()).clamp(1e-6, 1e9);
             let volume: f64 = self.rng.random_range(0.0..self.max_volume);
             let to_decimal = |v: f64| decimal_from_f64(v).unwrap_or(Decimal::ONE);
             let last = product.round_price(to_decimal(*price)).max(product.tick_size);

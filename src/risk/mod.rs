@@ -407,7 +407,7 @@ fn check_limits(
             return refuse(limit, format!("no market price for {} yet to value the order", request.symbol));
         }
     };
-    let notional = request.size * price;
+    let notional = request.size.saturating_mul(price);
     if let Some(max) = limits.max_order_notional
         && notional > max
     {
@@ -456,7 +456,7 @@ fn check_limits(
             .filter(|o| scope.owns(o) && o.request.symbol == request.symbol && o.request.side == request.side)
             .map(|o| o.request.side.sign() * o.remaining())
             .sum();
-        let value = (position + working + signed).abs() * price;
+        let value = position.saturating_add(working).saturating_add(signed).abs().saturating_mul(price);
         if value > max {
             return refuse(
                 "max_position_notional",
@@ -466,14 +466,22 @@ fn check_limits(
     }
     if limits.max_gross_exposure.is_some() || limits.max_leverage.is_some() {
         let mark = |symbol: &str| account.marks.get(symbol).copied().unwrap_or(Decimal::ZERO);
-        let positions: Decimal = scope.positions(account).iter().map(|(s, size)| size.abs() * mark(s)).sum();
+        let positions: Decimal = scope
+            .positions(account)
+            .iter()
+            .map(|(s, size)| size.abs().saturating_mul(mark(s)))
+            .fold(Decimal::ZERO, Decimal::saturating_add);
         let working: Decimal = account
             .open_orders
             .iter()
             .filter(|o| scope.owns(o))
-            .map(|o| o.remaining() * o.request.price.unwrap_or_else(|| mark(&o.request.symbol)))
-            .sum();
-        let exposure = positions + working + notional;
+            // Valued at the mark, not the limit price: a far-off resting order is no exposure.
+            .map(|o| {
+                let at = account.marks.get(&o.request.symbol).copied().or(o.request.price).unwrap_or_default();
+                o.remaining().saturating_mul(at)
+            })
+            .fold(Decimal::ZERO, Decimal::saturating_add);
+        let exposure = positions.saturating_add(working).saturating_add(notional);
         if let Some(max) = limits.max_gross_exposure
             && exposure > max
         {

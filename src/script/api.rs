@@ -137,6 +137,13 @@ fn positive_decimal(function: &str, what: &str, v: &Dynamic) -> Result<Decimal> 
         .ok_or_else(|| bad(function, format!("{function}: `{what}` must be a positive number, got {value}")))
 }
 
+/// An order's size or price: a finite, positive number no larger than
+/// [`crate::model::ORDER_NUMBER_MAX`].
+fn order_number(function: &str, what: &str, v: &Dynamic) -> Result<Decimal> {
+    let value = positive_decimal(function, what, v)?;
+    crate::model::check_order_number(&format!("`{what}`"), value).map_err(|e| bad(function, format!("{function}: {e}")))
+}
+
 fn count(function: &str, what: &str, v: &Dynamic) -> Result<usize> {
     let value = number(function, what, v)?;
     if value >= 1.0 && value.fract() == 0.0 && value <= 1_000_000.0 {
@@ -223,8 +230,8 @@ fn place(
 ) -> Result<String> {
     let symbol = text(function, "symbol", args[0])?;
     let side = side(function, args[1])?;
-    let size = positive_decimal(function, "size", args[2])?;
-    let price = price.map(|p| positive_decimal(function, "price", p)).transpose()?;
+    let size = order_number(function, "size", args[2])?;
+    let price = price.map(|p| order_number(function, "price", p)).transpose()?;
     let opts = opts.map(|o| options(function, o)).transpose()?.unwrap_or_default();
     let time_in_force = match opts.get("tif").map(|v| v.to_string().to_ascii_lowercase()) {
         None => TimeInForce::Gtc,

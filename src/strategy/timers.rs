@@ -20,12 +20,13 @@ pub struct Timers {
 impl Timers {
     /// Fires `name` every `interval_ms`, first at `now + interval_ms`; replaces a timer of that name.
     pub fn every(&mut self, name: &str, now: TimestampMs, interval_ms: i64) {
-        self.timers.insert(name.to_string(), Timer { due: now + interval_ms, every_ms: Some(interval_ms) });
+        self.timers
+            .insert(name.to_string(), Timer { due: now.saturating_add(interval_ms), every_ms: Some(interval_ms) });
     }
 
     /// Fires `name` once at `now + delay_ms`; replaces a timer of that name.
     pub fn after(&mut self, name: &str, now: TimestampMs, delay_ms: i64) {
-        self.timers.insert(name.to_string(), Timer { due: now + delay_ms, every_ms: None });
+        self.timers.insert(name.to_string(), Timer { due: now.saturating_add(delay_ms), every_ms: None });
     }
 
     /// Removes a timer; true if it existed.
