@@ -117,6 +117,11 @@ fn on_candle(c) {
     let spec = RuntimeSpec {
         clock: tradehost::clock::Clock::wall(),
         replay: None,
+        // Orders on every candle, as fast as they come: no order quota.
+        quotas: tradehost::strategy::Quotas::new(
+            &SandboxConfig { orders_per_second: u32::MAX, ..SandboxConfig::default() },
+            Arc::default(),
+        ),
         name: "bench".into(),
         generation: 1,
         factory: Box::new(move |env| {

@@ -116,10 +116,22 @@ pub fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
 }
 
 /// Batches the broadcast buffer holds before a slow subscriber lags.
-const BROADCAST_BATCHES: usize = 2048;
+const BROADCAST_BATCHES: usize = 1024;
 /// Most events in one batch, so the buffer pins at most
 /// `BROADCAST_BATCHES × MAX_BATCH` events however large a commit was.
 const MAX_BATCH: usize = 16;
+/// A batch ends once its frames reach this many bytes, so the buffer pins at
+/// most about `BROADCAST_BATCHES × MAX_BATCH_BYTES` however large the events.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// Most bytes of envelopes the in-memory tail keeps (its oldest events go
+/// first), whatever its event capacity.
+pub const TAIL_BYTES: usize = 8 << 20;
+
+/// Recent visible events with the size of each envelope.
+struct Tail {
+    events: VecDeque<(ActivityEvent, usize)>,
+    bytes: usize,
+}
 
 struct Sequencer {
     next_seq: u64,
@@ -130,8 +142,10 @@ struct Sequencer {
 #[derive(Clone)]
 pub struct ActivityBus {
     delivered: Arc<std::sync::atomic::AtomicU64>,
+    /// The newest visible sequence number (the store's last one at start).
+    newest: Arc<std::sync::atomic::AtomicU64>,
     sequencer: Arc<Mutex<Sequencer>>,
-    tail: Arc<Mutex<VecDeque<ActivityEvent>>>,
+    tail: Arc<Mutex<Tail>>,
     capacity: usize,
     /// Visible events, with their envelopes as JSON, not yet broadcast
     /// (until their group commit ends).
@@ -146,8 +160,9 @@ impl ActivityBus {
         let (sender, _) = broadcast::channel(BROADCAST_BATCHES);
         ActivityBus {
             delivered: Default::default(),
+            newest: Arc::new(std::sync::atomic::AtomicU64::new(last_seq)),
             sequencer: Arc::new(Mutex::new(Sequencer { next_seq: last_seq + 1, store: None })),
-            tail: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(4096)))),
+            tail: Arc::new(Mutex::new(Tail { events: VecDeque::with_capacity(capacity.min(4096)), bytes: 0 })),
             capacity: capacity.max(1),
             pending: Default::default(),
             sender,
@@ -214,10 +229,14 @@ impl ActivityBus {
         self.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The tail lock is held while queueing, so batches keep sequence order.
         let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        if tail.len() == self.capacity {
-            tail.pop_front();
+        self.newest.fetch_max(event.seq, std::sync::atomic::Ordering::Relaxed);
+        tail.bytes += json.len();
+        tail.events.push_back((event.clone(), json.len()));
+        while tail.events.len() > self.capacity || (tail.bytes > TAIL_BYTES && tail.events.len() > 1) {
+            if let Some((_, size)) = tail.events.pop_front() {
+                tail.bytes -= size;
+            }
         }
-        tail.push_back(event.clone());
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).push((event, json));
     }
 
@@ -229,12 +248,13 @@ impl ActivityBus {
     /// Events after `since` still in the tail, oldest first, at most `limit`.
     pub fn since(&self, since: u64, limit: usize) -> Vec<ActivityEvent> {
         let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        tail.iter().filter(|e| e.seq > since).take(limit).cloned().collect()
+        tail.events.iter().map(|(e, _)| e).filter(|e| e.seq > since).take(limit).cloned().collect()
     }
 
-    /// The sequence number of the newest visible event (0 if none yet).
+    /// The sequence number of the newest visible event (0 if none yet),
+    /// counting those stored before this run.
     pub fn last_seq(&self) -> u64 {
-        self.tail.lock().unwrap_or_else(|e| e.into_inner()).back().map_or(0, |e| e.seq)
+        self.newest.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -244,7 +264,9 @@ fn broadcast_pending(pending: &Mutex<Vec<(ActivityEvent, String)>>, sender: &bro
     let mut events = events.into_iter().peekable();
     while events.peek().is_some() {
         let mut batch = LiveBatch::default();
-        for (event, json) in events.by_ref().take(MAX_BATCH) {
+        while let Some((event, json)) =
+            events.next_if(|_| batch.events.len() < MAX_BATCH && batch.frames.len() < MAX_BATCH_BYTES)
+        {
             batch.push(event, &json);
         }
         let _ = sender.send(Arc::new(batch));
@@ -269,6 +291,20 @@ mod tests {
         let json = serde_json::to_value(bus.since(45, 1)).unwrap();
         assert_eq!(json[0]["type"], "log");
         assert_eq!(json[0]["v"], 1);
+    }
+
+    #[test]
+    fn the_tail_and_each_broadcast_batch_are_bounded_in_bytes() {
+        let bus = ActivityBus::new(100_000, 0);
+        let mut rx = bus.subscribe();
+        let big = "x".repeat(100_000);
+        for i in 0..200 {
+            bus.publish(ActivityKind::Log, Some("s"), serde_json::json!({ "i": i, "message": big }));
+        }
+        let kept = bus.since(0, usize::MAX);
+        assert!(kept.len() < 90, "about 8 MB of 100 KB events: {}", kept.len());
+        assert_eq!(kept.last().unwrap().seq, 200, "the newest are kept");
+        assert_eq!(rx.try_recv().unwrap().events().len(), 1, "a batch of large events ends at 64 KB");
     }
 
     #[test]

@@ -137,4 +137,13 @@ pub struct StrategyStatus {
     pub restarts: u32,
     /// The last error (compile, reload or callback), with its location.
     pub last_error: Option<StrategyError>,
+    /// How often each of its `[sandbox]` quotas was hit (see docs/strategy-api.md), by quota.
+    #[serde(default)]
+    pub quota_hits: std::collections::BTreeMap<String, u64>,
+    /// Events waiting for it now.
+    #[serde(default)]
+    pub queue_depth: usize,
+    /// True while it falls behind (`supervisor.event_queue` events waiting: its ticks are coalesced).
+    #[serde(default)]
+    pub lagging: bool,
 }

@@ -145,8 +145,26 @@ pub struct Metrics {
     pub store_commit: Histogram,
     orders: Mutex<BTreeMap<String, u64>>,
     callbacks: Mutex<BTreeMap<String, Arc<Histogram>>>,
+    quota_hits: Mutex<BTreeMap<String, Arc<QuotaHits>>>,
+    strategy_queues: Mutex<BTreeMap<String, (QueueDepth, usize)>>,
     queues: Mutex<BTreeMap<&'static str, QueueDepth>>,
     risk_rejections: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// How often each quota of one strategy was hit (see `strategy::quota`).
+#[derive(Debug, Default)]
+pub struct QuotaHits(Mutex<BTreeMap<&'static str, u64>>);
+
+impl QuotaHits {
+    /// Adds `n` hits of the quota `name`.
+    pub fn add(&self, name: &'static str, n: u64) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(name).or_default() += n;
+    }
+
+    /// Hits so far, by quota name.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
 }
 
 /// Reads how many items wait in a queue now.
@@ -201,6 +219,29 @@ impl Metrics {
         self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).entry(strategy.to_string()).or_default().clone()
     }
 
+    /// The quota hit counters of a strategy (kept across its restarts).
+    pub fn quota_hits(&self, strategy: &str) -> Arc<QuotaHits> {
+        self.quota_hits.lock().unwrap_or_else(|e| e.into_inner()).entry(strategy.to_string()).or_default().clone()
+    }
+
+    /// Exports a strategy's event queue as `tradehost_strategy_queue_depth`;
+    /// at `lagging_at` events or more the strategy lags.
+    pub fn watch_strategy_queue(&self, strategy: &str, depth: QueueDepth, lagging_at: usize) {
+        self.strategy_queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(strategy.to_string(), (depth, lagging_at));
+    }
+
+    /// A strategy's queued events now, and whether that makes it lag.
+    pub fn strategy_queue(&self, strategy: &str) -> Option<(usize, bool)> {
+        let queues = self.strategy_queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues.get(strategy).map(|(depth, lagging_at)| {
+            let depth = (depth.0)();
+            (depth, depth >= *lagging_at)
+        })
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -247,6 +288,19 @@ impl Metrics {
             }
         }
         drop(rejections);
+        let quota_hits = self.quota_hits.lock().unwrap_or_else(|e| e.into_inner());
+        out.push_str("# HELP tradehost_quota_hits_total Times a strategy met one of its quotas.\n# TYPE tradehost_quota_hits_total counter\n");
+        for (strategy, hits) in quota_hits.iter() {
+            for (quota, count) in hits.snapshot() {
+                let _ =
+                    writeln!(out, "tradehost_quota_hits_total{{strategy=\"{strategy}\",quota=\"{quota}\"}} {count}");
+            }
+        }
+        drop(quota_hits);
+        out.push_str("# HELP tradehost_strategy_queue_depth Events waiting for a strategy.\n# TYPE tradehost_strategy_queue_depth gauge\n");
+        for (strategy, (depth, _)) in self.strategy_queues.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "tradehost_strategy_queue_depth{{strategy=\"{strategy}\"}} {}", (depth.0)());
+        }
         let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         if !queues.is_empty() {
             out.push_str(
@@ -283,7 +337,9 @@ mod tests {
         let metrics = Metrics::default();
         metrics.order("filled");
         metrics.callback_histogram("s").observe(Duration::from_micros(30));
+        metrics.quota_hits("s").add("log_rate", 3);
         let text = metrics.render();
+        assert!(text.contains("tradehost_quota_hits_total{strategy=\"s\",quota=\"log_rate\"} 3"), "{text}");
         assert!(text.contains("tradehost_orders_total{status=\"filled\"} 1"), "{text}");
         assert!(text.contains("tradehost_callback_seconds_bucket{strategy=\"s\",le=\"0.00005\"} 1"), "{text}");
         assert!(text.contains("tradehost_callback_seconds_count{strategy=\"s\"} 1"), "{text}");

@@ -5,9 +5,12 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{TestHost, is_log};
+use common::TestHost;
 use tradehost::activity::ActivityKind;
 
 const KEEPS_TRADING: &str = r#"
@@ -91,5 +94,265 @@ fn a_synthetic_volatility_that_would_overflow_prices_is_a_config_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("feed.synthetic.volatility") && stderr.contains("from 0 to 0.1"), "{stderr}");
-    let _ = is_log;
+}
+
+/// A trading strategy on one-second candles: the one abuse must not hurt.
+const STEADY: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_candle(c) {
+    if exchange::position(c.symbol).size == 0.0 { exchange::market_order(c.symbol, "buy", 0.01); }
+    else { exchange::market_order(c.symbol, "sell", 0.01); }
+}
+"#;
+
+/// A real host process running `abusive.rhai` beside `steady.rhai`, on a
+/// market sped up 60 times.
+struct Abused {
+    child: Child,
+    address: String,
+    token: String,
+    data: PathBuf,
+    _root: tempfile::TempDir,
+}
+
+impl Abused {
+    fn start(abusive: &str, extra_toml: &str) -> Abused {
+        let root = tempfile::tempdir().unwrap();
+        let strategies = root.path().join("strategies");
+        let data = root.path().join("data");
+        std::fs::create_dir(&strategies).unwrap();
+        std::fs::write(strategies.join("abusive.rhai"), abusive).unwrap();
+        std::fs::write(strategies.join("steady.rhai"), STEADY).unwrap();
+        let config = root.path().join("config.toml");
+        let text = format!(
+            "data_dir = {data:?}\n[strategies]\ndir = {strategies:?}\n[feed.synthetic]\nhistory_bars = 5\n[http]\nbind = \"127.0.0.1:0\"\n{extra_toml}"
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tradehost"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let address = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| Some(line.split("dashboard at http://").nth(1)?.split('/').next()?.to_string()))
+            .expect("the host prints its API address");
+        // The rest of stdout is read (and counted by the test that wants it) so the host never blocks on it.
+        std::thread::spawn(move || lines.for_each(drop));
+        let token = std::fs::read_to_string(data.join("api-token")).unwrap().trim().to_string();
+        Abused { child, address, token, data, _root: root }
+    }
+
+    async fn get(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://{}{path}", self.address);
+        let response = reqwest::Client::new().get(url).bearer_auth(&self.token).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
+    /// Resident memory of the host process, in MB.
+    fn rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb / 1024.0
+    }
+
+    /// Bytes in the data folder.
+    fn data_bytes(&self) -> u64 {
+        dir_bytes(&self.data)
+    }
+
+    /// Fills of a strategy (the newest 10,000).
+    async fn fills_of(&self, strategy: &str) -> usize {
+        let fills = self.get("/api/v1/fills?limit=10000").await;
+        fills.as_array().unwrap().iter().filter(|f| f["strategy"] == strategy).count()
+    }
+
+    async fn quota_hits(&self, strategy: &str) -> serde_json::Value {
+        let list = self.get("/api/v1/strategies").await;
+        list.as_array().unwrap().iter().find(|s| s["name"] == strategy).unwrap()["quota_hits"].clone()
+    }
+
+    /// Runs the abuse for `seconds`, checking every second that the host
+    /// stays within `max_rss_mb` and the steady strategy keeps filling;
+    /// returns the largest RSS seen.
+    async fn endure(&self, seconds: u64, max_rss_mb: f64) -> f64 {
+        let mut peak: f64 = 0.0;
+        let mut fills = self.fills_of("steady").await;
+        for second in 0..seconds {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let rss = self.rss_mb();
+            peak = peak.max(rss);
+            assert!(rss < max_rss_mb, "RSS {rss:.0} MB after {second} s is over {max_rss_mb} MB");
+            if second % 3 == 2 {
+                let now = self.fills_of("steady").await;
+                assert!(now > fills, "the steady strategy filled nothing in 3 s ({fills} fills)");
+                fills = now;
+            }
+        }
+        peak
+    }
+
+    /// SIGTERM; the exit code and how long the shutdown took.
+    fn stop(mut self) -> (i32, Duration) {
+        let started = Instant::now();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        (status.code().unwrap_or(-1), started.elapsed())
+    }
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megabyte_log_lines_are_cut_and_rate_limited_and_memory_and_disk_stay_bounded() {
+    const MEGABYTE_LOGS: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_candle(c) {
+    let s = "x";
+    while s.len() < 1000000 { s += s; }
+    for i in 0..50 { log::info(s); }
+}
+"#;
+    let host = Abused::start(MEGABYTE_LOGS, "");
+    let before = host.data_bytes();
+    let peak = host.endure(8, 300.0).await;
+    let grown = host.data_bytes().saturating_sub(before);
+    let hits = host.quota_hits("abusive").await;
+    println!("hits: {hits}");
+    assert!(hits["log_line_length"].as_u64().unwrap() > 100, "{hits}");
+    assert!(hits["log_rate"].as_u64().unwrap() > 1_000, "{hits}");
+    // The lines kept are cut to 4 KB with a marker.
+    let activity = host.get("/api/v1/activity?limit=10000").await;
+    let line =
+        activity.as_array().unwrap().iter().rev().find(|e| e["strategy"] == "abusive" && e["type"] == "log").unwrap();
+    let message = line["data"]["message"].as_str().unwrap();
+    assert!(message.len() < 4_200 && message.ends_with("more bytes cut]"), "{}", &message[message.len() - 40..]);
+    let warning =
+        activity.as_array().unwrap().iter().find(|e| {
+            e["strategy"] == "abusive" && e["data"]["message"].as_str().is_some_and(|m| m.starts_with("quota:"))
+        });
+    assert!(warning.is_some(), "a quota warning in the activity");
+    let (code, took) = host.stop();
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    println!("megabyte logs: peak RSS {peak:.0} MB, data dir +{:.1} MB in 8 s", grown as f64 / 1e6);
+    assert!(grown < 60_000_000, "the data dir grew {grown} bytes in 8 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_spam_and_health_report_spam_are_dropped_and_counted() {
+    const SPAM: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_candle(c) {
+    for i in 0..20000 { notify("n" + i); health::report("k" + i, i); }
+}
+"#;
+    let host = Abused::start(SPAM, "");
+    host.endure(6, 300.0).await;
+    let hits = host.quota_hits("abusive").await;
+    assert!(hits["notifications"].as_u64().unwrap() > 10_000, "{hits}");
+    assert!(hits["health_reports"].as_u64().unwrap() > 10_000, "{hits}");
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{}/metrics", host.address))
+        .bearer_auth(&host.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("tradehost_quota_hits_total{strategy=\"abusive\",quota=\"notifications\"}"), "{metrics}");
+    let (code, took) = host.stop();
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_timer_names_too_many_timers_and_endless_durations_are_script_errors() {
+    let t = TestHost::start(
+        &[(
+            "timers",
+            r#"
+fn on_start() {
+    let big = "t"; while big.len() < 1000000 { big += big; }
+    try { timer::every(big, "1d"); } catch (e) { log::info("long name: " + e); }
+    try { timer::every("x", "99999999999999999999d"); } catch (e) { log::info("endless: " + e); }
+    try { timer::after("x", "99999999999999999999d"); } catch (e) { log::info("endless once: " + e); }
+    try { for i in 0..200 { timer::every("t" + i, "1d"); } } catch (e) { log::info("many: " + e); }
+}
+"#,
+        )],
+        |_| {},
+    )
+    .await;
+    let long = t.wait_log(0, "timers", "long name: ").await;
+    assert!(
+        long.data["message"].as_str().unwrap().contains("over sandbox.max_timer_name_bytes = 128"),
+        "{}",
+        long.data
+    );
+    let endless = t.wait_log(0, "timers", "endless: ").await;
+    assert!(
+        endless.data["message"].as_str().unwrap().contains("longer than the longest allowed, 366d"),
+        "{}",
+        endless.data
+    );
+    t.wait_log(0, "timers", "endless once: ").await;
+    let many = t.wait_log(0, "timers", "many: ").await;
+    assert!(many.data["message"].as_str().unwrap().contains("100 timers are set"), "{}", many.data);
+    let hits = t.wait_status("timers", |s| s.quota_hits.get("timers").is_some_and(|n| *n >= 2)).await;
+    assert_eq!(hits.quota_hits["timers"], 2, "{hits:?}");
+    assert_eq!(t.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_over_its_quota_is_not_saved_and_the_last_good_state_comes_back() {
+    const GROWS: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_candle(c) {
+    if this.n == () { this.n = 0; this.pad = []; }
+    this.n += 1;
+    if this.n == 3 { log::info("good state saved at 3"); }
+    if this.n >= 10 { for i in 0..2000 { this.pad.push("0123456789"); } }
+    log::info("n=" + this.n + " pad=" + this.pad.len());
+}
+"#;
+    let t = TestHost::start(&[("grows", GROWS)], |c| {
+        c.sandbox.max_state_bytes = 20_000;
+        c.store.state_flush_ms = 20;
+    })
+    .await;
+    let failed = t
+        .wait_for(0, "the state refused", |e| {
+            e.data["error"].as_str().is_some_and(|m| m.contains("sandbox.max_state_bytes = 20000"))
+        })
+        .await;
+    assert!(failed.data["error"].as_str().unwrap().contains("the last good state is kept"), "{}", failed.data);
+    // The strategy goes on from its last good state: the padding is gone.
+    t.wait_log(failed.seq, "grows", "pad=0").await;
+    let status = t.wait_status("grows", |s| s.quota_hits.contains_key("state_size")).await;
+    assert!(status.quota_hits["state_size"] >= 1);
+    assert_eq!(t.stop().await, 0);
 }

@@ -54,7 +54,9 @@ fn strategy_limits(name: &str, limits: RiskLimits) -> impl FnOnce(&mut tradehost
     let name = name.to_string();
     move |config| {
         let mut overrides = BTreeMap::new();
-        overrides.insert(name, StrategyOverride { risk: Some(limits), ..Default::default() });
+        // No sandbox order quota: these tests are about the risk limits behind it.
+        let sandbox = toml::toml! { orders_per_second = 1_000_000 };
+        overrides.insert(name, StrategyOverride { risk: Some(limits), sandbox, ..Default::default() });
         config.strategies.overrides = overrides;
     }
 }

@@ -264,6 +264,34 @@ fn activity_retention_prunes_by_count_and_by_age() {
     assert_eq!(kept, vec![14, 15, 16], "only the newest 3 are kept");
     assert_eq!(store.activity_len().unwrap(), 3);
     writer.close();
+
+    // Under load (commits far larger than the usual prune chunk) the count limit holds after every commit.
+    let writer = store.writer(store::Retention { keep: 1_000, ..Default::default() });
+    for batch in 0..5u64 {
+        let first = 17 + batch * 3_000;
+        writer.commit_blocking((first..first + 3_000).map(|seq| event(seq, 0)).collect()).unwrap();
+        assert!(store.activity_len().unwrap() <= 1_000, "{} rows after commit {batch}", store.activity_len().unwrap());
+    }
+    writer.close();
+
+    // The size limit: about 1 MB of 1 KB envelopes, the newest kept, also across a reopen.
+    let padded = |seq: u64| WriteOp::Activity {
+        seq,
+        envelope: serde_json::json!({ "seq": seq, "ts": chrono::Utc::now().to_rfc3339(), "pad": "p".repeat(1_000) })
+            .to_string(),
+    };
+    let writer = store.writer(store::Retention { max_bytes: 1 << 20, ..Default::default() });
+    writer.commit_blocking((20_000..22_000).map(padded).collect()).unwrap();
+    let rows = store.activity_len().unwrap();
+    assert!((900..=1_050).contains(&rows), "about 1 MB of 1 KB events kept: {rows}");
+    writer.close();
+    let writer = store.writer(store::Retention { max_bytes: 1 << 19, ..Default::default() });
+    writer.commit_blocking(vec![padded(22_000)]).unwrap();
+    let rows = store.activity_len().unwrap();
+    assert!((450..=530).contains(&rows), "the size already stored counts after a reopen: {rows}");
+    let newest = store.activity_since(21_990, 100).unwrap();
+    assert_eq!(newest.last().unwrap()["seq"], 22_000, "the newest are the ones kept");
+    writer.close();
 }
 
 #[test]

@@ -45,7 +45,8 @@ impl Strategy for NativeSmaCross {
                 time_in_force: TimeInForce::Gtc,
                 post_only: false,
                 reduce_only: false,
-            });
+            })
+            .map_err(StrategyError::new)?;
         }
         self.above = Some(above);
         Ok(true)

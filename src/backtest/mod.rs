@@ -90,9 +90,15 @@ pub struct BacktestRun {
     pub fills: Vec<Fill>,
     /// Equity after every bar time.
     pub equity: Vec<EquityPoint>,
-    /// The strategy's log lines (time, message).
+    /// The strategy's log lines (time, message), the first [`LOG_LINES_KEPT`].
     pub logs: Vec<(TimestampMs, String)>,
+    /// Log lines written after the first [`LOG_LINES_KEPT`] (not kept).
+    pub logs_omitted: u64,
 }
+
+/// Log lines a backtest keeps for its report (each at most
+/// `sandbox.max_log_line_bytes`); later ones are counted, not kept.
+pub const LOG_LINES_KEPT: usize = 100_000;
 
 /// Runs a script over the candles (any number of symbols): the candles are
 /// aggregated to the strategy's timeframe (and to every other timeframe it
@@ -133,8 +139,9 @@ pub fn run(
         risk_limits: Arc::new(serde_json::to_value(config.risk.limits()).unwrap_or_default()),
         ..Default::default()
     }));
-    let ctx =
-        StrategyContext::new(name, account.clone(), OrderIds::new(name, Arc::new(AtomicU64::new(0))), 5_000).shared();
+    let mut ctx = StrategyContext::new(name, account.clone(), OrderIds::new(name, Arc::new(AtomicU64::new(0))), 5_000);
+    ctx.quotas = crate::strategy::Quotas::on_run_clock(&config.sandbox, Arc::default());
+    let ctx = ctx.shared();
     let env = StrategyEnv { ctx: ctx.clone(), abort: Arc::new(AtomicBool::new(false)), initial_state: None };
     let mut strategy = factory(env).map_err(BacktestError::Strategy)?;
     let meta = strategy.meta();
@@ -152,6 +159,7 @@ pub fn run(
         placeholder: Arc::new(AccountView::default()),
         broker: Broker::new(config.broker.clone()),
         logs: Vec::new(),
+        logs_omitted: 0,
         wants_ticks: true,
         rejected: (0, None),
         risk: {
@@ -306,7 +314,7 @@ pub fn run(
         notes,
         elapsed: started.elapsed(),
     });
-    Ok(BacktestRun { report, fills: sim.broker.fills, equity, logs: sim.logs })
+    Ok(BacktestRun { report, fills: sim.broker.fills, equity, logs: sim.logs, logs_omitted: sim.logs_omitted })
 }
 
 /// The prices a bar's path goes through, with their times: the open at the
@@ -342,6 +350,7 @@ struct Simulation {
     placeholder: Arc<AccountView>,
     broker: Broker,
     logs: Vec<(TimestampMs, String)>,
+    logs_omitted: u64,
     /// False once the strategy showed it has no `on_tick`.
     wants_ticks: bool,
     /// Orders the broker rejected, and the first reason.
@@ -471,7 +480,11 @@ impl Simulation {
         time: TimestampMs,
     ) -> Result<bool, BacktestError> {
         self.ctx.borrow_mut().now = time;
-        let result = strategy.handle(&event);
+        let mut result = strategy.handle(&event);
+        let quota_failure = self.ctx.borrow_mut().end_callback();
+        if let (Some(message), Ok(_)) = (quota_failure, &result) {
+            result = Err(crate::strategy::StrategyError::new(format!("{}: {message}", event.callback())));
+        }
         let commands = self.ctx.borrow_mut().drain();
         let ran = result.map_err(|error| BacktestError::Callback { time, error })?;
         let mut events = Vec::new();
@@ -490,7 +503,11 @@ impl Simulation {
                     events.extend(ids.iter().filter_map(|id| self.broker.cancel(id, time)));
                 }
                 StrategyCommand::Log { message, .. } | StrategyCommand::Notify(message) => {
-                    self.logs.push((time, message))
+                    if self.logs.len() < LOG_LINES_KEPT {
+                        self.logs.push((time, message));
+                    } else {
+                        self.logs_omitted += 1;
+                    }
                 }
                 _ => {}
             }

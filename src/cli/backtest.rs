@@ -213,6 +213,13 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
                 .map_or(time.to_string(), |t| t.format("%Y-%m-%d %H:%M").to_string());
             eprintln!("{when} {line}");
         }
+        if run.logs_omitted > 0 {
+            eprintln!(
+                "({} more log lines were written; a backtest keeps the first {})",
+                run.logs_omitted,
+                backtest::LOG_LINES_KEPT
+            );
+        }
     }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&run.report).expect("report serializes"));

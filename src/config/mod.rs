@@ -213,6 +213,14 @@ impl Config {
         }
     }
 
+    /// The sandbox limits and quotas of a strategy: `[sandbox]` with its
+    /// `[strategies.overrides.NAME.sandbox]` keys (checked at load).
+    pub fn sandbox_for(&self, name: &str) -> SandboxConfig {
+        self.strategy_override(name)
+            .and_then(|o| self.sandbox.merged(&o.sandbox).ok())
+            .unwrap_or_else(|| self.sandbox.clone())
+    }
+
     /// The override section for a strategy, if any.
     pub fn strategy_override(&self, name: &str) -> Option<&StrategyOverride> {
         self.strategies.overrides.get(name)

@@ -17,6 +17,8 @@ pub struct StoreConfig {
     pub activity_keep: u64,
     /// Activity events older than this many days are pruned (0: no age limit).
     pub activity_max_age_days: u64,
+    /// Megabytes of activity events kept, the oldest pruned first (0: no size limit).
+    pub activity_max_mb: u64,
     /// Longest delay before a changed strategy state (`this`) is stored.
     pub state_flush_ms: u64,
     /// Closed orders that filled nothing are pruned after this many days (0 keeps them).
@@ -30,6 +32,7 @@ impl Default for StoreConfig {
         StoreConfig {
             activity_keep: 200_000,
             activity_max_age_days: 90,
+            activity_max_mb: 256,
             state_flush_ms: 250,
             closed_order_retention_days: 7,
             candles_keep: 10_000,
@@ -84,6 +87,8 @@ pub struct StrategyOverride {
     pub shutdown_policy: Option<ShutdownPolicy>,
     /// Pre-trade limits of this strategy's own orders and positions.
     pub risk: Option<super::RiskLimits>,
+    /// `[sandbox]` keys set differently for this strategy (limits and quotas).
+    pub sandbox: toml::Table,
 }
 
 /// `[sandbox]`: limits applied to every script callback.
@@ -104,6 +109,57 @@ pub struct SandboxConfig {
     pub max_map_size: usize,
     /// Wall-clock budget per callback.
     pub callback_budget_ms: u64,
+    /// Longest log line or notification, in bytes (longer: truncated with a marker).
+    pub max_log_line_bytes: usize,
+    /// Log lines a strategy may write per second, sustained (excess dropped and counted).
+    pub log_lines_per_second: u32,
+    /// Log lines a strategy may write at once above the sustained rate.
+    pub log_burst: u32,
+    /// Notifications (`notify`) per minute, also the burst.
+    pub notifications_per_minute: u32,
+    /// Activity events (log lines, notifications, health reports) per second; five seconds' worth at once.
+    pub events_per_second: u32,
+    /// Orders per second; four seconds' worth at once (excess refused with a script error).
+    pub orders_per_second: u32,
+    /// Timers a strategy may have set at once.
+    pub max_timers: usize,
+    /// Longest timer name, in bytes.
+    pub max_timer_name_bytes: usize,
+    /// Largest `this` as JSON, in bytes (over it: not saved, the last good state is restored).
+    pub max_state_bytes: usize,
+    /// Distinct `health::report` keys a strategy may use.
+    pub max_report_keys: usize,
+    /// Longest `health::report` key or value or `health::degraded` reason, in bytes.
+    pub max_report_value_bytes: usize,
+    /// A callback that hits a quota fails (and counts towards restarts and quarantine).
+    pub quota_failures: bool,
+}
+
+/// A `[strategies.overrides.NAME.sandbox]` key that does not fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxOverrideError {
+    /// The key (within the section).
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl SandboxConfig {
+    /// These limits with the keys of `overrides` set instead.
+    pub fn merged(&self, overrides: &toml::Table) -> Result<SandboxConfig, SandboxOverrideError> {
+        if overrides.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut table = toml::Table::try_from(self)
+            .map_err(|e| SandboxOverrideError { key: String::new(), message: e.to_string() })?;
+        for (key, value) in overrides {
+            table.insert(key.clone(), value.clone());
+        }
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| SandboxOverrideError {
+            key: e.path().to_string(),
+            message: e.inner().to_string().trim_end().to_string(),
+        })
+    }
 }
 
 impl Default for SandboxConfig {
@@ -116,6 +172,18 @@ impl Default for SandboxConfig {
             max_array_size: 100_000,
             max_map_size: 10_000,
             callback_budget_ms: 1_000,
+            max_log_line_bytes: 4_096,
+            log_lines_per_second: 50,
+            log_burst: 500,
+            notifications_per_minute: 30,
+            events_per_second: 200,
+            orders_per_second: 50,
+            max_timers: 100,
+            max_timer_name_bytes: 128,
+            max_state_bytes: 4 << 20,
+            max_report_keys: 64,
+            max_report_value_bytes: 1_024,
+            quota_failures: false,
         }
     }
 }

@@ -5,10 +5,41 @@ use rust_decimal::Decimal;
 
 use super::{Config, ConfigProblem, ExchangeKind, FeedKind};
 
+impl super::SandboxConfig {
+    /// Limits and quotas that must be positive, under `prefix`.
+    pub(super) fn problems(&self, prefix: &str, out: &mut Vec<ConfigProblem>) {
+        for (key, value) in [
+            ("max_operations", self.max_operations as usize),
+            ("max_call_depth", self.max_call_depth),
+            ("max_expr_depth", self.max_expr_depth),
+            ("max_string_size", self.max_string_size),
+            ("max_array_size", self.max_array_size),
+            ("max_map_size", self.max_map_size),
+            ("callback_budget_ms", self.callback_budget_ms as usize),
+            ("max_log_line_bytes", self.max_log_line_bytes),
+            ("log_lines_per_second", self.log_lines_per_second as usize),
+            ("log_burst", self.log_burst as usize),
+            ("notifications_per_minute", self.notifications_per_minute as usize),
+            ("events_per_second", self.events_per_second as usize),
+            ("orders_per_second", self.orders_per_second as usize),
+            ("max_timers", self.max_timers),
+            ("max_timer_name_bytes", self.max_timer_name_bytes),
+            ("max_state_bytes", self.max_state_bytes),
+            ("max_report_keys", self.max_report_keys),
+            ("max_report_value_bytes", self.max_report_value_bytes),
+        ] {
+            if value == 0 {
+                out.push(ConfigProblem { key: format!("{prefix}.{key}"), message: "must be greater than 0".into() });
+            }
+        }
+    }
+}
+
 impl Config {
     /// Every semantic problem, each with its key path.
     pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
+        self.sandbox.problems("sandbox", &mut out);
         self.limit_problems(&mut out);
         self.exchange_problems(&mut out);
         self.feed_problems(&mut out);
@@ -17,6 +48,13 @@ impl Config {
             if let Some(risk) = &strategy.risk {
                 risk.problems(&format!("strategies.overrides.{name}.risk"), &mut out);
             }
+            let prefix = format!("strategies.overrides.{name}.sandbox");
+            match self.sandbox.merged(&strategy.sandbox) {
+                Ok(sandbox) => sandbox.problems(&prefix, &mut out),
+                Err(error) => {
+                    out.push(ConfigProblem { key: format!("{prefix}.{}", error.key), message: error.message })
+                }
+            }
         }
         out
     }
@@ -24,15 +62,7 @@ impl Config {
     /// Limits that must be positive, the API's exposure, backoff ranges.
     fn limit_problems(&self, out: &mut Vec<ConfigProblem>) {
         let mut bad = |key: &str, message: String| out.push(ConfigProblem { key: key.to_string(), message });
-        let s = &self.sandbox;
         for (key, value) in [
-            ("sandbox.max_operations", s.max_operations as usize),
-            ("sandbox.max_call_depth", s.max_call_depth),
-            ("sandbox.max_expr_depth", s.max_expr_depth),
-            ("sandbox.max_string_size", s.max_string_size),
-            ("sandbox.max_array_size", s.max_array_size),
-            ("sandbox.max_map_size", s.max_map_size),
-            ("sandbox.callback_budget_ms", s.callback_budget_ms as usize),
             ("supervisor.max_consecutive_errors", self.supervisor.max_consecutive_errors as usize),
             ("supervisor.event_queue", self.supervisor.event_queue),
             ("shutdown.timeout_ms", self.shutdown.timeout_ms as usize),

@@ -344,6 +344,7 @@ fn start_writer(
     let retention = Retention {
         keep: config.store.activity_keep,
         max_age_ms: config.store.activity_max_age_days as i64 * 86_400_000,
+        max_bytes: config.store.activity_max_mb.saturating_mul(1 << 20),
         closed_orders_ms: config.store.closed_order_retention_days as i64 * 86_400_000,
         candles_keep: config.store.candles_keep,
     };

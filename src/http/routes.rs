@@ -280,11 +280,18 @@ async fn status(State(state): State<ApiState>) -> Json<StatusResponse> {
     })
 }
 
-/// Every strategy with its state, version, reloads, restarts and last error.
+/// Every strategy with its state, version, reloads, restarts, last error and quota hits.
 #[utoipa::path(get, path = "/api/v1/strategies", responses(
     (status = 200, body = Vec<StrategyStatus>), (status = 401, body = ErrorBody)))]
 async fn strategies(State(state): State<ApiState>) -> Json<Vec<StrategyStatus>> {
-    Json(state.strategies.load().as_ref().clone())
+    let mut statuses = state.strategies.load().as_ref().clone();
+    for status in &mut statuses {
+        status.quota_hits = state.metrics.quota_hits(&status.name).snapshot();
+        if let Some((depth, lagging)) = state.metrics.strategy_queue(&status.name) {
+            (status.queue_depth, status.lagging) = (depth, lagging);
+        }
+    }
+    Json(statuses)
 }
 
 /// Starts a stopped, failed or quarantined strategy.

@@ -135,6 +135,12 @@ pub async fn upgrade(
     if state.health.is_shutting_down() {
         return Err(ApiError::Unavailable("the host is shutting down".into()));
     }
+    let newest = state.activity.last_seq();
+    if let Some(since) = q.since.filter(|since| *since > newest) {
+        return Err(ApiError::BadRequest(format!(
+            "since={since} is beyond the newest event ({newest}): reconnect with ?since={newest} or without since"
+        )));
+    }
     let max = state.config.ws_max_clients as u64;
     if state.metrics.ws_clients.fetch_add(1, Ordering::SeqCst) >= max {
         state.metrics.ws_clients.fetch_sub(1, Ordering::SeqCst);

@@ -100,6 +100,14 @@ fn bad(function: &str, message: String) -> Box<EvalAltResult> {
     EvalAltResult::ErrorRuntime(format!("{message}; expected {signature}").into(), Position::NONE).into()
 }
 
+/// Calls `f` with a value as text: a string as it is (no copy), anything else printed.
+fn with_text<R>(value: &Dynamic, f: impl FnOnce(&str) -> R) -> R {
+    match value.read_lock::<rhai::ImmutableString>() {
+        Some(text) => f(&text),
+        None => f(&value.to_string()),
+    }
+}
+
 fn text(function: &str, what: &str, v: &Dynamic) -> Result<String> {
     if v.is_string() {
         Ok(v.to_string())
@@ -204,20 +212,16 @@ pub fn install(engine: &mut Engine, ctx: &SharedContext) {
     engine.register_static_module("health", health_module(ctx).into());
     engine.register_static_module("risk", risk_module(ctx).into());
     let c = ctx.clone();
-    engine.register_fn("notify", move |message: Dynamic| {
-        c.borrow_mut().commands.push(StrategyCommand::Notify(message.to_string()))
-    });
+    engine.register_fn("notify", move |message: Dynamic| with_text(&message, |text| c.borrow_mut().notify(text)));
     let c = ctx.clone();
     engine.register_fn("now", move || c.borrow().now);
     let c = ctx.clone();
-    engine.on_print(move |text| {
-        c.borrow_mut().commands.push(StrategyCommand::Log { level: LogLevel::Info, message: text.to_string() })
-    });
+    engine.on_print(move |text| c.borrow_mut().log(LogLevel::Info, text));
     let c = ctx.clone();
     engine.on_debug(move |text, _, pos| {
         let message =
             if pos.is_none() { text.to_string() } else { format!("{text} (line {})", pos.line().unwrap_or(0)) };
-        c.borrow_mut().commands.push(StrategyCommand::Log { level: LogLevel::Debug, message });
+        c.borrow_mut().log(LogLevel::Debug, &message);
     });
 }
 
@@ -255,7 +259,7 @@ fn place(
         post_only: flag(function, &opts, "post_only")?,
         reduce_only: flag(function, &opts, "reduce_only")?,
     };
-    Ok(ctx.borrow_mut().place(spec))
+    ctx.borrow_mut().place(spec).map_err(|e| bad(function, format!("{function}: {e}")))
 }
 
 fn exchange_module(ctx: &SharedContext) -> Module {
@@ -561,14 +565,7 @@ fn timer_module(ctx: &SharedContext) -> Module {
                 let timer = text(function, "name", &timer)?;
                 let ms = parse_duration_ms(&text(function, "duration", &duration)?)
                     .map_err(|e| bad(function, format!("{function}: {e}")))?;
-                let mut ctx = c.borrow_mut();
-                let now = ctx.now;
-                if repeat {
-                    ctx.timers.every(&timer, now, ms)
-                } else {
-                    ctx.timers.after(&timer, now, ms)
-                }
-                Ok(())
+                c.borrow_mut().set_timer(&timer, ms, repeat).map_err(|e| bad(function, format!("{function}: {e}")))
             })
         });
     }
@@ -587,7 +584,7 @@ fn log_module(ctx: &SharedContext) -> Module {
         let c = ctx.clone();
         m.set_native_fn(name, move |cx: NativeCallContext, message: Dynamic| {
             located(&cx, || {
-                c.borrow_mut().commands.push(StrategyCommand::Log { level, message: message.to_string() });
+                with_text(&message, |text| c.borrow_mut().log(level, text));
                 Ok(())
             })
         });
@@ -642,7 +639,7 @@ fn health_module(ctx: &SharedContext) -> Module {
     let c = ctx.clone();
     m.set_native_fn("heartbeat", move |cx: NativeCallContext| {
         located(&cx, || {
-            c.borrow_mut().commands.push(StrategyCommand::Heartbeat);
+            c.borrow_mut().heartbeat();
             Ok(())
         })
     });
@@ -650,7 +647,7 @@ fn health_module(ctx: &SharedContext) -> Module {
     m.set_native_fn("report", move |cx: NativeCallContext, key: Dynamic, value: Dynamic| {
         located(&cx, || {
             let key = text("health::report", "key", &key)?;
-            c.borrow_mut().commands.push(StrategyCommand::HealthReport { key, value: value.to_string() });
+            with_text(&value, |value| c.borrow_mut().report(&key, value));
             Ok(())
         })
     });
@@ -658,7 +655,7 @@ fn health_module(ctx: &SharedContext) -> Module {
     m.set_native_fn("degraded", move |cx: NativeCallContext, reason: Dynamic| {
         located(&cx, || {
             let reason = text("health::degraded", "reason", &reason)?;
-            c.borrow_mut().commands.push(StrategyCommand::Degraded(reason));
+            c.borrow_mut().degraded(&reason);
             Ok(())
         })
     });

@@ -177,6 +177,11 @@ impl Strategy for ScriptStrategy {
     fn export_state(&self) -> Result<serde_json::Value, StrategyError> {
         convert::to_json(&self.state, "").map_err(StrategyError::new)
     }
+
+    fn restore_state(&mut self, this: serde_json::Value) {
+        let state = convert::from_json(&this);
+        self.state = if state.is_map() { state } else { Dynamic::from_map(Map::new()) };
+    }
 }
 
 /// Compiles and checks a script without running it: syntax, callback

@@ -53,6 +53,10 @@ pub const ID_BLOCK: u64 = 1 << 32;
 
 /// File names inside the data dir.
 pub const DB_FILE: &str = "tradehost.redb";
+
+/// Most bytes of stored activity envelopes one read returns (an API page, a
+/// WebSocket replay page).
+pub const ACTIVITY_PAGE_BYTES: usize = 2 << 20;
 const LOCK_FILE: &str = "tradehost.lock";
 /// Tries (50 ms apart) before a held lock is reported.
 const LOCK_ATTEMPTS: u32 = 20;
@@ -538,13 +542,21 @@ impl StoreReader {
     }
 
     /// Activity events after `since` (raw JSON envelopes), at most `limit`.
+    ///
+    /// A page holds at most [`ACTIVITY_PAGE_BYTES`] of envelopes (always at
+    /// least one event), however large `limit`: read on with the last `seq`.
     pub fn activity_since(&self, since: u64, limit: usize) -> Result<Vec<serde_json::Value>, StoreError> {
         let err = io(&self.path);
         let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
         let table = read.open_table(ACTIVITY).map_err(|e| err(e.to_string()))?;
         let mut out = Vec::new();
+        let mut bytes = 0;
         for entry in table.range(since.saturating_add(1)..).map_err(|e| err(e.to_string()))?.take(limit) {
             let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+            bytes += value.value().len();
+            if bytes > ACTIVITY_PAGE_BYTES && !out.is_empty() {
+                break;
+            }
             out.push(decode(value.value(), || format!("activity {}", key.value()))?);
         }
         Ok(out)

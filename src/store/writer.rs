@@ -18,7 +18,8 @@ use crate::model::{Fill, Order, Position};
 
 /// Most submissions folded into one commit.
 const MAX_GROUP: usize = 4096;
-/// Most activity rows pruned per commit.
+/// Fewest activity rows a commit may prune; under load a commit prunes
+/// twice what it wrote, so retention keeps up with any rate.
 const PRUNE_CHUNK: u64 = 512;
 
 /// One write.
@@ -82,6 +83,8 @@ pub struct Retention {
     pub keep: u64,
     /// Activity events this much older than the newest one are pruned (0: no limit).
     pub max_age_ms: i64,
+    /// Bytes of activity envelopes kept, oldest pruned first (0: no limit).
+    pub max_bytes: u64,
     /// Closed orders that filled nothing (cancelled, rejected, expired) are
     /// pruned once this much older than the newest order written (0: kept).
     /// Orders with fills are kept, as are the fills and positions.
@@ -220,6 +223,13 @@ fn run(
     observer: Option<CommitObserver>,
     group_end: &std::sync::Mutex<Option<GroupEnd>>,
 ) {
+    let mut activity_bytes = match activity_size(db) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::error!("cannot measure the stored activity ({error}): its size limit counts from now");
+            0
+        }
+    };
     let mut stopping = false;
     while !stopping {
         let Ok(Message::Write(first)) = rx.recv() else { break };
@@ -235,7 +245,7 @@ fn run(
             }
         }
         let started = std::time::Instant::now();
-        let result = apply(db, &group, retention)
+        let result = apply(db, &group, retention, &mut activity_bytes)
             .map_err(|detail| Arc::new(StoreError::Io { path: path.to_path_buf(), detail }));
         if let Some(observe) = &observer {
             observe(started.elapsed());
@@ -255,9 +265,26 @@ fn run(
     }
 }
 
-fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<(), String> {
+/// Bytes of the stored activity envelopes.
+fn activity_size(db: &Database) -> Result<u64, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let txn = redb::ReadableDatabase::begin_read(db).map_err(|x| e(&x))?;
+    let activity = match txn.open_table(ACTIVITY) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(x) => return Err(e(&x)),
+    };
+    let mut bytes = 0;
+    for entry in activity.iter().map_err(|x| e(&x))? {
+        bytes += entry.map_err(|x| e(&x))?.1.value().len() as u64;
+    }
+    Ok(bytes)
+}
+
+fn apply(db: &Database, group: &[Submission], retention: Retention, activity_bytes: &mut u64) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let txn = db.begin_write().map_err(|x| e(&x))?;
+    let mut pending_activity_bytes = None;
     {
         let mut orders = txn.open_table(ORDERS).map_err(|x| e(&x))?;
         let mut fills = txn.open_table(FILLS).map_err(|x| e(&x))?;
@@ -268,7 +295,8 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
         let mut activity = txn.open_table(ACTIVITY).map_err(|x| e(&x))?;
         let mut candles = txn.open_table(CANDLES).map_err(|x| e(&x))?;
         let mut closed = txn.open_table(CLOSED_ORDERS).map_err(|x| e(&x))?;
-        let mut wrote_activity = false;
+        let mut activity_written = 0u64;
+        let mut activity_bytes_written = 0u64;
         let mut newest_order: Option<i64> = None;
         for op in group.iter().flat_map(|s| &s.ops) {
             match op {
@@ -334,18 +362,26 @@ fn apply(db: &Database, group: &[Submission], retention: Retention) -> Result<()
                 }
                 WriteOp::Activity { seq, envelope } => {
                     activity.insert(*seq, envelope.as_bytes()).map_err(|x| e(&x))?;
-                    wrote_activity = true;
+                    activity_written += 1;
+                    activity_bytes_written += envelope.len() as u64;
                 }
             }
         }
-        if wrote_activity {
-            prune(&mut activity, retention).map_err(|x| e(&x))?;
+        if activity_written > 0 {
+            let mut bytes = *activity_bytes + activity_bytes_written;
+            prune(&mut activity, retention, activity_written, &mut bytes).map_err(|x| e(&x))?;
+            // Counted only once committed (a failed commit leaves the table as it was).
+            pending_activity_bytes = Some(bytes);
         }
         if let Some(newest) = newest_order.filter(|_| retention.closed_orders_ms > 0) {
             prune_closed_orders(&mut orders, &mut closed, newest - retention.closed_orders_ms).map_err(|x| e(&x))?;
         }
     }
-    txn.commit().map_err(|x| e(&x))
+    txn.commit().map_err(|x| e(&x))?;
+    if let Some(bytes) = pending_activity_bytes {
+        *activity_bytes = bytes;
+    }
+    Ok(())
 }
 
 /// Drops closed orders that filled nothing and were last updated before
@@ -376,36 +412,44 @@ fn prune_closed_orders(
     Ok(())
 }
 
-/// Drops the oldest activity events beyond the count or age limit, at most
-/// [`PRUNE_CHUNK`] per commit so no commit pauses for long.
-fn prune(activity: &mut redb::Table<u64, &[u8]>, retention: Retention) -> Result<(), redb::StorageError> {
+/// Drops the oldest activity events beyond the count, age or size limit:
+/// at least [`PRUNE_CHUNK`] and twice the `written` rows per commit, so
+/// retention keeps up under any load while no commit pauses for long.
+/// `bytes` is the table's envelope bytes, updated for what is dropped.
+fn prune(
+    activity: &mut redb::Table<u64, &[u8]>,
+    retention: Retention,
+    written: u64,
+    bytes: &mut u64,
+) -> Result<(), redb::StorageError> {
     let Some(first) = activity.first()?.map(|(k, _)| k.value()) else { return Ok(()) };
-    let mut cut = first;
-    if retention.keep > 0 {
-        let len = activity.len()?;
-        if len > retention.keep {
-            cut = first + (len - retention.keep).min(PRUNE_CHUNK);
-        }
-    }
-    let newest_ts = |activity: &redb::Table<u64, &[u8]>| -> Result<Option<i64>, redb::StorageError> {
-        Ok(activity.last()?.and_then(|(_, value)| envelope_ms(value.value())))
+    let over_count = match retention.keep {
+        0 => 0,
+        keep => activity.len()?.saturating_sub(keep),
     };
-    if retention.max_age_ms > 0
-        && let Some(newest) = newest_ts(activity)?
-    {
-        // Age on the run's own clock: the newest event's time, not the wall clock.
-        let cutoff = newest - retention.max_age_ms;
-        for entry in activity.range(cut..)?.take(PRUNE_CHUNK as usize) {
-            let (key, value) = entry?;
-            let ts = envelope_ms(value.value());
-            if ts.is_none_or(|ts| ts >= cutoff) || key.value() >= first + PRUNE_CHUNK {
-                break;
-            }
+    // Age on the run's own clock: the newest event's time, not the wall clock.
+    let cutoff = match retention.max_age_ms {
+        0 => None,
+        age => activity.last()?.and_then(|(_, value)| envelope_ms(value.value())).map(|newest| newest - age),
+    };
+    let chunk = PRUNE_CHUNK.max(written.saturating_mul(2));
+    let (mut cut, mut dropped, mut dropped_bytes) = (first, 0u64, 0u64);
+    for entry in activity.range(first..)?.take(chunk as usize) {
+        let (key, value) = entry?;
+        let size = value.value().len() as u64;
+        let over_size = retention.max_bytes > 0 && bytes.saturating_sub(dropped_bytes) > retention.max_bytes;
+        let too_old = || cutoff.is_some_and(|cutoff| envelope_ms(value.value()).is_none_or(|ts| ts < cutoff));
+        if dropped < over_count || over_size || too_old() {
             cut = key.value() + 1;
+            dropped += 1;
+            dropped_bytes += size;
+        } else {
+            break;
         }
     }
     if cut > first {
         activity.retain_in(first..cut, |_, _| false)?;
+        *bytes = bytes.saturating_sub(dropped_bytes);
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
-use super::{StrategyCommand, Timers};
+use super::{LogLevel, Quotas, StrategyCommand, Timers};
 use crate::data::{IndicatorCache, MarketState, Timeframe, series_key};
 use crate::model::{AccountView, OrderKind, OrderRequest, Side, TimeInForce, TimestampMs};
 
@@ -75,6 +75,8 @@ pub struct StrategyContext {
     pub now: TimestampMs,
     /// Commands queued by the current callback.
     pub commands: Vec<StrategyCommand>,
+    /// What the strategy may make the host keep, and what it used.
+    pub quotas: Quotas,
     ids: OrderIds,
 }
 
@@ -116,6 +118,7 @@ impl StrategyContext {
             timers: Timers::default(),
             now: 0,
             commands: Vec::new(),
+            quotas: Quotas::default(),
             ids,
         }
     }
@@ -125,8 +128,10 @@ impl StrategyContext {
         Rc::new(RefCell::new(self))
     }
 
-    /// Queues an order and returns its client id at once.
-    pub fn place(&mut self, spec: OrderSpec) -> String {
+    /// Queues an order and returns its client id at once (an error when
+    /// over the strategy's order quota).
+    pub fn place(&mut self, spec: OrderSpec) -> Result<String, String> {
+        self.quotas.order(self.quotas.time(self.now))?;
         let client_id = self.ids.next_id();
         self.commands.push(StrategyCommand::Place(OrderRequest {
             client_id: client_id.clone(),
@@ -140,7 +145,63 @@ impl StrategyContext {
             post_only: spec.post_only,
             reduce_only: spec.reduce_only,
         }));
-        client_id
+        Ok(client_id)
+    }
+
+    /// Queues a log line, within the log quotas.
+    pub fn log(&mut self, level: LogLevel, message: &str) {
+        if let Some(message) = self.quotas.log_line(self.quotas.time(self.now), message) {
+            self.commands.push(StrategyCommand::Log { level, message });
+        }
+    }
+
+    /// Queues a notification, within the notification quota.
+    pub fn notify(&mut self, message: &str) {
+        if let Some(message) = self.quotas.notification(self.quotas.time(self.now), message) {
+            self.commands.push(StrategyCommand::Notify(message));
+        }
+    }
+
+    /// Queues a health value, within the report quotas.
+    pub fn report(&mut self, key: &str, value: &str) {
+        if let Some((key, value)) = self.quotas.report(self.quotas.time(self.now), key, value) {
+            self.commands.push(StrategyCommand::HealthReport { key, value });
+        }
+    }
+
+    /// Queues a heartbeat (`health::heartbeat`), within the event quota.
+    pub fn heartbeat(&mut self) {
+        if self.quotas.event(self.quotas.time(self.now)).is_some() {
+            self.commands.push(StrategyCommand::Heartbeat);
+        }
+    }
+
+    /// Declares the strategy degraded (empty reason: recovered), within the report quotas.
+    pub fn degraded(&mut self, reason: &str) {
+        if let Some(reason) = self.quotas.short_text(self.quotas.time(self.now), reason) {
+            self.commands.push(StrategyCommand::Degraded(reason));
+        }
+    }
+
+    /// Sets a timer (`every`: repeating) due `ms` from now, within the timer quotas.
+    pub fn set_timer(&mut self, name: &str, ms: i64, every: bool) -> Result<(), String> {
+        self.quotas.timer(name, self.timers.len(), self.timers.contains(name))?;
+        if every {
+            self.timers.every(name, self.now, ms)
+        } else {
+            self.timers.after(name, self.now, ms)
+        }
+        Ok(())
+    }
+
+    /// Ends a callback: queues the quota warning that is due, and returns
+    /// the quota error when hits count as failures.
+    pub fn end_callback(&mut self) -> Option<String> {
+        let failure = self.quotas.end_callback();
+        if let Some(warning) = self.quotas.warning(self.quotas.time(self.now)) {
+            self.commands.push(StrategyCommand::Log { level: LogLevel::Warn, message: warning });
+        }
+        failure
     }
 
     /// The market-state key of a series a script names: `SYMBOL` is the

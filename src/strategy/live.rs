@@ -2,10 +2,13 @@
 //! through a sink, lifecycle reports to the supervisor. Timers run on the
 //! run's clock. Nothing here touches the tokio runtime's workers.
 //!
-//! The event channel is unbounded for everything but ticks: candles, orders,
-//! fills and timers must all arrive (the engine cannot wait on a strategy),
-//! and they come at bar or order rate; ticks beyond `queue_limit` queued
-//! events are dropped and counted. The report channel is unbounded because
+//! The event queue is bounded by policy rather than by the channel: candles,
+//! orders, fills and timers must all arrive (the engine cannot wait on a
+//! strategy), so they are always queued; with `queue_limit` events queued the
+//! strategy is lagging and its ticks are coalesced to the latest per symbol;
+//! a strategy [`OVERFLOW_FACTOR`] times over the limit cannot keep up and
+//! fails (its restart replays the fills it missed from the store). A stop
+//! goes ahead of everything queued. The report channel is unbounded because
 //! the thread must never block on the loop that is stopping it.
 
 use std::sync::Arc;
@@ -25,11 +28,17 @@ use crate::model::AccountView;
 /// Stack of a strategy thread: room for deep (but limited) script recursion.
 const STACK_BYTES: usize = 32 * 1024 * 1024;
 
+/// A strategy with this many times `queue_limit` events queued fails as
+/// unable to keep up.
+pub const OVERFLOW_FACTOR: usize = 16;
+
 /// Input to a running strategy.
 #[derive(Debug)]
 pub enum RuntimeInput {
     /// A market or order event.
     Event(StrategyEvent),
+    /// The latest tick of a symbol, kept aside while the strategy lags.
+    LatestTick(String),
     /// New source for a hot reload.
     Reload(String),
     /// Run `on_stop` and exit.
@@ -128,6 +137,8 @@ pub struct RuntimeSpec {
     /// Stored fills the saved state has not seen, delivered after `on_start`
     /// (none: no replay and no de-duplication of fills).
     pub replay: Option<FillReplay>,
+    /// What the strategy may make the host keep (`[sandbox]` quotas).
+    pub quotas: super::Quotas,
 }
 
 /// Given the last fill id a saved state reflects (`None`: no saved state),
@@ -141,7 +152,8 @@ pub struct RuntimeHandle {
     release: Sender<()>,
     abort: Arc<AtomicBool>,
     queue_limit: usize,
-    dropped_ticks: AtomicU64,
+    coalesced_ticks: AtomicU64,
+    flow: Arc<Flow>,
     meta: Arc<ArcSwap<Option<super::StrategyMeta>>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -153,17 +165,48 @@ impl RuntimeHandle {
         let _ = self.release.try_send(());
     }
 
-    /// Delivers an event; ticks are dropped (and counted) while the queue is full,
-    /// everything else is always delivered.
+    /// Delivers an event. While the strategy lags (`queue_limit` events
+    /// queued) ticks are coalesced to the latest per symbol; everything else
+    /// is always delivered, until the strategy is [`OVERFLOW_FACTOR`] times
+    /// over the limit and fails (nothing more is queued for it).
     pub fn send_event(&self, event: StrategyEvent) {
-        if matches!(event, StrategyEvent::Tick(_)) && self.tx.len() >= self.queue_limit {
-            let dropped = self.dropped_ticks.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped == 1 || dropped.is_multiple_of(1_000) {
-                tracing::warn!(strategy = %self.name, dropped, "the strategy lags behind the market: ticks dropped (candles, orders and fills never are)");
+        if self.flow.overflowed.load(Ordering::Relaxed) {
+            return;
+        }
+        let depth = self.tx.len();
+        if depth >= self.queue_limit.saturating_mul(OVERFLOW_FACTOR) {
+            self.flow.overflowed.store(true, Ordering::SeqCst);
+            tracing::error!(strategy = %self.name, depth, "the strategy cannot keep up: it fails and restarts");
+            let _ = self.tx.send(RuntimeInput::Stop);
+            return;
+        }
+        if let StrategyEvent::Tick(tick) = event {
+            if depth >= self.queue_limit {
+                let coalesced = self.coalesced_ticks.fetch_add(1, Ordering::Relaxed) + 1;
+                if coalesced == 1 || coalesced.is_multiple_of(10_000) {
+                    tracing::warn!(strategy = %self.name, depth, coalesced, "the strategy lags behind the market: ticks coalesced to the latest (candles, orders and fills never are)");
+                }
+                let symbol = tick.symbol.clone();
+                let fresh = self.flow.latest.lock().unwrap_or_else(|e| e.into_inner()).insert(symbol.clone(), tick);
+                if fresh.is_none() {
+                    let _ = self.tx.send(RuntimeInput::LatestTick(symbol));
+                }
+                return;
             }
+            let _ = self.tx.send(RuntimeInput::Event(StrategyEvent::Tick(tick)));
             return;
         }
         let _ = self.tx.send(RuntimeInput::Event(event));
+    }
+
+    /// Events waiting for the strategy.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// True while the strategy lags: `queue_limit` or more events wait.
+    pub fn lagging(&self) -> bool {
+        self.tx.len() >= self.queue_limit
     }
 
     /// Asks for a hot reload.
@@ -171,8 +214,10 @@ impl RuntimeHandle {
         let _ = self.tx.send(RuntimeInput::Reload(source));
     }
 
-    /// Asks the strategy to run `on_stop` and exit.
+    /// Asks the strategy to run `on_stop` and exit, ahead of the events it
+    /// has queued (the fills among them are replayed at its next start).
     pub fn stop(&self) {
+        self.flow.stopping.store(true, Ordering::SeqCst);
         let _ = self.tx.send(RuntimeInput::Stop);
     }
 
@@ -240,11 +285,13 @@ pub fn spawn(spec: RuntimeSpec) -> std::io::Result<RuntimeHandle> {
     let (release, released) = crossbeam_channel::bounded(1);
     let abort = Arc::new(AtomicBool::new(false));
     let meta = Arc::new(ArcSwap::from_pointee(None));
+    let flow = Arc::new(Flow::default());
     let name = spec.name.clone();
     let queue_limit = spec.queue_limit;
     let thread = {
         let abort = abort.clone();
         let meta = meta.clone();
+        let flow = flow.clone();
         let (reports, generation) = (spec.reports.clone(), spec.generation);
         let tag = name.clone();
         std::thread::Builder::new().name(format!("strategy-{name}")).stack_size(STACK_BYTES).spawn(move || {
@@ -252,7 +299,7 @@ pub fn spawn(spec: RuntimeSpec) -> std::io::Result<RuntimeHandle> {
             // thread as a failure: the supervisor restarts it with backoff and
             // quarantines it like any other failing strategy.
             let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, rx, released, abort, meta)));
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, rx, released, abort, meta, flow)));
             if let Err(payload) = outcome {
                 let message = crate::health::panic_message(payload);
                 let error = StrategyError::new(format!("the strategy's thread panicked: {message}"));
@@ -267,10 +314,31 @@ pub fn spawn(spec: RuntimeSpec) -> std::io::Result<RuntimeHandle> {
         release,
         abort,
         queue_limit,
-        dropped_ticks: AtomicU64::new(0),
+        coalesced_ticks: AtomicU64::new(0),
+        flow,
         meta,
         thread: Some(thread),
     })
+}
+
+/// What a running strategy watches besides its queue: the abort flag, where
+/// its metadata is published, and the event flow it shares with its handle.
+#[derive(Clone, Copy)]
+struct Signals<'a> {
+    abort: &'a AtomicBool,
+    meta_out: &'a ArcSwap<Option<super::StrategyMeta>>,
+    flow: &'a Flow,
+}
+
+/// What the handle and the runtime thread share about the event flow.
+#[derive(Debug, Default)]
+struct Flow {
+    /// A stop was asked for: it goes ahead of queued events.
+    stopping: AtomicBool,
+    /// The queue overflowed: the strategy fails as unable to keep up.
+    overflowed: AtomicBool,
+    /// The latest tick per symbol, while ticks are coalesced.
+    latest: std::sync::Mutex<std::collections::HashMap<String, crate::model::Tick>>,
 }
 
 /// Hands changed state to the sink, at most every `flush` and always at exit.
@@ -294,25 +362,70 @@ impl StatePersistence {
     }
 
     /// Exports and hands on the state (with the last fill it reflects) if it
-    /// changed; an export error is returned once per distinct message.
-    fn flush(&mut self, name: &str, strategy: &dyn Strategy, fills_through: Option<u64>) -> Option<StrategyError> {
+    /// changed and fits in `max_bytes` as JSON; an export error is returned
+    /// once per distinct message.
+    fn flush(
+        &mut self,
+        name: &str,
+        strategy: &dyn Strategy,
+        fills_through: Option<u64>,
+        quotas: &mut super::Quotas,
+    ) -> Flushed {
         self.dirty_since = None;
-        let sink = self.sink.as_ref()?;
+        let Some(sink) = self.sink.as_ref() else { return Flushed::Unchanged };
         match strategy.export_state().map(|this| super::SavedState { this, fills_through }.encode()) {
             Ok(state) if self.saved.as_ref() != Some(&state) => {
+                if let Err(message) = quotas.state(json_size(&state)) {
+                    return Flushed::TooLarge(StrategyError::new(message));
+                }
                 sink(name, state.clone());
                 self.saved = Some(state);
                 self.last_error = None;
-                None
+                Flushed::Saved
             }
-            Ok(_) => None,
+            Ok(_) => Flushed::Unchanged,
             Err(error) if self.last_error.as_deref() != Some(error.message.as_str()) => {
                 self.last_error = Some(error.message.clone());
-                Some(StrategyError { location: None, message: format!("state not saved: {}", error.message) })
+                Flushed::Failed(StrategyError::new(format!("state not saved: {}", error.message)))
             }
-            Err(_) => None,
+            Err(_) => Flushed::Unchanged,
         }
     }
+
+    /// The last `this` that was saved (or restored at start).
+    fn last_good(&self) -> serde_json::Value {
+        let saved = self.saved.clone().map(super::SavedState::decode);
+        saved.map_or_else(|| serde_json::json!({}), |s| s.this)
+    }
+}
+
+/// What a state flush did.
+enum Flushed {
+    /// Handed to the sink.
+    Saved,
+    /// Nothing to save (or an export error already reported).
+    Unchanged,
+    /// The state could not be exported.
+    Failed(StrategyError),
+    /// The state is over `sandbox.max_state_bytes`.
+    TooLarge(StrategyError),
+}
+
+/// Bytes of `value` as compact JSON, counted without building the text.
+fn json_size(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn run(
@@ -321,7 +434,9 @@ fn run(
     released: Receiver<()>,
     abort: Arc<AtomicBool>,
     meta_out: Arc<ArcSwap<Option<super::StrategyMeta>>>,
+    flow: Arc<Flow>,
 ) {
+    let queue_limit = spec.queue_limit;
     let RuntimeSpec {
         clock,
         name,
@@ -338,10 +453,13 @@ fn run(
         state_flush_ms,
         callback_latency,
         replay,
+        quotas,
         ..
     } = spec;
     let saved = initial_state.clone().map(super::SavedState::decode);
-    let ctx = StrategyContext::new(&name, account, ids, 5_000).shared();
+    let mut ctx = StrategyContext::new(&name, account, ids, 5_000);
+    ctx.quotas = quotas;
+    let ctx = ctx.shared();
     let env = StrategyEnv { ctx: ctx.clone(), abort: abort.clone(), initial_state: saved.clone().map(|s| s.this) };
     let strategy = match factory(env) {
         Ok(strategy) => strategy,
@@ -381,7 +499,16 @@ fn run(
         failures: 0,
         fills_through: None,
     };
-    let reason = runner.run(&rx, &released, replay, saved.and_then(|s| s.fills_through), &abort, &meta_out);
+    let signals = Signals { abort: &abort, meta_out: &meta_out, flow: &flow };
+    let reason = runner.run(&rx, &released, replay, saved.and_then(|s| s.fills_through), signals);
+    let reason = if flow.overflowed.load(Ordering::SeqCst) {
+        ExitReason::Failed(StrategyError::new(format!(
+            "cannot keep up: {} events queued ({OVERFLOW_FACTOR} × supervisor.event_queue = {queue_limit}); restarted to catch up",
+            rx.len()
+        )))
+    } else {
+        reason
+    };
     runner.finish(reason);
 }
 
@@ -416,9 +543,9 @@ impl Runner {
         released: &Receiver<()>,
         replay: Option<FillReplay>,
         saved_through: Option<u64>,
-        abort: &AtomicBool,
-        meta_out: &ArcSwap<Option<super::StrategyMeta>>,
+        signals: Signals<'_>,
     ) -> ExitReason {
+        let Signals { abort, meta_out, flow } = signals;
         if let Some(error) = self.deliver(StrategyEvent::Start) {
             return ExitReason::Failed(error);
         }
@@ -436,7 +563,11 @@ impl Runner {
             }
         }
         loop {
-            if abort.load(Ordering::SeqCst) {
+            if abort.load(Ordering::SeqCst) || flow.overflowed.load(Ordering::SeqCst) {
+                return ExitReason::Stopped;
+            }
+            if flow.stopping.load(Ordering::SeqCst) {
+                self.deliver(StrategyEvent::Stop);
                 return ExitReason::Stopped;
             }
             let input = match self.wake_at() {
@@ -455,6 +586,11 @@ impl Runner {
                     self.persistence.touch();
                     self.deliver(event)
                 }
+                Some(RuntimeInput::LatestTick(symbol)) => {
+                    let tick = flow.latest.lock().unwrap_or_else(|e| e.into_inner()).remove(&symbol);
+                    self.persistence.touch();
+                    tick.and_then(|tick| self.deliver(StrategyEvent::Tick(tick)))
+                }
                 Some(RuntimeInput::Reload(source)) => {
                     self.reload(&source, meta_out);
                     None
@@ -470,8 +606,10 @@ impl Runner {
             if let Some(error) = failed.or_else(|| self.fire_timers()) {
                 return ExitReason::Failed(error);
             }
-            if self.persistence.due().is_some_and(|due| due <= Instant::now()) {
-                self.save_state();
+            if self.persistence.due().is_some_and(|due| due <= Instant::now())
+                && let Some(error) = self.save_state()
+            {
+                return ExitReason::Failed(error);
             }
         }
     }
@@ -504,9 +642,13 @@ impl Runner {
             }
         }
         let started = Instant::now();
-        let result = self.strategy.handle(&event);
+        let mut result = self.strategy.handle(&event);
         if let (Some(histogram), Ok(true)) = (&self.callback_latency, &result) {
             histogram.observe(started.elapsed());
+        }
+        let quota_failure = self.ctx.borrow_mut().end_callback();
+        if let (Some(message), Ok(_)) = (quota_failure, &result) {
+            result = Err(StrategyError::new(format!("{callback}: {message}")));
         }
         let commands = self.ctx.borrow_mut().drain();
         if !commands.is_empty() {
@@ -551,10 +693,27 @@ impl Runner {
         }
     }
 
-    /// Hands changed state to the sink; an export error is reported.
-    fn save_state(&mut self) {
-        if let Some(error) = self.persistence.flush(&self.name, self.strategy.as_ref(), self.fills_through) {
-            self.report(RuntimeReport::CallbackFailed { callback: "state", error });
+    /// Hands changed state to the sink; an export error is reported. A
+    /// state over its quota is not saved: the strategy gets its last good
+    /// state back and the callback counts as failed (the error that ends the
+    /// run, after too many in a row, is returned).
+    fn save_state(&mut self) -> Option<StrategyError> {
+        let flushed = {
+            let quotas = &mut self.ctx.borrow_mut().quotas;
+            self.persistence.flush(&self.name, self.strategy.as_ref(), self.fills_through, quotas)
+        };
+        match flushed {
+            Flushed::Saved | Flushed::Unchanged => None,
+            Flushed::Failed(error) => {
+                self.report(RuntimeReport::CallbackFailed { callback: "state", error });
+                None
+            }
+            Flushed::TooLarge(error) => {
+                self.strategy.restore_state(self.persistence.last_good());
+                self.failures += 1;
+                self.report(RuntimeReport::CallbackFailed { callback: "state", error: error.clone() });
+                (self.failures >= self.max_consecutive_errors).then_some(error)
+            }
         }
     }
 
@@ -602,6 +761,7 @@ mod tests {
             state_flush_ms: 250,
             callback_latency: None,
             replay: None,
+            quotas: Default::default(),
         }
     }
 

@@ -6,6 +6,7 @@
 
 mod context;
 pub mod live;
+pub mod quota;
 mod timers;
 
 use serde::Serialize;
@@ -14,6 +15,7 @@ use crate::model::{Candle, Fill, Order, OrderRequest, Tick};
 
 pub use crate::model::{Location, StrategyError};
 pub use context::{OrderIds, OrderSpec, SharedContext, StrategyContext, base36};
+pub use quota::{QuotaKind, Quotas};
 pub use timers::Timers;
 
 /// Something that happened, delivered to one strategy.
@@ -143,6 +145,8 @@ pub trait Strategy {
     fn export_state(&self) -> Result<serde_json::Value, StrategyError> {
         Ok(serde_json::Value::Null)
     }
+    /// Replaces the persistent state with an earlier one (a state over its quota is rolled back).
+    fn restore_state(&mut self, _this: serde_json::Value) {}
 }
 
 /// Everything a strategy implementation is built with on its own thread.

@@ -29,6 +29,21 @@ impl Timers {
         self.timers.insert(name.to_string(), Timer { due: now.saturating_add(delay_ms), every_ms: None });
     }
 
+    /// Timers set.
+    pub fn len(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// True when no timer is set.
+    pub fn is_empty(&self) -> bool {
+        self.timers.is_empty()
+    }
+
+    /// True if a timer of that name is set.
+    pub fn contains(&self, name: &str) -> bool {
+        self.timers.contains_key(name)
+    }
+
     /// Removes a timer; true if it existed.
     pub fn cancel(&mut self, name: &str) -> bool {
         self.timers.remove(name).is_some()

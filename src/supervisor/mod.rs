@@ -27,6 +27,7 @@ use crate::control::{Control, ControlError, ControlReply, StrategyState, Strateg
 use crate::data::MarketHub;
 use crate::execution::{EngineRequest, Runtimes};
 use crate::health::Metrics;
+use crate::health::QueueDepth;
 use crate::model::AccountView;
 use crate::script::{ScriptOptions, ScriptStrategy};
 use crate::store::{StoreReader, StoreWriter, WriteOp};
@@ -455,8 +456,10 @@ impl Supervisor {
         slot.state = StrategyState::Starting;
         slot.started_at = Instant::now();
         let overrides = self.config.strategy_override(name).map(|o| o.params.clone()).unwrap_or_default();
+        let limits = self.config.sandbox_for(name);
+        let quotas = crate::strategy::Quotas::new(&limits, self.metrics.quota_hits(name));
         let options = ScriptOptions {
-            limits: self.config.sandbox.clone(),
+            limits,
             param_overrides: overrides,
             default_symbols: self.feed_symbols.clone(),
             panicking_function: self.config.faults.panicking_function,
@@ -482,10 +485,14 @@ impl Supervisor {
             state_flush_ms: self.config.store.state_flush_ms,
             callback_latency: Some(self.metrics.callback_histogram(name)),
             replay: Some(sinks::fill_replay(self.reader.clone(), name)),
+            quotas,
         };
         match live::spawn(spec) {
             Ok(handle) => {
                 let handle = Arc::new(handle);
+                let weak = Arc::downgrade(&handle);
+                let depth = QueueDepth::new(move || weak.upgrade().map_or(0, |h| h.queue_depth()));
+                self.metrics.watch_strategy_queue(name, depth, self.config.supervisor.event_queue);
                 slot.handle = Some(handle.clone());
                 let mut map = HashMap::clone(&self.runtimes.load());
                 map.insert(name.to_string(), handle.clone());
@@ -528,6 +535,9 @@ impl Supervisor {
                 reloads: s.reloads,
                 restarts: s.restarts,
                 last_error: s.last_error.clone(),
+                quota_hits: self.metrics.quota_hits(name).snapshot(),
+                queue_depth: 0,
+                lagging: false,
             })
             .collect();
         self.statuses.store(Arc::new(statuses));
