@@ -66,7 +66,7 @@ fn main() {
         for k in 0..10 {
             let mut order = Order::new(request(name, Side::Buy, Some(Decimal::from(59_000 - k))), 0);
             order.status = OrderStatus::Open;
-            account.open_orders.push(order);
+            std::sync::Arc::make_mut(&mut account.open_orders).push(order);
         }
     }
     let per_strategy: BTreeMap<String, RiskLimits> =

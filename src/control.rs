@@ -147,3 +147,10 @@ pub struct StrategyStatus {
     #[serde(default)]
     pub lagging: bool,
 }
+
+/// True for a name a strategy file may have (its stem): 1 to 64 ASCII
+/// letters, digits, `_` or `-`, so every strategy can be named in the API,
+/// on the command line and in a log line.
+pub fn valid_strategy_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}

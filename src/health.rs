@@ -143,7 +143,7 @@ pub struct Metrics {
     pub ws_clients: AtomicU64,
     /// Store commit latency.
     pub store_commit: Histogram,
-    orders: Mutex<BTreeMap<String, u64>>,
+    orders: Mutex<BTreeMap<&'static str, u64>>,
     callbacks: Mutex<BTreeMap<String, Arc<Histogram>>>,
     quota_hits: Mutex<BTreeMap<String, Arc<QuotaHits>>>,
     strategy_queues: Mutex<BTreeMap<String, (QueueDepth, usize)>>,
@@ -194,8 +194,8 @@ pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 
 impl Metrics {
     /// Counts an order state change by its status (`filled`, `rejected`, …).
-    pub fn order(&self, status: &str) {
-        *self.orders.lock().unwrap_or_else(|e| e.into_inner()).entry(status.to_string()).or_default() += 1;
+    pub fn order(&self, status: &'static str) {
+        *self.orders.lock().unwrap_or_else(|e| e.into_inner()).entry(status).or_default() += 1;
     }
 
     /// Counts an order refused by a risk limit (`max_order_size`, `trading_state`, …).

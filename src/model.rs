@@ -130,6 +130,18 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// The status as it is serialized (`partially_filled`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Open => "open",
+            OrderStatus::PartiallyFilled => "partially_filled",
+            OrderStatus::Filled => "filled",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Rejected => "rejected",
+        }
+    }
+
     /// True while the order can still fill.
     pub fn is_open(self) -> bool {
         matches!(self, OrderStatus::Open | OrderStatus::PartiallyFilled)
@@ -426,8 +438,8 @@ pub struct AccountView {
     pub positions: HashMap<String, HashMap<String, Position>>,
     /// Mark price (mid) per symbol.
     pub marks: HashMap<String, Decimal>,
-    /// Open orders of every strategy.
-    pub open_orders: Vec<Order>,
+    /// Open orders of every strategy (shared between views while they do not change).
+    pub open_orders: std::sync::Arc<Vec<Order>>,
     /// Whether new orders may go out.
     pub trading: TradingStates,
     /// The risk limits in force, as JSON `{account, strategies: {name: …}}` (for scripts).
@@ -584,6 +596,20 @@ impl std::fmt::Display for StrategyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_status_names_are_their_serialized_form() {
+        for status in [
+            OrderStatus::Pending,
+            OrderStatus::Open,
+            OrderStatus::PartiallyFilled,
+            OrderStatus::Filled,
+            OrderStatus::Cancelled,
+            OrderStatus::Rejected,
+        ] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+    }
 
     #[test]
     fn fast_decimal_conversion_equals_the_shortest_round_trip_form() {

@@ -77,7 +77,7 @@ fn any_decimal() -> impl Strategy<Value = Decimal> {
 
 fn paper_oms() -> Oms {
     let config = PaperConfig::default();
-    let mut oms = Oms::new(Venue::Paper(PaperExchange::new(&config)));
+    let mut oms = Oms::new(Venue::Paper(Box::new(PaperExchange::new(&config))));
     oms.set_products(config.product_list());
     let one = Decimal::from(50_000);
     oms.on_tick(&Tick { symbol: "BTCUSD".into(), time: 1, bid: one, ask: one + Decimal::ONE, last: one, volume: one });

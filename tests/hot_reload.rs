@@ -97,3 +97,78 @@ async fn deleted_file_stops_its_strategy_and_new_files_start() {
     assert_eq!(names, vec!["b", "c"]);
     assert_eq!(t.stop().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_that_are_not_utf8_are_a_rejected_reload_and_the_old_version_keeps_running() {
+    let t = TestHost::start(&[("s", &version("v1"))], |_| {}).await;
+    t.wait_log(0, "s", "v1").await;
+    let since = t.seq();
+    std::fs::write(t.file("s"), b"fn on_candle(c) { print(\"\xff\xfe\"); }").unwrap();
+    let rejected = t.wait_strategy(since, "s", "reload_rejected").await;
+    let error = rejected.data["error"].as_str().unwrap();
+    assert!(error.contains("not UTF-8") && error.contains("keeps running"), "{error}");
+    let after = t.seq();
+    t.wait_log(after, "s", "v1 n=").await;
+    let status = t.wait_status("s", |s| s.last_error.is_some()).await;
+    assert_eq!(status.state, StrategyState::Running);
+    // A readable save afterwards is applied as usual.
+    std::fs::write(t.file("s"), version("v2")).unwrap();
+    t.wait_log(after, "s", "v2 n=").await;
+    assert_eq!(t.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watcher_survives_its_folder_being_deleted_recreated_and_moved_back() {
+    let t = TestHost::start(&[("s", &version("v1"))], |_| {}).await;
+    t.wait_log(0, "s", "v1").await;
+    let dir = t.dir.path().to_path_buf();
+    // Deleted: its strategies stop, the watcher is down with the reason.
+    let since = t.seq();
+    std::fs::remove_dir_all(&dir).unwrap();
+    t.wait_strategy(since, "s", "removed").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let health = t.api_get("/api/v1/health").await;
+        if health["components"]["watcher"] == "down" {
+            assert!(health["reasons"]["watcher"].as_str().unwrap().contains("is missing"), "{health}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the watcher never reported the folder missing: {health}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Recreated with a new file: it is picked up.
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("fresh.rhai"), version("fresh")).unwrap();
+    t.wait_log(since, "fresh", "fresh n=").await;
+    // Moved away and back: still watched.
+    let aside = dir.with_extension("aside");
+    std::fs::rename(&dir, &aside).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    std::fs::rename(&aside, &dir).unwrap();
+    let since = t.seq();
+    std::fs::write(dir.join("later.rhai"), version("later")).unwrap();
+    t.wait_log(since, "later", "later n=").await;
+    assert_eq!(t.api_get("/api/v1/health").await["components"]["watcher"], "up");
+    assert_eq!(t.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_whose_names_are_not_strategy_names_are_ignored_so_every_strategy_can_be_controlled() {
+    let t = TestHost::start(
+        &[("good_one-2", &version("good")), ("has space", &version("space")), ("dot.ted", &version("dot"))],
+        |_| {},
+    )
+    .await;
+    std::fs::write(t.dir.path().join("new\nline.rhai"), version("newline")).unwrap();
+    std::fs::write(t.dir.path().join("ünï.rhai"), version("unicode")).unwrap();
+    t.wait_log(0, "good_one-2", "good n=").await;
+    let since = t.seq();
+    std::fs::write(t.file("good_one-2"), version("good2")).unwrap();
+    t.wait_log(since, "good_one-2", "good2 n=").await;
+    let names: Vec<String> = t.host.strategies().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, vec!["good_one-2"], "only the valid name runs");
+    let url = format!("http://{}/api/v1/strategies/good_one-2/stop", t.host.http_addr());
+    let response = reqwest::Client::new().post(url).bearer_auth(t.host.api_token().expose()).send().await.unwrap();
+    assert_eq!(response.status(), 200, "every running strategy can be controlled");
+    assert_eq!(t.stop().await, 0);
+}

@@ -410,7 +410,7 @@ impl Simulation {
         if refresh_orders {
             let positions = self.broker.positions.iter().map(|(s, p)| (s.clone(), p.clone())).collect();
             view_mut.positions = [(self.name.clone(), positions)].into_iter().collect();
-            view_mut.open_orders = self.broker.open.clone();
+            view_mut.open_orders = Arc::new(self.broker.open.clone());
         }
         self.account.store(view);
     }

@@ -25,7 +25,7 @@ pub fn check_files(files: &[PathBuf], config_path: Option<&Path>) -> u8 {
 /// the strategies folder or among the files checked; true if all do.
 pub fn check_overrides(files: &[PathBuf], config: &Config) -> bool {
     let mut names: Vec<String> = tradehost::supervisor::scan(&config.strategies.dir)
-        .map(|found| found.into_keys().collect())
+        .map(|found| found.files.into_keys().collect())
         .unwrap_or_default();
     names.extend(files.iter().filter_map(|f| f.file_stem().and_then(|s| s.to_str()).map(str::to_string)));
     let mut ok = true;

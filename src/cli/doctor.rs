@@ -27,8 +27,14 @@ pub fn doctor(config_path: Option<&Path>, data_dir: Option<PathBuf>) -> u8 {
     let dir = &config.strategies.dir;
     match tradehost::supervisor::scan(dir) {
         Ok(found) => {
-            let files: Vec<PathBuf> = found.values().map(|(path, _)| path.clone()).collect();
+            let files: Vec<PathBuf> = found.files.values().map(|f| f.path.clone()).collect();
             outln!("OK    strategies folder {}: {} strategies", dir.display(), files.len());
+            for path in &found.ignored {
+                outln!(
+                    "WARN  {}: ignored (a strategy file's name is 1 to 64 letters, digits, `_` or `-`)",
+                    path.display()
+                );
+            }
             healthy &= check_scripts(&files, &config, true);
             healthy &= check_overrides(&[], &config);
         }
@@ -51,7 +57,18 @@ pub fn doctor(config_path: Option<&Path>, data_dir: Option<PathBuf>) -> u8 {
         );
         None
     } else {
-        Some(tradehost::store::Store::open(&config.data_dir).and_then(|store| tradehost::store::check(&store)))
+        // Opening checks every entry read-only first; the invariants check runs on what opened.
+        // A panic inside the store library is damage, never a crash of `doctor`.
+        let data_dir = config.data_dir.clone();
+        let checked = std::panic::catch_unwind(move || {
+            tradehost::store::Store::open(&data_dir).and_then(|store| tradehost::store::check(&store))
+        });
+        Some(checked.unwrap_or_else(|payload| {
+            Err(tradehost::store::StoreError::Damaged {
+                path: config.data_dir.join(tradehost::store::DB_FILE),
+                detail: format!("reading it failed: {}", tradehost::health::panic_message(payload)),
+            })
+        }))
     };
     if let Some(result) = store {
         match result {

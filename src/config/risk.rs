@@ -83,6 +83,14 @@ impl RiskLimits {
         *self == RiskLimits::default()
     }
 
+    /// True if a check of these limits reads the open orders.
+    pub fn reads_open_orders(&self) -> bool {
+        self.max_open_orders.is_some()
+            || self.max_position_notional.is_some()
+            || self.max_gross_exposure.is_some()
+            || self.max_leverage.is_some()
+    }
+
     /// Values that cannot be limits, each under `prefix.key`.
     pub fn problems(&self, prefix: &str, out: &mut Vec<ConfigProblem>) {
         let mut bad = |key: &str, message: String| {

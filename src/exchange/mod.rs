@@ -60,7 +60,7 @@ pub enum ExchangeEvent {
 /// Where orders go.
 pub enum Venue {
     /// The simulated exchange: answers at once.
-    Paper(PaperExchange),
+    Paper(Box<PaperExchange>),
     /// A live connector: answers later with [`VenueUpdate`]s.
     Live(LiveVenue),
 }

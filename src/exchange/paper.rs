@@ -86,18 +86,30 @@ pub struct PaperExchange {
     products: HashMap<String, Product>,
     quotes: HashMap<String, Tick>,
     resting: BTreeMap<u64, Order>,
+    /// Where each resting order is in `resting`, by client id.
+    resting_by_id: HashMap<String, u64>,
+    /// Remaining size of the resting orders, by symbol (valued at the mark in margin checks).
+    resting_size: HashMap<String, Decimal>,
     next_seq: u64,
     positions: BTreeMap<String, Position>,
     cash: Decimal,
     recent: VecDeque<Order>,
 }
 
-/// What the paper exchange persists: enough to continue exactly after a restart.
+/// What the paper exchange persists: enough to continue exactly after a
+/// restart. The book is saved as each resting order's place and client id:
+/// the orders themselves are in the store's orders table, written in the
+/// same commit (so saving stays small however many orders rest).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SavedAccount {
     cash: Decimal,
     positions: Vec<Position>,
+    /// Resting orders in full (written by older hosts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     resting: Vec<(u64, Order)>,
+    /// Resting orders by place in the book and client id.
+    #[serde(default)]
+    book: Vec<(u64, String)>,
     next_seq: u64,
     recent: Vec<Order>,
 }
@@ -114,6 +126,8 @@ impl PaperExchange {
             products: config.product_list().into_iter().map(|p| (p.symbol.clone(), p)).collect(),
             quotes: HashMap::new(),
             resting: BTreeMap::new(),
+            resting_by_id: HashMap::new(),
+            resting_size: HashMap::new(),
             next_seq: 0,
             positions: BTreeMap::new(),
             cash: config.balance,
@@ -126,19 +140,32 @@ impl PaperExchange {
         let saved = SavedAccount {
             cash: self.cash,
             positions: self.positions.values().cloned().collect(),
-            resting: self.resting.iter().map(|(k, o)| (*k, o.clone())).collect(),
+            resting: Vec::new(),
+            book: self.resting.iter().map(|(k, o)| (*k, o.request.client_id.clone())).collect(),
             next_seq: self.next_seq,
             recent: self.recent.iter().cloned().collect(),
         };
         serde_json::to_value(saved).expect("paper account serializes")
     }
 
-    /// Restores what [`save`](Self::save) wrote.
-    pub fn restore(&mut self, saved: &serde_json::Value) -> Result<(), String> {
+    /// Restores what [`save`](Self::save) wrote; `orders` are the stored
+    /// orders by client id (the book's resting orders among them).
+    pub fn restore(&mut self, saved: &serde_json::Value, orders: &BTreeMap<String, Order>) -> Result<(), String> {
         let saved: SavedAccount = serde_json::from_value(saved.clone()).map_err(|e| format!("paper account: {e}"))?;
         self.cash = saved.cash;
         self.positions = saved.positions.into_iter().map(|p| (p.symbol.clone(), p)).collect();
-        self.resting = saved.resting.into_iter().collect();
+        self.resting.clear();
+        self.resting_by_id.clear();
+        self.resting_size.clear();
+        for (seq, order) in saved.resting {
+            self.rest(seq, order);
+        }
+        for (seq, client_id) in saved.book {
+            match orders.get(&client_id) {
+                Some(order) if order.status.is_open() => self.rest(seq, order.clone()),
+                _ => tracing::warn!(order = %client_id, "paper book: a resting order is not stored as open; dropped"),
+            }
+        }
         self.next_seq = saved.next_seq;
         self.recent = saved.recent.into();
         Ok(())
@@ -146,7 +173,27 @@ impl PaperExchange {
 
     /// What the exchange knows of an order by client id (open, or recently closed).
     pub fn lookup(&self, client_id: &str) -> Option<Order> {
-        self.resting.values().chain(self.recent.iter()).find(|o| o.request.client_id == client_id).cloned()
+        match self.resting_by_id.get(client_id) {
+            Some(seq) => self.resting.get(seq).cloned(),
+            None => self.recent.iter().find(|o| o.request.client_id == client_id).cloned(),
+        }
+    }
+
+    /// Puts an order in the book at `seq`.
+    fn rest(&mut self, seq: u64, order: Order) {
+        *self.resting_size.entry(order.request.symbol.clone()).or_default() += order.remaining();
+        self.resting_by_id.insert(order.request.client_id.clone(), seq);
+        self.resting.insert(seq, order);
+    }
+
+    /// Takes the order at `seq` out of the book.
+    fn unrest(&mut self, seq: u64) -> Option<Order> {
+        let order = self.resting.remove(&seq)?;
+        self.resting_by_id.remove(&order.request.client_id);
+        if let Some(size) = self.resting_size.get_mut(&order.request.symbol) {
+            *size -= order.remaining();
+        }
+        Some(order)
     }
 
     fn remember(&mut self, events: &[ExchangeEvent]) {
@@ -305,20 +352,15 @@ impl PaperExchange {
             order.reason = Some("immediate-or-cancel order could not fill at once".into());
             return vec![ExchangeEvent::Order(order)];
         }
-        self.resting.insert(self.next_seq, order.clone());
+        self.rest(self.next_seq, order.clone());
         self.next_seq += 1;
         vec![ExchangeEvent::Order(order)]
     }
 
     /// Cancels a resting order.
     pub fn cancel(&mut self, client_id: &str) -> Result<ExchangeEvent, PaperError> {
-        let seq = self
-            .resting
-            .iter()
-            .find(|(_, o)| o.request.client_id == client_id)
-            .map(|(seq, _)| *seq)
-            .ok_or_else(|| PaperError::UnknownOrder(client_id.to_string()))?;
-        let mut order = self.resting.remove(&seq).expect("found above");
+        let seq = *self.resting_by_id.get(client_id).ok_or_else(|| PaperError::UnknownOrder(client_id.to_string()))?;
+        let mut order = self.unrest(seq).expect("indexed");
         order.status = OrderStatus::Cancelled;
         order.reason = Some("cancelled".into());
         order.updated = self.quotes.get(&order.request.symbol).map_or(order.updated, |q| q.time);
@@ -350,7 +392,7 @@ impl PaperExchange {
             if available.is_some_and(|a| a <= Decimal::ZERO) {
                 break;
             }
-            let mut order = self.resting.remove(&seq).expect("listed above");
+            let mut order = self.unrest(seq).expect("listed above");
             let size = available.map_or(order.remaining(), |a| a.min(order.remaining()));
             if let Some(a) = available.as_mut() {
                 *a -= size;
@@ -368,7 +410,7 @@ impl PaperExchange {
             let fill = self.execute(&mut order, size, price, Liquidity::Maker, tick.time);
             events.push(ExchangeEvent::Fill(fill));
             if order.status.is_open() {
-                self.resting.insert(seq, order.clone());
+                self.rest(seq, order.clone());
             }
             events.push(ExchangeEvent::Order(order));
         }
@@ -397,15 +439,12 @@ impl PaperExchange {
     /// exposure always pass.
     fn check_margin(&self, request: &OrderRequest, quote: &Tick) -> Result<(), String> {
         let mark_of = |symbol: &str| self.mark(symbol).unwrap_or_default();
-        // Resting orders are valued at their symbol's mark (their limit price
-        // when there is none): a far-off order is not exposure.
+        // Resting orders are valued at their symbol's mark (an order rests only
+        // once its symbol is quoted): a far-off order is not exposure.
         let resting = self
-            .resting
-            .values()
-            .map(|o| {
-                let at = self.mark(&o.request.symbol).or(o.request.price).unwrap_or_default();
-                o.remaining().saturating_mul(at)
-            })
+            .resting_size
+            .iter()
+            .map(|(symbol, size)| size.saturating_mul(mark_of(symbol)))
             .fold(Decimal::ZERO, Decimal::saturating_add);
         let exposure_without = self
             .positions

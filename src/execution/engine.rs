@@ -139,6 +139,7 @@ impl Engine {
     ) {
         let mut feed_open = true;
         let mut venue = self.venue_updates.take();
+        self.oms.hold_view();
         // Live venue: batches whose intents are committing, sent in order as their commits land.
         let mut pending: VecDeque<Batch> = VecDeque::new();
         loop {
@@ -179,6 +180,8 @@ impl Engine {
                     None => feed_open = false,
                 },
             }
+            // Whatever changed and needed storing is stored by now.
+            self.oms.release_view();
         }
     }
 
@@ -244,6 +247,8 @@ impl Engine {
         if !self.oms.protects() {
             return;
         }
+        // The protections watch the account as it is now (marks included).
+        self.oms.release_view();
         let events = self.oms.watch_protections();
         let now = self.oms.now();
         if events.is_empty() {
@@ -424,7 +429,11 @@ impl Engine {
             return;
         }
         match self.store.commit(self.oms.write_ops(&events)).await {
-            Ok(()) => self.dispatch(events),
+            Ok(()) => {
+                // Stored: now the account shows it, before strategies hear of it.
+                self.oms.release_view();
+                self.dispatch(events)
+            }
             Err(error) => self.fatal(format!("cannot store order and fill events (they were not reported): {error}")),
         }
     }
@@ -518,13 +527,7 @@ impl Engine {
                     }
                 }
                 ExchangeEvent::Order(order) => {
-                    self.metrics.order(
-                        serde_json::to_value(order.status)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .as_deref()
-                            .unwrap_or("unknown"),
-                    );
+                    self.metrics.order(order.status.as_str());
                     let strategy = order.request.strategy.clone();
                     self.activity.publish(ActivityKind::Order, Some(&strategy), json!(self.shown.order(&order)));
                     // Order churn (posts, cancels, a post-only quote that would cross) is

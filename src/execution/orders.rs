@@ -68,6 +68,14 @@ pub struct Oms {
     protections: Arc<ArcSwap<Vec<crate::risk::ProtectionStatus>>>,
     /// Trading rules by symbol (orders are rounded to them before checks).
     products: HashMap<String, crate::model::Product>,
+    /// Changes wait for [`Oms::release_view`] before readers see them.
+    hold_view: bool,
+    /// The view changed while held.
+    view_dirty: std::cell::Cell<bool>,
+    /// The open orders as last published (rebuilt only when `open` changed).
+    published_orders: std::cell::RefCell<Arc<Vec<Order>>>,
+    /// `open` changed since the last publication.
+    open_changed: std::cell::Cell<bool>,
 }
 
 impl Oms {
@@ -93,6 +101,10 @@ impl Oms {
             limits_json: Default::default(),
             protections: Default::default(),
             products: HashMap::new(),
+            hold_view: false,
+            view_dirty: std::cell::Cell::new(false),
+            published_orders: Default::default(),
+            open_changed: std::cell::Cell::new(true),
         };
         oms.publish();
         oms
@@ -119,7 +131,7 @@ impl Oms {
     /// client id — never resent. Returns the resolved orders' events.
     pub fn restore(&mut self, recovered: &Recovered) -> Result<Vec<ExchangeEvent>, ExecutionError> {
         if let (Some(account), Venue::Paper(exchange)) = (&recovered.paper_account, &mut self.venue) {
-            exchange.restore(account).map_err(ExecutionError::Restore)?;
+            exchange.restore(account, &recovered.orders).map_err(ExecutionError::Restore)?;
         }
         self.positions = recovered
             .positions
@@ -144,6 +156,7 @@ impl Oms {
             let (current, changed) = self.resolve_at_start(order);
             if current.status.is_open() || current.status == OrderStatus::Pending {
                 self.open.insert(client_id.clone(), current.clone());
+                self.open_changed.set(true);
             } else {
                 self.remember_closed(current.clone());
             }
@@ -285,8 +298,8 @@ impl Oms {
         } else {
             let now = self.now();
             let mut view = self.view.load_full();
-            if !self.preparing.is_empty() {
-                Arc::make_mut(&mut view).open_orders.extend(self.preparing.values().cloned());
+            if !self.preparing.is_empty() && self.risk.reads_open_orders() {
+                Arc::make_mut(&mut Arc::make_mut(&mut view).open_orders).extend(self.preparing.values().cloned());
             }
             self.risk.check(&request, &view, now).err().map(|refusal| {
                 self.refusals.push(refusal.limit);
@@ -372,6 +385,7 @@ impl Oms {
         let mut order = Order::new(request.clone(), self.clock.now_ms());
         order.status = OrderStatus::Pending;
         self.open.insert(order.request.client_id.clone(), order);
+        self.open_changed.set(true);
         let events = self.command(VenueCommand::Place(request));
         if events.is_empty() {
             self.publish();
@@ -562,9 +576,11 @@ impl Oms {
                 }
                 ExchangeEvent::Order(order) if order.status.is_open() || order.status == OrderStatus::Pending => {
                     self.open.insert(order.request.client_id.clone(), order.clone());
+                    self.open_changed.set(true);
                 }
                 ExchangeEvent::Order(order) => {
                     self.open.remove(&order.request.client_id);
+                    self.open_changed.set(true);
                     self.remember_closed(order.clone());
                 }
             }
@@ -652,7 +668,39 @@ impl Oms {
         out
     }
 
+    /// Publishes the account view now, or marks it changed while held.
     fn publish(&self) {
+        if self.hold_view {
+            self.view_dirty.set(true);
+        } else {
+            self.publish_now();
+        }
+    }
+
+    /// From now on changes reach readers only at [`Oms::release_view`]: the
+    /// engine releases them once what changed is stored, so the account
+    /// shown is never ahead of the store (and is rebuilt once per batch of
+    /// changes, not once per order).
+    pub fn hold_view(&mut self) {
+        self.hold_view = true;
+    }
+
+    /// Publishes the account view if it changed since it was last published.
+    pub fn release_view(&self) {
+        if self.view_dirty.replace(false) {
+            self.publish_now();
+        }
+    }
+
+    /// The open orders for a view: the last published list while `open` has not changed.
+    fn open_orders_shared(&self) -> Arc<Vec<Order>> {
+        if self.open_changed.replace(false) {
+            *self.published_orders.borrow_mut() = Arc::new(self.open.values().cloned().collect());
+        }
+        self.published_orders.borrow().clone()
+    }
+
+    fn publish_now(&self) {
         let (currency, balance, equity) = match &self.venue {
             Venue::Paper(exchange) => {
                 let account = exchange.account();
@@ -674,7 +722,7 @@ impl Oms {
             equity,
             positions: self.positions.clone(),
             marks: self.marks.clone(),
-            open_orders: self.open.values().cloned().collect(),
+            open_orders: self.open_orders_shared(),
             trading: self.risk.trading().clone(),
             risk_limits: self.limits_json.clone(),
         }));
@@ -733,7 +781,7 @@ mod tests {
 
     #[test]
     fn stale_symbols_refuse_new_entries_but_not_exits() {
-        let mut oms = Oms::new(Venue::Paper(PaperExchange::new(&PaperConfig::default())));
+        let mut oms = Oms::new(Venue::Paper(Box::new(PaperExchange::new(&PaperConfig::default()))));
         oms.set_stale("BTCUSD", true);
         let refused = oms.prepare(request("a", "BTCUSD", false));
         assert_eq!(refused.status, OrderStatus::Rejected);
@@ -793,7 +841,7 @@ mod tests {
 
     #[test]
     fn paper_answers_take_the_live_venues_path_with_the_accepted_size() {
-        let mut oms = Oms::new(Venue::Paper(PaperExchange::new(&PaperConfig::default())));
+        let mut oms = Oms::new(Venue::Paper(Box::new(PaperExchange::new(&PaperConfig::default()))));
         let quote = Tick {
             symbol: "BTCUSD".into(),
             time: 1_000,

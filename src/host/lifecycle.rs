@@ -72,7 +72,7 @@ pub(super) struct Lifecycle {
     pub config: Arc<Config>,
     pub control_rx: mpsc::UnboundedReceiver<Control>,
     pub task_reports: mpsc::UnboundedReceiver<TaskReport>,
-    pub watcher: notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>,
+    pub watcher: super::watcher::StrategiesWatcher,
     pub tasks: Tasks,
     /// Fires when shutdown begins: failing tasks are no longer restarted.
     pub shutdown: CancellationToken,

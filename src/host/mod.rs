@@ -30,6 +30,7 @@ mod lifecycle;
 mod signals;
 mod tasks;
 mod venue;
+mod watcher;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -215,7 +216,8 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     let (feed_tx, feed_rx) = mpsc::channel(4096);
     watch_queue(&metrics, "engine", &engine_tx);
     watch_queue(&metrics, "market", &feed_tx);
-    let watcher = watch_strategies(&config, control_tx.clone())?;
+    let debounce = Duration::from_millis(config.supervisor.debounce_ms);
+    let watcher = watcher::watch(&config.strategies.dir, debounce, control_tx.clone(), health.clone())?;
 
     let shutdown = CancellationToken::new();
     let tasks = tasks::Tasks::new(task_reports_tx, shutdown.clone());
@@ -363,33 +365,6 @@ fn start_writer(
     }));
     metrics.watch_queue("store", writer.queue_depth());
     writer
-}
-
-/// Watches the strategies folder: every change becomes a [`Control::Rescan`].
-fn watch_strategies(
-    config: &Config,
-    control: mpsc::UnboundedSender<Control>,
-) -> Result<
-    notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>,
-    HostError,
-> {
-    let dir = &config.strategies.dir;
-    let watch_error = |e: notify::Error| HostError::Watch { path: dir.clone(), message: e.to_string() };
-    let mut debouncer = notify_debouncer_full::new_debouncer(
-        Duration::from_millis(config.supervisor.debounce_ms),
-        None,
-        move |result: notify_debouncer_full::DebounceEventResult| match result {
-            // Reads (our own rescans included) raise access events: only changes count.
-            Ok(events) if events.iter().any(|e| !matches!(e.event.kind, notify::EventKind::Access(_))) => {
-                let _ = control.send(Control::Rescan);
-            }
-            Ok(_) => {}
-            Err(errors) => tracing::warn!(?errors, "strategies folder watcher error"),
-        },
-    )
-    .map_err(watch_error)?;
-    debouncer.watch(dir, notify::RecursiveMode::NonRecursive).map_err(watch_error)?;
-    Ok(debouncer)
 }
 
 /// Publishes (and logs) that the host started, with what it recovered.

@@ -57,7 +57,7 @@ pub(super) async fn boot(
 ) -> Result<Booted, HostError> {
     let (oms, hub, market, resolved, delta, clock, shown) = match config.exchange.kind {
         ExchangeKind::Paper => {
-            let mut oms = Oms::new(Venue::Paper(PaperExchange::new(&config.exchange.paper)));
+            let mut oms = Oms::new(Venue::Paper(Box::new(PaperExchange::new(&config.exchange.paper))));
             oms.set_products(config.exchange.paper.product_list());
             // Warm-up history first, on an empty book: it must not fill restored orders.
             let last_activity = last_activity_time(store, recovered.last_activity_seq);

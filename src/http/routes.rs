@@ -206,8 +206,11 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 fn strategy_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(name) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err(ApiError::BadRequest(format!("invalid strategy name {name:?}")));
+    if !crate::control::valid_strategy_name(&name) {
+        let shown: String = name.chars().take(64).collect();
+        return Err(ApiError::BadRequest(format!(
+            "invalid strategy name {shown:?}: 1 to 64 letters, digits, `_` or `-`"
+        )));
     }
     Ok(name)
 }

@@ -174,6 +174,12 @@ impl RiskGate {
         }
     }
 
+    /// True if some check reads the open orders (the order manager then adds
+    /// the orders it is preparing).
+    pub fn reads_open_orders(&self) -> bool {
+        self.account.reads_open_orders() || self.strategies.values().any(RiskLimits::reads_open_orders)
+    }
+
     /// True when no limit is set anywhere, no strategy declared its symbols
     /// and trading is active (every order passes).
     pub fn is_open(&self) -> bool {
@@ -541,14 +547,15 @@ mod tests {
             equity: d("10000"),
             positions: [("s".to_string(), [("BTCUSD".to_string(), held)].into_iter().collect())].into_iter().collect(),
             marks: [("BTCUSD".to_string(), d("100"))].into_iter().collect(),
-            open_orders: open
-                .iter()
-                .map(|r| {
-                    let mut o = Order::new(r.clone(), 0);
-                    o.status = OrderStatus::Open;
-                    o
-                })
-                .collect(),
+            open_orders: std::sync::Arc::new(
+                open.iter()
+                    .map(|r| {
+                        let mut o = Order::new(r.clone(), 0);
+                        o.status = OrderStatus::Open;
+                        o
+                    })
+                    .collect(),
+            ),
             ..Default::default()
         }
     }

@@ -277,6 +277,68 @@ fn classify(path: &Path, error: redb::DatabaseError) -> StoreError {
     }
 }
 
+/// Reads every entry of every table of an existing store file through a
+/// read-only handle, so not a byte is written: a file redb cannot read back
+/// (or panics on), or an entry that is not the JSON it should be, is
+/// damage, refused with the file named. A file that was not closed cleanly
+/// needs redb's repair first, which writes: it is checked by the repair.
+pub fn verify_read_only(path: &Path) -> Result<(), StoreError> {
+    let damaged = |detail: String| StoreError::Damaged { path: path.to_path_buf(), detail };
+    let outcome = std::panic::catch_unwind(|| -> Result<(), StoreError> {
+        let db = match redb::ReadOnlyDatabase::open(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::RepairAborted) => return Ok(()), // unclean shutdown: the repair checks it
+            Err(error) => return Err(classify(path, error)),
+        };
+        verify_tables(&db).map_err(damaged)
+    });
+    match outcome {
+        Ok(result) => result,
+        Err(payload) => Err(damaged(format!("reading it failed: {}", crate::health::panic_message(payload)))),
+    }
+}
+
+/// Reads every table entry and checks each stored JSON value parses.
+fn verify_tables(db: &impl ReadableDatabase) -> Result<(), String> {
+    fn json_table<K: redb::Key + 'static>(
+        read: &redb::ReadTransaction,
+        table: TableDefinition<K, &[u8]>,
+    ) -> Result<(), String> {
+        let name = table.to_string();
+        let table = match read.open_table(table) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(format!("table {name}: {e}")),
+        };
+        for (i, entry) in table.iter().map_err(|e| format!("table {name}: {e}"))?.enumerate() {
+            let (_, value) = entry.map_err(|e| format!("table {name}, entry {i}: {e}"))?;
+            serde_json::from_slice::<serde::de::IgnoredAny>(value.value())
+                .map_err(|e| format!("table {name}, entry {i}: not a stored value ({e})"))?;
+        }
+        Ok(())
+    }
+    let read = db.begin_read().map_err(|e| e.to_string())?;
+    json_table(&read, ORDERS)?;
+    json_table(&read, FILLS)?;
+    json_table(&read, POSITIONS)?;
+    json_table(&read, ACCOUNT)?;
+    json_table(&read, STRATEGY_STATE)?;
+    json_table(&read, ACTIVITY)?;
+    json_table(&read, CANDLES)?;
+    for (name, result) in [
+        ("meta", read.open_table(META).map(|t| t.iter().map(|i| i.count()))),
+        ("stopped_strategies", read.open_table(STOPPED).map(|t| t.iter().map(|i| i.count()))),
+        ("closed_orders", read.open_table(CLOSED_ORDERS).map(|t| t.iter().map(|i| i.count()))),
+    ] {
+        match result {
+            Ok(Ok(_)) | Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Ok(Err(e)) => return Err(format!("table {name}: {e}")),
+            Err(e) => return Err(format!("table {name}: {e}")),
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`, taking the instance lock,
     /// checking the schema and migrating older files.
@@ -290,6 +352,9 @@ impl Store {
             if len == 0 {
                 return Err(StoreError::Damaged { path, detail: "the file is empty".into() });
             }
+        }
+        if existed {
+            verify_read_only(&path)?;
         }
         let mut builder = Database::builder();
         builder.set_repair_callback(|session| {

@@ -118,6 +118,8 @@ pub struct Supervisor {
     feed_symbols: Vec<String>,
     shutting_down: bool,
     scanned: bool,
+    /// Files ignored for their names (warned about once each).
+    ignored: std::collections::HashSet<PathBuf>,
     store: StoreWriter,
     reader: StoreReader,
     metrics: Arc<Metrics>,
@@ -148,6 +150,7 @@ impl Supervisor {
             id_counter: parts.id_counter,
             shutting_down: false,
             scanned: false,
+            ignored: Default::default(),
             store: parts.store,
             reader: parts.reader,
             metrics: parts.metrics,
@@ -189,26 +192,54 @@ fn hash_of(text: &str) -> u64 {
     hasher.finish()
 }
 
-/// Reads the `*.rhai` files of a folder: name → (path, source). Files that are
-/// empty right now (an editor mid-save) are left out of this scan.
-pub fn scan(dir: &Path) -> std::io::Result<BTreeMap<String, (PathBuf, String)>> {
-    let mut found = BTreeMap::new();
+/// A strategy file found by [`scan`].
+#[derive(Debug, Clone)]
+pub struct ScannedFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its text (empty while an editor is mid-save), or why it cannot be read
+    /// (not UTF-8, no permission).
+    pub source: Result<String, String>,
+}
+
+/// What [`scan`] found in the strategies folder.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Strategy files by name (file stem).
+    pub files: BTreeMap<String, ScannedFile>,
+    /// `*.rhai` files whose names are not strategy names (see [`crate::control::valid_strategy_name`]).
+    pub ignored: Vec<PathBuf>,
+}
+
+/// Reads the `*.rhai` files of a folder.
+pub fn scan(dir: &Path) -> std::io::Result<Scan> {
+    let mut found = Scan::default();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
-        if stem.starts_with('.') || path.extension().and_then(|e| e.to_str()) != Some("rhai") || !path.is_file() {
+        if path.extension().and_then(|e| e.to_str()) != Some("rhai") || !path.is_file() {
             continue;
         }
-        match std::fs::read_to_string(&path) {
-            Ok(source) if source.trim().is_empty() => {
-                tracing::debug!(file = %path.display(), "empty file: waiting for the save to finish");
-                found.insert(stem.to_string(), (path, String::new()));
-            }
-            Ok(source) => {
-                found.insert(stem.to_string(), (path, source));
-            }
-            Err(error) => tracing::warn!(file = %path.display(), "cannot read strategy: {error}"),
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        if stem.starts_with('.') {
+            continue; // editor and temp files
         }
+        if !crate::control::valid_strategy_name(stem) {
+            found.ignored.push(path);
+            continue;
+        }
+        let source = std::fs::read(&path).map_err(|e| e.to_string()).and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|e| {
+                format!("the file is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())
+            })
+        });
+        let source = match source {
+            Ok(text) if text.trim().is_empty() => {
+                tracing::debug!(file = %path.display(), "empty file: waiting for the save to finish");
+                Ok(String::new())
+            }
+            other => other,
+        };
+        found.files.insert(stem.to_string(), ScannedFile { path, source });
     }
     Ok(found)
 }
@@ -314,13 +345,38 @@ impl Supervisor {
         tracing::debug!(dir = %self.dir.display(), "scanning the strategies folder");
         let first = !self.scanned;
         self.scanned = true;
-        let found = match scan(&self.dir) {
+        let scanned = match scan(&self.dir) {
             Ok(found) => found,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                // The folder is gone (the watcher reports it): its strategies are gone too.
+                Scan::default()
+            }
             Err(error) => {
                 tracing::error!(dir = %self.dir.display(), "cannot read the strategies folder: {error}");
                 return;
             }
         };
+        for path in &scanned.ignored {
+            if self.ignored.insert(path.clone()) {
+                tracing::warn!(
+                    file = ?path.display().to_string(),
+                    "ignored: a strategy file's name must be 1 to 64 letters, digits, `_` or `-` followed by .rhai"
+                );
+            }
+        }
+        let mut found = BTreeMap::new();
+        for (name, file) in scanned.files {
+            match file.source {
+                Ok(source) => {
+                    found.insert(name, (file.path, source));
+                }
+                Err(error) => {
+                    // Unreadable is not deleted: a running version keeps running.
+                    self.unreadable(&name, &file.path, &error);
+                    found.insert(name, (file.path, String::new()));
+                }
+            }
+        }
         let removed: Vec<String> = self
             .slots
             .iter()
@@ -419,6 +475,27 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// A strategy file that cannot be read: a rejected reload (the running
+    /// version keeps running), reported once per distinct error.
+    fn unreadable(&mut self, name: &str, path: &Path, error: &str) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            tracing::warn!(file = %path.display(), "cannot read strategy: {error}");
+            return;
+        };
+        let message = format!("cannot read {}: {error}", path.display());
+        if slot.last_error.as_ref().is_some_and(|e| e.message == message) {
+            return;
+        }
+        let running = if slot.handle.is_some() { "; the running version keeps running" } else { "" };
+        tracing::error!(strategy = %name, "reload rejected: {message}{running}");
+        self.activity.publish(
+            ActivityKind::Strategy,
+            Some(name),
+            json!({ "event": "reload_rejected", "error": format!("{message}{running}") }),
+        );
+        slot.last_error = Some(StrategyError::new(message));
     }
 
     /// Re-reads a running strategy's file and hot-reloads it; the reply comes with the runtime's answer.
