@@ -404,3 +404,15 @@ fn bit_flipped_stores_are_refused_with_the_file_named_and_left_untouched_or_read
     }
     assert!(refused > 0, "no flip was detected ({opened} opened)");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_new_store_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    drop(Store::open(&dir).unwrap());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(store::DB_FILE)), 0o600);
+}

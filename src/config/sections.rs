@@ -260,6 +260,11 @@ pub struct HttpConfig {
     pub ws_send_timeout_ms: u64,
     /// Startup fails if a component is not ready within this time.
     pub ready_timeout_ms: u64,
+    /// A client must send a request's headers within this time, on a new
+    /// connection and between requests on a kept-alive one, or is closed.
+    pub idle_timeout_ms: u64,
+    /// Most API connections open at once (kept below the open-file limit).
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -275,6 +280,8 @@ impl Default for HttpConfig {
             ws_idle_timeout_ms: 45_000,
             ws_send_timeout_ms: 5_000,
             ready_timeout_ms: 30_000,
+            idle_timeout_ms: 30_000,
+            max_connections: 512,
         }
     }
 }

@@ -74,6 +74,8 @@ impl Config {
             ("http.ws_idle_timeout_ms", self.http.ws_idle_timeout_ms as usize),
             ("http.ws_send_timeout_ms", self.http.ws_send_timeout_ms as usize),
             ("http.ready_timeout_ms", self.http.ready_timeout_ms as usize),
+            ("http.idle_timeout_ms", self.http.idle_timeout_ms as usize),
+            ("http.max_connections", self.http.max_connections),
             ("exchange.delta.request_timeout_ms", self.exchange.delta.request_timeout_ms as usize),
             ("exchange.delta.heartbeat_timeout_ms", self.exchange.delta.heartbeat_timeout_ms as usize),
             ("exchange.delta.ping_interval_ms", self.exchange.delta.ping_interval_ms as usize),

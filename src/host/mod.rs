@@ -285,7 +285,11 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         risk_limits,
         protections,
     });
-    tasks.spawn_critical("http", "http", crate::http::serve(listener, crate::http::router(api), http_cancel.clone()));
+    let idle_timeout = Duration::from_millis(config.http.idle_timeout_ms);
+    let max_connections = crate::http::connection_limit(config.http.max_connections);
+    let server =
+        crate::http::serve(listener, crate::http::router(api), http_cancel.clone(), idle_timeout, max_connections);
+    tasks.spawn_critical("http", "http", server);
     health.set("http", ComponentState::Up);
     tracing::info!(addr = %http_addr, "control API and dashboard at http://{http_addr}/");
     publish_started(&config, &activity, &account, &recovered);

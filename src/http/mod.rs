@@ -75,7 +75,9 @@ pub type ApiState = Arc<ApiContext>;
 
 /// Paths that need no token: readiness probes and the dashboard page itself.
 fn is_public(method: &Method, path: &str) -> bool {
-    (method == Method::GET && path == "/api/v1/health") || path == "/" || path == "/index.html"
+    ((method == Method::GET || method == Method::HEAD) && path == "/api/v1/health")
+        || path == "/"
+        || path == "/index.html"
 }
 
 /// Compares tokens in constant time.
@@ -192,20 +194,95 @@ pub fn router(state: ApiState) -> Router {
     router.layer(middleware::map_response(error_shape))
 }
 
-/// Serves the router until `shutdown` fires. Connections have Nagle's
-/// algorithm off: a WebSocket batch or a small answer goes out at once
-/// instead of waiting up to a delayed ACK (~40 ms) behind the previous one.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: CancellationToken) {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|connection| {
-        if let Err(error) = connection.set_nodelay(true) {
+/// File descriptors kept free for everything but API connections (the
+/// store, strategy files, the exchange's sockets, logs).
+const RESERVED_FDS: u64 = 256;
+
+/// How many API connections may be open at once: `http.max_connections`,
+/// below the file-descriptor limit (raised to its hard limit first, where
+/// the system allows), so idle clients can never exhaust it.
+pub fn connection_limit(configured: usize) -> usize {
+    let wanted = configured as u64 + RESERVED_FDS;
+    let allowed = match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!("cannot read or raise the open-file limit ({error}); assuming 1024");
+            1024
+        }
+    };
+    let limit = (allowed.saturating_sub(RESERVED_FDS).max(16) as usize).min(configured);
+    if limit < configured {
+        tracing::warn!(
+            configured,
+            limit,
+            "http.max_connections is above what the open-file limit ({allowed}) allows: at most {limit} API connections"
+        );
+    }
+    limit
+}
+
+/// Serves the router until `shutdown` fires. A client has `idle_timeout` to
+/// send a request's headers (on a new connection and between requests on a
+/// kept-alive one) before it is closed, and at most `max_connections` are
+/// open at once: a connection over the limit is closed at once. Connections
+/// have Nagle's algorithm off: a WebSocket batch or a small answer goes out
+/// at once instead of waiting up to a delayed ACK (~40 ms) behind the previous one.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    idle_timeout: Duration,
+    max_connections: usize,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let connections = tokio_util::task::TaskTracker::new();
+    let mut refused: u64 = 0;
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!("cannot accept an API connection: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused == 1 || refused.is_multiple_of(1_000) {
+                tracing::warn!(refused, "too many API connections (limit {max_connections}): closing new ones");
+            }
+            continue; // dropped: closed at once
+        };
+        if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY on a connection: {error}");
         }
-    });
-    let result = axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
-    if let Err(error) = result {
-        tracing::error!("HTTP server failed: {error}");
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(idle_timeout).keep_alive(true);
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!("API connection ended: {error}");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                }
+            }
+        });
     }
+    connections.close();
+    connections.wait().await;
 }
 
 /// A random 32-byte token in hex.

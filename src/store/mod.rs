@@ -277,6 +277,19 @@ fn classify(path: &Path, error: redb::DatabaseError) -> StoreError {
     }
 }
 
+/// Makes a file or folder the host created readable by its owner only (unix).
+fn owner_only(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(path = %path.display(), "cannot make it private to its owner: {error}");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+}
+
 /// Reads every entry of every table of an existing store file through a
 /// read-only handle, so not a byte is written: a file redb cannot read back
 /// (or panics on), or an entry that is not the JSON it should be, is
@@ -343,7 +356,11 @@ impl Store {
     /// Opens (or creates) the store in `dir`, taking the instance lock,
     /// checking the schema and migrating older files.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let new_dir = !dir.exists();
         std::fs::create_dir_all(dir).map_err(|e| io(dir)(e.to_string()))?;
+        if new_dir {
+            owner_only(dir, 0o700);
+        }
         let lock = lock(dir)?;
         let path = dir.join(DB_FILE);
         let existed = path.exists();
@@ -361,6 +378,9 @@ impl Store {
             tracing::warn!("the store was not closed cleanly: repairing ({:.0}%)", session.progress() * 100.0);
         });
         let db = if existed { builder.open(&path) } else { builder.create(&path) }.map_err(|e| classify(&path, e))?;
+        if !existed {
+            owner_only(&path, 0o600);
+        }
         let store = Store { reader: StoreReader { db: std::sync::Arc::new(db), path }, _lock: lock };
         store.prepare_schema(existed)?;
         Ok(store)

@@ -90,7 +90,17 @@ impl TestHost {
                     }
                 }
                 Ok(Err(e)) => panic!("activity closed while waiting for {what}: {e}"),
-                Err(_) => panic!("timed out waiting for {what}"),
+                Err(_) => {
+                    let recent = self.host.activity().since(since, usize::MAX);
+                    let last: Vec<String> = recent
+                        .iter()
+                        .rev()
+                        .take(12)
+                        .rev()
+                        .map(|e| format!("{} {:?} {}", e.seq, e.strategy, e.data))
+                        .collect();
+                    panic!("timed out waiting for {what}; the last events:\n{}", last.join("\n"))
+                }
             }
         }
     }
