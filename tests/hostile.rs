@@ -201,7 +201,7 @@ impl Abused {
     }
 
     /// SIGTERM; the exit code and how long the shutdown took.
-    fn stop(mut self) -> (i32, Duration) {
+    fn stop(&mut self) -> (i32, Duration) {
         let started = Instant::now();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
             .unwrap();
@@ -215,6 +215,16 @@ impl Abused {
 /// other tests' hosts on the same two cores, is several times slower.
 fn shutdown_bound() -> Duration {
     Duration::from_secs(if cfg!(debug_assertions) { 20 } else { 5 })
+}
+
+/// A test that fails mid-way must not leave its host running.
+impl Drop for Abused {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 fn dir_bytes(path: &Path) -> u64 {
@@ -242,7 +252,7 @@ fn on_candle(c) {
     for i in 0..50 { log::info(s); }
 }
 "#;
-    let host = Abused::start(MEGABYTE_LOGS, "");
+    let mut host = Abused::start(MEGABYTE_LOGS, "");
     let before = host.data_bytes();
     let peak = host.endure(8, 300.0).await;
     let grown = host.data_bytes().saturating_sub(before);
@@ -276,7 +286,7 @@ fn on_candle(c) {
     for i in 0..5000 { notify("n" + i); health::report("k" + i, i); }
 }
 "#;
-    let host = Abused::start(SPAM, "");
+    let mut host = Abused::start(SPAM, "");
     host.endure(6, 300.0).await;
     let hits = host.quota_hits("abusive").await;
     assert!(hits["notifications"].as_u64().unwrap() > 5_000, "{hits}");
@@ -380,7 +390,7 @@ fn on_candle(c) {
     // Leverage enough for 10,000 resting orders valued at the mark.
     let extra =
         "[exchange.paper]\nleverage = \"20\"\n[strategies.overrides.abusive.sandbox]\norders_per_second = 1000000\n";
-    let host = Abused::start(RESTING, extra);
+    let mut host = Abused::start(RESTING, extra);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let open = host.get("/api/v1/orders?limit=10000").await;
@@ -411,7 +421,7 @@ fn on_order(o) {
     for i in 0..20 { exchange::limit_order("BTCUSD", "buy", 0.001, 1000.0, #{ post_only: true }); }
 }
 "#;
-    let host = Abused::start(FEEDBACK, "");
+    let mut host = Abused::start(FEEDBACK, "");
     host.endure(9, 300.0).await;
     let hits = host.quota_hits("abusive").await;
     assert!(hits["orders"].as_u64().unwrap() > 0, "{hits}");
