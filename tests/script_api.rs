@@ -85,6 +85,15 @@ fn wrong_callback_signature_and_unknown_callbacks_are_rejected() {
 }
 
 #[test]
+fn a_runaway_config_names_its_file_and_line() {
+    let source = "// a strategy\nfn config() {\n    let x = 0;\n    loop { x += 1; }\n}\n";
+    let err = check("s.rhai", source, &options()).unwrap_err();
+    let location = err.location.as_ref().expect("a location");
+    assert_eq!((location.file.as_str(), location.line), ("s.rhai", 2), "{err}");
+    assert!(err.message.contains("config") && err.message.contains("sandbox.max_operations"), "{err}");
+}
+
+#[test]
 fn config_metadata_and_param_overrides() {
     let source = r#"fn config() { #{ symbols: ["X"], timeframe: "5m", params: #{ fast: 10, slow: 30 } } }
 fn on_start() { print(`${params::fast}/${params::slow}`); }"#;

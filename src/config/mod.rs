@@ -183,7 +183,11 @@ impl Config {
             .map_err(|e| invalid(vec![ConfigProblem { key: "(document)".into(), message: toml_message(&e, text) }]))?;
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
-            invalid(vec![ConfigProblem { key, message: toml_message(e.inner(), text) }])
+            let mut message = toml_message(e.inner(), text);
+            if is_secret_key(&key) {
+                message = redact_quoted(&message);
+            }
+            invalid(vec![ConfigProblem { key, message }])
         })?;
         let problems = config.problems();
         if problems.is_empty() { Ok(config) } else { Err(invalid(problems)) }
@@ -227,6 +231,28 @@ impl Config {
     }
 }
 
+/// Whether a config key path names a secret, whose value an error must not show.
+fn is_secret_key(path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    matches!(last, "api_key" | "api_secret" | "token")
+}
+
+/// Replaces every `quoted` value in a deserializer message (serde quotes the
+/// offending value in backticks) with `<redacted>`.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    let mut inside = true;
+    for part in parts {
+        out.push_str(if inside { "`<redacted>`" } else { part });
+        inside = !inside;
+    }
+    out
+}
+
 fn toml_message(error: &toml::de::Error, text: &str) -> String {
     let message = error.message().trim_end().to_string();
     match error.span() {
@@ -243,6 +269,21 @@ fn toml_message(error: &toml::de::Error, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrong_typed_secret_is_not_echoed() {
+        for value in ["12345678901", "[\"hunter2hunter2\"]", "{ s = \"hunter2hunter2\" }", "1.5e3"] {
+            let text = format!("[exchange.delta]\napi_secret = {value}\n[http]\ntoken = {value}\n");
+            let error = Config::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(error.contains("api_secret"), "{error}");
+            for secret in ["12345678901", "hunter2", "1.5e3", "1500"] {
+                assert!(!error.contains(secret), "{value}: {error}");
+            }
+        }
+        // Other keys keep the value: it helps and is not secret.
+        let error = Config::parse("[http]\nbind = 12345\n", "t.toml").unwrap_err().to_string();
+        assert!(error.contains("12345"), "{error}");
+    }
 
     #[test]
     fn embedded_default_is_valid() {

@@ -129,7 +129,8 @@ pub fn parse_candles_lenient(
         let bad = |message: String| CsvError::BadRow { path: name.into(), line, message };
         let parsed = (|| {
             let stamp = record.get(0).unwrap_or_default();
-            let time = parse_timestamp(stamp).ok_or_else(|| bad(format!("cannot read timestamp {stamp:?}")))?;
+            let time =
+                parse_timestamp(stamp).ok_or_else(|| bad(format!("cannot read timestamp {}", excerpt(stamp))))?;
             let mut values = [0.0f64; 5];
             for (slot, (&index, label)) in
                 values.iter_mut().zip(columns.iter().zip(["open", "high", "low", "close", "volume"]))
@@ -139,7 +140,7 @@ pub fn parse_candles_lenient(
                     .parse::<f64>()
                     .ok()
                     .filter(|v| v.is_finite())
-                    .ok_or_else(|| bad(format!("`{label}` is not a number: {cell:?}")))?;
+                    .ok_or_else(|| bad(format!("`{label}` is not a number: {}", excerpt(cell))))?;
             }
             let [open, high, low, close, volume] = values;
             if high < low || high < open.max(close) || low > open.min(close) || low <= 0.0 || volume < 0.0 {
@@ -162,7 +163,7 @@ pub fn parse_candles_lenient(
         {
             let what = if candle.time == previous.time { "duplicate" } else { "out-of-order" };
             let stamp = record.get(0).unwrap_or_default();
-            return Err(bad(format!("{what} timestamp {stamp:?}: rows must be in strictly increasing time")));
+            return Err(bad(format!("{what} timestamp {}: rows must be in strictly increasing time", excerpt(stamp))));
         }
         candles.push(candle);
     }
@@ -170,6 +171,16 @@ pub fn parse_candles_lenient(
         return Err(CsvError::Empty { path: name.into() });
     }
     Ok((candles, skipped))
+}
+
+/// A cell as an error shows it: quoted, and cut to its first 40 characters
+/// with its length when longer, so a huge field never floods a message.
+fn excerpt(cell: &str) -> String {
+    const SHOWN: usize = 40;
+    match cell.char_indices().nth(SHOWN) {
+        None => format!("{cell:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &cell[..end], cell.len()),
+    }
 }
 
 /// The bar interval of a series: the smallest gap between consecutive rows.
@@ -190,6 +201,21 @@ mod tests {
         assert_eq!(parse_timestamp("2023-11-14T22:13:20Z"), Some(1_700_000_000_000));
         assert_eq!(parse_timestamp("2023-11-14 22:13:20+00:00"), Some(1_700_000_000_000));
         assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn a_huge_bad_field_is_cut_in_the_error() {
+        let huge = "9".repeat(1_000_000) + "x";
+        let text = format!("timestamp,open,high,low,close,volume\n1,1,2,0.5,{huge},1\n");
+        let error = parse_candles(text.as_bytes(), "t.csv", "X").unwrap_err().to_string();
+        assert!(error.len() < 200, "{} bytes", error.len());
+        assert!(
+            error.contains("line 2") && error.contains("`close` is not a number") && error.contains("1000001 bytes"),
+            "{error}"
+        );
+        let text = format!("timestamp,open,high,low,close,volume\n{huge},1,2,0.5,1,1\n");
+        let error = parse_candles(text.as_bytes(), "t.csv", "X").unwrap_err().to_string();
+        assert!(error.len() < 200 && error.contains("cannot read timestamp"), "{error}");
     }
 
     #[test]

@@ -285,7 +285,12 @@ fn compile(
             (),
         );
         guard.disarm();
-        let value = result.map_err(|e| runtime_error(file, "config", *e, &options.limits))?;
+        let value = result.map_err(|e| {
+            let mut error = runtime_error(file, "config", *e, &options.limits);
+            // Rhai reports budget and operation-limit stops without a position.
+            error.location = error.location.or_else(|| definition(file, source, "config"));
+            error
+        })?;
         read_config(file, source, value, options)?
     } else {
         if let Some(key) = options.param_overrides.keys().next() {
