@@ -537,3 +537,32 @@ async fn risk_limits_and_the_kill_switch_hold_on_the_delta_venue() {
     assert_eq!(run.host.account().trading.account, tradehost::model::TradingState::Halted);
     run.finish().await;
 }
+
+const FORTY_RESTING: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_tick(t) {
+    if this.sent == () {
+        this.sent = true;
+        for i in 0..40 { exchange::limit_order("BTCUSD", "buy", 0.001, t.bid * 0.9 - i); }
+    }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_a_products_orders_with_one_cancel_all() {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    let run = Run::launch(fake, ("many", FORTY_RESTING), |_| {}).await;
+    run.wait("40 orders resting on the exchange", Duration::from_secs(20), |r| {
+        r.fake.orders().iter().filter(|o| o.state == "open").count() == 40
+    })
+    .await;
+    run.wait("the host's orders to match the exchange's", Duration::from_secs(10), Run::caught_up).await;
+    run.host.shutdown(ShutdownReason::Api);
+    let code = tokio::time::timeout(Duration::from_secs(20), run.host.wait()).await.expect("host stops");
+    assert_eq!(code, 0, "clean shutdown");
+    assert_eq!(run.fake.calls("DELETE /v2/orders/all"), 1, "one cancel-all for the product");
+    assert_eq!(run.fake.calls("DELETE /v2/orders"), 0, "no order cancelled one by one");
+    assert!(run.fake.orders().iter().all(|o| o.state == "cancelled"), "every order cancelled on the exchange");
+    let (_, orders) = assert_consistent(&run.fake, run.data.path());
+    assert_eq!(orders, 40, "the store holds the 40 orders, none open");
+}

@@ -42,6 +42,9 @@ impl DeltaConnector {
                         let results = match command {
                             VenueCommand::Place(request) => connector.place(request).await,
                             VenueCommand::Cancel(order) => connector.cancel(order).await,
+                            VenueCommand::CancelSymbol { symbol, orders } => {
+                                connector.cancel_symbol(&symbol, orders).await
+                            }
                         };
                         for update in results {
                             let _ = updates.send(update);
@@ -120,6 +123,37 @@ impl DeltaConnector {
                 Ok(Some(current)) => vec![VenueUpdate::Order { client_id, remote: remote_of(&current) }],
                 _ => vec![VenueUpdate::Difference(format!("cancel of {client_id} failed: {error}"))],
             },
+        }
+    }
+
+    /// Cancels every order on a product with one cancel-all; the orders are
+    /// reported cancelled (one that filled just before keeps its fills, which
+    /// the private stream reports). If the cancel-all fails, each is cancelled alone.
+    async fn cancel_symbol(&self, symbol: &str, orders: Vec<Order>) -> Vec<VenueUpdate> {
+        let Some(product) = self.products.get(symbol) else { return Vec::new() };
+        match self.rest.cancel_all(product.id).await {
+            Ok(()) => {
+                tracing::info!(symbol, orders = orders.len(), "delta: cancelled every order of the product at once");
+                orders
+                    .into_iter()
+                    .map(|order| VenueUpdate::Order {
+                        client_id: order.request.client_id,
+                        remote: RemoteOrder::new(RemoteState::Cancelled, Some("cancelled_by_user".into())),
+                    })
+                    .collect()
+            }
+            Err(error) => {
+                tracing::warn!(
+                    symbol,
+                    "delta: cancel-all failed ({error}); cancelling {} orders one by one",
+                    orders.len()
+                );
+                let mut updates = Vec::new();
+                for order in orders {
+                    updates.extend(self.cancel(order).await);
+                }
+                updates
+            }
         }
     }
 

@@ -113,6 +113,15 @@ pub enum VenueCommand {
     Place(OrderRequest),
     /// Cancel this open order.
     Cancel(Order),
+    /// Cancel these open orders: every one the host has on `symbol`. A venue
+    /// that can cancels them in one step (Delta's cancel-all for the product),
+    /// which also cancels orders placed outside the host on that product.
+    CancelSymbol {
+        /// The symbol whose orders these are.
+        symbol: String,
+        /// The orders.
+        orders: Vec<Order>,
+    },
 }
 
 /// An order's state on the exchange.

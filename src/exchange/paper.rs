@@ -256,11 +256,22 @@ impl PaperExchange {
                 };
                 accepted.into_iter().chain(updates(events)).collect()
             }
-            VenueCommand::Cancel(order) => match self.cancel(&order.request.client_id) {
-                Ok(event) => updates(vec![event]),
-                Err(error) => vec![VenueUpdate::Difference(format!("paper exchange: cannot cancel: {error}"))],
-            },
+            VenueCommand::Cancel(order) => self.answer_cancels(std::slice::from_ref(&order)),
+            VenueCommand::CancelSymbol { orders, .. } => self.answer_cancels(&orders),
         }
+    }
+
+    fn answer_cancels(&mut self, orders: &[Order]) -> Vec<VenueUpdate> {
+        let events = orders.iter().map(|order| self.cancel(&order.request.client_id));
+        let (cancelled, errors): (Vec<_>, Vec<_>) = events.partition(Result::is_ok);
+        let mut answers = updates(cancelled.into_iter().filter_map(Result::ok).collect());
+        answers.extend(
+            errors
+                .into_iter()
+                .filter_map(Result::err)
+                .map(|error| VenueUpdate::Difference(format!("paper exchange: cannot cancel: {error}"))),
+        );
+        answers
     }
 
     /// A new quote, as a live venue's private stream reports it: the fills of

@@ -4,7 +4,7 @@
 //! the strategies' order commands, and publishes orders, fills and positions
 //! on the activity bus. Serial by design, so a given feed gives one outcome.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -215,11 +215,16 @@ impl Engine {
                 let _ = reply.send(report);
             }
             EngineRequest::ApplyPolicies(policies, reply) => {
+                // One cancel per symbol where the venue can, for all of them at once.
+                let cancelling = policies.iter().filter(|(_, p)| *p != ShutdownPolicy::Leave);
+                let cancelling: BTreeSet<String> = cancelling.map(|(s, _)| s.clone()).collect();
+                let cancels = self.oms.cancel_strategies(&cancelling);
+                if !cancels.is_empty() {
+                    tracing::info!(strategies = cancelling.len(), events = cancels.len(), "shutdown: orders cancelled");
+                }
+                self.persist_and_dispatch(cancels).await;
                 for (strategy, policy) in policies {
                     let mut commands = Vec::new();
-                    if policy != ShutdownPolicy::Leave {
-                        commands.push(Step::CancelAll(None));
-                    }
                     if policy == ShutdownPolicy::Flatten {
                         let ids = OrderIds::new(&strategy, self.id_counter.clone());
                         let orders = self.oms.flatten_orders(&strategy, &mut || ids.next_id());

@@ -8,7 +8,7 @@
 //! same updates, applied through [`Oms::apply_venue`]: the paper exchange
 //! at once, a live connector later.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -270,11 +270,46 @@ impl Oms {
         self.risk.trading().clone()
     }
 
-    /// Every open order, for a kill switch: cancels of all of them, by strategy.
+    /// Every open order, for a kill switch: cancels of all of them.
     pub fn cancel_everything(&mut self) -> Vec<ExchangeEvent> {
-        let strategies: std::collections::BTreeSet<String> =
-            self.open.values().map(|o| o.request.strategy.clone()).collect();
-        strategies.iter().flat_map(|strategy| self.cancel_all(strategy, None)).collect()
+        let strategies: BTreeSet<String> = self.open.values().map(|o| o.request.strategy.clone()).collect();
+        self.cancel_strategies(&strategies)
+    }
+
+    /// Cancels every open order of these strategies (at shutdown and for the
+    /// kill switch). Where they hold every open order of a symbol, the symbol's
+    /// acknowledged orders go to the venue as one cancel
+    /// ([`VenueCommand::CancelSymbol`]); the rest are cancelled one by one:
+    /// other strategies' orders are left be, and an order still pending (its
+    /// send may arrive after a cancel-all) is looked up by its own cancel.
+    pub fn cancel_strategies(&mut self, strategies: &BTreeSet<String>) -> Vec<ExchangeEvent> {
+        #[derive(Default)]
+        struct Symbol {
+            acknowledged: Vec<Order>,
+            one_by_one: Vec<Order>,
+            others_hold_orders: bool,
+        }
+        let mut by_symbol: BTreeMap<&str, Symbol> = BTreeMap::new();
+        for order in self.open.values() {
+            let symbol = by_symbol.entry(order.request.symbol.as_str()).or_default();
+            if !strategies.contains(&order.request.strategy) {
+                symbol.others_hold_orders = true;
+            } else if order.status == OrderStatus::Pending {
+                symbol.one_by_one.push(order.clone());
+            } else {
+                symbol.acknowledged.push(order.clone());
+            }
+        }
+        let mut commands = Vec::new();
+        for (name, mut symbol) in by_symbol {
+            if symbol.others_hold_orders || symbol.acknowledged.len() < 2 {
+                symbol.one_by_one.append(&mut symbol.acknowledged);
+            } else {
+                commands.push(VenueCommand::CancelSymbol { symbol: name.to_string(), orders: symbol.acknowledged });
+            }
+            commands.extend(symbol.one_by_one.into_iter().map(VenueCommand::Cancel));
+        }
+        commands.into_iter().flat_map(|command| self.command(command)).collect()
     }
 
     /// Strategies holding a position.
@@ -403,22 +438,24 @@ impl Oms {
     /// in it is reported once, in its last state (a paper order accepted and
     /// filled at once reads as its fill, then the filled order).
     fn apply_answers(&mut self, answers: Vec<VenueUpdate>) -> Vec<ExchangeEvent> {
-        let mut events: Vec<ExchangeEvent> = Vec::new();
+        let mut events: Vec<Option<ExchangeEvent>> = Vec::new();
+        let mut order_at: HashMap<String, usize> = HashMap::new();
         for answer in answers {
             match self.apply_venue(answer) {
                 Ok(applied) => {
                     for event in applied {
-                        if let ExchangeEvent::Order(order) = &event {
-                            let id = &order.request.client_id;
-                            events.retain(|e| !matches!(e, ExchangeEvent::Order(o) if o.request.client_id == *id));
+                        if let ExchangeEvent::Order(order) = &event
+                            && let Some(earlier) = order_at.insert(order.request.client_id.clone(), events.len())
+                        {
+                            events[earlier] = None;
                         }
-                        events.push(event);
+                        events.push(Some(event));
                     }
                 }
                 Err(difference) => tracing::warn!("exchange difference: {difference}"),
             }
         }
-        events
+        events.into_iter().flatten().collect()
     }
 
     /// Prepares and sends at once (no store in between: backtests, tests).
@@ -636,9 +673,12 @@ impl Oms {
                 let was_final = !(order.status.is_open() || order.status == OrderStatus::Pending);
                 let status_before = order.status;
                 order.apply_fill(size, price, time);
-                if was_final {
-                    // A late fill of a cancelled order: it keeps its final status.
+                if was_final && order.status != OrderStatus::Filled {
+                    // A late fill of a cancelled order keeps its final status,
+                    // unless it fills the order (it filled before the cancel).
                     order.status = status_before;
+                } else if was_final {
+                    order.reason = None;
                 }
                 let fill = Fill { exchange_id, ..Fill::of(&order.request, size, price, fee, liquidity, time) };
                 if was_final {
@@ -827,16 +867,60 @@ mod tests {
         assert!(oms.apply_venue(fill("f1", "a", 1)).unwrap().is_empty(), "the same fill again is dropped");
         let cancelled = RemoteOrder::new(RemoteState::Cancelled, Some("cancelled_by_user".into()));
         oms.apply_venue(VenueUpdate::Order { client_id: "a".into(), remote: cancelled }).unwrap();
-        // A fill that raced the cancel still counts, and the order stays cancelled.
+        // A fill that raced the cancel still counts; it fills the order, so the
+        // order filled before the cancel (a cancel-all reports every order cancelled).
         let events = oms.apply_venue(fill("f2", "a", 1)).unwrap();
-        assert!(
-            matches!(&events[1], ExchangeEvent::Order(o) if o.status == OrderStatus::Cancelled && o.filled == Decimal::new(2, 2))
-        );
+        assert!(matches!(&events[1], ExchangeEvent::Order(o)
+            if o.status == OrderStatus::Filled && o.filled == Decimal::new(2, 2) && o.reason.is_none()));
         assert_eq!(oms.position("s", "BTCUSD").size, Decimal::new(2, 2));
         assert_eq!(oms.net_positions()["BTCUSD"], Decimal::new(2, 2));
         assert!(oms.apply_venue(fill("f3", "stranger", 1)).unwrap_err().contains("never placed"));
         oms.apply_venue(VenueUpdate::Balance(Decimal::from(990))).unwrap();
         assert_eq!(oms.view().load().balance, Decimal::from(990));
+    }
+
+    #[test]
+    fn shutdown_cancels_by_symbol_only_where_the_strategies_hold_every_order() {
+        let (commands, mut sent) = tokio::sync::mpsc::unbounded_channel();
+        let live = LiveVenue {
+            commands,
+            currency: "USD".into(),
+            balance: Decimal::from(1_000),
+            known_at_start: Default::default(),
+        };
+        let mut oms = Oms::new(Venue::Live(live));
+        let open = RemoteOrder::new(RemoteState::Open, None);
+        for (id, strategy, symbol) in [
+            ("a1", "a", "BTCUSD"),
+            ("a2", "a", "BTCUSD"),
+            ("a3", "a", "ETHUSD"),
+            ("b1", "b", "ETHUSD"),
+            ("a4", "a", "ETHUSD"),
+            ("a5", "a", "BTCUSD"),
+        ] {
+            oms.send(OrderRequest { strategy: strategy.into(), ..request(id, symbol, false) });
+            if id != "a5" {
+                oms.apply_venue(VenueUpdate::Order { client_id: id.into(), remote: open.clone() }).unwrap();
+            }
+        }
+        while sent.try_recv().is_ok() {}
+        oms.cancel_strategies(&BTreeSet::from(["a".to_string()]));
+        let mut commands = Vec::new();
+        while let Ok(command) = sent.try_recv() {
+            commands.push(match command {
+                VenueCommand::CancelSymbol { symbol, orders } => {
+                    format!(
+                        "all {symbol}: {}",
+                        orders.iter().map(|o| o.request.client_id.as_str()).collect::<Vec<_>>().join(",")
+                    )
+                }
+                VenueCommand::Cancel(order) => format!("one {}", order.request.client_id),
+                VenueCommand::Place(_) => "place".into(),
+            });
+        }
+        // BTCUSD is all a's: one step for the acknowledged, the pending a5 alone.
+        // ETHUSD holds b's order too: a's one by one.
+        assert_eq!(commands, ["all BTCUSD: a1,a2", "one a5", "one a3", "one a4"]);
     }
 
     #[test]

@@ -164,6 +164,8 @@ struct Shared {
     events: broadcast::Sender<Event>,
     drop_sockets: broadcast::Sender<()>,
     requests: AtomicU64,
+    /// Requests served, by "METHOD /path".
+    calls: Mutex<HashMap<String, u64>>,
     signature_failures: AtomicU64,
     connections: AtomicU64,
     snapshots: AtomicU64,
@@ -237,6 +239,7 @@ impl FakeDelta {
             events,
             drop_sockets,
             requests: AtomicU64::new(0),
+            calls: Mutex::new(HashMap::new()),
             signature_failures: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
@@ -356,6 +359,10 @@ impl FakeDelta {
     }
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
+    }
+    /// How many requests "METHOD /path" the fake has received.
+    pub fn calls(&self, route: &str) -> u64 {
+        self.shared.calls.lock().unwrap().get(route).copied().unwrap_or(0)
     }
     pub fn signature_failures(&self) -> u64 {
         self.shared.signature_failures.load(Ordering::Relaxed)
@@ -701,6 +708,7 @@ async fn rest(
     let arrived = std::time::Instant::now();
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let path = uri.path().to_string();
+    *shared.calls.lock().unwrap().entry(format!("{method} {path}")).or_insert(0) += 1;
     if shared.faults.unavailable.load(Ordering::Relaxed) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     }
