@@ -523,3 +523,63 @@ async fn every_money_field_has_at_most_the_products_decimals() {
     }
     assert_eq!(t.stop().await, 0);
 }
+
+const BUYER: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "10s" } }
+fn on_candle(c) { exchange::market_order("BTCUSD", "buy", 0.001); }
+"#;
+
+const SEESAW: &str = r#"
+fn config() { #{ symbols: ["ETHUSD"], timeframe: "10s" } }
+fn on_candle(c) {
+    this.n = (this.n ?? 0) + 1;
+    if this.n % 3 == 0 { exchange::market_order("ETHUSD", "sell", 0.02); }
+    else { exchange::market_order("ETHUSD", "buy", 0.01); }
+}
+"#;
+
+/// Net signed size per (strategy, symbol) of a `/fills` answer.
+fn net_of_fills(fills: &Value) -> std::collections::BTreeMap<(String, String), rust_decimal::Decimal> {
+    let mut net: std::collections::BTreeMap<_, rust_decimal::Decimal> = std::collections::BTreeMap::new();
+    for fill in fills.as_array().unwrap() {
+        let size: rust_decimal::Decimal = fill["size"].as_str().unwrap().parse().unwrap();
+        let signed = if fill["side"] == "buy" { size } else { -size };
+        let key = (fill["strategy"].as_str().unwrap().to_string(), fill["symbol"].as_str().unwrap().to_string());
+        *net.entry(key).or_default() += signed;
+    }
+    net.retain(|_, size| !size.is_zero());
+    net
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_positions_never_run_ahead_of_the_stored_fills() {
+    // Commits wait 40 ms: a view published before its commit would show a
+    // fill that two reads of the store around it both lack.
+    let t = TestHost::start(&[("buyer", BUYER), ("seesaw", SEESAW)], |c| c.faults.commit_delay_ms = 40).await;
+    t.wait_for(0, "a fill", |e| e.kind == tradehost::activity::ActivityKind::Fill).await;
+    let (mut compared, mut busy) = (0, 0);
+    let start = std::time::Instant::now();
+    while compared < 100 && start.elapsed() < std::time::Duration::from_secs(30) {
+        // Positions read between two equal reads of the stored fills must be
+        // exactly their sum: a view published before its commit would not be.
+        let before = t.api_get("/api/v1/fills?limit=10000").await;
+        let positions = t.api_get("/api/v1/positions").await;
+        let after = t.api_get("/api/v1/fills?limit=10000").await;
+        if before != after {
+            busy += 1;
+            continue;
+        }
+        compared += 1;
+        let mut shown = std::collections::BTreeMap::new();
+        for p in positions.as_array().unwrap() {
+            let key = (p["strategy"].as_str().unwrap().to_string(), p["symbol"].as_str().unwrap().to_string());
+            shown.insert(key, p["size"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap());
+        }
+        assert_eq!(shown, net_of_fills(&before), "snapshot {compared}: /positions differs from the stored /fills");
+    }
+    eprintln!("{compared} snapshots compared, {busy} skipped while fills landed");
+    assert!(compared >= 100, "only {compared} quiet snapshots in 30 s ({busy} busy)");
+    let fills = t.api_get("/api/v1/fills?limit=10000").await;
+    assert!(fills.as_array().unwrap().len() > 20, "the strategies kept trading: {}", fills.as_array().unwrap().len());
+    assert_eq!(t.stop().await, 0);
+}

@@ -129,6 +129,8 @@ pub struct Faults {
     pub engine_panics: bool,
     /// Scripts get `test::panic(message)`, a host function that panics.
     pub panicking_function: bool,
+    /// Every store commit waits this long before it starts (0: none).
+    pub commit_delay_ms: u64,
 }
 
 impl Faults {

@@ -359,6 +359,7 @@ fn start_writer(
         Box::new(move |elapsed| metrics.store_commit.observe(elapsed))
     };
     let writer = store.observed_writer(retention, observer);
+    writer.delay_commits(std::time::Duration::from_millis(config.faults.commit_delay_ms));
     writer.set_on_panic(Box::new(move |message| {
         let _ = reports.send(tasks::TaskReport::Failed {
             task: "store writer".into(),

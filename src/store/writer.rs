@@ -127,6 +127,8 @@ pub struct StoreWriter {
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
     group_end: Arc<std::sync::Mutex<Option<GroupEnd>>>,
     on_panic: Arc<std::sync::Mutex<Option<OnPanic>>>,
+    /// Milliseconds each commit waits before it starts (a fault tests inject).
+    commit_delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StoreWriter {
@@ -141,11 +143,13 @@ impl StoreWriter {
         let hook = group_end.clone();
         let on_panic: Arc<std::sync::Mutex<Option<OnPanic>>> = Default::default();
         let panicked = on_panic.clone();
+        let commit_delay_ms: Arc<std::sync::atomic::AtomicU64> = Default::default();
+        let delay = commit_delay_ms.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(&db, &path, &rx, retention, observer, &hook)
+                    run(&db, &path, &rx, retention, observer, &hook, &delay)
                 }));
                 if let Err(payload) = outcome {
                     let message = crate::health::panic_message(payload);
@@ -156,7 +160,14 @@ impl StoreWriter {
                 }
             })
             .expect("spawn the store writer thread");
-        StoreWriter { tx, thread: Arc::new(std::sync::Mutex::new(Some(thread))), group_end, on_panic }
+        StoreWriter { tx, thread: Arc::new(std::sync::Mutex::new(Some(thread))), group_end, on_panic, commit_delay_ms }
+    }
+
+    /// Makes every commit wait `delay` before it starts: a fault tests inject
+    /// to widen the window between a change and its commit.
+    pub fn delay_commits(&self, delay: std::time::Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.commit_delay_ms.store(millis, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sets what runs if the writer thread panics (writes fail from then on).
@@ -222,6 +233,7 @@ fn run(
     retention: Retention,
     observer: Option<CommitObserver>,
     group_end: &std::sync::Mutex<Option<GroupEnd>>,
+    commit_delay_ms: &std::sync::atomic::AtomicU64,
 ) {
     let mut activity_bytes = match activity_size(db) {
         Ok(bytes) => bytes,
@@ -243,6 +255,10 @@ fn run(
                 }
                 Err(_) => break,
             }
+        }
+        let delay = commit_delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
         }
         let started = std::time::Instant::now();
         let result = apply(db, &group, retention, &mut activity_bytes)
