@@ -120,7 +120,8 @@ impl Drop for Driver {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Debian's chromium and chromium-driver; .ci/run installs them and runs this with --ignored"]
 async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
-    let t = TestHost::start(&[("trader", TRADER)], |_| {}).await;
+    let chatty = "fn on_candle(c) { for i in 0..1000 { log::info(`line ${i}`); } }";
+    let t = TestHost::start(&[("trader", TRADER), ("chatty", chatty)], |_| {}).await;
     let driver = Driver::start().await;
     let url = format!("http://{}/", t.host.http_addr());
     driver.command(reqwest::Method::POST, "/url", json!({ "url": url })).await;
@@ -145,6 +146,12 @@ async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
         .wait_true("a fill in the live feed", "return document.querySelectorAll('#feed li.event-fill').length > 0;")
         .await;
     driver.wait_true("the fills table", "return document.querySelectorAll('#fills tbody tr').length > 0;").await;
+    driver
+        .wait_true(
+            "chatty's quota hits",
+            r#"const q = document.querySelector('tr[data-name="chatty"] .quota'); return !!q && /^log_rate [1-9]/.test(q.textContent);"#,
+        )
+        .await;
 
     let reload = driver.element(r#"button[data-act="reload"][data-name="trader"]"#).await;
     driver.command(reqwest::Method::POST, &format!("/element/{reload}/click"), json!({})).await;

@@ -6,12 +6,16 @@
 //! back halted.
 #![cfg(unix)]
 
+#[path = "support/abused.rs"]
+mod abused;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use abused::spawn_host;
 use tradehost::store::{self, Store};
 
 const CRASHER: &str = r#"
@@ -144,25 +148,6 @@ fn kill_9_at_random_moments_loses_nothing_and_never_sends_twice() {
     assert!(last_counter > 0);
 }
 
-/// A host process on `config`, with its API address (read from its log; the rest of the log is drained).
-fn spawn_with_address(config: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tradehost"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let address = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| Some(line.split("dashboard at http://").nth(1)?.split('/').next()?.to_string()))
-        .expect("the host prints its API address");
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, address)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_while_halted_comes_back_halted() {
     let (root, strategies, data) = crash_folder();
@@ -171,7 +156,7 @@ async fn kill_9_while_halted_comes_back_halted() {
         "data_dir = {data:?}\n[strategies]\ndir = {strategies:?}\n[feed.synthetic]\nhistory_bars = 5\n[http]\nbind = \"127.0.0.1:0\"\n"
     );
     std::fs::write(&config, text).unwrap();
-    let (mut child, address) = spawn_with_address(&config);
+    let (mut child, address) = spawn_host(&config);
     let token = std::fs::read_to_string(data.join("api-token")).unwrap();
     let http = reqwest::Client::new();
     let halted = http
@@ -187,7 +172,7 @@ async fn kill_9_while_halted_comes_back_halted() {
     child.wait().unwrap();
     let recovered = Store::open(&data).unwrap().recover().unwrap();
     assert_eq!(recovered.trading.map(|t| t.account), Some(tradehost::model::TradingState::Halted));
-    let (mut child, address) = spawn_with_address(&config);
+    let (mut child, address) = spawn_host(&config);
     let risk: serde_json::Value = http
         .get(format!("http://{address}/api/v1/risk"))
         .bearer_auth(token.trim())

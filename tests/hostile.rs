@@ -3,13 +3,14 @@
 //! promises (the normal strategy trades, memory and disk stay bounded, the
 //! abuse is refused or counted with a reason, shutdown is clean).
 
+#[path = "support/abused.rs"]
+mod abused;
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use abused::{Abused, FEEDBACK, MEGABYTE_LOGS, SPAM};
 use common::TestHost;
 use tradehost::activity::ActivityKind;
 
@@ -97,119 +98,6 @@ fn a_synthetic_volatility_that_would_overflow_prices_is_a_config_error() {
 }
 
 /// A trading strategy on one-second candles: the one abuse must not hurt.
-const STEADY: &str = r#"
-fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
-fn on_candle(c) {
-    if exchange::position(c.symbol).size == 0.0 { exchange::market_order(c.symbol, "buy", 0.01); }
-    else { exchange::market_order(c.symbol, "sell", 0.01); }
-}
-"#;
-
-/// A real host process running `abusive.rhai` beside `steady.rhai`, on a
-/// market sped up 60 times.
-struct Abused {
-    child: Child,
-    address: String,
-    token: String,
-    data: PathBuf,
-    _root: tempfile::TempDir,
-}
-
-impl Abused {
-    fn start(abusive: &str, extra_toml: &str) -> Abused {
-        let root = tempfile::tempdir().unwrap();
-        let strategies = root.path().join("strategies");
-        let data = root.path().join("data");
-        std::fs::create_dir(&strategies).unwrap();
-        std::fs::write(strategies.join("abusive.rhai"), abusive).unwrap();
-        std::fs::write(strategies.join("steady.rhai"), STEADY).unwrap();
-        let config = root.path().join("config.toml");
-        let text = format!(
-            "data_dir = {data:?}\n[strategies]\ndir = {strategies:?}\n[feed.synthetic]\nhistory_bars = 5\n[http]\nbind = \"127.0.0.1:0\"\n{extra_toml}"
-        );
-        std::fs::write(&config, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tradehost"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let address = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|line| Some(line.split("dashboard at http://").nth(1)?.split('/').next()?.to_string()))
-            .expect("the host prints its API address");
-        // The rest of stdout is read (and counted by the test that wants it) so the host never blocks on it.
-        std::thread::spawn(move || lines.for_each(drop));
-        let token = std::fs::read_to_string(data.join("api-token")).unwrap().trim().to_string();
-        Abused { child, address, token, data, _root: root }
-    }
-
-    async fn get(&self, path: &str) -> serde_json::Value {
-        let url = format!("http://{}{path}", self.address);
-        let response = reqwest::Client::new().get(url).bearer_auth(&self.token).send().await.unwrap();
-        response.json().await.unwrap()
-    }
-
-    /// Resident memory of the host process, in MB.
-    fn rss_mb(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        kb / 1024.0
-    }
-
-    /// Bytes in the data folder.
-    fn data_bytes(&self) -> u64 {
-        dir_bytes(&self.data)
-    }
-
-    /// Fills of a strategy (the newest 10,000).
-    async fn fills_of(&self, strategy: &str) -> usize {
-        let fills = self.get("/api/v1/fills?limit=10000").await;
-        fills.as_array().unwrap().iter().filter(|f| f["strategy"] == strategy).count()
-    }
-
-    async fn quota_hits(&self, strategy: &str) -> serde_json::Value {
-        let list = self.get("/api/v1/strategies").await;
-        list.as_array().unwrap().iter().find(|s| s["name"] == strategy).unwrap()["quota_hits"].clone()
-    }
-
-    /// Runs the abuse for `seconds`, checking every second that the host
-    /// stays within `max_rss_mb` and the steady strategy keeps filling;
-    /// returns the largest RSS seen.
-    async fn endure(&self, seconds: u64, max_rss_mb: f64) -> f64 {
-        let mut peak: f64 = 0.0;
-        let mut fills = self.fills_of("steady").await;
-        for second in 0..seconds {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let rss = self.rss_mb();
-            peak = peak.max(rss);
-            assert!(rss < max_rss_mb, "RSS {rss:.0} MB after {second} s is over {max_rss_mb} MB");
-            if second % 3 == 2 {
-                let now = self.fills_of("steady").await;
-                assert!(now > fills, "the steady strategy filled nothing in 3 s ({fills} fills)");
-                fills = now;
-            }
-        }
-        peak
-    }
-
-    /// SIGTERM; the exit code and how long the shutdown took.
-    fn stop(&mut self) -> (i32, Duration) {
-        let started = Instant::now();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        (status.code().unwrap_or(-1), started.elapsed())
-    }
-}
-
 /// How long a shutdown under abuse may take: 5 s in a release build (the
 /// figures are in docs/performance.md); an unoptimized test build, with the
 /// other tests' hosts on the same two cores, is several times slower.
@@ -217,41 +105,8 @@ fn shutdown_bound() -> Duration {
     Duration::from_secs(if cfg!(debug_assertions) { 20 } else { 5 })
 }
 
-/// A test that fails mid-way must not leave its host running.
-impl Drop for Abused {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn dir_bytes(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn megabyte_log_lines_are_cut_and_rate_limited_and_memory_and_disk_stay_bounded() {
-    const MEGABYTE_LOGS: &str = r#"
-fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
-fn on_candle(c) {
-    let s = "x";
-    while s.len() < 1000000 { s += s; }
-    for i in 0..50 { log::info(s); }
-}
-"#;
     let mut host = Abused::start(MEGABYTE_LOGS, "");
     let before = host.data_bytes();
     let peak = host.endure(8, 300.0).await;
@@ -280,12 +135,6 @@ fn on_candle(c) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notification_spam_and_health_report_spam_are_dropped_and_counted() {
-    const SPAM: &str = r#"
-fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
-fn on_candle(c) {
-    for i in 0..5000 { notify("n" + i); health::report("k" + i, i); }
-}
-"#;
     let mut host = Abused::start(SPAM, "");
     host.endure(6, 300.0).await;
     let hits = host.quota_hits("abusive").await;
@@ -414,13 +263,6 @@ fn on_candle(c) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_feedback_loop_is_held_to_the_order_quota_and_others_keep_trading() {
-    const FEEDBACK: &str = r#"
-fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
-fn on_start() { exchange::limit_order("BTCUSD", "buy", 0.001, 1000.0, #{ post_only: true }); }
-fn on_order(o) {
-    for i in 0..20 { exchange::limit_order("BTCUSD", "buy", 0.001, 1000.0, #{ post_only: true }); }
-}
-"#;
     let mut host = Abused::start(FEEDBACK, "");
     host.endure(9, 300.0).await;
     let hits = host.quota_hits("abusive").await;

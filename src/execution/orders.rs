@@ -844,16 +844,21 @@ mod tests {
         })
     }
 
-    #[test]
-    fn live_reports_map_onto_orders_once_each() {
-        let (commands, mut sent) = tokio::sync::mpsc::unbounded_channel();
+    /// An order manager on a live venue, and what it sends the venue.
+    fn live_oms() -> (Oms, tokio::sync::mpsc::UnboundedReceiver<VenueCommand>) {
+        let (commands, sent) = tokio::sync::mpsc::unbounded_channel();
         let live = LiveVenue {
             commands,
             currency: "USD".into(),
             balance: Decimal::from(1_000),
             known_at_start: Default::default(),
         };
-        let mut oms = Oms::new(Venue::Live(live));
+        (Oms::new(Venue::Live(live)), sent)
+    }
+
+    #[test]
+    fn live_reports_map_onto_orders_once_each() {
+        let (mut oms, mut sent) = live_oms();
         assert!(oms.send(request("a", "BTCUSD", false)).is_empty(), "answers come later");
         assert!(matches!(sent.try_recv(), Ok(VenueCommand::Place(r)) if r.client_id == "a"));
         assert_eq!(oms.open_orders().next().unwrap().status, OrderStatus::Pending);
@@ -881,14 +886,7 @@ mod tests {
 
     #[test]
     fn shutdown_cancels_by_symbol_only_where_the_strategies_hold_every_order() {
-        let (commands, mut sent) = tokio::sync::mpsc::unbounded_channel();
-        let live = LiveVenue {
-            commands,
-            currency: "USD".into(),
-            balance: Decimal::from(1_000),
-            known_at_start: Default::default(),
-        };
-        let mut oms = Oms::new(Venue::Live(live));
+        let (mut oms, mut sent) = live_oms();
         let open = RemoteOrder::new(RemoteState::Open, None);
         for (id, strategy, symbol) in [
             ("a1", "a", "BTCUSD"),

@@ -27,6 +27,11 @@ pub use writer::{CommitObserver, GroupEnd, Retention, StoreWriter, WriteOp};
 /// The schema this build writes. Version 1 had no `positions` table.
 pub const SCHEMA_VERSION: u64 = 2;
 
+/// Memory redb may use to cache pages. Its default (1 GiB) let the host's
+/// resident memory grow with the file under heavy writes; the working set
+/// (recent activity, open orders, positions, state) is far smaller.
+const CACHE_BYTES: usize = 64 << 20;
+
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 pub(crate) const FILLS: TableDefinition<u64, &[u8]> = TableDefinition::new("fills");
@@ -298,7 +303,7 @@ fn owner_only(path: &Path, mode: u32) {
 pub fn verify_read_only(path: &Path) -> Result<(), StoreError> {
     let damaged = |detail: String| StoreError::Damaged { path: path.to_path_buf(), detail };
     let outcome = std::panic::catch_unwind(|| -> Result<(), StoreError> {
-        let db = match redb::ReadOnlyDatabase::open(path) {
+        let db = match Database::builder().set_cache_size(CACHE_BYTES).open_read_only(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::RepairAborted) => return Ok(()), // unclean shutdown: the repair checks it
             Err(error) => return Err(classify(path, error)),
@@ -374,6 +379,7 @@ impl Store {
             verify_read_only(&path)?;
         }
         let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_BYTES);
         builder.set_repair_callback(|session| {
             tracing::warn!("the store was not closed cleanly: repairing ({:.0}%)", session.progress() * 100.0);
         });
