@@ -132,6 +132,27 @@ fn margin_check_rejects_orders_beyond_balance_times_leverage() {
 }
 
 #[test]
+fn a_far_off_resting_order_is_valued_at_the_mark_and_blocks_nothing() {
+    let mut ex = exchange();
+    ex.on_tick(&tick(1, "100", "101", "100.5", "0"));
+    // A new order is valued at its limit price or the mark, whichever is
+    // higher: a post-only sell of 100 at 150 is 15,000, under 20,000.
+    let mut far = request("far", Side::Sell, OrderKind::Limit, "100", Some("150"));
+    far.post_only = true;
+    let order = last_order(&ex.submit(far));
+    assert_eq!(order.status, OrderStatus::Open, "{:?}", order.reason);
+    // Resting, it counts at the mark (10,050), leaving room for 90 at 100.5
+    // (at its limit price it would leave only 5,000).
+    let order = last_order(&ex.submit(request("ok", Side::Buy, OrderKind::Market, "90", None)));
+    assert_eq!(order.status, OrderStatus::Filled, "{:?}", order.reason);
+    // A sell at an absurd price is refused at once, so it can never rest and block.
+    let mut absurd = request("absurd", Side::Sell, OrderKind::Limit, "1", Some("1000000000000"));
+    absurd.post_only = true;
+    let order = last_order(&ex.submit(absurd));
+    assert!(order.reason.as_deref().is_some_and(|r| r.contains("insufficient margin")), "{order:?}");
+}
+
+#[test]
 fn post_only_ioc_and_reduce_only_rules() {
     let mut ex = exchange();
     ex.on_tick(&tick(1, "100", "101", "100.5", "0"));
