@@ -43,6 +43,7 @@ fn request(strategy: &str, side: Side, price: Option<Decimal>) -> OrderRequest {
         time_in_force: TimeInForce::Gtc,
         post_only: false,
         reduce_only: false,
+        stop: None,
     }
 }
 

@@ -44,6 +44,7 @@ fn order(id: u64) -> Order {
             time_in_force: TimeInForce::Gtc,
             post_only: false,
             reduce_only: false,
+            stop: None,
         },
         0,
     )

@@ -109,6 +109,103 @@ pub struct OrderRequest {
     pub post_only: bool,
     /// May only reduce the position.
     pub reduce_only: bool,
+    /// A stop order's trigger: the order waits with the venue until the
+    /// price reaches it, then works as a market order (`kind` market) or a
+    /// limit order at `price`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Box<StopTrigger>>,
+}
+
+/// Which way a stop fires: a stop-loss when the price moves against the
+/// position it closes (a sell stop falls to its trigger, a buy stop rises to
+/// it), a take-profit when it moves in favour (a sell rises, a buy falls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StopKind {
+    /// Fires when the price moves against the order's side's position.
+    StopLoss,
+    /// Fires when the price moves in favour.
+    TakeProfit,
+}
+
+/// The price a stop watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerOn {
+    /// The last traded price.
+    #[default]
+    Last,
+    /// The mark price (the mid of bid and ask on the paper exchange).
+    Mark,
+}
+
+impl TriggerOn {
+    /// The name as it is serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerOn::Last => "last",
+            TriggerOn::Mark => "mark",
+        }
+    }
+}
+
+/// When a stop order fires; a trailing stop's trigger follows the best
+/// price seen by its distance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StopTrigger {
+    /// Stop-loss or take-profit.
+    pub kind: StopKind,
+    /// The trigger price (a trailing stop's current one).
+    #[schema(format = "price")]
+    pub price: Decimal,
+    /// Trailing distance in price units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "price")]
+    pub trail: Option<Decimal>,
+    /// Trailing distance as a percentage of the best price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trail_pct: Option<Decimal>,
+    /// The price it watches.
+    #[serde(default)]
+    pub on: TriggerOn,
+}
+
+impl StopTrigger {
+    /// Whether a stop on `side` fires when the watched price moves anywhere
+    /// between `low` and `high`.
+    pub fn fires(&self, side: Side, low: Decimal, high: Decimal) -> bool {
+        if self.fires_falling(side) { low <= self.price } else { high >= self.price }
+    }
+
+    /// A sell stop-loss or a buy take-profit fires when the price falls to it.
+    fn fires_falling(&self, side: Side) -> bool {
+        (self.kind == StopKind::StopLoss) == (side == Side::Sell)
+    }
+
+    /// The trailing distance at `price`, if it trails.
+    pub fn distance(&self, price: Decimal) -> Option<Decimal> {
+        let percent = self.trail_pct.map(|pct| price.saturating_mul(pct) / Decimal::ONE_HUNDRED);
+        self.trail.or(percent)
+    }
+
+    /// Moves a trailing stop's trigger after the price reached `best` (the
+    /// most favourable price since the last move): never away from the price.
+    pub fn follow(&mut self, side: Side, best: Decimal) {
+        let Some(distance) = self.distance(best) else { return };
+        if self.fires_falling(side) {
+            self.price = self.price.max(best.saturating_sub(distance));
+        } else {
+            self.price = self.price.min(best.saturating_add(distance));
+        }
+    }
+
+    /// Where a new trailing stop starts, at the current price.
+    pub fn start_trailing(&mut self, side: Side, price: Decimal) {
+        if let Some(distance) = self.distance(price) {
+            self.price =
+                if self.fires_falling(side) { price.saturating_sub(distance) } else { price.saturating_add(distance) };
+        }
+    }
 }
 
 /// Life cycle of an order.
@@ -127,6 +224,11 @@ pub enum OrderStatus {
     Cancelled,
     /// Refused; `reason` says why.
     Rejected,
+    /// A stop order accepted by the venue, waiting for its trigger (Delta
+    /// calls this state `pending`).
+    Untriggered,
+    /// A stop order that fired and now works as a market or limit order.
+    Triggered,
 }
 
 impl OrderStatus {
@@ -139,12 +241,17 @@ impl OrderStatus {
             OrderStatus::Filled => "filled",
             OrderStatus::Cancelled => "cancelled",
             OrderStatus::Rejected => "rejected",
+            OrderStatus::Untriggered => "untriggered",
+            OrderStatus::Triggered => "triggered",
         }
     }
 
     /// True while the order can still fill.
     pub fn is_open(self) -> bool {
-        matches!(self, OrderStatus::Open | OrderStatus::PartiallyFilled)
+        matches!(
+            self,
+            OrderStatus::Open | OrderStatus::PartiallyFilled | OrderStatus::Untriggered | OrderStatus::Triggered
+        )
     }
 }
 

@@ -630,3 +630,99 @@ fn backtest_refuses_mistyped_params_and_outputs_that_would_go_wrong_before_runni
         assert!(out.stdout.is_empty(), "{extra:?}: nothing ran");
     }
 }
+
+/// Fills of a backtest as (side, size, price, time).
+fn fill_list(run: &tradehost::backtest::BacktestRun) -> Vec<(Side, Decimal, Decimal, i64)> {
+    run.fills.iter().map(|f| (f.side, f.size, f.price, f.time)).collect()
+}
+
+#[test]
+fn a_stop_gapped_through_fills_at_the_open() {
+    let script = r#"
+fn config() { #{ symbols: ["X"], timeframe: "1m" } }
+fn on_candle(c) {
+    if c.time == 0 {
+        exchange::market_order("X", "buy", 1);
+        exchange::stop_order("X", "sell", 1, 95, #{ reduce_only: true });
+    }
+}
+fn on_order(o) { if o.stop != () { print(`${o.status} ${o.stop.kind} ${o.stop.trigger}`); } }
+"#;
+    let data = vec![vec![
+        bar(0, 100.0, 101.0, 99.0, 100.0),
+        bar(1, 100.0, 102.0, 99.0, 101.0),
+        bar(2, 90.0, 92.0, 89.0, 91.0),
+    ]];
+    let run = backtest::run_script("gap.rhai", script, &data, &config("10", "5", "0"), &mut |_| {}).unwrap();
+    assert_eq!(
+        fill_list(&run),
+        vec![(Side::Buy, d("1"), d("100"), 60_000), (Side::Sell, d("1"), d("90"), 120_000)],
+        "the stop at 95 fills at bar 2's open, 90"
+    );
+    let logs: Vec<&str> = run.logs.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(logs, ["untriggered stop_loss 95.0", "filled stop_loss 95.0"]);
+    assert_eq!(run.fills[1].fee, d("0.09"));
+}
+
+#[test]
+fn a_stop_loss_and_a_take_profit_in_one_bar_fire_in_the_order_of_the_bar_path() {
+    let script = r#"
+fn config() { #{ symbols: ["X"], timeframe: "1m" } }
+fn on_candle(c) {
+    if c.time == 0 || c.time == 120000 { exchange::market_order("X", "buy", 2); }
+    if c.time == 60000 {
+        exchange::stop_order("X", "sell", 1, 97, #{ reduce_only: true });
+        exchange::take_profit("X", "sell", 1, 104, #{ reduce_only: true });
+    }
+    if c.time == 180000 {
+        exchange::stop_order("X", "sell", 1, 98, #{ reduce_only: true });
+        exchange::take_profit("X", "sell", 1, 108, #{ reduce_only: true });
+    }
+}
+"#;
+    let data = vec![vec![
+        bar(0, 100.0, 100.0, 100.0, 100.0),
+        bar(1, 100.0, 100.0, 100.0, 100.0),
+        // Rising bar: open 100, low 96 at 1/3, high 105 at 2/3, close 103.
+        bar(2, 100.0, 105.0, 96.0, 103.0),
+        bar(3, 103.0, 103.0, 103.0, 103.0),
+        // Falling bar: open 103, high 109 at 1/3, low 97 at 2/3, close 100.
+        bar(4, 103.0, 109.0, 97.0, 100.0),
+    ]];
+    let run = backtest::run_script("both.rhai", script, &data, &config("10", "5", "0"), &mut |_| {}).unwrap();
+    assert_eq!(
+        fill_list(&run),
+        vec![
+            (Side::Buy, d("2"), d("100"), 60_000),
+            // Bar 2 dips first: the stop at 97, then the take-profit at 104 on the way up.
+            (Side::Sell, d("1"), d("97"), 140_000),
+            (Side::Sell, d("1"), d("104"), 160_000),
+            (Side::Buy, d("2"), d("103"), 180_000),
+            // Bar 4 rises first: the take-profit at 108, then the stop at 98.
+            (Side::Sell, d("1"), d("108"), 260_000),
+            (Side::Sell, d("1"), d("98"), 280_000),
+        ]
+    );
+    assert!(run.report.conventions.iter().any(|c| c.contains("a stop-loss and a take-profit inside one bar")));
+}
+
+#[test]
+fn a_trailing_stop_follows_the_bar_path_and_fires_where_it_stands() {
+    let script = r#"
+fn config() { #{ symbols: ["X"], timeframe: "1m" } }
+fn on_candle(c) {
+    if c.time == 0 { exchange::market_order("X", "buy", 1); }
+    if c.time == 60000 { exchange::trailing_stop("X", "sell", 1, #{ trail: 5, reduce_only: true }); }
+}
+"#;
+    let data = vec![vec![
+        bar(0, 100.0, 100.0, 100.0, 100.0),
+        bar(1, 100.0, 100.0, 100.0, 100.0),
+        // Rising: 100, 99, 120, 118 — the trigger climbs from 95 to 115.
+        bar(2, 100.0, 120.0, 99.0, 118.0),
+        // Falling: 118, 119, 110, 112 — 119 moves it to 115 only (never down), 110 fires it at 115.
+        bar(3, 118.0, 119.0, 110.0, 112.0),
+    ]];
+    let run = backtest::run_script("trail.rhai", script, &data, &config("10", "5", "0"), &mut |_| {}).unwrap();
+    assert_eq!(fill_list(&run), vec![(Side::Buy, d("1"), d("100"), 60_000), (Side::Sell, d("1"), d("115"), 220_000)]);
+}

@@ -315,6 +315,7 @@ fn request(size: &str, price: Option<&str>, side: Side) -> OrderRequest {
         time_in_force: TimeInForce::Gtc,
         post_only: true,
         reduce_only: false,
+        stop: None,
     }
 }
 

@@ -130,6 +130,7 @@ proptest! {
             time_in_force: TimeInForce::Gtc,
             post_only: false,
             reduce_only: false,
+            stop: None,
         };
         for event in oms.submit(request) {
             if let ExchangeEvent::Order(order) = event {

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use tradehost::config::{PaperConfig, ProductConfig};
 use tradehost::exchange::{ExchangeEvent, PaperExchange};
-use tradehost::model::{Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Side, Tick, TimeInForce};
+use tradehost::model::{
+    Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Side, StopKind, StopTrigger, Tick, TimeInForce,
+    TriggerOn,
+};
 
 fn d(s: &str) -> Decimal {
     s.parse().unwrap()
@@ -40,6 +43,7 @@ fn request(id: &str, side: Side, kind: OrderKind, size: &str, price: Option<&str
         time_in_force: TimeInForce::Gtc,
         post_only: false,
         reduce_only: false,
+        stop: None,
     }
 }
 
@@ -190,4 +194,126 @@ fn sizes_and_prices_are_rounded_to_lot_and_tick() {
     assert_eq!(order.status, OrderStatus::Rejected);
     assert!(ex.cancel("a").is_ok());
     assert!(ex.cancel("a").is_err(), "cancelling twice is an error");
+}
+
+fn stop(id: &str, side: Side, size: &str, kind: StopKind, trigger: &str, limit: Option<&str>) -> OrderRequest {
+    let order_kind = if limit.is_some() { OrderKind::Limit } else { OrderKind::Market };
+    let mut request = request(id, side, order_kind, size, limit);
+    request.stop =
+        Some(Box::new(StopTrigger { kind, price: d(trigger), trail: None, trail_pct: None, on: TriggerOn::Last }));
+    request
+}
+
+/// A paper account long 1 BTCUSD bought at 101 (100.5 × 1.0001 rounded up).
+fn long_one() -> PaperExchange {
+    let mut ex = exchange();
+    ex.on_tick(&tick(1, "100", "101", "100.5", "0"));
+    ex.submit(request("entry", Side::Buy, OrderKind::Market, "1", None));
+    ex
+}
+
+#[test]
+fn a_stop_loss_waits_for_its_trigger_then_fills_as_a_taker() {
+    let mut ex = long_one();
+    let mut sl = stop("sl", Side::Sell, "1", StopKind::StopLoss, "95", None);
+    sl.reduce_only = true;
+    let placed = last_order(&ex.submit(sl));
+    assert_eq!(placed.status, OrderStatus::Untriggered, "{:?}", placed.reason);
+    assert!(fills(&ex.on_tick(&tick(2, "95.5", "96", "95.5", "0"))).is_empty(), "95.5 is above the trigger");
+    let events = ex.on_tick(&tick(3, "94.5", "95", "95", "0"));
+    let fill = &fills(&events)[0];
+    // Fired by last = 95; sells at the bid 94.5 less 1 bp = 94.49055, rounded down to the tick: 94.
+    assert_eq!((fill.price, fill.size, fill.liquidity), (d("94"), d("1"), Liquidity::Taker));
+    assert_eq!(fill.fee, d("0.047"));
+    assert_eq!(last_order(&events).status, OrderStatus::Filled);
+    assert!(ex.position("BTCUSD").size.is_zero());
+    assert!(ex.lookup("sl").is_some_and(|o| o.status == OrderStatus::Filled));
+}
+
+#[test]
+fn a_stop_limit_takes_up_to_its_limit_or_rests_as_a_limit() {
+    let mut ex = long_one();
+    ex.submit(stop("a", Side::Sell, "0.4", StopKind::StopLoss, "95", Some("94")));
+    ex.submit(stop("b", Side::Sell, "0.4", StopKind::StopLoss, "95", Some("94.5")));
+    // Fires at last 95 with the bid at 94: `a` (limit 94) takes at 94; `b` (94.5) rests.
+    let events = ex.on_tick(&tick(2, "94", "94.5", "95", "0"));
+    let filled: Vec<_> = fills(&events).iter().map(|f| (f.order_id.clone(), f.price)).collect();
+    assert_eq!(filled, vec![("a".to_string(), d("94"))]);
+    let b = ex.lookup("b").unwrap();
+    assert_eq!((b.status, b.filled), (OrderStatus::Triggered, Decimal::ZERO));
+    assert_eq!(ex.open_orders().map(|o| o.request.client_id.as_str()).collect::<Vec<_>>(), ["b"]);
+    // Resting as a limit, it fills as a maker when the bid comes back to 94.5.
+    let fill = &fills(&ex.on_tick(&tick(3, "94.5", "95", "94.5", "0")))[0];
+    assert_eq!((fill.order_id.as_str(), fill.price, fill.liquidity), ("b", d("94.5"), Liquidity::Maker));
+}
+
+#[test]
+fn a_take_profit_fires_when_the_price_rises_to_it() {
+    let mut ex = long_one();
+    ex.submit(stop("tp", Side::Sell, "1", StopKind::TakeProfit, "110", None));
+    assert!(fills(&ex.on_tick(&tick(2, "109", "109.5", "109.5", "0"))).is_empty());
+    let fill = &fills(&ex.on_tick(&tick(3, "110", "110.5", "110", "0")))[0];
+    // 110 × 0.9999 = 109.989, rounded down to 109.5.
+    assert_eq!(fill.price, d("109.5"));
+    assert!(ex.position("BTCUSD").size.is_zero());
+}
+
+#[test]
+fn trailing_stops_follow_the_best_price_by_an_amount_or_a_percentage() {
+    let mut ex = long_one();
+    let mut by_amount = stop("amount", Side::Sell, "0.5", StopKind::StopLoss, "0", None);
+    by_amount.stop.as_mut().unwrap().trail = Some(d("5"));
+    let mut by_pct = stop("pct", Side::Sell, "0.5", StopKind::StopLoss, "0", None);
+    by_pct.stop.as_mut().unwrap().trail_pct = Some(d("10"));
+    let trigger = |ex: &PaperExchange, id: &str| ex.lookup(id).unwrap().request.stop.unwrap().price;
+    ex.submit(by_amount);
+    ex.submit(by_pct);
+    // Started from the last price 100.5: 95.5 and 90.45 (rounded to the tick: 90.5).
+    assert_eq!((trigger(&ex, "amount"), trigger(&ex, "pct")), (d("95.5"), d("90.5")));
+    ex.on_tick(&tick(2, "119.5", "120", "120", "0"));
+    assert_eq!((trigger(&ex, "amount"), trigger(&ex, "pct")), (d("115"), d("108")));
+    // A fall does not move them back.
+    ex.on_tick(&tick(3, "115.5", "116", "115.5", "0"));
+    assert_eq!((trigger(&ex, "amount"), trigger(&ex, "pct")), (d("115"), d("108")));
+    let events = ex.on_tick(&tick(4, "114.5", "115", "115", "0"));
+    assert_eq!(fills(&events).iter().map(|f| f.order_id.as_str()).collect::<Vec<_>>(), ["amount"]);
+    let events = ex.on_tick(&tick(5, "107.5", "108", "108", "0"));
+    assert_eq!(fills(&events).iter().map(|f| f.order_id.as_str()).collect::<Vec<_>>(), ["pct"]);
+    assert!(ex.position("BTCUSD").size.is_zero());
+}
+
+#[test]
+fn stops_that_would_fire_at_once_or_have_nothing_to_reduce_are_refused_or_cancelled() {
+    let mut ex = long_one();
+    let refused = last_order(&ex.submit(stop("late", Side::Sell, "1", StopKind::StopLoss, "101", None)));
+    assert_eq!(refused.status, OrderStatus::Rejected);
+    assert!(refused.reason.as_deref().unwrap().contains("would trigger at once"), "{refused:?}");
+    let mut sl = stop("sl", Side::Sell, "1", StopKind::StopLoss, "95", None);
+    sl.reduce_only = true;
+    ex.submit(sl);
+    // The position is closed by hand before the stop fires: the stop has nothing to reduce.
+    ex.submit(request("exit", Side::Sell, OrderKind::Market, "1", None));
+    let events = ex.on_tick(&tick(2, "94", "94.5", "94.5", "0"));
+    let sl = last_order(&events);
+    assert_eq!(sl.status, OrderStatus::Cancelled);
+    assert!(sl.reason.unwrap().contains("no position to reduce"));
+    assert!(fills(&events).is_empty());
+}
+
+#[test]
+fn waiting_stops_and_their_trailed_triggers_survive_save_and_restore() {
+    let mut ex = long_one();
+    let mut trailing = stop("trail", Side::Sell, "1", StopKind::StopLoss, "0", None);
+    trailing.stop.as_mut().unwrap().trail = Some(d("5"));
+    let placed = last_order(&ex.submit(trailing));
+    ex.on_tick(&tick(2, "109.5", "110", "110", "0"));
+    let saved = ex.save();
+    let mut stored = BTreeMap::new();
+    stored.insert("trail".to_string(), placed);
+    let mut restored = exchange();
+    restored.restore(&saved, &stored).unwrap();
+    assert_eq!(restored.lookup("trail").unwrap().request.stop.unwrap().price, d("105"));
+    restored.on_tick(&tick(3, "104.5", "105", "105", "0"));
+    assert!(restored.position("BTCUSD").size.is_zero(), "the restored stop fired");
+    assert!(restored.cancel("trail").is_err(), "it is no longer waiting");
 }

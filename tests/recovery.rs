@@ -75,6 +75,7 @@ async fn an_order_of_unknown_outcome_is_resolved_by_asking_the_exchange_not_rese
                 time_in_force: TimeInForce::Gtc,
                 post_only: false,
                 reduce_only: false,
+                stop: None,
             },
             0,
         );

@@ -27,6 +27,7 @@ fn order(id: &str) -> Order {
             time_in_force: TimeInForce::Gtc,
             post_only: false,
             reduce_only: false,
+            stop: None,
         },
         0,
     )
@@ -312,6 +313,7 @@ fn closed_orders_that_filled_nothing_and_old_candles_are_pruned_the_rest_is_kept
             time_in_force: TimeInForce::Gtc,
             post_only: true,
             reduce_only: false,
+            stop: None,
         };
         let mut order = Order::new(request, updated);
         order.status = status;

@@ -45,6 +45,7 @@ impl Strategy for NativeSmaCross {
                 time_in_force: TimeInForce::Gtc,
                 post_only: false,
                 reduce_only: false,
+                stop: None,
             })
             .map_err(StrategyError::new)?;
         }

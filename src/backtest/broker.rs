@@ -2,8 +2,11 @@
 //! (open, then the extremes, then the close; see [`super::bar_path`]): a
 //! market order fills at the next price (± slippage); a limit order fills
 //! when the path reaches its price, at the limit price — or at the open when
-//! the bar gaps through it; fees on every fill; no partial fills (bar volume
-//! is not modelled).
+//! the bar gaps through it; a stop fires when the path reaches its trigger
+//! and then works as a market order filled at the trigger (at the open when
+//! the bar gaps through it) or as a limit order; a trailing stop's trigger
+//! follows each point of the path; fees on every fill; no partial fills (bar
+//! volume is not modelled).
 
 use std::collections::BTreeMap;
 
@@ -109,10 +112,39 @@ impl Broker {
         if request.size <= Decimal::ZERO {
             return reject(order, "size is below the lot size".into());
         }
+        if let Some(mut stop) = request.stop.clone() {
+            let Some(mark) = self.marks.get(&request.symbol).copied() else {
+                return reject(order, "a stop needs a price to start from: place it after the first bar".into());
+            };
+            if stop.distance(mark).is_some() {
+                stop.start_trailing(request.side, mark);
+            }
+            if let Some(product) = self.config.products.get(&request.symbol) {
+                stop.price = product.round_price(stop.price);
+            }
+            if stop.fires(request.side, mark, mark) {
+                let reason = format!(
+                    "the stop would trigger at once: trigger {} is already reached by the price {mark}",
+                    stop.price
+                );
+                return reject(order, reason);
+            }
+            order.request.stop = Some(stop.clone());
+            request.stop = Some(stop);
+            order.status = OrderStatus::Untriggered;
+        }
         if request.kind == OrderKind::Limit {
             let Some(price) = request.price.filter(|p| *p > Decimal::ZERO) else {
                 return reject(order, "limit order without a positive price".into());
             };
+            if request.stop.is_some() {
+                // A stop-limit's limit is checked when it fires.
+                if let Err(reason) = self.check_margin(&request) {
+                    return reject(order, reason);
+                }
+                self.open.push(order.clone());
+                return vec![ExchangeEvent::Order(order)];
+            }
             let mark = self.marks.get(&request.symbol).copied();
             let crosses = mark.is_some_and(|m| match request.side {
                 Side::Buy => price >= m,
@@ -145,7 +177,7 @@ impl Broker {
         let resting: Decimal = self
             .open
             .iter()
-            .filter(|o| o.request.kind == OrderKind::Limit)
+            .filter(|o| o.request.kind == OrderKind::Limit && o.status != OrderStatus::Untriggered)
             .map(|o| o.remaining() * o.request.price.unwrap_or_default())
             .sum();
         let others: Decimal = self
@@ -157,7 +189,8 @@ impl Broker {
         let current = self.position(&request.symbol).size;
         let after = current + request.side.sign() * request.size;
         let before_total = others + resting + current.abs() * mark;
-        let after_total = others + resting + after.abs() * request.price.unwrap_or(mark).max(mark);
+        let worked_at = request.price.or(request.stop.as_ref().map(|s| s.price)).unwrap_or(mark);
+        let after_total = others + resting + after.abs() * worked_at.max(mark);
         let limit = self.equity() * self.config.leverage;
         if after_total > limit && after_total > before_total {
             return Err(format!(
@@ -220,10 +253,37 @@ impl Broker {
                 i += 1;
                 continue;
             }
+            // The price a market or taking order fills at: this point of the path,
+            // or the trigger of a stop that fires on it.
+            let mut reference = price;
+            if self.open[i].status == OrderStatus::Untriggered {
+                let order = &mut self.open[i];
+                let side = order.request.side;
+                let stop = order.request.stop.as_mut().expect("an untriggered order is a stop");
+                if !stop.fires(side, low, high) {
+                    stop.follow(side, price);
+                    i += 1;
+                    continue;
+                }
+                // Fired: it works from its trigger (from the open when the bar
+                // gapped through it); a stop-limit whose limit is not reached
+                // there rests as a limit order.
+                reference = if gap { price } else { stop.price };
+                order.status = OrderStatus::Triggered;
+                order.updated = now;
+                if let Some(limit) = order.request.price {
+                    if side.sign() * (limit - reference) < Decimal::ZERO {
+                        events.push(ExchangeEvent::Order(order.clone()));
+                        i += 1;
+                        continue;
+                    }
+                    self.marketable.insert(order.request.client_id.clone());
+                }
+            }
             let request = self.open[i].request.clone();
             let taking = self.marketable.remove(&request.client_id);
             let slipped = || {
-                let slipped = price * (Decimal::ONE + request.side.sign() * self.config.slippage_bps / BPS);
+                let slipped = reference * (Decimal::ONE + request.side.sign() * self.config.slippage_bps / BPS);
                 self.config.products.get(&request.symbol).map_or(slipped, |p| p.round_price_away(slipped, request.side))
             };
             let fill_at = match (request.kind, request.price) {
@@ -302,6 +362,7 @@ impl Broker {
             time_in_force: crate::model::TimeInForce::Ioc,
             post_only: false,
             reduce_only: true,
+            stop: None,
         };
         let mut order = Order::new(request, now);
         Some(self.execute(&mut order, position.size.abs(), price, Liquidity::Taker, now))

@@ -30,12 +30,13 @@ pub use report::{EquityPoint, Report};
 pub use timeline::{Step, Timeline, TimelineError};
 
 /// The fill conventions, as printed in every report.
-pub const CONVENTIONS: [&str; 10] = [
+pub const CONVENTIONS: [&str; 11] = [
     "bars are candles of the strategy's timeframe, aggregated from the data as the live host aggregates them; on_candle fires once per closed candle, at its close time",
     "each bar drives four ticks (on_tick, with bid = ask = last): the open at the bar's start, then low then high if the bar closed at or above its open (high then low if below) at 1/3 and 2/3 of the bar, then the close at its end; each tick carries a quarter of the bar's volume",
     "timers fire at the start and at the close of each bar",
     "a market order fills at the next tick's price (an order placed in on_candle: the next bar's open), moved by slippage_bps against the order",
     "a limit order fills when the price path after its placement reaches its price, at the limit price, or at the open if a bar opens through it",
+    "a stop order fires when the price path reaches its trigger and fills as a taker at the trigger price (moved by slippage_bps), or at the open if a bar opens through it; a stop-limit then works as a limit order from that price; a trailing stop's trigger follows each tick of the path; a stop-loss and a take-profit inside one bar fire in the order the path reaches them (the low first in a rising bar, the high first in a falling one)",
     "no partial fills: bar volume is not modelled",
     "an order that would take exposure past equity × leverage (exchange.paper.leverage) is rejected, as on the paper exchange",
     "fees on every fill: taker_fee_bps for market orders, maker_fee_bps for limit orders",

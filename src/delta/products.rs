@@ -78,6 +78,9 @@ pub fn new_order(products: &Products, request: &OrderRequest) -> Result<NewOrder
     let product = products
         .get(&request.symbol)
         .ok_or_else(|| format!("{} is not one of exchange.delta.symbols", request.symbol))?;
+    if request.stop.is_some() {
+        return Err("stop orders are not supported on the Delta venue yet (paper and backtests have them)".into());
+    }
     if request.client_id.len() > MAX_CLIENT_ID {
         return Err(format!("client order id {} is longer than {MAX_CLIENT_ID} characters", request.client_id));
     }
@@ -126,6 +129,7 @@ pub fn remote_of(order: &RestOrder) -> RemoteOrder {
     let state = match order.state.as_str() {
         "closed" => RemoteState::Closed,
         "cancelled" => RemoteState::Cancelled,
+        "pending" => RemoteState::Untriggered,
         _ => RemoteState::Open,
     };
     RemoteOrder::new(state, order.cancellation_reason.clone())

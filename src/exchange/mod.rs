@@ -135,6 +135,10 @@ pub enum RemoteState {
     Cancelled,
     /// Refused.
     Rejected,
+    /// A stop order waiting for its trigger (Delta's `pending`).
+    Untriggered,
+    /// A stop order that fired and works as a market or limit order.
+    Triggered,
 }
 
 /// What the exchange knows about one of our orders.
@@ -149,12 +153,15 @@ pub struct RemoteOrder {
     pub size: Option<Decimal>,
     /// The limit price the venue accepted (rounded to the tick size).
     pub price: Option<Decimal>,
+    /// A stop order's trigger price as the venue keeps it (rounded; a
+    /// trailing stop's current one).
+    pub trigger: Option<Decimal>,
 }
 
 impl RemoteOrder {
     /// A state (with its reason) that leaves size and price as they are.
     pub fn new(state: RemoteState, reason: Option<String>) -> Self {
-        RemoteOrder { state, reason, size: None, price: None }
+        RemoteOrder { state, reason, size: None, price: None, trigger: None }
     }
 }
 

@@ -1,7 +1,9 @@
 //! The paper exchange: market and limit orders (GTC/IOC, post-only,
 //! reduce-only) filled against the feed's quotes with fees and slippage,
 //! partial fills against traded size, netting positions and a quote-currency
-//! account with a margin check. Deterministic: time comes from the ticks.
+//! account with a margin check; stop orders (stop-loss, take-profit,
+//! trailing) held until the watched price reaches their trigger, then worked
+//! as market or limit orders. Deterministic: time comes from the ticks.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -12,7 +14,7 @@ use super::{ExchangeEvent, RemoteOrder, RemoteState, VenueCommand, VenueFill, Ve
 use crate::config::PaperConfig;
 use crate::model::{
     Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Position, Product, Side, Tick, TimeInForce,
-    TimestampMs,
+    TimestampMs, TriggerOn,
 };
 
 const BPS: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
@@ -90,6 +92,10 @@ pub struct PaperExchange {
     resting_by_id: HashMap<String, u64>,
     /// Remaining size of the resting orders, by symbol (valued at the mark in margin checks).
     resting_size: HashMap<String, Decimal>,
+    /// Stop orders waiting for their trigger, in placement order.
+    stops: BTreeMap<u64, Order>,
+    /// Where each waiting stop is in `stops`, by client id.
+    stops_by_id: HashMap<String, u64>,
     next_seq: u64,
     positions: BTreeMap<String, Position>,
     cash: Decimal,
@@ -110,6 +116,10 @@ struct SavedAccount {
     /// Resting orders by place in the book and client id.
     #[serde(default)]
     book: Vec<(u64, String)>,
+    /// Stop orders waiting for their trigger, in full (a trailing stop's
+    /// trigger moves without an order event).
+    #[serde(default)]
+    stops: Vec<(u64, Order)>,
     next_seq: u64,
     recent: Vec<Order>,
 }
@@ -128,6 +138,8 @@ impl PaperExchange {
             resting: BTreeMap::new(),
             resting_by_id: HashMap::new(),
             resting_size: HashMap::new(),
+            stops: BTreeMap::new(),
+            stops_by_id: HashMap::new(),
             next_seq: 0,
             positions: BTreeMap::new(),
             cash: config.balance,
@@ -142,6 +154,7 @@ impl PaperExchange {
             positions: self.positions.values().cloned().collect(),
             resting: Vec::new(),
             book: self.resting.iter().map(|(k, o)| (*k, o.request.client_id.clone())).collect(),
+            stops: self.stops.iter().map(|(k, o)| (*k, o.clone())).collect(),
             next_seq: self.next_seq,
             recent: self.recent.iter().cloned().collect(),
         };
@@ -166,6 +179,16 @@ impl PaperExchange {
                 _ => tracing::warn!(order = %client_id, "paper book: a resting order is not stored as open; dropped"),
             }
         }
+        self.stops.clear();
+        self.stops_by_id.clear();
+        for (seq, order) in saved.stops {
+            match orders.get(&order.request.client_id) {
+                Some(stored) if stored.status.is_open() => self.hold_stop(seq, order),
+                _ => {
+                    tracing::warn!(order = %order.request.client_id, "paper stops: a stop is not stored as open; dropped")
+                }
+            }
+        }
         self.next_seq = saved.next_seq;
         self.recent = saved.recent.into();
         Ok(())
@@ -173,10 +196,26 @@ impl PaperExchange {
 
     /// What the exchange knows of an order by client id (open, or recently closed).
     pub fn lookup(&self, client_id: &str) -> Option<Order> {
-        match self.resting_by_id.get(client_id) {
-            Some(seq) => self.resting.get(seq).cloned(),
-            None => self.recent.iter().find(|o| o.request.client_id == client_id).cloned(),
+        if let Some(seq) = self.resting_by_id.get(client_id) {
+            return self.resting.get(seq).cloned();
         }
+        if let Some(seq) = self.stops_by_id.get(client_id) {
+            return self.stops.get(seq).cloned();
+        }
+        self.recent.iter().find(|o| o.request.client_id == client_id).cloned()
+    }
+
+    /// Holds a stop order until its trigger.
+    fn hold_stop(&mut self, seq: u64, order: Order) {
+        self.stops_by_id.insert(order.request.client_id.clone(), seq);
+        self.stops.insert(seq, order);
+    }
+
+    /// Takes the stop at `seq` out of the waiting stops.
+    fn release_stop(&mut self, seq: u64) -> Option<Order> {
+        let order = self.stops.remove(&seq)?;
+        self.stops_by_id.remove(&order.request.client_id);
+        Some(order)
     }
 
     /// Puts an order in the book at `seq`.
@@ -322,8 +361,35 @@ impl PaperExchange {
                 return reject(request, "reduce-only order would increase the position".into());
             }
             request.size = request.size.min(position.size.abs());
-        } else if let Err(reason) = self.check_margin(&request, &quote) {
+        } else if let Err(reason) = self.check_margin(&Self::as_worked(&request), &quote) {
             return reject(request, reason);
+        }
+        if let Some(mut stop) = request.stop.take() {
+            let watched = watched_price(stop.on, &quote);
+            if stop.distance(watched).is_some() {
+                stop.start_trailing(request.side, watched);
+            }
+            stop.price = product.round_price(stop.price);
+            if stop.price <= Decimal::ZERO {
+                let reason = format!("stop trigger must be positive, got {}", stop.price);
+                request.stop = Some(stop);
+                return reject(request, reason);
+            }
+            if stop.fires(request.side, watched, watched) {
+                let reason = format!(
+                    "the stop would trigger at once: trigger {} is already reached by the {} price {watched}",
+                    stop.price,
+                    stop.on.as_str()
+                );
+                request.stop = Some(stop);
+                return reject(request, reason);
+            }
+            request.stop = Some(stop);
+            let mut order = Order::new(request, now);
+            order.status = OrderStatus::Untriggered;
+            self.hold_stop(self.next_seq, order.clone());
+            self.next_seq += 1;
+            return vec![ExchangeEvent::Order(order)];
         }
         let touch = match request.side {
             Side::Buy => quote.ask,
@@ -346,16 +412,7 @@ impl PaperExchange {
         }
         let mut order = Order::new(request, now);
         if marketable {
-            let slipped = touch * (Decimal::ONE + order.request.side.sign() * self.slippage);
-            let mut price = product.round_price_away(slipped, order.request.side);
-            if let Some(limit) = order.request.price {
-                price = match order.request.side {
-                    Side::Buy => price.min(limit),
-                    Side::Sell => price.max(limit),
-                };
-            }
-            let size = order.remaining();
-            let fill = self.execute(&mut order, size, price, Liquidity::Taker, now);
+            let fill = self.take(&mut order, touch, now);
             return vec![ExchangeEvent::Fill(fill), ExchangeEvent::Order(order)];
         }
         if order.request.time_in_force == TimeInForce::Ioc {
@@ -370,8 +427,12 @@ impl PaperExchange {
 
     /// Cancels a resting order.
     pub fn cancel(&mut self, client_id: &str) -> Result<ExchangeEvent, PaperError> {
-        let seq = *self.resting_by_id.get(client_id).ok_or_else(|| PaperError::UnknownOrder(client_id.to_string()))?;
-        let mut order = self.unrest(seq).expect("indexed");
+        let waiting = self.stops_by_id.get(client_id).copied();
+        let mut order = match (waiting, self.resting_by_id.get(client_id).copied()) {
+            (Some(seq), _) => self.release_stop(seq).expect("indexed"),
+            (None, Some(seq)) => self.unrest(seq).expect("indexed"),
+            (None, None) => return Err(PaperError::UnknownOrder(client_id.to_string())),
+        };
         order.status = OrderStatus::Cancelled;
         order.reason = Some("cancelled".into());
         order.updated = self.quotes.get(&order.request.symbol).map_or(order.updated, |q| q.time);
@@ -381,9 +442,11 @@ impl PaperExchange {
     }
 
     /// Updates the quote of a symbol and fills resting orders it crosses, in
-    /// time priority, limited by the tick's traded size when it carries one.
+    /// time priority, limited by the tick's traded size when it carries one;
+    /// then fires the stops it reaches.
     pub fn on_tick(&mut self, tick: &Tick) -> Vec<ExchangeEvent> {
         self.quotes.insert(tick.symbol.clone(), tick.clone());
+        let mut events = Vec::new();
         let mut available = (tick.volume > Decimal::ZERO).then_some(tick.volume);
         let crossed: Vec<u64> = self
             .resting
@@ -398,7 +461,6 @@ impl PaperExchange {
             })
             .map(|(seq, _)| *seq)
             .collect();
-        let mut events = Vec::new();
         for seq in crossed {
             if available.is_some_and(|a| a <= Decimal::ZERO) {
                 break;
@@ -425,8 +487,91 @@ impl PaperExchange {
             }
             events.push(ExchangeEvent::Order(order));
         }
+        // Then the stops this tick fires (a stop-limit put in the book now
+        // waits for the next tick: this one's trade is what fired it).
+        events.extend(self.trigger_stops(tick));
         self.remember(&events);
         events
+    }
+
+    /// Moves the trailing stops of the tick's symbol and fires those whose
+    /// trigger the watched price reached: a market stop fills at once at the
+    /// touch (with slippage), a stop-limit fills if its limit allows or rests
+    /// in the book. A reduce-only stop is capped at the position, and
+    /// cancelled when there is none left.
+    fn trigger_stops(&mut self, tick: &Tick) -> Vec<ExchangeEvent> {
+        let mut fired = Vec::new();
+        for (seq, order) in self.stops.iter_mut().filter(|(_, o)| o.request.symbol == tick.symbol) {
+            let side = order.request.side;
+            let Some(stop) = order.request.stop.as_mut() else { continue };
+            let watched = watched_price(stop.on, tick);
+            stop.follow(side, watched);
+            if stop.fires(side, watched, watched) {
+                fired.push(*seq);
+            }
+        }
+        let mut events = Vec::new();
+        for seq in fired {
+            let mut order = self.release_stop(seq).expect("listed above");
+            order.status = OrderStatus::Triggered;
+            order.updated = tick.time;
+            if order.request.reduce_only {
+                let position = self.position(&order.request.symbol).size;
+                if position.is_zero() || Side::closing(position) != order.request.side {
+                    order.status = OrderStatus::Cancelled;
+                    order.reason = Some("reduce-only stop cancelled at its trigger: no position to reduce".into());
+                    events.push(ExchangeEvent::Order(order));
+                    continue;
+                }
+                order.request.size = order.request.size.min(position.abs());
+            }
+            let touch = match order.request.side {
+                Side::Buy => tick.ask,
+                Side::Sell => tick.bid,
+            };
+            let crosses = order.request.price.is_none_or(|limit| match order.request.side {
+                Side::Buy => limit >= touch,
+                Side::Sell => limit <= touch,
+            });
+            if crosses {
+                let fill = self.take(&mut order, touch, tick.time);
+                events.push(ExchangeEvent::Fill(fill));
+            } else {
+                self.rest(self.next_seq, order.clone());
+                self.next_seq += 1;
+            }
+            events.push(ExchangeEvent::Order(order));
+        }
+        events
+    }
+
+    /// Fills what remains of an order as a taker at `touch`, moved by
+    /// slippage against it, rounded to the tick and never past its limit.
+    fn take(&mut self, order: &mut Order, touch: Decimal, now: TimestampMs) -> Fill {
+        let slipped = touch * (Decimal::ONE + order.request.side.sign() * self.slippage);
+        let mut price = match self.products.get(&order.request.symbol) {
+            Some(product) => product.round_price_away(slipped, order.request.side),
+            None => slipped,
+        };
+        if let Some(limit) = order.request.price {
+            price = match order.request.side {
+                Side::Buy => price.min(limit),
+                Side::Sell => price.max(limit),
+            };
+        }
+        let size = order.remaining();
+        self.execute(order, size, price, Liquidity::Taker, now)
+    }
+
+    /// A stop order as it will work once triggered, for the margin check:
+    /// priced at its limit, or at its trigger when it is a market stop.
+    fn as_worked(request: &OrderRequest) -> std::borrow::Cow<'_, OrderRequest> {
+        match &request.stop {
+            Some(stop) if request.price.is_none() && stop.price > Decimal::ZERO => {
+                std::borrow::Cow::Owned(OrderRequest { price: Some(stop.price), ..request.clone() })
+            }
+            _ => std::borrow::Cow::Borrowed(request),
+        }
     }
 
     fn execute(
@@ -484,6 +629,14 @@ impl PaperExchange {
     }
 }
 
+/// The price a stop watches on a tick.
+fn watched_price(on: TriggerOn, tick: &Tick) -> Decimal {
+    match on {
+        TriggerOn::Last => tick.last,
+        TriggerOn::Mark => tick.mid(),
+    }
+}
+
 fn order_of(event: &ExchangeEvent) -> Option<&Order> {
     match event {
         ExchangeEvent::Order(order) => Some(order),
@@ -493,8 +646,13 @@ fn order_of(event: &ExchangeEvent) -> Option<&Order> {
 
 /// An order's state in a live venue's words, with the size and price accepted.
 fn update_of(order: &Order, state: RemoteState, client_id: String) -> VenueUpdate {
-    let remote =
-        RemoteOrder { state, reason: order.reason.clone(), size: Some(order.request.size), price: order.request.price };
+    let remote = RemoteOrder {
+        state,
+        reason: order.reason.clone(),
+        size: Some(order.request.size),
+        price: order.request.price,
+        trigger: order.request.stop.as_ref().map(|s| s.price),
+    };
     VenueUpdate::Order { client_id, remote }
 }
 
@@ -518,6 +676,8 @@ fn updates(events: Vec<ExchangeEvent>) -> Vec<VenueUpdate> {
                     OrderStatus::Cancelled => RemoteState::Cancelled,
                     OrderStatus::Rejected => RemoteState::Rejected,
                     OrderStatus::Pending | OrderStatus::Open | OrderStatus::PartiallyFilled => RemoteState::Open,
+                    OrderStatus::Untriggered => RemoteState::Untriggered,
+                    OrderStatus::Triggered => RemoteState::Triggered,
                 };
                 let client_id = order.request.client_id.clone();
                 update_of(&order, state, client_id)

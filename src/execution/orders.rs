@@ -363,9 +363,25 @@ impl Oms {
         if let Some(price) = request.price {
             crate::model::check_order_number("price", price)?;
         }
+        if let Some(stop) = &request.stop {
+            match (stop.trail, stop.trail_pct) {
+                (Some(trail), _) => drop(crate::model::check_order_number("trail", trail)?),
+                (None, Some(pct)) if pct <= Decimal::ZERO || pct >= Decimal::ONE_HUNDRED => {
+                    return Err(format!("trail_pct must be between 0 and 100, got {pct}"));
+                }
+                (None, Some(_)) => {}
+                (None, None) => drop(crate::model::check_order_number("trigger", stop.price)?),
+            }
+        }
         let Some(product) = self.products.get(&request.symbol) else {
             return Ok(());
         };
+        if let Some(stop) = request.stop.as_mut().filter(|s| s.price > Decimal::ZERO) {
+            stop.price = product.round_price(stop.price);
+            if stop.price <= Decimal::ZERO {
+                return Err(format!("trigger is below the tick size {} of {}", product.tick_size, product.symbol));
+            }
+        }
         let size = product.round_size(request.size);
         if size <= Decimal::ZERO {
             return Err(format!(
@@ -508,6 +524,7 @@ impl Oms {
                     time_in_force: TimeInForce::Ioc,
                     post_only: false,
                     reduce_only: true,
+                    stop: None,
                 };
                 let mut order = Order::new(request, self.now());
                 order.status = OrderStatus::Pending;
@@ -779,12 +796,21 @@ fn apply_remote(order: &mut Order, remote: &RemoteOrder, now: i64) {
     if remote.price.is_some() {
         order.request.price = remote.price;
     }
+    if let (Some(trigger), Some(stop)) = (remote.trigger, order.request.stop.as_mut()) {
+        stop.price = trigger;
+    }
     let was_pending = order.status == OrderStatus::Pending;
     match remote.state {
         RemoteState::Open | RemoteState::Closed if was_pending => {
             order.status = if order.filled.is_zero() { OrderStatus::Open } else { OrderStatus::PartiallyFilled };
         }
-        RemoteState::Open | RemoteState::Closed => return,
+        // A stop's fills arrive with it already triggered; its state moves on only forward.
+        RemoteState::Untriggered if was_pending => order.status = OrderStatus::Untriggered,
+        RemoteState::Triggered | RemoteState::Open if order.status == OrderStatus::Untriggered => {
+            order.status = if order.filled.is_zero() { OrderStatus::Triggered } else { OrderStatus::PartiallyFilled };
+        }
+        RemoteState::Triggered if was_pending => order.status = OrderStatus::Triggered,
+        RemoteState::Open | RemoteState::Closed | RemoteState::Untriggered | RemoteState::Triggered => return,
         RemoteState::Cancelled => {
             order.status = OrderStatus::Cancelled;
             order.reason = remote.reason.clone().or_else(|| Some("cancelled".into()));
@@ -816,6 +842,7 @@ mod tests {
             time_in_force: TimeInForce::Gtc,
             post_only: false,
             reduce_only,
+            stop: None,
         }
     }
 

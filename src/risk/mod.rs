@@ -534,6 +534,7 @@ mod tests {
             time_in_force: TimeInForce::Gtc,
             post_only: false,
             reduce_only: false,
+            stop: None,
         }
     }
 

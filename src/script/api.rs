@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 
 use super::convert;
 use crate::data::{BBands, Ema, Highest, IndicatorValue, Lowest, Macd, Rsi, Sma, parse_duration_ms};
-use crate::model::{OrderKind, Side, TimeInForce, decimal_from_f64, decimal_to_f64};
+use crate::model::{OrderKind, Side, StopKind, StopTrigger, TimeInForce, TriggerOn, decimal_from_f64, decimal_to_f64};
 use crate::strategy::{LogLevel, OrderSpec, SharedContext, StrategyCommand, StrategyContext};
 
 type Result<T> = std::result::Result<T, Box<EvalAltResult>>;
@@ -45,6 +45,24 @@ pub const HOST_FUNCTIONS: &[HostFn] = &[
         "exchange::limit_order(symbol: string, side: \"buy\"|\"sell\", size: number, price: number [, options: #{post_only, reduce_only, tif: \"gtc\"|\"ioc\"}])",
         4,
         5,
+    ),
+    host(
+        "exchange::stop_order",
+        "exchange::stop_order(symbol: string, side: \"buy\"|\"sell\", size: number, trigger: number [, options: #{limit, reduce_only, trigger_on: \"last\"|\"mark\"}])",
+        4,
+        5,
+    ),
+    host(
+        "exchange::take_profit",
+        "exchange::take_profit(symbol: string, side: \"buy\"|\"sell\", size: number, trigger: number [, options: #{limit, reduce_only, trigger_on: \"last\"|\"mark\"}])",
+        4,
+        5,
+    ),
+    host(
+        "exchange::trailing_stop",
+        "exchange::trailing_stop(symbol: string, side: \"buy\"|\"sell\", size: number, options: #{trail | trail_pct, limit, reduce_only, trigger_on: \"last\"|\"mark\"})",
+        4,
+        4,
     ),
     host("exchange::cancel", "exchange::cancel(order_id: string)", 1, 1),
     host("exchange::cancel_all", "exchange::cancel_all([symbol: string])", 0, 1),
@@ -166,13 +184,18 @@ fn side(function: &str, v: &Dynamic) -> Result<Side> {
 }
 
 fn options(function: &str, v: &Dynamic) -> Result<Map> {
+    options_of(function, v, &["post_only", "reduce_only", "tif"])
+}
+
+/// The options map of a call, refusing keys not in `known`.
+fn options_of(function: &str, v: &Dynamic, known: &[&str]) -> Result<Map> {
     let map = v
         .clone()
         .try_cast::<Map>()
         .ok_or_else(|| bad(function, format!("{function}: `options` must be a map, got {}", v.type_name())))?;
     for key in map.keys() {
-        if !["post_only", "reduce_only", "tif"].contains(&key.as_str()) {
-            return Err(bad(function, format!("{function}: unknown option `{key}`")));
+        if !known.contains(&key.as_str()) {
+            return Err(bad(function, format!("{function}: unknown option `{key}` (known: {})", known.join(", "))));
         }
     }
     Ok(map)
@@ -258,8 +281,96 @@ fn place(
         time_in_force,
         post_only: flag(function, &opts, "post_only")?,
         reduce_only: flag(function, &opts, "reduce_only")?,
+        stop: None,
     };
     ctx.borrow_mut().place(spec).map_err(|e| bad(function, format!("{function}: {e}")))
+}
+
+/// How a stop order is asked for: its kind, and a fixed trigger (stop-loss,
+/// take-profit) or none (a trailing stop starts from the price at acceptance).
+struct StopCall {
+    function: &'static str,
+    kind: StopKind,
+    trigger: Option<Dynamic>,
+}
+
+const STOP_OPTIONS: &[&str] = &["limit", "reduce_only", "trigger_on"];
+const TRAILING_OPTIONS: &[&str] = &["trail", "trail_pct", "limit", "reduce_only", "trigger_on"];
+
+fn place_stop(ctx: &SharedContext, call: StopCall, args: [&Dynamic; 3], opts: Option<&Dynamic>) -> Result<String> {
+    let function = call.function;
+    let symbol = text(function, "symbol", args[0])?;
+    let side = side(function, args[1])?;
+    let size = order_number(function, "size", args[2])?;
+    let known = if call.trigger.is_some() { STOP_OPTIONS } else { TRAILING_OPTIONS };
+    let opts = opts.map(|o| options_of(function, o, known)).transpose()?.unwrap_or_default();
+    let number = |key: &str| opts.get(key).map(|v| order_number(function, key, v)).transpose();
+    let limit = number("limit")?;
+    let on = match opts.get("trigger_on").map(|v| v.to_string()) {
+        None => TriggerOn::Last,
+        Some(t) if t == "last" => TriggerOn::Last,
+        Some(t) if t == "mark" => TriggerOn::Mark,
+        Some(t) => {
+            return Err(bad(
+                function,
+                format!("{function}: option `trigger_on` must be \"last\" or \"mark\", got {t:?}"),
+            ));
+        }
+    };
+    let (price, trail, trail_pct) = match &call.trigger {
+        Some(trigger) => (order_number(function, "trigger", trigger)?, None, None),
+        None => {
+            let (trail, trail_pct) = (number("trail")?, number("trail_pct")?);
+            match (trail, trail_pct) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(bad(
+                        function,
+                        format!(
+                            "{function}: give exactly one of `trail` (a price distance) or `trail_pct` (a percentage)"
+                        ),
+                    ));
+                }
+                (_, Some(pct)) if pct >= Decimal::ONE_HUNDRED => {
+                    return Err(bad(function, format!("{function}: `trail_pct` must be under 100, got {pct}")));
+                }
+                _ => {}
+            }
+            (Decimal::ZERO, trail, trail_pct)
+        }
+    };
+    let spec = OrderSpec {
+        symbol,
+        side,
+        kind: if limit.is_some() { OrderKind::Limit } else { OrderKind::Market },
+        size,
+        price: limit,
+        time_in_force: TimeInForce::Gtc,
+        post_only: false,
+        reduce_only: flag(function, &opts, "reduce_only")?,
+        stop: Some(Box::new(StopTrigger { kind: call.kind, price, trail, trail_pct, on })),
+    };
+    ctx.borrow_mut().place(spec).map_err(|e| bad(function, format!("{function}: {e}")))
+}
+
+/// Registers a stop-order function with and without its options map.
+fn register_stop(m: &mut Module, ctx: &SharedContext, name: &'static str, kind: StopKind) {
+    let function: &'static str = match kind {
+        StopKind::StopLoss => "exchange::stop_order",
+        StopKind::TakeProfit => "exchange::take_profit",
+    };
+    let c = ctx.clone();
+    m.set_native_fn(name, move |cx: NativeCallContext, s: Dynamic, side: Dynamic, size: Dynamic, t: Dynamic| {
+        located(&cx, || place_stop(&c, StopCall { function, kind, trigger: Some(t.clone()) }, [&s, &side, &size], None))
+    });
+    let c = ctx.clone();
+    m.set_native_fn(
+        name,
+        move |cx: NativeCallContext, s: Dynamic, side: Dynamic, size: Dynamic, t: Dynamic, o: Dynamic| {
+            located(&cx, || {
+                place_stop(&c, StopCall { function, kind, trigger: Some(t.clone()) }, [&s, &side, &size], Some(&o))
+            })
+        },
+    );
 }
 
 fn exchange_module(ctx: &SharedContext) -> Module {
@@ -287,6 +398,18 @@ fn exchange_module(ctx: &SharedContext) -> Module {
         "limit_order",
         move |cx: NativeCallContext, s: Dynamic, side: Dynamic, size: Dynamic, p: Dynamic, o: Dynamic| {
             located(&cx, || place(&c, "exchange::limit_order", [&s, &side, &size], Some(&p), Some(&o)))
+        },
+    );
+    register_stop(&mut m, ctx, "stop_order", StopKind::StopLoss);
+    register_stop(&mut m, ctx, "take_profit", StopKind::TakeProfit);
+    let c = ctx.clone();
+    m.set_native_fn(
+        "trailing_stop",
+        move |cx: NativeCallContext, s: Dynamic, side: Dynamic, size: Dynamic, o: Dynamic| {
+            located(&cx, || {
+                let call = StopCall { function: "exchange::trailing_stop", kind: StopKind::StopLoss, trigger: None };
+                place_stop(&c, call, [&s, &side, &size], Some(&o))
+            })
         },
     );
     let c = ctx.clone();

@@ -92,6 +92,19 @@ pub fn order(o: &Order) -> Dynamic {
         ("reason", o.reason.clone().map_or(Dynamic::UNIT, Into::into)),
         ("post_only", r.post_only.into()),
         ("reduce_only", r.reduce_only.into()),
+        ("stop", r.stop.as_deref().map_or(Dynamic::UNIT, stop)),
+    ])
+}
+
+/// `#{kind, trigger, trail, trail_pct, trigger_on}` of a stop order.
+fn stop(s: &crate::model::StopTrigger) -> Dynamic {
+    let opt_num = |v: Option<Decimal>| v.map_or(Dynamic::UNIT, num);
+    map([
+        ("kind", serde_plain(&s.kind).into()),
+        ("trigger", num(s.price)),
+        ("trail", opt_num(s.trail)),
+        ("trail_pct", opt_num(s.trail_pct)),
+        ("trigger_on", serde_plain(&s.on).into()),
     ])
 }
 

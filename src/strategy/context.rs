@@ -102,6 +102,8 @@ pub struct OrderSpec {
     pub post_only: bool,
     /// Reduce only.
     pub reduce_only: bool,
+    /// A stop order's trigger.
+    pub stop: Option<Box<crate::model::StopTrigger>>,
 }
 
 impl StrategyContext {
@@ -144,6 +146,7 @@ impl StrategyContext {
             time_in_force: spec.time_in_force,
             post_only: spec.post_only,
             reduce_only: spec.reduce_only,
+            stop: spec.stop,
         }));
         Ok(client_id)
     }
