@@ -270,10 +270,18 @@ fn trailing_stops_follow_the_best_price_by_an_amount_or_a_percentage() {
     ex.submit(by_pct);
     // Started from the last price 100.5: 95.5 and 90.45 (rounded to the tick: 90.5).
     assert_eq!((trigger(&ex, "amount"), trigger(&ex, "pct")), (d("95.5"), d("90.5")));
-    ex.on_tick(&tick(2, "119.5", "120", "120", "0"));
+    let moved = ex.on_tick(&tick(2, "119.5", "120", "120", "0"));
     assert_eq!((trigger(&ex, "amount"), trigger(&ex, "pct")), (d("115"), d("108")));
-    // A fall does not move them back.
-    ex.on_tick(&tick(3, "115.5", "116", "115.5", "0"));
+    // Each move is reported as an order update, so it is stored and shown.
+    let reported: Vec<_> = moved
+        .iter()
+        .filter_map(|e| {
+            if let ExchangeEvent::Order(o) = e { Some((o.status, o.request.stop.as_ref()?.price)) } else { None }
+        })
+        .collect();
+    assert_eq!(reported, [(OrderStatus::Untriggered, d("115")), (OrderStatus::Untriggered, d("108"))]);
+    // A fall does not move them back (and reports nothing).
+    assert!(ex.on_tick(&tick(3, "115.5", "116", "115.5", "0")).is_empty());
     assert_eq!((trigger(&ex, "amount"), trigger(&ex, "pct")), (d("115"), d("108")));
     let events = ex.on_tick(&tick(4, "114.5", "115", "115", "0"));
     assert_eq!(fills(&events).iter().map(|f| f.order_id.as_str()).collect::<Vec<_>>(), ["amount"]);

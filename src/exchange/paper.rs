@@ -501,16 +501,23 @@ impl PaperExchange {
     /// cancelled when there is none left.
     fn trigger_stops(&mut self, tick: &Tick) -> Vec<ExchangeEvent> {
         let mut fired = Vec::new();
+        let mut events = Vec::new();
+        let product = self.products.get(&tick.symbol);
         for (seq, order) in self.stops.iter_mut().filter(|(_, o)| o.request.symbol == tick.symbol) {
             let side = order.request.side;
             let Some(stop) = order.request.stop.as_mut() else { continue };
             let watched = watched_price(stop.on, tick);
+            let before = stop.price;
             stop.follow(side, watched);
+            stop.price = product.map_or(stop.price, |p| p.round_price(stop.price));
             if stop.fires(side, watched, watched) {
                 fired.push(*seq);
+            } else if stop.price != before {
+                // A trailing stop moved: reported (and so stored) like any order change.
+                order.updated = tick.time;
+                events.push(ExchangeEvent::Order(order.clone()));
             }
         }
-        let mut events = Vec::new();
         for seq in fired {
             let mut order = self.release_stop(seq).expect("listed above");
             order.status = OrderStatus::Triggered;
