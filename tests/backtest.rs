@@ -662,6 +662,8 @@ fn on_order(o) { if o.stop != () { print(`${o.status} ${o.stop.kind} ${o.stop.tr
     let logs: Vec<&str> = run.logs.iter().map(|(_, l)| l.as_str()).collect();
     assert_eq!(logs, ["untriggered stop_loss 95.0", "filled stop_loss 95.0"]);
     assert_eq!(run.fills[1].fee, d("0.09"));
+    // One losing trade: no profit, so the profit factor is 0 (not -0, which printed "-0.00").
+    assert!(run.report.profit_factor == 0.0 && run.report.profit_factor.is_sign_positive());
 }
 
 #[test]

@@ -121,7 +121,8 @@ impl Drop for Driver {
 #[ignore = "needs Debian's chromium and chromium-driver; .ci/run installs them and runs this with --ignored"]
 async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
     let chatty = "fn on_candle(c) { for i in 0..1000 { log::info(`line ${i}`); } }";
-    let t = TestHost::start(&[("trader", TRADER), ("chatty", chatty)], |_| {}).await;
+    let guard = r#"fn on_tick(t) { if this.placed != true { this.placed = true; exchange::stop_order(t.symbol, "sell", 0.01, t.bid * 0.5); } }"#;
+    let t = TestHost::start(&[("trader", TRADER), ("chatty", chatty), ("guard", guard)], |_| {}).await;
     let driver = Driver::start().await;
     let url = format!("http://{}/", t.host.http_addr());
     driver.command(reqwest::Method::POST, "/url", json!({ "url": url })).await;
@@ -146,6 +147,12 @@ async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
         .wait_true("a fill in the live feed", "return document.querySelectorAll('#feed li.event-fill').length > 0;")
         .await;
     driver.wait_true("the fills table", "return document.querySelectorAll('#fills tbody tr').length > 0;").await;
+    driver
+        .wait_true(
+            "the waiting stop with its trigger",
+            "return [...document.querySelectorAll('#orders tbody td .stop')].some(s => s.textContent.startsWith('stop @ ') && s.title === 'untriggered');",
+        )
+        .await;
     driver
         .wait_true(
             "chatty's quota hits",

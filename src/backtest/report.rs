@@ -205,7 +205,8 @@ impl Report {
         let wins = trades.iter().filter(|p| **p > 0.0).count();
         let gross_profit: f64 = trades.iter().filter(|p| **p > 0.0).sum();
         let gross_loss: f64 = -trades.iter().filter(|p| **p < 0.0).sum::<f64>();
-        let round = |x: f64| if x.is_finite() { (x * 1e10).round() / 1e10 } else { 0.0 };
+        // `+ 0.0` turns a negative zero (an empty f64 sum is -0.0) into 0.
+        let round = |x: f64| if x.is_finite() { (x * 1e10).round() / 1e10 + 0.0 } else { 0.0 };
         let profit_factor = match (gross_profit > 0.0, gross_loss > 0.0) {
             (_, true) => round(gross_profit / gross_loss),
             (true, false) => f64::INFINITY,
