@@ -44,6 +44,8 @@ fn request(strategy: &str, side: Side, price: Option<Decimal>) -> OrderRequest {
         post_only: false,
         reduce_only: false,
         stop: None,
+        oco: None,
+        parent: None,
     }
 }
 

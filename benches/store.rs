@@ -45,6 +45,8 @@ fn order(id: u64) -> Order {
             post_only: false,
             reduce_only: false,
             stop: None,
+            oco: None,
+            parent: None,
         },
         0,
     )

@@ -114,6 +114,15 @@ pub struct OrderRequest {
     /// limit order at `price`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<Box<StopTrigger>>,
+    /// One-cancels-other group: when an order of the group fills, the venue
+    /// cancels the group's other open orders (a bracket's legs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oco: Option<String>,
+    /// The entry this order protects (client id): it waits, untriggered,
+    /// until the entry fills, is sized to what filled, and is cancelled if
+    /// the entry ends without a fill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// Which way a stop fires: a stop-loss when the price moves against the

@@ -728,3 +728,48 @@ fn on_candle(c) {
     let run = backtest::run_script("trail.rhai", script, &data, &config("10", "5", "0"), &mut |_| {}).unwrap();
     assert_eq!(fill_list(&run), vec![(Side::Buy, d("1"), d("100"), 60_000), (Side::Sell, d("1"), d("115"), 220_000)]);
 }
+
+#[test]
+fn brackets_on_an_entry_and_on_a_position_cancel_their_other_leg() {
+    let script = r#"
+fn config() { #{ symbols: ["X"], timeframe: "1m" } }
+fn on_candle(c) {
+    if c.time == 0 { exchange::market_order("X", "buy", 2, #{ stop_loss: 97, take_profit: 104 }); }
+    if c.time == 180000 { exchange::market_order("X", "buy", 1); }
+    if c.time == 240000 {
+        let legs = exchange::bracket("X", #{ stop_loss: 100, take_profit: 106 });
+        print(`legs ${legs.stop_loss} ${legs.take_profit}`);
+    }
+}
+fn on_order(o) { if o.status == "cancelled" { print(`${o.id} cancelled: ${o.reason}`); } }
+"#;
+    let data = vec![vec![
+        bar(0, 100.0, 100.0, 100.0, 100.0),
+        bar(1, 100.0, 100.0, 100.0, 100.0),
+        // Rising: the dip to 96 fires the stop at 97; the take-profit at 104 is gone by then.
+        bar(2, 100.0, 105.0, 96.0, 103.0),
+        bar(3, 103.0, 103.0, 103.0, 103.0),
+        bar(4, 103.0, 103.0, 103.0, 103.0),
+        // Falling: the high (107) comes first and takes profit at 106; the stop is cancelled.
+        bar(5, 103.0, 107.0, 99.0, 100.0),
+    ]];
+    let run = backtest::run_script("bracket.rhai", script, &data, &config("10", "5", "0"), &mut |_| {}).unwrap();
+    assert_eq!(
+        fill_list(&run),
+        vec![
+            (Side::Buy, d("2"), d("100"), 60_000),
+            (Side::Sell, d("2"), d("97"), 140_000),
+            (Side::Buy, d("1"), d("103"), 240_000),
+            (Side::Sell, d("1"), d("106"), 320_000),
+        ]
+    );
+    let logs: Vec<&str> = run.logs.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(
+        logs,
+        [
+            "bracket-3 cancelled: one-cancels-other: bracket-2 filled",
+            "legs bracket-5 bracket-6",
+            "bracket-5 cancelled: one-cancels-other: bracket-6 filled",
+        ]
+    );
+}

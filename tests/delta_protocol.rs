@@ -316,6 +316,8 @@ fn request(size: &str, price: Option<&str>, side: Side) -> OrderRequest {
         post_only: true,
         reduce_only: false,
         stop: None,
+        oco: None,
+        parent: None,
     }
 }
 

@@ -131,6 +131,8 @@ proptest! {
             post_only: false,
             reduce_only: false,
             stop: None,
+            oco: None,
+            parent: None,
         };
         for event in oms.submit(request) {
             if let ExchangeEvent::Order(order) = event {

@@ -44,6 +44,8 @@ fn request(id: &str, side: Side, kind: OrderKind, size: &str, price: Option<&str
         post_only: false,
         reduce_only: false,
         stop: None,
+        oco: None,
+        parent: None,
     }
 }
 
@@ -324,4 +326,73 @@ fn waiting_stops_and_their_trailed_triggers_survive_save_and_restore() {
     restored.on_tick(&tick(3, "104.5", "105", "105", "0"));
     assert!(restored.position("BTCUSD").size.is_zero(), "the restored stop fired");
     assert!(restored.cancel("trail").is_err(), "it is no longer waiting");
+}
+
+fn leg(id: &str, kind: StopKind, trigger: &str, group: &str, parent: Option<&str>) -> OrderRequest {
+    let mut request = stop(id, Side::Sell, "1", kind, trigger, None);
+    request.reduce_only = true;
+    request.oco = Some(group.into());
+    request.parent = parent.map(str::to_string);
+    request
+}
+
+#[test]
+fn a_brackets_other_leg_is_cancelled_when_one_fills() {
+    let mut ex = long_one();
+    ex.submit(leg("sl", StopKind::StopLoss, "95", "sl", None));
+    ex.submit(leg("tp", StopKind::TakeProfit, "110", "sl", None));
+    let events = ex.on_tick(&tick(2, "110", "110.5", "110", "0"));
+    assert_eq!(fills(&events).iter().map(|f| f.order_id.as_str()).collect::<Vec<_>>(), ["tp"]);
+    let sl = ex.lookup("sl").unwrap();
+    assert_eq!(sl.status, OrderStatus::Cancelled);
+    assert_eq!(sl.reason.as_deref(), Some("one-cancels-other: tp filled"));
+    assert!(events.iter().any(
+        |e| matches!(e, ExchangeEvent::Order(o) if o.request.client_id == "sl" && o.status == OrderStatus::Cancelled)
+    ));
+    assert!(ex.position("BTCUSD").size.is_zero());
+    assert!(fills(&ex.on_tick(&tick(3, "90", "90.5", "90", "0"))).is_empty(), "the stop is gone");
+}
+
+#[test]
+fn a_bracket_on_an_entry_waits_for_its_fill_and_is_sized_to_it() {
+    let mut ex = exchange();
+    ex.on_tick(&tick(1, "100", "101", "100.5", "0"));
+    let entry = last_order(&ex.submit(request("entry", Side::Buy, OrderKind::Limit, "1", Some("99"))));
+    assert_eq!(entry.status, OrderStatus::Open);
+    ex.submit(leg("sl", StopKind::StopLoss, "95", "sl", Some("entry")));
+    let tp = last_order(&ex.submit(leg("tp", StopKind::TakeProfit, "105", "sl", Some("entry"))));
+    assert_eq!(tp.status, OrderStatus::Untriggered, "{tp:?}");
+    // The price reaches the take-profit before the entry fills: nothing happens.
+    assert!(fills(&ex.on_tick(&tick(2, "105", "105.5", "105", "0"))).is_empty());
+    // The entry fills (0.4 traded at 99): the legs start, sized to it.
+    let events = ex.on_tick(&tick(3, "98.5", "99", "99", "0.4"));
+    assert_eq!(fills(&events)[0].order_id, "entry");
+    let entry = ex.lookup("entry").unwrap();
+    assert_eq!(entry.status, OrderStatus::PartiallyFilled);
+    assert_eq!(ex.lookup("tp").unwrap().request.size, d("1"), "still waiting while the entry works");
+    ex.cancel("entry").unwrap();
+    assert_eq!(ex.lookup("tp").unwrap().request.size, d("0.4"), "sized to what the entry filled");
+    let events = ex.on_tick(&tick(4, "105", "105.5", "105", "0"));
+    assert_eq!(fills(&events).iter().map(|f| (f.order_id.as_str(), f.size)).collect::<Vec<_>>(), [("tp", d("0.4"))]);
+    assert_eq!(ex.lookup("sl").unwrap().status, OrderStatus::Cancelled);
+    assert!(ex.position("BTCUSD").size.is_zero());
+}
+
+#[test]
+fn a_brackets_legs_are_cancelled_when_its_entry_ends_without_a_fill() {
+    let mut ex = exchange();
+    ex.on_tick(&tick(1, "100", "101", "100.5", "0"));
+    ex.submit(request("entry", Side::Buy, OrderKind::Limit, "1", Some("90")));
+    ex.submit(leg("sl", StopKind::StopLoss, "85", "sl", Some("entry")));
+    let events = ex.cancel("entry").unwrap();
+    let sl = events
+        .iter()
+        .find_map(|e| if let ExchangeEvent::Order(o) = e { (o.request.client_id == "sl").then_some(o) } else { None });
+    let sl = sl.expect("the leg's cancellation is reported with the entry's");
+    assert_eq!(
+        (sl.status, sl.reason.as_deref()),
+        (OrderStatus::Cancelled, Some("its entry entry ended without a fill"))
+    );
+    let late = last_order(&ex.submit(leg("late", StopKind::StopLoss, "85", "late", Some("entry"))));
+    assert_eq!(late.status, OrderStatus::Rejected, "a leg for an entry that is over");
 }

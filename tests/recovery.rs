@@ -76,6 +76,8 @@ async fn an_order_of_unknown_outcome_is_resolved_by_asking_the_exchange_not_rese
                 post_only: false,
                 reduce_only: false,
                 stop: None,
+                oco: None,
+                parent: None,
             },
             0,
         );

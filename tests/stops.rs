@@ -6,12 +6,15 @@
 
 #[path = "support/abused.rs"]
 mod abused;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use abused::spawn_host;
+use common::TestHost;
 use serde_json::Value;
+use tradehost::model::OrderStatus;
 
 /// Buys once, then protects the position with a stop-loss at 90.
 const GUARD: &str = r#"
@@ -167,4 +170,38 @@ async fn a_stop_survives_kill_9_and_a_restart_and_still_fires() {
     let restored = run.waiting_stop().await;
     assert_eq!(restored["request"]["client_id"], stop_id.as_str(), "the stored stop is back: {restored}");
     run.stop_fired(&stop_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_entry_with_a_bracket_gets_both_legs_once_it_fills() {
+    let script = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_tick(t) {
+    if this.sent != true {
+        this.sent = true;
+        exchange::market_order("BTCUSD", "buy", 0.01, #{ stop_loss: t.bid * 0.5, take_profit: t.ask * 2.0 });
+    }
+}
+"#;
+    let t = TestHost::start(&[("entry", script)], |_| {}).await;
+    t.wait_for(0, "the entry's fill", |e| e.kind == tradehost::activity::ActivityKind::Fill).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let legs = loop {
+        let account = t.host.account();
+        let legs: Vec<_> =
+            account.open_orders.iter().filter(|o| o.status == OrderStatus::Untriggered).cloned().collect();
+        if legs.len() == 2 {
+            break legs;
+        }
+        assert!(Instant::now() < deadline, "the legs never waited: {:?}", account.open_orders);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let kinds: Vec<_> = legs.iter().map(|o| o.request.stop.as_ref().unwrap().kind).collect();
+    assert_eq!(kinds, [tradehost::model::StopKind::StopLoss, tradehost::model::StopKind::TakeProfit]);
+    for leg in &legs {
+        assert_eq!(leg.request.size.to_string(), "0.01");
+        assert!(leg.request.reduce_only && leg.request.parent.is_some());
+        assert_eq!(leg.request.oco, Some(legs[0].request.client_id.clone()), "one group");
+    }
+    assert_eq!(t.stop().await, 0);
 }

@@ -28,6 +28,8 @@ fn order(id: &str) -> Order {
             post_only: false,
             reduce_only: false,
             stop: None,
+            oco: None,
+            parent: None,
         },
         0,
     )
@@ -314,6 +316,8 @@ fn closed_orders_that_filled_nothing_and_old_candles_are_pruned_the_rest_is_kept
             post_only: true,
             reduce_only: false,
             stop: None,
+            oco: None,
+            parent: None,
         };
         let mut order = Order::new(request, updated);
         order.status = status;

@@ -46,6 +46,8 @@ impl Strategy for NativeSmaCross {
                 post_only: false,
                 reduce_only: false,
                 stop: None,
+                oco: None,
+                parent: None,
             })
             .map_err(StrategyError::new)?;
         }

@@ -55,6 +55,10 @@ pub struct Broker {
     /// Limit orders that crossed the price when placed: they take liquidity
     /// at the next price (capped at their limit), as the live paper exchange does.
     marketable: std::collections::HashSet<String>,
+    /// Bracket legs waiting for their entry to close.
+    dormant: std::collections::HashSet<String>,
+    /// What each closed order filled, for legs placed after their entry closed.
+    closed: std::collections::HashMap<String, Decimal>,
 }
 
 fn dec(value: f64) -> Decimal {
@@ -73,6 +77,8 @@ impl Broker {
             fees: Decimal::ZERO,
             marks: BTreeMap::new(),
             marketable: Default::default(),
+            dormant: Default::default(),
+            closed: Default::default(),
         }
     }
 
@@ -122,12 +128,26 @@ impl Broker {
             if let Some(product) = self.config.products.get(&request.symbol) {
                 stop.price = product.round_price(stop.price);
             }
-            if stop.fires(request.side, mark, mark) {
-                let reason = format!(
-                    "the stop would trigger at once: trigger {} is already reached by the price {mark}",
-                    stop.price
-                );
-                return reject(order, reason);
+            match request.parent.as_deref() {
+                // A bracket leg: it waits for its entry, or starts sized to what it filled.
+                Some(parent) if self.open.iter().any(|o| o.request.client_id == parent) => {
+                    self.dormant.insert(request.client_id.clone());
+                }
+                Some(parent) => match self.closed.get(parent).copied() {
+                    Some(filled) if !filled.is_zero() => {
+                        request.size = request.size.min(filled);
+                        order.request.size = request.size;
+                    }
+                    _ => return reject(order, format!("its entry {parent} ended without a fill")),
+                },
+                None if stop.fires(request.side, mark, mark) => {
+                    let reason = format!(
+                        "the stop would trigger at once: trigger {} is already reached by the price {mark}",
+                        stop.price
+                    );
+                    return reject(order, reason);
+                }
+                None => {}
             }
             order.request.stop = Some(stop.clone());
             request.stop = Some(stop);
@@ -205,14 +225,79 @@ impl Broker {
     }
 
     /// Cancels an open order.
-    pub fn cancel(&mut self, client_id: &str, now: TimestampMs) -> Option<ExchangeEvent> {
+    pub fn cancel(&mut self, client_id: &str, now: TimestampMs) -> Vec<ExchangeEvent> {
+        let Some(order) = self.cancel_because(client_id, "cancelled".into(), now) else { return Vec::new() };
+        let mut events = vec![ExchangeEvent::Order(order)];
+        self.settle_contingents(&mut events, now);
+        events
+    }
+
+    fn cancel_because(&mut self, client_id: &str, reason: String, now: TimestampMs) -> Option<Order> {
         let index = self.open.iter().position(|o| o.request.client_id == client_id)?;
         let mut order = self.open.remove(index);
         self.marketable.remove(client_id);
+        self.dormant.remove(client_id);
         order.status = OrderStatus::Cancelled;
-        order.reason = Some("cancelled".into());
+        order.reason = Some(reason);
         order.updated = now;
-        Some(ExchangeEvent::Order(order))
+        Some(order)
+    }
+
+    /// What closing orders and fills in `events` do to contingent orders, as
+    /// on the paper exchange: legs waiting for an entry that closed start
+    /// (sized to its fill) or are cancelled (no fill); a fill cancels the
+    /// other open orders of its one-cancels-other group.
+    fn settle_contingents(&mut self, events: &mut Vec<ExchangeEvent>, now: TimestampMs) {
+        let mut i = 0;
+        while i < events.len() {
+            let mut follow_ups = Vec::new();
+            match &events[i] {
+                ExchangeEvent::Order(entry) if !entry.status.is_open() => {
+                    let (entry_id, filled) = (entry.request.client_id.clone(), entry.filled);
+                    self.closed.insert(entry_id.clone(), filled);
+                    let legs: Vec<String> = self
+                        .open
+                        .iter()
+                        .filter(|o| {
+                            o.request.parent.as_ref() == Some(&entry_id) && self.dormant.contains(&o.request.client_id)
+                        })
+                        .map(|o| o.request.client_id.clone())
+                        .collect();
+                    for id in legs {
+                        self.dormant.remove(&id);
+                        if filled.is_zero() {
+                            let reason = format!("its entry {entry_id} ended without a fill");
+                            follow_ups.extend(self.cancel_because(&id, reason, now).map(ExchangeEvent::Order));
+                        } else if let Some(leg) = self.open.iter_mut().find(|o| o.request.client_id == id) {
+                            leg.request.size = leg.request.size.min(filled);
+                            leg.updated = now;
+                            follow_ups.push(ExchangeEvent::Order(leg.clone()));
+                        }
+                    }
+                }
+                ExchangeEvent::Fill(fill) => {
+                    let group = events.iter().find_map(|e| match e {
+                        ExchangeEvent::Order(o) if o.request.client_id == fill.order_id => o.request.oco.clone(),
+                        _ => None,
+                    });
+                    if let Some(group) = group {
+                        let others: Vec<String> = self
+                            .open
+                            .iter()
+                            .filter(|o| o.request.oco.as_ref() == Some(&group) && o.request.client_id != fill.order_id)
+                            .map(|o| o.request.client_id.clone())
+                            .collect();
+                        let reason = format!("one-cancels-other: {} filled", fill.order_id);
+                        for id in others {
+                            follow_ups.extend(self.cancel_because(&id, reason.clone(), now).map(ExchangeEvent::Order));
+                        }
+                    }
+                }
+                ExchangeEvent::Order(_) => {}
+            }
+            events.extend(follow_ups);
+            i += 1;
+        }
     }
 
     /// True when an order on `symbol` is open.
@@ -256,6 +341,10 @@ impl Broker {
             // The price a market or taking order fills at: this point of the path,
             // or the trigger of a stop that fires on it.
             let mut reference = price;
+            if self.dormant.contains(&self.open[i].request.client_id) {
+                i += 1;
+                continue;
+            }
             if self.open[i].status == OrderStatus::Untriggered {
                 let order = &mut self.open[i];
                 let side = order.request.side;
@@ -335,6 +424,7 @@ impl Broker {
             events.push(ExchangeEvent::Fill(self.execute(&mut order, size, price, liquidity, now)));
             events.push(ExchangeEvent::Order(order));
         }
+        self.settle_contingents(&mut events, now);
         events
     }
 
@@ -363,6 +453,8 @@ impl Broker {
             post_only: false,
             reduce_only: true,
             stop: None,
+            oco: None,
+            parent: None,
         };
         let mut order = Order::new(request, now);
         Some(self.execute(&mut order, position.size.abs(), price, Liquidity::Taker, now))

@@ -501,7 +501,7 @@ impl Simulation {
                         .filter(|o| symbol.as_deref().is_none_or(|s| o.request.symbol == s))
                         .map(|o| o.request.client_id.clone())
                         .collect();
-                    events.extend(ids.iter().filter_map(|id| self.broker.cancel(id, time)));
+                    events.extend(ids.iter().flat_map(|id| self.broker.cancel(id, time)));
                 }
                 StrategyCommand::Log { message, .. } | StrategyCommand::Notify(message) => {
                     if self.logs.len() < LOG_LINES_KEPT {

@@ -5,7 +5,7 @@
 //! trailing) held until the watched price reaches their trigger, then worked
 //! as market or limit orders. Deterministic: time comes from the ticks.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,8 @@ pub struct PaperExchange {
     stops: BTreeMap<u64, Order>,
     /// Where each waiting stop is in `stops`, by client id.
     stops_by_id: HashMap<String, u64>,
+    /// Bracket legs still waiting for their entry to close (client ids).
+    dormant: HashSet<String>,
     next_seq: u64,
     positions: BTreeMap<String, Position>,
     cash: Decimal,
@@ -120,6 +122,9 @@ struct SavedAccount {
     /// trigger moves without an order event).
     #[serde(default)]
     stops: Vec<(u64, Order)>,
+    /// Bracket legs still waiting for their entry.
+    #[serde(default)]
+    dormant: Vec<String>,
     next_seq: u64,
     recent: Vec<Order>,
 }
@@ -140,6 +145,7 @@ impl PaperExchange {
             resting_size: HashMap::new(),
             stops: BTreeMap::new(),
             stops_by_id: HashMap::new(),
+            dormant: HashSet::new(),
             next_seq: 0,
             positions: BTreeMap::new(),
             cash: config.balance,
@@ -155,6 +161,7 @@ impl PaperExchange {
             resting: Vec::new(),
             book: self.resting.iter().map(|(k, o)| (*k, o.request.client_id.clone())).collect(),
             stops: self.stops.iter().map(|(k, o)| (*k, o.clone())).collect(),
+            dormant: self.dormant.iter().cloned().collect(),
             next_seq: self.next_seq,
             recent: self.recent.iter().cloned().collect(),
         };
@@ -189,6 +196,7 @@ impl PaperExchange {
                 }
             }
         }
+        self.dormant = saved.dormant.into_iter().filter(|id| self.stops_by_id.contains_key(id)).collect();
         self.next_seq = saved.next_seq;
         self.recent = saved.recent.into();
         Ok(())
@@ -303,7 +311,7 @@ impl PaperExchange {
     fn answer_cancels(&mut self, orders: &[Order]) -> Vec<VenueUpdate> {
         let events = orders.iter().map(|order| self.cancel(&order.request.client_id));
         let (cancelled, errors): (Vec<_>, Vec<_>) = events.partition(Result::is_ok);
-        let mut answers = updates(cancelled.into_iter().filter_map(Result::ok).collect());
+        let mut answers = updates(cancelled.into_iter().filter_map(Result::ok).flatten().collect());
         answers.extend(
             errors
                 .into_iter()
@@ -321,7 +329,8 @@ impl PaperExchange {
 
     /// Accepts, fills or rejects an order at the current quote.
     pub fn submit(&mut self, request: OrderRequest) -> Vec<ExchangeEvent> {
-        let events = self.accept(request);
+        let mut events = self.accept(request);
+        self.settle_contingents(&mut events);
         self.remember(&events);
         events
     }
@@ -356,7 +365,9 @@ impl PaperExchange {
             return reject(request, "limit order without a price".into());
         }
         let position = self.position(&request.symbol);
-        if request.reduce_only {
+        if request.reduce_only && request.parent.is_some() {
+            // A bracket leg closes what its entry will open: checked when it fires.
+        } else if request.reduce_only {
             if position.size.is_zero() || Side::closing(position.size) != request.side {
                 return reject(request, "reduce-only order would increase the position".into());
             }
@@ -374,6 +385,25 @@ impl PaperExchange {
                 let reason = format!("stop trigger must be positive, got {}", stop.price);
                 request.stop = Some(stop);
                 return reject(request, reason);
+            }
+            if let Some(parent) = request.parent.clone() {
+                // A bracket leg: it waits for its entry, or starts now if the entry has closed.
+                let entry = self.lookup(&parent);
+                let filled = entry.as_ref().filter(|e| !e.status.is_open()).map(|e| e.filled);
+                if filled.is_some_and(|f| f.is_zero()) {
+                    request.stop = Some(stop);
+                    return reject(request, format!("its entry {parent} ended without a fill"));
+                }
+                request.stop = Some(stop);
+                let mut order = Order::new(request, now);
+                order.status = OrderStatus::Untriggered;
+                match filled {
+                    Some(filled) => order.request.size = order.request.size.min(filled),
+                    None => drop(self.dormant.insert(order.request.client_id.clone())),
+                }
+                self.hold_stop(self.next_seq, order.clone());
+                self.next_seq += 1;
+                return vec![ExchangeEvent::Order(order)];
             }
             if stop.fires(request.side, watched, watched) {
                 let reason = format!(
@@ -425,8 +455,16 @@ impl PaperExchange {
         vec![ExchangeEvent::Order(order)]
     }
 
-    /// Cancels a resting order.
-    pub fn cancel(&mut self, client_id: &str) -> Result<ExchangeEvent, PaperError> {
+    /// Cancels an open order (and the bracket legs waiting for it).
+    pub fn cancel(&mut self, client_id: &str) -> Result<Vec<ExchangeEvent>, PaperError> {
+        let mut events = vec![ExchangeEvent::Order(self.cancel_because(client_id, "cancelled".into())?)];
+        self.settle_contingents(&mut events);
+        self.remember(&events);
+        Ok(events)
+    }
+
+    /// Takes an open order out of the book or the waiting stops, cancelled.
+    fn cancel_because(&mut self, client_id: &str, reason: String) -> Result<Order, PaperError> {
         let waiting = self.stops_by_id.get(client_id).copied();
         let mut order = match (waiting, self.resting_by_id.get(client_id).copied()) {
             (Some(seq), _) => self.release_stop(seq).expect("indexed"),
@@ -434,11 +472,77 @@ impl PaperExchange {
             (None, None) => return Err(PaperError::UnknownOrder(client_id.to_string())),
         };
         order.status = OrderStatus::Cancelled;
-        order.reason = Some("cancelled".into());
+        order.reason = Some(reason);
         order.updated = self.quotes.get(&order.request.symbol).map_or(order.updated, |q| q.time);
-        let event = ExchangeEvent::Order(order);
-        self.remember(std::slice::from_ref(&event));
-        Ok(event)
+        self.dormant.remove(client_id);
+        Ok(order)
+    }
+
+    /// What closing orders and fills in `events` do to contingent orders,
+    /// appended to `events`: the legs waiting for an entry that closed start
+    /// (sized to what it filled) or are cancelled (it filled nothing); a fill
+    /// cancels the other open orders of its one-cancels-other group.
+    fn settle_contingents(&mut self, events: &mut Vec<ExchangeEvent>) {
+        let mut i = 0;
+        while i < events.len() {
+            let mut follow_ups = Vec::new();
+            match &events[i] {
+                ExchangeEvent::Order(entry) if !entry.status.is_open() && !self.dormant.is_empty() => {
+                    let legs: Vec<String> = self
+                        .dormant
+                        .iter()
+                        .filter(|id| {
+                            self.lookup(id).is_some_and(|l| l.request.parent.as_ref() == Some(&entry.request.client_id))
+                        })
+                        .cloned()
+                        .collect();
+                    let (filled, entry_id, now) = (entry.filled, entry.request.client_id.clone(), entry.updated);
+                    for id in legs {
+                        self.dormant.remove(&id);
+                        let seq = self.stops_by_id[&id];
+                        if filled.is_zero() {
+                            let mut leg = self.release_stop(seq).expect("indexed");
+                            leg.status = OrderStatus::Cancelled;
+                            leg.reason = Some(format!("its entry {entry_id} ended without a fill"));
+                            leg.updated = now;
+                            follow_ups.push(ExchangeEvent::Order(leg));
+                        } else {
+                            let leg = self.stops.get_mut(&seq).expect("indexed");
+                            leg.request.size = leg.request.size.min(filled);
+                            leg.updated = now;
+                            follow_ups.push(ExchangeEvent::Order(leg.clone()));
+                        }
+                    }
+                }
+                ExchangeEvent::Fill(fill) => {
+                    // The filled order is reported among these events (it may be closed already).
+                    let reported = events.iter().find_map(|e| match e {
+                        ExchangeEvent::Order(o) if o.request.client_id == fill.order_id => Some(o.request.oco.clone()),
+                        _ => None,
+                    });
+                    let group =
+                        reported.unwrap_or_else(|| self.lookup(&fill.order_id).and_then(|o| o.request.oco.clone()));
+                    if let Some(group) = group {
+                        let others: Vec<String> = self
+                            .stops
+                            .values()
+                            .chain(self.resting.values())
+                            .filter(|o| o.request.oco.as_ref() == Some(&group) && o.request.client_id != fill.order_id)
+                            .map(|o| o.request.client_id.clone())
+                            .collect();
+                        let reason = format!("one-cancels-other: {} filled", fill.order_id);
+                        for id in others {
+                            if let Ok(cancelled) = self.cancel_because(&id, reason.clone()) {
+                                follow_ups.push(ExchangeEvent::Order(cancelled));
+                            }
+                        }
+                    }
+                }
+                ExchangeEvent::Order(_) => {}
+            }
+            events.extend(follow_ups);
+            i += 1;
+        }
     }
 
     /// Updates the quote of a symbol and fills resting orders it crosses, in
@@ -490,6 +594,7 @@ impl PaperExchange {
         // Then the stops this tick fires (a stop-limit put in the book now
         // waits for the next tick: this one's trade is what fired it).
         events.extend(self.trigger_stops(tick));
+        self.settle_contingents(&mut events);
         self.remember(&events);
         events
     }
@@ -503,7 +608,9 @@ impl PaperExchange {
         let mut fired = Vec::new();
         let mut events = Vec::new();
         let product = self.products.get(&tick.symbol);
-        for (seq, order) in self.stops.iter_mut().filter(|(_, o)| o.request.symbol == tick.symbol) {
+        let dormant = &self.dormant;
+        let live = self.stops.iter_mut().filter(|(_, o)| o.request.symbol == tick.symbol);
+        for (seq, order) in live.filter(|(_, o)| !dormant.contains(&o.request.client_id)) {
             let side = order.request.side;
             let Some(stop) = order.request.stop.as_mut() else { continue };
             let watched = watched_price(stop.on, tick);

@@ -525,6 +525,8 @@ impl Oms {
                     post_only: false,
                     reduce_only: true,
                     stop: None,
+                    oco: None,
+                    parent: None,
                 };
                 let mut order = Order::new(request, self.now());
                 order.status = OrderStatus::Pending;
@@ -843,6 +845,8 @@ mod tests {
             post_only: false,
             reduce_only,
             stop: None,
+            oco: None,
+            parent: None,
         }
     }
 

@@ -535,6 +535,8 @@ mod tests {
             post_only: false,
             reduce_only: false,
             stop: None,
+            oco: None,
+            parent: None,
         }
     }
 

@@ -36,13 +36,13 @@ const fn host(name: &'static str, signature: &'static str, min_args: usize, max_
 pub const HOST_FUNCTIONS: &[HostFn] = &[
     host(
         "exchange::market_order",
-        "exchange::market_order(symbol: string, side: \"buy\"|\"sell\", size: number [, options: #{reduce_only}])",
+        "exchange::market_order(symbol: string, side: \"buy\"|\"sell\", size: number [, options: #{reduce_only, stop_loss, take_profit, trail, trail_pct, ...}])",
         3,
         4,
     ),
     host(
         "exchange::limit_order",
-        "exchange::limit_order(symbol: string, side: \"buy\"|\"sell\", size: number, price: number [, options: #{post_only, reduce_only, tif: \"gtc\"|\"ioc\"}])",
+        "exchange::limit_order(symbol: string, side: \"buy\"|\"sell\", size: number, price: number [, options: #{post_only, reduce_only, tif: \"gtc\"|\"ioc\", stop_loss, take_profit, ...}])",
         4,
         5,
     ),
@@ -63,6 +63,12 @@ pub const HOST_FUNCTIONS: &[HostFn] = &[
         "exchange::trailing_stop(symbol: string, side: \"buy\"|\"sell\", size: number, options: #{trail | trail_pct, limit, reduce_only, trigger_on: \"last\"|\"mark\"})",
         4,
         4,
+    ),
+    host(
+        "exchange::bracket",
+        "exchange::bracket(symbol: string, options: #{stop_loss | trail | trail_pct, take_profit, stop_loss_limit, take_profit_limit, trigger_on})",
+        2,
+        2,
     ),
     host("exchange::cancel", "exchange::cancel(order_id: string)", 1, 1),
     host("exchange::cancel_all", "exchange::cancel_all([symbol: string])", 0, 1),
@@ -183,10 +189,6 @@ fn side(function: &str, v: &Dynamic) -> Result<Side> {
     text(function, "side", v)?.parse().map_err(|e: String| bad(function, format!("{function}: {e}")))
 }
 
-fn options(function: &str, v: &Dynamic) -> Result<Map> {
-    options_of(function, v, &["post_only", "reduce_only", "tif"])
-}
-
 /// The options map of a call, refusing keys not in `known`.
 fn options_of(function: &str, v: &Dynamic, known: &[&str]) -> Result<Map> {
     let map = v
@@ -259,7 +261,8 @@ fn place(
     let side = side(function, args[1])?;
     let size = order_number(function, "size", args[2])?;
     let price = price.map(|p| order_number(function, "price", p)).transpose()?;
-    let opts = opts.map(|o| options(function, o)).transpose()?.unwrap_or_default();
+    let entry_options: Vec<&str> = ["post_only", "reduce_only", "tif"].iter().chain(BRACKET_OPTIONS).copied().collect();
+    let opts = opts.map(|o| options_of(function, o, &entry_options)).transpose()?.unwrap_or_default();
     let time_in_force = match opts.get("tif").map(|v| v.to_string().to_ascii_lowercase()) {
         None => TimeInForce::Gtc,
         Some(t) if t == "gtc" => TimeInForce::Gtc,
@@ -270,8 +273,13 @@ fn place(
     };
     let kind = if price.is_some() { OrderKind::Limit } else { OrderKind::Market };
     if kind == OrderKind::Market && (opts.contains_key("post_only") || opts.contains_key("tif")) {
-        return Err(bad(function, format!("{function}: market orders take only the `reduce_only` option")));
+        return Err(bad(function, format!("{function}: market orders take only `reduce_only` and bracket options")));
     }
+    let closing = match side {
+        Side::Buy => Side::Sell,
+        Side::Sell => Side::Buy,
+    };
+    let legs = bracket_legs(function, &opts, &symbol, closing, size)?;
     let spec = OrderSpec {
         symbol,
         side,
@@ -282,8 +290,16 @@ fn place(
         post_only: flag(function, &opts, "post_only")?,
         reduce_only: flag(function, &opts, "reduce_only")?,
         stop: None,
+        oco: None,
+        parent: None,
     };
-    ctx.borrow_mut().place(spec).map_err(|e| bad(function, format!("{function}: {e}")))
+    if spec.reduce_only && !legs.is_empty() {
+        return Err(bad(function, format!("{function}: a reduce-only order cannot carry a bracket")));
+    }
+    let mut ctx = ctx.borrow_mut();
+    let entry = ctx.place(spec).map_err(|e| bad(function, format!("{function}: {e}")))?;
+    place_legs(&mut ctx, legs, Some(&entry)).map_err(|e| bad(function, format!("{function}: {e}")))?;
+    Ok(entry)
 }
 
 /// How a stop order is asked for: its kind, and a fixed trigger (stop-loss,
@@ -306,17 +322,7 @@ fn place_stop(ctx: &SharedContext, call: StopCall, args: [&Dynamic; 3], opts: Op
     let opts = opts.map(|o| options_of(function, o, known)).transpose()?.unwrap_or_default();
     let number = |key: &str| opts.get(key).map(|v| order_number(function, key, v)).transpose();
     let limit = number("limit")?;
-    let on = match opts.get("trigger_on").map(|v| v.to_string()) {
-        None => TriggerOn::Last,
-        Some(t) if t == "last" => TriggerOn::Last,
-        Some(t) if t == "mark" => TriggerOn::Mark,
-        Some(t) => {
-            return Err(bad(
-                function,
-                format!("{function}: option `trigger_on` must be \"last\" or \"mark\", got {t:?}"),
-            ));
-        }
-    };
+    let on = trigger_on(function, &opts)?;
     let (price, trail, trail_pct) = match &call.trigger {
         Some(trigger) => (order_number(function, "trigger", trigger)?, None, None),
         None => {
@@ -348,8 +354,120 @@ fn place_stop(ctx: &SharedContext, call: StopCall, args: [&Dynamic; 3], opts: Op
         post_only: false,
         reduce_only: flag(function, &opts, "reduce_only")?,
         stop: Some(Box::new(StopTrigger { kind: call.kind, price, trail, trail_pct, on })),
+        oco: None,
+        parent: None,
     };
     ctx.borrow_mut().place(spec).map_err(|e| bad(function, format!("{function}: {e}")))
+}
+
+/// The `trigger_on` option: `"last"` (the default) or `"mark"`.
+fn trigger_on(function: &str, opts: &Map) -> Result<TriggerOn> {
+    match opts.get("trigger_on").map(|v| v.to_string()) {
+        None => Ok(TriggerOn::Last),
+        Some(t) if t == "last" => Ok(TriggerOn::Last),
+        Some(t) if t == "mark" => Ok(TriggerOn::Mark),
+        Some(t) => {
+            Err(bad(function, format!("{function}: option `trigger_on` must be \"last\" or \"mark\", got {t:?}")))
+        }
+    }
+}
+
+/// The options that attach a bracket to an entry (and that `exchange::bracket` takes).
+const BRACKET_OPTIONS: &[&str] =
+    &["stop_loss", "take_profit", "trail", "trail_pct", "stop_loss_limit", "take_profit_limit", "trigger_on"];
+
+/// The legs a bracket's options ask for, closing `size` with `side`: a
+/// stop-loss (fixed, or trailing with `trail`/`trail_pct`) and a
+/// take-profit, each optional, each reduce-only; none when no bracket
+/// option is given.
+fn bracket_legs(function: &str, opts: &Map, symbol: &str, side: Side, size: Decimal) -> Result<Vec<OrderSpec>> {
+    let number = |key: &str| opts.get(key).map(|v| order_number(function, key, v)).transpose();
+    let (stop_loss, take_profit) = (number("stop_loss")?, number("take_profit")?);
+    let (trail, trail_pct) = (number("trail")?, number("trail_pct")?);
+    let on = trigger_on(function, opts)?;
+    if trail_pct.is_some_and(|pct| pct >= Decimal::ONE_HUNDRED) {
+        return Err(bad(function, format!("{function}: `trail_pct` must be under 100")));
+    }
+    if [stop_loss.is_some(), trail.is_some(), trail_pct.is_some()].iter().filter(|b| **b).count() > 1 {
+        return Err(bad(function, format!("{function}: give one of `stop_loss`, `trail` or `trail_pct`")));
+    }
+    let leg = |kind, price, limit: Option<Decimal>, trail, trail_pct| OrderSpec {
+        symbol: symbol.to_string(),
+        side,
+        kind: if limit.is_some() { OrderKind::Limit } else { OrderKind::Market },
+        size,
+        price: limit,
+        time_in_force: TimeInForce::Gtc,
+        post_only: false,
+        reduce_only: true,
+        stop: Some(Box::new(StopTrigger { kind, price, trail, trail_pct, on })),
+        oco: None,
+        parent: None,
+    };
+    let mut legs = Vec::new();
+    if stop_loss.is_some() || trail.is_some() || trail_pct.is_some() {
+        let price = stop_loss.unwrap_or(Decimal::ZERO);
+        legs.push(leg(StopKind::StopLoss, price, number("stop_loss_limit")?, trail, trail_pct));
+    } else if opts.contains_key("stop_loss_limit") {
+        return Err(bad(function, format!("{function}: `stop_loss_limit` needs `stop_loss`, `trail` or `trail_pct`")));
+    }
+    match take_profit {
+        Some(price) => legs.push(leg(StopKind::TakeProfit, price, number("take_profit_limit")?, None, None)),
+        None if opts.contains_key("take_profit_limit") => {
+            return Err(bad(function, format!("{function}: `take_profit_limit` needs `take_profit`")));
+        }
+        None => {}
+    }
+    Ok(legs)
+}
+
+/// Queues a bracket's legs, one-cancels-other when there are two, waiting
+/// for `parent` when they protect an entry; returns their ids.
+fn place_legs(
+    ctx: &mut StrategyContext,
+    legs: Vec<OrderSpec>,
+    parent: Option<&str>,
+) -> std::result::Result<Vec<String>, String> {
+    let ids: Vec<String> = legs.iter().map(|_| ctx.next_order_id()).collect();
+    let group = (ids.len() > 1).then(|| ids[0].clone());
+    for (id, mut leg) in ids.iter().zip(legs) {
+        leg.oco = group.clone();
+        leg.parent = parent.map(str::to_string);
+        ctx.place_as(id.clone(), leg)?;
+    }
+    Ok(ids)
+}
+
+/// `exchange::bracket(symbol, options)`: a stop-loss and/or take-profit for
+/// the strategy's open position, one-cancels-other.
+fn bracket(ctx: &SharedContext, symbol: &Dynamic, opts: &Dynamic) -> Result<Map> {
+    const FUNCTION: &str = "exchange::bracket";
+    let symbol = text(FUNCTION, "symbol", symbol)?;
+    let opts = options_of(FUNCTION, opts, BRACKET_OPTIONS)?;
+    let mut ctx = ctx.borrow_mut();
+    let size = {
+        let account = ctx.account.load();
+        account.position(&ctx.name, &symbol).size
+    };
+    if size.is_zero() {
+        return Err(bad(FUNCTION, format!("{FUNCTION}: no open position in {symbol} to protect")));
+    }
+    let legs = bracket_legs(FUNCTION, &opts, &symbol, Side::closing(size), size.abs())?;
+    if legs.is_empty() {
+        return Err(bad(
+            FUNCTION,
+            format!("{FUNCTION}: give `stop_loss` (or `trail`/`trail_pct`) and/or `take_profit`"),
+        ));
+    }
+    let kinds: Vec<&str> = legs
+        .iter()
+        .map(|l| match l.stop.as_ref().map(|s| s.kind) {
+            Some(StopKind::TakeProfit) => "take_profit",
+            _ => "stop_loss",
+        })
+        .collect();
+    let ids = place_legs(&mut ctx, legs, None).map_err(|e| bad(FUNCTION, format!("{FUNCTION}: {e}")))?;
+    Ok(kinds.into_iter().zip(ids).map(|(k, id)| (k.into(), id.into())).collect())
 }
 
 /// Registers a stop-order function with and without its options map.
@@ -401,6 +519,10 @@ fn exchange_module(ctx: &SharedContext) -> Module {
         },
     );
     register_stop(&mut m, ctx, "stop_order", StopKind::StopLoss);
+    let c = ctx.clone();
+    m.set_native_fn("bracket", move |cx: NativeCallContext, s: Dynamic, o: Dynamic| {
+        located(&cx, || bracket(&c, &s, &o))
+    });
     register_stop(&mut m, ctx, "take_profit", StopKind::TakeProfit);
     let c = ctx.clone();
     m.set_native_fn(

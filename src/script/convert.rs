@@ -93,6 +93,8 @@ pub fn order(o: &Order) -> Dynamic {
         ("post_only", r.post_only.into()),
         ("reduce_only", r.reduce_only.into()),
         ("stop", r.stop.as_deref().map_or(Dynamic::UNIT, stop)),
+        ("oco", r.oco.clone().map_or(Dynamic::UNIT, Into::into)),
+        ("parent", r.parent.clone().map_or(Dynamic::UNIT, Into::into)),
     ])
 }
 

@@ -104,6 +104,10 @@ pub struct OrderSpec {
     pub reduce_only: bool,
     /// A stop order's trigger.
     pub stop: Option<Box<crate::model::StopTrigger>>,
+    /// One-cancels-other group.
+    pub oco: Option<String>,
+    /// The entry this order waits for.
+    pub parent: Option<String>,
 }
 
 impl StrategyContext {
@@ -133,8 +137,18 @@ impl StrategyContext {
     /// Queues an order and returns its client id at once (an error when
     /// over the strategy's order quota).
     pub fn place(&mut self, spec: OrderSpec) -> Result<String, String> {
+        let client_id = self.next_order_id();
+        self.place_as(client_id, spec)
+    }
+
+    /// A new client order id, for orders that name each other (a bracket).
+    pub fn next_order_id(&self) -> String {
+        self.ids.next_id()
+    }
+
+    /// Queues an order under a client id from [`Self::next_order_id`].
+    pub fn place_as(&mut self, client_id: String, spec: OrderSpec) -> Result<String, String> {
         self.quotas.order(self.quotas.time(self.now))?;
-        let client_id = self.ids.next_id();
         self.commands.push(StrategyCommand::Place(OrderRequest {
             client_id: client_id.clone(),
             strategy: self.name.clone(),
@@ -147,6 +161,8 @@ impl StrategyContext {
             post_only: spec.post_only,
             reduce_only: spec.reduce_only,
             stop: spec.stop,
+            oco: spec.oco,
+            parent: spec.parent,
         }));
         Ok(client_id)
     }

@@ -36,7 +36,7 @@ pub const OVERFLOW_FACTOR: usize = 16;
 #[derive(Debug)]
 pub enum RuntimeInput {
     /// A market or order event.
-    Event(StrategyEvent),
+    Event(Box<StrategyEvent>),
     /// The latest tick of a symbol, kept aside while the strategy lags.
     LatestTick(String),
     /// New source for a hot reload.
@@ -193,10 +193,10 @@ impl RuntimeHandle {
                 }
                 return;
             }
-            let _ = self.tx.send(RuntimeInput::Event(StrategyEvent::Tick(tick)));
+            let _ = self.tx.send(RuntimeInput::Event(Box::new(StrategyEvent::Tick(tick))));
             return;
         }
-        let _ = self.tx.send(RuntimeInput::Event(event));
+        let _ = self.tx.send(RuntimeInput::Event(Box::new(event)));
     }
 
     /// Events waiting for the strategy.
@@ -584,7 +584,7 @@ impl Runner {
             let failed = match input {
                 Some(RuntimeInput::Event(event)) => {
                     self.persistence.touch();
-                    self.deliver(event)
+                    self.deliver(*event)
                 }
                 Some(RuntimeInput::LatestTick(symbol)) => {
                     let tick = flow.latest.lock().unwrap_or_else(|e| e.into_inner()).remove(&symbol);
