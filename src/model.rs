@@ -191,6 +191,11 @@ impl StopTrigger {
         (self.kind == StopKind::StopLoss) == (side == Side::Sell)
     }
 
+    /// Whether it is a trailing stop.
+    pub fn trails(&self) -> bool {
+        self.trail.is_some() || self.trail_pct.is_some()
+    }
+
     /// The trailing distance at `price`, if it trails.
     pub fn distance(&self, price: Decimal) -> Option<Decimal> {
         let percent = self.trail_pct.map(|pct| price.saturating_mul(pct) / Decimal::ONE_HUNDRED);

@@ -341,7 +341,7 @@ impl Broker {
             // The price a market or taking order fills at: this point of the path,
             // or the trigger of a stop that fires on it.
             let mut reference = price;
-            if self.dormant.contains(&self.open[i].request.client_id) {
+            if !self.dormant.is_empty() && self.dormant.contains(&self.open[i].request.client_id) {
                 i += 1;
                 continue;
             }
@@ -350,7 +350,9 @@ impl Broker {
                 let side = order.request.side;
                 let stop = order.request.stop.as_mut().expect("an untriggered order is a stop");
                 if !stop.fires(side, low, high) {
-                    stop.follow(side, price);
+                    if stop.trails() {
+                        stop.follow(side, price);
+                    }
                     i += 1;
                     continue;
                 }

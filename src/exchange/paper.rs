@@ -615,8 +615,10 @@ impl PaperExchange {
             let Some(stop) = order.request.stop.as_mut() else { continue };
             let watched = watched_price(stop.on, tick);
             let before = stop.price;
-            stop.follow(side, watched);
-            stop.price = product.map_or(stop.price, |p| p.round_price(stop.price));
+            if stop.trails() {
+                stop.follow(side, watched);
+                stop.price = product.map_or(stop.price, |p| p.round_price(stop.price));
+            }
             if stop.fires(side, watched, watched) {
                 fired.push(*seq);
             } else if stop.price != before {
