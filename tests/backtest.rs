@@ -631,6 +631,11 @@ fn backtest_refuses_mistyped_params_and_outputs_that_would_go_wrong_before_runni
     }
 }
 
+/// A backtest of `script` on hand-made bars: fees 10 bps taker, 5 maker, no slippage.
+fn run_bars(script: &str, data: Vec<Vec<Candle>>) -> tradehost::backtest::BacktestRun {
+    backtest::run_script("hand.rhai", script, &data, &config("10", "5", "0"), &mut |_| {}).unwrap()
+}
+
 /// Fills of a backtest as (side, size, price, time).
 fn fill_list(run: &tradehost::backtest::BacktestRun) -> Vec<(Side, Decimal, Decimal, i64)> {
     run.fills.iter().map(|f| (f.side, f.size, f.price, f.time)).collect()
@@ -653,7 +658,7 @@ fn on_order(o) { if o.stop != () { print(`${o.status} ${o.stop.kind} ${o.stop.tr
         bar(1, 100.0, 102.0, 99.0, 101.0),
         bar(2, 90.0, 92.0, 89.0, 91.0),
     ]];
-    let run = backtest::run_script("gap.rhai", script, &data, &config("10", "5", "0"), &mut |_| {}).unwrap();
+    let run = run_bars(script, data);
     assert_eq!(
         fill_list(&run),
         vec![(Side::Buy, d("1"), d("100"), 60_000), (Side::Sell, d("1"), d("90"), 120_000)],
@@ -691,7 +696,7 @@ fn on_candle(c) {
         // Falling bar: open 103, high 109 at 1/3, low 97 at 2/3, close 100.
         bar(4, 103.0, 109.0, 97.0, 100.0),
     ]];
-    let run = backtest::run_script("both.rhai", script, &data, &config("10", "5", "0"), &mut |_| {}).unwrap();
+    let run = run_bars(script, data);
     assert_eq!(
         fill_list(&run),
         vec![
@@ -725,7 +730,7 @@ fn on_candle(c) {
         // Falling: 118, 119, 110, 112 — 119 moves it to 115 only (never down), 110 fires it at 115.
         bar(3, 118.0, 119.0, 110.0, 112.0),
     ]];
-    let run = backtest::run_script("trail.rhai", script, &data, &config("10", "5", "0"), &mut |_| {}).unwrap();
+    let run = run_bars(script, data);
     assert_eq!(fill_list(&run), vec![(Side::Buy, d("1"), d("100"), 60_000), (Side::Sell, d("1"), d("115"), 220_000)]);
 }
 
@@ -753,7 +758,7 @@ fn on_order(o) { if o.status == "cancelled" { print(`${o.id} cancelled: ${o.reas
         // Falling: the high (107) comes first and takes profit at 106; the stop is cancelled.
         bar(5, 103.0, 107.0, 99.0, 100.0),
     ]];
-    let run = backtest::run_script("bracket.rhai", script, &data, &config("10", "5", "0"), &mut |_| {}).unwrap();
+    let run = run_bars(script, data);
     assert_eq!(
         fill_list(&run),
         vec![
@@ -767,9 +772,9 @@ fn on_order(o) { if o.status == "cancelled" { print(`${o.id} cancelled: ${o.reas
     assert_eq!(
         logs,
         [
-            "bracket-3 cancelled: one-cancels-other: bracket-2 filled",
-            "legs bracket-5 bracket-6",
-            "bracket-5 cancelled: one-cancels-other: bracket-6 filled",
+            "hand-3 cancelled: one-cancels-other: hand-2 filled",
+            "legs hand-5 hand-6",
+            "hand-5 cancelled: one-cancels-other: hand-6 filled",
         ]
     );
 }

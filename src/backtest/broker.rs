@@ -243,61 +243,10 @@ impl Broker {
         Some(order)
     }
 
-    /// What closing orders and fills in `events` do to contingent orders, as
-    /// on the paper exchange: legs waiting for an entry that closed start
-    /// (sized to its fill) or are cancelled (no fill); a fill cancels the
-    /// other open orders of its one-cancels-other group.
+    /// What closing orders and fills in `events` do to contingent orders
+    /// (see [`crate::exchange::contingent`]), appended to `events`.
     fn settle_contingents(&mut self, events: &mut Vec<ExchangeEvent>, now: TimestampMs) {
-        let mut i = 0;
-        while i < events.len() {
-            let mut follow_ups = Vec::new();
-            match &events[i] {
-                ExchangeEvent::Order(entry) if !entry.status.is_open() => {
-                    let (entry_id, filled) = (entry.request.client_id.clone(), entry.filled);
-                    self.closed.insert(entry_id.clone(), filled);
-                    let legs: Vec<String> = self
-                        .open
-                        .iter()
-                        .filter(|o| {
-                            o.request.parent.as_ref() == Some(&entry_id) && self.dormant.contains(&o.request.client_id)
-                        })
-                        .map(|o| o.request.client_id.clone())
-                        .collect();
-                    for id in legs {
-                        self.dormant.remove(&id);
-                        if filled.is_zero() {
-                            let reason = format!("its entry {entry_id} ended without a fill");
-                            follow_ups.extend(self.cancel_because(&id, reason, now).map(ExchangeEvent::Order));
-                        } else if let Some(leg) = self.open.iter_mut().find(|o| o.request.client_id == id) {
-                            leg.request.size = leg.request.size.min(filled);
-                            leg.updated = now;
-                            follow_ups.push(ExchangeEvent::Order(leg.clone()));
-                        }
-                    }
-                }
-                ExchangeEvent::Fill(fill) => {
-                    let group = events.iter().find_map(|e| match e {
-                        ExchangeEvent::Order(o) if o.request.client_id == fill.order_id => o.request.oco.clone(),
-                        _ => None,
-                    });
-                    if let Some(group) = group {
-                        let others: Vec<String> = self
-                            .open
-                            .iter()
-                            .filter(|o| o.request.oco.as_ref() == Some(&group) && o.request.client_id != fill.order_id)
-                            .map(|o| o.request.client_id.clone())
-                            .collect();
-                        let reason = format!("one-cancels-other: {} filled", fill.order_id);
-                        for id in others {
-                            follow_ups.extend(self.cancel_because(&id, reason.clone(), now).map(ExchangeEvent::Order));
-                        }
-                    }
-                }
-                ExchangeEvent::Order(_) => {}
-            }
-            events.extend(follow_ups);
-            i += 1;
-        }
+        crate::exchange::contingent::settle(self, events, now);
     }
 
     /// True when an order on `symbol` is open.
@@ -477,5 +426,38 @@ impl Broker {
         self.fees += fill.fee;
         self.fills.push(fill.clone());
         fill
+    }
+}
+
+impl crate::exchange::contingent::ContingentBook for Broker {
+    fn legs_waiting_for(&self, entry: &str) -> Vec<String> {
+        let waits =
+            |o: &&Order| o.request.parent.as_deref() == Some(entry) && self.dormant.contains(&o.request.client_id);
+        self.open.iter().filter(waits).map(|o| o.request.client_id.clone()).collect()
+    }
+
+    fn start_leg(&mut self, leg: &str, filled: Decimal, now: TimestampMs) -> Option<Order> {
+        self.dormant.remove(leg);
+        let order = self.open.iter_mut().find(|o| o.request.client_id == leg)?;
+        order.request.size = order.request.size.min(filled);
+        order.updated = now;
+        Some(order.clone())
+    }
+
+    fn group_members(&self, group: &str) -> Vec<String> {
+        let members = self.open.iter().filter(|o| o.request.oco.as_deref() == Some(group));
+        members.map(|o| o.request.client_id.clone()).collect()
+    }
+
+    fn group_of_closed(&self, _client_id: &str) -> Option<String> {
+        None // a backtest's fills always come with their order
+    }
+
+    fn cancel_with(&mut self, client_id: &str, reason: String, now: TimestampMs) -> Option<Order> {
+        self.cancel_because(client_id, reason, now)
+    }
+
+    fn note_closed(&mut self, order: &Order) {
+        self.closed.insert(order.request.client_id.clone(), order.filled);
     }
 }

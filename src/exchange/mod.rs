@@ -5,6 +5,7 @@
 //! (Delta) answers later, from its REST calls and private stream. Market data
 //! sources report [`MarketEvent`]s.
 
+pub mod contingent;
 pub mod paper;
 
 use rust_decimal::Decimal;

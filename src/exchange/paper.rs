@@ -478,71 +478,11 @@ impl PaperExchange {
         Ok(order)
     }
 
-    /// What closing orders and fills in `events` do to contingent orders,
-    /// appended to `events`: the legs waiting for an entry that closed start
-    /// (sized to what it filled) or are cancelled (it filled nothing); a fill
-    /// cancels the other open orders of its one-cancels-other group.
+    /// What closing orders and fills in `events` do to contingent orders
+    /// (see [`super::contingent`]), appended to `events`.
     fn settle_contingents(&mut self, events: &mut Vec<ExchangeEvent>) {
-        let mut i = 0;
-        while i < events.len() {
-            let mut follow_ups = Vec::new();
-            match &events[i] {
-                ExchangeEvent::Order(entry) if !entry.status.is_open() && !self.dormant.is_empty() => {
-                    let legs: Vec<String> = self
-                        .dormant
-                        .iter()
-                        .filter(|id| {
-                            self.lookup(id).is_some_and(|l| l.request.parent.as_ref() == Some(&entry.request.client_id))
-                        })
-                        .cloned()
-                        .collect();
-                    let (filled, entry_id, now) = (entry.filled, entry.request.client_id.clone(), entry.updated);
-                    for id in legs {
-                        self.dormant.remove(&id);
-                        let seq = self.stops_by_id[&id];
-                        if filled.is_zero() {
-                            let mut leg = self.release_stop(seq).expect("indexed");
-                            leg.status = OrderStatus::Cancelled;
-                            leg.reason = Some(format!("its entry {entry_id} ended without a fill"));
-                            leg.updated = now;
-                            follow_ups.push(ExchangeEvent::Order(leg));
-                        } else {
-                            let leg = self.stops.get_mut(&seq).expect("indexed");
-                            leg.request.size = leg.request.size.min(filled);
-                            leg.updated = now;
-                            follow_ups.push(ExchangeEvent::Order(leg.clone()));
-                        }
-                    }
-                }
-                ExchangeEvent::Fill(fill) => {
-                    // The filled order is reported among these events (it may be closed already).
-                    let reported = events.iter().find_map(|e| match e {
-                        ExchangeEvent::Order(o) if o.request.client_id == fill.order_id => Some(o.request.oco.clone()),
-                        _ => None,
-                    });
-                    let group =
-                        reported.unwrap_or_else(|| self.lookup(&fill.order_id).and_then(|o| o.request.oco.clone()));
-                    if let Some(group) = group {
-                        let others: Vec<String> = self
-                            .stops
-                            .values()
-                            .chain(self.resting.values())
-                            .filter(|o| o.request.oco.as_ref() == Some(&group) && o.request.client_id != fill.order_id)
-                            .map(|o| o.request.client_id.clone())
-                            .collect();
-                        let reason = format!("one-cancels-other: {} filled", fill.order_id);
-                        for id in others {
-                            if let Ok(cancelled) = self.cancel_because(&id, reason.clone()) {
-                                follow_ups.push(ExchangeEvent::Order(cancelled));
-                            }
-                        }
-                    }
-                }
-                ExchangeEvent::Order(_) => {}
-            }
-            events.extend(follow_ups);
-            i += 1;
-        }
+        let now = events.iter().find_map(order_of).map_or(0, |o| o.updated);
+        super::contingent::settle(self, events, now);
     }
 
     /// Updates the quote of a symbol and fills resting orders it crosses, in
@@ -742,6 +682,34 @@ impl PaperExchange {
             ));
         }
         Ok(())
+    }
+}
+
+impl super::contingent::ContingentBook for PaperExchange {
+    fn legs_waiting_for(&self, entry: &str) -> Vec<String> {
+        let waits_for = |id: &&String| self.lookup(id).is_some_and(|l| l.request.parent.as_deref() == Some(entry));
+        self.dormant.iter().filter(waits_for).cloned().collect()
+    }
+
+    fn start_leg(&mut self, leg: &str, filled: Decimal, now: TimestampMs) -> Option<Order> {
+        self.dormant.remove(leg);
+        let order = self.stops.get_mut(self.stops_by_id.get(leg)?)?;
+        order.request.size = order.request.size.min(filled);
+        order.updated = now;
+        Some(order.clone())
+    }
+
+    fn group_members(&self, group: &str) -> Vec<String> {
+        let orders = self.stops.values().chain(self.resting.values());
+        orders.filter(|o| o.request.oco.as_deref() == Some(group)).map(|o| o.request.client_id.clone()).collect()
+    }
+
+    fn group_of_closed(&self, client_id: &str) -> Option<String> {
+        self.lookup(client_id).and_then(|o| o.request.oco)
+    }
+
+    fn cancel_with(&mut self, client_id: &str, reason: String, _now: TimestampMs) -> Option<Order> {
+        self.cancel_because(client_id, reason).ok()
     }
 }
 

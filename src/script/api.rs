@@ -344,7 +344,21 @@ fn place_stop(ctx: &SharedContext, call: StopCall, args: [&Dynamic; 3], opts: Op
             (Decimal::ZERO, trail, trail_pct)
         }
     };
-    let spec = OrderSpec {
+    let trigger = StopTrigger { kind: call.kind, price, trail, trail_pct, on };
+    let spec = stop_spec(symbol, side, size, trigger, limit, flag(function, &opts, "reduce_only")?);
+    ctx.borrow_mut().place(spec).map_err(|e| bad(function, format!("{function}: {e}")))
+}
+
+/// A stop order: stop-market, or stop-limit with `limit`.
+fn stop_spec(
+    symbol: String,
+    side: Side,
+    size: Decimal,
+    trigger: StopTrigger,
+    limit: Option<Decimal>,
+    reduce_only: bool,
+) -> OrderSpec {
+    OrderSpec {
         symbol,
         side,
         kind: if limit.is_some() { OrderKind::Limit } else { OrderKind::Market },
@@ -352,12 +366,11 @@ fn place_stop(ctx: &SharedContext, call: StopCall, args: [&Dynamic; 3], opts: Op
         price: limit,
         time_in_force: TimeInForce::Gtc,
         post_only: false,
-        reduce_only: flag(function, &opts, "reduce_only")?,
-        stop: Some(Box::new(StopTrigger { kind: call.kind, price, trail, trail_pct, on })),
+        reduce_only,
+        stop: Some(Box::new(trigger)),
         oco: None,
         parent: None,
-    };
-    ctx.borrow_mut().place(spec).map_err(|e| bad(function, format!("{function}: {e}")))
+    }
 }
 
 /// The `trigger_on` option: `"last"` (the default) or `"mark"`.
@@ -391,18 +404,8 @@ fn bracket_legs(function: &str, opts: &Map, symbol: &str, side: Side, size: Deci
     if [stop_loss.is_some(), trail.is_some(), trail_pct.is_some()].iter().filter(|b| **b).count() > 1 {
         return Err(bad(function, format!("{function}: give one of `stop_loss`, `trail` or `trail_pct`")));
     }
-    let leg = |kind, price, limit: Option<Decimal>, trail, trail_pct| OrderSpec {
-        symbol: symbol.to_string(),
-        side,
-        kind: if limit.is_some() { OrderKind::Limit } else { OrderKind::Market },
-        size,
-        price: limit,
-        time_in_force: TimeInForce::Gtc,
-        post_only: false,
-        reduce_only: true,
-        stop: Some(Box::new(StopTrigger { kind, price, trail, trail_pct, on })),
-        oco: None,
-        parent: None,
+    let leg = |kind, price, limit: Option<Decimal>, trail, trail_pct| {
+        stop_spec(symbol.to_string(), side, size, StopTrigger { kind, price, trail, trail_pct, on }, limit, true)
     };
     let mut legs = Vec::new();
     if stop_loss.is_some() || trail.is_some() || trail_pct.is_some() {
