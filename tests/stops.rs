@@ -205,3 +205,62 @@ fn on_tick(t) {
     }
     assert_eq!(t.stop().await, 0);
 }
+
+/// Places one far-away stop-loss on its first tick.
+const FAR_STOP: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_tick(t) { if this.placed != true { this.placed = true; exchange::stop_order("BTCUSD", "sell", 0.01, t.bid * 0.5); } }
+"#;
+
+/// The client ids of the host's waiting stops.
+async fn waiting_stops(t: &TestHost) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let account = t.host.account();
+        let waiting: Vec<String> = account
+            .open_orders
+            .iter()
+            .filter(|o| o.status == OrderStatus::Untriggered)
+            .map(|o| o.request.client_id.clone())
+            .collect();
+        if !waiting.is_empty() || Instant::now() > deadline {
+            return waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_policies_keep_or_cancel_stops_and_the_kill_switch_cancels_them() {
+    // `leave`: the stop outlives the host and is there after the restart.
+    let t = TestHost::start(&[("far", FAR_STOP)], |c| {
+        c.strategies.shutdown_policy = tradehost::config::ShutdownPolicy::Leave
+    })
+    .await;
+    let placed = waiting_stops(&t).await;
+    assert_eq!(placed.len(), 1);
+    let (dir, data) = t.stop_keep().await;
+    let t = TestHost::start_in(dir, data, |_| {}).await;
+    assert_eq!(waiting_stops(&t).await, placed, "kept through a clean restart with `leave`");
+    // `cancel` (the default): the shutdown cancels it.
+    let (dir, data) = t.stop_keep().await;
+    let store = tradehost::store::Store::open(data.path()).unwrap();
+    let stored = store.recover().unwrap().orders[&placed[0]].clone();
+    assert_eq!(stored.status, OrderStatus::Cancelled, "{stored:?}");
+    drop(store);
+    // The kill switch cancels a waiting stop.
+    let t = TestHost::start_in(dir, data, |_| {}).await;
+    std::fs::write(t.file("far2"), FAR_STOP).unwrap();
+    let waiting = waiting_stops(&t).await;
+    assert_eq!(waiting.len(), 1);
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    t.host.control().send(tradehost::control::Control::Kill { flatten: false, reply }).unwrap();
+    let report = answer.await.unwrap().unwrap();
+    assert_eq!(report.cancelled, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.host.account().open_orders.iter().any(|o| o.request.client_id == waiting[0]) {
+        assert!(Instant::now() < deadline, "the stop is still open after the kill switch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(t.stop().await, 0);
+}
