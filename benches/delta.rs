@@ -98,6 +98,7 @@ async fn round_trips() {
                     post_only: true,
                     reduce_only: false,
                     client_order_id: format!("bench-{i}"),
+                    stop: None,
                 };
                 let t = Instant::now();
                 rest.place_order(&order).await.unwrap();

@@ -101,7 +101,11 @@ impl Run {
             if let Some(message) = found {
                 return message;
             }
-            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+            if start.elapsed() >= limit {
+                let logs: Vec<String> =
+                    self.host.activity().since(since, usize::MAX).iter().map(|e| e.data.to_string()).collect();
+                panic!("timed out after {limit:?} waiting for {what}; logs: {logs:#?}");
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -112,8 +116,13 @@ impl Run {
         let account = self.host.account();
         let mut host_open: Vec<&str> = account.open_orders.iter().map(|o| o.request.client_id.as_str()).collect();
         let pending = account.open_orders.iter().any(|o| o.status == tradehost::model::OrderStatus::Pending);
-        let mut fake_open: Vec<String> =
-            self.fake.orders().into_iter().filter(|o| o.state == "open").filter_map(|o| o.client_order_id).collect();
+        let mut fake_open: Vec<String> = self
+            .fake
+            .orders()
+            .into_iter()
+            .filter(|o| o.state == "open" || o.state == "pending")
+            .filter_map(|o| o.client_order_id)
+            .collect();
         host_open.sort_unstable();
         fake_open.sort_unstable();
         let host_size: Decimal = account.positions.values().filter_map(|p| p.get("BTCUSD")).map(|p| p.size).sum();
@@ -385,6 +394,7 @@ async fn rest_client_covers_every_endpoint_against_the_fake() {
         post_only: true,
         reduce_only: false,
         client_order_id: id.into(),
+        stop: None,
     };
     // 429s mean the exchange did nothing: the order waits them out (more of
     // them than the client's attempts for other errors) and goes through once.
@@ -565,4 +575,43 @@ async fn shutdown_cancels_a_products_orders_with_one_cancel_all() {
     assert!(run.fake.orders().iter().all(|o| o.state == "cancelled"), "every order cancelled on the exchange");
     let (_, orders) = assert_consistent(&run.fake, run.data.path());
     assert_eq!(orders, 40, "the store holds the 40 orders, none open");
+}
+
+const PROTECTED: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_tick(t) {
+    if this.sent != true { this.sent = true; exchange::market_order("BTCUSD", "buy", 0.002); }
+}
+fn on_fill(f) {
+    if f.side == "buy" && this.guarded != true {
+        this.guarded = true;
+        exchange::stop_order("BTCUSD", "sell", 0.001, f.price - 20.0, #{ reduce_only: true, trigger_on: "last" });
+        exchange::trailing_stop("BTCUSD", "sell", 0.001, #{ trail: 20.0, reduce_only: true });
+    }
+}
+fn on_order(o) { if o.stop != () { log::info(`${o.status} ${o.stop.kind}`); } else { log::info(`order ${o.status} ${o.reason ?? ""}`); } }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_stop_and_trailing_orders_are_sent_triggered_by_the_exchange_and_filled_once() {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    let run = Run::launch(fake, ("protected", PROTECTED), |_| {}).await;
+    run.wait_activity("a stop waiting on the exchange", Duration::from_secs(20), 0, |m| m == "untriggered stop_loss")
+        .await;
+    let stops: Vec<_> = run.fake.orders().into_iter().filter(|o| o.stop_order_type.is_some()).collect();
+    assert_eq!(stops.len(), 2, "{stops:?}");
+    let fixed = stops.iter().find(|o| o.trail_amount.is_none()).unwrap();
+    let trailing = stops.iter().find(|o| o.trail_amount.is_some()).unwrap();
+    assert_eq!(fixed.stop_order_type.as_deref(), Some("stop_loss_order"));
+    assert_eq!(fixed.stop_trigger_method, "last_traded_price");
+    assert!((fixed.reduce_only, fixed.order_type.as_str()) == (true, "market_order"), "{fixed:?}");
+    assert_eq!(trailing.trail_amount, Some(Decimal::from(-20)), "a sell's trail is sent negative");
+    // The random walk reaches both triggers; each stop fills once and the account ends flat.
+    run.wait("both stops filled on the exchange", Duration::from_secs(60), |r| {
+        r.fake.orders().iter().filter(|o| o.stop_order_type.is_some() && o.state == "closed").count() == 2
+    })
+    .await;
+    run.wait("flat on the exchange", Duration::from_secs(10), |r| r.fake.position("BTCUSD").0 == 0).await;
+    let (fills, orders) = run.finish().await;
+    assert_eq!((fills, orders), (3, 3), "one entry and two stops, each filled once");
 }

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use rust_decimal::Decimal;
 
-use super::rest::NewOrder;
+use super::rest::{NewOrder, NewStop};
 use super::wire::{DeltaProduct, RestOrder};
 use crate::exchange::{RemoteOrder, RemoteState};
-use crate::model::{OrderKind, OrderRequest, Side, TimeInForce};
+use crate::model::{OrderKind, OrderRequest, Side, StopKind, TimeInForce, TriggerOn};
 
 /// Longest `client_order_id` Delta accepts.
 pub const MAX_CLIENT_ID: usize = 32;
@@ -78,8 +78,8 @@ pub fn new_order(products: &Products, request: &OrderRequest) -> Result<NewOrder
     let product = products
         .get(&request.symbol)
         .ok_or_else(|| format!("{} is not one of exchange.delta.symbols", request.symbol))?;
-    if request.stop.is_some() {
-        return Err("stop orders are not supported on the Delta venue yet (paper and backtests have them)".into());
+    if request.parent.is_some() || request.oco.is_some() {
+        return Err("brackets are not supported on the Delta venue yet (paper and backtests have them)".into());
     }
     if request.client_id.len() > MAX_CLIENT_ID {
         return Err(format!("client order id {} is longer than {MAX_CLIENT_ID} characters", request.client_id));
@@ -109,6 +109,41 @@ pub fn new_order(products: &Products, request: &OrderRequest) -> Result<NewOrder
         (OrderKind::Limit, None) => return Err("a limit order needs a price".into()),
         (OrderKind::Market, _) => None,
     };
+    let on_grid = |price: Decimal, rounding| {
+        let price = ((price / product.tick_size).round_dp_with_strategy(0, rounding) * product.tick_size).normalize();
+        if price <= Decimal::ZERO {
+            Err(format!("price {price} must be greater than 0"))
+        } else {
+            Ok(price.to_string())
+        }
+    };
+    let stop = match request.stop.as_deref() {
+        None => None,
+        Some(stop) => {
+            if stop.trail_pct.is_some() {
+                return Err("a trailing stop on Delta takes `trail` (a price distance), not `trail_pct`".into());
+            }
+            let nearest = rust_decimal::RoundingStrategy::MidpointNearestEven;
+            Some(NewStop {
+                stop_order_type: match stop.kind {
+                    StopKind::StopLoss => "stop_loss_order",
+                    StopKind::TakeProfit => "take_profit_order",
+                },
+                stop_price: if stop.trail.is_some() { None } else { Some(on_grid(stop.price, nearest)?) },
+                trail_amount: match stop.trail {
+                    Some(trail) => {
+                        let trail = on_grid(trail, nearest)?;
+                        Some(if request.side == Side::Sell { format!("-{trail}") } else { trail })
+                    }
+                    None => None,
+                },
+                stop_trigger_method: match stop.on {
+                    TriggerOn::Last => "last_traded_price",
+                    TriggerOn::Mark => "mark_price",
+                },
+            })
+        }
+    };
     Ok(NewOrder {
         product_id: product.id,
         size,
@@ -121,6 +156,7 @@ pub fn new_order(products: &Products, request: &OrderRequest) -> Result<NewOrder
         post_only: request.post_only,
         reduce_only: request.reduce_only,
         client_order_id: request.client_id.clone(),
+        stop,
     })
 }
 
@@ -132,5 +168,5 @@ pub fn remote_of(order: &RestOrder) -> RemoteOrder {
         "pending" => RemoteState::Untriggered,
         _ => RemoteState::Open,
     };
-    RemoteOrder::new(state, order.cancellation_reason.clone())
+    RemoteOrder { trigger: order.stop_price, ..RemoteOrder::new(state, order.cancellation_reason.clone()) }
 }

@@ -641,6 +641,21 @@ pub struct NewOrder {
     pub reduce_only: bool,
     /// Our client order id (≤ 32 characters).
     pub client_order_id: String,
+    /// A stop order's trigger, as Delta's fields.
+    pub stop: Option<NewStop>,
+}
+
+/// The stop fields of a new order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewStop {
+    /// `stop_loss_order` or `take_profit_order`.
+    pub stop_order_type: &'static str,
+    /// Trigger price as text (on the tick grid); `None` for a trailing stop.
+    pub stop_price: Option<String>,
+    /// Trailing distance as text, negative for sells (as Delta's own client sends it).
+    pub trail_amount: Option<String>,
+    /// `last_traded_price` or `mark_price`.
+    pub stop_trigger_method: &'static str,
 }
 
 impl NewOrder {
@@ -663,6 +678,16 @@ impl NewOrder {
         body.insert("post_only".into(), self.post_only.to_string().into());
         body.insert("reduce_only".into(), self.reduce_only.to_string().into());
         body.insert("client_order_id".into(), self.client_order_id.clone().into());
+        if let Some(stop) = &self.stop {
+            body.insert("stop_order_type".into(), stop.stop_order_type.into());
+            if let Some(price) = &stop.stop_price {
+                body.insert("stop_price".into(), price.clone().into());
+            }
+            if let Some(trail) = &stop.trail_amount {
+                body.insert("trail_amount".into(), trail.clone().into());
+            }
+            body.insert("stop_trigger_method".into(), stop.stop_trigger_method.into());
+        }
         Value::Object(body).to_string()
     }
 }

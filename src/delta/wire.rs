@@ -246,6 +246,9 @@ pub struct RestOrder {
     /// Limit price.
     #[serde(default, deserialize_with = "opt_decimal")]
     pub limit_price: Option<Decimal>,
+    /// A stop order's trigger price (a trailing stop's current one).
+    #[serde(default, deserialize_with = "opt_decimal")]
+    pub stop_price: Option<Decimal>,
     /// Average fill price.
     #[serde(default, deserialize_with = "opt_decimal")]
     pub average_fill_price: Option<Decimal>,

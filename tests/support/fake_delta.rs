@@ -108,6 +108,14 @@ pub struct FakeOrder {
     pub avg_fill_price: Option<Decimal>,
     pub cancellation_reason: Option<String>,
     pub created_at: i64,
+    /// `stop_loss_order` or `take_profit_order` for a stop order.
+    pub stop_order_type: Option<String>,
+    /// A stop's trigger (a trailing stop's current one).
+    pub stop_price: Option<Decimal>,
+    /// A trailing stop's distance, as sent (negative for sells).
+    pub trail_amount: Option<Decimal>,
+    /// `last_traded_price` or `mark_price`.
+    pub stop_trigger_method: String,
 }
 
 /// A fill as the fake keeps it.
@@ -502,8 +510,36 @@ fn market_tick(shared: &Shared) {
                 "quotes": {"best_ask": ask, "ask_size": "100", "best_bid": bid, "bid_size": "100"}}).to_string(),
             channel: "ticker",
         });
-        // Resting orders the new touch crosses fill at their limit (maker).
         let (best_bid, best_ask) = (*book.bids.keys().next_back().unwrap(), *book.asks.keys().next().unwrap());
+        let mid = book.mid;
+        // Pending stops: trailing ones follow the watched price; those it reaches
+        // fire — a market stop takes at the touch, a stop-limit then rests as a limit.
+        let stops: Vec<usize> = (0..ex.orders.len())
+            .filter(|&i| ex.orders[i].product_id == p.id && ex.orders[i].state == "pending")
+            .collect();
+        for i in stops {
+            let watched = trigger_price(mid, p, &ex.orders[i].stop_trigger_method);
+            let order = &mut ex.orders[i];
+            let sell = order.side == "sell";
+            if let (Some(trail), Some(stop)) = (order.trail_amount, order.stop_price) {
+                let follow = if sell { watched - trail.abs() } else { watched + trail.abs() };
+                order.stop_price = Some(if sell { stop.max(follow) } else { stop.min(follow) });
+            }
+            let stop = order.stop_price.unwrap();
+            let falling = (order.stop_order_type.as_deref() == Some("stop_loss_order")) == sell;
+            if !(if falling { watched <= stop } else { watched >= stop }) {
+                continue;
+            }
+            order.state = "open".into();
+            out.push(order_event(order, "update", Some("stop_trigger"), ts));
+            let touch = if sell { best_bid } else { best_ask };
+            let takes = order.limit_price.is_none_or(|l| if sell { l <= touch } else { l >= touch });
+            if takes {
+                let size = order.unfilled;
+                out.extend(execute(&mut ex, i, size, touch, "taker", ts));
+            }
+        }
+        // Resting orders the new touch crosses fill at their limit (maker).
         let crossed: Vec<usize> = ex
             .orders
             .iter()
@@ -533,6 +569,11 @@ fn market_tick(shared: &Shared) {
     }
 }
 
+/// The price a stop watches: the last trade (the mid here) or the mark.
+fn trigger_price(mid: Decimal, p: &ProductDef, method: &str) -> Decimal {
+    if method == "last_traded_price" { mid } else { mid + p.tick / Decimal::from(4) }
+}
+
 fn order_json(o: &FakeOrder) -> Value {
     json!({
         "id": o.id, "client_order_id": o.client_order_id, "product_id": o.product_id, "product_symbol": o.symbol,
@@ -540,7 +581,8 @@ fn order_json(o: &FakeOrder) -> Value {
         "limit_price": o.limit_price.map(|p| p.to_string()), "average_fill_price": o.avg_fill_price.map(|p| p.to_string()),
         "time_in_force": o.time_in_force, "post_only": o.post_only, "reduce_only": o.reduce_only,
         "cancellation_reason": o.cancellation_reason, "created_at": o.created_at.to_string(),
-        "stop_order_type": null, "stop_price": null, "paid_commission": "0", "commission": "0", "user_id": 1,
+        "stop_order_type": o.stop_order_type, "stop_price": o.stop_price.map(|p| p.to_string()),
+        "trail_amount": o.trail_amount.map(|p| p.to_string()), "stop_trigger_method": o.stop_trigger_method, "paid_commission": "0", "commission": "0", "user_id": 1,
     })
 }
 
@@ -550,6 +592,7 @@ fn order_event(o: &FakeOrder, action: &str, reason: Option<&str>, ts: i64) -> Ev
         "order_id": o.id, "client_order_id": o.client_order_id, "size": o.size, "unfilled_size": o.unfilled,
         "average_fill_price": o.avg_fill_price.map(|p| p.to_string()), "limit_price": o.limit_price.map(|p| p.to_string()),
         "side": o.side, "state": o.state, "cancellation_reason": o.cancellation_reason, "seq_no": 1, "timestamp": ts,
+        "stop_order_type": o.stop_order_type, "stop_price": o.stop_price.map(|p| p.to_string()),
     });
     if o.order_type == "market_order" {
         message["limit_price"] = Value::Null;
@@ -864,13 +907,13 @@ async fn rest(
             let mut ex = shared.exchange.lock().unwrap();
             let mut events = Vec::new();
             // As on the real exchange, the cancel_* flags default to false: a bare call cancels nothing.
-            for order in ex.orders.iter_mut().filter(|o| o.state == "open" && product.is_none_or(|p| p == o.product_id))
-            {
-                if cancel_limits {
-                    order.state = "cancelled".into();
-                    order.cancellation_reason = Some("cancelled_by_user".into());
-                    events.push(order_event(order, "delete", None, ts));
-                }
+            let cancel_stops = flag(body.get("cancel_stop_orders"));
+            let cancellable =
+                |o: &FakeOrder| (o.state == "open" && cancel_limits) || (o.state == "pending" && cancel_stops);
+            for order in ex.orders.iter_mut().filter(|o| cancellable(o) && product.is_none_or(|p| p == o.product_id)) {
+                order.state = "cancelled".into();
+                order.cancellation_reason = Some("cancelled_by_user".into());
+                events.push(order_event(order, "delete", None, ts));
             }
             drop(ex);
             for event in events {
@@ -893,7 +936,7 @@ async fn rest(
             let ts = now_us(&shared);
             let mut ex = shared.exchange.lock().unwrap();
             let found = ex.orders.iter().position(|o| {
-                o.state == "open"
+                (o.state == "open" || o.state == "pending")
                     && (body.get("id").and_then(Value::as_i64) == Some(o.id)
                         || (body.get("client_order_id").and_then(Value::as_str).is_some()
                             && body.get("client_order_id").and_then(Value::as_str) == o.client_order_id.as_deref()))
@@ -908,7 +951,9 @@ async fn rest(
         }
         ("GET", ["v2", "orders"]) => {
             let ex = shared.exchange.lock().unwrap();
-            ok(Value::Array(ex.orders.iter().filter(|o| o.state == "open").map(order_json).collect()))
+            let states = q.get("states").map_or("open", String::as_str);
+            let listed = |o: &&FakeOrder| states.split(',').any(|state| state == o.state);
+            ok(Value::Array(ex.orders.iter().filter(listed).map(order_json).collect()))
         }
         ("GET", ["v2", "orders", "history"]) => {
             let since: i64 = q.get("start_time").and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -997,6 +1042,17 @@ fn place(shared: &Shared, body: &Value) -> (Response, Vec<Event>, u64) {
     let side = body.get("side").and_then(Value::as_str).unwrap_or_default().to_string();
     let order_type = body.get("order_type").and_then(Value::as_str).unwrap_or("market_order").to_string();
     let limit_price = body.get("limit_price").and_then(Value::as_str).and_then(|p| p.parse::<Decimal>().ok());
+    let text_decimal = |key: &str| body.get(key).and_then(Value::as_str).and_then(|p| p.parse::<Decimal>().ok());
+    let stop_order_type = body.get("stop_order_type").and_then(Value::as_str).map(str::to_string);
+    let (mut stop_price, trail_amount) = (text_decimal("stop_price"), text_decimal("trail_amount"));
+    let stop_trigger_method =
+        body.get("stop_trigger_method").and_then(Value::as_str).unwrap_or("mark_price").to_string();
+    if stop_order_type.as_deref().is_some_and(|t| !matches!(t, "stop_loss_order" | "take_profit_order"))
+        || (stop_order_type.is_some() && stop_price.is_none() && trail_amount.is_none())
+        || (stop_price.is_some() && trail_amount.is_some())
+    {
+        return (error(StatusCode::BAD_REQUEST, "invalid_stop_order"), vec![], 0);
+    }
     if size <= 0
         || !(side == "buy" || side == "sell")
         || (order_type == "limit_order" && limit_price.is_none_or(|p| p <= Decimal::ZERO))
@@ -1009,8 +1065,15 @@ fn place(shared: &Shared, body: &Value) -> (Response, Vec<Event>, u64) {
     let reduce_only = flag(body.get("reduce_only"));
     let tif = body.get("time_in_force").and_then(Value::as_str).unwrap_or("gtc").to_string();
     let touch = if side == "buy" { best_ask } else { best_bid };
-    let marketable = order_type == "market_order"
-        || limit_price.is_some_and(|l| if side == "buy" { l >= best_ask } else { l <= best_bid });
+    let is_stop = stop_order_type.is_some();
+    let marketable = !is_stop
+        && (order_type == "market_order"
+            || limit_price.is_some_and(|l| if side == "buy" { l >= best_ask } else { l <= best_bid }));
+    if let Some(trail) = trail_amount {
+        // A trailing stop starts its trigger the distance away from the watched price.
+        let watched = trigger_price(book.mid, &product, &stop_trigger_method);
+        stop_price = Some(if side == "sell" { watched - trail.abs() } else { watched + trail.abs() });
+    }
     if post_only && marketable {
         return (error(StatusCode::BAD_REQUEST, "immediate_execution_post_only"), vec![], 0);
     }
@@ -1048,13 +1111,21 @@ fn place(shared: &Shared, body: &Value) -> (Response, Vec<Event>, u64) {
         avg_fill_price: None,
         cancellation_reason: None,
         created_at: ts,
+        stop_order_type,
+        stop_price,
+        trail_amount,
+        stop_trigger_method,
     };
+    let mut order = order;
+    if is_stop {
+        order.state = "pending".into();
+    }
     ex.orders.push(order);
     let i = ex.orders.len() - 1;
     let mut events = vec![order_event(&ex.orders[i], "create", None, ts)];
     if marketable {
         events.extend(execute(&mut ex, i, size, touch, "taker", ts));
-    } else if tif == "ioc" {
+    } else if tif == "ioc" && !is_stop {
         ex.orders[i].state = "cancelled".into();
         ex.orders[i].cancellation_reason = Some("ioc_not_filled".into());
         events.push(order_event(&ex.orders[i], "delete", None, ts));
@@ -1270,8 +1341,12 @@ pub fn assert_consistent(fake: &FakeDelta, data: &Path) -> (usize, usize) {
         (host_pnl - fake_pnl).abs() < Decimal::new(1, 12),
         "realised PnL after fees: host {host_pnl}, exchange {fake_pnl}"
     );
-    let mut open_on_exchange: Vec<String> =
-        fake.orders().into_iter().filter(|o| o.state == "open").filter_map(|o| o.client_order_id).collect();
+    let mut open_on_exchange: Vec<String> = fake
+        .orders()
+        .into_iter()
+        .filter(|o| o.state == "open" || o.state == "pending")
+        .filter_map(|o| o.client_order_id)
+        .collect();
     let mut open_in_store: Vec<String> = recovered
         .orders
         .values()
