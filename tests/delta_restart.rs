@@ -162,3 +162,82 @@ async fn kill_9_mid_burst_then_restart_agrees_with_the_exchange() {
         "some fills happened while the host was down and were delivered after restart"
     );
 }
+
+/// Buys once; two seconds after the fill, protects it with a stop-loss.
+const GUARD: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1m" } }
+fn on_tick(t) { if this.sent != true { this.sent = true; exchange::market_order("BTCUSD", "buy", 0.002); } }
+fn on_fill(f) { if f.side == "buy" { timer::after("guard", "2s"); } }
+fn on_timer(name) {
+    if this.guarded != true {
+        this.guarded = true;
+        exchange::stop_order("BTCUSD", "sell", 0.002, exchange::position("BTCUSD").entry_price * 0.5, #{ reduce_only: true });
+    }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_before_the_exchange_answers_a_stop_resolves_it_by_client_id() {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let config = write_config(root.path(), &fake);
+    let strategies = root.path().join("strategies");
+    std::fs::remove_file(strategies.join("market_maker.rhai")).unwrap();
+    std::fs::write(strategies.join("guard.rhai"), GUARD).unwrap();
+    let (mut child, _lines) = spawn(&config);
+    wait("the entry filled", Duration::from_secs(20), || fake.position("BTCUSD").0 == 2).await;
+    // The exchange takes the stop at once but answers only after 5 s: the host dies in between.
+    fake.faults().slow_orders_ms.store(5_000, std::sync::atomic::Ordering::SeqCst);
+    let stop_placed = || fake.orders().iter().any(|o| o.stop_order_type.is_some());
+    wait("the stop on the exchange", Duration::from_secs(20), stop_placed).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    fake.faults().slow_orders_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    let stop = fake.orders().into_iter().find(|o| o.stop_order_type.is_some()).unwrap();
+    let data = root.path().join("data");
+    let stored = tradehost::store::Store::open(&data).unwrap().recover().unwrap().orders
+        [stop.client_order_id.as_ref().unwrap()]
+    .clone();
+    // Stored as an intent before it was sent (and, if the exchange's stream beat
+    // the kill, as waiting): never lost, whichever reached the store.
+    assert!(
+        matches!(stored.status, tradehost::model::OrderStatus::Pending | tradehost::model::OrderStatus::Untriggered),
+        "{stored:?}"
+    );
+    // Restarted, the host looks the stop up by its client id: it waits on the exchange, once.
+    let (mut child, lines) = spawn(&config);
+    let address = {
+        let lines = lines.clone();
+        let found = move || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| Some(l.split("dashboard at http://").nth(1)?.split('/').next()?.to_string()))
+        };
+        wait("the API address", Duration::from_secs(20), || found().is_some()).await;
+        found().unwrap()
+    };
+    let token = std::fs::read_to_string(data.join("api-token")).unwrap().trim().to_string();
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/api/v1/orders");
+    let start = tokio::time::Instant::now();
+    loop {
+        let orders: serde_json::Value =
+            client.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        let waiting = orders.as_array().unwrap().iter().any(|o| {
+            o["request"]["client_id"] == stop.client_order_id.as_deref().unwrap() && o["status"] == "untriggered"
+        });
+        if waiting {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the stop never showed as waiting: {orders:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.orders().iter().filter(|o| o.stop_order_type.is_some()).count(), 1, "no second stop was sent");
+    fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    // The default shutdown policy cancelled it on the exchange; the store and the exchange agree.
+    assert_consistent(&fake, &data);
+}
