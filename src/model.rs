@@ -186,8 +186,9 @@ impl StopTrigger {
         if self.fires_falling(side) { low <= self.price } else { high >= self.price }
     }
 
-    /// A sell stop-loss or a buy take-profit fires when the price falls to it.
-    fn fires_falling(&self, side: Side) -> bool {
+    /// Whether it fires when the price falls to it (a sell stop-loss or a buy
+    /// take-profit), rather than when it rises to it.
+    pub fn fires_falling(&self, side: Side) -> bool {
         (self.kind == StopKind::StopLoss) == (side == Side::Sell)
     }
 

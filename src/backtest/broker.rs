@@ -59,6 +59,28 @@ pub struct Broker {
     dormant: std::collections::HashSet<String>,
     /// What each closed order filled, for legs placed after their entry closed.
     closed: std::collections::HashMap<String, Decimal>,
+    /// Per symbol, what its open orders need from a price move (rebuilt after
+    /// the open orders change): lets a bar skip orders no price can touch.
+    watch: std::collections::HashMap<String, Watch>,
+    watch_stale: bool,
+}
+
+/// What a symbol's open orders need from a price move.
+#[derive(Debug, Default, Clone, Copy)]
+struct Watch {
+    /// Orders checked at every price: market, limit, trailing and triggered ones.
+    active: usize,
+    /// The highest trigger of the fixed stops that fire when the price falls to it.
+    falling: Option<Decimal>,
+    /// The lowest trigger of the fixed stops that fire when the price rises to it.
+    rising: Option<Decimal>,
+}
+
+impl Watch {
+    /// Whether a move through `low..=high` can fill or fire anything.
+    fn touched(&self, low: Decimal, high: Decimal) -> bool {
+        self.active > 0 || self.falling.is_some_and(|f| low <= f) || self.rising.is_some_and(|r| high >= r)
+    }
 }
 
 fn dec(value: f64) -> Decimal {
@@ -79,6 +101,8 @@ impl Broker {
             marketable: Default::default(),
             dormant: Default::default(),
             closed: Default::default(),
+            watch: Default::default(),
+            watch_stale: false,
         }
     }
 
@@ -163,6 +187,7 @@ impl Broker {
                     return reject(order, reason);
                 }
                 self.open.push(order.clone());
+                self.watch_stale = true;
                 return vec![ExchangeEvent::Order(order)];
             }
             let mark = self.marks.get(&request.symbol).copied();
@@ -184,6 +209,7 @@ impl Broker {
             return reject(order, reason);
         }
         self.open.push(order.clone());
+        self.watch_stale = true;
         vec![ExchangeEvent::Order(order)]
     }
 
@@ -235,6 +261,7 @@ impl Broker {
     fn cancel_because(&mut self, client_id: &str, reason: String, now: TimestampMs) -> Option<Order> {
         let index = self.open.iter().position(|o| o.request.client_id == client_id)?;
         let mut order = self.open.remove(index);
+        self.watch_stale = true;
         self.marketable.remove(client_id);
         self.dormant.remove(client_id);
         order.status = OrderStatus::Cancelled;
@@ -247,6 +274,42 @@ impl Broker {
     /// (see [`crate::exchange::contingent`]), appended to `events`.
     fn settle_contingents(&mut self, events: &mut Vec<ExchangeEvent>, now: TimestampMs) {
         crate::exchange::contingent::settle(self, events, now);
+    }
+
+    /// What the open orders of `symbol` need from a price move.
+    fn watch(&mut self, symbol: &str) -> Watch {
+        if self.watch_stale {
+            self.watch.clear();
+            for order in &self.open {
+                let watch = self.watch.entry(order.request.symbol.clone()).or_default();
+                match order.request.stop.as_deref() {
+                    _ if self.dormant.contains(&order.request.client_id) => {}
+                    Some(stop) if order.status == OrderStatus::Untriggered && !stop.trails() => {
+                        if stop.fires_falling(order.request.side) {
+                            watch.falling = Some(watch.falling.map_or(stop.price, |f| f.max(stop.price)));
+                        } else {
+                            watch.rising = Some(watch.rising.map_or(stop.price, |r| r.min(stop.price)));
+                        }
+                    }
+                    _ => watch.active += 1,
+                }
+            }
+            self.watch_stale = false;
+        }
+        self.watch.get(symbol).copied().unwrap_or_default()
+    }
+
+    /// Whether a bar of `symbol` moving from the last mark through `low` and
+    /// `high` can fill or fire any of its open orders (if not, the bar's path
+    /// need not be walked).
+    pub fn may_act(&mut self, symbol: &str, low: f64, high: f64) -> bool {
+        if !self.has_open(symbol) {
+            return false;
+        }
+        let (low, high) = (dec(low), dec(high));
+        let last = self.marks.get(symbol).copied();
+        let (low, high) = last.map_or((low, high), |m| (low.min(m), high.max(m)));
+        self.watch(symbol).touched(low, high)
     }
 
     /// True when an order on `symbol` is open.
@@ -277,10 +340,11 @@ impl Broker {
         self.set_mark(symbol, price);
         let price = self.marks[symbol];
         let previous = previous.unwrap_or(price);
-        if !self.has_open(symbol) {
-            return events; // nothing to fill
-        }
         let (low, high) = if gap { (price, price) } else { (previous.min(price), previous.max(price)) };
+        if !self.watch(symbol).touched(low, high) {
+            return events; // nothing to fill or fire
+        }
+        self.watch_stale = true; // the loop below may fire, fill or move orders
         let mut i = 0;
         while i < self.open.len() {
             if self.open[i].request.symbol != symbol {
@@ -438,6 +502,7 @@ impl crate::exchange::contingent::ContingentBook for Broker {
 
     fn start_leg(&mut self, leg: &str, filled: Decimal, now: TimestampMs) -> Option<Order> {
         self.dormant.remove(leg);
+        self.watch_stale = true;
         let order = self.open.iter_mut().find(|o| o.request.client_id == leg)?;
         order.request.size = order.request.size.min(filled);
         order.updated = now;

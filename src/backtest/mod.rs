@@ -199,18 +199,19 @@ pub fn run(
         let Some(start) = group.first().map(|bar| bar.time) else { continue };
         sim.fire_timers(strategy.as_mut(), start)?;
         // A bar's path is walked only while something can happen on it (an
-        // open order, or on_tick); otherwise its close is all that counts.
+        // open order its range can fill or fire, or on_tick); otherwise its
+        // close is all that counts.
         walking.clear();
         walking.resize(group.len(), false);
         // Nothing can happen on any bar's path (no open order, no on_tick): skip it.
-        let quiet = !sim.wants_ticks && group.iter().all(|bar| !sim.broker.has_open(&bar.symbol));
+        let quiet = !sim.wants_ticks && group.iter().all(|bar| !sim.broker.may_act(&bar.symbol, bar.low, bar.high));
         for k in if quiet { 4 } else { 0 }..4 {
             for (b, bar) in group.iter().enumerate() {
                 let path = bar_path(bar, tf);
                 let (time, price) = path[k];
                 sim.push_others(&mut others, time);
                 if !walking[b] {
-                    if !sim.wants_ticks && !sim.broker.has_open(&bar.symbol) {
+                    if !sim.wants_ticks && !sim.broker.may_act(&bar.symbol, bar.low, bar.high) {
                         continue;
                     }
                     walking[b] = true;
