@@ -344,7 +344,6 @@ impl Broker {
         if !self.watch(symbol).touched(low, high) {
             return events; // nothing to fill or fire
         }
-        self.watch_stale = true; // the loop below may fire, fill or move orders
         let mut i = 0;
         while i < self.open.len() {
             if self.open[i].request.symbol != symbol {
@@ -374,6 +373,7 @@ impl Broker {
                 // there rests as a limit order.
                 reference = if gap { price } else { stop.price };
                 order.status = OrderStatus::Triggered;
+                self.watch_stale = true;
                 order.updated = now;
                 if let Some(limit) = order.request.price {
                     if side.sign() * (limit - reference) < Decimal::ZERO {
@@ -414,6 +414,7 @@ impl Broker {
             let Some((price, liquidity)) = fill_at else {
                 if request.time_in_force == crate::model::TimeInForce::Ioc {
                     let mut order = self.open.remove(i);
+                    self.watch_stale = true;
                     order.status = OrderStatus::Cancelled;
                     order.reason = Some("immediate-or-cancel order could not fill at the next price".into());
                     order.updated = now;
@@ -424,6 +425,7 @@ impl Broker {
                 continue;
             };
             let mut order = self.open.remove(i);
+            self.watch_stale = true;
             let mut size = request.size;
             if request.reduce_only {
                 let position = self.position(&request.symbol).size;
