@@ -365,14 +365,16 @@ impl PaperExchange {
             return reject(request, "limit order without a price".into());
         }
         let position = self.position(&request.symbol);
-        if request.reduce_only && request.parent.is_some() {
-            // A bracket leg closes what its entry will open: checked when it fires.
-        } else if request.reduce_only {
+        // A bracket leg closes what its entry will open: it is checked when it fires.
+        let leg = request.parent.is_some();
+        if request.reduce_only && !leg {
             if position.size.is_zero() || Side::closing(position.size) != request.side {
                 return reject(request, "reduce-only order would increase the position".into());
             }
             request.size = request.size.min(position.size.abs());
-        } else if let Err(reason) = self.check_margin(&Self::as_worked(&request), &quote) {
+        } else if !request.reduce_only
+            && let Err(reason) = self.check_margin(&Self::as_worked(&request), &quote)
+        {
             return reject(request, reason);
         }
         if let Some(mut stop) = request.stop.take() {
