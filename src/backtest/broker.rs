@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 
+use crate::exchange::watch::PriceWatch;
 use crate::exchange::{ExchangeEvent, Execution, settle};
 use crate::model::{
     Fill, Liquidity, Order, OrderKind, OrderRequest, OrderStatus, Position, Product, Side, TimestampMs,
@@ -61,26 +62,8 @@ pub struct Broker {
     closed: std::collections::HashMap<String, Decimal>,
     /// Per symbol, what its open orders need from a price move (rebuilt after
     /// the open orders change): lets a bar skip orders no price can touch.
-    watch: std::collections::HashMap<String, Watch>,
+    watch: std::collections::HashMap<String, PriceWatch>,
     watch_stale: bool,
-}
-
-/// What a symbol's open orders need from a price move.
-#[derive(Debug, Default, Clone, Copy)]
-struct Watch {
-    /// Orders checked at every price: market, limit, trailing and triggered ones.
-    active: usize,
-    /// The highest trigger of the fixed stops that fire when the price falls to it.
-    falling: Option<Decimal>,
-    /// The lowest trigger of the fixed stops that fire when the price rises to it.
-    rising: Option<Decimal>,
-}
-
-impl Watch {
-    /// Whether a move through `low..=high` can fill or fire anything.
-    fn touched(&self, low: Decimal, high: Decimal) -> bool {
-        self.active > 0 || self.falling.is_some_and(|f| low <= f) || self.rising.is_some_and(|r| high >= r)
-    }
 }
 
 fn dec(value: f64) -> Decimal {
@@ -277,23 +260,9 @@ impl Broker {
     }
 
     /// What the open orders of `symbol` need from a price move.
-    fn watch(&mut self, symbol: &str) -> Watch {
+    fn watch(&mut self, symbol: &str) -> PriceWatch {
         if self.watch_stale {
-            self.watch.clear();
-            for order in &self.open {
-                let watch = self.watch.entry(order.request.symbol.clone()).or_default();
-                match order.request.stop.as_deref() {
-                    _ if self.dormant.contains(&order.request.client_id) => {}
-                    Some(stop) if order.status == OrderStatus::Untriggered && !stop.trails() => {
-                        if stop.fires_falling(order.request.side) {
-                            watch.falling = Some(watch.falling.map_or(stop.price, |f| f.max(stop.price)));
-                        } else {
-                            watch.rising = Some(watch.rising.map_or(stop.price, |r| r.min(stop.price)));
-                        }
-                    }
-                    _ => watch.active += 1,
-                }
-            }
+            self.watch = PriceWatch::of(self.open.iter(), |o| self.dormant.contains(&o.request.client_id));
             self.watch_stale = false;
         }
         self.watch.get(symbol).copied().unwrap_or_default()

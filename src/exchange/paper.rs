@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::watch::PriceWatch;
 use super::{ExchangeEvent, RemoteOrder, RemoteState, VenueCommand, VenueFill, VenueUpdate};
 use crate::config::PaperConfig;
 use crate::model::{
@@ -98,6 +99,10 @@ pub struct PaperExchange {
     stops_by_id: HashMap<String, u64>,
     /// Bracket legs still waiting for their entry to close (client ids).
     dormant: HashSet<String>,
+    /// Per symbol, what the waiting stops need from a price (rebuilt after
+    /// they change): a tick that can fire none of them skips them.
+    stop_watch: HashMap<String, PriceWatch>,
+    stop_watch_stale: bool,
     next_seq: u64,
     positions: BTreeMap<String, Position>,
     cash: Decimal,
@@ -146,6 +151,8 @@ impl PaperExchange {
             stops: BTreeMap::new(),
             stops_by_id: HashMap::new(),
             dormant: HashSet::new(),
+            stop_watch: HashMap::new(),
+            stop_watch_stale: false,
             next_seq: 0,
             positions: BTreeMap::new(),
             cash: config.balance,
@@ -197,6 +204,7 @@ impl PaperExchange {
             }
         }
         self.dormant = saved.dormant.into_iter().filter(|id| self.stops_by_id.contains_key(id)).collect();
+        self.stop_watch_stale = true;
         self.next_seq = saved.next_seq;
         self.recent = saved.recent.into();
         Ok(())
@@ -215,13 +223,28 @@ impl PaperExchange {
 
     /// Holds a stop order until its trigger.
     fn hold_stop(&mut self, seq: u64, order: Order) {
+        if !self.dormant.contains(&order.request.client_id) {
+            self.watch_add(&order);
+        }
         self.stops_by_id.insert(order.request.client_id.clone(), seq);
         self.stops.insert(seq, order);
+    }
+
+    /// Counts a stop that now watches the price into its symbol's watch.
+    fn watch_add(&mut self, order: &Order) {
+        match self.stop_watch.get_mut(&order.request.symbol) {
+            Some(watch) => watch.add(order),
+            None => self.stop_watch.entry(order.request.symbol.clone()).or_default().add(order),
+        }
     }
 
     /// Takes the stop at `seq` out of the waiting stops.
     fn release_stop(&mut self, seq: u64) -> Option<Order> {
         let order = self.stops.remove(&seq)?;
+        if !self.dormant.contains(&order.request.client_id) {
+            let kept = self.stop_watch.get_mut(&order.request.symbol).is_some_and(|w| w.remove(&order));
+            self.stop_watch_stale |= !kept;
+        }
         self.stops_by_id.remove(&order.request.client_id);
         Some(order)
     }
@@ -547,6 +570,16 @@ impl PaperExchange {
     /// in the book. A reduce-only stop is capped at the position, and
     /// cancelled when there is none left.
     fn trigger_stops(&mut self, tick: &Tick) -> Vec<ExchangeEvent> {
+        if self.stop_watch_stale {
+            let dormant = &self.dormant;
+            self.stop_watch = PriceWatch::of(self.stops.values(), |o| dormant.contains(&o.request.client_id));
+            self.stop_watch_stale = false;
+        }
+        let (last, mark) = (tick.last, tick.mid());
+        let quiet = self.stop_watch.get(&tick.symbol).is_none_or(|w| !w.touched(last.min(mark), last.max(mark)));
+        if quiet {
+            return Vec::new();
+        }
         let mut fired = Vec::new();
         let mut events = Vec::new();
         let product = self.products.get(&tick.symbol);
@@ -698,7 +731,9 @@ impl super::contingent::ContingentBook for PaperExchange {
         let order = self.stops.get_mut(self.stops_by_id.get(leg)?)?;
         order.request.size = order.request.size.min(filled);
         order.updated = now;
-        Some(order.clone())
+        let order = order.clone();
+        self.watch_add(&order);
+        Some(order)
     }
 
     fn group_members(&self, group: &str) -> Vec<String> {
