@@ -539,14 +539,11 @@ impl PaperExchange {
             if let Some(a) = available.as_mut() {
                 *a -= size;
             }
-            if order.request.reduce_only {
-                let position = self.position(&order.request.symbol).size;
-                if position.is_zero() || Side::closing(position) != order.request.side {
-                    order.status = OrderStatus::Cancelled;
-                    order.reason = Some("reduce-only order cancelled: the position is already closed".into());
-                    events.push(ExchangeEvent::Order(order));
-                    continue;
-                }
+            if order.request.reduce_only && self.reducible(&order).is_none() {
+                order.status = OrderStatus::Cancelled;
+                order.reason = Some("reduce-only order cancelled: the position is already closed".into());
+                events.push(ExchangeEvent::Order(order));
+                continue;
             }
             let price = order.request.price.unwrap_or(tick.last);
             let fill = self.execute(&mut order, size, price, Liquidity::Maker, tick.time);
@@ -607,14 +604,13 @@ impl PaperExchange {
             order.status = OrderStatus::Triggered;
             order.updated = tick.time;
             if order.request.reduce_only {
-                let position = self.position(&order.request.symbol).size;
-                if position.is_zero() || Side::closing(position) != order.request.side {
+                let Some(reducible) = self.reducible(&order) else {
                     order.status = OrderStatus::Cancelled;
                     order.reason = Some("reduce-only stop cancelled at its trigger: no position to reduce".into());
                     events.push(ExchangeEvent::Order(order));
                     continue;
-                }
-                order.request.size = order.request.size.min(position.abs());
+                };
+                order.request.size = order.request.size.min(reducible);
             }
             let touch = match order.request.side {
                 Side::Buy => tick.ask,
@@ -634,6 +630,13 @@ impl PaperExchange {
             events.push(ExchangeEvent::Order(order));
         }
         events
+    }
+
+    /// How much of the position an order on its closing side can reduce;
+    /// `None` when there is no position on the other side of it.
+    fn reducible(&self, order: &Order) -> Option<Decimal> {
+        let position = self.position(&order.request.symbol).size;
+        (!position.is_zero() && Side::closing(position) == order.request.side).then(|| position.abs())
     }
 
     /// Fills what remains of an order as a taker at `touch`, moved by
