@@ -99,6 +99,7 @@ async fn round_trips() {
                     reduce_only: false,
                     client_order_id: format!("bench-{i}"),
                     stop: None,
+                    bracket: None,
                 };
                 let t = Instant::now();
                 rest.place_order(&order).await.unwrap();

@@ -11,7 +11,7 @@ mod fake_delta;
 use std::path::Path;
 use std::time::Duration;
 
-use fake_delta::{FakeConfig, FakeDelta, assert_consistent};
+use fake_delta::{FakeConfig, FakeDelta, assert_consistent, open_label};
 use rust_decimal::Decimal;
 use tradehost::config::{Config, Secret};
 use tradehost::control::ShutdownReason;
@@ -114,17 +114,10 @@ impl Run {
     /// (none still pending) and its net BTCUSD position is the exchange's.
     fn caught_up(&self) -> bool {
         let account = self.host.account();
-        let mut host_open: Vec<&str> = account.open_orders.iter().map(|o| o.request.client_id.as_str()).collect();
+        let mut host_open: Vec<String> = account.open_orders.iter().map(|o| open_label(&o.request)).collect();
         let pending = account.open_orders.iter().any(|o| o.status == tradehost::model::OrderStatus::Pending);
-        let mut fake_open: Vec<String> = self
-            .fake
-            .orders()
-            .into_iter()
-            .filter(|o| o.state == "open" || o.state == "pending")
-            .filter_map(|o| o.client_order_id)
-            .collect();
+        let fake_open = self.fake.open_labels();
         host_open.sort_unstable();
-        fake_open.sort_unstable();
         let host_size: Decimal = account.positions.values().filter_map(|p| p.get("BTCUSD")).map(|p| p.size).sum();
         let (contracts, _) = self.fake.position("BTCUSD");
         !pending && host_open == fake_open && host_size == Decimal::from(contracts) * Decimal::new(1, 3)
@@ -395,6 +388,7 @@ async fn rest_client_covers_every_endpoint_against_the_fake() {
         reduce_only: false,
         client_order_id: id.into(),
         stop: None,
+        bracket: None,
     };
     // 429s mean the exchange did nothing: the order waits them out (more of
     // them than the client's attempts for other errors) and goes through once.
@@ -614,4 +608,78 @@ async fn native_stop_and_trailing_orders_are_sent_triggered_by_the_exchange_and_
     run.wait("flat on the exchange", Duration::from_secs(10), |r| r.fake.position("BTCUSD").0 == 0).await;
     let (fills, orders) = run.finish().await;
     assert_eq!((fills, orders), (3, 3), "one entry and two stops, each filled once");
+}
+
+/// An entry protected by a bracket; once a leg closed it, a second entry and
+/// a trailing bracket on the open position.
+const BRACKETED: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_tick(t) {
+    if this.phase == () {
+        this.phase = 1;
+        exchange::market_order("BTCUSD", "buy", 0.002, #{ stop_loss: t.last - 30.0, take_profit: t.last + 30.0, trigger_on: "last" });
+    } else if this.phase == 2 && exchange::position("BTCUSD").size == 0.0 {
+        this.phase = 3;
+        exchange::market_order("BTCUSD", "buy", 0.002);
+    }
+}
+fn on_fill(f) {
+    if this.phase == 3 && f.side == "buy" {
+        this.phase = 4;
+        exchange::bracket("BTCUSD", #{ trail: 25.0, take_profit: f.price + 30.0 });
+    }
+}
+fn on_order(o) {
+    if o.stop == () { return; }
+    log::info(`${o.status} ${o.stop.kind} ${o.size}`);
+    if o.status == "filled" && this.phase == 1 { this.phase = 2; }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brackets_are_delta_position_brackets_adopted_fired_by_the_exchange_and_filled_once() {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    let run = Run::launch(fake, ("bracketed", BRACKETED), |_| {}).await;
+    // The entry carries the bracket: once it fills the exchange creates both
+    // legs (no client ids) and the host adopts them under its legs' ids.
+    run.wait("the entry's bracket held by the exchange", Duration::from_secs(20), |r| {
+        r.fake.orders().iter().filter(|o| o.bracket_order && o.state == "pending").count() == 2
+    })
+    .await;
+    let entry = run.fake.orders().into_iter().find(|o| o.bracket.is_some()).expect("the entry carries the bracket");
+    let bracket = entry.bracket.clone().unwrap();
+    let entry_price = entry.avg_fill_price.unwrap();
+    let (sl, _, sl_limit) = bracket.stop_loss.unwrap();
+    let (tp, tp_limit) = bracket.take_profit.unwrap();
+    assert_eq!(bracket.trigger_method, "last_traded_price");
+    assert!((sl_limit, tp_limit) == (None, None), "market legs: {bracket:?}");
+    assert!(sl.unwrap() < entry_price + Decimal::from(20) && tp > entry_price - Decimal::from(20), "{bracket:?}");
+    assert_eq!(run.fake.calls("POST /v2/orders"), 1, "entry and bracket in one signed request");
+    run.wait_activity("both legs adopted", Duration::from_secs(10), 0, |m| m == "untriggered stop_loss 0.002").await;
+    run.wait_activity("both legs adopted", Duration::from_secs(10), 0, |m| m == "untriggered take_profit 0.002").await;
+    // The walk reaches one leg: it fills, the exchange cancels the other (one-cancels-other).
+    run.wait_activity("a leg filled", Duration::from_secs(60), 0, |m| m.starts_with("filled ")).await;
+    run.wait_activity("the other leg cancelled", Duration::from_secs(10), 0, |m| m.starts_with("cancelled ")).await;
+    // Then a trailing bracket on the open position: POST /v2/orders/bracket.
+    run.wait("the position's bracket held by the exchange", Duration::from_secs(20), |r| {
+        r.fake.orders().iter().filter(|o| o.bracket_order && o.state == "pending").count() == 2
+    })
+    .await;
+    assert_eq!(run.fake.calls("POST /v2/orders/bracket"), 1);
+    let trailing = run.fake.orders().into_iter().find(|o| o.bracket_order && o.trail_amount.is_some()).unwrap();
+    assert_eq!(trailing.trail_amount, Some(Decimal::from(-25)), "a selling stop's trail is sent negative");
+    run.wait("the second bracket closed the position", Duration::from_secs(60), |r| {
+        r.fake.orders().iter().filter(|o| o.bracket_order && o.state == "closed").count() == 2
+    })
+    .await;
+    run.wait("flat on the exchange", Duration::from_secs(10), |r| r.fake.position("BTCUSD").0 == 0).await;
+    let legs_filled = |r: &Run| {
+        let filled = |m: &str| m.starts_with("filled stop_loss") || m.starts_with("filled take_profit");
+        let events = r.host.activity().since(0, usize::MAX);
+        events.iter().filter(|e| e.data["message"].as_str().is_some_and(filled)).count()
+    };
+    run.wait("the host saw both legs fill", Duration::from_secs(10), |r| legs_filled(r) >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fills, orders) = run.finish().await;
+    assert_eq!((fills, orders), (4, 2), "two entries and two legs, each filled once; legs carry no client ids");
 }

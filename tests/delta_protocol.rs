@@ -9,13 +9,14 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use tradehost::delta::book::{BookError, OrderBook};
 use tradehost::delta::connector::{Products, new_order};
+use tradehost::delta::products::bracket_of;
 use tradehost::delta::rest::{RestError, classify_error, decode};
 use tradehost::delta::sign::{Query, signature, ws_signature};
 use tradehost::delta::wire::{
     Balance, BookMessage, DeltaProduct, L2Book, RestCandle, RestFill, RestOrder, RestPosition, Settings, Ticker,
     WsMessage,
 };
-use tradehost::model::{OrderKind, OrderRequest, Side, TimeInForce};
+use tradehost::model::{OrderKind, OrderRequest, Side, StopKind, StopTrigger, TimeInForce, TriggerOn};
 
 const SECRET: &str = "test-secret-0001-abcdef";
 const TS: &str = "1700000000";
@@ -344,4 +345,60 @@ fn script_orders_map_to_whole_contracts_on_the_tick_grid() {
     let mut unknown = request("0.001", None, Side::Buy);
     unknown.symbol = "DOGEUSD".into();
     assert!(new_order(&products, &unknown).is_err());
+}
+
+/// A bracket leg closing a long position: a stop at `trigger` (or trailing by `trail`), a limit once fired.
+fn leg(kind: StopKind, trigger: &str, trail: Option<&str>, limit: Option<&str>) -> OrderRequest {
+    let mut leg = request("0.002", limit, Side::Sell);
+    leg.client_id = format!("leg-{kind:?}");
+    leg.post_only = false;
+    leg.reduce_only = true;
+    leg.oco = Some("leg-StopLoss".into());
+    leg.stop = Some(Box::new(StopTrigger {
+        kind,
+        price: d(trigger),
+        trail: trail.map(d),
+        trail_pct: None,
+        on: TriggerOn::Last,
+    }));
+    leg
+}
+
+#[test]
+fn brackets_map_to_delta_position_brackets_and_entry_fields_as_documented() {
+    let (products, _): (Vec<DeltaProduct>, _) = decode("p", 200, fixture("rest_products.json").as_bytes()).unwrap();
+    let products = Products::new(products);
+    let legs = [
+        leg(StopKind::StopLoss, "56000.03", None, Some("55000.07")),
+        leg(StopKind::TakeProfit, "65000", None, Some("64000")),
+    ];
+    // POST /v2/orders/bracket, field for field as §4.16 shows it (prices on the tick grid).
+    let body: Value = serde_json::from_str(&bracket_of(&products, "BTCUSD", &legs).unwrap().to_json()).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"product_id": 84,
+            "stop_loss_order": {"order_type": "limit_order", "stop_price": "56000", "limit_price": "55000.1"},
+            "take_profit_order": {"order_type": "limit_order", "stop_price": "65000", "limit_price": "64000"},
+            "bracket_stop_trigger_method": "last_traded_price"})
+    );
+    // The same bracket on an entry: its bracket_* fields (§4.9); a trailing stop-loss sends its trail negative.
+    let trailing = [leg(StopKind::StopLoss, "0", Some("50"), None), leg(StopKind::TakeProfit, "65000", None, None)];
+    let mut entry = new_order(&products, &request("0.002", None, Side::Buy)).unwrap();
+    entry.bracket = Some(bracket_of(&products, "BTCUSD", &trailing).unwrap());
+    let body: Value = serde_json::from_str(&entry.to_json()).unwrap();
+    assert_eq!(body["bracket_trail_amount"], "-50");
+    assert_eq!(body["bracket_take_profit_price"], "65000");
+    assert_eq!(body["bracket_stop_trigger_method"], "last_traded_price");
+    assert!(body.get("bracket_stop_loss_price").is_none() && body.get("bracket_take_profit_limit_price").is_none());
+    // What Delta cannot hold is refused with the reason.
+    let two_stops = [leg(StopKind::StopLoss, "56000", None, None), leg(StopKind::StopLoss, "55000", None, None)];
+    assert!(bracket_of(&products, "BTCUSD", &two_stops).unwrap_err().contains("at most one stop-loss"));
+    let mut pct = leg(StopKind::StopLoss, "0", None, None);
+    pct.stop.as_mut().unwrap().trail_pct = Some(d("1"));
+    assert!(bracket_of(&products, "BTCUSD", &[pct]).unwrap_err().contains("trail_pct"));
+    let mut marked = leg(StopKind::TakeProfit, "65000", None, None);
+    marked.stop.as_mut().unwrap().on = TriggerOn::Mark;
+    let mixed = [leg(StopKind::StopLoss, "56000", None, None), marked];
+    assert!(bracket_of(&products, "BTCUSD", &mixed).unwrap_err().contains("same price"));
+    assert!(new_order(&products, &legs[0]).unwrap_err().contains("sent with its bracket"), "a leg is never sent alone");
 }

@@ -241,3 +241,106 @@ async fn kill_9_before_the_exchange_answers_a_stop_resolves_it_by_client_id() {
     // The default shutdown policy cancelled it on the exchange; the store and the exchange agree.
     assert_consistent(&fake, &data);
 }
+
+/// Buys once with a bracket far from the market (it never fires).
+const ENTRY_BRACKET: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1m" } }
+fn on_tick(t) {
+    if this.sent != true {
+        this.sent = true;
+        exchange::market_order("BTCUSD", "buy", 0.002, #{ stop_loss: t.last * 0.5, take_profit: t.last * 2.0 });
+    }
+}
+"#;
+
+/// Buys once; two seconds after the fill, brackets the position far from the market.
+const POSITION_BRACKET: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1m" } }
+fn on_tick(t) { if this.sent != true { this.sent = true; exchange::market_order("BTCUSD", "buy", 0.002); } }
+fn on_fill(f) { if f.side == "buy" { timer::after("guard", "2s"); } }
+fn on_timer(name) {
+    if this.guarded != true {
+        this.guarded = true;
+        let entry = exchange::position("BTCUSD").entry_price;
+        exchange::bracket("BTCUSD", #{ stop_loss: entry * 0.5, take_profit: entry * 2.0 });
+    }
+}
+"#;
+
+/// Runs `source` until the exchange holds a bracket that it has not
+/// answered for yet (it answers after 5 s), kills the host (-9), restarts
+/// it: the host finds the bracket (the entry by its client id, the legs the
+/// exchange created by adoption), shows the legs waiting, never sends a
+/// second order or bracket, and agrees with the exchange after a clean stop.
+async fn kill_9_before_a_bracket_is_answered(source: &str, slow_from_start: bool) {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let config = write_config(root.path(), &fake);
+    let strategies = root.path().join("strategies");
+    std::fs::remove_file(strategies.join("market_maker.rhai")).unwrap();
+    std::fs::write(strategies.join("bracketed.rhai"), source).unwrap();
+    let slow =
+        |on: bool| fake.faults().slow_orders_ms.store(if on { 5_000 } else { 0 }, std::sync::atomic::Ordering::SeqCst);
+    slow(slow_from_start);
+    let (mut child, _lines) = spawn(&config);
+    wait("the entry filled", Duration::from_secs(20), || fake.position("BTCUSD").0 == 2).await;
+    slow(true);
+    let legs_on_exchange = || fake.orders().iter().filter(|o| o.bracket_order && o.state == "pending").count();
+    wait("the bracket on the exchange", Duration::from_secs(20), || legs_on_exchange() == 2).await;
+    child.kill().unwrap(); // SIGKILL, before the exchange's answer
+    child.wait().unwrap();
+    slow(false);
+    let data = root.path().join("data");
+    let (child, lines) = spawn(&config);
+    let mut child = child;
+    let address = {
+        let lines = lines.clone();
+        let found = move || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| Some(l.split("dashboard at http://").nth(1)?.split('/').next()?.to_string()))
+        };
+        wait("the API address", Duration::from_secs(20), || found().is_some()).await;
+        found().unwrap()
+    };
+    let token = std::fs::read_to_string(data.join("api-token")).unwrap().trim().to_string();
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/api/v1/orders");
+    let start = tokio::time::Instant::now();
+    loop {
+        let orders: serde_json::Value =
+            client.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        let legs = orders.as_array().unwrap().iter().filter(|o| o["request"]["oco"].is_string());
+        let waiting: Vec<&str> = legs
+            .filter(|o| o["status"] == "untriggered")
+            .filter_map(|o| o["request"]["stop"]["kind"].as_str())
+            .collect();
+        if waiting.len() == 2 {
+            assert!(waiting.contains(&"stop_loss") && waiting.contains(&"take_profit"), "{orders:#}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the legs never showed as waiting: {orders:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.calls("POST /v2/orders"), 1, "the entry was sent once");
+    assert_eq!(fake.calls("POST /v2/orders/bracket"), u64::from(!slow_from_start), "the bracket was sent at most once");
+    assert_eq!(legs_on_exchange(), 2, "one bracket on the exchange");
+    fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    // The default shutdown policy cancelled the bracket on the exchange; the store and the exchange agree.
+    assert_eq!(legs_on_exchange(), 0, "the shutdown policy cancelled the bracket");
+    assert_consistent(&fake, &data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_before_an_entry_with_a_bracket_is_answered_finds_both_once() {
+    kill_9_before_a_bracket_is_answered(ENTRY_BRACKET, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_before_a_position_bracket_is_answered_adopts_its_legs_once() {
+    kill_9_before_a_bracket_is_answered(POSITION_BRACKET, false).await;
+}

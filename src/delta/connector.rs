@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 
+use super::brackets::{Brackets, is_leg, kind_of};
 use super::rest::{Credentials, RestClient, RestError};
 use super::stream::StreamSpec;
 use super::wire::RestOrder;
 use crate::bounded::BoundedMap;
 use crate::config::DeltaConfig;
-use crate::exchange::{RemoteOrder, VenueFill, VenueUpdate};
+use crate::exchange::{RemoteOrder, RemoteState, VenueFill, VenueUpdate};
 use crate::model::{Candle, Fill, Liquidity, Order, OrderStatus};
 
 pub use super::products::{MAX_CLIENT_ID, Products, new_order, remote_of};
@@ -71,6 +72,8 @@ pub struct DeltaConnector {
     pub(super) order_ids: Mutex<BoundedMap<String, String>>,
     /// Newest fill time seen, µs (reconciliation starts a minute before it).
     pub(super) last_fill_us: AtomicI64,
+    /// The host's bracket legs, adopted as the exchange creates them.
+    pub(super) brackets: Mutex<Brackets>,
 }
 
 impl DeltaConnector {
@@ -114,6 +117,7 @@ impl DeltaConnector {
             credentials,
             order_ids: Mutex::new(BoundedMap::new(100_000)),
             last_fill_us: AtomicI64::new(0),
+            brackets: Mutex::new(Brackets::default()),
         })
     }
 
@@ -161,15 +165,23 @@ impl DeltaConnector {
     ) -> Result<Startup, RestError> {
         let mut known_at_start = HashMap::new();
         let mut since_ms = chrono::Utc::now().timestamp_millis() - 3_600_000;
-        for order in stored_orders {
-            let client_id = &order.request.client_id;
-            if !(order.status.is_open() || order.status == OrderStatus::Pending) {
+        let stored: Vec<&Order> = stored_orders
+            .into_iter()
+            .filter(|order| order.status.is_open() || order.status == OrderStatus::Pending)
+            .collect();
+        // Bracket legs have no client id on the exchange: the reconciliation adopts them.
+        self.brackets().restore(stored.iter().copied());
+        for order in &stored {
+            since_ms = since_ms.min(order.updated);
+            if is_leg(&order.request) {
                 continue;
             }
-            since_ms = since_ms.min(order.updated);
-            if let Some(remote) = self.rest.order_by_client_id(client_id).await? {
-                self.remember_order(&remote);
-                known_at_start.insert(client_id.clone(), remote_of(&remote));
+            if let Some(remote) = self.rest.order_by_client_id(&order.request.client_id).await? {
+                for update in self.note_order(&remote) {
+                    if let VenueUpdate::Order { client_id, remote } = update {
+                        known_at_start.insert(client_id, remote);
+                    }
+                }
             }
         }
         if let Some(last) = stored_fills.iter().map(|f| f.time).max() {
@@ -177,6 +189,23 @@ impl DeltaConnector {
         }
         self.last_fill_us.store(since_ms * 1_000, Ordering::Relaxed);
         let updates = self.reconcile().await?;
+        for update in &updates {
+            if let VenueUpdate::Order { client_id, remote } = update
+                && stored.iter().any(|order| order.request.client_id == *client_id && is_leg(&order.request))
+            {
+                known_at_start.insert(client_id.clone(), remote.clone());
+            }
+        }
+        // A leg the exchange has not created yet still waits for its working entry.
+        for leg in stored.iter().filter(|order| is_leg(&order.request)) {
+            let entry = leg.request.parent.as_ref().and_then(|entry| known_at_start.get(entry));
+            let entry_works = entry.is_some_and(|e| {
+                matches!(e.state, RemoteState::Open | RemoteState::Untriggered | RemoteState::Triggered)
+            });
+            if entry_works && !known_at_start.contains_key(&leg.request.client_id) {
+                known_at_start.insert(leg.request.client_id.clone(), RemoteOrder::new(RemoteState::Untriggered, None));
+            }
+        }
         let balance = updates
             .iter()
             .rev()
@@ -192,10 +221,52 @@ impl DeltaConnector {
         Ok(Startup { known_at_start, updates, positions, balance })
     }
 
-    pub(super) fn remember_order(&self, order: &RestOrder) {
-        if let Some(client_id) = &order.client_order_id {
-            self.order_ids.lock().unwrap_or_else(|e| e.into_inner()).insert(order.id.clone(), client_id.clone());
+    pub(super) fn brackets(&self) -> std::sync::MutexGuard<'_, Brackets> {
+        self.brackets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What an exchange order means to the host: its state under our client
+    /// id (its own, or the bracket leg it is adopted as), remembered for its
+    /// fills; nothing for an order the host did not place. An entry that
+    /// ended without a fill takes its waiting bracket legs with it.
+    pub(super) fn note_order(&self, order: &RestOrder) -> Vec<VenueUpdate> {
+        let product =
+            self.products.resolve([order.product_symbol.as_deref(), order.symbol.as_deref()], order.product_id);
+        let mut brackets = self.brackets();
+        let (client_id, leg) = match &order.client_order_id {
+            Some(id) => (id.clone(), false),
+            None => {
+                let adopted = kind_of(order.stop_order_type.as_deref())
+                    .filter(|_| order.bracket_order != Some(false))
+                    .zip(product)
+                    .and_then(|(kind, product)| brackets.adopt(&product.symbol, kind, &order.id, order.created_at));
+                match adopted {
+                    Some(id) => (id, true),
+                    None => return Vec::new(),
+                }
+            }
+        };
+        self.order_ids.lock().unwrap_or_else(|e| e.into_inner()).insert(order.id.clone(), client_id.clone());
+        let mut remote = remote_of(order);
+        let ended = matches!(remote.state, RemoteState::Closed | RemoteState::Cancelled | RemoteState::Rejected);
+        if leg {
+            // The exchange sizes a position bracket's legs to the whole position.
+            remote.size = product.map(|p| order.size * p.contract_value);
+            if ended {
+                brackets.forget(&client_id);
+            }
         }
+        let mut updates = vec![VenueUpdate::Order { client_id: client_id.clone(), remote }];
+        let unfilled = order.unfilled_size.is_none_or(|unfilled| unfilled == order.size);
+        if ended && unfilled && order.state != "closed" {
+            for waiting in brackets.waiting_for(&client_id) {
+                brackets.forget(&waiting);
+                let reason = Some(format!("its entry {client_id} ended without a fill"));
+                let remote = RemoteOrder::new(RemoteState::Cancelled, reason);
+                updates.push(VenueUpdate::Order { client_id: waiting, remote });
+            }
+        }
+        updates
     }
 
     /// Orders, fills and the balance from REST since a minute before the
@@ -204,13 +275,13 @@ impl DeltaConnector {
         let since_us = self.last_fill_us.load(Ordering::Relaxed) - 60_000_000;
         let ids = self.products.ids();
         let mut updates = Vec::new();
-        let mut orders = self.rest.order_history(&ids, since_us).await?;
-        orders.extend(self.rest.open_orders(&ids).await?);
+        // Open orders first, then the newest: a bracket leg is adopted as the live one.
+        let mut orders = self.rest.open_orders(&ids).await?;
+        let mut history = self.rest.order_history(&ids, since_us).await?;
+        history.sort_by_key(|order| std::cmp::Reverse(order.created_at));
+        orders.extend(history);
         for order in &orders {
-            self.remember_order(order);
-            if let Some(client_id) = &order.client_order_id {
-                updates.push(VenueUpdate::Order { client_id: client_id.clone(), remote: remote_of(order) });
-            }
+            updates.extend(self.note_order(order));
         }
         let mut fills = self.rest.fills(&ids, since_us).await?;
         fills.sort_by_key(|f| f.created_at.unwrap_or_default());
@@ -260,8 +331,10 @@ impl DeltaConnector {
             return Some(id.clone());
         }
         let order = self.rest.order(order_id).await.ok()?;
-        self.remember_order(&order);
-        order.client_order_id
+        match self.note_order(&order).into_iter().next()? {
+            VenueUpdate::Order { client_id, .. } => Some(client_id),
+            _ => None,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -9,12 +9,14 @@
 //! - [`rest`]: the REST client (budget, clock offset, typed errors).
 //! - [`stream`]: one WebSocket with auth, heartbeat, pings and reconnects.
 //! - [`products`]: products, orders in contracts, Delta's order states in host words.
+//! - [`brackets`]: position brackets: the legs the exchange creates, adopted under the host's ids.
 //! - [`connector`]: the venue: connecting, history, start-up reconciliation.
 //! - [`orders`]: the order executor and the private stream.
 //! - [`market`]: the public stream: books, ticks, marks, freshness.
 //! - [`doctor`]: `tradehost doctor` checks for a Delta configuration.
 
 pub mod book;
+pub mod brackets;
 pub mod connector;
 pub mod doctor;
 mod market;

@@ -12,13 +12,25 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::connector::{DeltaConnector, ORDERS_COMPONENT};
-use super::products::{new_order, remote_of};
+use super::products::{bracket_of, new_order};
+use super::rest::NewOrder;
 use super::rest::RestError;
 use super::stream::{self, StreamEvent};
 use super::wire::WsMessage;
 use crate::exchange::{RemoteOrder, RemoteState, VenueCommand, VenueUpdate};
 use crate::health::{ComponentState, Health, Metrics};
 use crate::model::{Order, OrderRequest};
+
+/// The same rejection for each of `client_ids`.
+fn rejected(client_ids: impl IntoIterator<Item = String>, reason: String) -> Vec<VenueUpdate> {
+    client_ids
+        .into_iter()
+        .map(|client_id| VenueUpdate::Order {
+            client_id,
+            remote: RemoteOrder::new(RemoteState::Rejected, Some(reason.clone())),
+        })
+        .collect()
+}
 
 impl DeltaConnector {
     /// Executes order commands concurrently until `cancel`; then waits a
@@ -41,6 +53,7 @@ impl DeltaConnector {
                     in_flight.spawn(async move {
                         let results = match command {
                             VenueCommand::Place(request) => connector.place(request).await,
+                            VenueCommand::PlaceBracket { entry, legs } => connector.place_bracket(entry, legs).await,
                             VenueCommand::Cancel(order) => connector.cancel(order).await,
                             VenueCommand::CancelSymbol { symbol, orders } => {
                                 connector.cancel_symbol(&symbol, orders).await
@@ -58,27 +71,117 @@ impl DeltaConnector {
     }
 
     async fn place(&self, request: OrderRequest) -> Vec<VenueUpdate> {
-        let client_id = request.client_id.clone();
-        let refuse = |reason: String| {
-            vec![VenueUpdate::Order {
-                client_id: client_id.clone(),
-                remote: RemoteOrder::new(RemoteState::Rejected, Some(reason)),
-            }]
-        };
-        let order = match new_order(&self.products, &request) {
-            Ok(order) => order,
-            Err(reason) => return refuse(reason),
-        };
-        match self.rest.place_order(&order).await {
-            Ok(placed) => {
-                self.remember_order(&placed);
-                vec![VenueUpdate::Order { client_id, remote: remote_of(&placed) }]
-            }
+        match new_order(&self.products, &request) {
+            Ok(order) => self.send_order(&order).await,
+            Err(reason) => rejected([request.client_id], reason),
+        }
+    }
+
+    /// Sends an order; after a send whose outcome is unknown, looks it up.
+    async fn send_order(&self, order: &NewOrder) -> Vec<VenueUpdate> {
+        let client_id = order.client_order_id.clone();
+        match self.rest.place_order(order).await {
+            Ok(placed) => self.note_order(&placed),
             Err(
                 error @ (RestError::Connectivity { .. } | RestError::Unavailable { .. } | RestError::Decode { .. }),
             ) => self.resolve_uncertain(&client_id, &error).await,
-            Err(error) => refuse(format!("exchange: {error}")),
+            Err(error) => rejected([client_id], format!("exchange: {error}")),
         }
+    }
+
+    /// Places a bracket: with its entry (Delta attaches it to the position
+    /// once the entry fills, and the legs wait until then), or on the open
+    /// position at once. The exchange creates the legs; the host adopts them.
+    async fn place_bracket(&self, entry: Option<OrderRequest>, legs: Vec<OrderRequest>) -> Vec<VenueUpdate> {
+        let ids: Vec<String> = entry.iter().chain(&legs).map(|r| r.client_id.clone()).collect();
+        let leg_ids: Vec<String> = legs.iter().map(|r| r.client_id.clone()).collect();
+        let symbol = entry.as_ref().or(legs.first()).map(|r| r.symbol.clone()).unwrap_or_default();
+        let bracket = match bracket_of(&self.products, &symbol, &legs) {
+            Ok(bracket) => bracket,
+            Err(reason) => return rejected(ids, reason),
+        };
+        {
+            let mut brackets = self.brackets();
+            if let Some(held) = brackets.held_on(&symbol) {
+                let reason = format!("{symbol} already has a bracket ({held}): Delta holds one bracket per position");
+                return rejected(ids, reason);
+            }
+            brackets.register(&legs, self.server_now_ms() * 1_000);
+        }
+        let forget = |reason: &str| {
+            let mut brackets = self.brackets();
+            leg_ids.iter().for_each(|leg| brackets.forget(leg));
+            rejected(leg_ids.clone(), reason.to_string())
+        };
+        let Some(entry) = entry else {
+            return match self.rest.place_bracket(&bracket).await {
+                Ok(()) => self.adopt_legs(&symbol, &leg_ids, 1).await.unwrap_or_default(),
+                Err(
+                    error @ (RestError::Connectivity { .. } | RestError::Unavailable { .. } | RestError::Decode { .. }),
+                ) => match self.adopt_legs(&symbol, &leg_ids, 3).await {
+                    Some(adopted) => adopted,
+                    None => forget(&format!("not placed: {error}, and the exchange holds no such bracket")),
+                },
+                Err(error) => forget(&format!("exchange: {error}")),
+            };
+        };
+        let mut order = match new_order(&self.products, &entry) {
+            Ok(order) => order,
+            Err(reason) => {
+                forget(&reason);
+                return rejected(ids, reason);
+            }
+        };
+        order.bracket = Some(bracket);
+        let mut updates = self.send_order(&order).await;
+        let refused = updates.iter().find_map(|update| match update {
+            VenueUpdate::Order { client_id, remote }
+                if *client_id == entry.client_id && remote.state == RemoteState::Rejected =>
+            {
+                Some(remote.reason.clone().unwrap_or_default())
+            }
+            _ => None,
+        });
+        match refused {
+            Some(reason) => updates.extend(forget(&format!("its entry {} was rejected: {reason}", entry.client_id))),
+            None => {
+                // Waiting for the entry (unless an update above already reports the leg).
+                let reported: Vec<String> = updates
+                    .iter()
+                    .filter_map(|u| {
+                        if let VenueUpdate::Order { client_id, .. } = u { Some(client_id.clone()) } else { None }
+                    })
+                    .collect();
+                let waiting = leg_ids.iter().filter(|leg| !reported.contains(leg));
+                updates.extend(waiting.map(|leg| VenueUpdate::Order {
+                    client_id: leg.clone(),
+                    remote: RemoteOrder::new(RemoteState::Untriggered, None),
+                }));
+            }
+        }
+        updates
+    }
+
+    /// Looks for the orders the exchange created for a bracket on `symbol`
+    /// (up to `attempts` times); their states, or `None` when none showed.
+    async fn adopt_legs(&self, symbol: &str, legs: &[String], attempts: u32) -> Option<Vec<VenueUpdate>> {
+        let product = self.products.get(symbol)?.id;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+            }
+            let Ok(open) = self.rest.open_orders(&[product]).await else { continue };
+            let updates: Vec<VenueUpdate> = open
+                .iter()
+                .filter(|order| order.client_order_id.is_none())
+                .flat_map(|order| self.note_order(order))
+                .filter(|u| matches!(u, VenueUpdate::Order { client_id, .. } if legs.contains(client_id)))
+                .collect();
+            if !updates.is_empty() {
+                return Some(updates);
+            }
+        }
+        None
     }
 
     /// After a send whose outcome is unknown: look the order up by client id
@@ -89,20 +192,14 @@ impl DeltaConnector {
         for attempt in 1..=8u32 {
             tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt.min(4)))).await;
             match self.rest.order_by_client_id(client_id).await {
-                Ok(Some(order)) => {
-                    self.remember_order(&order);
-                    return vec![VenueUpdate::Order { client_id: client_id.into(), remote: remote_of(&order) }];
-                }
+                Ok(Some(order)) => return self.note_order(&order),
                 Ok(None) => {
                     misses += 1;
                     if misses >= 2 {
-                        return vec![VenueUpdate::Order {
-                            client_id: client_id.into(),
-                            remote: RemoteOrder::new(
-                                RemoteState::Rejected,
-                                Some(format!("not placed: {error}, and the exchange has no such order")),
-                            ),
-                        }];
+                        return rejected(
+                            [client_id.to_string()],
+                            format!("not placed: {error}, and the exchange has no such order"),
+                        );
                     }
                 }
                 Err(lookup) => tracing::warn!(order = client_id, "delta: look-up failed: {lookup}"),
@@ -116,11 +213,22 @@ impl DeltaConnector {
     async fn cancel(&self, order: Order) -> Vec<VenueUpdate> {
         let client_id = order.request.client_id.clone();
         let Some(product) = self.products.get(&order.request.symbol) else { return Vec::new() };
-        match self.rest.cancel_by_client_id(&client_id, product.id).await {
-            Ok(cancelled) => vec![VenueUpdate::Order { client_id, remote: remote_of(&cancelled) }],
+        let leg =
+            self.brackets().contains(&client_id).then(|| self.brackets().exchange_id(&client_id).map(str::to_string));
+        let cancelled = match leg {
+            None => self.rest.cancel_by_client_id(&client_id, product.id).await,
+            Some(Some(exchange_id)) => self.rest.cancel_order(&exchange_id, product.id).await,
+            Some(None) => {
+                return vec![VenueUpdate::Difference(format!(
+                    "cannot cancel {client_id}: Delta creates a bracket's legs when its entry fills; cancel the entry instead"
+                ))];
+            }
+        };
+        match cancelled {
+            Ok(cancelled) => self.note_order(&cancelled),
             Err(error) => match self.rest.order_by_client_id(&client_id).await {
                 // Already filled or cancelled: report what it is.
-                Ok(Some(current)) => vec![VenueUpdate::Order { client_id, remote: remote_of(&current) }],
+                Ok(Some(current)) => self.note_order(&current),
                 _ => vec![VenueUpdate::Difference(format!("cancel of {client_id} failed: {error}"))],
             },
         }
@@ -134,6 +242,9 @@ impl DeltaConnector {
         match self.rest.cancel_all(product.id).await {
             Ok(()) => {
                 tracing::info!(symbol, orders = orders.len(), "delta: cancelled every order of the product at once");
+                let mut brackets = self.brackets();
+                orders.iter().for_each(|order| brackets.forget(&order.request.client_id));
+                drop(brackets);
                 orders
                     .into_iter()
                     .map(|order| VenueUpdate::Order {
@@ -208,14 +319,7 @@ impl DeltaConnector {
 
     async fn private_message(&self, message: WsMessage) -> Vec<VenueUpdate> {
         match message {
-            WsMessage::Orders { orders, .. } => orders
-                .iter()
-                .filter_map(|order| {
-                    self.remember_order(order);
-                    let client_id = order.client_order_id.clone()?;
-                    Some(VenueUpdate::Order { client_id, remote: remote_of(order) })
-                })
-                .collect(),
+            WsMessage::Orders { orders, .. } => orders.iter().flat_map(|order| self.note_order(order)).collect(),
             WsMessage::UserTrade(trade) => {
                 let client_id = match trade.client_order_id.clone() {
                     Some(id) => Some(id),

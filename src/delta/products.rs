@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use rust_decimal::Decimal;
 
-use super::rest::{NewOrder, NewStop};
+use super::rest::{BracketLegFields, NewBracket, NewOrder, NewStop};
 use super::wire::{DeltaProduct, RestOrder};
 use crate::exchange::{RemoteOrder, RemoteState};
-use crate::model::{OrderKind, OrderRequest, Side, StopKind, TimeInForce, TriggerOn};
+use crate::model::{OrderKind, OrderRequest, Side, StopKind, StopTrigger, TimeInForce, TriggerOn};
 
 /// Longest `client_order_id` Delta accepts.
 pub const MAX_CLIENT_ID: usize = 32;
@@ -74,12 +74,11 @@ impl Products {
 
 /// Maps a script order to a Delta order: whole contracts, the limit price
 /// on the tick grid (never worse than asked), the flags, the client id.
+/// A bracket's legs are not orders of their own on Delta: see [`bracket_of`].
 pub fn new_order(products: &Products, request: &OrderRequest) -> Result<NewOrder, String> {
-    let product = products
-        .get(&request.symbol)
-        .ok_or_else(|| format!("{} is not one of exchange.delta.symbols", request.symbol))?;
+    let product = product_of(products, &request.symbol)?;
     if request.parent.is_some() || request.oco.is_some() {
-        return Err("brackets are not supported on the Delta venue yet (paper and backtests have them)".into());
+        return Err("a bracket leg is sent with its bracket, not alone".into());
     }
     if request.client_id.len() > MAX_CLIENT_ID {
         return Err(format!("client order id {} is longer than {MAX_CLIENT_ID} characters", request.client_id));
@@ -94,53 +93,22 @@ pub fn new_order(products: &Products, request: &OrderRequest) -> Result<NewOrder
     let size = i64::try_from(contracts.trunc().mantissa() / 10i128.pow(contracts.trunc().scale()))
         .map_err(|_| format!("size {} is too large", request.size))?;
     let limit_price = match (request.kind, request.price) {
-        (OrderKind::Limit, Some(price)) => {
-            let rounding = match request.side {
-                Side::Buy => rust_decimal::RoundingStrategy::ToNegativeInfinity,
-                Side::Sell => rust_decimal::RoundingStrategy::ToPositiveInfinity,
-            };
-            let ticks = (price / product.tick_size).round_dp_with_strategy(0, rounding);
-            let price = (ticks * product.tick_size).normalize();
-            if price <= Decimal::ZERO {
-                return Err(format!("limit price {price} must be greater than 0"));
-            }
-            Some(price.to_string())
-        }
+        (OrderKind::Limit, Some(price)) => Some(limit_on_grid(product, request.side, price)?),
         (OrderKind::Limit, None) => return Err("a limit order needs a price".into()),
         (OrderKind::Market, _) => None,
-    };
-    let on_grid = |price: Decimal, rounding| {
-        let price = ((price / product.tick_size).round_dp_with_strategy(0, rounding) * product.tick_size).normalize();
-        if price <= Decimal::ZERO {
-            Err(format!("price {price} must be greater than 0"))
-        } else {
-            Ok(price.to_string())
-        }
     };
     let stop = match request.stop.as_deref() {
         None => None,
         Some(stop) => {
-            if stop.trail_pct.is_some() {
-                return Err("a trailing stop on Delta takes `trail` (a price distance), not `trail_pct`".into());
-            }
-            let nearest = rust_decimal::RoundingStrategy::MidpointNearestEven;
+            let trigger = trigger_fields(product, request.side, stop)?;
             Some(NewStop {
                 stop_order_type: match stop.kind {
                     StopKind::StopLoss => "stop_loss_order",
                     StopKind::TakeProfit => "take_profit_order",
                 },
-                stop_price: if stop.trail.is_some() { None } else { Some(on_grid(stop.price, nearest)?) },
-                trail_amount: match stop.trail {
-                    Some(trail) => {
-                        let trail = on_grid(trail, nearest)?;
-                        Some(if request.side == Side::Sell { format!("-{trail}") } else { trail })
-                    }
-                    None => None,
-                },
-                stop_trigger_method: match stop.on {
-                    TriggerOn::Last => "last_traded_price",
-                    TriggerOn::Mark => "mark_price",
-                },
+                stop_price: trigger.stop_price,
+                trail_amount: trigger.trail_amount,
+                stop_trigger_method: trigger_method(stop.on),
             })
         }
     };
@@ -157,7 +125,100 @@ pub fn new_order(products: &Products, request: &OrderRequest) -> Result<NewOrder
         reduce_only: request.reduce_only,
         client_order_id: request.client_id.clone(),
         stop,
+        bracket: None,
     })
+}
+
+/// Maps a bracket's legs (a stop-loss and/or a take-profit closing one
+/// position on `symbol`) to Delta's position bracket. Both legs watch the
+/// same price (Delta has one trigger method per bracket).
+pub fn bracket_of(products: &Products, symbol: &str, legs: &[OrderRequest]) -> Result<NewBracket, String> {
+    let product = product_of(products, symbol)?;
+    let mut bracket =
+        NewBracket { product_id: product.id, stop_loss: None, take_profit: None, stop_trigger_method: "" };
+    for leg in legs {
+        let Some(stop) = leg.stop.as_deref() else {
+            return Err(format!("bracket leg {} has no trigger", leg.client_id));
+        };
+        if leg.symbol != symbol {
+            return Err(format!("bracket leg {} is on {}, not {symbol}", leg.client_id, leg.symbol));
+        }
+        let method = trigger_method(stop.on);
+        if !bracket.stop_trigger_method.is_empty() && bracket.stop_trigger_method != method {
+            return Err("a bracket's legs must watch the same price on Delta".into());
+        }
+        bracket.stop_trigger_method = method;
+        let mut fields = trigger_fields(product, leg.side, stop)?;
+        if let Some(limit) = leg.price {
+            fields.limit_price = Some(limit_on_grid(product, leg.side, limit)?);
+        }
+        let slot = match stop.kind {
+            StopKind::StopLoss => &mut bracket.stop_loss,
+            StopKind::TakeProfit if fields.trail_amount.is_some() => {
+                return Err("Delta trails only a bracket's stop-loss".into());
+            }
+            StopKind::TakeProfit => &mut bracket.take_profit,
+        };
+        if slot.replace(fields).is_some() {
+            return Err("a bracket on Delta has at most one stop-loss and one take-profit".into());
+        }
+    }
+    if bracket.stop_loss.is_none() && bracket.take_profit.is_none() {
+        return Err("a bracket needs a stop-loss or a take-profit".into());
+    }
+    Ok(bracket)
+}
+
+fn product_of<'a>(products: &'a Products, symbol: &str) -> Result<&'a DeltaProduct, String> {
+    products.get(symbol).ok_or_else(|| format!("{symbol} is not one of exchange.delta.symbols"))
+}
+
+/// A limit price on the tick grid, never worse than asked.
+fn limit_on_grid(product: &DeltaProduct, side: Side, price: Decimal) -> Result<String, String> {
+    let rounding = match side {
+        Side::Buy => rust_decimal::RoundingStrategy::ToNegativeInfinity,
+        Side::Sell => rust_decimal::RoundingStrategy::ToPositiveInfinity,
+    };
+    let price = on_grid(product, price, rounding);
+    if price <= Decimal::ZERO {
+        return Err(format!("limit price {price} must be greater than 0"));
+    }
+    Ok(price.to_string())
+}
+
+fn on_grid(product: &DeltaProduct, price: Decimal, rounding: rust_decimal::RoundingStrategy) -> Decimal {
+    ((price / product.tick_size).round_dp_with_strategy(0, rounding) * product.tick_size).normalize()
+}
+
+/// A stop's trigger as Delta's fields: a price on the tick grid, or a
+/// trailing distance (negative when the order sells, as Delta's own client sends it).
+fn trigger_fields(product: &DeltaProduct, side: Side, stop: &StopTrigger) -> Result<BracketLegFields, String> {
+    if stop.trail_pct.is_some() {
+        return Err("a trailing stop on Delta takes `trail` (a price distance), not `trail_pct`".into());
+    }
+    let nearest = |price: Decimal| {
+        let price = on_grid(product, price, rust_decimal::RoundingStrategy::MidpointNearestEven);
+        if price <= Decimal::ZERO {
+            Err(format!("price {price} must be greater than 0"))
+        } else {
+            Ok(price.to_string())
+        }
+    };
+    Ok(match stop.trail {
+        Some(trail) => {
+            let trail = nearest(trail)?;
+            let trail_amount = if side == Side::Sell { format!("-{trail}") } else { trail };
+            BracketLegFields { trail_amount: Some(trail_amount), ..BracketLegFields::default() }
+        }
+        None => BracketLegFields { stop_price: Some(nearest(stop.price)?), ..BracketLegFields::default() },
+    })
+}
+
+fn trigger_method(on: TriggerOn) -> &'static str {
+    match on {
+        TriggerOn::Last => "last_traded_price",
+        TriggerOn::Mark => "mark_price",
+    }
 }
 
 /// The host's view of a Delta order state.

@@ -472,6 +472,14 @@ impl RestClient {
         Ok(self.request(Call::send(Method::POST, "/v2/orders", body, 5), Retry::OnlyRateLimit).await?.0)
     }
 
+    /// Attaches a bracket to the open position (`{"success":true}` on success).
+    pub async fn place_bracket(&self, bracket: &NewBracket) -> Result<(), RestError> {
+        let body = bracket.to_json();
+        self.request::<Value>(Call::send(Method::POST, "/v2/orders/bracket", body, 5), Retry::OnlyRateLimit)
+            .await
+            .map(|_| ())
+    }
+
     /// Cancels an order by exchange id.
     pub async fn cancel_order(&self, id: &str, product_id: i64) -> Result<RestOrder, RestError> {
         let id: Value = id.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(id));
@@ -643,6 +651,84 @@ pub struct NewOrder {
     pub client_order_id: String,
     /// A stop order's trigger, as Delta's fields.
     pub stop: Option<NewStop>,
+    /// The bracket Delta attaches to the position once this entry fills
+    /// (its `bracket_*` fields).
+    pub bracket: Option<NewBracket>,
+}
+
+/// A position bracket: the stop-loss and take-profit orders Delta creates
+/// and holds for a position (one per position), one-cancels-other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewBracket {
+    /// Product id.
+    pub product_id: i64,
+    /// The stop-loss leg.
+    pub stop_loss: Option<BracketLegFields>,
+    /// The take-profit leg.
+    pub take_profit: Option<BracketLegFields>,
+    /// `last_traded_price` or `mark_price`.
+    pub stop_trigger_method: &'static str,
+}
+
+/// One leg of a [`NewBracket`], prices as text on the tick grid.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BracketLegFields {
+    /// Trigger price (`None` for a trailing stop-loss).
+    pub stop_price: Option<String>,
+    /// Trailing distance, negative when it sells (the stop-loss only).
+    pub trail_amount: Option<String>,
+    /// Limit price once triggered (`None`: a market order).
+    pub limit_price: Option<String>,
+}
+
+impl NewBracket {
+    /// The body of `POST /v2/orders/bracket` (§4.16), exactly as signed and sent.
+    pub fn to_json(&self) -> String {
+        let leg = |fields: &BracketLegFields| {
+            let mut leg = serde_json::Map::new();
+            let kind = if fields.limit_price.is_some() { "limit_order" } else { "market_order" };
+            leg.insert("order_type".into(), kind.into());
+            for (key, value) in [
+                ("stop_price", &fields.stop_price),
+                ("trail_amount", &fields.trail_amount),
+                ("limit_price", &fields.limit_price),
+            ] {
+                if let Some(value) = value {
+                    leg.insert(key.into(), value.clone().into());
+                }
+            }
+            Value::Object(leg)
+        };
+        let mut body = serde_json::Map::new();
+        body.insert("product_id".into(), self.product_id.into());
+        if let Some(stop_loss) = &self.stop_loss {
+            body.insert("stop_loss_order".into(), leg(stop_loss));
+        }
+        if let Some(take_profit) = &self.take_profit {
+            body.insert("take_profit_order".into(), leg(take_profit));
+        }
+        body.insert("bracket_stop_trigger_method".into(), self.stop_trigger_method.into());
+        Value::Object(body).to_string()
+    }
+
+    /// The `bracket_*` fields of an entry order (§4.9).
+    fn entry_fields(&self, body: &mut serde_json::Map<String, Value>) {
+        let mut put = |key: &str, value: &Option<String>| {
+            if let Some(value) = value {
+                body.insert(key.into(), value.clone().into());
+            }
+        };
+        if let Some(stop_loss) = &self.stop_loss {
+            put("bracket_stop_loss_price", &stop_loss.stop_price);
+            put("bracket_stop_loss_limit_price", &stop_loss.limit_price);
+            put("bracket_trail_amount", &stop_loss.trail_amount);
+        }
+        if let Some(take_profit) = &self.take_profit {
+            put("bracket_take_profit_price", &take_profit.stop_price);
+            put("bracket_take_profit_limit_price", &take_profit.limit_price);
+        }
+        body.insert("bracket_stop_trigger_method".into(), self.stop_trigger_method.into());
+    }
 }
 
 /// The stop fields of a new order.
@@ -687,6 +773,9 @@ impl NewOrder {
                 body.insert("trail_amount".into(), trail.clone().into());
             }
             body.insert("stop_trigger_method".into(), stop.stop_trigger_method.into());
+        }
+        if let Some(bracket) = &self.bracket {
+            bracket.entry_fields(&mut body);
         }
         Value::Object(body).to_string()
     }

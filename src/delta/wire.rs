@@ -80,6 +80,21 @@ pub fn opt_time_us<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Er
     })
 }
 
+/// Decodes an optional flag: a JSON bool, `"true"`/`"false"` or null.
+pub fn opt_flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Bool(flag) => Ok(Some(flag)),
+        Value::Null => Ok(None),
+        Value::String(text) => match text.as_str() {
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            "" => Ok(None),
+            _ => Err(de::Error::custom(format!("bad flag {text:?}"))),
+        },
+        other => Err(de::Error::custom(format!("expected a flag, got {other}"))),
+    }
+}
+
 /// A product as Delta describes it (`/v2/products`); the host trades [`crate::model::Product`].
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct DeltaProduct {
@@ -258,6 +273,12 @@ pub struct RestOrder {
     /// Creation time, µs.
     #[serde(default, deserialize_with = "opt_time_us")]
     pub created_at: Option<i64>,
+    /// `stop_loss_order` or `take_profit_order` for a stop order.
+    #[serde(default)]
+    pub stop_order_type: Option<String>,
+    /// Set on the legs the exchange creates for a position bracket.
+    #[serde(default, deserialize_with = "opt_flag")]
+    pub bracket_order: Option<bool>,
 }
 
 /// A fill as REST returns it (`/v2/fills`).

@@ -76,12 +76,17 @@ impl Venue {
             Venue::Paper(exchange) => exchange.answer(command),
             Venue::Live(live) => match live.commands.send(command) {
                 Ok(()) => Vec::new(),
-                Err(mpsc::error::SendError(VenueCommand::Place(request))) => {
+                Err(mpsc::error::SendError(command)) => {
                     let reason = Some("the exchange connector has stopped".to_string());
                     let remote = RemoteOrder::new(RemoteState::Rejected, reason);
-                    vec![VenueUpdate::Order { client_id: request.client_id, remote }]
+                    command
+                        .placed()
+                        .map(|request| VenueUpdate::Order {
+                            client_id: request.client_id.clone(),
+                            remote: remote.clone(),
+                        })
+                        .collect()
                 }
-                Err(_) => Vec::new(),
             },
         }
     }
@@ -113,6 +118,15 @@ pub struct LiveVenue {
 pub enum VenueCommand {
     /// Send this order (its intent is stored).
     Place(OrderRequest),
+    /// Send a bracket's legs as one (a venue that holds brackets itself, as
+    /// Delta does, needs them together): with the entry they protect once it
+    /// fills, or alone for the open position.
+    PlaceBracket {
+        /// The entry order, if the legs protect one.
+        entry: Option<OrderRequest>,
+        /// The stop-loss and/or take-profit legs.
+        legs: Vec<OrderRequest>,
+    },
     /// Cancel this open order.
     Cancel(Order),
     /// Cancel these open orders: every one the host has on `symbol`. A venue
@@ -124,6 +138,50 @@ pub enum VenueCommand {
         /// The orders.
         orders: Vec<Order>,
     },
+}
+
+impl VenueCommand {
+    /// Orders to send, in order, as commands: a bracket's legs go with the
+    /// entry they wait for (when it is among them) or with the other legs of
+    /// their one-cancels-other group.
+    pub fn placing(requests: Vec<OrderRequest>) -> Vec<VenueCommand> {
+        let mut commands: Vec<VenueCommand> = Vec::new();
+        for request in requests {
+            let joins = |command: &VenueCommand| match (command, &request.parent, &request.oco) {
+                (VenueCommand::Place(entry), Some(parent), _) => entry.client_id == *parent,
+                (VenueCommand::PlaceBracket { entry: Some(entry), .. }, Some(parent), _) => entry.client_id == *parent,
+                (VenueCommand::PlaceBracket { entry: None, legs }, None, Some(group)) => {
+                    legs.first().is_some_and(|leg| leg.oco.as_ref() == Some(group))
+                }
+                _ => false,
+            };
+            match commands.iter_mut().rfind(|command| joins(command)) {
+                Some(command) => {
+                    if let VenueCommand::Place(entry) = command {
+                        *command = VenueCommand::PlaceBracket { entry: Some(entry.clone()), legs: Vec::new() };
+                    }
+                    if let VenueCommand::PlaceBracket { legs, .. } = command {
+                        legs.push(request);
+                    }
+                }
+                None if request.parent.is_none() && request.oco.is_some() && request.stop.is_some() => {
+                    commands.push(VenueCommand::PlaceBracket { entry: None, legs: vec![request] });
+                }
+                None => commands.push(VenueCommand::Place(request)),
+            }
+        }
+        commands
+    }
+
+    /// The orders this command places, entry first.
+    pub fn placed(&self) -> impl Iterator<Item = &OrderRequest> {
+        let (one, legs): (Option<&OrderRequest>, &[OrderRequest]) = match self {
+            VenueCommand::Place(request) => (Some(request), &[]),
+            VenueCommand::PlaceBracket { entry, legs } => (entry.as_ref(), legs),
+            VenueCommand::Cancel(_) | VenueCommand::CancelSymbol { .. } => (None, &[]),
+        };
+        one.into_iter().chain(legs)
+    }
 }
 
 /// An order's state on the exchange.

@@ -326,6 +326,9 @@ impl PaperExchange {
                 };
                 accepted.into_iter().chain(updates(events)).collect()
             }
+            VenueCommand::PlaceBracket { entry, legs } => {
+                entry.into_iter().chain(legs).flat_map(|request| self.answer(VenueCommand::Place(request))).collect()
+            }
             VenueCommand::Cancel(order) => self.answer_cancels(std::slice::from_ref(&order)),
             VenueCommand::CancelSymbol { orders, .. } => self.answer_cancels(&orders),
         }

@@ -410,11 +410,16 @@ impl Engine {
 
     fn run_steps(&mut self, strategy: &str, steps: Vec<Step>) -> Vec<ExchangeEvent> {
         let mut events = Vec::new();
+        // Consecutive sends go together, so a bracket's legs reach the venue with their entry.
+        let mut sends = Vec::new();
         for step in steps {
+            if !matches!(step, Step::Send(_)) {
+                events.extend(self.oms.send_all(std::mem::take(&mut sends)));
+            }
             match step {
                 Step::Send(request) => {
                     tracing::debug!(strategy = %strategy, order = %request.client_id, "order sent");
-                    events.extend(self.oms.send(request));
+                    sends.push(request);
                 }
                 Step::Cancel(client_id) => match self.oms.cancel(strategy, &client_id) {
                     Ok(cancelled) => events.extend(cancelled),
@@ -425,6 +430,7 @@ impl Engine {
                 Step::CancelAll(symbol) => events.extend(self.oms.cancel_all(strategy, symbol.as_deref())),
             }
         }
+        events.extend(self.oms.send_all(sends));
         events
     }
 

@@ -432,12 +432,26 @@ impl Oms {
     /// pending until the venue answers (the paper exchange at once, a live
     /// venue later through [`Oms::apply_venue`]).
     pub fn send(&mut self, request: OrderRequest) -> Vec<ExchangeEvent> {
-        self.preparing.remove(&request.client_id);
-        let mut order = Order::new(request.clone(), self.clock.now_ms());
-        order.status = OrderStatus::Pending;
-        self.open.insert(order.request.client_id.clone(), order);
-        self.open_changed.set(true);
-        let events = self.command(VenueCommand::Place(request));
+        self.send_all(vec![request])
+    }
+
+    /// Sends prepared orders in order, as [`Oms::send`]; a bracket's legs go
+    /// to the venue together with their entry ([`VenueCommand::placing`]).
+    pub fn send_all(&mut self, requests: Vec<OrderRequest>) -> Vec<ExchangeEvent> {
+        if requests.is_empty() {
+            return Vec::new();
+        }
+        let mut events = Vec::new();
+        for command in VenueCommand::placing(requests) {
+            for request in command.placed() {
+                self.preparing.remove(&request.client_id);
+                let mut order = Order::new(request.clone(), self.clock.now_ms());
+                order.status = OrderStatus::Pending;
+                self.open.insert(order.request.client_id.clone(), order);
+            }
+            self.open_changed.set(true);
+            events.extend(self.command(command));
+        }
         if events.is_empty() {
             self.publish();
         }
@@ -944,7 +958,7 @@ mod tests {
                     )
                 }
                 VenueCommand::Cancel(order) => format!("one {}", order.request.client_id),
-                VenueCommand::Place(_) => "place".into(),
+                VenueCommand::Place(_) | VenueCommand::PlaceBracket { .. } => "place".into(),
             });
         }
         // BTCUSD is all a's: one step for the acknowledged, the pending a5 alone.

@@ -116,6 +116,21 @@ pub struct FakeOrder {
     pub trail_amount: Option<Decimal>,
     /// `last_traded_price` or `mark_price`.
     pub stop_trigger_method: String,
+    /// A leg the exchange created for a position bracket (no client id).
+    pub bracket_order: bool,
+    /// The bracket an entry attaches to its position once it fills.
+    pub bracket: Option<FakeBracket>,
+}
+
+/// A position bracket as requested (§4.16): each leg's trigger (or trail) and limit.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct FakeBracket {
+    /// Stop-loss: (trigger, trail amount, limit).
+    pub stop_loss: Option<(Option<Decimal>, Option<Decimal>, Option<Decimal>)>,
+    /// Take-profit: (trigger, limit).
+    pub take_profit: Option<(Decimal, Option<Decimal>)>,
+    /// `last_traded_price` or `mark_price`.
+    pub trigger_method: String,
 }
 
 /// A fill as the fake keeps it.
@@ -348,6 +363,22 @@ impl FakeDelta {
     pub fn orders(&self) -> Vec<FakeOrder> {
         self.shared.exchange.lock().unwrap().orders.clone()
     }
+    /// The open and pending orders as [`open_label`] names them, sorted.
+    pub fn open_labels(&self) -> Vec<String> {
+        let mut labels: Vec<String> = self
+            .orders()
+            .into_iter()
+            .filter(|o| o.state == "open" || o.state == "pending")
+            .map(|o| match (&o.client_order_id, o.bracket_order) {
+                (_, true) => format!("bracket {}", o.stop_order_type.unwrap_or_default()),
+                (Some(id), false) => id.clone(),
+                (None, false) => format!("order {} without a client id", o.id),
+            })
+            .collect();
+        labels.sort();
+        labels
+    }
+
     pub fn fills(&self) -> Vec<FakeFill> {
         self.shared.exchange.lock().unwrap().fills.clone()
     }
@@ -535,8 +566,14 @@ fn market_tick(shared: &Shared) {
             let touch = if sell { best_bid } else { best_ask };
             let takes = order.limit_price.is_none_or(|l| if sell { l <= touch } else { l >= touch });
             if takes {
-                let size = order.unfilled;
-                out.extend(execute(&mut ex, i, size, touch, "taker", ts));
+                let mut size = order.unfilled;
+                if order.bracket_order {
+                    // A bracket leg closes what is left of the position.
+                    size = size.min(ex.positions.get(&p.id).map_or(0, |(pos, _)| pos.abs()));
+                }
+                if size > 0 {
+                    out.extend(execute(&mut ex, i, size, touch, "taker", ts));
+                }
             }
         }
         // Resting orders the new touch crosses fill at their limit (maker).
@@ -583,6 +620,7 @@ fn order_json(o: &FakeOrder) -> Value {
         "cancellation_reason": o.cancellation_reason, "created_at": o.created_at.to_string(),
         "stop_order_type": o.stop_order_type, "stop_price": o.stop_price.map(|p| p.to_string()),
         "trail_amount": o.trail_amount.map(|p| p.to_string()), "stop_trigger_method": o.stop_trigger_method, "paid_commission": "0", "commission": "0", "user_id": 1,
+        "bracket_order": o.bracket_order,
     })
 }
 
@@ -593,6 +631,7 @@ fn order_event(o: &FakeOrder, action: &str, reason: Option<&str>, ts: i64) -> Ev
         "average_fill_price": o.avg_fill_price.map(|p| p.to_string()), "limit_price": o.limit_price.map(|p| p.to_string()),
         "side": o.side, "state": o.state, "cancellation_reason": o.cancellation_reason, "seq_no": 1, "timestamp": ts,
         "stop_order_type": o.stop_order_type, "stop_price": o.stop_price.map(|p| p.to_string()),
+        "bracket_order": o.bracket_order,
     });
     if o.order_type == "market_order" {
         message["limit_price"] = Value::Null;
@@ -656,7 +695,16 @@ fn execute(ex: &mut Exchange, i: usize, size: i64, price: Decimal, role: &'stati
     };
     ex.fills.push(fill.clone());
     let balance = ex.balance;
-    vec![
+    let mut follow_ups = Vec::new();
+    if new_pos == 0 {
+        // A position bracket ends with its position.
+        follow_ups.extend(cancel_brackets(ex, product.id, "position_closed", ts));
+    } else if order.state == "closed"
+        && let Some(bracket) = &order.bracket
+    {
+        follow_ups.extend(attach_bracket(ex, product.id, bracket, ts));
+    }
+    let mut events = vec![
         Event::Private {
             channel: "v2/user_trades",
             text: json!({"type": "v2/user_trades", "sy": fill.symbol, "f": fill.id, "R": "normal", "u": 1, "o": fill.order_id,
@@ -674,7 +722,95 @@ fn execute(ex: &mut Exchange, i: usize, size: i64, price: Decimal, role: &'stati
             text: json!({"type": "margins", "action": "update", "asset_id": 3, "asset_symbol": "USD", "balance": balance.to_string(),
                 "available_balance": balance.to_string(), "blocked_margin": "0", "timestamp": ts, "user_id": 1}).to_string(),
         },
-    ]
+    ];
+    events.extend(follow_ups);
+    events
+}
+
+/// Cancels the pending legs of a product's position bracket.
+fn cancel_brackets(ex: &mut Exchange, product_id: i64, reason: &str, ts: i64) -> Vec<Event> {
+    let mut events = Vec::new();
+    for order in ex.orders.iter_mut().filter(|o| o.product_id == product_id && o.bracket_order && o.state == "pending")
+    {
+        order.state = "cancelled".into();
+        order.cancellation_reason = Some(reason.into());
+        events.push(order_event(order, "delete", Some("stop_cancel"), ts));
+    }
+    events
+}
+
+/// Creates a position bracket's legs (replacing the product's earlier one):
+/// reduce-only stop orders closing the whole position, without client ids.
+fn attach_bracket(ex: &mut Exchange, product_id: i64, bracket: &FakeBracket, ts: i64) -> Vec<Event> {
+    let (position, _) = ex.positions.get(&product_id).copied().unwrap_or((0, Decimal::ZERO));
+    if position == 0 {
+        return Vec::new();
+    }
+    let mut events = cancel_brackets(ex, product_id, "bracket_replaced", ts);
+    let product = ex.products.iter().find(|p| p.id == product_id).unwrap().clone();
+    let side = if position > 0 { "sell" } else { "buy" };
+    let watched = trigger_price(ex.books[&product_id].mid, &product, &bracket.trigger_method);
+    let legs = [
+        bracket.stop_loss.map(|(stop, trail, limit)| ("stop_loss_order", stop, trail, limit)),
+        bracket.take_profit.map(|(stop, limit)| ("take_profit_order", Some(stop), None, limit)),
+    ];
+    for (kind, stop, trail, limit) in legs.into_iter().flatten() {
+        let stop_price = match trail {
+            Some(trail) if side == "sell" => Some(watched - trail.abs()),
+            Some(trail) => Some(watched + trail.abs()),
+            None => stop,
+        };
+        ex.next_id += 1;
+        let order = FakeOrder {
+            id: ex.next_id,
+            client_order_id: None,
+            product_id,
+            symbol: product.symbol.into(),
+            side: side.into(),
+            size: position.abs(),
+            unfilled: position.abs(),
+            limit_price: limit,
+            order_type: if limit.is_some() { "limit_order" } else { "market_order" }.into(),
+            time_in_force: "gtc".into(),
+            post_only: false,
+            reduce_only: true,
+            state: "pending".into(),
+            avg_fill_price: None,
+            cancellation_reason: None,
+            created_at: ts,
+            stop_order_type: Some(kind.into()),
+            stop_price,
+            trail_amount: trail,
+            stop_trigger_method: bracket.trigger_method.clone(),
+            bracket_order: true,
+            bracket: None,
+        };
+        events.push(order_event(&order, "create", None, ts));
+        ex.orders.push(order);
+    }
+    events
+}
+
+/// A bracket from its JSON fields (`prefix` `bracket_` on an entry, or the
+/// `stop_loss_order`/`take_profit_order` objects); `Err` for a stop-loss with
+/// both a price and a trail, as Delta answers `bad_schema`.
+fn bracket_fields(
+    sl: [Option<Decimal>; 3],
+    tp: [Option<Decimal>; 2],
+    method: Option<&str>,
+) -> Result<Option<FakeBracket>, ()> {
+    let [sl_price, sl_trail, sl_limit] = sl;
+    let [tp_price, tp_limit] = tp;
+    if sl_price.is_some() && sl_trail.is_some() {
+        return Err(());
+    }
+    let stop_loss = (sl_price.is_some() || sl_trail.is_some()).then_some((sl_price, sl_trail, sl_limit));
+    let take_profit = tp_price.map(|price| (price, tp_limit));
+    if stop_loss.is_none() && take_profit.is_none() {
+        return Ok(None);
+    }
+    let trigger_method = method.unwrap_or("mark_price").to_string();
+    Ok(Some(FakeBracket { stop_loss, take_profit, trigger_method }))
 }
 
 fn envelope(status: StatusCode, body: Value) -> Response {
@@ -932,6 +1068,16 @@ async fn rest(
             }
             response
         }
+        ("POST", ["v2", "orders", "bracket"]) => {
+            let (response, events, slow) = place_bracket(&shared, &body);
+            for event in events {
+                let _ = shared.events.send(event);
+            }
+            if slow > 0 {
+                tokio::time::sleep(Duration::from_millis(slow)).await;
+            }
+            response
+        }
         ("DELETE", ["v2", "orders"]) => {
             let ts = now_us(&shared);
             let mut ex = shared.exchange.lock().unwrap();
@@ -1016,6 +1162,34 @@ fn flag(value: Option<&Value>) -> bool {
     matches!(value, Some(Value::Bool(true))) || matches!(value, Some(Value::String(s)) if s == "true")
 }
 
+/// Attaches a bracket to the open position (§4.16): the answer and the stream messages.
+fn place_bracket(shared: &Shared, body: &Value) -> (Response, Vec<Event>, u64) {
+    let ts = now_us(shared);
+    let leg = |key: &str, field: &str| {
+        body.get(key).and_then(|leg| leg.get(field)).and_then(Value::as_str).and_then(|p| p.parse::<Decimal>().ok())
+    };
+    let bracket = bracket_fields(
+        [
+            leg("stop_loss_order", "stop_price"),
+            leg("stop_loss_order", "trail_amount"),
+            leg("stop_loss_order", "limit_price"),
+        ],
+        [leg("take_profit_order", "stop_price"), leg("take_profit_order", "limit_price")],
+        body.get("bracket_stop_trigger_method").and_then(Value::as_str),
+    );
+    let Ok(Some(bracket)) = bracket else { return (error(StatusCode::BAD_REQUEST, "bad_schema"), vec![], 0) };
+    let mut ex = shared.exchange.lock().unwrap();
+    let Some(product_id) = body.get("product_id").and_then(Value::as_i64).filter(|id| ex.books.contains_key(id)) else {
+        return (error(StatusCode::BAD_REQUEST, "invalid_contract"), vec![], 0);
+    };
+    if ex.positions.get(&product_id).is_none_or(|(size, _)| *size == 0) {
+        return (error(StatusCode::BAD_REQUEST, "no_position_for_bracket"), vec![], 0);
+    }
+    let events = attach_bracket(&mut ex, product_id, &bracket, ts);
+    let slow = shared.faults.slow_orders_ms.load(Ordering::Relaxed);
+    (envelope(StatusCode::OK, json!({"success": true})), events, slow)
+}
+
 /// Places an order: validation, matching, the answer and the stream messages.
 fn place(shared: &Shared, body: &Value) -> (Response, Vec<Event>, u64) {
     let ts = now_us(shared);
@@ -1053,6 +1227,18 @@ fn place(shared: &Shared, body: &Value) -> (Response, Vec<Event>, u64) {
     {
         return (error(StatusCode::BAD_REQUEST, "invalid_stop_order"), vec![], 0);
     }
+    let bracket = match bracket_fields(
+        [
+            text_decimal("bracket_stop_loss_price"),
+            text_decimal("bracket_trail_amount"),
+            text_decimal("bracket_stop_loss_limit_price"),
+        ],
+        [text_decimal("bracket_take_profit_price"), text_decimal("bracket_take_profit_limit_price")],
+        body.get("bracket_stop_trigger_method").and_then(Value::as_str),
+    ) {
+        Ok(bracket) => bracket,
+        Err(()) => return (error(StatusCode::BAD_REQUEST, "bad_schema"), vec![], 0),
+    };
     if size <= 0
         || !(side == "buy" || side == "sell")
         || (order_type == "limit_order" && limit_price.is_none_or(|p| p <= Decimal::ZERO))
@@ -1115,6 +1301,8 @@ fn place(shared: &Shared, body: &Value) -> (Response, Vec<Event>, u64) {
         stop_price,
         trail_amount,
         stop_trigger_method,
+        bracket_order: false,
+        bracket,
     };
     let mut order = order;
     if is_stop {
@@ -1308,6 +1496,18 @@ fn handle_client(
 
 /// The store and the fake agree: every fill once, no order posted twice,
 /// the same net position, the same realised PnL after fees.
+/// How an open order is compared between host and exchange: its client id,
+/// or for a bracket leg (which has none on the exchange) `bracket` and its kind.
+pub fn open_label(request: &tradehost::model::OrderRequest) -> String {
+    match &request.stop {
+        Some(stop) if request.parent.is_some() || request.oco.is_some() => match stop.kind {
+            tradehost::model::StopKind::StopLoss => "bracket stop_loss_order".into(),
+            tradehost::model::StopKind::TakeProfit => "bracket take_profit_order".into(),
+        },
+        _ => request.client_id.clone(),
+    }
+}
+
 pub fn assert_consistent(fake: &FakeDelta, data: &Path) -> (usize, usize) {
     assert!(fake.duplicate_posts().is_empty(), "orders posted twice: {:?}", fake.duplicate_posts());
     assert_eq!(fake.signature_failures(), 0, "every signature verified");
@@ -1341,19 +1541,13 @@ pub fn assert_consistent(fake: &FakeDelta, data: &Path) -> (usize, usize) {
         (host_pnl - fake_pnl).abs() < Decimal::new(1, 12),
         "realised PnL after fees: host {host_pnl}, exchange {fake_pnl}"
     );
-    let mut open_on_exchange: Vec<String> = fake
-        .orders()
-        .into_iter()
-        .filter(|o| o.state == "open" || o.state == "pending")
-        .filter_map(|o| o.client_order_id)
-        .collect();
+    let open_on_exchange = fake.open_labels();
     let mut open_in_store: Vec<String> = recovered
         .orders
         .values()
         .filter(|o| o.status.is_open() || o.status == tradehost::model::OrderStatus::Pending)
-        .map(|o| o.request.client_id.clone())
+        .map(|o| open_label(&o.request))
         .collect();
-    open_on_exchange.sort();
     open_in_store.sort();
     assert_eq!(open_in_store, open_on_exchange, "open orders: store == exchange");
     let fake_clients: Vec<String> = fake.orders().into_iter().filter_map(|o| o.client_order_id).collect();
