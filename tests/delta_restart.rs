@@ -88,6 +88,37 @@ fn spawn(config: &Path) -> (Child, Arc<Mutex<Vec<String>>>) {
     (child, lines)
 }
 
+/// Polls the host's `/api/v1/orders` (its address from the log, its token
+/// from the data dir) until `done` holds for the orders.
+async fn wait_for_orders(
+    lines: &Mutex<Vec<String>>,
+    data: &Path,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) {
+    let address = || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| Some(l.split("dashboard at http://").nth(1)?.split('/').next()?.to_string()))
+    };
+    wait("the API address", Duration::from_secs(20), || address().is_some()).await;
+    let token = std::fs::read_to_string(data.join("api-token")).unwrap().trim().to_string();
+    let url = format!("http://{}/api/v1/orders", address().unwrap());
+    let client = reqwest::Client::new();
+    let start = tokio::time::Instant::now();
+    loop {
+        let orders: serde_json::Value =
+            client.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        if done(orders.as_array().unwrap()) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}: {orders:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait(what: &str, limit: Duration, done: impl Fn() -> bool) {
     let start = tokio::time::Instant::now();
     while !done() {
@@ -206,34 +237,12 @@ async fn kill_9_before_the_exchange_answers_a_stop_resolves_it_by_client_id() {
     );
     // Restarted, the host looks the stop up by its client id: it waits on the exchange, once.
     let (mut child, lines) = spawn(&config);
-    let address = {
-        let lines = lines.clone();
-        let found = move || {
-            lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find_map(|l| Some(l.split("dashboard at http://").nth(1)?.split('/').next()?.to_string()))
-        };
-        wait("the API address", Duration::from_secs(20), || found().is_some()).await;
-        found().unwrap()
-    };
-    let token = std::fs::read_to_string(data.join("api-token")).unwrap().trim().to_string();
-    let client = reqwest::Client::new();
-    let url = format!("http://{address}/api/v1/orders");
-    let start = tokio::time::Instant::now();
-    loop {
-        let orders: serde_json::Value =
-            client.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-        let waiting = orders.as_array().unwrap().iter().any(|o| {
+    wait_for_orders(&lines, &data, "the stop waiting", |orders| {
+        orders.iter().any(|o| {
             o["request"]["client_id"] == stop.client_order_id.as_deref().unwrap() && o["status"] == "untriggered"
-        });
-        if waiting {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "the stop never showed as waiting: {orders:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        })
+    })
+    .await;
     assert_eq!(fake.orders().iter().filter(|o| o.stop_order_type.is_some()).count(), 1, "no second stop was sent");
     fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -293,37 +302,13 @@ async fn kill_9_before_a_bracket_is_answered(source: &str, slow_from_start: bool
     let data = root.path().join("data");
     let (child, lines) = spawn(&config);
     let mut child = child;
-    let address = {
-        let lines = lines.clone();
-        let found = move || {
-            lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find_map(|l| Some(l.split("dashboard at http://").nth(1)?.split('/').next()?.to_string()))
-        };
-        wait("the API address", Duration::from_secs(20), || found().is_some()).await;
-        found().unwrap()
-    };
-    let token = std::fs::read_to_string(data.join("api-token")).unwrap().trim().to_string();
-    let client = reqwest::Client::new();
-    let url = format!("http://{address}/api/v1/orders");
-    let start = tokio::time::Instant::now();
-    loop {
-        let orders: serde_json::Value =
-            client.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-        let legs = orders.as_array().unwrap().iter().filter(|o| o["request"]["oco"].is_string());
-        let waiting: Vec<&str> = legs
-            .filter(|o| o["status"] == "untriggered")
-            .filter_map(|o| o["request"]["stop"]["kind"].as_str())
-            .collect();
-        if waiting.len() == 2 {
-            assert!(waiting.contains(&"stop_loss") && waiting.contains(&"take_profit"), "{orders:#}");
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "the legs never showed as waiting: {orders:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_orders(&lines, &data, "both legs waiting", |orders| {
+        let legs = orders.iter().filter(|o| o["request"]["oco"].is_string() && o["status"] == "untriggered");
+        let mut kinds: Vec<&str> = legs.filter_map(|o| o["request"]["stop"]["kind"].as_str()).collect();
+        kinds.sort_unstable();
+        kinds == ["stop_loss", "take_profit"]
+    })
+    .await;
     assert_eq!(fake.calls("POST /v2/orders"), 1, "the entry was sent once");
     assert_eq!(fake.calls("POST /v2/orders/bracket"), u64::from(!slow_from_start), "the bracket was sent at most once");
     assert_eq!(legs_on_exchange(), 2, "one bracket on the exchange");
