@@ -194,18 +194,24 @@ async fn kill_9_mid_burst_then_restart_agrees_with_the_exchange() {
     );
 }
 
-/// Buys once; two seconds after the fill, protects it with a stop-loss.
-const GUARD: &str = r#"
-fn config() { #{ symbols: ["BTCUSD"], timeframe: "1m" } }
-fn on_tick(t) { if this.sent != true { this.sent = true; exchange::market_order("BTCUSD", "buy", 0.002); } }
-fn on_fill(f) { if f.side == "buy" { timer::after("guard", "2s"); } }
-fn on_timer(name) {
-    if this.guarded != true {
+/// A strategy that buys once and, two seconds after the fill, runs `protect`
+/// (with `entry`, the position's entry price, in scope).
+fn guard(protect: &str) -> String {
+    format!(
+        r#"
+fn config() {{ #{{ symbols: ["BTCUSD"], timeframe: "1m" }} }}
+fn on_tick(t) {{ if this.sent != true {{ this.sent = true; exchange::market_order("BTCUSD", "buy", 0.002); }} }}
+fn on_fill(f) {{ if f.side == "buy" {{ timer::after("guard", "2s"); }} }}
+fn on_timer(name) {{
+    if this.guarded != true {{
         this.guarded = true;
-        exchange::stop_order("BTCUSD", "sell", 0.002, exchange::position("BTCUSD").entry_price * 0.5, #{ reduce_only: true });
-    }
+        let entry = exchange::position("BTCUSD").entry_price;
+        {protect}
+    }}
+}}
+"#
+    )
 }
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_before_the_exchange_answers_a_stop_resolves_it_by_client_id() {
@@ -214,7 +220,8 @@ async fn kill_9_before_the_exchange_answers_a_stop_resolves_it_by_client_id() {
     let config = write_config(root.path(), &fake);
     let strategies = root.path().join("strategies");
     std::fs::remove_file(strategies.join("market_maker.rhai")).unwrap();
-    std::fs::write(strategies.join("guard.rhai"), GUARD).unwrap();
+    let protect = r#"exchange::stop_order("BTCUSD", "sell", 0.002, entry * 0.5, #{ reduce_only: true });"#;
+    std::fs::write(strategies.join("guard.rhai"), guard(protect)).unwrap();
     let (mut child, _lines) = spawn(&config);
     wait("the entry filled", Duration::from_secs(20), || fake.position("BTCUSD").0 == 2).await;
     // The exchange takes the stop at once but answers only after 5 s: the host dies in between.
@@ -258,20 +265,6 @@ fn on_tick(t) {
     if this.sent != true {
         this.sent = true;
         exchange::market_order("BTCUSD", "buy", 0.002, #{ stop_loss: t.last * 0.5, take_profit: t.last * 2.0 });
-    }
-}
-"#;
-
-/// Buys once; two seconds after the fill, brackets the position far from the market.
-const POSITION_BRACKET: &str = r#"
-fn config() { #{ symbols: ["BTCUSD"], timeframe: "1m" } }
-fn on_tick(t) { if this.sent != true { this.sent = true; exchange::market_order("BTCUSD", "buy", 0.002); } }
-fn on_fill(f) { if f.side == "buy" { timer::after("guard", "2s"); } }
-fn on_timer(name) {
-    if this.guarded != true {
-        this.guarded = true;
-        let entry = exchange::position("BTCUSD").entry_price;
-        exchange::bracket("BTCUSD", #{ stop_loss: entry * 0.5, take_profit: entry * 2.0 });
     }
 }
 "#;
@@ -327,5 +320,6 @@ async fn kill_9_before_an_entry_with_a_bracket_is_answered_finds_both_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_before_a_position_bracket_is_answered_adopts_its_legs_once() {
-    kill_9_before_a_bracket_is_answered(POSITION_BRACKET, false).await;
+    let protect = r#"exchange::bracket("BTCUSD", #{ stop_loss: entry * 0.5, take_profit: entry * 2.0 });"#;
+    kill_9_before_a_bracket_is_answered(&guard(protect), false).await;
 }
