@@ -101,6 +101,11 @@ enum Command {
     },
     /// Replay a strategy over historical bars with the live runtime and print a report.
     Backtest(Box<backtest::BacktestArgs>),
+    /// Candle history in the store: fetch from Delta Exchange, list, export to CSV, verify.
+    Data {
+        #[command(subcommand)]
+        command: cli::data::DataCommand,
+    },
     /// Print the API token the host uses (from <data-dir>/api-token), or replace it with --rotate.
     Token {
         /// Write a new token (refused while the host runs: stop it first).
@@ -153,6 +158,7 @@ fn main() -> ExitCode {
         Command::Doctor { live: true, target } => client::run(target, client::Action::Doctor),
         Command::Doctor { live: false, target } => cli::doctor::doctor(target.config.as_deref(), target.data_dir),
         Command::Backtest(args) => backtest::run(*args),
+        Command::Data { command } => cli::data::run(command),
         Command::Token { rotate, config, data_dir } => cli::token::token(rotate, config.as_deref(), data_dir),
         Command::Status { target, json } => client::run(target, client::Action::Status { json }),
         Command::Stop { target, wait } => client::run(target, client::Action::Stop { wait_s: wait }),

@@ -348,11 +348,11 @@ fn closed_orders_that_filled_nothing_and_old_candles_are_pruned_the_rest_is_kept
         assert!(kept.contains(id), "{id} is kept: {kept:?}");
     }
 
-    let candle = |minute: i64| WriteOp::Candle {
-        timeframe: "1m".into(),
+    let candle = |timeframe: &str, second: i64| WriteOp::Candle {
+        timeframe: timeframe.into(),
         candle: Candle {
             symbol: "BTCUSD".into(),
-            time: minute * 60_000,
+            time: second * 1_000,
             open: 1.0,
             high: 1.0,
             low: 1.0,
@@ -360,9 +360,12 @@ fn closed_orders_that_filled_nothing_and_old_candles_are_pruned_the_rest_is_kept
             volume: 1.0,
         },
     };
-    writer.commit_blocking((0..20).map(candle).collect()).unwrap();
-    let times: Vec<i64> = store.candles("BTCUSD", "1m", 100).unwrap().iter().map(|c| c.time / 60_000).collect();
-    assert_eq!(times, (15..20).collect::<Vec<_>>(), "the newest 5 candles are kept");
+    writer.commit_blocking((0..20).map(|s| candle("1s", s)).collect()).unwrap();
+    let times: Vec<i64> = store.candles("BTCUSD", "1s", 100).unwrap().iter().map(|c| c.time / 1_000).collect();
+    assert_eq!(times, (15..20).collect::<Vec<_>>(), "the newest 5 sub-minute candles are kept");
+    // Minute and longer candles are history, as `data fetch` stores it: all kept.
+    writer.commit_blocking((0..20).map(|m| candle("1m", m * 60)).collect()).unwrap();
+    assert_eq!(store.candles("BTCUSD", "1m", 100).unwrap().len(), 20, "minute candles are never pruned");
     writer.close();
 }
 

@@ -16,12 +16,20 @@ pub struct BacktestArgs {
     /// Strategy script.
     #[arg(long)]
     strategy: PathBuf,
-    /// CSV file of bars (repeat for several symbols).
-    #[arg(long = "data", required = true)]
+    /// CSV file of bars (repeat for several symbols). Without it the bars
+    /// come from the store (`tradehost data fetch`): give --symbol and --timeframe.
+    #[arg(long = "data")]
     data: Vec<PathBuf>,
-    /// Symbol of each --data file, in order (default: the file stem).
+    /// Symbol of each --data file, in order (default: the file stem); without
+    /// --data, the stored symbols to replay.
     #[arg(long = "symbol")]
     symbols: Vec<String>,
+    /// Timeframe of the stored candles to replay (without --data).
+    #[arg(long)]
+    timeframe: Option<String>,
+    /// Data folder holding the store (overrides `data_dir`; without --data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Starting cash.
     #[arg(long, default_value = "100000")]
     cash: Decimal,
@@ -69,6 +77,73 @@ pub struct BacktestArgs {
     config: Option<PathBuf>,
 }
 
+/// The bars of the --data CSV files, one series per file.
+fn csv_bars(args: &BacktestArgs) -> Result<Vec<Vec<tradehost::model::Candle>>, (u8, String)> {
+    let usage = |m: String| (2u8, m);
+    if !args.symbols.is_empty() && args.symbols.len() != args.data.len() {
+        return Err(usage(format!(
+            "{} --symbol given for {} --data files: give one per file, in order",
+            args.symbols.len(),
+            args.data.len()
+        )));
+    }
+    let mut data = Vec::new();
+    for (i, path) in args.data.iter().enumerate() {
+        let symbol = args
+            .symbols
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| path.file_stem().and_then(|s| s.to_str()).unwrap_or("DATA").to_string());
+        let (candles, skipped) =
+            csv::read_candles_lenient(path, &symbol, args.skip_bad_rows).map_err(|e| usage(e.to_string()))?;
+        if skipped > 0 {
+            eprintln!("note: {}: skipped {skipped} malformed row(s)", path.display());
+        }
+        data.push(candles);
+    }
+    Ok(data)
+}
+
+/// The stored candles of each --symbol at --timeframe within --from/--to;
+/// says which range it used and how many gaps it had.
+fn stored_bars(args: &BacktestArgs, config: &Config) -> Result<Vec<Vec<tradehost::model::Candle>>, String> {
+    let Some(timeframe) = &args.timeframe else {
+        return Err("give --data FILE.csv, or --symbol and --timeframe to replay stored candles".into());
+    };
+    let tf = timeframe.parse::<tradehost::data::Timeframe>().map_err(|e| format!("--timeframe: {e}"))?;
+    if args.symbols.is_empty() {
+        return Err("--timeframe replays stored candles: name them with --symbol".into());
+    }
+    let dir = args.data_dir.clone().unwrap_or_else(|| config.data_dir.clone());
+    let store = super::data::open_store(&dir)?;
+    let from = time_arg("--from", &args.from)?.unwrap_or(0);
+    let to = time_arg("--to", &args.to)?.unwrap_or(i64::MAX);
+    let mut data = Vec::new();
+    for symbol in &args.symbols {
+        let candles = store.reader().candles_between(symbol, &tf.to_string(), from, to).map_err(|e| e.to_string())?;
+        let (Some(first), Some(last)) = (candles.first(), candles.last()) else {
+            return Err(format!(
+                "no stored {symbol} {tf} candles in that range: fetch them with `tradehost data fetch --symbol {symbol} --timeframe {tf} --from …` (see `tradehost data list`)"
+            ));
+        };
+        let gaps = tradehost::data::history::gaps(candles.iter().map(|c| c.time), tf.ms());
+        let missing: i64 = gaps.iter().map(|g| g.missing).sum();
+        eprintln!(
+            "note: {symbol} {tf}: {} stored candles {} .. {} ({})",
+            candles.len(),
+            super::data::shown(first.time),
+            super::data::shown(last.time),
+            if gaps.is_empty() {
+                "no gaps".to_string()
+            } else {
+                format!("{} gaps, {missing} candles missing", gaps.len())
+            }
+        );
+        data.push(candles);
+    }
+    Ok(data)
+}
+
 fn time_arg(flag: &str, value: &Option<String>) -> Result<Option<i64>, String> {
     value
         .as_ref()
@@ -92,27 +167,7 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
     let config = Config::load(args.config.as_deref()).map_err(|e| usage(format!("bad config: {e}")))?;
     let source = std::fs::read_to_string(&args.strategy)
         .map_err(|e| usage(format!("cannot read {}: {e}", args.strategy.display())))?;
-    if !args.symbols.is_empty() && args.symbols.len() != args.data.len() {
-        return Err(usage(format!(
-            "{} --symbol given for {} --data files: give one per file, in order",
-            args.symbols.len(),
-            args.data.len()
-        )));
-    }
-    let mut data = Vec::new();
-    for (i, path) in args.data.iter().enumerate() {
-        let symbol = args
-            .symbols
-            .get(i)
-            .cloned()
-            .unwrap_or_else(|| path.file_stem().and_then(|s| s.to_str()).unwrap_or("DATA").to_string());
-        let (candles, skipped) =
-            csv::read_candles_lenient(path, &symbol, args.skip_bad_rows).map_err(|e| usage(e.to_string()))?;
-        if skipped > 0 {
-            eprintln!("note: {}: skipped {skipped} malformed row(s)", path.display());
-        }
-        data.push(candles);
-    }
+    let data = if args.data.is_empty() { stored_bars(&args, &config).map_err(usage)? } else { csv_bars(&args)? };
     check_outputs(&args).map_err(usage)?;
     let mut params = std::collections::BTreeMap::new();
     for param in &args.params {

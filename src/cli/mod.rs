@@ -5,6 +5,7 @@ pub mod out;
 pub mod backtest;
 pub mod check;
 pub mod client;
+pub mod data;
 pub mod doctor;
 pub mod new;
 pub mod run;

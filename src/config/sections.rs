@@ -23,7 +23,8 @@ pub struct StoreConfig {
     pub state_flush_ms: u64,
     /// Closed orders that filled nothing are pruned after this many days (0 keeps them).
     pub closed_order_retention_days: u64,
-    /// Cached candles kept per symbol and timeframe (0 keeps all).
+    /// Sub-minute candles kept per symbol and timeframe (0 keeps all); minute
+    /// and longer candles are history and always kept.
     pub candles_keep: u64,
 }
 

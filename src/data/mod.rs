@@ -1,9 +1,11 @@
 //! Market data the strategies read: timeframes, candle aggregation, per-symbol
-//! candle series with last tick, and native incremental indicators.
+//! candle series with last tick, native incremental indicators, and the
+//! pure part of candle history sync ([`history`]).
 //! Pure and synchronous; owned by whoever feeds it (a strategy runtime keeps
 //! its own copy, so reads never take a lock).
 
 mod cache;
+pub mod history;
 mod hub;
 mod indicators;
 mod series;

@@ -46,6 +46,9 @@ pub(crate) const CLOSED_ORDERS: TableDefinition<&str, ()> = TableDefinition::new
 pub(crate) const STOPPED: TableDefinition<&str, &str> = TableDefinition::new("stopped_strategies");
 /// Closed candles by `SYMBOL|timeframe|time` (time zero-padded so keys sort by time).
 pub(crate) const CANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("candles");
+/// The time ranges `data fetch` has asked the exchange for, by `SYMBOL|timeframe`
+/// (JSON `[[from, to], …]`, ms, merged): a range asked for is not asked again, even where it had no candles.
+pub(crate) const CANDLE_COVERAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("candle_coverage");
 
 /// Meta keys.
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
@@ -199,6 +202,22 @@ pub fn candle_key(symbol: &str, timeframe: &str, time: i64) -> String {
     format!("{symbol}|{timeframe}|{time:020}")
 }
 
+/// Key of a candle series' fetched ranges.
+pub fn coverage_key(symbol: &str, timeframe: &str) -> String {
+    format!("{symbol}|{timeframe}")
+}
+
+/// One stored candle series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandleSet {
+    /// Instrument.
+    pub symbol: String,
+    /// Timeframe as written in scripts.
+    pub timeframe: String,
+    /// Candle start times, ascending.
+    pub times: Vec<i64>,
+}
+
 /// Key of a strategy's position.
 pub fn position_key(strategy: &str, symbol: &str) -> String {
     format!("{strategy}\u{1f}{symbol}")
@@ -343,6 +362,7 @@ fn verify_tables(db: &impl ReadableDatabase) -> Result<(), String> {
     json_table(&read, STRATEGY_STATE)?;
     json_table(&read, ACTIVITY)?;
     json_table(&read, CANDLES)?;
+    json_table(&read, CANDLE_COVERAGE)?;
     for (name, result) in [
         ("meta", read.open_table(META).map(|t| t.iter().map(|i| i.count()))),
         ("stopped_strategies", read.open_table(STOPPED).map(|t| t.iter().map(|i| i.count()))),
@@ -431,6 +451,7 @@ impl Store {
             write.open_table(CLOSED_ORDERS).map_err(|e| err(e.to_string()))?;
             write.open_table(ACTIVITY).map_err(|e| err(e.to_string()))?;
             write.open_table(CANDLES).map_err(|e| err(e.to_string()))?;
+            write.open_table(CANDLE_COVERAGE).map_err(|e| err(e.to_string()))?;
             let mut positions = write.open_table(POSITIONS).map_err(|e| err(e.to_string()))?;
             if found == 1 {
                 tracing::info!(path = %self.path.display(), "migrating the store from schema 1 to 2: building positions from fills");
@@ -564,6 +585,60 @@ impl StoreReader {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// Stored candles of a symbol and timeframe starting in `[from, to)`, oldest first.
+    pub fn candles_between(
+        &self,
+        symbol: &str,
+        timeframe: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Candle>, StoreError> {
+        let err = io(&self.path);
+        let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = read.open_table(CANDLES).map_err(|e| err(e.to_string()))?;
+        let (from, to) = (candle_key(symbol, timeframe, from.max(0)), candle_key(symbol, timeframe, to.max(0)));
+        let mut out = Vec::new();
+        for entry in table.range(from.as_str()..to.as_str()).map_err(|e| err(e.to_string()))? {
+            let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+            out.push(decode(value.value(), || format!("candle {}", key.value()))?);
+        }
+        Ok(out)
+    }
+
+    /// Every stored candle series: symbol, timeframe and the start times of
+    /// its candles (ascending).
+    pub fn candle_sets(&self) -> Result<Vec<CandleSet>, StoreError> {
+        let err = io(&self.path);
+        let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = read.open_table(CANDLES).map_err(|e| err(e.to_string()))?;
+        let mut out: Vec<CandleSet> = Vec::new();
+        for entry in table.iter().map_err(|e| err(e.to_string()))? {
+            let (key, _) = entry.map_err(|e| err(e.to_string()))?;
+            let mut parts = key.value().rsplitn(3, '|');
+            let (Some(time), Some(timeframe), Some(symbol)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(time) = time.parse::<i64>() else { continue };
+            match out.last_mut() {
+                Some(set) if set.symbol == symbol && set.timeframe == timeframe => set.times.push(time),
+                _ => out.push(CandleSet { symbol: symbol.into(), timeframe: timeframe.into(), times: vec![time] }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ranges `data fetch` has asked the exchange for (ms, merged, ascending).
+    pub fn candle_coverage(&self, symbol: &str, timeframe: &str) -> Result<Vec<(i64, i64)>, StoreError> {
+        let err = io(&self.path);
+        let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = read.open_table(CANDLE_COVERAGE).map_err(|e| err(e.to_string()))?;
+        let key = coverage_key(symbol, timeframe);
+        match table.get(key.as_str()).map_err(|e| err(e.to_string()))? {
+            Some(value) => decode(value.value(), || format!("candle coverage {key}")),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The newest stored candle of a symbol over every timeframe (by close

@@ -11,8 +11,8 @@ use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 
 use super::{
-    ACCOUNT, ACTIVITY, CANDLES, CLOSED_ORDERS, FILLS, ORDERS, POSITIONS, STOPPED, STRATEGY_STATE, StoreError,
-    StoredOrder, candle_key, closed_key, position_key, prunable,
+    ACCOUNT, ACTIVITY, CANDLE_COVERAGE, CANDLES, CLOSED_ORDERS, FILLS, ORDERS, POSITIONS, STOPPED, STRATEGY_STATE,
+    StoreError, StoredOrder, candle_key, closed_key, coverage_key, position_key, prunable,
 };
 use crate::model::{Fill, Order, Position};
 
@@ -65,6 +65,18 @@ pub enum WriteOp {
         timeframe: String,
         /// The candle.
         candle: crate::model::Candle,
+    },
+    /// Fetched history: candles (kept, whatever `candles_keep` says) and the
+    /// range that was asked for, merged into the series' coverage in the same commit.
+    History {
+        /// Instrument.
+        symbol: String,
+        /// Timeframe as written in scripts.
+        timeframe: String,
+        /// The candles (already checked).
+        candles: Vec<crate::model::Candle>,
+        /// `[from, to)` ms asked for.
+        asked: (i64, i64),
     },
     /// An activity event envelope under its sequence number.
     Activity {
@@ -310,6 +322,7 @@ fn apply(db: &Database, group: &[Submission], retention: Retention, activity_byt
         let mut stopped = txn.open_table(STOPPED).map_err(|x| e(&x))?;
         let mut activity = txn.open_table(ACTIVITY).map_err(|x| e(&x))?;
         let mut candles = txn.open_table(CANDLES).map_err(|x| e(&x))?;
+        let mut coverage = txn.open_table(CANDLE_COVERAGE).map_err(|x| e(&x))?;
         let mut closed = txn.open_table(CLOSED_ORDERS).map_err(|x| e(&x))?;
         let mut activity_written = 0u64;
         let mut activity_bytes_written = 0u64;
@@ -356,8 +369,10 @@ fn apply(db: &Database, group: &[Submission], retention: Retention, activity_byt
                 WriteOp::Candle { timeframe, candle } => {
                     let key = candle_key(&candle.symbol, timeframe, candle.time);
                     candles.insert(key.as_str(), to_bytes(candle).as_slice()).map_err(|x| e(&x))?;
+                    // Minute and longer candles are history (`data fetch` keeps them too): never pruned.
                     if retention.candles_keep > 0
                         && let Ok(length) = timeframe.parse::<crate::data::Timeframe>()
+                        && length < crate::data::Timeframe::minute()
                     {
                         let span = length.ms().saturating_mul((retention.candles_keep - 1).min(i64::MAX as u64) as i64);
                         let (from, to) = (
@@ -375,6 +390,19 @@ fn apply(db: &Database, group: &[Submission], retention: Retention, activity_byt
                             candles.remove(key.as_str()).map_err(|x| e(&x))?;
                         }
                     }
+                }
+                WriteOp::History { symbol, timeframe, candles: fetched, asked } => {
+                    for candle in fetched {
+                        let key = candle_key(symbol, timeframe, candle.time);
+                        candles.insert(key.as_str(), to_bytes(candle).as_slice()).map_err(|x| e(&x))?;
+                    }
+                    let key = coverage_key(symbol, timeframe);
+                    let known: Vec<(i64, i64)> = match coverage.get(key.as_str()).map_err(|x| e(&x))? {
+                        Some(value) => serde_json::from_slice(value.value()).map_err(|x| e(&x))?,
+                        None => Vec::new(),
+                    };
+                    let merged = crate::data::history::cover(&known, *asked);
+                    coverage.insert(key.as_str(), to_bytes(&merged).as_slice()).map_err(|x| e(&x))?;
                 }
                 WriteOp::Activity { seq, envelope } => {
                     activity.insert(*seq, envelope.as_bytes()).map_err(|x| e(&x))?;

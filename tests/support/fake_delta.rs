@@ -48,6 +48,10 @@ pub struct FakeConfig {
     pub window_ms: u64,
     pub balance: Decimal,
     pub seed: u64,
+    /// `[from, to)` second ranges with no candles (no trades there).
+    pub candle_gaps: Vec<(i64, i64)>,
+    /// Open times (seconds) of candles served broken (high below low).
+    pub bad_candles: Vec<i64>,
 }
 
 impl Default for FakeConfig {
@@ -62,6 +66,8 @@ impl Default for FakeConfig {
             window_ms: 300_000,
             balance: Decimal::from(100_000),
             seed: 7,
+            candle_gaps: Vec::new(),
+            bad_candles: Vec::new(),
         }
     }
 }
@@ -72,6 +78,8 @@ pub struct Faults {
     pub stop_heartbeats: AtomicBool,
     pub unavailable: AtomicBool,
     pub slow_orders_ms: AtomicU64,
+    /// Milliseconds each `/v2/history/candles` answer is held back.
+    pub slow_candles_ms: AtomicU64,
     pub clock_skew_ms: AtomicI64,
     pub burst_429: AtomicU32,
     pub freeze_market: AtomicBool,
@@ -377,6 +385,14 @@ impl FakeDelta {
             .collect();
         labels.sort();
         labels
+    }
+
+    /// The candles the fake serves for `[start, end)` seconds at `resolution`, oldest first.
+    pub fn history(&self, symbol: &str, resolution: &str, start: i64, end: i64) -> Vec<tradehost::model::Candle> {
+        let ex = self.shared.exchange.lock().unwrap();
+        let p = ex.products.iter().find(|p| p.symbol == symbol).expect("a fake product");
+        let step = fake_resolution_seconds(resolution).expect("a Delta resolution");
+        fake_history(&self.shared.config, p, step, start, end, now_us(&self.shared) / 1_000_000)
     }
 
     pub fn fills(&self) -> Vec<FakeFill> {
@@ -963,26 +979,36 @@ async fn rest(
             }
         }
         ("GET", ["v2", "history", "candles"]) => {
-            let start: i64 = q.get("start").and_then(|s| s.parse().ok()).unwrap_or(0);
-            let end: i64 = q.get("end").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let slow = shared.faults.slow_candles_ms.load(Ordering::Relaxed);
+            if slow > 0 {
+                tokio::time::sleep(Duration::from_millis(slow)).await;
+            }
+            let number = |key: &str| q.get(key).and_then(|s| s.parse::<i64>().ok());
+            let (Some(start), Some(end), Some(resolution)) = (number("start"), number("end"), q.get("resolution"))
+            else {
+                return error(StatusCode::BAD_REQUEST, "bad_schema");
+            };
+            let Some(step) = fake_resolution_seconds(resolution) else {
+                return error(StatusCode::BAD_REQUEST, "invalid_resolution");
+            };
             let symbol = q.get("symbol").cloned().unwrap_or_default();
             let ex = shared.exchange.lock().unwrap();
             let Some(p) = ex.products.iter().find(|p| p.symbol == symbol) else {
                 return error(StatusCode::BAD_REQUEST, "invalid_contract");
             };
-            let first = (start + 59) / 60 * 60;
-            let mut candles: Vec<Value> = (0..)
-                .map(|k| first + k * 60)
-                .take_while(|t| *t < end)
-                .map(|t| {
-                    let wave = Decimal::from((t / 60) % 40 - 20) * p.tick;
-                    let open = p.start + wave;
-                    json!({"time": t, "open": open, "high": open + p.tick, "low": open - p.tick, "close": open, "volume": 10})
+            let now_s = now_us(&shared) / 1_000_000;
+            let number = |v: f64| Value::Number(serde_json::Number::from_f64(v).unwrap());
+            let mut candles: Vec<Value> = fake_history(&shared.config, p, step, start, end, now_s)
+                .into_iter()
+                .map(|c| {
+                    json!({"time": c.time / 1_000, "open": number(c.open), "high": number(c.high),
+                    "low": number(c.low), "close": number(c.close), "volume": number(c.volume)})
                 })
                 .collect();
+            // At most 2,000, the most recent, newest first (as some deployments answer).
             let skip = candles.len().saturating_sub(2_000);
             candles.drain(..skip);
-            candles.reverse(); // newest first, as some deployments answer
+            candles.reverse();
             ok(Value::Array(candles))
         }
         ("GET", ["v2", "tickers", symbol]) => {
@@ -1150,6 +1176,63 @@ async fn rest(
         }
         _ => error(StatusCode::NOT_FOUND, "not_found"),
     }
+}
+
+/// Seconds per candle of a resolution Delta offers (§4.6).
+fn fake_resolution_seconds(resolution: &str) -> Option<i64> {
+    let minutes = match resolution {
+        "1m" => 1,
+        "3m" => 3,
+        "5m" => 5,
+        "15m" => 15,
+        "30m" => 30,
+        "1h" => 60,
+        "2h" => 120,
+        "4h" => 240,
+        "6h" => 360,
+        "1d" => 1_440,
+        "1w" => 10_080,
+        _ => return None,
+    };
+    Some(minutes * 60)
+}
+
+/// The fake's candle opening at `t` seconds: a deterministic wave around the
+/// product's start price.
+fn fake_candle(p: &ProductDef, t: i64, broken: bool) -> tradehost::model::Candle {
+    let wave = Decimal::from((t / 60) % 40 - 20) * p.tick;
+    let open = p.start + wave;
+    let close = open + Decimal::from((t / 60) % 3 - 1) * p.tick;
+    let (high, low) = (open.max(close) + p.tick, open.min(close) - p.tick);
+    let (high, low) = if broken { (low, high) } else { (high, low) };
+    let f = |d: Decimal| d.to_string().parse::<f64>().unwrap();
+    tradehost::model::Candle {
+        symbol: p.symbol.into(),
+        time: t * 1_000,
+        open: f(open),
+        high: f(high),
+        low: f(low),
+        close: f(close),
+        volume: (10 + (t / 60) % 7) as f64,
+    }
+}
+
+/// The candles the fake serves for `[start, end)` seconds (closed ones, none in the gaps), oldest first.
+fn fake_history(
+    config: &FakeConfig,
+    p: &ProductDef,
+    step: i64,
+    start: i64,
+    end: i64,
+    now_s: i64,
+) -> Vec<tradehost::model::Candle> {
+    let first = (start + step - 1).div_euclid(step) * step;
+    (0..)
+        .map(|k| first + k * step)
+        .take_while(|t| *t < end && t + step <= now_s)
+        .filter(|t| !config.candle_gaps.iter().any(|(a, b)| (*a..*b).contains(t)))
+        .map(|t| fake_candle(p, t, config.bad_candles.contains(&t)))
+        .collect()
 }
 
 fn product_json(p: &ProductDef) -> Value {
