@@ -115,6 +115,7 @@ fn on_candle(c) {
 }"#;
     let account = Arc::new(ArcSwap::from_pointee(AccountView::default()));
     let spec = RuntimeSpec {
+        mode: tradehost::model::RunMode::Paper,
         clock: tradehost::clock::Clock::wall(),
         replay: None,
         // Orders on every candle, as fast as they come: no order quota.

@@ -40,6 +40,9 @@ enum Command {
         /// Control API address (overrides `http.bind`).
         #[arg(long)]
         http: Option<SocketAddr>,
+        /// Delta's real market with simulated fills: no API key, no order sent (sets `exchange.dry_run`).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Compile and check strategy scripts; prints file:line:col errors and exits 1 on any error.
     Check {
@@ -150,8 +153,8 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run { config, strategies, data_dir, http } => {
-            cli::run::run(config.as_deref(), strategies, data_dir, http)
+        Command::Run { config, strategies, data_dir, http, dry_run } => {
+            cli::run::run(config.as_deref(), strategies, data_dir, http, dry_run)
         }
         Command::Check { files, config } => cli::check::check_files(&files, config.as_deref()),
         Command::New { name, strategies } => cli::new::new_strategy(&name, &strategies),

@@ -419,6 +419,33 @@ pub struct Candle {
     pub volume: f64,
 }
 
+/// How a run trades: the one thing about the venue a script may ask (`exchange::mode()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    /// Historical bars, simulated fills.
+    Backtest,
+    /// The paper exchange on the built-in or replayed market.
+    #[default]
+    Paper,
+    /// The paper exchange on Delta's real market: no order is sent.
+    DryRun,
+    /// Orders go to Delta Exchange.
+    Live,
+}
+
+impl RunMode {
+    /// `backtest`, `paper`, `dry_run` or `live`, as scripts see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunMode::Backtest => "backtest",
+            RunMode::Paper => "paper",
+            RunMode::DryRun => "dry_run",
+            RunMode::Live => "live",
+        }
+    }
+}
+
 /// Top of book and last trade.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tick {

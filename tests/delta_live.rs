@@ -683,3 +683,65 @@ async fn brackets_are_delta_position_brackets_adopted_fired_by_the_exchange_and_
     let (fills, orders) = run.finish().await;
     assert_eq!((fills, orders), (4, 2), "two entries and two legs, each filled once; legs carry no client ids");
 }
+
+/// Buys once and says in which mode it runs.
+const DRY: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1m" } }
+fn on_tick(t) {
+    if this.sent != true {
+        this.sent = true;
+        log::info(`mode ${exchange::mode()} ask ${t.ask}`);
+        exchange::market_order("BTCUSD", "buy", 0.002);
+    }
+}
+fn on_fill(f) { log::info(`filled ${f.size} at ${f.price}`); }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_fills_on_the_exchanges_prices_sends_nothing_and_keeps_its_own_account() {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    let run = Run::launch(fake, ("dry", DRY), |config| {
+        config.exchange.dry_run = true;
+        config.exchange.delta.api_key = None;
+        config.exchange.delta.api_secret = None;
+    })
+    .await;
+    run.wait("host ready", Duration::from_secs(20), |r| r.host.health().is_ready()).await;
+    let mode = run.wait_activity("the mode", Duration::from_secs(20), 0, |m| m.starts_with("mode dry_run")).await;
+    let ask: f64 = mode.rsplit(' ').next().unwrap().parse().unwrap();
+    let filled = run.wait_activity("a paper fill", Duration::from_secs(20), 0, |m| m.starts_with("filled ")).await;
+    // The paper exchange filled at the fake's ask the script saw, plus at most
+    // the configured slippage and the walk of one step (16 ticks of 0.5).
+    let price: f64 = filled.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(price >= ask - 8.0 && price <= ask * 1.001 + 8.0, "filled at {price}, the ask was {ask}");
+    let account = run.host.account();
+    let position = account.positions.get("dry").and_then(|p| p.get("BTCUSD")).expect("a paper position");
+    assert_eq!(position.size, Decimal::new(2, 3));
+    assert_eq!(run.fake.private_uses(), 0, "no signed request, no private socket");
+    assert!(run.fake.orders().is_empty() && run.fake.calls("POST /v2/orders") == 0, "no order reached the exchange");
+    let started = run.host.activity().since(0, usize::MAX).into_iter().find(|e| e.data["event"] == "started").unwrap();
+    assert_eq!(started.data["mode"], "dry-run");
+    run.host.shutdown(ShutdownReason::Api);
+    assert_eq!(tokio::time::timeout(Duration::from_secs(20), run.host.wait()).await.unwrap(), 0);
+
+    // Its data dir holds a dry-run account: a live run there is refused, and a
+    // dry-run on a live data dir likewise.
+    let live = delta_config(&run.fake, run.dir.path(), run.data.path());
+    let error = host::start(live).await.err().expect("a live run on a dry-run data dir is refused");
+    assert_eq!(error.exit_code(), 2);
+    assert!(error.to_string().contains("holds a dry_run account's orders and fills"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_refuses_a_data_dir_with_live_records() {
+    let run = start(FakeConfig::default()).await;
+    run.wait_fills(0).await;
+    let (fake, dir, data) = (run.fake, run.dir, run.data);
+    run.host.shutdown(ShutdownReason::Api);
+    assert_eq!(tokio::time::timeout(Duration::from_secs(20), run.host.wait()).await.unwrap(), 0);
+    let mut dry = delta_config(&fake, dir.path(), data.path());
+    dry.exchange.dry_run = true;
+    let error = host::start(dry).await.err().expect("a dry-run on a live data dir is refused");
+    assert_eq!(error.exit_code(), 2);
+    assert!(error.to_string().contains("holds a live account's orders and fills; a dry_run run"), "{error}");
+}

@@ -141,6 +141,7 @@ pub fn run(
         ..Default::default()
     }));
     let mut ctx = StrategyContext::new(name, account.clone(), OrderIds::new(name, Arc::new(AtomicU64::new(0))), 5_000);
+    ctx.mode = crate::model::RunMode::Backtest;
     ctx.quotas = crate::strategy::Quotas::on_run_clock(&config.sandbox, Arc::default());
     let ctx = ctx.shared();
     let env = StrategyEnv { ctx: ctx.clone(), abort: Arc::new(AtomicBool::new(false)), initial_state: None };

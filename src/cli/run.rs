@@ -14,6 +14,7 @@ pub fn run(
     strategies: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     http: Option<SocketAddr>,
+    dry_run: bool,
 ) -> u8 {
     let mut config = match load_config(config) {
         Ok(config) => config,
@@ -27,6 +28,15 @@ pub fn run(
     }
     if let Some(addr) = http {
         config.http.bind = addr;
+    }
+    if dry_run {
+        if config.exchange.kind != tradehost::config::ExchangeKind::Delta {
+            eprintln!(
+                "error: --dry-run trades on Delta's market: set exchange.kind = \"delta\" and exchange.delta.symbols in the config (no API key needed)"
+            );
+            return 2;
+        }
+        config.exchange.dry_run = true;
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))

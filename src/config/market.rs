@@ -31,6 +31,20 @@ pub struct ExchangeConfig {
     pub paper: PaperConfig,
     /// Delta Exchange settings.
     pub delta: DeltaConfig,
+    /// With `kind = "delta"`: Delta's public market (books, trades, tickers)
+    /// and the paper exchange's fills against it — no API key, no order sent.
+    pub dry_run: bool,
+}
+
+impl ExchangeConfig {
+    /// How this configuration trades.
+    pub fn run_mode(&self) -> crate::model::RunMode {
+        match (self.kind, self.dry_run) {
+            (ExchangeKind::Paper, _) => crate::model::RunMode::Paper,
+            (ExchangeKind::Delta, true) => crate::model::RunMode::DryRun,
+            (ExchangeKind::Delta, false) => crate::model::RunMode::Live,
+        }
+    }
 }
 
 /// Delta Exchange environments (shared/delta-exchange.md §1).

@@ -115,6 +115,12 @@ impl Config {
         if self.exchange.kind == ExchangeKind::Delta && delta.symbols.is_empty() {
             bad("exchange.delta.symbols", "must name at least one product".into());
         }
+        if self.exchange.dry_run && self.exchange.kind != ExchangeKind::Delta {
+            bad(
+                "exchange.dry_run",
+                "a dry-run trades on Delta's market: set exchange.kind = \"delta\" (the paper exchange already simulates every fill)".into(),
+            );
+        }
         for (key, url, schemes) in [
             ("exchange.delta.rest_url", &delta.rest_url, ["http://", "https://"]),
             ("exchange.delta.ws_url", &delta.ws_url, ["ws://", "wss://"]),

@@ -67,7 +67,8 @@ pub struct DeltaConnector {
     /// Settlement currency.
     pub currency: String,
     pub(super) config: DeltaConfig,
-    pub(super) credentials: Credentials,
+    /// API key and secret (`None`: market data only).
+    pub(super) credentials: Option<Credentials>,
     /// Exchange order id → client order id.
     pub(super) order_ids: Mutex<BoundedMap<String, String>>,
     /// Newest fill time seen, µs (reconciliation starts a minute before it).
@@ -83,16 +84,28 @@ impl DeltaConnector {
         let (Some(key), Some(secret)) = (&config.api_key, &config.api_secret) else {
             return Err(ConnectError::NoCredentials);
         };
-        let credentials = Credentials { key: key.clone(), secret: secret.clone() };
+        Self::connect_with(config, Some(Credentials { key: key.clone(), secret: secret.clone() })).await
+    }
+
+    /// Connects for market data only (a dry-run): public endpoints, no key;
+    /// the private stream and every order call are unavailable.
+    pub async fn connect_public(config: &DeltaConfig) -> Result<DeltaConnector, ConnectError> {
+        Self::connect_with(config, None).await
+    }
+
+    async fn connect_with(
+        config: &DeltaConfig,
+        credentials: Option<Credentials>,
+    ) -> Result<DeltaConnector, ConnectError> {
         let (rest_url, ws_url, public_url) = config.urls();
-        if config.network.is_production() && config.rest_url.is_none() {
+        if credentials.is_some() && config.network.is_production() && config.rest_url.is_none() {
             tracing::warn!("################################################################");
             tracing::warn!("LIVE TRADING on Delta Exchange {:?} ({rest_url}): real money", config.network);
             tracing::warn!("################################################################");
         }
         tracing::info!(rest = %rest_url, ws = %ws_url, public = %public_url, "delta: connecting");
         let timeout = Duration::from_millis(config.request_timeout_ms);
-        let rest = Arc::new(RestClient::new(&rest_url, Some(credentials.clone()), timeout)?);
+        let rest = Arc::new(RestClient::new(&rest_url, credentials.clone(), timeout)?);
         let offset = rest.sync_clock().await?;
         tracing::info!(offset_ms = offset, "delta: server clock offset measured");
         let mut products = Vec::new();

@@ -289,7 +289,11 @@ impl DeltaConnector {
                 ("margins".into(), Vec::new()),
             ],
         );
-        spec.auth = Some((self.credentials.clone(), self.rest.clone()));
+        let Some(credentials) = self.credentials.clone() else {
+            tracing::error!("delta: the private stream needs an API key (this connector reads market data only)");
+            return;
+        };
+        spec.auth = Some((credentials, self.rest.clone()));
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let (_commands_tx, commands) = mpsc::unbounded_channel();
         let stream = tokio::spawn(stream::run(spec, events_tx, commands, cancel.clone()));

@@ -191,6 +191,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     }
     let metrics = Arc::new(Metrics::default());
     let store = Store::open(&config.data_dir)?;
+    store.claim_account(config.exchange.run_mode())?;
     let listener = tokio::net::TcpListener::bind(config.http.bind)
         .await
         .map_err(|e| HostError::Bind { addr: config.http.bind, message: e.to_string() })?;
@@ -331,11 +332,12 @@ fn watch_queue<T: Send + 'static>(metrics: &Metrics, name: &'static str, tx: &mp
     );
 }
 
-/// `paper` or `delta`.
+/// `paper`, `dry-run` or `delta` (live), as the status and the banner say it.
 fn mode(config: &Config) -> &'static str {
-    match config.exchange.kind {
-        ExchangeKind::Paper => "paper",
-        ExchangeKind::Delta => "delta",
+    match config.exchange.run_mode() {
+        crate::model::RunMode::DryRun => "dry-run",
+        crate::model::RunMode::Live => "delta",
+        crate::model::RunMode::Paper | crate::model::RunMode::Backtest => "paper",
     }
 }
 

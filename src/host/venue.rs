@@ -68,6 +68,15 @@ pub(super) async fn boot(
             let shown = Shown::new(&config.exchange.paper.product_list());
             (oms, hub, Market::Feed(source), resolved, None, clock, shown)
         }
+        ExchangeKind::Delta if config.exchange.dry_run => {
+            use crate::delta::connector::{MARKET_COMPONENT, REST_COMPONENT};
+            for component in [MARKET_COMPONENT, REST_COMPONENT] {
+                health.register(component);
+            }
+            let (oms, hub, resolved, connector) = start_dry_run(config, recovered).await?;
+            let shown = connector.products.shown();
+            (oms, hub, Market::Delta(connector), resolved, None, Clock::wall(), shown)
+        }
         ExchangeKind::Delta => {
             use crate::delta::connector::{MARKET_COMPONENT, ORDERS_COMPONENT, REST_COMPONENT};
             for component in [MARKET_COMPONENT, ORDERS_COMPONENT, REST_COMPONENT] {
@@ -290,6 +299,34 @@ async fn start_delta(
         "delta: reconciled with the store"
     );
     Ok((oms, hub, resolved, DeltaLinks { connector, commands, updates_tx, updates }))
+}
+
+/// A dry-run: Delta's market over its public endpoints (history, books,
+/// trades, tickers) and the paper exchange's fills against it, with Delta's
+/// products (tick, contract size). Nothing private is asked, no order is sent.
+async fn start_dry_run(
+    config: &Config,
+    recovered: &Recovered,
+) -> Result<(Oms, MarketHub, Vec<ExchangeEvent>, Arc<DeltaConnector>), HostError> {
+    let delta = &config.exchange.delta;
+    let connector = Arc::new(DeltaConnector::connect_public(delta).await?);
+    tracing::warn!("DRY-RUN on Delta Exchange {:?}: real prices, simulated fills; no order is sent", delta.network);
+    let mut paper = config.exchange.paper.clone();
+    paper.products = connector
+        .products
+        .rules()
+        .into_iter()
+        .map(|p| (p.symbol, crate::config::ProductConfig { tick_size: p.tick_size, lot_size: p.lot_size }))
+        .collect();
+    let mut oms = Oms::new(Venue::Paper(Box::new(PaperExchange::new(&paper))));
+    oms.set_products(paper.product_list());
+    let mut hub = MarketHub::new(Timeframe::minute(), 20_000);
+    match connector.history(delta.history_bars).await {
+        Ok(candles) => candles.into_iter().for_each(|c| drop(hub.on_bar(c))),
+        Err(error) => tracing::warn!("delta: no warm-up history: {error}"),
+    }
+    let resolved = oms.restore(recovered).map_err(|e| HostError::Recovery(e.to_string()))?;
+    Ok((oms, hub, resolved, connector))
 }
 
 /// The time of the newest activity event: the last moment the previous run's clock recorded.

@@ -76,6 +76,7 @@ pub const HOST_FUNCTIONS: &[HostFn] = &[
     host("exchange::open_orders", "exchange::open_orders([symbol: string])", 0, 1),
     host("exchange::balance", "exchange::balance([asset: string])", 0, 1),
     host("exchange::equity", "exchange::equity()", 0, 0),
+    host("exchange::mode", "exchange::mode() -> \"backtest\"|\"paper\"|\"dry_run\"|\"live\"", 0, 0),
     host("market::candles", "market::candles(symbol: string (\"BTCUSD\" or \"BTCUSD@1h\"), n: int)", 2, 2),
     host("market::last", "market::last(symbol: string)", 1, 1),
     host("market::ticker", "market::ticker(symbol: string)", 1, 1),
@@ -596,6 +597,8 @@ fn exchange_module(ctx: &SharedContext) -> Module {
     m.set_native_fn("equity", move |cx: NativeCallContext| {
         located(&cx, || Ok(decimal_to_f64(c.borrow().account.load().equity)))
     });
+    let c = ctx.clone();
+    m.set_native_fn("mode", move || Ok(rhai::ImmutableString::from(c.borrow().mode.as_str())));
     m
 }
 

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Candle, Fill, Order, Position};
+use crate::model::{Candle, Fill, Order, Position, RunMode};
 
 pub use check::{CheckReport, check};
 pub use writer::{CommitObserver, GroupEnd, Retention, StoreWriter, WriteOp};
@@ -55,6 +55,8 @@ pub(crate) const SCHEMA_KEY: &str = "schema_version";
 pub(crate) const ID_BLOCK_KEY: &str = "next_id_block";
 /// Set once the closed-order index holds every closed order of older stores.
 pub(crate) const CLOSED_INDEX_KEY: &str = "closed_orders_indexed";
+/// Which account the store's orders and fills belong to (a [`RunMode`] code).
+pub(crate) const ACCOUNT_KIND_KEY: &str = "account_kind";
 
 /// Client order ids handed out per start; the next start begins after the block.
 pub const ID_BLOCK: u64 = 1 << 32;
@@ -79,6 +81,19 @@ pub enum StoreError {
         dir: PathBuf,
         /// What the lock file says about the holder.
         holder: String,
+    },
+    /// The store holds another kind of account's orders and fills.
+    #[error(
+        "the data dir {dir} holds a {} account's orders and fills; a {} run keeps its own records: use another --data-dir (or data_dir)",
+        held.as_str(), wanted.as_str()
+    )]
+    OtherAccount {
+        /// Data dir.
+        dir: PathBuf,
+        /// The kind it holds.
+        held: RunMode,
+        /// The kind asked for.
+        wanted: RunMode,
     },
     /// The file was written by a newer tradehost.
     #[error(
@@ -127,7 +142,7 @@ impl StoreError {
     /// Exit code for `tradehost run`: 2 for a held data dir (bad usage), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StoreError::Locked { .. } => 2,
+            StoreError::Locked { .. } | StoreError::OtherAccount { .. } => 2,
             _ => 1,
         }
     }
@@ -539,6 +554,37 @@ impl Store {
         }
         write.commit().map_err(|e| err(e.to_string()))?;
         Ok(out)
+    }
+
+    /// Claims the store for one kind of account (paper, dry-run, live):
+    /// orders and fills of another kind are never mixed in. A store holding
+    /// another kind's orders or fills is refused; one without any is claimed anew.
+    pub fn claim_account(&self, mode: RunMode) -> Result<(), StoreError> {
+        let err = io(&self.path);
+        let code = |mode: RunMode| match mode {
+            RunMode::Backtest => 0,
+            RunMode::Paper => 1,
+            RunMode::DryRun => 2,
+            RunMode::Live => 3,
+        };
+        let write = self.db.begin_write().map_err(|e| err(e.to_string()))?;
+        {
+            let mut meta = write.open_table(META).map_err(|e| err(e.to_string()))?;
+            let held = meta.get(ACCOUNT_KIND_KEY).map_err(|e| err(e.to_string()))?.map(|v| v.value());
+            let held = [RunMode::Paper, RunMode::DryRun, RunMode::Live].into_iter().find(|m| Some(code(*m)) == held);
+            if let Some(held) = held.filter(|held| *held != mode) {
+                let orders =
+                    write.open_table(ORDERS).map_err(|e| err(e.to_string()))?.len().map_err(|e| err(e.to_string()))?;
+                let fills =
+                    write.open_table(FILLS).map_err(|e| err(e.to_string()))?.len().map_err(|e| err(e.to_string()))?;
+                if orders + fills > 0 {
+                    let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+                    return Err(StoreError::OtherAccount { dir, held, wanted: mode });
+                }
+            }
+            meta.insert(ACCOUNT_KIND_KEY, code(mode)).map_err(|e| err(e.to_string()))?;
+        }
+        write.commit().map_err(|e| err(e.to_string()))
     }
 
     /// Starts the writer thread.

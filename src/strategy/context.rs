@@ -77,6 +77,8 @@ pub struct StrategyContext {
     pub commands: Vec<StrategyCommand>,
     /// What the strategy may make the host keep, and what it used.
     pub quotas: Quotas,
+    /// How this run trades (`exchange::mode()`).
+    pub mode: crate::model::RunMode,
     ids: OrderIds,
 }
 
@@ -125,6 +127,7 @@ impl StrategyContext {
             now: 0,
             commands: Vec::new(),
             quotas: Quotas::default(),
+            mode: crate::model::RunMode::default(),
             ids,
         }
     }

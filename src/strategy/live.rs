@@ -106,6 +106,8 @@ pub type CommandSink = Arc<dyn Fn(&str, Vec<StrategyCommand>) + Send + Sync>;
 pub struct RuntimeSpec {
     /// The run's clock: `now()`, timers.
     pub clock: crate::clock::Clock,
+    /// How the run trades (`exchange::mode()`).
+    pub mode: crate::model::RunMode,
     /// Strategy name.
     pub name: String,
     /// Start counter.
@@ -439,6 +441,7 @@ fn run(
     let queue_limit = spec.queue_limit;
     let RuntimeSpec {
         clock,
+        mode,
         name,
         generation,
         factory,
@@ -459,6 +462,7 @@ fn run(
     let saved = initial_state.clone().map(super::SavedState::decode);
     let mut ctx = StrategyContext::new(&name, account, ids, 5_000);
     ctx.quotas = quotas;
+    ctx.mode = mode;
     let ctx = ctx.shared();
     let env = StrategyEnv { ctx: ctx.clone(), abort: abort.clone(), initial_state: saved.clone().map(|s| s.this) };
     let strategy = match factory(env) {
@@ -745,6 +749,7 @@ mod tests {
         reports: UnboundedSender<TaggedReport>,
     ) -> RuntimeSpec {
         RuntimeSpec {
+            mode: crate::model::RunMode::Paper,
             clock,
             name: name.into(),
             generation: 7,

@@ -547,6 +547,7 @@ impl Supervisor {
         let reader = self.reader.clone();
         let spec = RuntimeSpec {
             clock: self.clock.clone(),
+            mode: self.config.exchange.run_mode(),
             name: name.to_string(),
             generation: slot.generation,
             factory: Box::new(move |env| ScriptStrategy::new(&file, &source, options, env).map(|s| Box::new(s) as _)),

@@ -199,6 +199,8 @@ struct Shared {
     calls: Mutex<HashMap<String, u64>>,
     signature_failures: AtomicU64,
     connections: AtomicU64,
+    /// Signed REST calls and connections to the private (legacy) socket.
+    private_uses: AtomicU64,
     snapshots: AtomicU64,
     /// When each public message was handed to the sockets, and when each
     /// order request arrived (for the tick-to-order benchmark).
@@ -273,6 +275,7 @@ impl FakeDelta {
             calls: Mutex::new(HashMap::new()),
             signature_failures: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            private_uses: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             timeline: Mutex::new((Vec::new(), Vec::new())),
         });
@@ -446,6 +449,11 @@ impl FakeDelta {
         self.shared.snapshots.load(Ordering::Relaxed)
     }
     /// WebSocket connections accepted so far.
+    /// Signed REST calls and private-socket connections so far.
+    pub fn private_uses(&self) -> u64 {
+        self.shared.private_uses.load(Ordering::Relaxed)
+    }
+
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
     }
@@ -930,6 +938,7 @@ async fn rest(
     }
     let private = ["/v2/orders", "/v2/fills", "/v2/positions", "/v2/wallet"].iter().any(|p| path.starts_with(p));
     if private {
+        shared.private_uses.fetch_add(1, Ordering::Relaxed);
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         if header("api-key") != shared.config.key {
             return envelope(StatusCode::UNAUTHORIZED, json!({"error": {"code": "invalid_api_key"}, "success": false}));
@@ -1418,6 +1427,9 @@ const PRIVATE: [&str; 4] = ["orders", "positions", "v2/user_trades", "margins"];
 /// One WebSocket connection.
 async fn session(mut socket: WebSocket, shared: Arc<Shared>, public_endpoint: bool) {
     shared.connections.fetch_add(1, Ordering::Relaxed);
+    if !public_endpoint {
+        shared.private_uses.fetch_add(1, Ordering::Relaxed);
+    }
     let mut events = shared.events.subscribe();
     let mut dropper = shared.drop_sockets.subscribe();
     let mut authed = false;
