@@ -472,8 +472,8 @@ async fn candles_come_from_rest_polling_while_the_market_stream_is_silent() {
         run.wait_activity("a polled candle", Duration::from_secs(20), since, |text| text.contains("candle ")).await;
     let time: i64 = logged.split_whitespace().nth(1).unwrap().parse().unwrap();
     let close: f64 = logged.split_whitespace().nth(3).unwrap().parse().unwrap();
-    let wave = ((time / 60_000) % 40 - 20) as f64 * 0.5;
-    assert_eq!(close, 60_000.0 + wave, "{logged}: the fake's REST candle for that minute, not a stream-built bar");
+    let rest = run.fake.history("BTCUSD", "1m", time / 1_000, time / 1_000 + 60);
+    assert_eq!(close, rest[0].close, "{logged}: the fake's REST candle for that minute, not a stream-built bar");
     run.fake.faults().freeze_market.store(false, std::sync::atomic::Ordering::SeqCst);
     run.wait("market fresh", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Up)).await;
     run.host.shutdown(ShutdownReason::Api);
@@ -744,4 +744,37 @@ async fn a_dry_run_refuses_a_data_dir_with_live_records() {
     let error = host::start(dry).await.err().expect("a dry-run on a live data dir is refused");
     assert_eq!(error.exit_code(), 2);
     assert!(error.to_string().contains("holds a live account's orders and fills; a dry_run run"), "{error}");
+}
+
+/// A 5-minute strategy that needs 250 candles of history: 20 hours.
+const WARM: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "5m", warmup: 300 } }
+fn on_tick(t) {
+    if this.checked != true {
+        this.checked = true;
+        let sma = ta::sma("BTCUSD", 250);
+        log::info(if sma == () { "cold" } else { `warm ${sma}` });
+    }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strategy_starts_warm_from_history_fetched_into_the_store() {
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    let run = Run::launch(fake, ("warm", WARM), |_| {}).await;
+    // The host's own start loads 60 one-minute bars: 12 five-minute candles, far from 250.
+    let said =
+        run.wait_activity("the first tick", Duration::from_secs(30), 0, |m| m == "cold" || m.starts_with("warm")).await;
+    assert!(said.starts_with("warm "), "ta::sma(250) on 5m candles is warm at the first tick: {said}");
+    let store = {
+        run.host.shutdown(ShutdownReason::Api);
+        assert_eq!(tokio::time::timeout(Duration::from_secs(20), run.host.wait()).await.unwrap(), 0);
+        tradehost::store::Store::open(run.data.path()).unwrap()
+    };
+    let stored = store.reader().candles("BTCUSD", "5m", 1_000).unwrap();
+    assert!(stored.len() >= 300, "the warm-up candles were fetched into the store: {}", stored.len());
+    // Candles the host built itself are newer than the fetched ones; the fetched ones are the exchange's.
+    let exchange = run.fake.history("BTCUSD", "5m", stored[0].time / 1_000, chrono::Utc::now().timestamp());
+    let matching = stored.iter().zip(&exchange).take_while(|(ours, theirs)| ours == theirs).count();
+    assert!(matching >= 290, "the first {matching} stored candles are the exchange's");
 }

@@ -10,11 +10,8 @@ use tradehost::data::Timeframe;
 use tradehost::data::history::{self, DELTA_RESOLUTIONS};
 use tradehost::delta::rest::{RestClient, RestError};
 use tradehost::feed::csv;
-use tradehost::model::Candle;
-use tradehost::store::{Store, WriteOp};
-
-/// Candles per `/v2/history/candles` request (Delta answers at most 2,000).
-const CHUNK: i64 = 2_000;
+use tradehost::host::history::sync;
+use tradehost::store::Store;
 
 /// `tradehost data …`.
 #[derive(clap::Subcommand)]
@@ -145,12 +142,12 @@ pub fn shown(ms: i64) -> String {
 
 fn fetch(symbols: &[String], timeframe: &str, from: &str, to: Option<String>, place: &Place) -> Result<u8, Failure> {
     let tf = timeframe_arg(timeframe)?;
-    let Some(resolution) = history::delta_resolution(tf) else {
+    if history::delta_resolution(tf).is_none() {
         return Err(usage(format!(
             "--timeframe {timeframe}: Delta offers candles of {}",
             DELTA_RESOLUTIONS.join(", ")
         )));
-    };
+    }
     let step = tf.ms();
     let from = time_arg("--from", from)?;
     let now = chrono::Utc::now().timestamp_millis();
@@ -179,8 +176,7 @@ fn fetch(symbols: &[String], timeframe: &str, from: &str, to: Option<String>, pl
         let writer = store.writer(Default::default());
         let mut code = 0;
         for symbol in symbols {
-            let sync = Sync { rest: &rest, store: &store, writer: &writer, symbol, timeframe, resolution, step };
-            code = code.max(sync.run(from, to).await?);
+            code = code.max(fetch_series(&rest, &store, &writer, (symbol, tf), (from, to)).await?);
         }
         writer.close();
         Ok(code)
@@ -224,104 +220,46 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// One series being brought up to date.
-struct Sync<'a> {
-    rest: &'a RestClient,
-    store: &'a Store,
-    writer: &'a tradehost::store::StoreWriter,
-    symbol: &'a str,
-    timeframe: &'a str,
-    resolution: &'a str,
-    step: i64,
-}
-
-impl Sync<'_> {
-    /// Fetches what `[from, to)` is missing, a chunk per request, each chunk
-    /// stored with the range it covers (an interrupted fetch resumes there).
-    /// Exit code 1 when the exchange sent bad candles (reported, not stored).
-    async fn run(&self, from: i64, to: i64) -> Result<u8, Failure> {
-        let (symbol, timeframe) = (self.symbol, self.timeframe);
-        let reader = self.store.reader();
-        let covered = reader.candle_coverage(symbol, timeframe).map_err(|e| (1, e.to_string()))?;
-        let pieces = history::missing(&covered, from, to, self.step * CHUNK);
-        let started = std::time::Instant::now();
-        let bar = indicatif::ProgressBar::new(pieces.len() as u64).with_style(
-            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} requests, {msg} ({eta} left)")
-                .expect("a valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("{symbol} {timeframe}"));
-        let (mut stored, mut bad) = (0usize, Vec::new());
-        for &(start, end) in &pieces {
-            let fetched = self
-                .rest
-                .candles(symbol, self.resolution, self.step / 1_000, start / 1_000, end / 1_000)
-                .await
-                .map_err(|e| (1, format!("{symbol} {timeframe} {} .. {}: {e}", shown(start), shown(end))))?;
-            let mut candles = Vec::with_capacity(fetched.len());
-            let mut previous = None;
-            for raw in fetched {
-                let time = raw.time * 1_000;
-                let candle = match (raw.open, raw.high, raw.low, raw.close) {
-                    (Some(open), Some(high), Some(low), Some(close)) => Candle {
-                        symbol: symbol.to_string(),
-                        time,
-                        open,
-                        high,
-                        low,
-                        close,
-                        volume: raw.volume.unwrap_or(0.0),
-                    },
-                    _ => {
-                        bad.push((time, "a price is missing".to_string()));
-                        continue;
-                    }
-                };
-                if time % self.step != 0 {
-                    bad.push((time, format!("does not start on a {timeframe} boundary")));
-                    continue;
-                }
-                match history::check_candle(&candle, previous) {
-                    Some(problem) => bad.push((time, problem)),
-                    None => {
-                        previous = Some(time);
-                        candles.push(candle);
-                    }
-                }
-            }
-            stored += candles.len();
-            let op = WriteOp::History {
-                symbol: symbol.to_string(),
-                timeframe: timeframe.to_string(),
-                candles,
-                asked: (start, end),
-            };
-            self.writer.commit(vec![op]).await.map_err(|e| (1, format!("storing candles: {e}")))?;
-            bar.set_message(format!("{stored} candles"));
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let seconds = started.elapsed().as_secs_f64();
-        let already = if pieces.is_empty() { "everything was stored already".to_string() } else { String::new() };
-        outln!(
-            "{symbol} {timeframe} {} .. {}: {stored} candles fetched in {} request(s), {:.1} s {already}",
-            shown(from),
-            shown(to),
-            pieces.len(),
-            seconds
-        );
-        let times: Vec<i64> = reader
-            .candles_between(symbol, timeframe, from, to)
-            .map_err(|e| (1, e.to_string()))?
-            .iter()
-            .map(|c| c.time)
-            .collect();
-        report_gaps(&times, self.step, Some((from, to)));
-        for (time, problem) in &bad {
-            outln!("  bad candle at {} ({time}): {problem} — not stored", shown(*time));
-        }
-        Ok(u8::from(!bad.is_empty()))
+/// Brings one series up to date, with a progress bar; prints what it did,
+/// the gaps of the range and the bad candles the exchange sent (exit code 1).
+async fn fetch_series(
+    rest: &RestClient,
+    store: &Store,
+    writer: &tradehost::store::StoreWriter,
+    (symbol, tf): (&str, Timeframe),
+    (from, to): (i64, i64),
+) -> Result<u8, Failure> {
+    let started = std::time::Instant::now();
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} requests, {msg} ({eta} left)")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{symbol} {tf}"));
+    let reader = store.reader();
+    let progress = |done: usize, total: usize, stored: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(format!("{stored} candles"));
+    };
+    let synced =
+        sync(rest, &reader, writer, (symbol, tf), (from, to), progress).await.map_err(|e| (1, e.to_string()))?;
+    bar.finish_and_clear();
+    let already = if synced.requests == 0 { " (everything was stored already)" } else { "" };
+    outln!(
+        "{symbol} {tf} {} .. {}: {} candles fetched in {} request(s), {:.1} s{already}",
+        shown(from),
+        shown(to),
+        synced.stored,
+        synced.requests,
+        started.elapsed().as_secs_f64()
+    );
+    let stored = reader.candles_between(symbol, &tf.to_string(), from, to).map_err(|e| (1, e.to_string()))?;
+    report_gaps(&stored.iter().map(|c| c.time).collect::<Vec<_>>(), tf.ms(), Some((from, to)));
+    for (time, problem) in &synced.bad {
+        outln!("  bad candle at {} ({time}): {problem} — not stored", shown(*time));
     }
+    Ok(u8::from(!synced.bad.is_empty()))
 }
 
 /// Prints the gaps of a series (inside `range`, counting its edges, when given).

@@ -134,6 +134,9 @@ pub struct DeltaConfig {
     pub stale_after_ms: u64,
     /// One-minute bars loaded over REST at start, for indicator warm-up.
     pub history_bars: usize,
+    /// Longest wait, per series, for a starting strategy's missing warm-up
+    /// candles from `/v2/history/candles` (then it starts with what there is).
+    pub warmup_timeout_ms: u64,
 }
 
 impl Default for DeltaConfig {
@@ -154,6 +157,7 @@ impl Default for DeltaConfig {
             reconnect_max_ms: 30_000,
             stale_after_ms: 15_000,
             history_bars: 200,
+            warmup_timeout_ms: 15_000,
         }
     }
 }

@@ -26,6 +26,7 @@
 //!   queue document their policies in `strategy::live`, `activity` and
 //!   `store::writer`.
 
+pub mod history;
 mod lifecycle;
 mod signals;
 mod tasks;
@@ -249,6 +250,17 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     health.set("engine", ComponentState::Up);
 
     let statuses = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    // On Delta's market, a starting strategy's missing history is fetched first.
+    let warm_up = match &booted.market {
+        venue::Market::Delta(connector) => Some(history::warm_up_sync(
+            connector.rest.clone(),
+            store.reader(),
+            writer.clone(),
+            tokio::runtime::Handle::current(),
+            std::time::Duration::from_millis(config.exchange.delta.warmup_timeout_ms),
+        )),
+        venue::Market::Feed(_) => None,
+    };
     let supervisor = Supervisor::new(crate::supervisor::Parts {
         config: config.clone(),
         runtimes: runtimes.clone(),
@@ -261,6 +273,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         id_counter,
         store: writer.clone(),
         reader: store.reader(),
+        warm_up,
         stored_states: recovered.strategy_states.clone(),
         stopped_by_user: recovered.stopped_strategies.clone(),
         clock: booted.clock.clone(),

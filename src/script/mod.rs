@@ -303,6 +303,9 @@ fn compile(
     Ok(Compiled { ast, callbacks, locations, meta, params })
 }
 
+/// Most warm-up candles a strategy may ask for per series (`warmup` in `config()`).
+const MAX_WARMUP: rhai::INT = 5_000;
+
 fn read_config(
     file: &str,
     source: &str,
@@ -355,8 +358,16 @@ fn read_config(
                 }
             }
             "params" => params = value.try_cast::<Map>().ok_or_else(|| err("`params` must be an object map".into()))?,
+            "warmup" => {
+                let candles = value.as_int().ok().filter(|n| (1..=MAX_WARMUP).contains(n)).ok_or_else(|| {
+                    err(format!("`warmup` must be a whole number of candles from 1 to {MAX_WARMUP}, got {value}"))
+                })?;
+                meta.warmup = Some(candles as usize);
+            }
             other => {
-                return Err(err(format!("unknown key `{other}` (known: symbols, timeframe, timeframes, params)")));
+                return Err(err(format!(
+                    "unknown key `{other}` (known: symbols, timeframe, timeframes, warmup, params)"
+                )));
             }
         }
     }

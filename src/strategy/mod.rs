@@ -116,12 +116,14 @@ pub struct StrategyMeta {
     pub timeframe: crate::data::Timeframe,
     /// Other timeframes it reads as `SYMBOL@TF` series (`timeframes` in a script's `config()`).
     pub timeframes: Vec<crate::data::Timeframe>,
+    /// Candles of history it needs per series before it starts (`warmup` in `config()`).
+    pub warmup: Option<usize>,
 }
 
 impl StrategyMeta {
     /// Symbols and one timeframe, reading no other.
     pub fn new(symbols: Vec<String>, timeframe: crate::data::Timeframe) -> Self {
-        StrategyMeta { symbols, timeframe, timeframes: Vec::new() }
+        StrategyMeta { symbols, timeframe, timeframes: Vec::new(), warmup: None }
     }
 
     /// Every timeframe the strategy needs built: its own, then the others.

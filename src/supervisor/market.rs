@@ -8,10 +8,23 @@ use crate::data::{MarketHub, TimedCandle, Timeframe};
 use crate::store::StoreReader;
 use crate::strategy::StrategyMeta;
 
-/// Candles a strategy starts with, of every timeframe it reads: what the
-/// feed has, preceded by candles stored by earlier runs when the feed's own
-/// history is short.
-pub(super) fn warm_up_history(hub: &Mutex<MarketHub>, store: &StoreReader, meta: &StrategyMeta) -> Vec<TimedCandle> {
+/// Fills the store with a strategy's warm-up candles (symbol, timeframe,
+/// how many) before it starts, within a deadline — from the exchange, on a
+/// host that has one; a series the exchange does not offer is left to what
+/// the store and the live market have.
+pub type WarmUpSync = std::sync::Arc<dyn Fn(&str, Timeframe, usize) + Send + Sync>;
+
+/// Candles a strategy starts with, of every timeframe it reads (its
+/// `warmup`, else [`WARM_UP_CANDLES`]): what the feed has, preceded by
+/// stored candles when the feed's own history is short — fetched first by
+/// `sync`, when given.
+pub(super) fn warm_up_history(
+    hub: &Mutex<MarketHub>,
+    store: &StoreReader,
+    meta: &StrategyMeta,
+    sync: Option<&WarmUpSync>,
+) -> Vec<TimedCandle> {
+    let wanted = meta.warmup.unwrap_or(WARM_UP_CANDLES);
     let mut out = Vec::new();
     for symbol in &meta.symbols {
         for timeframe in meta.all_timeframes() {
@@ -23,9 +36,12 @@ pub(super) fn warm_up_history(hub: &Mutex<MarketHub>, store: &StoreReader, meta:
                     continue;
                 }
             };
-            if live.len() < WARM_UP_CANDLES {
+            if live.len() < wanted {
+                if let Some(sync) = sync {
+                    sync(symbol, timeframe, wanted);
+                }
                 let first = live.first().map_or(i64::MAX, |c| c.time);
-                match store.candles(symbol, &timeframe.to_string(), WARM_UP_CANDLES - live.len()) {
+                match store.candles(symbol, &timeframe.to_string(), wanted - live.len()) {
                     Ok(stored) => out.extend(
                         stored.into_iter().filter(|c| c.time < first).map(|candle| TimedCandle { timeframe, candle }),
                     ),
@@ -79,4 +95,5 @@ pub(super) fn gap_of(slot: &Slot, feed_symbols: &[String], hub: &Mutex<MarketHub
 }
 
 /// Candles of history a strategy should start with, per symbol.
-const WARM_UP_CANDLES: usize = 500;
+/// Warm-up candles per series for a strategy that does not declare `warmup`.
+pub const WARM_UP_CANDLES: usize = 500;

@@ -34,7 +34,7 @@ use crate::store::{StoreReader, StoreWriter, WriteOp};
 use crate::strategy::live::{self, RuntimeHandle, RuntimeSpec, TaggedReport};
 use crate::strategy::{OrderIds, StrategyError};
 
-pub use market::{MarketGap, market_gap};
+pub use market::{MarketGap, WARM_UP_CANDLES, WarmUpSync, market_gap};
 
 /// A run that lasted this long resets the restart counter.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
@@ -88,6 +88,8 @@ pub struct Parts {
     pub store: StoreWriter,
     /// Reads of the store (warm-up candles, fills to replay).
     pub reader: StoreReader,
+    /// Fetches missing warm-up candles from the exchange (hosts on Delta's market).
+    pub warm_up: Option<WarmUpSync>,
     /// States restored from the store, taken by each strategy's first start.
     pub stored_states: BTreeMap<String, serde_json::Value>,
     /// Strategies a user stopped (from the store), with the reason.
@@ -122,6 +124,7 @@ pub struct Supervisor {
     ignored: std::collections::HashSet<PathBuf>,
     store: StoreWriter,
     reader: StoreReader,
+    warm_up: Option<WarmUpSync>,
     metrics: Arc<Metrics>,
     stored_states: BTreeMap<String, serde_json::Value>,
     clock: Clock,
@@ -153,6 +156,7 @@ impl Supervisor {
             ignored: Default::default(),
             store: parts.store,
             reader: parts.reader,
+            warm_up: parts.warm_up,
             metrics: parts.metrics,
             stored_states: parts.stored_states,
             clock: parts.clock,
@@ -545,13 +549,16 @@ impl Supervisor {
         let source = slot.source.clone();
         let hub = self.hub.clone();
         let reader = self.reader.clone();
+        let warm_up = self.warm_up.clone();
         let spec = RuntimeSpec {
             clock: self.clock.clone(),
             mode: self.config.exchange.run_mode(),
             name: name.to_string(),
             generation: slot.generation,
             factory: Box::new(move |env| ScriptStrategy::new(&file, &source, options, env).map(|s| Box::new(s) as _)),
-            history: Box::new(move |meta: &crate::strategy::StrategyMeta| market::warm_up_history(&hub, &reader, meta)),
+            history: Box::new(move |meta: &crate::strategy::StrategyMeta| {
+                market::warm_up_history(&hub, &reader, meta, warm_up.as_ref())
+            }),
             initial_state: slot.saved_state.clone(),
             account: self.account.clone(),
             ids: OrderIds::new(name, self.id_counter.clone()),

@@ -1,0 +1,133 @@
+//! Candle history from Delta into the store: what `tradehost data fetch`
+//! runs, and what a host on Delta's market runs before a strategy starts so
+//! its indicators are warm. Only what the store lacks is asked for (the
+//! ranges fetched before, and runs of candles the host stored as they
+//! closed, count as held), a chunk per request, each chunk stored with the
+//! range it covers: an interrupted fetch resumes where it stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::data::Timeframe;
+use crate::data::history::{self, DELTA_RESOLUTIONS};
+use crate::delta::rest::{RestClient, RestError};
+use crate::model::{Candle, TimestampMs};
+use crate::store::{StoreReader, StoreWriter, WriteOp};
+use crate::supervisor::WarmUpSync;
+
+/// Candles per `/v2/history/candles` request (Delta answers at most 2,000).
+const CHUNK: i64 = 2_000;
+
+/// Why a sync stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// Delta has no candles of this length.
+    #[error("Delta offers candles of {offered}, not {0}", offered = DELTA_RESOLUTIONS.join(", "))]
+    Resolution(Timeframe),
+    /// A request failed (after the REST client's retries).
+    #[error("{symbol} {timeframe} from {from}: {source}")]
+    Rest {
+        /// Instrument.
+        symbol: String,
+        /// Timeframe.
+        timeframe: Timeframe,
+        /// Start of the chunk, ms.
+        from: TimestampMs,
+        /// What failed.
+        source: RestError,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Synced {
+    /// Requests made.
+    pub requests: usize,
+    /// Candles stored.
+    pub stored: usize,
+    /// Candles the exchange sent that were not stored: time and what is wrong.
+    pub bad: Vec<(TimestampMs, String)>,
+}
+
+/// Brings `[from, to)` of a series into the store; `progress(done, total,
+/// stored)` after each request.
+pub async fn sync(
+    rest: &RestClient,
+    reader: &StoreReader,
+    writer: &StoreWriter,
+    (symbol, timeframe): (&str, Timeframe),
+    (from, to): (TimestampMs, TimestampMs),
+    mut progress: impl FnMut(usize, usize, usize),
+) -> Result<Synced, HistoryError> {
+    let resolution = history::delta_resolution(timeframe).ok_or(HistoryError::Resolution(timeframe))?;
+    let (tf, step) = (timeframe.to_string(), timeframe.ms());
+    let store_error = |e: &dyn std::fmt::Display| HistoryError::Store(e.to_string());
+    let mut covered = reader.candle_coverage(symbol, &tf).map_err(|e| store_error(&e))?;
+    for candle in reader.candles_between(symbol, &tf, from, to).map_err(|e| store_error(&e))? {
+        covered = history::cover(&covered, (candle.time, candle.time + step));
+    }
+    let pieces = history::missing(&covered, from, to, step * CHUNK);
+    let mut out = Synced::default();
+    for (done, &(start, end)) in pieces.iter().enumerate() {
+        let fetched = rest
+            .candles(symbol, resolution, step / 1_000, start / 1_000, end / 1_000)
+            .await
+            .map_err(|source| HistoryError::Rest { symbol: symbol.to_string(), timeframe, from: start, source })?;
+        out.requests += 1;
+        let mut candles = Vec::with_capacity(fetched.len());
+        for raw in fetched {
+            let time = raw.time * 1_000;
+            let (Some(open), Some(high), Some(low), Some(close)) = (raw.open, raw.high, raw.low, raw.close) else {
+                out.bad.push((time, "a price is missing".into()));
+                continue;
+            };
+            let volume = raw.volume.unwrap_or(0.0);
+            let candle = Candle { symbol: symbol.to_string(), time, open, high, low, close, volume };
+            let problem = if time.rem_euclid(step) != 0 {
+                Some(format!("does not start on a {tf} boundary"))
+            } else {
+                history::check_candle(&candle, candles.last().map(|c: &Candle| c.time))
+            };
+            match problem {
+                Some(problem) => out.bad.push((time, problem)),
+                None => candles.push(candle),
+            }
+        }
+        out.stored += candles.len();
+        let op = WriteOp::History { symbol: symbol.to_string(), timeframe: tf.clone(), candles, asked: (start, end) };
+        writer.commit(vec![op]).await.map_err(|e| store_error(&e))?;
+        progress(done + 1, pieces.len(), out.stored);
+    }
+    Ok(out)
+}
+
+/// The warm-up sync of a host on Delta's market. It runs on a strategy's
+/// thread (never on the async workers) and blocks it at most `deadline`.
+pub fn warm_up_sync(
+    rest: Arc<RestClient>,
+    reader: StoreReader,
+    writer: StoreWriter,
+    runtime: tokio::runtime::Handle,
+    deadline: Duration,
+) -> WarmUpSync {
+    Arc::new(move |symbol: &str, timeframe: Timeframe, candles: usize| {
+        if history::delta_resolution(timeframe).is_none() {
+            return;
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let to = now.div_euclid(timeframe.ms()) * timeframe.ms();
+        let from = to - timeframe.ms().saturating_mul(candles as i64);
+        let run = sync(&rest, &reader, &writer, (symbol, timeframe), (from, to), |_, _, _| {});
+        match runtime.block_on(async { tokio::time::timeout(deadline, run).await }) {
+            Ok(Ok(synced)) if synced.requests > 0 => {
+                tracing::info!(symbol, %timeframe, stored = synced.stored, requests = synced.requests, "warm-up candles fetched")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(symbol, %timeframe, "warm-up candles not fetched: {error}"),
+            Err(_) => tracing::warn!(symbol, %timeframe, "warm-up candles: gave up after {deadline:?}"),
+        }
+    })
+}
