@@ -94,6 +94,24 @@ fn a_runaway_config_names_its_file_and_line() {
 }
 
 #[test]
+fn warmup_is_declared_or_follows_the_longest_indicator() {
+    let meta = |source: &str| build_with(source, options()).0.meta().warmup;
+    let declared = r#"fn config() { #{ warmup: 42 } }
+fn on_candle(c) { ta::sma(c.symbol, 200); }"#;
+    assert_eq!(meta(declared), Some(42));
+    // Three times the longest period, read from numbers and params (overrides included).
+    let from_params = r#"fn config() { #{ params: #{ slow: 400 } } }
+fn on_candle(c) { ta::sma(c.symbol, 20); ta::ema(c.symbol, params::slow); ta::bbands(c.symbol, 20, 2.0); }"#;
+    assert_eq!(meta(from_params), Some(1_200));
+    let short = "fn config() { #{} }\nfn on_candle(c) { ta::rsi(c.symbol, 14); }";
+    assert_eq!(meta(short), Some(100), "at least 100");
+    let unknown = "fn config() { #{} }\nfn on_candle(c) { let n = 5; ta::sma(c.symbol, n * 2); }";
+    assert_eq!(meta(unknown), None, "not known: the documented default applies");
+    let err = check("s.rhai", "fn config() { #{ warmup: 0 } }", &options()).unwrap_err();
+    assert!(err.message.contains("`warmup` must be a whole number of candles from 1 to 5000, got 0"), "{err}");
+}
+
+#[test]
 fn config_metadata_and_param_overrides() {
     let source = r#"fn config() { #{ symbols: ["X"], timeframe: "5m", params: #{ fast: 10, slow: 30 } } }
 fn on_start() { print(`${params::fast}/${params::slow}`); }"#;

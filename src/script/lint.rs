@@ -22,8 +22,10 @@ enum Token {
     Ident(String),
     /// Punctuation, one character.
     Punct(char),
-    /// A string, character or number.
+    /// A string or character.
     Literal,
+    /// A number, as written.
+    Number(String),
 }
 
 /// The source's tokens with their positions; strings and comments are skipped.
@@ -79,10 +81,11 @@ fn lex(source: &str) -> Vec<(Token, usize, usize)> {
                 out.push((Token::Ident(chars[start..i].iter().collect()), at.0, at.1));
             }
             c if c.is_ascii_digit() => {
+                let start = i;
                 while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.') {
                     step(&mut i, &mut line, &mut column, 1);
                 }
-                out.push((Token::Literal, at.0, at.1));
+                out.push((Token::Number(chars[start..i].iter().collect()), at.0, at.1));
             }
             c if c.is_whitespace() => step(&mut i, &mut line, &mut column, 1),
             c => {
@@ -153,6 +156,72 @@ pub fn calls(source: &str, ast: &AST, file: &str) -> Result<(), StrategyError> {
         }
     }
     Ok(())
+}
+
+/// A whole-number argument of a `ta::` call after the symbol (a period).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Period {
+    /// Written as a number.
+    Literal(usize),
+    /// Read from a parameter: `params::name`.
+    Param(String),
+    /// Anything else (a variable, an expression).
+    Unknown,
+}
+
+/// The periods the script's `ta::` calls ask for: every argument after the
+/// symbol that is not a decimal number (the bands' `k` is one).
+pub fn indicator_periods(source: &str) -> Vec<Period> {
+    let tokens = lex(source);
+    let mut out = Vec::new();
+    for i in 0..tokens.len() {
+        let is_ta = matches!(&tokens[i].0, Token::Ident(m) if m == "ta")
+            && matches!(
+                tokens.get(i + 1..i + 5),
+                Some([
+                    (Token::Punct(':'), ..),
+                    (Token::Punct(':'), ..),
+                    (Token::Ident(_), ..),
+                    (Token::Punct('('), ..)
+                ])
+            );
+        if !is_ta {
+            continue;
+        }
+        // The arguments' tokens at depth 1, split at commas.
+        let (mut depth, mut args, mut current) = (0usize, Vec::new(), Vec::new());
+        for (token, ..) in &tokens[i + 4..] {
+            match token {
+                Token::Punct('(' | '[' | '{') => {
+                    depth += 1;
+                    if depth > 1 {
+                        current.push(token.clone());
+                    }
+                }
+                Token::Punct(')' | ']' | '}') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        args.push(std::mem::take(&mut current));
+                        break;
+                    }
+                    current.push(token.clone());
+                }
+                Token::Punct(',') if depth == 1 => args.push(std::mem::take(&mut current)),
+                _ => current.push(token.clone()),
+            }
+        }
+        for arg in args.iter().skip(1) {
+            out.push(match arg.as_slice() {
+                [Token::Number(n)] if n.contains('.') => continue,
+                [Token::Number(n)] => n.replace('_', "").parse().map_or(Period::Unknown, Period::Literal),
+                [Token::Ident(m), Token::Punct(':'), Token::Punct(':'), Token::Ident(name)] if m == "params" => {
+                    Period::Param(name.clone())
+                }
+                _ => Period::Unknown,
+            });
+        }
+    }
+    out
 }
 
 fn check_call(name: &str, args: usize, own: &BTreeMap<String, BTreeSet<usize>>) -> Option<String> {
@@ -229,6 +298,17 @@ mod tests {
     fn lint(source: &str) -> Result<(), String> {
         let ast = rhai::Engine::new().compile(source).map_err(|e| e.to_string())?;
         calls(source, &ast, "t.rhai").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn indicator_periods_are_read_from_numbers_and_params() {
+        let source = "fn on_candle(c) { let a = ta::sma(c.symbol, 20); let b = ta::ema(c.symbol, params::slow);\n\
+                      let m = ta::macd(c.symbol, 12, 26, 9); let k = ta::bbands(c.symbol, 20, 2.0); let x = ta::rsi(c.symbol, n + 1); }";
+        use Period::*;
+        assert_eq!(
+            indicator_periods(source),
+            vec![Literal(20), Param("slow".into()), Literal(12), Literal(26), Literal(9), Literal(20), Unknown]
+        );
     }
 
     #[test]

@@ -291,7 +291,9 @@ fn compile(
             error.location = error.location.or_else(|| definition(file, source, "config"));
             error
         })?;
-        read_config(file, source, value, options)?
+        let (mut meta, params) = read_config(file, source, value, options)?;
+        meta.warmup = meta.warmup.or_else(|| default_warmup(source, &params));
+        (meta, params)
     } else {
         if let Some(key) = options.param_overrides.keys().next() {
             return Err(StrategyError::new(format!(
@@ -301,6 +303,30 @@ fn compile(
         (StrategyMeta::new(options.default_symbols.clone(), Timeframe::minute()), Map::new())
     };
     Ok(Compiled { ast, callbacks, locations, meta, params })
+}
+
+/// Warm-up candles for a strategy that does not declare `warmup`: three
+/// times its longest indicator period (EMAs and RSIs settle over a few
+/// periods), at least 100, when every `ta::` period is a number or a numeric
+/// param; otherwise `None` (the host's documented default applies).
+fn default_warmup(source: &str, params: &Map) -> Option<usize> {
+    let mut longest = 0usize;
+    for period in lint::indicator_periods(source) {
+        let candles = match period {
+            lint::Period::Literal(n) => n,
+            lint::Period::Param(name) => {
+                let value = params.get(name.as_str())?;
+                value
+                    .as_int()
+                    .ok()
+                    .map(|n| n.max(0) as usize)
+                    .or_else(|| value.as_float().ok().map(|f| f.max(0.0) as usize))?
+            }
+            lint::Period::Unknown => return None,
+        };
+        longest = longest.max(candles);
+    }
+    (longest > 0).then(|| (longest * 3).clamp(100, MAX_WARMUP as usize))
 }
 
 /// Most warm-up candles a strategy may ask for per series (`warmup` in `config()`).
