@@ -80,7 +80,8 @@ async fn fetch_stores_exactly_what_the_exchange_has_once_and_reports_gaps_and_ba
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
     assert!(text(&second).contains("everything was stored already"), "{}", text(&second));
     assert_eq!(fake.calls("GET /v2/history/candles"), 3, "a second fetch makes no candle request");
-    // A wider range fetches only the new day.
+    // A wider range fetches only the new day, through two 429s (retried after the reset the fake names).
+    fake.faults().burst_429.store(2, Ordering::SeqCst);
     let wider = (start + 4 * DAY).to_string();
     let third = tradehost(
         &config,
@@ -88,6 +89,7 @@ async fn fetch_stores_exactly_what_the_exchange_has_once_and_reports_gaps_and_ba
     );
     assert_eq!(third.status.code(), Some(0), "{}", text(&third));
     assert_eq!(fake.calls("GET /v2/history/candles"), 3 + 1, "one request for the one new day");
+    assert_eq!(fake.faults().burst_429.load(Ordering::SeqCst), 0, "the 429s were met and retried");
     assert_eq!(stored(root.path(), "BTCUSD", "1m").len(), expected.len() + 1_440);
 
     // verify reports the gap and a bad candle written into the store, with their times.

@@ -18,6 +18,10 @@ use crate::supervisor::WarmUpSync;
 /// Candles per `/v2/history/candles` request (Delta answers at most 2,000).
 const CHUNK: i64 = 2_000;
 
+/// A chunk ending this close to now (or one candle, if longer) may still miss
+/// candles the exchange has not published: only what it sent counts as fetched.
+const RECENT_MS: i64 = 5 * 60_000;
+
 /// Why a sync stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -97,7 +101,11 @@ pub async fn sync(
             }
         }
         out.stored += candles.len();
-        let op = WriteOp::History { symbol: symbol.to_string(), timeframe: tf.clone(), candles, asked: (start, end) };
+        // The newest candles may not be published yet: near now, only what arrived counts as asked.
+        let recent = end > chrono::Utc::now().timestamp_millis() - step.max(RECENT_MS);
+        let asked_to = if recent { candles.last().map_or(start, |c| c.time + step) } else { end };
+        let op =
+            WriteOp::History { symbol: symbol.to_string(), timeframe: tf.clone(), candles, asked: (start, asked_to) };
         writer.commit(vec![op]).await.map_err(|e| store_error(&e))?;
         progress(done + 1, pieces.len(), out.stored);
     }
