@@ -5,17 +5,16 @@
 //!
 //! Run with `cargo bench --bench backtest`.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Instant;
 
-use rust_decimal::Decimal;
-use tradehost::backtest::{self, BacktestConfig, BrokerConfig, sweep};
-use tradehost::config::{Config, SandboxConfig};
+use tradehost::backtest::{self, sweep};
 use tradehost::strategy::StrategyFactory;
 
 #[path = "common/native.rs"]
 mod native;
+#[path = "common/setup.rs"]
+mod setup;
 
 const BARS: usize = 1_000_000;
 
@@ -52,27 +51,7 @@ fn main() {
     let candles = tradehost::feed::csv::read_candles(&path, "BTCUSD").unwrap();
     println!("read {BARS} bars of CSV in {:.2?}", started.elapsed());
     let data = vec![candles];
-    let config = BacktestConfig {
-        broker: BrokerConfig {
-            cash: Decimal::from(100_000),
-            taker_fee_bps: Decimal::from(5),
-            maker_fee_bps: Decimal::from(2),
-            slippage_bps: Decimal::from(1),
-            leverage: Decimal::from(5),
-            products: Config::embedded()
-                .exchange
-                .paper
-                .product_list()
-                .into_iter()
-                .map(|p| (p.symbol.clone(), p))
-                .collect(),
-        },
-        from: None,
-        to: None,
-        params: BTreeMap::new(),
-        sandbox: SandboxConfig::default(),
-        risk: Default::default(),
-    };
+    let config = setup::backtest_config();
     let source = include_str!("../strategies/sma_cross.rhai");
 
     let script = backtest::run_script("sma_cross.rhai", source, &data, &config, &mut |_| {}).unwrap();

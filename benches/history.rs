@@ -13,17 +13,15 @@
 
 #[path = "../tests/support/fake_delta.rs"]
 mod fake_delta;
+#[path = "common/setup.rs"]
+mod setup;
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use fake_delta::{FakeConfig, FakeDelta};
-use rust_decimal::Decimal;
-use tradehost::backtest::{self, BacktestConfig, BrokerConfig};
-use tradehost::config::{Config, SandboxConfig};
+use tradehost::backtest;
 use tradehost::data::Timeframe;
 use tradehost::delta::rest::{RestClient, WINDOW, WINDOW_UNITS};
-use tradehost::model::Candle;
 use tradehost::store::{Store, WriteOp};
 
 /// Weight of one `/v2/history/candles` request (shared/delta-exchange.md §3.6).
@@ -75,33 +73,11 @@ async fn fetch() {
     writer.close();
 }
 
-fn candles(n: usize) -> Vec<Candle> {
-    let (mut price, mut state) = (30_000.0f64, 7u64);
-    (0..n)
-        .map(|i| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let step = ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 0.004;
-            let open = price;
-            price = ((price * (1.0 + step)) * 100.0).round() / 100.0;
-            let (high, low) = (open.max(price) + 0.5, open.min(price) - 0.5);
-            Candle {
-                symbol: "BTCUSD".into(),
-                time: 1_600_000_020_000 / 60_000 * 60_000 + 60_000 * i as i64,
-                open,
-                high,
-                low,
-                close: price,
-                volume: 1.5,
-            }
-        })
-        .collect()
-}
-
 fn write_rates() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let writer = store.writer(Default::default());
-    let bars = candles(200_000);
+    let bars = setup::random_walk(200_000, 30_000.0, 0.004);
     let started = Instant::now();
     for chunk in bars.chunks(2_000) {
         let asked = (chunk[0].time, chunk[chunk.len() - 1].time + 60_000);
@@ -131,7 +107,7 @@ fn write_rates() {
 fn backtests() {
     let n = 200_000;
     let dir = tempfile::tempdir().unwrap();
-    let bars = candles(n);
+    let bars = setup::random_walk(n, 30_000.0, 0.004);
     let csv = dir.path().join("btc.csv");
     let mut text = String::from("time,open,high,low,close,volume\n");
     for c in &bars {
@@ -149,27 +125,7 @@ fn backtests() {
         }
         writer.close();
     }
-    let config = BacktestConfig {
-        broker: BrokerConfig {
-            cash: Decimal::from(100_000),
-            taker_fee_bps: Decimal::from(5),
-            maker_fee_bps: Decimal::from(2),
-            slippage_bps: Decimal::from(1),
-            leverage: Decimal::from(5),
-            products: Config::embedded()
-                .exchange
-                .paper
-                .product_list()
-                .into_iter()
-                .map(|p| (p.symbol.clone(), p))
-                .collect(),
-        },
-        from: None,
-        to: None,
-        params: BTreeMap::new(),
-        sandbox: SandboxConfig::default(),
-        risk: Default::default(),
-    };
+    let config = setup::backtest_config();
     let source = include_str!("../strategies/sma_cross.rhai");
     let mut fills = Vec::new();
     for (name, read) in [("CSV", 0), ("store", 1), ("CSV", 0), ("store", 1)] {

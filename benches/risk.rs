@@ -10,10 +10,13 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rust_decimal::Decimal;
-use tradehost::backtest::{self, BacktestConfig, BrokerConfig};
-use tradehost::config::{RiskLimits, SandboxConfig};
+use tradehost::backtest::{self, BacktestConfig};
+use tradehost::config::RiskLimits;
 use tradehost::model::{AccountView, Candle, Order, OrderKind, OrderRequest, OrderStatus, Position, Side, TimeInForce};
 use tradehost::risk::RiskGate;
+
+#[path = "common/setup.rs"]
+mod setup;
 
 fn every_limit() -> RiskLimits {
     RiskLimits {
@@ -108,21 +111,7 @@ fn main() {
         ("no limits", RiskGate::default()),
         ("every limit on", RiskGate::new(every_limit(), [("sma_cross".to_string(), every_limit())].into())),
     ] {
-        let config = BacktestConfig {
-            broker: BrokerConfig {
-                cash: Decimal::from(100_000),
-                taker_fee_bps: Decimal::from(5),
-                maker_fee_bps: Decimal::from(2),
-                slippage_bps: Decimal::from(1),
-                leverage: Decimal::from(5),
-                products: BTreeMap::new(),
-            },
-            from: None,
-            to: None,
-            params: BTreeMap::new(),
-            sandbox: SandboxConfig::default(),
-            risk,
-        };
+        let config = BacktestConfig { risk, ..setup::backtest_config() };
         let run = backtest::run_script("sma_cross.rhai", source, &data, &config, &mut |_| {}).unwrap();
         println!(
             "backtest sma_cross.rhai, 300,000 bars, {label}: {:.0} bars/s ({} fills, final equity {})",
