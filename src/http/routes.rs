@@ -93,7 +93,7 @@ pub struct HealthResponse {
 pub struct StatusResponse {
     /// tradehost version.
     pub version: String,
-    /// `paper` or `delta`.
+    /// `paper`, `dry-run` (Delta's market, simulated fills, nothing sent) or `delta` (live).
     pub mode: String,
     /// The clock every record's time comes from: `wall`, or `simulated ×60`
     /// when the synthetic or replay feed runs the market faster than real time.
