@@ -756,16 +756,30 @@ fn on_tick(t) {
         log::info(if sma == () { "cold" } else { `warm ${sma}` });
     }
 }
+fn on_candle(c) {
+    if this.first_candle != false {
+        this.first_candle = false;
+        let sma = ta::sma(c.symbol, 250);
+        log::info(if sma == () { "first candle: cold" } else { `first candle: warm ${sma}` });
+    }
+}
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_strategy_starts_warm_from_history_fetched_into_the_store() {
     let fake = FakeDelta::start(FakeConfig::default()).await;
+    // Put the exchange's clock 8 s before a five-minute boundary, so the first live candle closes soon.
+    let local = chrono::Utc::now().timestamp_millis();
+    let skew = (292_000 - local % 300_000).rem_euclid(300_000);
+    fake.faults().clock_skew_ms.store(skew, std::sync::atomic::Ordering::SeqCst);
     let run = Run::launch(fake, ("warm", WARM), |_| {}).await;
     // The host's own start loads 60 one-minute bars: 12 five-minute candles, far from 250.
     let said =
         run.wait_activity("the first tick", Duration::from_secs(30), 0, |m| m == "cold" || m.starts_with("warm")).await;
     assert!(said.starts_with("warm "), "ta::sma(250) on 5m candles is warm at the first tick: {said}");
+    let said =
+        run.wait_activity("the first live candle", Duration::from_secs(30), 0, |m| m.starts_with("first candle")).await;
+    assert!(said.starts_with("first candle: warm "), "and at the first live candle: {said}");
     let store = {
         run.host.shutdown(ShutdownReason::Api);
         assert_eq!(tokio::time::timeout(Duration::from_secs(20), run.host.wait()).await.unwrap(), 0);
