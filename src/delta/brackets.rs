@@ -10,6 +10,9 @@ use crate::model::{Order, OrderRequest, StopKind};
 /// and still be adopted as a leg (clock differences between host and exchange).
 const CLOCK_SLACK_US: i64 = 5_000_000;
 
+/// How long after its entry filled a leg may take to appear on the exchange.
+const LEG_GRACE_US: i64 = 30_000_000;
+
 /// One of the host's bracket legs on Delta.
 #[derive(Debug, Clone, PartialEq)]
 struct Leg {
@@ -22,6 +25,8 @@ struct Leg {
     since_us: i64,
     /// The exchange order it was adopted as.
     exchange_id: Option<String>,
+    /// When its entry filled (µs), while the exchange has not created it yet.
+    entry_filled_us: Option<i64>,
 }
 
 /// The host's live bracket legs on Delta, by product.
@@ -43,6 +48,7 @@ impl Brackets {
                 entry: leg.parent.clone(),
                 since_us: now_us - CLOCK_SLACK_US,
                 exchange_id: None,
+                entry_filled_us: None,
             });
         }
     }
@@ -62,6 +68,26 @@ impl Brackets {
     /// A leg of a bracket already held on `symbol` (Delta holds one per position).
     pub fn held_on(&self, symbol: &str) -> Option<&str> {
         self.legs.iter().find(|leg| leg.symbol == symbol).map(|leg| leg.client_id.as_str())
+    }
+
+    /// Notes that `entry` filled at `now_us`: the exchange creates its legs now.
+    pub fn entry_filled(&mut self, entry: &str, now_us: i64) {
+        for leg in self.legs.iter_mut().filter(|leg| leg.entry.as_deref() == Some(entry) && leg.exchange_id.is_none()) {
+            leg.entry_filled_us.get_or_insert(now_us);
+        }
+    }
+
+    /// Takes out the legs on `symbol` the exchange has still not created
+    /// `LEG_GRACE_US` after their entry filled (it never will); their ids.
+    pub fn take_uncreated(&mut self, symbol: &str, now_us: i64) -> Vec<String> {
+        let stale = |leg: &Leg| {
+            leg.symbol == symbol
+                && leg.exchange_id.is_none()
+                && leg.entry_filled_us.is_some_and(|t| now_us - t > LEG_GRACE_US)
+        };
+        let ids = self.legs.iter().filter(|leg| stale(leg)).map(|leg| leg.client_id.clone()).collect();
+        self.legs.retain(|leg| !stale(leg));
+        ids
     }
 
     /// The leg an exchange order without a client id is, if it is one of ours:
@@ -119,5 +145,56 @@ pub fn kind_of(stop_order_type: Option<&str>) -> Option<StopKind> {
         "stop_loss_order" => Some(StopKind::StopLoss),
         "take_profit_order" => Some(StopKind::TakeProfit),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{OrderKind, Side, StopTrigger, TimeInForce, TriggerOn};
+
+    fn leg(id: &str, kind: StopKind, entry: Option<&str>) -> OrderRequest {
+        OrderRequest {
+            client_id: id.into(),
+            strategy: "s".into(),
+            symbol: "BTCUSD".into(),
+            side: Side::Sell,
+            kind: OrderKind::Market,
+            size: 1.into(),
+            price: None,
+            time_in_force: TimeInForce::Gtc,
+            post_only: false,
+            reduce_only: true,
+            stop: Some(Box::new(StopTrigger {
+                kind,
+                price: 1.into(),
+                trail: None,
+                trail_pct: None,
+                on: TriggerOn::Last,
+            })),
+            oco: Some("g".into()),
+            parent: entry.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn legs_are_adopted_by_kind_once_and_uncreated_ones_expire() {
+        let mut brackets = Brackets::default();
+        let now = 1_000_000_000_000;
+        brackets.register(&[leg("sl", StopKind::StopLoss, Some("e")), leg("tp", StopKind::TakeProfit, Some("e"))], now);
+        assert_eq!(brackets.held_on("BTCUSD"), Some("sl"));
+        // An order created before the bracket was sent belongs to an earlier one.
+        assert_eq!(brackets.adopt("BTCUSD", StopKind::StopLoss, "1", Some(now - 60_000_000)), None);
+        assert_eq!(brackets.adopt("BTCUSD", StopKind::StopLoss, "2", Some(now + 1)).as_deref(), Some("sl"));
+        assert_eq!(brackets.adopt("BTCUSD", StopKind::StopLoss, "3", None), None, "one exchange order per leg");
+        assert_eq!(brackets.adopt("BTCUSD", StopKind::StopLoss, "2", None).as_deref(), Some("sl"), "the same again");
+        assert_eq!(brackets.exchange_id("sl"), Some("2"));
+        assert_eq!(brackets.waiting_for("e"), vec!["tp".to_string()]);
+        // The entry filled; the take-profit never appears: after the grace it is taken out.
+        brackets.entry_filled("e", now);
+        assert!(brackets.take_uncreated("BTCUSD", now + LEG_GRACE_US).is_empty(), "still within the grace");
+        assert_eq!(brackets.take_uncreated("BTCUSD", now + LEG_GRACE_US + 1), vec!["tp".to_string()]);
+        brackets.forget("sl");
+        assert_eq!(brackets.held_on("BTCUSD"), None, "the symbol is free for a new bracket");
     }
 }

@@ -218,6 +218,10 @@ impl DeltaConnector {
             if entry_works && !known_at_start.contains_key(&leg.request.client_id) {
                 known_at_start.insert(leg.request.client_id.clone(), RemoteOrder::new(RemoteState::Untriggered, None));
             }
+            // A leg the exchange neither holds nor will create is closed at start: it must not hold the symbol.
+            if !known_at_start.contains_key(&leg.request.client_id) {
+                self.brackets().forget(&leg.request.client_id);
+            }
         }
         let balance = updates
             .iter()
@@ -268,6 +272,9 @@ impl DeltaConnector {
             if ended {
                 brackets.forget(&client_id);
             }
+        }
+        if order.state == "closed" && !leg {
+            brackets.entry_filled(&client_id, self.server_now_ms() * 1_000);
         }
         let mut updates = vec![VenueUpdate::Order { client_id: client_id.clone(), remote }];
         let unfilled = order.unfilled_size.is_none_or(|unfilled| unfilled == order.size);

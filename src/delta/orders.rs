@@ -93,16 +93,34 @@ impl DeltaConnector {
     /// once the entry fills, and the legs wait until then), or on the open
     /// position at once. The exchange creates the legs; the host adopts them.
     async fn place_bracket(&self, entry: Option<OrderRequest>, legs: Vec<OrderRequest>) -> Vec<VenueUpdate> {
+        let symbol = entry.as_ref().or(legs.first()).map(|r| r.symbol.clone()).unwrap_or_default();
+        // Legs whose entry filled long ago but that the exchange never created end here.
+        let uncreated = self.brackets().take_uncreated(&symbol, self.server_now_ms() * 1_000);
+        let reason = "the exchange did not create this bracket leg after its entry filled";
+        let cancelled = |client_id| VenueUpdate::Order {
+            client_id,
+            remote: RemoteOrder::new(RemoteState::Cancelled, Some(reason.to_string())),
+        };
+        let mut updates: Vec<VenueUpdate> = uncreated.into_iter().map(cancelled).collect();
+        updates.extend(self.send_bracket(&symbol, entry, legs).await);
+        updates
+    }
+
+    async fn send_bracket(
+        &self,
+        symbol: &str,
+        entry: Option<OrderRequest>,
+        legs: Vec<OrderRequest>,
+    ) -> Vec<VenueUpdate> {
         let ids: Vec<String> = entry.iter().chain(&legs).map(|r| r.client_id.clone()).collect();
         let leg_ids: Vec<String> = legs.iter().map(|r| r.client_id.clone()).collect();
-        let symbol = entry.as_ref().or(legs.first()).map(|r| r.symbol.clone()).unwrap_or_default();
-        let bracket = match bracket_of(&self.products, &symbol, &legs) {
+        let bracket = match bracket_of(&self.products, symbol, &legs) {
             Ok(bracket) => bracket,
             Err(reason) => return rejected(ids, reason),
         };
         {
             let mut brackets = self.brackets();
-            if let Some(held) = brackets.held_on(&symbol) {
+            if let Some(held) = brackets.held_on(symbol) {
                 let reason = format!("{symbol} already has a bracket ({held}): Delta holds one bracket per position");
                 return rejected(ids, reason);
             }
@@ -115,10 +133,10 @@ impl DeltaConnector {
         };
         let Some(entry) = entry else {
             return match self.rest.place_bracket(&bracket).await {
-                Ok(()) => self.adopt_legs(&symbol, &leg_ids, 1).await.unwrap_or_default(),
+                Ok(()) => self.adopt_legs(symbol, &leg_ids, 1).await.unwrap_or_default(),
                 Err(
                     error @ (RestError::Connectivity { .. } | RestError::Unavailable { .. } | RestError::Decode { .. }),
-                ) => match self.adopt_legs(&symbol, &leg_ids, 3).await {
+                ) => match self.adopt_legs(symbol, &leg_ids, 3).await {
                     Some(adopted) => adopted,
                     None => forget(&format!("not placed: {error}, and the exchange holds no such bracket")),
                 },
