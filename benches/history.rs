@@ -22,6 +22,7 @@ use fake_delta::{FakeConfig, FakeDelta};
 use tradehost::backtest;
 use tradehost::data::Timeframe;
 use tradehost::delta::rest::{RestClient, WINDOW, WINDOW_UNITS};
+use tradehost::host::history::Trust;
 use tradehost::store::{Store, WriteOp};
 
 /// Weight of one `/v2/history/candles` request (shared/delta-exchange.md §3.6).
@@ -48,9 +49,17 @@ async fn fetch() {
     let from = to - days * 86_400_000;
     let started = Instant::now();
     let series = ("BTCUSD", Timeframe::minute());
-    let synced = tradehost::host::history::sync(&rest, &store.reader(), &writer, series, (from, to), |_, _, _| {})
-        .await
-        .unwrap();
+    let synced = tradehost::host::history::sync(
+        &rest,
+        &store.reader(),
+        &writer,
+        series,
+        (from, to),
+        Trust::FetchedRanges,
+        |_, _, _| {},
+    )
+    .await
+    .unwrap();
     let elapsed = started.elapsed();
     println!(
         "fetch {days} days of 1m BTCUSD from the fake: {} candles in {} requests, {elapsed:.2?}: {:.0} candles/s",
@@ -66,9 +75,17 @@ async fn fetch() {
         WINDOW_UNITS / CANDLES_WEIGHT
     );
     let again = Instant::now();
-    let synced = tradehost::host::history::sync(&rest, &store.reader(), &writer, series, (from, to), |_, _, _| {})
-        .await
-        .unwrap();
+    let synced = tradehost::host::history::sync(
+        &rest,
+        &store.reader(),
+        &writer,
+        series,
+        (from, to),
+        Trust::FetchedRanges,
+        |_, _, _| {},
+    )
+    .await
+    .unwrap();
     println!("the same fetch again: {} requests, {:.2?}", synced.requests, again.elapsed());
     writer.close();
 }

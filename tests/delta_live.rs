@@ -633,6 +633,11 @@ fn on_order(o) {
     if o.stop == () { return; }
     log::info(`${o.status} ${o.stop.kind} ${o.size}`);
     if o.status == "filled" && this.phase == 1 { this.phase = 2; }
+    // The second bracket's take-profit is cancelled by hand: the trailing stop alone closes.
+    if this.phase == 4 && o.status == "untriggered" && o.stop.kind == "take_profit" && this.dropped != true {
+        this.dropped = true;
+        exchange::cancel(o.id);
+    }
 }
 "#;
 
@@ -668,6 +673,15 @@ async fn brackets_are_delta_position_brackets_adopted_fired_by_the_exchange_and_
     assert_eq!(run.fake.calls("POST /v2/orders/bracket"), 1);
     let trailing = run.fake.orders().into_iter().find(|o| o.bracket_order && o.trail_amount.is_some()).unwrap();
     assert_eq!(trailing.trail_amount, Some(Decimal::from(-25)), "a selling stop's trail is sent negative");
+    // A leg cancelled by the script is cancelled on the exchange by its exchange id.
+    run.wait("the take-profit leg cancelled on the exchange", Duration::from_secs(10), |r| {
+        r.fake.orders().iter().any(|o| {
+            o.bracket_order
+                && o.stop_order_type.as_deref() == Some("take_profit_order")
+                && o.cancellation_reason.as_deref() == Some("cancelled_by_user")
+        })
+    })
+    .await;
     run.wait("the second bracket closed the position", Duration::from_secs(60), |r| {
         r.fake.orders().iter().filter(|o| o.bracket_order && o.state == "closed").count() == 2
     })

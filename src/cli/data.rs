@@ -10,7 +10,7 @@ use tradehost::data::Timeframe;
 use tradehost::data::history::{self, DELTA_RESOLUTIONS};
 use tradehost::delta::rest::{RestClient, RestError};
 use tradehost::feed::csv;
-use tradehost::host::history::sync;
+use tradehost::host::history::{Trust, sync};
 use tradehost::store::Store;
 
 /// `tradehost data …`.
@@ -21,7 +21,7 @@ pub enum DataCommand {
         /// Symbol (repeat for several).
         #[arg(long = "symbol", required = true)]
         symbols: Vec<String>,
-        /// Candle length: one of Delta's resolutions (1m 3m 5m 15m 30m 1h 2h 4h 6h 1d 1w).
+        /// Candle length: one of Delta's resolutions (1m 3m 5m 15m 30m 1h 2h 4h 6h 1d).
         #[arg(long)]
         timeframe: String,
         /// First candle (unix time, ISO date or date-time, UTC).
@@ -242,8 +242,9 @@ async fn fetch_series(
         bar.set_position(done as u64);
         bar.set_message(format!("{stored} candles"));
     };
-    let synced =
-        sync(rest, &reader, writer, (symbol, tf), (from, to), progress).await.map_err(|e| (1, e.to_string()))?;
+    let synced = sync(rest, &reader, writer, (symbol, tf), (from, to), Trust::FetchedRanges, progress)
+        .await
+        .map_err(|e| (1, e.to_string()))?;
     bar.finish_and_clear();
     let already = if synced.requests == 0 { " (everything was stored already)" } else { "" };
     outln!(
@@ -367,17 +368,9 @@ fn verify(symbol: Option<&str>, timeframe: Option<&str>, place: &Place) -> Resul
         );
         let mut previous = None;
         for candle in &candles {
-            if let Some(problem) = history::check_candle(candle, previous) {
+            if let Some(problem) = history::check_candle(candle, previous, step) {
                 bad += 1;
                 outln!("  bad candle at {} ({}): {problem}", shown(candle.time), candle.time);
-            } else if candle.time % step != 0 {
-                bad += 1;
-                outln!(
-                    "  bad candle at {} ({}): does not start on a {} boundary",
-                    shown(candle.time),
-                    candle.time,
-                    set.timeframe
-                );
             }
             previous = Some(candle.time);
         }

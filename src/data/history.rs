@@ -5,15 +5,13 @@
 use crate::model::{Candle, TimestampMs};
 
 /// Resolutions Delta's `/v2/history/candles` offers (shared/delta-exchange.md §4.6).
-pub const DELTA_RESOLUTIONS: &[&str] = &["1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "1d", "1w"];
+/// (Delta's `1w` is left out: its weeks need not start where epoch-aligned
+/// seven-day buckets do.)
+pub const DELTA_RESOLUTIONS: &[&str] = &["1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "1d"];
 
 /// Delta's resolution for a timeframe, if it offers one.
 pub fn delta_resolution(timeframe: super::Timeframe) -> Option<&'static str> {
-    const WEEK_MS: i64 = 7 * 86_400_000;
-    DELTA_RESOLUTIONS.iter().copied().find(|r| match r.parse::<super::Timeframe>() {
-        Ok(tf) => tf == timeframe,
-        Err(_) => *r == "1w" && timeframe.ms() == WEEK_MS,
-    })
+    DELTA_RESOLUTIONS.iter().copied().find(|r| r.parse::<super::Timeframe>().is_ok_and(|tf| tf == timeframe))
 }
 
 /// A run of missing candles between two stored ones.
@@ -27,8 +25,9 @@ pub struct Gap {
     pub missing: i64,
 }
 
-/// What is wrong with a candle (`previous`: the time of the candle before it).
-pub fn check_candle(candle: &Candle, previous: Option<TimestampMs>) -> Option<String> {
+/// What is wrong with a candle of a `step`-long timeframe (`previous`: the
+/// time of the candle before it).
+pub fn check_candle(candle: &Candle, previous: Option<TimestampMs>, step: i64) -> Option<String> {
     let prices = [candle.open, candle.high, candle.low, candle.close];
     if prices.iter().any(|p| !p.is_finite()) || !candle.volume.is_finite() {
         return Some("a price or the volume is not a number".into());
@@ -46,6 +45,9 @@ pub fn check_candle(candle: &Candle, previous: Option<TimestampMs>) -> Option<St
     }
     if candle.volume < 0.0 {
         return Some(format!("volume {} is negative", candle.volume));
+    }
+    if candle.time.rem_euclid(step.max(1)) != 0 {
+        return Some(format!("time {} does not start a {} ms candle", candle.time, step));
     }
     match previous {
         Some(previous) if candle.time <= previous => {
@@ -110,6 +112,19 @@ pub fn missing(
     out
 }
 
+/// The unbroken runs of a series of candle start times (ascending), as
+/// `[first, last + step)` ranges.
+pub fn runs(times: impl IntoIterator<Item = TimestampMs>, step: i64) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for time in times {
+        match out.last_mut() {
+            Some(run) if run.1 == time => run.1 = time + step,
+            _ => out.push((time, time + step)),
+        }
+    }
+    out
+}
+
 /// `ranges` with `new` added, sorted and merged (touching ranges join).
 pub fn cover(ranges: &[(TimestampMs, TimestampMs)], new: (TimestampMs, TimestampMs)) -> Vec<(i64, i64)> {
     let mut all: Vec<(i64, i64)> = ranges.iter().copied().chain([new]).filter(|(a, b)| a < b).collect();
@@ -134,13 +149,13 @@ mod tests {
 
     #[test]
     fn bad_candles_are_named() {
-        assert_eq!(check_candle(&candle(60, 10.0, 11.0, 9.0, 10.5), Some(0)), None);
-        assert!(check_candle(&candle(60, 10.0, 9.0, 11.0, 10.0), None).unwrap().contains("below low"));
-        assert!(check_candle(&candle(60, 12.0, 11.0, 9.0, 10.0), None).unwrap().starts_with("open 12"));
-        assert!(check_candle(&candle(60, 10.0, 11.0, 9.0, 8.0), None).unwrap().starts_with("close 8"));
-        assert!(check_candle(&candle(60, 0.0, 11.0, 0.0, 10.0), None).unwrap().contains("not positive"));
-        assert!(check_candle(&candle(60, 10.0, 11.0, 9.0, 10.0), Some(60)).unwrap().contains("does not follow"));
-        assert!(check_candle(&candle(60, f64::NAN, 11.0, 9.0, 10.0), None).is_some());
+        assert_eq!(check_candle(&candle(60, 10.0, 11.0, 9.0, 10.5), Some(0), 60), None);
+        assert!(check_candle(&candle(60, 10.0, 9.0, 11.0, 10.0), None, 60).unwrap().contains("below low"));
+        assert!(check_candle(&candle(60, 12.0, 11.0, 9.0, 10.0), None, 60).unwrap().starts_with("open 12"));
+        assert!(check_candle(&candle(60, 10.0, 11.0, 9.0, 8.0), None, 60).unwrap().starts_with("close 8"));
+        assert!(check_candle(&candle(60, 0.0, 11.0, 0.0, 10.0), None, 60).unwrap().contains("not positive"));
+        assert!(check_candle(&candle(60, 10.0, 11.0, 9.0, 10.0), Some(60), 60).unwrap().contains("does not follow"));
+        assert!(check_candle(&candle(60, f64::NAN, 11.0, 9.0, 10.0), None, 60).is_some());
     }
 
     #[test]
@@ -151,5 +166,6 @@ mod tests {
         assert_eq!(missing(&[(0, 500)], 100, 400, 10), vec![]);
         assert_eq!(cover(&[(0, 100), (200, 300)], (100, 200)), vec![(0, 300)]);
         assert_eq!(cover(&[(0, 100)], (150, 160)), vec![(0, 100), (150, 160)]);
+        assert_eq!(runs([0, 60, 120, 240], 60), vec![(0, 180), (240, 300)]);
     }
 }

@@ -25,8 +25,11 @@ struct Leg {
     since_us: i64,
     /// The exchange order it was adopted as.
     exchange_id: Option<String>,
-    /// When its entry filled (µs), while the exchange has not created it yet.
+    /// Since when (µs) the exchange should have created it: its entry
+    /// filled, or (a bracket on the open position) it was sent.
     entry_filled_us: Option<i64>,
+    /// Its entry's cancel is in flight: it does not hold the symbol.
+    entry_cancelling: bool,
 }
 
 /// The host's live bracket legs on Delta, by product.
@@ -48,14 +51,16 @@ impl Brackets {
                 entry: leg.parent.clone(),
                 since_us: now_us - CLOCK_SLACK_US,
                 exchange_id: None,
-                entry_filled_us: None,
+                entry_filled_us: leg.parent.is_none().then_some(now_us),
+                entry_cancelling: false,
             });
         }
     }
 
     /// Registers the stored orders that are bracket legs still open. Any
     /// exchange order of their kind on their product may be theirs (the
-    /// reconciliation offers the open ones first, then the newest).
+    /// reconciliation offers the open ones first, then the newest) until
+    /// [`Brackets::not_before`] says from when.
     pub fn restore<'a>(&mut self, orders: impl IntoIterator<Item = &'a Order>) {
         for order in orders {
             if is_leg(&order.request) && (order.status.is_open() || order.status == crate::model::OrderStatus::Pending)
@@ -65,9 +70,30 @@ impl Brackets {
         }
     }
 
+    /// Exchange orders created before `since_us` are not `leg`'s (a restored
+    /// leg whose entry's creation time is known).
+    pub fn not_before(&mut self, leg: &str, since_us: i64) {
+        for known in self.legs.iter_mut().filter(|known| known.client_id == leg) {
+            known.since_us = since_us - CLOCK_SLACK_US;
+        }
+    }
+
     /// A leg of a bracket already held on `symbol` (Delta holds one per position).
     pub fn held_on(&self, symbol: &str) -> Option<&str> {
-        self.legs.iter().find(|leg| leg.symbol == symbol).map(|leg| leg.client_id.as_str())
+        self.legs.iter().find(|leg| leg.symbol == symbol && !leg.entry_cancelling).map(|leg| leg.client_id.as_str())
+    }
+
+    /// Marks (or unmarks) the legs waiting for `entry` while its cancel is in flight.
+    pub fn entry_cancelling(&mut self, entry: &str, cancelling: bool) {
+        for leg in self.legs.iter_mut().filter(|leg| leg.entry.as_deref() == Some(entry)) {
+            leg.entry_cancelling = cancelling;
+        }
+    }
+
+    /// Forgets every leg on `symbol`: one of them filled, which closed the
+    /// position, and the exchange cancels the rest of its bracket.
+    pub fn forget_symbol(&mut self, symbol: &str) {
+        self.legs.retain(|leg| leg.symbol != symbol);
     }
 
     /// Notes that `entry` filled at `now_us`: the exchange creates its legs now.

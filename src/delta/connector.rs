@@ -190,6 +190,13 @@ impl DeltaConnector {
                 continue;
             }
             if let Some(remote) = self.rest.order_by_client_id(&order.request.client_id).await? {
+                // Its legs are no exchange orders older than the entry itself.
+                if let Some(created) = remote.created_at {
+                    let legs =
+                        stored.iter().filter(|leg| leg.request.parent.as_ref() == Some(&order.request.client_id));
+                    let mut brackets = self.brackets();
+                    legs.for_each(|leg| brackets.not_before(&leg.request.client_id, created));
+                }
                 for update in self.note_order(&remote) {
                     if let VenueUpdate::Order { client_id, remote } = update {
                         known_at_start.insert(client_id, remote);
@@ -250,9 +257,12 @@ impl DeltaConnector {
         let product =
             self.products.resolve([order.product_symbol.as_deref(), order.symbol.as_deref()], order.product_id);
         let mut brackets = self.brackets();
-        let (client_id, leg) = match &order.client_order_id {
-            Some(id) => (id.clone(), false),
-            None => {
+        let known = self.order_ids.lock().unwrap_or_else(|e| e.into_inner()).get(&order.id).cloned();
+        let (client_id, leg) = match (&order.client_order_id, known) {
+            (Some(id), _) => (id.clone(), false),
+            // An exchange order seen before keeps its id (a leg's later states never adopt anew).
+            (None, Some(id)) => (id, true),
+            (None, None) => {
                 let adopted = kind_of(order.stop_order_type.as_deref())
                     .filter(|_| order.bracket_order != Some(false))
                     .zip(product)
@@ -266,14 +276,17 @@ impl DeltaConnector {
         self.order_ids.lock().unwrap_or_else(|e| e.into_inner()).insert(order.id.clone(), client_id.clone());
         let mut remote = remote_of(order);
         let ended = matches!(remote.state, RemoteState::Closed | RemoteState::Cancelled | RemoteState::Rejected);
+        let filled_some = order.unfilled_size.is_some_and(|unfilled| unfilled < order.size);
         if leg {
             // The exchange sizes a position bracket's legs to the whole position.
             remote.size = product.map(|p| order.size * p.contract_value);
-            if ended {
-                brackets.forget(&client_id);
+            match (order.state.as_str(), product) {
+                // A filled leg closed the position: the whole bracket is over.
+                ("closed", Some(product)) => brackets.forget_symbol(&product.symbol),
+                _ if ended => brackets.forget(&client_id),
+                _ => {}
             }
-        }
-        if order.state == "closed" && !leg {
+        } else if order.state == "closed" || (ended && filled_some) {
             brackets.entry_filled(&client_id, self.server_now_ms() * 1_000);
         }
         let mut updates = vec![VenueUpdate::Order { client_id: client_id.clone(), remote }];

@@ -231,24 +231,41 @@ impl DeltaConnector {
     async fn cancel(&self, order: Order) -> Vec<VenueUpdate> {
         let client_id = order.request.client_id.clone();
         let Some(product) = self.products.get(&order.request.symbol) else { return Vec::new() };
-        let leg =
-            self.brackets().contains(&client_id).then(|| self.brackets().exchange_id(&client_id).map(str::to_string));
-        let cancelled = match leg {
-            None => self.rest.cancel_by_client_id(&client_id, product.id).await,
-            Some(Some(exchange_id)) => self.rest.cancel_order(&exchange_id, product.id).await,
+        let leg = {
+            let brackets = self.brackets();
+            brackets.contains(&client_id).then(|| brackets.exchange_id(&client_id).map(str::to_string))
+        };
+        let (cancelled, current) = match leg {
+            None => {
+                // While the entry's cancel is in flight its waiting legs do not hold the symbol.
+                self.brackets().entry_cancelling(&client_id, true);
+                let cancelled = self.rest.cancel_by_client_id(&client_id, product.id).await;
+                let current = match &cancelled {
+                    Ok(_) => None,
+                    Err(_) => Some(self.rest.order_by_client_id(&client_id).await),
+                };
+                self.brackets().entry_cancelling(&client_id, false);
+                (cancelled, current)
+            }
+            Some(Some(exchange_id)) => {
+                let cancelled = self.rest.cancel_order(&exchange_id, product.id).await;
+                let current = match &cancelled {
+                    Ok(_) => None,
+                    Err(_) => Some(self.rest.order(&exchange_id).await.map(Some)),
+                };
+                (cancelled, current)
+            }
             Some(None) => {
                 return vec![VenueUpdate::Difference(format!(
                     "cannot cancel {client_id}: Delta creates a bracket's legs when its entry fills; cancel the entry instead"
                 ))];
             }
         };
-        match cancelled {
-            Ok(cancelled) => self.note_order(&cancelled),
-            Err(error) => match self.rest.order_by_client_id(&client_id).await {
-                // Already filled or cancelled: report what it is.
-                Ok(Some(current)) => self.note_order(&current),
-                _ => vec![VenueUpdate::Difference(format!("cancel of {client_id} failed: {error}"))],
-            },
+        match (cancelled, current) {
+            (Ok(cancelled), _) => self.note_order(&cancelled),
+            // Already filled or cancelled: report what it is.
+            (Err(_), Some(Ok(Some(current)))) => self.note_order(&current),
+            (Err(error), _) => vec![VenueUpdate::Difference(format!("cancel of {client_id} failed: {error}"))],
         }
     }
 

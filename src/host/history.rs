@@ -56,6 +56,17 @@ pub struct Synced {
     pub bad: Vec<(TimestampMs, String)>,
 }
 
+/// What counts as held already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Only ranges fetched from the exchange before (`data fetch`: candles a
+    /// paper feed or the live stream built are replaced by the exchange's).
+    FetchedRanges,
+    /// Those and any stored candle (a host on Delta's market, whose closed
+    /// candles are Delta's market: a restart fetches only the gap).
+    StoredCandles,
+}
+
 /// Brings `[from, to)` of a series into the store; `progress(done, total,
 /// stored)` after each request.
 pub async fn sync(
@@ -64,14 +75,18 @@ pub async fn sync(
     writer: &StoreWriter,
     (symbol, timeframe): (&str, Timeframe),
     (from, to): (TimestampMs, TimestampMs),
+    trust: Trust,
     mut progress: impl FnMut(usize, usize, usize),
 ) -> Result<Synced, HistoryError> {
     let resolution = history::delta_resolution(timeframe).ok_or(HistoryError::Resolution(timeframe))?;
     let (tf, step) = (timeframe.to_string(), timeframe.ms());
     let store_error = |e: &dyn std::fmt::Display| HistoryError::Store(e.to_string());
     let mut covered = reader.candle_coverage(symbol, &tf).map_err(|e| store_error(&e))?;
-    for candle in reader.candles_between(symbol, &tf, from, to).map_err(|e| store_error(&e))? {
-        covered = history::cover(&covered, (candle.time, candle.time + step));
+    if trust == Trust::StoredCandles {
+        let stored = reader.candles_between(symbol, &tf, from, to).map_err(|e| store_error(&e))?;
+        for run in history::runs(stored.iter().map(|c| c.time), step) {
+            covered = history::cover(&covered, run);
+        }
     }
     let pieces = history::missing(&covered, from, to, step * CHUNK);
     let mut out = Synced::default();
@@ -90,12 +105,7 @@ pub async fn sync(
             };
             let volume = raw.volume.unwrap_or(0.0);
             let candle = Candle { symbol: symbol.to_string(), time, open, high, low, close, volume };
-            let problem = if time.rem_euclid(step) != 0 {
-                Some(format!("does not start on a {tf} boundary"))
-            } else {
-                history::check_candle(&candle, candles.last().map(|c: &Candle| c.time))
-            };
-            match problem {
+            match history::check_candle(&candle, candles.last().map(|c: &Candle| c.time), step) {
                 Some(problem) => out.bad.push((time, problem)),
                 None => candles.push(candle),
             }
@@ -113,7 +123,8 @@ pub async fn sync(
 }
 
 /// The warm-up sync of a host on Delta's market. It runs on a strategy's
-/// thread (never on the async workers) and blocks it at most `deadline`.
+/// thread (a plain thread, never an async worker) and blocks it at most
+/// `deadline` for all the strategy's series together.
 pub fn warm_up_sync(
     rest: Arc<RestClient>,
     reader: StoreReader,
@@ -121,21 +132,28 @@ pub fn warm_up_sync(
     runtime: tokio::runtime::Handle,
     deadline: Duration,
 ) -> WarmUpSync {
-    Arc::new(move |symbol: &str, timeframe: Timeframe, candles: usize| {
-        if history::delta_resolution(timeframe).is_none() {
-            return;
-        }
+    Arc::new(move |series: &[(&str, Timeframe)], candles: usize| {
         let now = chrono::Utc::now().timestamp_millis();
-        let to = now.div_euclid(timeframe.ms()) * timeframe.ms();
-        let from = to - timeframe.ms().saturating_mul(candles as i64);
-        let run = sync(&rest, &reader, &writer, (symbol, timeframe), (from, to), |_, _, _| {});
-        match runtime.block_on(async { tokio::time::timeout(deadline, run).await }) {
-            Ok(Ok(synced)) if synced.requests > 0 => {
-                tracing::info!(symbol, %timeframe, stored = synced.stored, requests = synced.requests, "warm-up candles fetched")
+        let all = async {
+            for &(symbol, timeframe) in series.iter().filter(|(_, tf)| history::delta_resolution(*tf).is_some()) {
+                let to = now.div_euclid(timeframe.ms()) * timeframe.ms();
+                let from = to.saturating_sub(timeframe.ms().saturating_mul(candles as i64));
+                let trusted = Trust::StoredCandles;
+                match sync(&rest, &reader, &writer, (symbol, timeframe), (from, to), trusted, |_, _, _| {}).await {
+                    Ok(synced) if synced.requests > 0 => tracing::info!(
+                        symbol,
+                        %timeframe,
+                        stored = synced.stored,
+                        requests = synced.requests,
+                        "warm-up candles fetched"
+                    ),
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(symbol, %timeframe, "warm-up candles not fetched: {error}"),
+                }
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(symbol, %timeframe, "warm-up candles not fetched: {error}"),
-            Err(_) => tracing::warn!(symbol, %timeframe, "warm-up candles: gave up after {deadline:?}"),
+        };
+        if runtime.block_on(async { tokio::time::timeout(deadline, all).await }).is_err() {
+            tracing::warn!("warm-up candles: gave up after {deadline:?}; the strategy starts with what there is");
         }
     })
 }

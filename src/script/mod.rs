@@ -326,7 +326,7 @@ fn default_warmup(source: &str, params: &Map) -> Option<usize> {
         };
         longest = longest.max(candles);
     }
-    (longest > 0).then(|| (longest * 3).clamp(100, MAX_WARMUP as usize))
+    (longest > 0).then(|| longest.saturating_mul(3).clamp(100, MAX_WARMUP as usize))
 }
 
 /// Most warm-up candles a strategy may ask for per series (`warmup` in `config()`).

@@ -572,15 +572,22 @@ impl Store {
             let mut meta = write.open_table(META).map_err(|e| err(e.to_string()))?;
             let held = meta.get(ACCOUNT_KIND_KEY).map_err(|e| err(e.to_string()))?.map(|v| v.value());
             let held = [RunMode::Paper, RunMode::DryRun, RunMode::Live].into_iter().find(|m| Some(code(*m)) == held);
-            if let Some(held) = held.filter(|held| *held != mode) {
-                let orders =
-                    write.open_table(ORDERS).map_err(|e| err(e.to_string()))?.len().map_err(|e| err(e.to_string()))?;
-                let fills =
-                    write.open_table(FILLS).map_err(|e| err(e.to_string()))?.len().map_err(|e| err(e.to_string()))?;
-                if orders + fills > 0 {
-                    let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
-                    return Err(StoreError::OtherAccount { dir, held, wanted: mode });
+            let orders =
+                write.open_table(ORDERS).map_err(|e| err(e.to_string()))?.len().map_err(|e| err(e.to_string()))?;
+            let fills = write.open_table(FILLS).map_err(|e| err(e.to_string()))?;
+            // A store from before the label: its newest fill says (live fills carry the exchange's id).
+            let held = match (held, fills.last().map_err(|e| err(e.to_string()))?) {
+                (Some(held), _) => Some(held),
+                (None, Some((key, value))) => {
+                    let fill: Fill = decode(value.value(), || format!("fill {}", key.value()))?;
+                    Some(if fill.exchange_id.is_some() { RunMode::Live } else { RunMode::Paper })
                 }
+                (None, None) => None,
+            };
+            let records = orders + fills.len().map_err(|e| err(e.to_string()))?;
+            if let Some(held) = held.filter(|held| *held != mode && records > 0) {
+                let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+                return Err(StoreError::OtherAccount { dir, held, wanted: mode });
             }
             meta.insert(ACCOUNT_KIND_KEY, code(mode)).map_err(|e| err(e.to_string()))?;
         }

@@ -8,16 +8,16 @@ use crate::data::{MarketHub, TimedCandle, Timeframe};
 use crate::store::StoreReader;
 use crate::strategy::StrategyMeta;
 
-/// Fills the store with a strategy's warm-up candles (symbol, timeframe,
-/// how many) before it starts, within a deadline — from the exchange, on a
-/// host that has one; a series the exchange does not offer is left to what
-/// the store and the live market have.
-pub type WarmUpSync = std::sync::Arc<dyn Fn(&str, Timeframe, usize) + Send + Sync>;
+/// Fills the store with a strategy's warm-up candles before it starts: for
+/// each (symbol, timeframe) the last so many candles, from the exchange on a
+/// host that has one, within one deadline for them all; a series the
+/// exchange does not offer is left to what the store and the live market have.
+pub type WarmUpSync = std::sync::Arc<dyn Fn(&[(&str, Timeframe)], usize) + Send + Sync>;
 
 /// Candles a strategy starts with, of every timeframe it reads (its
-/// `warmup`, else [`WARM_UP_CANDLES`]): what the feed has, preceded by
-/// stored candles when the feed's own history is short — fetched first by
-/// `sync`, when given.
+/// `warmup`, else [`WARM_UP_CANDLES`]): what the feed has, preceded by the
+/// stored candles just before it when the feed's own history is short —
+/// fetched first by `sync`, when given.
 pub(super) fn warm_up_history(
     hub: &Mutex<MarketHub>,
     store: &StoreReader,
@@ -25,31 +25,34 @@ pub(super) fn warm_up_history(
     sync: Option<&WarmUpSync>,
 ) -> Vec<TimedCandle> {
     let wanted = meta.warmup.unwrap_or(WARM_UP_CANDLES);
-    let mut out = Vec::new();
+    let mut series = Vec::new();
     for symbol in &meta.symbols {
         for timeframe in meta.all_timeframes() {
-            let subscribed = hub.lock().unwrap_or_else(|e| e.into_inner()).subscribe(symbol, timeframe);
-            let live = match subscribed {
-                Ok(live) => live,
-                Err(error) => {
-                    tracing::warn!(symbol, "{error}");
-                    continue;
-                }
-            };
-            if live.len() < wanted {
-                if let Some(sync) = sync {
-                    sync(symbol, timeframe, wanted);
-                }
-                let first = live.first().map_or(i64::MAX, |c| c.time);
-                match store.candles(symbol, &timeframe.to_string(), wanted - live.len()) {
-                    Ok(stored) => out.extend(
-                        stored.into_iter().filter(|c| c.time < first).map(|candle| TimedCandle { timeframe, candle }),
-                    ),
-                    Err(error) => tracing::warn!(symbol, "stored candles unavailable for warm-up: {error}"),
-                }
+            match hub.lock().unwrap_or_else(|e| e.into_inner()).subscribe(symbol, timeframe) {
+                Ok(live) => series.push((symbol.as_str(), timeframe, live)),
+                Err(error) => tracing::warn!(symbol, "{error}"),
             }
-            out.extend(live.into_iter().map(|candle| TimedCandle { timeframe, candle }));
         }
+    }
+    let short: Vec<(&str, Timeframe)> =
+        series.iter().filter(|(.., live)| live.len() < wanted).map(|(s, tf, _)| (*s, *tf)).collect();
+    if let Some(sync) = sync.filter(|_| !short.is_empty()) {
+        sync(&short, wanted);
+    }
+    let mut out = Vec::new();
+    for (symbol, timeframe, live) in series {
+        if live.len() < wanted {
+            let (missing, tf) = ((wanted - live.len()) as i64, timeframe.to_string());
+            let stored = match live.first() {
+                Some(first) => store.candles_between(symbol, &tf, first.time - missing * timeframe.ms(), first.time),
+                None => store.candles(symbol, &tf, wanted),
+            };
+            match stored {
+                Ok(stored) => out.extend(stored.into_iter().map(|candle| TimedCandle { timeframe, candle })),
+                Err(error) => tracing::warn!(symbol, "stored candles unavailable for warm-up: {error}"),
+            }
+        }
+        out.extend(live.into_iter().map(|candle| TimedCandle { timeframe, candle }));
     }
     out
 }
