@@ -49,17 +49,11 @@ async fn fetch() {
     let from = to - days * 86_400_000;
     let started = Instant::now();
     let series = ("BTCUSD", Timeframe::minute());
-    let synced = tradehost::host::history::sync(
-        &rest,
-        &store.reader(),
-        &writer,
-        series,
-        (from, to),
-        Trust::FetchedRanges,
-        |_, _, _| {},
-    )
-    .await
-    .unwrap();
+    let reader = store.reader();
+    let fetch = || {
+        tradehost::host::history::sync(&rest, &reader, &writer, series, (from, to), Trust::FetchedRanges, |_, _, _| {})
+    };
+    let synced = fetch().await.unwrap();
     let elapsed = started.elapsed();
     println!(
         "fetch {days} days of 1m BTCUSD from the fake: {} candles in {} requests, {elapsed:.2?}: {:.0} candles/s",
@@ -75,17 +69,7 @@ async fn fetch() {
         WINDOW_UNITS / CANDLES_WEIGHT
     );
     let again = Instant::now();
-    let synced = tradehost::host::history::sync(
-        &rest,
-        &store.reader(),
-        &writer,
-        series,
-        (from, to),
-        Trust::FetchedRanges,
-        |_, _, _| {},
-    )
-    .await
-    .unwrap();
+    let synced = fetch().await.unwrap();
     println!("the same fetch again: {} requests, {:.2?}", synced.requests, again.elapsed());
     writer.close();
 }
