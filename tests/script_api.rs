@@ -105,6 +105,8 @@ fn on_candle(c) { ta::sma(c.symbol, 20); ta::ema(c.symbol, params::slow); ta::bb
     assert_eq!(meta(from_params), Some(1_200));
     let short = "fn config() { #{} }\nfn on_candle(c) { ta::rsi(c.symbol, 14); }";
     assert_eq!(meta(short), Some(100), "at least 100");
+    let reads = "fn config() { #{} }\nfn on_candle(c) { ta::rsi(c.symbol, 14); market::candles(c.symbol, 300); }";
+    assert_eq!(meta(reads), Some(300), "the candles it reads");
     let unknown = "fn config() { #{} }\nfn on_candle(c) { let n = 5; ta::sma(c.symbol, n * 2); }";
     assert_eq!(meta(unknown), None, "not known: the documented default applies");
     let err = check("s.rhai", "fn config() { #{ warmup: 0 } }", &options()).unwrap_err();

@@ -169,25 +169,31 @@ pub enum Period {
     Unknown,
 }
 
-/// The periods the script's `ta::` calls ask for: every argument after the
-/// symbol that is not a decimal number (the bands' `k` is one).
-pub fn indicator_periods(source: &str) -> Vec<Period> {
+/// How much history a script's reads need: each `ta::` call's periods
+/// (every argument after the symbol that is not a decimal number — the bands'
+/// `k` is one) and each `market::candles(symbol, n)`'s `n`, as
+/// `(is_indicator, period)`.
+pub fn history_reads(source: &str) -> Vec<(bool, Period)> {
     let tokens = lex(source);
     let mut out = Vec::new();
     for i in 0..tokens.len() {
-        let is_ta = matches!(&tokens[i].0, Token::Ident(m) if m == "ta")
-            && matches!(
-                tokens.get(i + 1..i + 5),
-                Some([
+        let call = match tokens.get(i..i + 5) {
+            Some(
+                [
+                    (Token::Ident(module), ..),
                     (Token::Punct(':'), ..),
                     (Token::Punct(':'), ..),
-                    (Token::Ident(_), ..),
-                    (Token::Punct('('), ..)
-                ])
-            );
-        if !is_ta {
-            continue;
-        }
+                    (Token::Ident(function), ..),
+                    (Token::Punct('('), ..),
+                ],
+            ) => (module.as_str(), function.as_str()),
+            _ => continue,
+        };
+        let indicator = match call {
+            ("ta", _) => true,
+            ("market", "candles") => false,
+            _ => continue,
+        };
         // The arguments' tokens at depth 1, split at commas.
         let (mut depth, mut args, mut current) = (0usize, Vec::new(), Vec::new());
         for (token, ..) in &tokens[i + 4..] {
@@ -210,15 +216,18 @@ pub fn indicator_periods(source: &str) -> Vec<Period> {
                 _ => current.push(token.clone()),
             }
         }
-        for arg in args.iter().skip(1) {
-            out.push(match arg.as_slice() {
-                [Token::Number(n)] if n.contains('.') => continue,
-                [Token::Number(n)] => n.replace('_', "").parse().map_or(Period::Unknown, Period::Literal),
-                [Token::Ident(m), Token::Punct(':'), Token::Punct(':'), Token::Ident(name)] if m == "params" => {
-                    Period::Param(name.clone())
-                }
-                _ => Period::Unknown,
-            });
+        for arg in args.iter().skip(1).take(if indicator { usize::MAX } else { 1 }) {
+            out.push((
+                indicator,
+                match arg.as_slice() {
+                    [Token::Number(n)] if n.contains('.') => continue,
+                    [Token::Number(n)] => n.replace('_', "").parse().map_or(Period::Unknown, Period::Literal),
+                    [Token::Ident(m), Token::Punct(':'), Token::Punct(':'), Token::Ident(name)] if m == "params" => {
+                        Period::Param(name.clone())
+                    }
+                    _ => Period::Unknown,
+                },
+            ));
         }
     }
     out
@@ -301,14 +310,15 @@ mod tests {
     }
 
     #[test]
-    fn indicator_periods_are_read_from_numbers_and_params() {
+    fn history_reads_are_read_from_numbers_and_params() {
         let source = "fn on_candle(c) { let a = ta::sma(c.symbol, 20); let b = ta::ema(c.symbol, params::slow);\n\
-                      let m = ta::macd(c.symbol, 12, 26, 9); let k = ta::bbands(c.symbol, 20, 2.0); let x = ta::rsi(c.symbol, n + 1); }";
+                      let m = ta::macd(c.symbol, 12, 26, 9); let k = ta::bbands(c.symbol, 20, 2.0); let x = ta::rsi(c.symbol, n + 1);\n\
+                      let h = market::candles(c.symbol, 300); let l = market::last(c.symbol); }";
         use Period::*;
-        assert_eq!(
-            indicator_periods(source),
-            vec![Literal(20), Param("slow".into()), Literal(12), Literal(26), Literal(9), Literal(20), Unknown]
-        );
+        let expected = [Literal(20), Param("slow".into()), Literal(12), Literal(26), Literal(9), Literal(20), Unknown];
+        let mut expected: Vec<(bool, Period)> = expected.into_iter().map(|p| (true, p)).collect();
+        expected.push((false, Literal(300)));
+        assert_eq!(history_reads(source), expected);
     }
 
     #[test]

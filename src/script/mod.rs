@@ -306,12 +306,13 @@ fn compile(
 }
 
 /// Warm-up candles for a strategy that does not declare `warmup`: three
-/// times its longest indicator period (EMAs and RSIs settle over a few
-/// periods), at least 100, when every `ta::` period is a number or a numeric
-/// param; otherwise `None` (the host's documented default applies).
+/// times its longest `ta::` period (EMAs and RSIs settle over a few periods)
+/// or the most candles a `market::candles` call reads, whichever is more, at
+/// least 100 — when every one of them is a number or a numeric param;
+/// otherwise `None` (the host's documented default applies).
 fn default_warmup(source: &str, params: &Map) -> Option<usize> {
-    let mut longest = 0usize;
-    for period in lint::indicator_periods(source) {
+    let mut needed = 0usize;
+    for (indicator, period) in lint::history_reads(source) {
         let candles = match period {
             lint::Period::Literal(n) => n,
             lint::Period::Param(name) => {
@@ -324,9 +325,9 @@ fn default_warmup(source: &str, params: &Map) -> Option<usize> {
             }
             lint::Period::Unknown => return None,
         };
-        longest = longest.max(candles);
+        needed = needed.max(if indicator { candles.saturating_mul(3) } else { candles });
     }
-    (longest > 0).then(|| longest.saturating_mul(3).clamp(100, MAX_WARMUP as usize))
+    (needed > 0).then(|| needed.clamp(100, MAX_WARMUP as usize))
 }
 
 /// Most warm-up candles a strategy may ask for per series (`warmup` in `config()`).
