@@ -401,7 +401,7 @@ impl Fill {
 }
 
 /// An OHLCV bar.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Candle {
     /// Instrument.
     pub symbol: String,

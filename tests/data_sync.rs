@@ -232,3 +232,61 @@ async fn bad_input_is_refused_with_the_reason_and_exit_code_2() {
         refused(&args, "cannot open the store");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_work_through_a_running_hosts_api() {
+    let start = day_start();
+    let fake = FakeDelta::start(FakeConfig::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let config = write_config(root.path(), &fake);
+    let (from, to) = (start.to_string(), (start + DAY).to_string());
+    let fetched =
+        tradehost(&config, &["data", "fetch", "--symbol", "BTCUSD", "--timeframe", "5m", "--from", &from, "--to", &to]);
+    assert_eq!(fetched.status.code(), Some(0), "{}", text(&fetched));
+    // A paper host on the same data folder holds the store.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let strategies = root.path().join("strategies");
+    std::fs::create_dir_all(&strategies).unwrap();
+    let host_config = root.path().join("host.toml");
+    let toml = format!(
+        "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:{port}\"\n[strategies]\ndir = {strategies:?}\n[exchange.delta]\nrest_url = \"{}\"\n",
+        root.path().join("data"),
+        fake.rest_url()
+    );
+    std::fs::write(&host_config, toml).unwrap();
+    let mut host = Command::new(env!("CARGO_BIN_EXE_tradehost"))
+        .args(["run", "--config"])
+        .arg(&host_config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let begun = tokio::time::Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(begun.elapsed() < Duration::from_secs(20), "the host never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list = tradehost(&host_config, &["data", "list"]);
+    let out = text(&list);
+    assert_eq!(list.status.code(), Some(0), "{out}");
+    assert!(out.contains("through its API"), "{out}");
+    // (The paper host's own one-minute candles may show up too.)
+    let row = out.lines().find(|l| l.split_whitespace().take(2).eq(["BTCUSD", "5m"])).unwrap_or_default();
+    assert!(row.contains(&shown(start)) && row.split_whitespace().any(|w| w == "288"), "{out}");
+    let csv = root.path().join("live.csv");
+    let export = tradehost(
+        &host_config,
+        &["data", "export", "--symbol", "BTCUSD", "--timeframe", "5m", "-o", csv.to_str().unwrap()],
+    );
+    assert_eq!(export.status.code(), Some(0), "{}", text(&export));
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 1 + 288);
+    let verify = tradehost(&host_config, &["data", "verify", "--symbol", "BTCUSD", "--timeframe", "5m"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    // Writing needs the store itself: fetch says why not.
+    let refused =
+        tradehost(&host_config, &["data", "fetch", "--symbol", "BTCUSD", "--timeframe", "5m", "--from", &from]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(text(&refused).contains("the host is running on"), "{}", text(&refused));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(host.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(host.wait().unwrap().success());
+}

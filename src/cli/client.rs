@@ -36,7 +36,8 @@ pub enum Action {
     },
 }
 
-struct Api {
+/// A running host's API, with its token.
+pub struct Api {
     base: String,
     token: String,
     http: reqwest::Client,
@@ -58,6 +59,15 @@ impl Api {
         }
     }
 
+    /// A GET that must succeed, decoded.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+        match self.get(path).await? {
+            (200, body) => serde_json::from_value(body).map_err(|e| format!("{path}: unexpected answer: {e}")),
+            (401, _) => Err("the API refused the token".into()),
+            (_, body) => Err(format!("{path}: {}", body["error"]["message"].as_str().unwrap_or("failed"))),
+        }
+    }
+
     async fn get(&self, path: &str) -> Result<(u16, Value), String> {
         let response = self
             .http
@@ -72,7 +82,9 @@ impl Api {
     }
 }
 
-fn resolve(target: Target) -> Result<Api, (u8, String)> {
+/// The API of the host a command targets: address and token from the flags,
+/// the config or the data folder.
+pub fn resolve(target: Target) -> Result<Api, (u8, String)> {
     let config = Config::load(target.config.as_deref()).map_err(|e| (2, format!("bad config: {e}")))?;
     let addr = target.http.unwrap_or(config.http.bind);
     let data_dir = target.data_dir.unwrap_or(config.data_dir);

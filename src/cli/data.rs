@@ -1,6 +1,7 @@
 //! `tradehost data`: candle history in the store — `fetch` from Delta's
 //! public `/v2/history/candles` (resumable, incremental), `list`, `export`
-//! to the backtest CSV format, and `verify`.
+//! to the backtest CSV format, and `verify` (these three through the API of a
+//! host running on the data folder).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +12,8 @@ use tradehost::data::history::{self, DELTA_RESOLUTIONS};
 use tradehost::delta::rest::{RestClient, RestError};
 use tradehost::feed::csv;
 use tradehost::host::history::{Trust, sync};
+use tradehost::http::CandleSeriesView;
+use tradehost::model::Candle;
 use tradehost::store::Store;
 
 /// `tradehost data …`.
@@ -125,6 +128,73 @@ pub fn open_store(dir: &Path) -> Result<Store, String> {
     }
     Store::open(dir).map_err(|e| format!("cannot open the store in {}: {e}", dir.display()))
 }
+
+/// Where the read-only commands read stored candles: the store itself, or —
+/// while a host runs on the data folder and holds the store — that host's API.
+enum Source {
+    Store(Store),
+    Host(super::client::Api, tokio::runtime::Runtime),
+}
+
+impl Source {
+    fn open(place: &Place) -> Result<(Source, PathBuf), Failure> {
+        let (config, dir) = config_of(place)?;
+        if tradehost::store::running_host(&dir).is_none() {
+            return Ok((Source::Store(open_store(&dir).map_err(usage)?), dir));
+        }
+        let target =
+            crate::Target { http: None, token: None, config: place.config.clone(), data_dir: Some(dir.clone()) };
+        let api = super::client::resolve(target)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| (1, format!("cannot start the runtime: {e}")))?;
+        eprintln!(
+            "note: the host is running on {}: reading its store through its API at {}",
+            dir.display(),
+            config.http.bind
+        );
+        Ok((Source::Host(api, runtime), dir))
+    }
+
+    /// Every stored series.
+    fn series(&self) -> Result<Vec<CandleSeriesView>, Failure> {
+        match self {
+            Source::Store(store) => {
+                let sets = store.reader().candle_sets().map_err(|e| (1, e.to_string()))?;
+                Ok(sets.iter().map(CandleSeriesView::of).collect())
+            }
+            Source::Host(api, runtime) => runtime.block_on(api.get_json("/api/v1/candles/series")).map_err(|e| (1, e)),
+        }
+    }
+
+    /// A series' candles in `[from, to)`, oldest first.
+    fn between(&self, symbol: &str, timeframe: &str, from: i64, to: i64) -> Result<Vec<Candle>, Failure> {
+        match self {
+            Source::Store(store) => {
+                store.reader().candles_between(symbol, timeframe, from, to).map_err(|e| (1, e.to_string()))
+            }
+            Source::Host(api, runtime) => {
+                let mut out: Vec<Candle> = Vec::new();
+                loop {
+                    let start = out.last().map_or(from, |c| c.time + 1);
+                    let path = format!(
+                        "/api/v1/candles?symbol={symbol}&timeframe={timeframe}&from={start}&to={to}&limit={PAGE}"
+                    );
+                    let page: Vec<Candle> = runtime.block_on(api.get_json(&path)).map_err(|e| (1, e))?;
+                    let full = page.len() == PAGE;
+                    out.extend(page);
+                    if !full {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Candles per API page.
+const PAGE: usize = 10_000;
 
 fn timeframe_arg(text: &str) -> Result<Timeframe, Failure> {
     text.parse::<Timeframe>().map_err(|e| usage(format!("--timeframe: {e}")))
@@ -284,26 +354,22 @@ fn report_gaps(times: &[i64], step: i64, range: Option<(i64, i64)>) -> usize {
 }
 
 fn list(place: &Place) -> Result<u8, Failure> {
-    let (_, dir) = config_of(place)?;
-    let store = open_store(&dir).map_err(usage)?;
-    let sets = store.reader().candle_sets().map_err(|e| (1, e.to_string()))?;
-    if sets.is_empty() {
+    let (source, dir) = Source::open(place)?;
+    let series = source.series()?;
+    if series.is_empty() {
         outln!("no candles stored in {} (fetch some with `tradehost data fetch`)", dir.display());
         return Ok(0);
     }
     outln!("{:<12} {:<6} {:<17} {:<17} {:>10} {:>6}", "symbol", "tf", "first", "last", "count", "gaps");
-    for set in sets {
-        let step = set.timeframe.parse::<Timeframe>().map(|t| t.ms()).unwrap_or(i64::MAX);
-        let gaps = history::gaps(set.times.iter().copied(), step).len();
-        let (first, last) = (set.times[0], set.times[set.times.len() - 1]);
+    for s in series {
         outln!(
             "{:<12} {:<6} {:<17} {:<17} {:>10} {:>6}",
-            set.symbol,
-            set.timeframe,
-            shown(first),
-            shown(last),
-            set.times.len(),
-            gaps
+            s.symbol,
+            s.timeframe,
+            shown(s.first),
+            shown(s.last),
+            s.count,
+            s.gaps
         );
     }
     Ok(0)
@@ -323,9 +389,8 @@ fn export(
     if from >= to {
         return Err(usage(format!("--from {} is not before --to {}", shown(from), shown(to))));
     }
-    let (_, dir) = config_of(place)?;
-    let store = open_store(&dir).map_err(usage)?;
-    let candles = store.reader().candles_between(symbol, &tf.to_string(), from, to).map_err(|e| (1, e.to_string()))?;
+    let (source, _) = Source::open(place)?;
+    let candles = source.between(symbol, &tf.to_string(), from, to)?;
     if candles.is_empty() {
         return Err((1, format!("no stored {symbol} {tf} candles in that range (see `tradehost data list`)")));
     }
@@ -345,26 +410,21 @@ fn export(
 }
 
 fn verify(symbol: Option<&str>, timeframe: Option<&str>, place: &Place) -> Result<u8, Failure> {
-    let (_, dir) = config_of(place)?;
-    let store = open_store(&dir).map_err(usage)?;
-    let reader = store.reader();
-    let sets = reader.candle_sets().map_err(|e| (1, e.to_string()))?;
-    let wanted = |set: &tradehost::store::CandleSet| {
-        symbol.is_none_or(|s| s == set.symbol) && timeframe.is_none_or(|t| t == set.timeframe)
-    };
+    let (source, _) = Source::open(place)?;
+    let wanted =
+        |s: &CandleSeriesView| symbol.is_none_or(|x| x == s.symbol) && timeframe.is_none_or(|t| t == s.timeframe);
     let (mut checked, mut bad) = (0, 0);
-    for set in sets.into_iter().filter(wanted) {
+    for set in source.series()?.into_iter().filter(wanted) {
         checked += 1;
         let step = set.timeframe.parse::<Timeframe>().map(|t| t.ms()).unwrap_or(i64::MAX);
-        let candles =
-            reader.candles_between(&set.symbol, &set.timeframe, 0, i64::MAX).map_err(|e| (1, e.to_string()))?;
+        let candles = source.between(&set.symbol, &set.timeframe, 0, i64::MAX)?;
         outln!(
             "{} {}: {} candles, {} .. {}",
             set.symbol,
             set.timeframe,
             candles.len(),
-            shown(set.times[0]),
-            shown(set.times[set.times.len() - 1])
+            shown(set.first),
+            shown(set.last)
         );
         let mut previous = None;
         for candle in &candles {
@@ -374,7 +434,7 @@ fn verify(symbol: Option<&str>, timeframe: Option<&str>, place: &Place) -> Resul
             }
             previous = Some(candle.time);
         }
-        report_gaps(&set.times, step, None);
+        report_gaps(&candles.iter().map(|c| c.time).collect::<Vec<_>>(), step, None);
     }
     if checked == 0 {
         return Err((1, "no stored candles match (see `tradehost data list`)".into()));

@@ -32,7 +32,7 @@ use crate::model::AccountView;
 use crate::store::StoreReader;
 
 pub use error::{ApiError, ErrorBody};
-pub use routes::ApiDoc;
+pub use routes::{ApiDoc, CandleSeriesView};
 
 /// What the handlers share.
 pub struct ApiContext {

@@ -38,6 +38,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/strategies/{name}/reload", post(reload_strategy))
         .route("/api/v1/orders", get(orders))
         .route("/api/v1/fills", get(fills))
+        .route("/api/v1/candles", get(candles))
+        .route("/api/v1/candles/series", get(candle_series))
         .route("/api/v1/positions", get(positions))
         .route("/api/v1/balances", get(balances))
         .route("/api/v1/activity", get(activity))
@@ -56,8 +58,8 @@ pub fn routes() -> Router<ApiState> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tradehost control API", description = "Control and observe a tradehost: strategies, orders, fills, positions, activity."),
-    paths(health, status, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, positions, balances, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
-    components(schemas(ErrorBody, StrategyStatus, Order, Fill, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport)),
+    paths(health, status, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, candles, candle_series, positions, balances, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
+    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -171,6 +173,39 @@ pub struct BalancesResponse {
 pub struct LimitQuery {
     /// Most items (1 to 10000, default 100).
     pub limit: Option<usize>,
+}
+
+/// `/candles` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CandlesQuery {
+    /// Symbol.
+    pub symbol: String,
+    /// Timeframe as written in scripts (`1m`).
+    pub timeframe: String,
+    /// First candle start, ms (default: the first stored).
+    pub from: Option<i64>,
+    /// End, exclusive, ms (default: after the last stored).
+    pub to: Option<i64>,
+    /// Most candles (1 to 10000, default 10000): page on with `from` = the last time + 1.
+    pub limit: Option<usize>,
+}
+
+/// One stored candle series, as `tradehost data list` shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CandleSeriesView {
+    /// Symbol.
+    pub symbol: String,
+    /// Timeframe.
+    pub timeframe: String,
+    /// First candle start, ms.
+    pub first: i64,
+    /// Last candle start, ms.
+    pub last: i64,
+    /// Candles stored.
+    pub count: usize,
+    /// Runs of missing candles between the first and the last.
+    pub gaps: usize,
 }
 
 /// `/orders` query.
@@ -374,6 +409,51 @@ async fn fills(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(Json(fills.iter().map(|f| state.shown.fill(f)).collect()))
+}
+
+/// Stored candles of one series in `[from, to)`, oldest first (the store's
+/// history: `tradehost data fetch`, and the candles the host closed).
+#[utoipa::path(get, path = "/api/v1/candles", params(CandlesQuery), responses(
+    (status = 200, body = Vec<crate::model::Candle>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn candles(
+    State(state): State<ApiState>,
+    q: Result<Query<CandlesQuery>, QueryRejection>,
+) -> Result<Json<Vec<crate::model::Candle>>, ApiError> {
+    let q = query(q)?;
+    let limit = limit(Some(q.limit.unwrap_or(10_000)))?;
+    let store = state.store.clone();
+    let (from, to) = (q.from.unwrap_or(0), q.to.unwrap_or(i64::MAX));
+    let mut candles = tokio::task::spawn_blocking(move || store.candles_between(&q.symbol, &q.timeframe, from, to))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    candles.truncate(limit);
+    Ok(Json(candles))
+}
+
+/// The stored candle series: first, last, count and gaps of each.
+#[utoipa::path(get, path = "/api/v1/candles/series", responses(
+    (status = 200, body = Vec<CandleSeriesView>), (status = 401, body = ErrorBody)))]
+async fn candle_series(State(state): State<ApiState>) -> Result<Json<Vec<CandleSeriesView>>, ApiError> {
+    let store = state.store.clone();
+    let sets = tokio::task::spawn_blocking(move || store.candle_sets())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(sets.iter().map(CandleSeriesView::of).collect()))
+}
+
+impl CandleSeriesView {
+    /// The summary of a stored series.
+    pub fn of(set: &crate::store::CandleSet) -> Self {
+        let step = set.timeframe.parse::<crate::data::Timeframe>().map_or(i64::MAX, |t| t.ms());
+        CandleSeriesView {
+            symbol: set.symbol.clone(),
+            timeframe: set.timeframe.clone(),
+            first: set.times.first().copied().unwrap_or_default(),
+            last: set.times.last().copied().unwrap_or_default(),
+            count: set.times.len(),
+            gaps: crate::data::history::gaps(set.times.iter().copied(), step).len(),
+        }
+    }
 }
 
 /// Every strategy's non-flat positions with unrealised PnL at the mark.
