@@ -152,20 +152,7 @@ impl DeltaConnector {
     /// Closed one-minute candles of a symbol in `[start, end)` seconds, oldest first.
     pub async fn closed_minutes(&self, symbol: &str, start: i64, end: i64) -> Result<Vec<Candle>, RestError> {
         let candles = self.rest.candles(symbol, "1m", 60, start, end).await?;
-        Ok(candles
-            .into_iter()
-            .filter_map(|c| {
-                Some(Candle {
-                    symbol: symbol.to_string(),
-                    time: c.time * 1_000,
-                    open: c.open?,
-                    high: c.high?,
-                    low: c.low?,
-                    close: c.close?,
-                    volume: c.volume.unwrap_or(0.0),
-                })
-            })
-            .collect())
+        Ok(candles.into_iter().filter_map(|c| c.candle(symbol)).collect())
     }
 
     /// Start-up reconciliation: the exchange's word on every stored open or

@@ -227,6 +227,21 @@ pub struct RestCandle {
     pub volume: Option<f64>,
 }
 
+impl RestCandle {
+    /// The host's candle of `symbol` (time in ms), or `None` when a price is missing.
+    pub fn candle(&self, symbol: &str) -> Option<crate::model::Candle> {
+        Some(crate::model::Candle {
+            symbol: symbol.to_string(),
+            time: self.time * 1_000,
+            open: self.open?,
+            high: self.high?,
+            low: self.low?,
+            close: self.close?,
+            volume: self.volume.unwrap_or(0.0),
+        })
+    }
+}
+
 /// An order as REST returns it (and as the `orders` snapshot lists it).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct RestOrder {

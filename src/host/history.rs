@@ -98,15 +98,12 @@ pub async fn sync(
         out.requests += 1;
         let mut candles = Vec::with_capacity(fetched.len());
         for raw in fetched {
-            let time = raw.time * 1_000;
-            let (Some(open), Some(high), Some(low), Some(close)) = (raw.open, raw.high, raw.low, raw.close) else {
-                out.bad.push((time, "a price is missing".into()));
+            let Some(candle) = raw.candle(symbol) else {
+                out.bad.push((raw.time * 1_000, "a price is missing".into()));
                 continue;
             };
-            let volume = raw.volume.unwrap_or(0.0);
-            let candle = Candle { symbol: symbol.to_string(), time, open, high, low, close, volume };
             match history::check_candle(&candle, candles.last().map(|c: &Candle| c.time), step) {
-                Some(problem) => out.bad.push((time, problem)),
+                Some(problem) => out.bad.push((candle.time, problem)),
                 None => candles.push(candle),
             }
         }
