@@ -17,6 +17,8 @@ pub enum ShutdownReason {
     Signal(String),
     /// Asked through the control API.
     Api,
+    /// Confirmed in the Telegram chat with this id.
+    Telegram(i64),
     /// A component failed.
     Fatal(String),
 }

@@ -30,7 +30,12 @@ pub enum ComponentState {
 pub struct Health {
     components: Mutex<BTreeMap<String, ComponentState>>,
     reasons: Mutex<BTreeMap<String, String>>,
+    /// Components shown but not counted for readiness (the Telegram bot:
+    /// trading does not wait for it).
+    auxiliary: Mutex<std::collections::BTreeSet<String>>,
     shutting_down: AtomicBool,
+    /// Bumped whenever a component's state or reason changes.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Health {
@@ -39,23 +44,41 @@ impl Health {
         self.components.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), ComponentState::Starting);
     }
 
+    /// Registers a component that is shown (state, reason) but never keeps
+    /// the host from being ready.
+    pub fn register_auxiliary(&self, name: &str) {
+        self.auxiliary.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+        self.register(name);
+    }
+
     /// Sets a component's state (ignored once shutdown began: everything is
     /// stopping). Up clears the reason a failure left.
     pub fn set(&self, name: &str, state: ComponentState) {
         if self.is_shutting_down() {
             return;
         }
-        self.components.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), state);
-        if state == ComponentState::Up {
-            self.reasons.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        let before = self.components.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), state);
+        let cleared = state == ComponentState::Up
+            && self.reasons.lock().unwrap_or_else(|e| e.into_inner()).remove(name).is_some();
+        if before != Some(state) || cleared {
+            self.changes.send_modify(|n| *n += 1);
         }
     }
 
     /// Marks a component down and says why (a task that panicked, say); the
     /// reason stays until the component is up again, through shutdown.
     pub fn set_down(&self, name: &str, reason: &str) {
-        self.reasons.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), reason.to_string());
+        let before =
+            self.reasons.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), reason.to_string());
+        if before.as_deref() != Some(reason) {
+            self.changes.send_modify(|n| *n += 1);
+        }
         self.set(name, ComponentState::Down);
+    }
+
+    /// Wakes on every change of a component's state or reason.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Why components are down, where a reason was given.
@@ -81,14 +104,19 @@ impl Health {
         self.components.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// True when every component is up and shutdown has not begun.
+    /// True when every component readiness counts is up and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
-        !self.is_shutting_down() && self.components().values().all(|s| *s == ComponentState::Up)
+        !self.is_shutting_down() && self.not_ready().is_empty()
     }
 
-    /// Components that are not up.
+    /// Components readiness counts that are not up.
     pub fn not_ready(&self) -> Vec<String> {
-        self.components().into_iter().filter(|(_, s)| *s != ComponentState::Up).map(|(n, _)| n).collect()
+        let auxiliary = self.auxiliary.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.components()
+            .into_iter()
+            .filter(|(n, s)| *s != ComponentState::Up && !auxiliary.contains(n))
+            .map(|(n, _)| n)
+            .collect()
     }
 }
 
@@ -143,12 +171,63 @@ pub struct Metrics {
     pub ws_clients: AtomicU64,
     /// Store commit latency.
     pub store_commit: Histogram,
+    /// The Telegram bot's counters.
+    pub telegram: Arc<BotCounters>,
     orders: Mutex<BTreeMap<&'static str, u64>>,
     callbacks: Mutex<BTreeMap<String, Arc<Histogram>>>,
     quota_hits: Mutex<BTreeMap<String, Arc<QuotaHits>>>,
     strategy_queues: Mutex<BTreeMap<String, (QueueDepth, usize)>>,
     queues: Mutex<BTreeMap<&'static str, QueueDepth>>,
     risk_rejections: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// What the Telegram bot did (all zero while it is off).
+#[derive(Debug, Default)]
+pub struct BotCounters {
+    /// `getUpdates` long polls made.
+    pub polls: AtomicU64,
+    /// Updates received (commands and button presses).
+    pub updates: AtomicU64,
+    /// Updates from chats not on the allowlist (ignored).
+    pub strangers: AtomicU64,
+    /// Messages sent.
+    pub sent: AtomicU64,
+    /// Messages that could not be sent.
+    pub send_failures: AtomicU64,
+    /// 429 answers waited out.
+    pub retry_after: AtomicU64,
+    /// Notifications dropped because the queue to the bot was full.
+    pub dropped: AtomicU64,
+    /// When the last poll succeeded (ms since the epoch; 0: never).
+    pub last_poll_ms: std::sync::atomic::AtomicI64,
+}
+
+impl BotCounters {
+    fn render(&self, out: &mut String) {
+        for (name, help, value) in [
+            ("polls", "getUpdates long polls made.", &self.polls),
+            ("updates", "Updates received.", &self.updates),
+            ("strangers", "Updates from chats not on the allowlist (ignored).", &self.strangers),
+            ("messages_sent", "Messages sent.", &self.sent),
+            ("send_failures", "Messages that could not be sent.", &self.send_failures),
+            ("retry_after", "429 answers waited out.", &self.retry_after),
+            ("notifications_dropped", "Notifications dropped on a full queue.", &self.dropped),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP tradehost_telegram_{name}_total {help}\n# TYPE tradehost_telegram_{name}_total counter\ntradehost_telegram_{name}_total {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let last = self.last_poll_ms.load(Ordering::Relaxed);
+        if last > 0 {
+            let age = (chrono::Utc::now().timestamp_millis() - last).max(0) as f64 / 1e3;
+            let _ = writeln!(
+                out,
+                "# HELP tradehost_telegram_last_poll_age_seconds Seconds since the bot's last successful poll.\n# TYPE tradehost_telegram_last_poll_age_seconds gauge\ntradehost_telegram_last_poll_age_seconds {age}"
+            );
+        }
+    }
 }
 
 /// How often each quota of one strategy was hit (see `strategy::quota`).
@@ -301,6 +380,7 @@ impl Metrics {
         for (strategy, (depth, _)) in self.strategy_queues.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(out, "tradehost_strategy_queue_depth{{strategy=\"{strategy}\"}} {}", (depth.0)());
         }
+        self.telegram.render(&mut out);
         let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         if !queues.is_empty() {
             out.push_str(
@@ -328,6 +408,14 @@ mod tests {
         assert_eq!(health.not_ready(), vec!["feed"]);
         health.set("feed", ComponentState::Up);
         assert!(health.is_ready());
+        health.register_auxiliary("telegram");
+        health.set_down("telegram", "409 Conflict");
+        assert!(health.is_ready(), "an auxiliary component does not hold readiness");
+        let changes = health.changes();
+        health.set("feed", ComponentState::Up);
+        assert!(!changes.has_changed().unwrap(), "setting the same state is no change");
+        health.set("telegram", ComponentState::Up);
+        assert!(changes.has_changed().unwrap());
         health.begin_shutdown();
         assert!(!health.is_ready());
     }

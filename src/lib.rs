@@ -44,3 +44,4 @@ pub mod script;
 pub mod store;
 pub mod strategy;
 pub mod supervisor;
+pub mod telegram;

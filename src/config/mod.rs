@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 mod market;
 mod risk;
 mod sections;
+mod telegram;
 mod validate;
 
 pub use market::{
@@ -22,6 +23,7 @@ pub use sections::{
     HttpConfig, SandboxConfig, ShutdownConfig, ShutdownPolicy, StoreConfig, StrategiesConfig, StrategyOverride,
     SupervisorConfig,
 };
+pub use telegram::{NotifyKind, TelegramConfig};
 
 /// The configuration embedded in the binary (also `config/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -114,6 +116,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Pre-trade limits of the account.
     pub risk: RiskLimits,
+    /// The Telegram bot.
+    pub telegram: TelegramConfig,
     /// Faults injected by tests; never read from a file.
     #[serde(skip)]
     pub faults: Faults,
@@ -155,6 +159,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             store: StoreConfig::default(),
             risk: RiskLimits::default(),
+            telegram: TelegramConfig::default(),
             faults: Faults::default(),
         }
     }
@@ -195,7 +200,8 @@ impl Config {
         if problems.is_empty() { Ok(config) } else { Err(invalid(problems)) }
     }
 
-    /// Applies secrets from the environment (`TRADEHOST_API_TOKEN`).
+    /// Applies secrets from the environment (`TRADEHOST_API_TOKEN`,
+    /// `TRADEHOST_DELTA_API_KEY`, `TRADEHOST_DELTA_API_SECRET`, `TRADEHOST_TELEGRAM_TOKEN`).
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
         if let Some(token) = env("TRADEHOST_API_TOKEN").filter(|t| !t.is_empty()) {
             self.http.token = Some(Secret::new(token));
@@ -205,6 +211,9 @@ impl Config {
         }
         if let Some(secret) = env("TRADEHOST_DELTA_API_SECRET").filter(|t| !t.is_empty()) {
             self.exchange.delta.api_secret = Some(Secret::new(secret));
+        }
+        if let Some(token) = env("TRADEHOST_TELEGRAM_TOKEN").filter(|t| !t.is_empty()) {
+            self.telegram.token = Some(Secret::new(token));
         }
     }
 

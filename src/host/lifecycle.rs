@@ -84,6 +84,8 @@ pub(super) struct Lifecycle {
     pub store: Store,
     pub writer: StoreWriter,
     pub health: Arc<Health>,
+    /// Stops the Telegram bot (after the feed, before HTTP).
+    pub telegram_cancel: CancellationToken,
     pub http_cancel: CancellationToken,
 }
 
@@ -205,6 +207,10 @@ impl Lifecycle {
             self.tasks_cancel.cancel();
             self.engine_cancel.cancel();
             tracing::info!("shutdown: market feed closed");
+            self.telegram_cancel.cancel();
+            while !self.tasks.ended(super::TELEGRAM_TASK) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             self.http_cancel.cancel();
             self.tasks.close();
             self.tasks.wait().await;

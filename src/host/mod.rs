@@ -93,6 +93,9 @@ pub enum HostError {
     /// The exchange connector could not start.
     #[error("exchange: {0}")]
     Exchange(#[from] crate::delta::ConnectError),
+    /// The Telegram bot cannot start (no token).
+    #[error("telegram: {0}")]
+    Telegram(#[from] crate::telegram::TelegramError),
     /// The strategies folder cannot be watched.
     #[error("cannot watch the strategies folder {path}: {message}")]
     Watch {
@@ -107,9 +110,11 @@ impl HostError {
     /// Exit code: 2 for configuration problems, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            HostError::StrategiesDir(_) | HostError::Replay(_) | HostError::DataDir { .. } | HostError::Bind { .. } => {
-                2
-            }
+            HostError::StrategiesDir(_)
+            | HostError::Replay(_)
+            | HostError::DataDir { .. }
+            | HostError::Bind { .. }
+            | HostError::Telegram(_) => 2,
             HostError::Store(error) => error.exit_code(),
             HostError::Exchange(crate::delta::ConnectError::Rest(_)) => 1,
             HostError::Exchange(_) => 2,
@@ -299,6 +304,13 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         risk_limits,
         protections,
     });
+    let telegram_cancel = CancellationToken::new();
+    if config.telegram.enabled {
+        let bot = crate::telegram::Telegram::new(api.clone(), &config.telegram)?;
+        let cancel = telegram_cancel.clone();
+        tasks.spawn_auxiliary(TELEGRAM_TASK, crate::telegram::COMPONENT, move || bot.clone().run(cancel.clone()));
+    }
+    spawn_health_events(&tasks, health.clone(), activity.clone(), tasks_cancel.clone());
     let idle_timeout = Duration::from_millis(config.http.idle_timeout_ms);
     let max_connections = crate::http::connection_limit(config.http.max_connections);
     let server =
@@ -329,11 +341,51 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         store,
         writer,
         health: health.clone(),
+        telegram_cancel,
         http_cancel,
     };
     let done = tokio::spawn(lifecycle.run(supervisor));
     let _ = control_tx.send(Control::Rescan);
     Ok(HostHandle { control: control_tx, activity, statuses, account, health, http_addr, token, done })
+}
+
+/// The Telegram bot's task.
+pub(crate) const TELEGRAM_TASK: &str = "telegram bot";
+
+/// Publishes components going down (with the reason) and coming back up as
+/// `health` activity events `{component, state, reason}`.
+fn spawn_health_events(tasks: &tasks::Tasks, health: Arc<Health>, activity: ActivityBus, stop: CancellationToken) {
+    tasks.spawn_auxiliary("health events", "health", move || {
+        let (health, activity, stop) = (health.clone(), activity.clone(), stop.clone());
+        async move {
+            let mut changes = health.changes();
+            let mut before = health.components();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    changed = changes.changed() => if changed.is_err() { break },
+                }
+                if health.is_shutting_down() {
+                    break;
+                }
+                let (now, reasons) = (health.components(), health.reasons());
+                for (component, state) in &now {
+                    let was = before.get(component).copied();
+                    let down = *state == ComponentState::Down && was != Some(ComponentState::Down);
+                    let back = *state == ComponentState::Up && was == Some(ComponentState::Down);
+                    if down || back {
+                        let reason = reasons.get(component).cloned();
+                        activity.publish(
+                            ActivityKind::Health,
+                            None,
+                            json!({ "component": component, "state": state, "reason": reason }),
+                        );
+                    }
+                }
+                before = now;
+            }
+        }
+    });
 }
 
 /// Exports the depth of a bounded queue (without keeping it open).

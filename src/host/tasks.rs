@@ -12,6 +12,7 @@
 //! | exchange private stream | restart: it reconciles over REST after every start |
 //! | engine (order manager), exchange orders, http | ordered shutdown, exit code 1 |
 //! | store writer (a thread, see `store::writer`) | ordered shutdown, exit code 1 |
+//! | Telegram bot, health events | restart, however often: trading never waits for them |
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -38,7 +39,12 @@ pub enum OnFailure {
     Restart,
     /// Begin the ordered shutdown; the process exits with code 1.
     Shutdown,
+    /// Start it again after a growing delay (capped at [`AUXILIARY_MAX_DELAY`]), however often.
+    RestartAlways,
 }
+
+/// The longest wait before restarting an auxiliary task.
+const AUXILIARY_MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// A task's failure or recovery, for the lifecycle loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +101,20 @@ impl Tasks {
         self.spawn_supervised(name, component, OnFailure::Restart, move || Some(make()));
     }
 
+    /// Spawns a task the host can do without (see [`OnFailure::RestartAlways`]);
+    /// its normal end is not a failure.
+    pub fn spawn_auxiliary<F>(&self, name: &str, component: &str, mut make: impl FnMut() -> F + Send + 'static)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.spawn_supervised(name, component, OnFailure::RestartAlways, move || Some(make()));
+    }
+
+    /// True once the task `name` has ended (or never ran).
+    pub fn ended(&self, name: &str) -> bool {
+        !self.running.lock().unwrap_or_else(|e| e.into_inner()).contains(name)
+    }
+
     fn spawn_supervised<F>(
         &self,
         name: &str,
@@ -113,7 +133,7 @@ impl Tasks {
             while let Some(task) = make() {
                 let started = tokio::time::Instant::now();
                 let message = match tokio::spawn(task).await {
-                    Ok(()) if policy == OnFailure::Restart || cancel.is_cancelled() => break,
+                    Ok(()) if policy != OnFailure::Shutdown || cancel.is_cancelled() => break,
                     Ok(()) => "it ended before shutdown".to_string(),
                     Err(error) if error.is_panic() => format!("panicked: {}", panic_message(error.into_panic())),
                     Err(_) => break,
@@ -126,7 +146,11 @@ impl Tasks {
                     in_a_row = 0;
                 }
                 in_a_row += 1;
-                let restarting = policy == OnFailure::Restart && in_a_row <= MAX_RESTARTS;
+                let restarting = match policy {
+                    OnFailure::Restart => in_a_row <= MAX_RESTARTS,
+                    OnFailure::RestartAlways => true,
+                    OnFailure::Shutdown => false,
+                };
                 tracing::error!(task = %name, restarting, "task failed: {message}");
                 let failed = TaskReport::Failed {
                     task: name.clone(),
@@ -140,7 +164,7 @@ impl Tasks {
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(FIRST_RESTART_DELAY * 2u32.pow(in_a_row - 1)) => {}
+                    _ = tokio::time::sleep((FIRST_RESTART_DELAY * 2u32.pow(in_a_row.min(16) - 1)).min(AUXILIARY_MAX_DELAY)) => {}
                 }
                 tracing::warn!(task = %name, "task restarted");
                 let _ = reports.send(TaskReport::Restarted { task: name.clone(), component: component.clone() });

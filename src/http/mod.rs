@@ -5,6 +5,7 @@
 //! channel; reads come from snapshots and the store.
 
 mod error;
+pub mod ops;
 mod routes;
 mod ws;
 

@@ -9,18 +9,19 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
+use super::ops::{
+    self, ActionResponse, BalancesResponse, PnlPeriod, PnlResponse, PnlRow, PositionView, StatusResponse,
+};
 use super::{ApiState, ws};
 use crate::activity::ActivityEvent;
 use crate::config::RiskLimits;
-use crate::control::{Control, ControlError, KillReport, ShutdownReason, StrategyStatus};
+use crate::control::{KillReport, ShutdownReason, StrategyStatus};
 use crate::health::ComponentState;
-use crate::model::{Fill, Order, Shown, TradingState, TradingStates};
+use crate::model::{Fill, Order, TradingState, TradingStates};
 use crate::risk::{Limits, ProtectionStatus};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -42,6 +43,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/candles/series", get(candle_series))
         .route("/api/v1/positions", get(positions))
         .route("/api/v1/balances", get(balances))
+        .route("/api/v1/pnl", get(pnl))
         .route("/api/v1/activity", get(activity))
         .route("/api/v1/ws", get(ws::upgrade))
         .route("/api/v1/shutdown", post(shutdown))
@@ -58,8 +60,8 @@ pub fn routes() -> Router<ApiState> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tradehost control API", description = "Control and observe a tradehost: strategies, orders, fills, positions, activity."),
-    paths(health, status, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, candles, candle_series, positions, balances, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
-    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport)),
+    paths(health, status, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, candles, candle_series, positions, balances, pnl, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
+    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, PnlResponse, PnlRow, PnlPeriod, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -88,83 +90,6 @@ pub struct HealthResponse {
     /// Why components are down, where known (a task that panicked names its panic).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub reasons: BTreeMap<String, String>,
-}
-
-/// `/status`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StatusResponse {
-    /// tradehost version.
-    pub version: String,
-    /// `paper`, `dry-run` (Delta's market, simulated fills, nothing sent) or `delta` (live).
-    pub mode: String,
-    /// The clock every record's time comes from: `wall`, or `simulated ×60`
-    /// when the synthetic or replay feed runs the market faster than real time.
-    pub clock: String,
-    /// The clock's current time (ISO 8601).
-    pub now: String,
-    /// Seconds since start.
-    pub uptime_s: u64,
-    /// Strategies known.
-    pub strategies: usize,
-    /// Strategies running.
-    pub running: usize,
-    /// Open orders.
-    pub open_orders: usize,
-    /// Non-flat positions.
-    pub positions: usize,
-    /// Newest activity sequence number.
-    pub last_seq: u64,
-    /// Connected WebSocket clients.
-    pub ws_clients: u64,
-}
-
-/// Outcome of a lifecycle request.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ActionResponse {
-    /// Always true (failures are errors).
-    pub ok: bool,
-    /// What happened.
-    pub message: String,
-    /// New code version, for reloads.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<u32>,
-}
-
-/// A strategy's position with its mark.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PositionView {
-    /// Strategy.
-    pub strategy: String,
-    /// Instrument.
-    pub symbol: String,
-    /// Signed size.
-    #[schema(format = "size")]
-    pub size: Decimal,
-    /// Average entry price.
-    #[schema(format = "price")]
-    pub entry_price: Decimal,
-    /// Realised PnL.
-    #[schema(format = "money")]
-    pub realized_pnl: Decimal,
-    /// Unrealised PnL at the mark.
-    #[schema(format = "money")]
-    pub unrealized_pnl: Decimal,
-    /// Mark (mid) price, if known.
-    #[schema(format = "price")]
-    pub mark: Option<Decimal>,
-}
-
-/// `/balances`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BalancesResponse {
-    /// Quote currency.
-    pub currency: String,
-    /// Cash balance.
-    #[schema(format = "money")]
-    pub balance: Decimal,
-    /// Balance plus unrealised PnL.
-    #[schema(format = "money")]
-    pub equity: Decimal,
 }
 
 /// `?limit=`.
@@ -241,32 +166,7 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 fn strategy_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(name) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if !crate::control::valid_strategy_name(&name) {
-        let shown: String = name.chars().take(64).collect();
-        return Err(ApiError::BadRequest(format!(
-            "invalid strategy name {shown:?}: 1 to 64 letters, digits, `_` or `-`"
-        )));
-    }
     Ok(name)
-}
-
-fn writable(state: &ApiState) -> Result<(), ApiError> {
-    if state.health.is_shutting_down() {
-        return Err(ApiError::Unavailable("the host is shutting down".into()));
-    }
-    Ok(())
-}
-
-async fn ask<T>(
-    state: &ApiState,
-    make: impl FnOnce(oneshot::Sender<Result<T, ControlError>>) -> Control,
-) -> Result<T, ApiError> {
-    let (reply, answer) = oneshot::channel();
-    state.control.send(make(reply)).map_err(|_| ApiError::Unavailable("the supervisor is not running".into()))?;
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), answer)
-        .await
-        .map_err(|_| ApiError::Unavailable("the supervisor did not answer in time".into()))?;
-    Ok(answer.map_err(|_| ApiError::Unavailable("the supervisor stopped".into()))??)
 }
 
 async fn dashboard() -> impl IntoResponse {
@@ -301,35 +201,14 @@ async fn health(State(state): State<ApiState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/api/v1/status", responses(
     (status = 200, body = StatusResponse), (status = 401, body = ErrorBody)))]
 async fn status(State(state): State<ApiState>) -> Json<StatusResponse> {
-    let strategies = state.strategies.load();
-    let account = state.account.load();
-    Json(StatusResponse {
-        version: env!("CARGO_PKG_VERSION").into(),
-        mode: state.mode.clone(),
-        clock: state.clock.label(),
-        now: state.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        uptime_s: state.started.elapsed().as_secs(),
-        strategies: strategies.len(),
-        running: strategies.iter().filter(|s| s.state == crate::control::StrategyState::Running).count(),
-        open_orders: account.open_orders.len(),
-        positions: account.positions.values().flat_map(|p| p.values()).filter(|p| !p.size.is_zero()).count(),
-        last_seq: state.activity.last_seq(),
-        ws_clients: state.metrics.ws_clients.load(std::sync::atomic::Ordering::Relaxed),
-    })
+    Json(ops::status(&state))
 }
 
 /// Every strategy with its state, version, reloads, restarts, last error and quota hits.
 #[utoipa::path(get, path = "/api/v1/strategies", responses(
     (status = 200, body = Vec<StrategyStatus>), (status = 401, body = ErrorBody)))]
 async fn strategies(State(state): State<ApiState>) -> Json<Vec<StrategyStatus>> {
-    let mut statuses = state.strategies.load().as_ref().clone();
-    for status in &mut statuses {
-        status.quota_hits = state.metrics.quota_hits(&status.name).snapshot();
-        if let Some((depth, lagging)) = state.metrics.strategy_queue(&status.name) {
-            (status.queue_depth, status.lagging) = (depth, lagging);
-        }
-    }
-    Json(statuses)
+    Json(ops::strategies(&state))
 }
 
 /// Starts a stopped, failed or quarantined strategy.
@@ -340,10 +219,7 @@ async fn start_strategy(
     State(state): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ActionResponse>, ApiError> {
-    writable(&state)?;
-    let name = strategy_name(name)?;
-    ask(&state, |reply| Control::Start(name.clone(), reply)).await?;
-    Ok(Json(ActionResponse { ok: true, message: format!("strategy {name} is starting"), version: None }))
+    Ok(Json(ops::start_strategy(&state, &strategy_name(name)?).await?))
 }
 
 /// Stops a running strategy (its `on_stop` runs).
@@ -354,10 +230,7 @@ async fn stop_strategy(
     State(state): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ActionResponse>, ApiError> {
-    writable(&state)?;
-    let name = strategy_name(name)?;
-    ask(&state, |reply| Control::Stop(name.clone(), reply)).await?;
-    Ok(Json(ActionResponse { ok: true, message: format!("strategy {name} is stopping"), version: None }))
+    Ok(Json(ops::stop_strategy(&state, &strategy_name(name)?).await?))
 }
 
 /// Reloads a running strategy from its file: the new version, or the compile error (422).
@@ -369,10 +242,7 @@ async fn reload_strategy(
     State(state): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ActionResponse>, ApiError> {
-    writable(&state)?;
-    let name = strategy_name(name)?;
-    let version = ask(&state, |reply| Control::Reload(name.clone(), reply)).await?;
-    Ok(Json(ActionResponse { ok: true, message: format!("strategy {name} reloaded"), version: Some(version) }))
+    Ok(Json(ops::reload_strategy(&state, &strategy_name(name)?).await?))
 }
 
 /// Open orders (or, with `all=true`, every stored order, newest last).
@@ -385,15 +255,9 @@ async fn orders(
     let q = query(q)?;
     let limit = limit(q.limit)?;
     if q.all.unwrap_or(false) {
-        let store = state.store.clone();
-        let mut all = tokio::task::spawn_blocking(move || store.orders())
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??;
-        all.sort_by_key(|o| o.updated);
-        let skip = all.len().saturating_sub(limit);
-        return Ok(Json(all.iter().skip(skip).map(|o| state.shown.order(o)).collect()));
+        return Ok(Json(ops::stored_orders(&state, limit).await?));
     }
-    Ok(Json(state.account.load().open_orders.iter().take(limit).map(|o| state.shown.order(o)).collect()))
+    Ok(Json(ops::open_orders(&state, limit)))
 }
 
 /// The newest fills, oldest first.
@@ -404,11 +268,7 @@ async fn fills(
     q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Fill>>, ApiError> {
     let limit = limit(query(q)?.limit)?;
-    let store = state.store.clone();
-    let fills = tokio::task::spawn_blocking(move || store.recent_fills(limit))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(Json(fills.iter().map(|f| state.shown.fill(f)).collect()))
+    Ok(Json(ops::fills(&state, limit).await?))
 }
 
 /// Stored candles of one series in `[from, to)`, oldest first (the store's
@@ -460,40 +320,33 @@ impl CandleSeriesView {
 #[utoipa::path(get, path = "/api/v1/positions", responses(
     (status = 200, body = Vec<PositionView>), (status = 401, body = ErrorBody)))]
 async fn positions(State(state): State<ApiState>) -> Json<Vec<PositionView>> {
-    let account = state.account.load();
-    let mut out: Vec<PositionView> = account
-        .positions
-        .iter()
-        .flat_map(|(strategy, positions)| positions.values().map(move |p| (strategy, p)))
-        .filter(|(_, p)| !p.size.is_zero())
-        .map(|(strategy, p)| {
-            let mark = account.marks.get(&p.symbol).copied();
-            let shown = state.shown.position(p);
-            PositionView {
-                strategy: strategy.clone(),
-                symbol: p.symbol.clone(),
-                size: shown.size,
-                entry_price: shown.entry_price,
-                realized_pnl: shown.realized_pnl,
-                unrealized_pnl: Shown::money(mark.map_or(Decimal::ZERO, |m| p.unrealized_pnl(m))),
-                mark: mark.map(|m| state.shown.price(&p.symbol, m)),
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| (&a.strategy, &a.symbol).cmp(&(&b.strategy, &b.symbol)));
-    Json(out)
+    Json(ops::positions(&state))
 }
 
 /// Cash balance and equity of the account.
 #[utoipa::path(get, path = "/api/v1/balances", responses(
     (status = 200, body = BalancesResponse), (status = 401, body = ErrorBody)))]
 async fn balances(State(state): State<ApiState>) -> Json<BalancesResponse> {
-    let account = state.account.load();
-    Json(BalancesResponse {
-        currency: account.currency.clone(),
-        balance: Shown::money(account.balance),
-        equity: Shown::money(account.equity),
-    })
+    Json(ops::balances(&state))
+}
+
+/// `?period=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PnlQuery {
+    /// `today` (since the trading day began), `week` (the last seven trading days) or `all` (default `today`).
+    pub period: Option<String>,
+}
+
+/// Realised PnL and fees of the period's fills and unrealised PnL now, per strategy and in total.
+#[utoipa::path(get, path = "/api/v1/pnl", params(PnlQuery), responses(
+    (status = 200, body = PnlResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn pnl(
+    State(state): State<ApiState>,
+    q: Result<Query<PnlQuery>, QueryRejection>,
+) -> Result<Json<PnlResponse>, ApiError> {
+    let period: PnlPeriod = query(q)?.period.as_deref().unwrap_or("today").parse()?;
+    Ok(Json(ops::pnl(&state, period).await?))
 }
 
 /// The persisted activity log after `since`.
@@ -516,12 +369,7 @@ async fn activity(
 #[utoipa::path(post, path = "/api/v1/shutdown", responses(
     (status = 202, body = ActionResponse), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn shutdown(State(state): State<ApiState>) -> Result<(StatusCode, Json<ActionResponse>), ApiError> {
-    writable(&state)?;
-    state
-        .control
-        .send(Control::Shutdown(ShutdownReason::Api))
-        .map_err(|_| ApiError::Unavailable("the supervisor is not running".into()))?;
-    Ok((StatusCode::ACCEPTED, Json(ActionResponse { ok: true, message: "shutdown started".into(), version: None })))
+    Ok((StatusCode::ACCEPTED, Json(ops::shutdown(&state, ShutdownReason::Api)?)))
 }
 
 /// `/risk`.
@@ -578,7 +426,7 @@ async fn set_limits(
     State(state): State<ApiState>,
     body: Result<Json<Limits>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Limits>, ApiError> {
-    writable(&state)?;
+    ops::writable(&state)?;
     let Json(limits) = body.map_err(|e| ApiError::BadRequest(format!("bad limits: {}", e.body_text())))?;
     let problems = limits.problems();
     if !problems.is_empty() {
@@ -586,7 +434,7 @@ async fn set_limits(
         return Err(ApiError::BadRequest(problems.join("; ")));
     }
     let json = serde_json::to_value(&limits).map_err(|e| ApiError::Internal(e.to_string()))?;
-    ask(&state, |reply| Control::SetLimits { limits: json, reply }).await?;
+    ops::set_limits(&state, json).await?;
     Ok(Json(limits))
 }
 
@@ -598,20 +446,8 @@ async fn set_trading_state(
     State(state): State<ApiState>,
     body: Result<Json<TradingStateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<TradingStates>, ApiError> {
-    writable(&state)?;
     let Json(request) = body.map_err(|e| ApiError::BadRequest(format!("bad body: {}", e.body_text())))?;
-    let trading = match request.state.as_str() {
-        "active" | "resume" => TradingState::Active,
-        "reduce_only" => TradingState::ReduceOnly,
-        "halted" => TradingState::Halted,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "unknown state {other:?}: expected active, reduce_only, halted or resume"
-            )));
-        }
-    };
-    let strategy = request.strategy;
-    Ok(Json(ask(&state, |reply| Control::SetTrading { strategy, state: trading, reply }).await?))
+    Ok(Json(ops::set_trading(&state, request.strategy, &request.state).await?))
 }
 
 /// The kill switch: halts the account, cancels every open order and, with
@@ -624,7 +460,7 @@ async fn kill(
     q: Result<Query<KillQuery>, QueryRejection>,
 ) -> Result<Json<KillReport>, ApiError> {
     let flatten = query(q)?.flatten.unwrap_or(false);
-    Ok(Json(ask(&state, |reply| Control::Kill { flatten, reply }).await?))
+    Ok(Json(ops::kill(&state, flatten).await?))
 }
 
 /// Prometheus text format.
