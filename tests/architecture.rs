@@ -27,6 +27,7 @@ const LAYERS: &[&str] = &[
     "backtest",
     "supervisor",
     "http",
+    "telegram",
     "host",
 ];
 
@@ -40,6 +41,9 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
     ("delta", "execution", "the venue reports events; it does not reach into the order manager"),
     ("delta", "store", "the venue takes what it needs from recovery as plain values"),
     ("delta", "feed", "the venue's market events are the exchange module's vocabulary"),
+    ("telegram", "store", "the bot reads and changes through the API's operations (http::ops), never directly"),
+    ("telegram", "supervisor", "the bot talks to the host through the control channel only"),
+    ("telegram", "execution", "the bot talks to the host through the control channel only"),
     ("store", "http", "data knows nothing of the edges"),
     ("data", "http", "data knows nothing of the edges"),
 ];
