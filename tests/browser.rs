@@ -1,17 +1,22 @@
 //! The dashboard in a real browser: headless Chromium driven over the W3C
 //! WebDriver protocol (chromedriver) loads the page, enters the token, sees a
 //! running strategy and a fill arrive live, clicks Reload and sees the reload
-//! in the activity feed. A screenshot is saved as target/dashboard-e2e.png.
+//! in the activity feed, and sees the Telegram bot's 409 Conflict (another
+//! instance polls its token) named under the header. A screenshot is saved
+//! as target/dashboard-e2e.png.
 //!
 //! Needs Debian's `chromium` and `chromium-driver`; `.ci/run` installs them
 //! and runs this test with `--ignored`.
 
 mod common;
+#[path = "support/fake_telegram.rs"]
+mod fake_telegram;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestHost;
+use fake_telegram::{FakeTelegram, Fault, TOKEN};
 use serde_json::{Value, json};
 
 const TRADER: &str = r#"
@@ -122,7 +127,18 @@ impl Drop for Driver {
 async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
     let chatty = "fn on_candle(c) { for i in 0..1000 { log::info(`line ${i}`); } }";
     let guard = r#"fn on_tick(t) { if this.placed != true { this.placed = true; exchange::stop_order(t.symbol, "sell", 0.01, t.bid * 0.5); } }"#;
-    let t = TestHost::start(&[("trader", TRADER), ("chatty", chatty), ("guard", guard)], |_| {}).await;
+    // Another bot instance polls the same token for the whole test.
+    let telegram = FakeTelegram::start().await;
+    let conflict = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running";
+    telegram.fail("getMe", std::iter::repeat_n(Fault::Status(409, conflict), 1_000));
+    let t = TestHost::start(&[("trader", TRADER), ("chatty", chatty), ("guard", guard)], |c| {
+        c.telegram.enabled = true;
+        c.telegram.token = Some(tradehost::config::Secret::new(TOKEN));
+        c.telegram.allowed_chat_ids = vec![111];
+        c.telegram.api_url = telegram.url();
+        c.telegram.backoff_max_ms = 500;
+    })
+    .await;
     let driver = Driver::start().await;
     let url = format!("http://{}/", t.host.http_addr());
     driver.command(reqwest::Method::POST, "/url", json!({ "url": url })).await;
@@ -159,6 +175,14 @@ async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
             r#"const q = document.querySelector('tr[data-name="chatty"] .quota'); return !!q && /^log_rate [1-9]/.test(q.textContent);"#,
         )
         .await;
+
+    driver
+        .wait_true(
+            "the bot's conflict under the header",
+            r#"const p = document.querySelector('#problems li[data-component="telegram"]'); return !!p && !document.querySelector('#problems').hidden && p.textContent.startsWith('telegram: down') && p.textContent.includes('409 Conflict');"#,
+        )
+        .await;
+    driver.wait_true("the host still ready", "return document.querySelector('#health').textContent === 'ready';").await;
 
     let reload = driver.element(r#"button[data-act="reload"][data-name="trader"]"#).await;
     driver.command(reqwest::Method::POST, &format!("/element/{reload}/click"), json!({})).await;
