@@ -140,6 +140,7 @@ fn on_candle(c) {{
         params: BTreeMap::new(),
         sandbox: SandboxConfig { orders_per_second: 1_000_000, ..SandboxConfig::default() },
         risk: Default::default(),
+        ml: Default::default(),
     };
     let started = Instant::now();
     let run = backtest::run_script("stops.rhai", &script, data, &config, &mut |_| {}).unwrap();

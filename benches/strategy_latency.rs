@@ -81,6 +81,7 @@ fn bench_sync() {
         param_overrides: Default::default(),
         default_symbols: vec![],
         panicking_function: false,
+        ml: Default::default(),
     };
     let env = StrategyEnv { ctx: ctx.clone(), abort: Arc::new(AtomicBool::new(false)), initial_state: None };
     let mut script = ScriptStrategy::new("sma_cross.rhai", SMA_CROSS, options, env).unwrap();
@@ -131,6 +132,7 @@ fn on_candle(c) {
                 param_overrides: Default::default(),
                 default_symbols: vec![],
                 panicking_function: false,
+                ml: Default::default(),
             };
             ScriptStrategy::new("bench.rhai", always_orders, options, env).map(|s| Box::new(s) as _)
         }),

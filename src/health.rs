@@ -76,6 +76,17 @@ impl Health {
         self.set(name, ComponentState::Down);
     }
 
+    /// Gives a component a reason without changing its state: something is
+    /// wrong while it still serves (a model file refused, the old version
+    /// serving). The reason stays until the component is set up again.
+    pub fn note(&self, name: &str, reason: &str) {
+        let before =
+            self.reasons.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), reason.to_string());
+        if before.as_deref() != Some(reason) {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
     /// Wakes on every change of a component's state or reason.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
@@ -143,7 +154,8 @@ impl Histogram {
         self.sum_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// Writes the histogram in Prometheus text format under `name` with `labels` (`k="v",…`).
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         let sep = if labels.is_empty() { "" } else { "," };
         for (i, bound) in BUCKETS.iter().enumerate() {
@@ -179,6 +191,16 @@ pub struct Metrics {
     strategy_queues: Mutex<BTreeMap<String, (QueueDepth, usize)>>,
     queues: Mutex<BTreeMap<&'static str, QueueDepth>>,
     risk_rejections: Mutex<BTreeMap<&'static str, u64>>,
+    sections: Mutex<Vec<Section>>,
+}
+
+/// Metrics another module renders itself (the models' counters and latencies).
+pub struct Section(Box<dyn Fn(&mut String) + Send + Sync>);
+
+impl std::fmt::Debug for Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Section")
+    }
 }
 
 /// What the Telegram bot did (all zero while it is off).
@@ -321,6 +343,11 @@ impl Metrics {
         })
     }
 
+    /// Adds metrics that `render` writes in Prometheus text format after the host's own.
+    pub fn add_section(&self, render: impl Fn(&mut String) + Send + Sync + 'static) {
+        self.sections.lock().unwrap_or_else(|e| e.into_inner()).push(Section(Box::new(render)));
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -389,6 +416,10 @@ impl Metrics {
             for (name, depth) in queues.iter() {
                 let _ = writeln!(out, "tradehost_queue_depth{{queue=\"{name}\"}} {}", (depth.0)());
             }
+        }
+        drop(queues);
+        for section in self.sections.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            (section.0)(&mut out);
         }
         out
     }

@@ -11,6 +11,7 @@
 //! - [`data`]: candle aggregation, per-symbol market state and native indicators.
 //! - [`risk`]: pre-trade limits of the account and of each strategy (pure, synchronous).
 //! - [`health`]: the component registry and the counters behind `/metrics`.
+//! - [`ml`]: ONNX models for scripts: loaded once, checked, shared, hot-swapped; prediction cache, feature records.
 //! - [`store`]: redb tables, the single writer, recovery and typed reads.
 //! - [`activity`]: the activity bus with sequence numbers, a bounded tail and persistence.
 //! - [`exchange`]: the venue interface (market events, order updates) and the paper exchange.
@@ -22,6 +23,7 @@
 //! - [`backtest`]: strategies over historical candles with a simulated clock; report, plot.
 //! - [`supervisor`]: strategy slots: start, hot reload, restart with backoff, quarantine.
 //! - [`http`]: the REST API, WebSocket stream, dashboard and OpenAPI.
+//! - [`telegram`]: the Telegram bot: commands through the API's operations, notifications.
 //! - [`host`]: the composition root: boot, supervised tasks, the lifecycle loop, ordered shutdown, signals.
 
 pub mod activity;
@@ -38,6 +40,7 @@ pub mod feed;
 pub mod health;
 pub mod host;
 pub mod http;
+pub mod ml;
 pub mod model;
 pub mod risk;
 pub mod script;

@@ -16,6 +16,7 @@ const LAYERS: &[&str] = &[
     "data",
     "risk",
     "health",
+    "ml",
     "store",
     "activity",
     "exchange",
@@ -45,6 +46,8 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
     ("telegram", "supervisor", "the bot talks to the host through the control channel only"),
     ("telegram", "execution", "the bot talks to the host through the control channel only"),
     ("store", "http", "data knows nothing of the edges"),
+    ("ml", "http", "models know nothing of the edges"),
+    ("ml", "script", "the predictor interface knows nothing of Rhai"),
     ("data", "http", "data knows nothing of the edges"),
 ];
 

@@ -33,6 +33,7 @@ fn config(taker: &str, maker: &str, slippage: &str) -> BacktestConfig {
         params: BTreeMap::new(),
         sandbox: SandboxConfig::default(),
         risk: Default::default(),
+        ml: Default::default(),
     }
 }
 

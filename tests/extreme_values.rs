@@ -58,6 +58,7 @@ fn place_from_script(size: f64, price: f64) -> (Result<bool, String>, Vec<Strate
         param_overrides: Default::default(),
         default_symbols: vec!["BTCUSD".into()],
         panicking_function: false,
+        ml: Default::default(),
     };
     let mut strategy = ScriptStrategy::new("t.rhai", &source, options, env).expect("compiles");
     let outcome = strategy.handle(&StrategyEvent::Start).map_err(|e| e.to_string());

@@ -25,6 +25,7 @@ fn options() -> ScriptOptions {
         param_overrides: Default::default(),
         default_symbols: vec!["X".into()],
         panicking_function: false,
+        ml: Default::default(),
     }
 }
 

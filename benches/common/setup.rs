@@ -54,5 +54,6 @@ pub fn backtest_config() -> BacktestConfig {
         params: BTreeMap::new(),
         sandbox: SandboxConfig::default(),
         risk: Default::default(),
+        ml: Default::default(),
     }
 }

@@ -59,6 +59,8 @@ pub struct BacktestConfig {
     pub sandbox: SandboxConfig,
     /// Pre-trade limits, as live (`[risk]` and the strategy's override).
     pub risk: crate::risk::RiskGate,
+    /// The models `ml::` calls, and where `ml::record` rows go (`--features-out`).
+    pub ml: crate::script::ml::MlOptions,
 }
 
 /// Why a backtest stopped.
@@ -116,6 +118,7 @@ pub fn run_script(
         param_overrides: config.params.clone(),
         default_symbols: data.iter().filter_map(|s| s.first()).map(|c| c.symbol.clone()).collect(),
         panicking_function: false,
+        ml: config.ml.clone(),
     };
     let (file, source) = (file.to_string(), source.to_string());
     let name = std::path::Path::new(&file).file_stem().and_then(|s| s.to_str()).unwrap_or("strategy").to_string();

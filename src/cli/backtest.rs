@@ -3,12 +3,15 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use tradehost::backtest::{self, BacktestConfig, BrokerConfig, sweep};
 use tradehost::config::Config;
 use tradehost::feed::csv;
+use tradehost::ml::Registry;
+use tradehost::script::ml::{MlOptions, RecordTarget};
 
 /// The options of `tradehost backtest`.
 #[derive(clap::Args)]
@@ -57,6 +60,10 @@ pub struct BacktestArgs {
     /// Write every fill to this CSV file.
     #[arg(long)]
     trades: Option<PathBuf>,
+    /// Write the rows the script's `ml::record` calls recorded to this CSV
+    /// file (bar time, symbol, strategy, label, features), to train a model on.
+    #[arg(long)]
+    features_out: Option<PathBuf>,
     /// Plot the equity curve to FILE.svg or FILE.png.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -188,6 +195,11 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
         params,
         sandbox: config.sandbox.clone(),
         risk: tradehost::risk::RiskGate::from_config(&config),
+        ml: MlOptions {
+            registry: Arc::new(Registry::load(&config.ml).map_err(|e| usage(format!("bad model:\n{e}")))?),
+            record: args.features_out.clone().map_or(RecordTarget::Off, RecordTarget::Create),
+            record_max_bytes: u64::MAX,
+        },
     };
     let file = args.strategy.display().to_string();
 
@@ -299,8 +311,11 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
 /// overwrite an input, and options that do not go together.
 fn check_outputs(args: &BacktestArgs) -> Result<(), String> {
     if !args.sweeps.is_empty() {
-        if args.plot.is_some() || args.trades.is_some() {
-            return Err("--plot and --trades write one run's results; run the chosen parameters without --sweep".into());
+        if args.plot.is_some() || args.trades.is_some() || args.features_out.is_some() {
+            return Err(
+                "--plot, --trades and --features-out write one run's results; run the chosen parameters without --sweep"
+                    .into(),
+            );
         }
         for param in &args.params {
             let name = param.split_once('=').map_or(param.as_str(), |(k, _)| k);

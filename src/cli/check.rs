@@ -64,6 +64,7 @@ pub fn check_scripts(files: &[PathBuf], config: &Config, strict: bool) -> bool {
             param_overrides: config.strategy_override(name).map(|o| o.params.clone()).unwrap_or_default(),
             default_symbols: config.feed_symbols(),
             panicking_function: false,
+            ml: Default::default(),
         };
         let shown = file.display().to_string();
         let result = std::fs::read_to_string(file)

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod market;
+mod ml;
 mod risk;
 mod sections;
 mod telegram;
@@ -18,6 +19,7 @@ pub use market::{
     DeltaConfig, DeltaNetwork, ExchangeConfig, ExchangeKind, FeedConfig, FeedKind, PaperConfig, ProductConfig,
     ReplayConfig, SyntheticConfig,
 };
+pub use ml::{MAX_MODEL_INPUTS, MlConfig, ModelConfig, ModelOutput, valid_model_name};
 pub use risk::{LosingStreak, RiskLimits};
 pub use sections::{
     HttpConfig, SandboxConfig, ShutdownConfig, ShutdownPolicy, StoreConfig, StrategiesConfig, StrategyOverride,
@@ -118,6 +120,8 @@ pub struct Config {
     pub risk: RiskLimits,
     /// The Telegram bot.
     pub telegram: TelegramConfig,
+    /// ONNX models scripts call with `ml::predict`.
+    pub ml: MlConfig,
     /// Faults injected by tests; never read from a file.
     #[serde(skip)]
     pub faults: Faults,
@@ -160,6 +164,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             risk: RiskLimits::default(),
             telegram: TelegramConfig::default(),
+            ml: MlConfig::default(),
             faults: Faults::default(),
         }
     }

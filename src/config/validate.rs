@@ -45,6 +45,7 @@ impl Config {
         self.feed_problems(&mut out);
         self.risk.problems("risk", &mut out);
         self.telegram.problems(&mut out);
+        self.ml.problems(&mut out);
         for (name, strategy) in &self.strategies.overrides {
             if let Some(risk) = &strategy.risk {
                 risk.problems(&format!("strategies.overrides.{name}.risk"), &mut out);

@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::model::{Candle, Tick, TimestampMs};
+pub use crate::model::{DurationError, parse_duration_ms};
 
 /// A bar length, e.g. `1m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,47 +46,6 @@ impl FromStr for Timeframe {
             Ok(ms) if ms % 1_000 == 0 => Ok(Timeframe { ms }),
             _ => Err(TimeframeError(s.to_string())),
         }
-    }
-}
-
-/// The longest duration a timer or timeframe may have (366 days): longer
-/// ones are refused rather than overflowing the clock.
-pub const MAX_DURATION_MS: i64 = 366 * 86_400_000;
-
-/// A duration that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DurationError {
-    /// Not a number and a unit.
-    #[error("invalid duration {0:?}: expected a number and a unit ms, s, m, h or d, e.g. \"500ms\" or \"5s\"")]
-    Malformed(String),
-    /// Longer than [`MAX_DURATION_MS`].
-    #[error("duration {0:?} is longer than the longest allowed, 366d")]
-    TooLong(String),
-}
-
-/// Parses `"500ms"`, `"5s"`, `"1.5m"`, `"2h"`, `"1d"` into milliseconds
-/// (positive, at most [`MAX_DURATION_MS`]).
-pub fn parse_duration_ms(text: &str) -> Result<i64, DurationError> {
-    let err = || DurationError::Malformed(text.chars().take(64).collect());
-    let trimmed = text.trim();
-    let split = trimmed.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(err)?;
-    let (number, unit) = trimmed.split_at(split);
-    let number: f64 = number.parse().map_err(|_| err())?;
-    let unit_ms = match unit {
-        "ms" => 1.0,
-        "s" => 1_000.0,
-        "m" => 60_000.0,
-        "h" => 3_600_000.0,
-        "d" => 86_400_000.0,
-        _ => return Err(err()),
-    };
-    let ms = (number * unit_ms).round();
-    if ms > MAX_DURATION_MS as f64 {
-        Err(DurationError::TooLong(text.chars().take(64).collect()))
-    } else if ms < 1.0 {
-        Err(err())
-    } else {
-        Ok(ms as i64)
     }
 }
 
@@ -285,6 +245,7 @@ impl MarketState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::MAX_DURATION_MS;
 
     #[test]
     fn durations_parse() {

@@ -87,6 +87,8 @@ pub(super) struct Lifecycle {
     /// Stops the Telegram bot (after the feed, before HTTP).
     pub telegram_cancel: CancellationToken,
     pub http_cancel: CancellationToken,
+    /// Watches the model files while the host runs.
+    pub _models_watcher: super::models::ModelsWatcher,
 }
 
 impl Lifecycle {

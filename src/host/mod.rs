@@ -28,6 +28,7 @@
 
 pub mod history;
 mod lifecycle;
+mod models;
 mod signals;
 mod tasks;
 mod venue;
@@ -50,6 +51,7 @@ use crate::control::{Control, ShutdownReason, StrategyStatus};
 use crate::execution::{Engine, Runtimes};
 use crate::health::{ComponentState, Health, Metrics};
 use crate::model::AccountView;
+use crate::script::ml::{MlOptions, RecordTarget};
 use crate::store::{Recovered, Retention, Store, StoreError, StoreWriter};
 use crate::supervisor::Supervisor;
 use lifecycle::{Lifecycle, PendingFeed};
@@ -96,6 +98,9 @@ pub enum HostError {
     /// The Telegram bot cannot start (no token).
     #[error("telegram: {0}")]
     Telegram(#[from] crate::telegram::TelegramError),
+    /// A model in `[ml.models]` cannot be loaded or watched.
+    #[error("bad model:\n{0}")]
+    Models(String),
     /// The strategies folder cannot be watched.
     #[error("cannot watch the strategies folder {path}: {message}")]
     Watch {
@@ -114,7 +119,8 @@ impl HostError {
             | HostError::Replay(_)
             | HostError::DataDir { .. }
             | HostError::Bind { .. }
-            | HostError::Telegram(_) => 2,
+            | HostError::Telegram(_)
+            | HostError::Models(_) => 2,
             HostError::Store(error) => error.exit_code(),
             HostError::Exchange(crate::delta::ConnectError::Rest(_)) => 1,
             HostError::Exchange(_) => 2,
@@ -196,6 +202,9 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         health.register(component);
     }
     let metrics = Arc::new(Metrics::default());
+    let models = models::load(&config.ml, &health).await?;
+    let rendered = models.clone();
+    metrics.add_section(move |out| rendered.render_metrics(out));
     let store = Store::open(&config.data_dir)?;
     store.claim_account(config.exchange.run_mode())?;
     let listener = tokio::net::TcpListener::bind(config.http.bind)
@@ -284,6 +293,11 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         clock: booted.clock.clone(),
         metrics: metrics.clone(),
         cancel: shutdown.clone(),
+        ml: MlOptions {
+            registry: models.clone(),
+            record: config.ml.record_dir.clone().map_or(RecordTarget::Off, RecordTarget::AppendIn),
+            record_max_bytes: config.ml.record_max_mb.saturating_mul(1 << 20),
+        },
     });
     let http_cancel = CancellationToken::new();
     let api = Arc::new(crate::http::ApiContext {
@@ -303,7 +317,9 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         shown: booted.shown,
         risk_limits,
         protections,
+        models: models.clone(),
     });
+    let models_watcher = models::watch(models, debounce, health.clone(), activity.clone())?;
     let telegram_cancel = CancellationToken::new();
     if config.telegram.enabled {
         let bot = crate::telegram::Telegram::new(api.clone(), &config.telegram)?;
@@ -343,6 +359,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         health: health.clone(),
         telegram_cancel,
         http_cancel,
+        _models_watcher: models_watcher,
     };
     let done = tokio::spawn(lifecycle.run(supervisor));
     let _ = control_tx.send(Control::Rescan);

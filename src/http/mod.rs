@@ -69,6 +69,8 @@ pub struct ApiContext {
     pub risk_limits: Arc<ArcSwap<crate::risk::Limits>>,
     /// What the protections watch, by scope.
     pub protections: Arc<ArcSwap<Vec<crate::risk::ProtectionStatus>>>,
+    /// The models scripts call (`/models`, and their state in `/health`).
+    pub models: Arc<crate::ml::Registry>,
 }
 
 /// Shared state of the router.

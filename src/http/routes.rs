@@ -44,6 +44,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/positions", get(positions))
         .route("/api/v1/balances", get(balances))
         .route("/api/v1/pnl", get(pnl))
+        .route("/api/v1/models", get(models))
         .route("/api/v1/activity", get(activity))
         .route("/api/v1/ws", get(ws::upgrade))
         .route("/api/v1/shutdown", post(shutdown))
@@ -60,8 +61,8 @@ pub fn routes() -> Router<ApiState> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tradehost control API", description = "Control and observe a tradehost: strategies, orders, fills, positions, activity."),
-    paths(health, status, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, candles, candle_series, positions, balances, pnl, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
-    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, PnlResponse, PnlRow, PnlPeriod, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport)),
+    paths(health, status, models, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, candles, candle_series, positions, balances, pnl, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
+    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, PnlResponse, PnlRow, PnlPeriod, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport, crate::ml::ModelStatus)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -87,9 +88,13 @@ pub struct HealthResponse {
     pub status: String,
     /// Each component's state.
     pub components: BTreeMap<String, ComponentState>,
-    /// Why components are down, where known (a task that panicked names its panic).
+    /// Why components are down, where known (a task that panicked names its
+    /// panic), or what is wrong while one still serves (a model file refused).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub reasons: BTreeMap<String, String>,
+    /// Each model's state (version, file, when loaded, last error); absent without models.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<crate::ml::ModelStatus>,
 }
 
 /// `?limit=`.
@@ -193,8 +198,16 @@ async fn health(State(state): State<ApiState>) -> impl IntoResponse {
             status: status.into(),
             components: state.health.components(),
             reasons: state.health.reasons(),
+            models: state.models.statuses(),
         }),
     )
+}
+
+/// Every model with its version, file, load time, last refused file, calls and cache use.
+#[utoipa::path(get, path = "/api/v1/models", responses(
+    (status = 200, body = Vec<crate::ml::ModelStatus>), (status = 401, body = ErrorBody)))]
+async fn models(State(state): State<ApiState>) -> Json<Vec<crate::ml::ModelStatus>> {
+    Json(state.models.statuses())
 }
 
 /// Version, mode, uptime and counts.

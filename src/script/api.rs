@@ -1,5 +1,5 @@
 //! Host API modules for scripts: `exchange::`, `market::`, `ta::`, `timer::`,
-//! `log::`, `health::`, plus `notify()` and `now()`. Functions read the
+//! `log::`, `health::`, `risk::` (and `ml::`, in `script::ml`), plus `notify()` and `now()`. Functions read the
 //! strategy's own snapshots or queue commands; none does I/O or blocks.
 //! Arguments are checked here so a wrong call names the function and its
 //! expected signature.
@@ -101,6 +101,11 @@ pub const HOST_FUNCTIONS: &[HostFn] = &[
     host("health::degraded", "health::degraded(reason: string)", 1, 1),
     host("risk::state", "risk::state()", 0, 0),
     host("risk::limits", "risk::limits()", 0, 0),
+    host("ml::predict", "ml::predict(model: string, features: array of numbers) -> number | array", 2, 2),
+    host("ml::predict_proba", "ml::predict_proba(model: string, features: array of numbers) -> array", 2, 2),
+    host("ml::models", "ml::models() -> array of #{name, inputs, output, version}", 0, 0),
+    host("ml::version", "ml::version(model: string) -> int", 1, 1),
+    host("ml::record", "ml::record(features: array of numbers [, label: number | bool])", 1, 2),
     host("notify", "notify(message)", 1, 1),
     host("now", "now()", 0, 0),
 ];
@@ -111,7 +116,7 @@ pub fn signature(name: &str) -> Option<&'static str> {
 }
 
 /// Gives an argument error the position of the call that caused it.
-fn located<T>(cx: &NativeCallContext, body: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(super) fn located<T>(cx: &NativeCallContext, body: impl FnOnce() -> Result<T>) -> Result<T> {
     body().map_err(|mut e| {
         if e.position().is_none() {
             e.set_position(cx.call_position());
@@ -120,7 +125,7 @@ fn located<T>(cx: &NativeCallContext, body: impl FnOnce() -> Result<T>) -> Resul
     })
 }
 
-fn bad(function: &str, message: String) -> Box<EvalAltResult> {
+pub(super) fn bad(function: &str, message: String) -> Box<EvalAltResult> {
     let signature = signature(function).unwrap_or(function);
     EvalAltResult::ErrorRuntime(format!("{message}; expected {signature}").into(), Position::NONE).into()
 }

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod convert;
 mod lint;
+pub mod ml;
 pub mod sandbox;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -45,6 +46,8 @@ pub struct ScriptOptions {
     /// Adds `test::panic(message)`, a host function that panics (tests of
     /// the host's panic handling set it through `Config::faults`).
     pub panicking_function: bool,
+    /// The models `ml::` calls and where `ml::record` writes.
+    pub ml: ml::MlOptions,
 }
 
 /// A compiled and checked script.
@@ -69,6 +72,7 @@ pub struct ScriptStrategy {
     ctx: SharedContext,
     options: ScriptOptions,
     strings: convert::SharedStrings,
+    ml: ml::SharedMl,
 }
 
 impl ScriptStrategy {
@@ -77,6 +81,8 @@ impl ScriptStrategy {
         let guard = CallbackGuard::default();
         let mut engine = hardened_engine(&options.limits, &guard, env.abort.clone());
         api::install(&mut engine, &env.ctx);
+        let ml = ml::MlState::shared(options.ml.clone());
+        engine.register_static_module("ml", ml::module(&env.ctx, &ml).into());
         if options.panicking_function {
             let mut test = rhai::Module::new();
             test.set_native_fn("panic", |message: &str| -> Result<(), Box<rhai::EvalAltResult>> {
@@ -103,6 +109,7 @@ impl ScriptStrategy {
             ctx: env.ctx,
             options,
             strings: convert::SharedStrings::default(),
+            ml,
         };
         strategy.activate();
         Ok(strategy)
@@ -151,16 +158,24 @@ impl Strategy for ScriptStrategy {
             StrategyEvent::Start => self.call("on_start", ()),
             StrategyEvent::Candle(c) => {
                 let symbol = self.strings.get(&c.symbol);
+                self.ml.borrow_mut().current = Some((symbol.clone(), c.time));
                 let timeframe = self.strings.get(&self.ctx.borrow().timeframe);
                 let candle = convert::candle(c, &symbol, &timeframe);
                 self.call("on_candle", (candle,))
             }
             StrategyEvent::OtherCandle(..) => Ok(false),
-            StrategyEvent::Tick(t) => self.call("on_tick", (convert::tick(t),)),
+            StrategyEvent::Tick(t) => {
+                self.ml.borrow_mut().current = Some((self.strings.get(&t.symbol), t.time));
+                self.call("on_tick", (convert::tick(t),))
+            }
             StrategyEvent::Order(o) => self.call("on_order", (convert::order(o),)),
             StrategyEvent::Fill(f) => self.call("on_fill", (convert::fill(f),)),
             StrategyEvent::Timer(name) => self.call("on_timer", (Dynamic::from(name.clone()),)),
-            StrategyEvent::Stop => self.call("on_stop", ()),
+            StrategyEvent::Stop => {
+                let called = self.call("on_stop", ());
+                self.ml.borrow_mut().flush().map_err(|e| StrategyError::new(format!("ml::record: {e}")))?;
+                called
+            }
         }
     }
 

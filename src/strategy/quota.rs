@@ -35,11 +35,13 @@ pub enum QuotaKind {
     Reports,
     /// `this` over `max_state_bytes` (not saved; the last good state is restored).
     State,
+    /// `ml::record` rows beyond `ml.record_max_mb` (dropped).
+    MlRecord,
 }
 
 impl QuotaKind {
     /// Every quota, in a fixed order.
-    pub const ALL: [QuotaKind; 8] = [
+    pub const ALL: [QuotaKind; 9] = [
         QuotaKind::LogLength,
         QuotaKind::LogRate,
         QuotaKind::Notifications,
@@ -48,6 +50,7 @@ impl QuotaKind {
         QuotaKind::Timers,
         QuotaKind::Reports,
         QuotaKind::State,
+        QuotaKind::MlRecord,
     ];
 
     /// The quota's name.
@@ -61,6 +64,7 @@ impl QuotaKind {
             QuotaKind::Timers => "timers",
             QuotaKind::Reports => "health_reports",
             QuotaKind::State => "state_size",
+            QuotaKind::MlRecord => "ml_record",
         }
     }
 
@@ -86,6 +90,7 @@ impl QuotaKind {
                 limits.max_report_keys, limits.max_report_value_bytes
             ),
             QuotaKind::State => format!("not saved over sandbox.max_state_bytes = {}", limits.max_state_bytes),
+            QuotaKind::MlRecord => "dropped: the feature record file reached ml.record_max_mb".to_string(),
         }
     }
 }

@@ -100,6 +100,8 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     /// Fires when shutdown begins (pending restarts are dropped).
     pub cancel: tokio_util::sync::CancellationToken,
+    /// The models scripts call and where their records go.
+    pub ml: crate::script::ml::MlOptions,
 }
 
 /// The strategy slots and everything they need.
@@ -130,6 +132,7 @@ pub struct Supervisor {
     clock: Clock,
     stopped_by_user: BTreeMap<String, String>,
     cancel: tokio_util::sync::CancellationToken,
+    ml: crate::script::ml::MlOptions,
 }
 
 impl Supervisor {
@@ -162,6 +165,7 @@ impl Supervisor {
             clock: parts.clock,
             stopped_by_user: parts.stopped_by_user,
             cancel: parts.cancel,
+            ml: parts.ml,
         }
     }
 
@@ -544,6 +548,7 @@ impl Supervisor {
             param_overrides: overrides,
             default_symbols: self.feed_symbols.clone(),
             panicking_function: self.config.faults.panicking_function,
+            ml: self.ml.clone(),
         };
         let file = slot.file.display().to_string();
         let source = slot.source.clone();
