@@ -1,9 +1,9 @@
 //! The dashboard in a real browser: headless Chromium driven over the W3C
 //! WebDriver protocol (chromedriver) loads the page, enters the token, sees a
 //! running strategy and a fill arrive live, clicks Reload and sees the reload
-//! in the activity feed, and sees the Telegram bot's 409 Conflict (another
-//! instance polls its token) named under the header. A screenshot is saved
-//! as target/dashboard-e2e.png.
+//! in the activity feed, sees the Telegram bot's 409 Conflict (another
+//! instance polls its token) named under the header, and the model table.
+//! A screenshot is saved as target/dashboard-e2e.png.
 //!
 //! Needs Debian's `chromium` and `chromium-driver`; `.ci/run` installs them
 //! and runs this test with `--ignored`.
@@ -137,6 +137,12 @@ async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
         c.telegram.allowed_chat_ids = vec![111];
         c.telegram.api_url = telegram.url();
         c.telegram.backoff_max_ms = 500;
+        let models =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/models/models.toml")).unwrap();
+        let mut gbt =
+            tradehost::config::Config::parse(&models, "models.toml").unwrap().ml.models.remove("gbt").unwrap();
+        gbt.path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&gbt.path);
+        c.ml.models.insert("gbt".into(), gbt);
     })
     .await;
     let driver = Driver::start().await;

@@ -86,15 +86,15 @@ fn every_example_model_predicts_what_onnxruntime_computed() {
 }
 
 /// The tree ensembles of tests/fixtures/trees (LightGBM, random forests,
-/// sklearn gradient boosting; classifiers binary and three-class, and
-/// regressors) give onnxruntime's labels, probabilities and values.
+/// sklearn gradient boosting; classifiers binary (one score column and two)
+/// and three-class, and regressors) give onnxruntime's labels, probabilities and values.
 #[test]
 fn tree_ensembles_of_every_converter_match_onnxruntime() {
     let dir = root().join("tests/fixtures/trees");
     let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let inputs: Vec<Vec<f64>> = expected["inputs"].as_array().unwrap().iter().map(numbers).collect();
     let models = expected["models"].as_object().unwrap();
-    assert_eq!(models.len(), 6);
+    assert_eq!(models.len(), 7);
     for (name, want) in models {
         let outputs = want["outputs"].as_object().unwrap();
         let asked: Vec<(ModelOutput, &str)> = if outputs.contains_key("label") {
@@ -120,6 +120,30 @@ fn tree_ensembles_of_every_converter_match_onnxruntime() {
                 assert_close(&got, &numbers(&outputs[key][i]), &format!("{name} {key} row {i}"));
             }
         }
+    }
+}
+
+#[test]
+fn hostile_tree_ensembles_are_refused_with_the_reason() {
+    let dir = root().join("tests/fixtures/trees");
+    for (file, reason) in [
+        ("bad_loop.onnx", "form a loop"),
+        ("bad_feature.onnx", "the trees read feature 99 of 5"),
+        ("bad_targets.onnx", "at most 4096 are supported"),
+    ] {
+        let config = ModelConfig {
+            path: dir.join(file),
+            inputs: 5,
+            output: ModelOutput::Value,
+            mean: None,
+            scale: None,
+            golden_input: None,
+            golden_output: None,
+            golden_tolerance: 1e-5,
+            cache_ttl: None,
+        };
+        let error = Model::load("bad", &config, 1).unwrap_err().to_string();
+        assert!(error.starts_with("not a usable ONNX model") && error.contains(reason), "{file}: {error}");
     }
 }
 

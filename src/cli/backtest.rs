@@ -198,7 +198,7 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
         ml: MlOptions {
             registry: Arc::new(Registry::load(&config.ml).map_err(|e| usage(format!("bad model:\n{e}")))?),
             record: args.features_out.clone().map_or(RecordTarget::Off, RecordTarget::Create),
-            record_max_bytes: u64::MAX,
+            record_max_bytes: config.ml.record_max_mb.saturating_mul(1 << 20),
         },
     };
     let file = args.strategy.display().to_string();
@@ -332,7 +332,7 @@ fn check_outputs(args: &BacktestArgs) -> Result<(), String> {
     }
     let inputs: Vec<PathBuf> =
         args.data.iter().chain([&args.strategy]).filter_map(|p| std::fs::canonicalize(p).ok()).collect();
-    for (flag, path) in [("--plot", &args.plot), ("--trades", &args.trades)] {
+    for (flag, path) in [("--plot", &args.plot), ("--trades", &args.trades), ("--features-out", &args.features_out)] {
         let Some(path) = path else { continue };
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !parent.is_dir() {

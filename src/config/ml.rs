@@ -114,8 +114,8 @@ impl MlConfig {
     /// Every problem of the section, each under its key.
     pub(super) fn problems(&self, out: &mut Vec<ConfigProblem>) {
         let mut bad = |key: String, message: String| out.push(ConfigProblem { key, message });
-        if self.cache_entries == 0 {
-            bad("ml.cache_entries".into(), "must be greater than 0".into());
+        if self.cache_entries == 0 || self.cache_entries > 1_000_000 {
+            bad("ml.cache_entries".into(), format!("must be from 1 to 1000000, got {}", self.cache_entries));
         }
         if self.record_max_mb == 0 {
             bad("ml.record_max_mb".into(), "must be greater than 0".into());

@@ -16,7 +16,12 @@ struct Entry {
     prediction: Prediction,
 }
 
-/// Predictions by (model, feature bits), at most `capacity` per model.
+/// Most memory one strategy's cache of one model may take (an estimate per entry:
+/// the key twice, the prediction, bookkeeping).
+const MAX_BYTES_PER_MODEL: usize = 64 << 20;
+
+/// Predictions by (model, feature bits), at most `capacity` per model, and
+/// never more than [`MAX_BYTES_PER_MODEL`] per model however wide the features.
 #[derive(Debug)]
 pub struct PredictionCache {
     capacity: usize,
@@ -50,7 +55,11 @@ impl PredictionCache {
         ttl_ms: i64,
         prediction: Prediction,
     ) {
-        let capacity = self.capacity;
+        let entry_bytes = 16 * key.len()
+            + 16 * prediction.output.len()
+            + 8 * prediction.probabilities.as_ref().map_or(0, Vec::len)
+            + 128;
+        let capacity = self.capacity.min(MAX_BYTES_PER_MODEL / entry_bytes);
         let entries = self.models.entry(model.to_string()).or_insert_with(|| BoundedMap::new(capacity));
         entries.insert(key, Entry { version, expires: now.saturating_add(ttl_ms), prediction });
     }
@@ -86,5 +95,18 @@ mod tests {
         assert!(cache.get("m", 1, &feature_key(&[6.0]), 0).is_none(), "the oldest went");
         assert!(cache.get("m", 1, &feature_key(&[9.0]), 0).is_some());
         assert_eq!(cache.models["m"].len(), 3);
+    }
+
+    #[test]
+    fn wide_features_keep_the_cache_under_its_memory_bound() {
+        let mut cache = PredictionCache::new(1_000_000);
+        let wide = vec![0.5; 4_096];
+        for i in 0..2_000 {
+            let mut features = wide.clone();
+            features[0] = i as f64;
+            cache.put("m", 1, feature_key(&features), 0, 1_000, prediction(1.0));
+        }
+        let kept = cache.models["m"].len();
+        assert!(kept < 2_000 && kept * 4_096 * 16 <= MAX_BYTES_PER_MODEL, "kept {kept}");
     }
 }

@@ -3,7 +3,8 @@
 //! each call takes), checked at every load (input width, the output asked
 //! for, the golden pair), swapped atomically when their file changes and
 //! passes the checks (a bad file keeps the old model serving), with
-//! per-model call counts and latency. Inference runs on the calling
+//! per-model call counts and latency. Every load runs the model once (on
+//! the golden input, or a row of zeros) so a file that cannot run is refused. Inference runs on the calling
 //! strategy's thread. [`PredictionCache`] keeps one strategy's recent
 //! answers; [`FeatureWriter`] writes the rows `ml::record` sends.
 
@@ -123,8 +124,17 @@ impl Model {
         Model::from_bytes(name, config, version, &bytes)
     }
 
-    /// Prepares and checks a model from the bytes of its file.
+    /// Prepares and checks a model from the bytes of its file: it must run
+    /// (a row of zeros, or the golden input); a panic while preparing or
+    /// running it refuses the file like any other fault.
     pub fn from_bytes(name: &str, config: &ModelConfig, version: u32, bytes: &[u8]) -> Result<Model, MlError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Model::prepare(name, config, version, bytes)))
+            .unwrap_or_else(|panic| {
+                Err(MlError::Invalid(format!("preparing it panicked: {}", crate::health::panic_message(panic))))
+            })
+    }
+
+    fn prepare(name: &str, config: &ModelConfig, version: u32, bytes: &[u8]) -> Result<Model, MlError> {
         let onnx = OnnxModel::from_bytes(bytes, config.inputs)?;
         if !onnx.has(config.output) {
             return Err(MlError::MissingOutput(config.output));
@@ -137,7 +147,11 @@ impl Model {
             sha256: hex(&sha2::Sha256::digest(bytes)),
             onnx,
         };
-        if let (Some(input), Some(expected)) = (&config.golden_input, &config.golden_output) {
+        let Some((input, expected)) = config.golden_input.as_ref().zip(config.golden_output.as_ref()) else {
+            model.predict(&vec![0.0; config.inputs])?;
+            return Ok(model);
+        };
+        {
             let got = model.predict(input)?.output;
             let tolerance = config.golden_tolerance;
             let close = got.len() == expected.len()

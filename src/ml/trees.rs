@@ -13,6 +13,9 @@ use tract_onnx::pb::{NodeProto, TensorProto};
 use tract_onnx::pb_helpers::AttrTVecType;
 use tract_onnx::tract_hir::internal::*;
 
+/// Most classes or targets an ensemble may have (a file asking for more is refused).
+const MAX_OUTPUTS: usize = 4_096;
+
 /// Registers both ops with an ONNX framework (replacing tract's classifier).
 pub fn register(onnx: &mut Onnx) {
     onnx.op_register.insert("TreeEnsembleClassifier", classifier);
@@ -105,6 +108,7 @@ fn list<'a, T: AttrTVecType<'a>>(node: &'a NodeProto, name: &str, n: usize) -> T
 
 /// Parses the nodes and leaves; `prefix` is `class` or `target`.
 fn parse(node: &NodeProto, prefix: &str, outputs: usize) -> TractResult<Ensemble> {
+    ensure!(outputs <= MAX_OUTPUTS, "{outputs} classes or targets: at most {MAX_OUTPUTS} are supported");
     for tensor_form in
         ["nodes_values_as_tensor", "base_values_as_tensor", "class_weights_as_tensor", "target_weights_as_tensor"]
     {
@@ -170,19 +174,21 @@ fn parse(node: &NodeProto, prefix: &str, outputs: usize) -> TractResult<Ensemble
         }
     }
     // Each tree's root: its lowest node id.
-    let mut roots: Vec<(i64, i64, usize)> = Vec::new();
+    let mut lowest: HashMap<i64, (i64, usize)> = HashMap::new();
     for (i, (tree, id)) in tree_ids.iter().zip(&node_ids).enumerate() {
-        match roots.iter_mut().find(|(t, ..)| t == tree) {
-            Some(root) if *id < root.1 => *root = (*tree, *id, i),
-            Some(_) => {}
-            None => roots.push((*tree, *id, i)),
+        let root = lowest.entry(*tree).or_insert((*id, i));
+        if *id < root.0 {
+            *root = (*id, i);
         }
     }
-    roots.sort();
+    let mut roots: Vec<(i64, usize)> = lowest.into_iter().map(|(tree, (_, i))| (tree, i)).collect();
+    roots.sort_unstable();
+    let roots: Vec<usize> = roots.into_iter().map(|(_, i)| i).collect();
+    check_acyclic(&nodes, &roots)?;
     let base = node.get_attr_opt_vec::<f32>("base_values")?;
     Ok(Ensemble {
         nodes,
-        roots: roots.into_iter().map(|(.., i)| i).collect(),
+        roots,
         outputs,
         max_feature,
         aggregate: Aggregate::Sum,
@@ -192,6 +198,34 @@ fn parse(node: &NodeProto, prefix: &str, outputs: usize) -> TractResult<Ensemble
         single_score: false,
         positive_weights: weights.iter().all(|w| *w >= 0.0),
     })
+}
+
+/// Refuses trees whose branches lead back to a node already on the way:
+/// every walk from a root must end at a leaf.
+fn check_acyclic(nodes: &[Node], roots: &[usize]) -> TractResult<()> {
+    // 0: not seen, 1: on the current path, 2: done.
+    let mut state = vec![0u8; nodes.len()];
+    for root in roots {
+        let mut stack = vec![(*root, false)];
+        while let Some((at, leaving)) = stack.pop() {
+            if leaving {
+                state[at] = 2;
+                continue;
+            }
+            match state[at] {
+                1 => bail!("a tree's branches form a loop at node {at}"),
+                2 => continue,
+                _ => {}
+            }
+            state[at] = 1;
+            stack.push((at, true));
+            if let Node::Branch { yes, no, .. } = &nodes[at] {
+                stack.push((*yes, false));
+                stack.push((*no, false));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Ensemble {
@@ -225,22 +259,31 @@ impl Ensemble {
     /// The aggregated raw scores of one row (before base values and transform).
     fn raw(&self, row: &[f32]) -> TractResult<Vec<f32>> {
         let mut scores = vec![0f32; self.outputs];
-        let mut seen = vec![false; self.outputs];
+        let extreme = matches!(self.aggregate, Aggregate::Min | Aggregate::Max);
+        let mut seen = if extreme { vec![false; self.outputs] } else { Vec::new() };
+        let mut tree: Vec<(usize, f32)> = Vec::new();
         for root in &self.roots {
-            let mut tree = vec![None::<f32>; self.outputs];
-            for (output, weight) in self.leaf(*root, row)? {
-                *tree[*output].get_or_insert(0.0) += weight;
+            let weights = self.leaf(*root, row)?;
+            if !extreme {
+                weights.iter().for_each(|(output, weight)| scores[*output] += weight);
+                continue;
             }
-            for (output, value) in tree.into_iter().enumerate() {
-                let Some(value) = value else { continue };
-                let score = &mut scores[output];
-                *score = match (self.aggregate, seen[output]) {
-                    (Aggregate::Min, true) => score.min(value),
-                    (Aggregate::Max, true) => score.max(value),
-                    (Aggregate::Min | Aggregate::Max, false) => value,
-                    (Aggregate::Sum | Aggregate::Average, _) => *score + value,
+            // This tree's value per output (a leaf may name an output twice), then the min or max.
+            tree.clear();
+            for (output, weight) in weights {
+                match tree.iter_mut().find(|(o, _)| o == output) {
+                    Some((_, value)) => *value += weight,
+                    None => tree.push((*output, *weight)),
+                }
+            }
+            for (output, value) in &tree {
+                let score = &mut scores[*output];
+                *score = match (self.aggregate, seen[*output]) {
+                    (Aggregate::Min, true) => score.min(*value),
+                    (Aggregate::Max, true) => score.max(*value),
+                    _ => *value,
                 };
-                seen[output] = true;
+                seen[*output] = true;
             }
         }
         if self.aggregate == Aggregate::Average {
@@ -257,7 +300,7 @@ impl Ensemble {
                 let zero = self.transform == Transform::SoftmaxZero;
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let exp: Vec<f32> =
-                    scores.iter().map(|s| if zero && *s == 0.0 { 0.0 } else { (s - max).exp() }).collect();
+                    scores.iter().map(|s| if zero && s.abs() < 1e-7 { 0.0 } else { (s - max).exp() }).collect();
                 let sum: f32 = exp.iter().sum();
                 scores.iter_mut().zip(exp).for_each(|(s, e)| *s = if sum > 0.0 { e / sum } else { 0.0 });
             }
@@ -289,13 +332,15 @@ impl Ensemble {
         Ok((labels[best], scores))
     }
 
-    /// A regressor's targets for one row.
+    /// A regressor's targets for one row (one target is never transformed, as in onnxruntime).
     fn regress(&self, row: &[f32]) -> TractResult<Vec<f32>> {
         let mut scores = self.raw(row)?;
         if let Some(base) = &self.base {
             scores.iter_mut().zip(base).for_each(|(s, b)| *s += b);
         }
-        self.transform(&mut scores);
+        if self.outputs > 1 {
+            self.transform(&mut scores);
+        }
         Ok(scores)
     }
 }
@@ -316,6 +361,14 @@ fn classifier(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn I
         ensemble.nodes.iter().any(|n| matches!(n, Node::Leaf { weights } if weights.iter().any(|(c, _)| *c == class)))
     };
     ensemble.single_score = labels.len() == 2 && !scored(1);
+    if let Some(base) = &ensemble.base {
+        ensure!(
+            base.len() == labels.len() || (ensemble.single_score && base.len() == 1),
+            "base_values has {} values for {} classes",
+            base.len(),
+            labels.len()
+        );
+    }
     ensemble.labels = Some(labels);
     Ok((expand(Trees { ensemble: Arc::new(ensemble), classifier: true }), vec![]))
 }
@@ -323,7 +376,11 @@ fn classifier(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn I
 fn regressor(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let targets = node.get_attr_opt::<i64>("n_targets")?.unwrap_or(1);
     ensure!(targets >= 1, "n_targets is {targets}");
+    ensure!(targets as usize <= MAX_OUTPUTS, "n_targets is {targets}: at most {MAX_OUTPUTS} are supported");
     let mut ensemble = parse(node, "target", targets as usize)?;
+    if let Some(base) = &ensemble.base {
+        ensure!(base.len() == targets as usize, "base_values has {} values for {targets} targets", base.len());
+    }
     ensemble.aggregate = match node.get_attr_opt::<&str>("aggregate_function")?.unwrap_or("SUM") {
         "SUM" => Aggregate::Sum,
         "AVERAGE" => Aggregate::Average,
@@ -428,6 +485,13 @@ impl EvalOp for Trees {
 
 impl TypedOp for Trees {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        if let Some(width) = inputs[0].shape.as_concrete().and_then(|s| s.get(1).copied()) {
+            ensure!(
+                width > self.ensemble.max_feature,
+                "the trees read feature {} of {width}",
+                self.ensemble.max_feature
+            );
+        }
         let rows = inputs[0].shape[0].clone();
         let scores = f32::fact(&[rows.clone(), self.ensemble.outputs.to_dim()]);
         Ok(if self.classifier { tvec!(i64::fact(&[rows]), scores) } else { tvec!(scores) })

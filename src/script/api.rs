@@ -1,6 +1,7 @@
 //! Host API modules for scripts: `exchange::`, `market::`, `ta::`, `timer::`,
-//! `log::`, `health::`, `risk::` (and `ml::`, in `script::ml`), plus `notify()` and `now()`. Functions read the
+//! `log::`, `health::`, `risk::`, plus `notify()` and `now()`. Functions read the
 //! strategy's own snapshots or queue commands; none does I/O or blocks.
+//! (`ml::`, which runs models and writes record files, is `script::ml`.)
 //! Arguments are checked here so a wrong call names the function and its
 //! expected signature.
 

@@ -1,7 +1,8 @@
 //! `ml::` for scripts: predictions from the host's shared models through
-//! the strategy's own cache, and `ml::record` rows for training. Every
-//! call runs on the strategy's thread and counts against its callback
-//! budget; a bad call is a script error naming the model and the problem.
+//! the strategy's own cache, and `ml::record` rows for training (written to
+//! a file, bounded in size). Every call runs on the strategy's thread and
+//! counts against its callback budget; a bad call is a script error naming
+//! the model and the problem.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -74,20 +75,22 @@ const PREDICT: &str = "ml::predict";
 const PROBA: &str = "ml::predict_proba";
 const RECORD: &str = "ml::record";
 
-fn features_of(function: &str, model: &str, v: &Dynamic) -> Result<Vec<f64>> {
-    let array = v.read_lock::<Array>().ok_or_else(|| {
-        bad(function, format!("{function}: model `{model}`: `features` must be an array, got {}", v.type_name()))
-    })?;
+/// The features of a call as numbers; `model` names the model in errors (none for `ml::record`).
+fn features_of(function: &str, model: Option<&str>, v: &Dynamic) -> Result<Vec<f64>> {
+    let prefix = model.map_or(format!("{function}:"), |m| format!("{function}: model `{m}`:"));
+    let array = v
+        .read_lock::<Array>()
+        .ok_or_else(|| bad(function, format!("{prefix} `features` must be an array, got {}", v.type_name())))?;
+    if array.is_empty() {
+        return Err(bad(function, format!("{prefix} `features` is empty")));
+    }
     array
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            f.as_float().or_else(|_| f.as_int().map(|n| n as f64)).map_err(|_| {
-                bad(
-                    function,
-                    format!("{function}: model `{model}`: feature {i} must be a number, got {}", f.type_name()),
-                )
-            })
+            f.as_float()
+                .or_else(|_| f.as_int().map(|n| n as f64))
+                .map_err(|_| bad(function, format!("{prefix} feature {i} must be a number, got {}", f.type_name())))
         })
         .collect()
 }
@@ -121,7 +124,7 @@ fn predict(
         metrics.errors.fetch_add(1, Ordering::Relaxed);
         bad(function, format!("{function}: model `{name}`: {message}"))
     };
-    let features = features_of(function, &name, features).inspect_err(|_| {
+    let features = features_of(function, Some(&name), features).inspect_err(|_| {
         metrics.errors.fetch_add(1, Ordering::Relaxed);
     })?;
     let (now, timeframe_ms) = {
@@ -144,9 +147,7 @@ fn numbers(values: &[f64]) -> Dynamic {
 }
 
 fn record(ctx: &SharedContext, ml: &SharedMl, features: &Dynamic, label: Option<&Dynamic>) -> Result<()> {
-    let features = features_of(RECORD, "-", features).map_err(|_| {
-        bad(RECORD, format!("{RECORD}: `features` must be an array of numbers, got {}", features.type_name()))
-    })?;
+    let features = features_of(RECORD, None, features)?;
     let label = label
         .map(|l| {
             l.as_float()
