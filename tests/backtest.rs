@@ -613,12 +613,20 @@ fn an_unknown_param_names_the_params_the_script_has() {
 
 #[test]
 fn backtest_refuses_mistyped_params_and_outputs_that_would_go_wrong_before_running() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--param", "fast=abc"],
             "param `fast` is set to \"abc\" (by --param or the config file), but the script declares it as a number (10)",
         ),
-        (&["--sweep", "fast=5,10", "--plot", "x.svg"], "--plot and --trades write one run's results"),
+        (&["--sweep", "fast=5,10", "--plot", "x.svg"], "--plot, --trades and --features-out write one run's results"),
+        (
+            &["--sweep", "fast=5,10", "--features-out", "f.csv"],
+            "--plot, --trades and --features-out write one run's results",
+        ),
+        (
+            &["--features-out", "strategies/sma_cross.rhai"],
+            "--features-out strategies/sma_cross.rhai: that is an input of this run",
+        ),
         (&["--sweep", "fast=5,10", "--param", "fast=7"], "`fast` is given by both --param and --sweep"),
         (&["--trades", "tests/fixtures/btc_1m.csv"], "that is an input of this run"),
         (&["--plot", "equity.jpg"], "the file must end in .svg or .png"),

@@ -190,8 +190,9 @@ async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
         .await;
     driver.wait_true("the host still ready", "return document.querySelector('#health').textContent === 'ready';").await;
 
-    let reload = driver.element(r#"button[data-act="reload"][data-name="trader"]"#).await;
-    driver.command(reqwest::Method::POST, &format!("/element/{reload}/click"), json!({})).await;
+    // Clicked in the page: the table is re-rendered every refresh, so a
+    // WebDriver element reference may go stale between finding and clicking.
+    driver.script(r#"document.querySelector('button[data-act="reload"][data-name="trader"]').click();"#).await;
     driver
         .wait_true(
             "the reload in the feed",

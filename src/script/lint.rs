@@ -341,6 +341,8 @@ mod tests {
         let ctx = StrategyContext::new("t", Default::default(), OrderIds::new("t", Default::default()), 10).shared();
         let mut engine = rhai::Engine::new();
         super::super::api::install(&mut engine, &ctx);
+        let ml = super::super::ml::MlState::shared(Default::default());
+        engine.register_static_module("ml", super::super::ml::module(&ctx, &ml).into());
         let arg = |i: usize| ["\"BTCUSD\"", "\"buy\"", "1", "2", "#{}"][i.min(4)];
         for f in HOST_FUNCTIONS {
             for (count, exists) in [(f.min_args, true), (f.max_args, true), (f.max_args + 1, false)] {
