@@ -85,6 +85,21 @@ fn every_example_model_predicts_what_onnxruntime_computed() {
     }
 }
 
+/// A five-feature model without standardization, golden pair or cache TTL.
+fn plain(path: PathBuf, output: ModelOutput) -> ModelConfig {
+    ModelConfig {
+        path,
+        inputs: 5,
+        output,
+        mean: None,
+        scale: None,
+        golden_input: None,
+        golden_output: None,
+        golden_tolerance: 1e-5,
+        cache_ttl: None,
+    }
+}
+
 /// The tree ensembles of tests/fixtures/trees (LightGBM, random forests,
 /// sklearn gradient boosting; classifiers binary (one score column and two)
 /// and three-class, and regressors) give onnxruntime's labels, probabilities and values.
@@ -103,17 +118,7 @@ fn tree_ensembles_of_every_converter_match_onnxruntime() {
             vec![(ModelOutput::Value, "variable")]
         };
         for (output, key) in asked {
-            let config = ModelConfig {
-                path: dir.join(format!("{name}.onnx")),
-                inputs: 5,
-                output,
-                mean: None,
-                scale: None,
-                golden_input: None,
-                golden_output: None,
-                golden_tolerance: 1e-5,
-                cache_ttl: None,
-            };
+            let config = plain(dir.join(format!("{name}.onnx")), output);
             let model = Model::load(name, &config, 1).unwrap_or_else(|e| panic!("{name}: {e}"));
             for (i, row) in inputs.iter().enumerate() {
                 let got = model.predict(row).unwrap().output;
@@ -131,17 +136,7 @@ fn hostile_tree_ensembles_are_refused_with_the_reason() {
         ("bad_feature.onnx", "the trees read feature 99 of 5"),
         ("bad_targets.onnx", "at most 4096 are supported"),
     ] {
-        let config = ModelConfig {
-            path: dir.join(file),
-            inputs: 5,
-            output: ModelOutput::Value,
-            mean: None,
-            scale: None,
-            golden_input: None,
-            golden_output: None,
-            golden_tolerance: 1e-5,
-            cache_ttl: None,
-        };
+        let config = plain(dir.join(file), ModelOutput::Value);
         let error = Model::load("bad", &config, 1).unwrap_err().to_string();
         assert!(error.starts_with("not a usable ONNX model") && error.contains(reason), "{file}: {error}");
     }
@@ -406,6 +401,7 @@ fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
 fn on_candle(c) {
     let p = ml::predict_proba("gbt", [c.close % 3.0, 0.1, -0.1, 0.0]);
     health::report("version", ml::version("gbt"));
+    ml::record([c.close, p[1]], c.close > c.open);
 }
 "#;
 
@@ -415,9 +411,11 @@ async fn a_shared_model_is_loaded_once_and_a_bad_file_never_stops_it_serving() {
     let path = dir.path().join("gbt.onnx");
     std::fs::copy(example("gbt").path, &path).unwrap();
     let models = example_models();
+    let records = dir.path().join("features");
     let t = TestHost::start(&[("one", USER), ("two", USER)], |c| {
         c.ml = models.ml.clone();
         c.ml.models.retain(|name, _| name == "gbt");
+        c.ml.record_dir = Some(records.clone());
         let gbt = c.ml.models.get_mut("gbt").unwrap();
         (gbt.path, gbt.golden_input, gbt.golden_output) = (path.clone(), None, None);
     })
@@ -435,17 +433,18 @@ async fn a_shared_model_is_loaded_once_and_a_bad_file_never_stops_it_serving() {
         (models[0]["name"].as_str(), models[0]["loads"].as_u64(), models[0]["version"].as_u64()),
         (Some("gbt"), Some(1), Some(1))
     );
-    let metrics = reqwest::Client::new()
-        .get(format!("http://{}/metrics", t.host.http_addr()))
-        .bearer_auth(t.host.api_token().expose())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(metrics.contains("tradehost_ml_loads_total{model=\"gbt\"} 1"), "{metrics}");
     assert!(metrics.contains("tradehost_ml_predict_seconds_count{model=\"gbt\"}"), "{metrics}");
+    // With `ml.record_dir` set, each strategy's rows go to its own file.
+    for name in ["one", "two"] {
+        let text = std::fs::read_to_string(records.join(format!("{name}.csv"))).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("time,symbol,strategy,label,f0,f1"));
+        let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+        assert_eq!((row[1], row[2], row.len()), ("BTCUSD", name, 6), "{text}");
+        assert!(["0", "1"].contains(&row[3]), "{text}");
+    }
 
     // A half-written file: refused, named in /health, still serving v1.
     let bytes = std::fs::read(&path).unwrap();

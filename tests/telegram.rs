@@ -231,15 +231,7 @@ async fn strangers_get_nothing_and_are_counted() {
     // An allowed chat's command after them is answered: the stranger's were read and ignored.
     assert!(ask(&fake, CHAT, "/version").await.contains("tradehost"));
     assert!(fake.sent_to(STRANGER).is_empty(), "nothing to a stranger");
-    let metrics = reqwest::Client::new()
-        .get(format!("http://{}/metrics", host.host.http_addr()))
-        .bearer_auth(host.host.api_token().expose())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = host.metrics().await;
     assert!(metrics.contains("tradehost_telegram_strangers_total 2"), "{metrics}");
     assert!(metrics.contains("tradehost_telegram_last_poll_age_seconds"), "{metrics}");
     // A button press from a stranger does nothing either.

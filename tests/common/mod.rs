@@ -136,6 +136,14 @@ impl TestHost {
         response.json().await.unwrap()
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.host.http_addr());
+        let response =
+            reqwest::Client::new().get(url).bearer_auth(self.host.api_token().expose()).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     /// The last sequence number so far.
     pub fn seq(&self) -> u64 {
         self.host.activity().last_seq()
