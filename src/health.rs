@@ -115,6 +115,18 @@ impl Health {
         self.components.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// `ready`, `starting` (a component readiness counts is not up yet, or is
+    /// down) or `shutting_down`.
+    pub fn status(&self) -> &'static str {
+        if self.is_shutting_down() {
+            "shutting_down"
+        } else if self.is_ready() {
+            "ready"
+        } else {
+            "starting"
+        }
+    }
+
     /// True when every component readiness counts is up and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
         !self.is_shutting_down() && self.not_ready().is_empty()
@@ -129,6 +141,32 @@ impl Health {
             .map(|(n, _)| n)
             .collect()
     }
+}
+
+/// Replaces `path` with `bytes` so that a reader sees the old file or the
+/// new one, never a part: the bytes go to a temporary file in the same
+/// folder, are synced, and the file is renamed over `path` (a replace on
+/// every platform the standard library supports), then the folder is synced.
+pub fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = folder.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result?;
+    #[cfg(unix)]
+    if let Ok(dir) = std::fs::File::open(folder) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -428,6 +466,38 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reader_never_sees_a_partial_health_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("health.json");
+        write_file_atomically(&path, b"{\"n\": 0}").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let value: serde_json::Value =
+                        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+                    assert!(value["n"].is_u64());
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        // Files of very different sizes, so a torn read would not parse.
+        for n in 1..2_000u64 {
+            let padding = "x".repeat((n % 7) as usize * 4_000);
+            write_file_atomically(&path, format!("{{\"n\": {n}, \"pad\": \"{padding}\"}}").as_bytes()).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let reads = reader.join().unwrap();
+        assert!(reads > 100, "the reader ran alongside: {reads} reads");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("health.json")], "no temporary files left");
+    }
 
     #[test]
     fn readiness_follows_components_and_shutdown() {

@@ -583,3 +583,29 @@ async fn api_positions_never_run_ahead_of_the_stored_fills() {
     assert!(fills.as_array().unwrap().len() > 20, "the strategies kept trading: {}", fills.as_array().unwrap().len());
     assert_eq!(t.stop().await, 0);
 }
+
+/// The health file in the data folder says what `/api/v1/health` says,
+/// follows a strategy failing within a moment, and ends `shutting_down`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_file_follows_the_host_and_ends_shutting_down() {
+    let t = common::TestHost::start(&[("fine", "fn on_candle(c) { }")], |c| c.health.interval_ms = 200).await;
+    let path = t.data.path().join("health.json");
+    let read = || -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !path.exists() || read()["status"] != "ready" {
+        assert!(std::time::Instant::now() < deadline, "the file says ready");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let file = read();
+    let api = t.api_get("/api/v1/health").await;
+    assert_eq!(file["components"], api["components"], "{file} vs {api}");
+    assert_eq!(file["pid"], std::process::id());
+    let first = file["written_at"].as_str().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_ne!(read()["written_at"].as_str().unwrap(), first, "rewritten every interval");
+    let data = t.data.path().to_path_buf();
+    let (_dir, _data) = t.stop_keep().await;
+    let last: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("health.json")).unwrap()).unwrap();
+    assert_eq!(last["status"], "shutting_down", "{last}");
+}

@@ -22,8 +22,8 @@ pub use market::{
 pub use ml::{MAX_MODEL_INPUTS, MlConfig, ModelConfig, ModelOutput, valid_model_name};
 pub use risk::{LosingStreak, RiskLimits};
 pub use sections::{
-    HttpConfig, SandboxConfig, ShutdownConfig, ShutdownPolicy, StoreConfig, StrategiesConfig, StrategyOverride,
-    SupervisorConfig,
+    HealthConfig, HttpConfig, SandboxConfig, ShutdownConfig, ShutdownPolicy, StoreConfig, StrategiesConfig,
+    StrategyOverride, SupervisorConfig,
 };
 pub use telegram::{NotifyKind, TelegramConfig};
 
@@ -122,6 +122,8 @@ pub struct Config {
     pub telegram: TelegramConfig,
     /// ONNX models scripts call with `ml::predict`.
     pub ml: MlConfig,
+    /// The health file.
+    pub health: HealthConfig,
     /// Faults injected by tests; never read from a file.
     #[serde(skip)]
     pub faults: Faults,
@@ -165,12 +167,18 @@ impl Default for Config {
             risk: RiskLimits::default(),
             telegram: TelegramConfig::default(),
             ml: MlConfig::default(),
+            health: HealthConfig::default(),
             faults: Faults::default(),
         }
     }
 }
 
 impl Config {
+    /// Where the health file goes, when it is written.
+    pub fn health_file(&self) -> Option<PathBuf> {
+        self.health.write_file.then(|| self.health.file.clone().unwrap_or_else(|| self.data_dir.join("health.json")))
+    }
+
     /// The embedded default configuration.
     pub fn embedded() -> Config {
         Config::parse(DEFAULT_TOML, "embedded default").expect("embedded default config is valid")

@@ -236,6 +236,25 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// `[health]`: the health file operators and supervisors read.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Write the health file.
+    pub write_file: bool,
+    /// Where (default: `health.json` in the data folder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Rewritten at least this often, and at every change of a component.
+    pub interval_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig { write_file: true, file: None, interval_ms: 5_000 }
+    }
+}
+
 /// `[http]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]

@@ -67,7 +67,7 @@ impl Default for TelegramConfig {
             allowed_chat_ids: Vec::new(),
             api_url: "https://api.telegram.org".into(),
             poll_timeout_s: 25,
-            request_timeout_ms: 10_000,
+            request_timeout_ms: 15_000,
             backoff_max_ms: 30_000,
             confirm_timeout_s: 60,
             notify: vec![
@@ -116,8 +116,19 @@ impl TelegramConfig {
                 bad(key, "must be greater than 0");
             }
         }
-        if self.poll_timeout_s > 50 {
-            bad("poll_timeout_s", "must be at most 50 (Telegram holds a long poll for at most 50 seconds)");
+        if self.poll_timeout_s == 0 || self.poll_timeout_s > 50 {
+            bad("poll_timeout_s", "must be from 1 to 50 (Telegram holds a long poll for at most 50 seconds)");
+        }
+        for (key, value, most) in [
+            ("request_timeout_ms", self.request_timeout_ms, 600_000),
+            ("backoff_max_ms", self.backoff_max_ms, 3_600_000),
+            ("confirm_timeout_s", self.confirm_timeout_s, 86_400),
+            ("coalesce_ms", self.coalesce_ms, 3_600_000),
+            ("chat_interval_ms", self.chat_interval_ms, 3_600_000),
+        ] {
+            if value > most {
+                bad(key, &format!("must be at most {most}"));
+            }
         }
         if let Some(token) = &self.token
             && !plausible_token(token.expose())
@@ -145,5 +156,26 @@ fn plausible_token(token: &str) -> bool {
                 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         }
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn an_enabled_bot_needs_an_allowlist_and_sane_timings() {
+        let text = "[telegram]\nenabled = true\npoll_timeout_s = 0\nconfirm_timeout_s = 99999999999\nrequest_timeout_ms = 18446744073709551615\n";
+        let error = Config::parse(text, "t.toml").unwrap_err().to_string();
+        for expected in [
+            "`telegram.allowed_chat_ids`: is empty",
+            "`telegram.poll_timeout_s`: must be from 1 to 50",
+            "`telegram.confirm_timeout_s`: must be at most 86400",
+            "`telegram.request_timeout_ms`: must be at most 600000",
+        ] {
+            assert!(error.contains(expected), "{expected} in {error}");
+        }
+        let fine = "[telegram]\nenabled = true\nallowed_chat_ids = [1]\ntoken = \"1:a\"\n";
+        assert!(Config::parse(fine, "t.toml").is_ok());
     }
 }

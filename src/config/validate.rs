@@ -46,6 +46,9 @@ impl Config {
         self.risk.problems("risk", &mut out);
         self.telegram.problems(&mut out);
         self.ml.problems(&mut out);
+        if self.health.interval_ms == 0 {
+            out.push(ConfigProblem { key: "health.interval_ms".into(), message: "must be greater than 0".into() });
+        }
         for (name, strategy) in &self.strategies.overrides {
             if let Some(risk) = &strategy.risk {
                 risk.problems(&format!("strategies.overrides.{name}.risk"), &mut out);

@@ -26,6 +26,7 @@
 //!   queue document their policies in `strategy::live`, `activity` and
 //!   `store::writer`.
 
+mod health_file;
 pub mod history;
 mod lifecycle;
 mod models;
@@ -319,7 +320,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         protections,
         models: models.clone(),
     });
-    let models_watcher = models::watch(models, debounce, health.clone(), activity.clone())?;
+    let models_watcher = models::watch(models.clone(), debounce, health.clone(), activity.clone())?;
     let telegram_cancel = CancellationToken::new();
     if config.telegram.enabled {
         let bot = crate::telegram::Telegram::new(api.clone(), &config.telegram)?;
@@ -327,6 +328,10 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         tasks.spawn_auxiliary(TELEGRAM_TASK, crate::telegram::COMPONENT, move || bot.clone().run(cancel.clone()));
     }
     spawn_health_events(&tasks, health.clone(), activity.clone(), tasks_cancel.clone());
+    if let Some(path) = config.health_file() {
+        let interval = Duration::from_millis(config.health.interval_ms);
+        health_file::spawn(&tasks, path, interval, health.clone(), models, tasks_cancel.clone());
+    }
     let idle_timeout = Duration::from_millis(config.http.idle_timeout_ms);
     let max_connections = crate::http::connection_limit(config.http.max_connections);
     let server =

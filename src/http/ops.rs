@@ -322,6 +322,11 @@ pub fn balances(ctx: &ApiContext) -> BalancesResponse {
 /// Realised PnL (and fees) of the stored fills in `period`, per strategy,
 /// with each strategy's unrealised PnL now: positions are replayed from
 /// every stored fill, so a fill in the period that closes an older entry
+/// Realised minus fees plus unrealised, saturating (money near Decimal's limit never panics).
+fn net(row: &PnlRow) -> Decimal {
+    row.realized.saturating_sub(row.fees).saturating_add(row.unrealized)
+}
+
 /// realises against that entry's price.
 pub async fn pnl(ctx: &ApiContext, period: PnlPeriod) -> Result<PnlResponse, ApiError> {
     const DAY_MS: i64 = 86_400_000;
@@ -357,8 +362,8 @@ pub async fn pnl(ctx: &ApiContext, period: PnlPeriod) -> Result<PnlResponse, Api
         let realized = position.apply(fill.side, fill.size, fill.price);
         if fill.time >= since {
             let mut r = row(&mut rows, &fill.strategy);
-            r.realized += realized;
-            r.fees += fill.fee;
+            r.realized = r.realized.saturating_add(realized);
+            r.fees = r.fees.saturating_add(fill.fee);
             r.fills += 1;
             rows.insert(fill.strategy.clone(), r);
         }
@@ -368,10 +373,10 @@ pub async fn pnl(ctx: &ApiContext, period: PnlPeriod) -> Result<PnlResponse, Api
             .values()
             .filter(|p| !p.size.is_zero())
             .map(|p| account.marks.get(&p.symbol).map_or(Decimal::ZERO, |m| p.unrealized_pnl(*m)))
-            .sum();
+            .fold(Decimal::ZERO, Decimal::saturating_add);
         if positions.values().any(|p| !p.size.is_zero()) {
             let mut r = row(&mut rows, strategy);
-            r.unrealized += unrealized;
+            r.unrealized = r.unrealized.saturating_add(unrealized);
             rows.insert(strategy.clone(), r);
         }
     }
@@ -379,15 +384,15 @@ pub async fn pnl(ctx: &ApiContext, period: PnlPeriod) -> Result<PnlResponse, Api
     let strategies: Vec<PnlRow> = rows
         .into_values()
         .map(|mut r| {
-            total.realized += r.realized;
-            total.fees += r.fees;
-            total.unrealized += r.unrealized;
+            total.realized = total.realized.saturating_add(r.realized);
+            total.fees = total.fees.saturating_add(r.fees);
+            total.unrealized = total.unrealized.saturating_add(r.unrealized);
             total.fills += r.fills;
-            r.net = r.realized - r.fees + r.unrealized;
+            r.net = net(&r);
             rounded(r)
         })
         .collect();
-    total.net = total.realized - total.fees + total.unrealized;
+    total.net = net(&total);
     let period = match period {
         PnlPeriod::Today => "today",
         PnlPeriod::Week => "week",

@@ -183,15 +183,8 @@ async fn dashboard() -> impl IntoResponse {
     (status = 200, description = "ready", body = HealthResponse),
     (status = 503, description = "starting or shutting down", body = HealthResponse)))]
 async fn health(State(state): State<ApiState>) -> impl IntoResponse {
-    let ready = state.health.is_ready();
-    let status = if state.health.is_shutting_down() {
-        "shutting_down"
-    } else if ready {
-        "ready"
-    } else {
-        "starting"
-    };
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = state.health.status();
+    let code = if status == "ready" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (
         code,
         Json(HealthResponse {

@@ -37,10 +37,14 @@ pub enum BotError {
     /// Telegram asks to wait this long before the next request (HTTP 429).
     #[error("429 Too Many Requests: retry after {0:?}")]
     RetryAfter(Duration),
-    /// The request certainly did not reach Telegram or was refused before
-    /// being carried out (connection refused or closed, 5xx): safe to repeat.
+    /// The request certainly did not reach Telegram (no connection) or was
+    /// refused before being carried out (a 5xx from Telegram or a proxy): repeated.
     #[error("the Bot API is unreachable: {0}")]
     Unreachable(String),
+    /// The connection broke after the request went out: it may have been
+    /// carried out, so a message is not sent again (no duplicates).
+    #[error("the Bot API connection broke mid-request: {0}")]
+    Uncertain(String),
     /// No answer in time: the request may or may not have been carried out.
     #[error("the Bot API did not answer in time")]
     Timeout,
@@ -57,11 +61,14 @@ impl BotError {
             RequestError::Api(ApiError::TerminatedByOtherGetUpdates) => BotError::Conflict,
             RequestError::Api(ApiError::InvalidToken) => BotError::Unauthorized,
             RequestError::RetryAfter(seconds) => BotError::RetryAfter(seconds.duration()),
+            // Not connected: the request never left.
+            RequestError::Network(e) if e.is_connect() => BotError::Unreachable(clean(e.to_string())),
             RequestError::Network(e) if e.is_timeout() => BotError::Timeout,
-            RequestError::Network(e) => BotError::Unreachable(clean(e.to_string())),
+            // Broken after the request went out: it may have been carried out.
+            RequestError::Network(e) => BotError::Uncertain(clean(e.to_string())),
             // A 5xx answers with text that is not the Bot API's JSON (a proxy's error page).
             RequestError::InvalidJson { raw, .. } => {
-                BotError::Unreachable(clean(format!("an answer that is not the Bot API's JSON: {:.120}", raw)))
+                BotError::Uncertain(clean(format!("an answer that is not the Bot API's JSON: {:.120}", raw)))
             }
             RequestError::Api(ApiError::Unknown(text)) if SERVER_ERRORS.iter().any(|e| text.starts_with(e)) => {
                 BotError::Unreachable(clean(text))

@@ -8,6 +8,8 @@ use super::render::Block;
 use crate::http::ApiContext;
 use crate::http::ops::{self, PnlPeriod};
 
+/// Most open orders `/orders` lists.
+const MAX_ORDER_ROWS: usize = 50;
 /// Every command, as Telegram lists them (`setMyCommands`).
 #[derive(BotCommands, Clone, Debug, PartialEq)]
 #[command(rename_rule = "lowercase", description = "tradehost commands:")]
@@ -208,8 +210,11 @@ pub async fn answer(ctx: &ApiContext, command: Command) -> Answer {
             if orders.is_empty() {
                 return text("No open orders.");
             }
+            // A bounded answer: a few messages at most, so commands after it (a /kill) wait little.
+            let more = orders.len().saturating_sub(MAX_ORDER_ROWS);
             let rows = orders
                 .into_iter()
+                .take(MAX_ORDER_ROWS)
                 .map(|o| {
                     let price = o.request.price.or(o.request.stop.as_ref().map(|s| s.price));
                     vec![
@@ -223,7 +228,13 @@ pub async fn answer(ctx: &ApiContext, command: Command) -> Answer {
                     ]
                 })
                 .collect();
-            reply(vec![table(&["strategy", "symbol", "side", "kind", "size", "price", "status"], rows)])
+            let mut blocks = vec![table(&["strategy", "symbol", "side", "kind", "size", "price", "status"], rows)];
+            if more > 0 {
+                blocks.push(Block::Text(format!(
+                    "… and {more} more open orders (all of them: the dashboard or GET /api/v1/orders)."
+                )));
+            }
+            reply(blocks)
         }
         Command::Fills(n) => {
             let n = match n.trim() {

@@ -416,9 +416,10 @@ impl Telegram {
             let _ = self.client.answer_callback(query, "This button has expired: nothing was done.").await;
             return;
         };
-        let _ = self.client.answer_callback(query, "Confirmed").await;
+        // The action first: a slow Bot API must not hold up a kill.
         tracing::warn!(chat_id = chat, action = ?pending.action, "telegram: confirmed");
         let outcome = commands::confirmed(&self.api, pending.action, chat).await;
+        let _ = self.client.answer_callback(query, "Confirmed").await;
         let html = render::render(&[Block::Text(outcome.clone())]).concat();
         let edited = match pending.message {
             Some(message) => self.client.edit(chat, message, &html).await.is_ok(),

@@ -101,6 +101,8 @@ fn line(event: &ActivityEvent) -> String {
         ActivityKind::Health => {
             let component = text(d, "component");
             match text(d, "state").as_str() {
+                // Up with a reason: still serving, something to know (a model file refused, a new model version).
+                "up" if !text(d, "reason").is_empty() => format!("{component}: {}", text(d, "reason")),
                 "up" => format!("{component} is back up"),
                 state => format!("{component} is {state}: {}", text(d, "reason")),
             }
@@ -141,9 +143,9 @@ pub fn summarize(events: &[ActivityEvent], dropped: u64) -> Vec<Block> {
             let sum = fills.entry(key).or_default();
             let (size, price) = (decimal(d, "size"), decimal(d, "price"));
             sum.count += 1;
-            sum.size += size;
-            sum.notional += size * price;
-            sum.fees += decimal(d, "fee");
+            sum.size = sum.size.saturating_add(size);
+            sum.notional = sum.notional.saturating_add(size.saturating_mul(price));
+            sum.fees = sum.fees.saturating_add(decimal(d, "fee"));
         } else {
             lines.entry(kind).or_default().push(line(event));
         }
