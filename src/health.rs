@@ -1,13 +1,16 @@
-//! Host health: a registry of components (ready or not), the aggregate the
-//! `/health` endpoint serves, and the counters and histograms behind
-//! `/metrics` (Prometheus text format). Everything here is lock-light and
-//! updated from any thread.
+//! Host health: a registry of components — their state, why they are not
+//! up, and how long ago each last did real work (freshness: a component that
+//! should be busy and stays silent past its threshold turns degraded) — the
+//! aggregate the `/health` endpoint serves, and the counters and histograms
+//! behind `/metrics` (Prometheus text format). Everything here is lock-light
+//! and updated from any thread; stamping activity on the hot path is one
+//! clock read and one atomic store.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -19,72 +22,309 @@ pub enum ComponentState {
     Starting,
     /// Ready.
     Up,
+    /// Serving but impaired: silent past its freshness threshold while work
+    /// waits, or stale market data (new entries refused).
+    Degraded,
+    /// Was up and is lost for now (an exchange stream reconnecting, a task that failed).
+    Down,
     /// Stopping.
     Stopping,
-    /// Was up and is lost for now (an exchange stream reconnecting, stale market data).
-    Down,
 }
 
-/// Which components exist and whether the host is shutting down.
+impl ComponentState {
+    /// The lowercase name the API uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            ComponentState::Starting => "starting",
+            ComponentState::Up => "up",
+            ComponentState::Degraded => "degraded",
+            ComponentState::Down => "down",
+            ComponentState::Stopping => "stopping",
+        }
+    }
+}
+
+/// Milliseconds on the process's monotonic clock.
+fn monotonic_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// When a component last did real work (a message read, a loop turn, a
+/// callback finished, a commit). Cloning shares it; `beat` is cheap enough
+/// for every event.
+#[derive(Debug, Clone, Default)]
+pub struct Pulse(Arc<AtomicU64>);
+
+impl Pulse {
+    /// Records activity now.
+    pub fn beat(&self) {
+        // Stored plus one: zero means never.
+        self.0.store(monotonic_ms() + 1, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat; `None` before the first.
+    pub fn age(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            stamp => Some(Duration::from_millis(monotonic_ms().saturating_sub(stamp - 1))),
+        }
+    }
+}
+
+/// Whether a component has work waiting (a silent component with nothing to
+/// do is idle, not stale).
+pub type Busy = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// A component's freshness rule: silent longer than `after` while `busy`
+/// (always, when absent) turns it degraded.
+pub struct Freshness {
+    /// Its activity.
+    pub pulse: Pulse,
+    /// Longest silence that is still fresh.
+    pub after: Duration,
+    /// Whether it should be active now.
+    pub busy: Option<Busy>,
+    /// What it does, for the reason (`"made no progress"`, `"committed nothing"`).
+    pub what: &'static str,
+}
+
+impl std::fmt::Debug for Freshness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Freshness").field("pulse", &self.pulse).field("after", &self.after).finish()
+    }
+}
+
+/// How fresh a component is, as `/health` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FreshnessView {
+    /// Milliseconds since its last real activity (absent: none yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
+    /// Its threshold, where it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_after_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Component {
+    state: ComponentState,
+    reason: Option<String>,
+    /// Shown but not counted for readiness (the Telegram bot, a strategy).
+    auxiliary: bool,
+    pulse: Pulse,
+    freshness: Option<Freshness>,
+    /// Degraded by its freshness rule (not by its owner): fresh again lifts it.
+    stale: bool,
+    /// When its freshness rule was set (a component that never did anything
+    /// is silent from then on).
+    armed_ms: u64,
+}
+
+impl Component {
+    fn new(auxiliary: bool) -> Self {
+        Component {
+            state: ComponentState::Starting,
+            reason: None,
+            auxiliary,
+            pulse: Pulse::default(),
+            freshness: None,
+            stale: false,
+            armed_ms: 0,
+        }
+    }
+}
+
+/// Which components exist, their state and freshness, and whether the host is shutting down.
 #[derive(Debug, Default)]
 pub struct Health {
-    components: Mutex<BTreeMap<String, ComponentState>>,
-    reasons: Mutex<BTreeMap<String, String>>,
-    /// Components shown but not counted for readiness (the Telegram bot:
-    /// trading does not wait for it).
-    auxiliary: Mutex<std::collections::BTreeSet<String>>,
+    components: Mutex<BTreeMap<String, Component>>,
     shutting_down: AtomicBool,
     /// Bumped whenever a component's state or reason changes.
     changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Health {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Component>> {
+        self.components.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
     /// Registers a component as starting.
     pub fn register(&self, name: &str) {
-        self.components.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), ComponentState::Starting);
+        self.insert(name, false);
     }
 
-    /// Registers a component that is shown (state, reason) but never keeps
-    /// the host from being ready.
+    /// Registers a component that is shown (state, reason, freshness) but
+    /// never keeps the host from being ready.
     pub fn register_auxiliary(&self, name: &str) {
-        self.auxiliary.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
-        self.register(name);
+        self.insert(name, true);
     }
 
-    /// Sets a component's state (ignored once shutdown began: everything is
-    /// stopping). Up clears the reason a failure left.
-    pub fn set(&self, name: &str, state: ComponentState) {
+    fn insert(&self, name: &str, auxiliary: bool) {
+        let mut components = self.lock();
+        match components.get_mut(name) {
+            Some(component) => {
+                component.state = ComponentState::Starting;
+                component.reason = None;
+                component.stale = false;
+                component.auxiliary = auxiliary;
+            }
+            None => {
+                components.insert(name.to_string(), Component::new(auxiliary));
+            }
+        }
+        drop(components);
+        self.changed();
+    }
+
+    /// Removes a component (a strategy deleted or stopped).
+    pub fn unregister(&self, name: &str) {
+        if self.lock().remove(name).is_some() {
+            self.changed();
+        }
+    }
+
+    /// The activity stamp of a component (registered or not: an unknown
+    /// name gets a pulse nobody reads).
+    pub fn pulse(&self, name: &str) -> Pulse {
+        self.lock().get(name).map(|c| c.pulse.clone()).unwrap_or_default()
+    }
+
+    /// Shows the age of `pulse` as a component's last activity (no threshold).
+    pub fn track(&self, name: &str, pulse: Pulse) {
+        if let Some(component) = self.lock().get_mut(name) {
+            component.pulse = pulse;
+        }
+    }
+
+    /// Gives a component a freshness rule (its pulse becomes the rule's).
+    pub fn expect_activity(&self, name: &str, freshness: Freshness) {
+        if let Some(component) = self.lock().get_mut(name) {
+            component.pulse = freshness.pulse.clone();
+            component.freshness = Some(freshness);
+            component.armed_ms = monotonic_ms();
+        }
+    }
+
+    /// Drops a component's freshness rule (nothing more is expected of it:
+    /// a replay feed that reached its end); lifts a degradation it caused.
+    pub fn expect_nothing(&self, name: &str) {
+        let mut components = self.lock();
+        let Some(component) = components.get_mut(name) else { return };
+        component.freshness = None;
+        if std::mem::take(&mut component.stale) {
+            component.state = ComponentState::Up;
+            component.reason = None;
+            drop(components);
+            self.changed();
+        }
+    }
+
+    /// Sets a component's state and reason (ignored once shutdown began:
+    /// everything is stopping); publishes a change only when there is one.
+    /// A component its freshness rule degraded stays degraded when its owner
+    /// says up, until it is fresh again.
+    pub fn report(&self, name: &str, state: ComponentState, reason: Option<&str>) {
         if self.is_shutting_down() {
             return;
         }
-        let before = self.components.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), state);
-        let cleared = state == ComponentState::Up
-            && self.reasons.lock().unwrap_or_else(|e| e.into_inner()).remove(name).is_some();
-        if before != Some(state) || cleared {
-            self.changes.send_modify(|n| *n += 1);
+        let mut components = self.lock();
+        let Some(component) = components.get_mut(name) else { return };
+        if component.stale && state == ComponentState::Up {
+            return;
         }
+        component.stale = false;
+        let reason = reason.map(str::to_string);
+        let changed = component.state != state || component.reason != reason;
+        component.state = state;
+        component.reason = reason;
+        drop(components);
+        if changed {
+            self.changed();
+        }
+    }
+
+    /// Sets a component's state; up clears the reason a failure left.
+    pub fn set(&self, name: &str, state: ComponentState) {
+        let kept = if state == ComponentState::Up { None } else { self.reason(name) };
+        self.report(name, state, kept.as_deref());
     }
 
     /// Marks a component down and says why (a task that panicked, say); the
     /// reason stays until the component is up again, through shutdown.
     pub fn set_down(&self, name: &str, reason: &str) {
-        let before =
-            self.reasons.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), reason.to_string());
-        if before.as_deref() != Some(reason) {
-            self.changes.send_modify(|n| *n += 1);
+        if self.is_shutting_down() {
+            if let Some(component) = self.lock().get_mut(name) {
+                component.reason = Some(reason.to_string());
+            }
+            self.changed();
+            return;
         }
-        self.set(name, ComponentState::Down);
+        self.report(name, ComponentState::Down, Some(reason));
+    }
+
+    /// Marks a component degraded (serving, impaired) and says why.
+    pub fn degrade(&self, name: &str, reason: &str) {
+        self.report(name, ComponentState::Degraded, Some(reason));
     }
 
     /// Gives a component a reason without changing its state: something is
     /// wrong while it still serves (a model file refused, the old version
     /// serving). The reason stays until the component is set up again.
     pub fn note(&self, name: &str, reason: &str) {
-        let before =
-            self.reasons.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), reason.to_string());
-        if before.as_deref() != Some(reason) {
-            self.changes.send_modify(|n| *n += 1);
+        let mut components = self.lock();
+        let Some(component) = components.get_mut(name) else { return };
+        if component.reason.as_deref() != Some(reason) {
+            component.reason = Some(reason.to_string());
+            drop(components);
+            self.changed();
         }
+    }
+
+    fn reason(&self, name: &str) -> Option<String> {
+        self.lock().get(name).and_then(|c| c.reason.clone())
+    }
+
+    /// Applies every freshness rule: a component up but silent past its
+    /// threshold while busy turns degraded with the reason and age; one
+    /// degraded that way turns up again once active. Returns whether a
+    /// state changed. Called every few hundred milliseconds by the host.
+    pub fn check_freshness(&self) -> bool {
+        if self.is_shutting_down() {
+            return false;
+        }
+        let mut changed = false;
+        for (name, component) in self.lock().iter_mut() {
+            let Some(rule) = &component.freshness else { continue };
+            let age = rule.pulse.age();
+            let armed = Duration::from_millis(monotonic_ms().saturating_sub(component.armed_ms));
+            let silent = age.unwrap_or(armed) > rule.after;
+            let stale = silent && rule.busy.as_ref().is_none_or(|busy| busy());
+            if stale && component.state == ComponentState::Up {
+                let since = match age {
+                    Some(age) => format!("for {:.1} s", age.as_secs_f64()),
+                    None => format!("since it started {:.1} s ago", armed.as_secs_f64()),
+                };
+                component.reason =
+                    Some(format!("{name} {} {since} (threshold {:.1} s)", rule.what, rule.after.as_secs_f64()));
+                component.state = ComponentState::Degraded;
+                component.stale = true;
+                changed = true;
+            } else if !stale && component.stale {
+                component.stale = false;
+                component.state = ComponentState::Up;
+                component.reason = None;
+                changed = true;
+            }
+        }
+        if changed {
+            self.changed();
+        }
+        changed
     }
 
     /// Wakes on every change of a component's state or reason.
@@ -92,17 +332,33 @@ impl Health {
         self.changes.subscribe()
     }
 
-    /// Why components are down, where a reason was given.
+    /// Why components are not up, where a reason was given (or what is
+    /// wrong while one still serves).
     pub fn reasons(&self) -> BTreeMap<String, String> {
-        self.reasons.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lock().iter().filter_map(|(n, c)| Some((n.clone(), c.reason.clone()?))).collect()
+    }
+
+    /// Each component's age of last activity and threshold.
+    pub fn freshness(&self) -> BTreeMap<String, FreshnessView> {
+        self.lock()
+            .iter()
+            .map(|(name, c)| {
+                let view = FreshnessView {
+                    age_ms: c.pulse.age().map(|a| a.as_millis() as u64),
+                    stale_after_ms: c.freshness.as_ref().map(|f| f.after.as_millis() as u64),
+                };
+                (name.clone(), view)
+            })
+            .collect()
     }
 
     /// Marks the start of shutdown: every component is stopping.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        for state in self.components.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
-            *state = ComponentState::Stopping;
+        for component in self.lock().values_mut() {
+            component.state = ComponentState::Stopping;
         }
+        self.changed();
     }
 
     /// True once shutdown began.
@@ -112,34 +368,68 @@ impl Health {
 
     /// Every component's state.
     pub fn components(&self) -> BTreeMap<String, ComponentState> {
-        self.components.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lock().iter().map(|(n, c)| (n.clone(), c.state)).collect()
     }
 
-    /// `ready`, `starting` (a component readiness counts is not up yet, or is
-    /// down) or `shutting_down`.
+    /// `ready` (every component readiness counts is up), `degraded` (they
+    /// all serve, one or more impaired), `starting` (one is not up yet, or
+    /// is down) or `shutting_down`.
     pub fn status(&self) -> &'static str {
         if self.is_shutting_down() {
-            "shutting_down"
-        } else if self.is_ready() {
-            "ready"
-        } else {
-            "starting"
+            return "shutting_down";
         }
+        let components = self.lock();
+        let counted = components.values().filter(|c| !c.auxiliary);
+        let mut degraded = false;
+        for component in counted {
+            match component.state {
+                ComponentState::Up => {}
+                ComponentState::Degraded => degraded = true,
+                _ => return "starting",
+            }
+        }
+        if degraded { "degraded" } else { "ready" }
     }
 
     /// True when every component readiness counts is up and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
-        !self.is_shutting_down() && self.not_ready().is_empty()
+        self.status() == "ready"
     }
 
-    /// Components readiness counts that are not up.
+    /// True when every component readiness counts serves (up or degraded)
+    /// and shutdown has not begun: the host has started.
+    pub fn is_serving(&self) -> bool {
+        matches!(self.status(), "ready" | "degraded")
+    }
+
+    /// Components readiness counts that do not serve yet (starting or down).
     pub fn not_ready(&self) -> Vec<String> {
-        let auxiliary = self.auxiliary.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        self.components()
-            .into_iter()
-            .filter(|(n, s)| *s != ComponentState::Up && !auxiliary.contains(n))
-            .map(|(n, _)| n)
+        self.lock()
+            .iter()
+            .filter(|(_, c)| !matches!(c.state, ComponentState::Up | ComponentState::Degraded) && !c.auxiliary)
+            .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// Prometheus text: each component's state and the age of its last activity.
+    pub fn render_metrics(&self, out: &mut String) {
+        out.push_str("# HELP tradehost_component_up 1 when a component is up, 0 otherwise (see its state label).\n# TYPE tradehost_component_up gauge\n");
+        let components = self.lock();
+        for (name, component) in components.iter() {
+            let up = u8::from(component.state == ComponentState::Up);
+            let state = component.state.name();
+            let _ = writeln!(out, "tradehost_component_up{{component=\"{name}\",state=\"{state}\"}} {up}");
+        }
+        out.push_str("# HELP tradehost_component_activity_age_seconds Seconds since a component's last real activity.\n# TYPE tradehost_component_activity_age_seconds gauge\n");
+        for (name, component) in components.iter() {
+            if let Some(age) = component.pulse.age() {
+                let _ = writeln!(
+                    out,
+                    "tradehost_component_activity_age_seconds{{component=\"{name}\"}} {}",
+                    age.as_secs_f64()
+                );
+            }
+        }
     }
 }
 
@@ -179,6 +469,7 @@ pub struct Histogram {
     counts: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_ns: AtomicU64,
+    last: Pulse,
 }
 
 impl Histogram {
@@ -190,6 +481,12 @@ impl Histogram {
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.last.beat();
+    }
+
+    /// Beats at every observation: when the measured work last finished.
+    pub fn pulse(&self) -> Pulse {
+        self.last.clone()
     }
 
     /// Writes the histogram in Prometheus text format under `name` with `labels` (`k="v",…`).
@@ -313,6 +610,11 @@ impl QueueDepth {
     /// A depth read by `read`.
     pub fn new(read: impl Fn() -> usize + Send + Sync + 'static) -> Self {
         QueueDepth(Box::new(read))
+    }
+
+    /// Items waiting now.
+    pub fn read(&self) -> usize {
+        (self.0)()
     }
 }
 
@@ -519,6 +821,72 @@ mod tests {
         assert!(changes.has_changed().unwrap());
         health.begin_shutdown();
         assert!(!health.is_ready());
+    }
+
+    #[test]
+    fn a_silent_component_turns_degraded_with_reason_and_age_and_up_when_active_again() {
+        let health = Health::default();
+        health.register("engine");
+        health.set("engine", ComponentState::Up);
+        let pulse = Pulse::default();
+        let busy = Arc::new(AtomicBool::new(false));
+        let work = busy.clone();
+        health.expect_activity(
+            "engine",
+            Freshness {
+                pulse: pulse.clone(),
+                after: Duration::from_millis(100),
+                busy: Some(Box::new(move || work.load(Ordering::Relaxed))),
+                what: "made no progress",
+            },
+        );
+        pulse.beat();
+        assert!(!health.check_freshness());
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!health.check_freshness(), "silent but idle is not stale");
+        assert_eq!(health.status(), "ready");
+        busy.store(true, Ordering::Relaxed);
+        let changes = health.changes();
+        assert!(health.check_freshness());
+        assert!(changes.has_changed().unwrap(), "the change is published");
+        assert_eq!(health.components()["engine"], ComponentState::Degraded);
+        assert_eq!(health.status(), "degraded");
+        assert!(!health.is_ready() && health.is_serving() && health.not_ready().is_empty());
+        let reason = &health.reasons()["engine"];
+        assert!(
+            reason.starts_with("engine made no progress for 0.") && reason.ends_with("(threshold 0.1 s)"),
+            "{reason}"
+        );
+        let freshness = &health.freshness()["engine"];
+        assert!(freshness.age_ms.unwrap() >= 150 && freshness.stale_after_ms == Some(100), "{freshness:?}");
+        health.set("engine", ComponentState::Up);
+        assert_eq!(health.components()["engine"], ComponentState::Degraded, "its owner saying up does not lift it");
+        pulse.beat();
+        assert!(health.check_freshness());
+        assert_eq!(health.components()["engine"], ComponentState::Up);
+        assert!(health.reasons().is_empty() && health.is_ready());
+        // A component that never did anything is stale once busy, "since it started".
+        health.register("store");
+        health.set("store", ComponentState::Up);
+        health.expect_activity(
+            "store",
+            Freshness {
+                pulse: Pulse::default(),
+                after: Duration::from_millis(30),
+                busy: None,
+                what: "committed nothing",
+            },
+        );
+        assert!(!health.check_freshness(), "the threshold runs from when the rule was set");
+        std::thread::sleep(Duration::from_millis(40));
+        health.check_freshness();
+        assert!(health.reasons()["store"].contains("since it started"), "{:?}", health.reasons());
+        health.expect_nothing("store");
+        assert_eq!(health.components()["store"], ComponentState::Up, "nothing expected: the degradation goes");
+        let mut text = String::new();
+        health.render_metrics(&mut text);
+        assert!(text.contains("tradehost_component_up{component=\"engine\",state=\"up\"} 1"), "{text}");
+        assert!(text.contains("tradehost_component_activity_age_seconds{component=\"engine\"} "), "{text}");
     }
 
     #[test]

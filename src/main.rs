@@ -43,6 +43,8 @@ enum Command {
         /// Delta's real market with simulated fills: no API key, no order sent (sets `exchange.dry_run`).
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        logging: cli::logging::LogArgs,
     },
     /// Compile and check strategy scripts; prints file:line:col errors and exits 1 on any error.
     Check {
@@ -55,13 +57,38 @@ enum Command {
     },
     /// Check config, strategies and the store (integrity: positions equal the sum of fills,
     /// every fill's order exists, activity numbering has no gaps); exits 1 on any FAIL.
+    /// With --live, run four validations against a running host (integrations, synchronization,
+    /// real-time, data consistency); exits 0 when all are OK, 1 on a WARN, 2 on a FAIL.
     Doctor {
-        /// Ask the running host instead: its components, strategies and clock.
+        /// Ask the running host through its API instead of reading a stopped host's data folder.
         #[arg(long)]
         live: bool,
+        /// Print the --live results as JSON.
+        #[arg(long, requires = "live")]
+        json: bool,
+        /// How long --live waits for a live event on the WebSocket stream, in seconds.
+        #[arg(long, default_value_t = 10, requires = "live")]
+        event_wait: u64,
         #[command(flatten)]
         target: Target,
     },
+    /// Ask a running host whether it is ready (`GET /api/v1/health`, no token needed): prints its
+    /// status and exits 0 when ready, 1 otherwise (container health checks, scripts).
+    Health {
+        /// Control API address (default: `http.bind` of the config, 127.0.0.1:8080).
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// Config file, for `http.bind`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a shell completion script (e.g. `tradehost completions bash > /etc/bash_completion.d/tradehost`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page in roff (e.g. `tradehost man > tradehost.1; man ./tradehost.1`).
+    Man,
     /// Ask a running host for its health, strategies and positions.
     Status {
         #[command(flatten)]
@@ -153,13 +180,34 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run { config, strategies, data_dir, http, dry_run } => {
-            cli::run::run(config.as_deref(), strategies, data_dir, http, dry_run)
+        Command::Run { config, strategies, data_dir, http, dry_run, logging } => {
+            cli::run::run(config.as_deref(), strategies, data_dir, http, dry_run, &logging)
         }
         Command::Check { files, config } => cli::check::check_files(&files, config.as_deref()),
         Command::New { name, strategies } => cli::new::new_strategy(&name, &strategies),
-        Command::Doctor { live: true, target } => client::run(target, client::Action::Doctor),
-        Command::Doctor { live: false, target } => cli::doctor::doctor(target.config.as_deref(), target.data_dir),
+        Command::Doctor { live: true, json, event_wait, target } => {
+            cli::live_doctor::run(target, json, std::time::Duration::from_secs(event_wait))
+        }
+        Command::Doctor { live: false, target, .. } => cli::doctor::doctor(target.config.as_deref(), target.data_dir),
+        Command::Health { http, config } => client::health(http, config.as_deref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "tradehost",
+                &mut std::io::stdout(),
+            );
+            0
+        }
+        Command::Man => {
+            match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    1
+                }
+            }
+        }
         Command::Backtest(args) => backtest::run(*args),
         Command::Data { command } => cli::data::run(command),
         Command::Token { rotate, config, data_dir } => cli::token::token(rotate, config.as_deref(), data_dir),

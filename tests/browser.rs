@@ -131,7 +131,12 @@ async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
     let telegram = FakeTelegram::start().await;
     let conflict = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running";
     telegram.fail("getMe", std::iter::repeat_n(Fault::Status(409, conflict), 1_000));
-    let t = TestHost::start(&[("trader", TRADER), ("chatty", chatty), ("guard", guard)], |c| {
+    // Spins 1.2 s in every 100th callback while candles keep coming: degraded, then up again.
+    let staller = r#"fn on_candle(c) { this.n = (this.n ?? 0) + 1; if this.n % 100 == 0 { let t = timestamp(); while t.elapsed < 1.2 { } } }"#;
+    let t = TestHost::start(&[("trader", TRADER), ("chatty", chatty), ("guard", guard), ("staller", staller)], |c| {
+        c.sandbox.callback_budget_ms = 3_000;
+        c.sandbox.max_operations = u64::MAX;
+        c.health.stale_after_ms.strategy = 300;
         c.telegram.enabled = true;
         c.telegram.token = Some(tradehost::config::Secret::new(TOKEN));
         c.telegram.allowed_chat_ids = vec![111];
@@ -189,6 +194,12 @@ async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
         )
         .await;
     driver.wait_true("the host still ready", "return document.querySelector('#health').textContent === 'ready';").await;
+    driver
+        .wait_true(
+            "the stalled strategy degraded, with the reason and the age",
+            r#"const p = document.querySelector('#problems li[data-component="strategy.staller"]'); return !!p && p.textContent.startsWith('strategy.staller: degraded') && p.textContent.includes('finished no callback while events waited') && /last activity [0-9.]+ s ago/.test(p.textContent);"#,
+        )
+        .await;
 
     // Clicked in the page: the table is re-rendered every refresh, so a
     // WebDriver element reference may go stale between finding and clicking.

@@ -98,6 +98,11 @@ mod signals {
 
     impl Host {
         fn start(strategy: &str, sandbox: &str) -> Host {
+            Host::start_with(strategy, sandbox, &[], &[])
+        }
+
+        /// Starts with extra `run` arguments and environment variables.
+        fn start_with(strategy: &str, sandbox: &str, args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Host {
             let dir = tempfile::tempdir().unwrap();
             let strategies = dir.path().join("strategies");
             std::fs::create_dir(&strategies).unwrap();
@@ -112,9 +117,25 @@ mod signals {
                 ),
             )
             .unwrap();
+            Host::spawn(config, dir, args, envs)
+        }
+
+        /// Runs the binary again on an existing folder and config.
+        fn restart(config: std::path::PathBuf, dir: tempfile::TempDir) -> Host {
+            Host::spawn(config, dir, &[], &[])
+        }
+
+        fn spawn(
+            config: std::path::PathBuf,
+            dir: tempfile::TempDir,
+            args: &[&str],
+            envs: &[(&str, &std::ffi::OsStr)],
+        ) -> Host {
             let mut child = tradehost()
                 .args(["run", "--config"])
                 .arg(&config)
+                .args(args)
+                .envs(envs.iter().copied())
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -257,6 +278,12 @@ mod signals {
         assert_eq!(live.status.code(), Some(0), "{stdout}");
         assert!(stdout.contains("OK    host at http://") && stdout.contains("clock simulated ×60"), "{stdout}");
         assert!(stdout.contains("OK    strategy slow: running"), "{stdout}");
+        for section in ["integrations", "synchronization", "real-time", "data consistency"] {
+            assert!(stdout.lines().any(|l| l == section), "section {section}: {stdout}");
+        }
+        let health = tradehost().args(["health", "--http", &addr]).output().unwrap();
+        assert_eq!(health.status.code(), Some(0), "{}", String::from_utf8_lossy(&health.stderr));
+        assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "ready");
 
         let stop = tradehost().args(["stop", "--http", &addr, "--data-dir"]).arg(&data_dir).output().unwrap();
         assert_eq!(stop.status.code(), Some(0), "{}", String::from_utf8_lossy(&stop.stderr));
@@ -264,6 +291,100 @@ mod signals {
         let (code, _) = host.wait_exit(Duration::from_secs(10));
         assert_eq!(code, 0);
         assert!(host.seen.iter().any(|l| l.contains("shutdown complete")));
+        let gone = tradehost().args(["health", "--http", &addr]).output().unwrap();
+        assert_eq!(gone.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&gone.stderr).contains("no tradehost answers at"));
+    }
+
+    #[test]
+    fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
+        use std::os::unix::net::UnixDatagram;
+        let sockets = tempfile::tempdir().unwrap();
+        let path = sockets.path().join("notify.sock");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        listener.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let strategy = "fn config() { #{ symbols: [\"BTCUSD\"], timeframe: \"1s\" } }\nfn on_candle(c) { }";
+        let envs = [("NOTIFY_SOCKET", path.as_os_str()), ("WATCHDOG_USEC", std::ffi::OsStr::new("1000000"))];
+        let mut host = Host::start_with(strategy, "callback_budget_ms = 1000", &[], &envs);
+        let mut heard: Vec<String> = Vec::new();
+        let listen = |heard: &mut Vec<String>, until: &dyn Fn(&[String]) -> bool, what: &str| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut buffer = [0u8; 1024];
+            while !until(heard) {
+                assert!(Instant::now() < deadline, "never heard {what}; heard {heard:?}");
+                if let Ok(n) = listener.recv(&mut buffer) {
+                    heard.extend(String::from_utf8_lossy(&buffer[..n]).lines().map(str::to_string));
+                }
+            }
+        };
+        listen(&mut heard, &|h| h.iter().any(|l| l == "READY=1"), "READY=1");
+        let ready_at = heard.iter().position(|l| l == "READY=1").unwrap();
+        assert!(!heard[..ready_at].iter().any(|l| l == "STOPPING=1"));
+        let pings = |h: &[String]| h[ready_at..].iter().filter(|l| *l == "WATCHDOG=1").count() >= 3;
+        listen(&mut heard, &pings, "three WATCHDOG=1 pings");
+        host.signal(nix::sys::signal::Signal::SIGTERM);
+        listen(&mut heard, &|h| h.iter().any(|l| l == "STOPPING=1"), "STOPPING=1");
+        assert_eq!(host.wait_exit(Duration::from_secs(15)).0, 0);
+        assert!(heard.iter().any(|l| l.starts_with("STATUS=")), "a status line for systemctl: {heard:?}");
+    }
+
+    #[test]
+    fn kill_9_mid_write_leaves_the_previous_health_file_whole() {
+        let strategy = "fn config() { #{ symbols: [\"BTCUSD\"], timeframe: \"1s\" } }\nfn on_candle(c) { }";
+        // Rewritten every 2 ms: a kill at a random moment often lands mid-write.
+        let mut host = Host::start(strategy, "callback_budget_ms = 1000\n[health]\ninterval_ms = 2");
+        host.wait_line("lifecycle: ready");
+        let health = host._dir.path().join("data/health.json");
+        for round in 0..8u64 {
+            std::thread::sleep(Duration::from_millis(150 + round * 37 % 200));
+            host.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = host.child.wait();
+            let text = std::fs::read_to_string(&health).unwrap();
+            let file: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("round {round}: {e}: {text:?}"));
+            assert!(file["components"].is_object(), "round {round}: {file}");
+            let config = host.config.clone();
+            let dir = std::mem::replace(&mut host._dir, tempfile::tempdir().unwrap());
+            host = Host::restart(config, dir);
+            host.wait_line("lifecycle: ready");
+        }
+        host.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(host.wait_exit(Duration::from_secs(15)).0, 0);
+        let leftovers: Vec<_> = std::fs::read_dir(host._dir.path().join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files of killed runs are cleaned up: {leftovers:?}");
+    }
+
+    #[test]
+    fn json_logs_go_to_stdout_and_a_daily_file() {
+        let logs = tempfile::tempdir().unwrap();
+        let file = logs.path().join("tradehost.log");
+        let strategy = "fn config() { #{ symbols: [\"BTCUSD\"], timeframe: \"1s\" } }\nfn on_candle(c) { }";
+        let file_arg = file.to_str().unwrap();
+        let mut host = Host::start_with(
+            strategy,
+            "callback_budget_ms = 1000",
+            &["--log-format", "json", "--log-file", file_arg],
+            &[],
+        );
+        host.wait_line("\"message\":\"ready\"");
+        let line = host.seen.iter().find(|l| l.contains("control API and dashboard")).unwrap();
+        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(event["level"], "INFO", "{event}");
+        assert!(event["message"].as_str().unwrap().starts_with("control API and dashboard at http://"), "{event}");
+        assert!(event["timestamp"].is_string() && event["target"].is_string(), "{event}");
+        host.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(host.wait_exit(Duration::from_secs(15)).0, 0);
+        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let written = std::fs::read_to_string(logs.path().join(format!("tradehost.log.{today}"))).unwrap();
+        let lines: Vec<serde_json::Value> = written.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(lines.iter().any(|e| e["message"] == "shutdown complete"), "{written}");
+        let bad = tradehost().args(["run", "--log-file", "/proc/no-such-dir/x.log"]).output().unwrap();
+        assert_eq!(bad.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("--log-file /proc/no-such-dir/x.log"));
     }
 
     #[test]
@@ -391,6 +512,27 @@ fn check_with_a_config_rejects_overrides_of_missing_strategies_and_strategies_th
     let out = tradehost().arg("check").arg(&sol).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("idle: no market data for SOLUSD"));
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_definitions() {
+    for (shell, marker) in [("bash", "_tradehost()"), ("zsh", "#compdef tradehost"), ("fish", "complete -c tradehost")]
+    {
+        let out = tradehost().args(["completions", shell]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains(marker) && script.contains("doctor") && script.contains("log-format"),
+            "{shell}: {script}"
+        );
+    }
+    let bad = tradehost().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let man = tradehost().arg("man").output().unwrap();
+    assert_eq!(man.status.code(), Some(0));
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.starts_with(".ie") || page.contains(".TH tradehost"), "{page}");
+    assert!(page.contains("doctor") && page.contains("completions"), "{page}");
 }
 
 #[test]

@@ -228,8 +228,11 @@ async fn book_gaps_bad_checksums_and_malformed_frames_resubscribe_without_a_cras
     }
     // A frozen market is stale: health shows it and new entries are refused until it is fresh.
     run.fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
-    run.wait("market stale", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Down))
+    run.wait("market stale", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Degraded))
         .await;
+    let reason = run.host.health().reasons()["exchange.market"].clone();
+    assert!(reason.starts_with("no market data for BTCUSD within 1000 ms: new entries refused"), "{reason}");
+    assert_eq!(run.host.health().status(), "degraded");
     run.fake.faults().freeze_market.store(false, std::sync::atomic::Ordering::SeqCst);
     run.wait("market fresh again", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Up))
         .await;
@@ -465,7 +468,7 @@ async fn candles_come_from_rest_polling_while_the_market_stream_is_silent() {
     run.wait("host ready", Duration::from_secs(20), |r| r.host.health().is_ready()).await;
     let since = run.host.activity().last_seq();
     run.fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
-    run.wait("market stale", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Down))
+    run.wait("market stale", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Degraded))
         .await;
     // The minute that closes while the stream is silent arrives as the exchange's own candle.
     let logged =
@@ -486,7 +489,7 @@ async fn an_outage_after_the_host_was_ready_never_fails_the_start_deadline() {
     let run = Run::launch(fake, ("market_maker", MARKET_MAKER), |config| config.http.ready_timeout_ms = 2_000).await;
     run.wait("host ready", Duration::from_secs(2), |r| r.host.health().is_ready()).await;
     run.fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
-    run.wait("market stale", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Down))
+    run.wait("market stale", Duration::from_secs(5), |r| r.state("exchange.market") == Some(ComponentState::Degraded))
         .await;
     // Past the start-up deadline while the market is down: the host keeps running.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -809,4 +812,74 @@ async fn a_strategy_starts_warm_from_history_fetched_into_the_store() {
     let exchange = run.fake.history("BTCUSD", "5m", stored[0].time / 1_000, chrono::Utc::now().timestamp());
     let matching = stored.iter().zip(&exchange).take_while(|(ours, theirs)| ours == theirs).count();
     assert!(matching >= 290, "the first {matching} stored candles are the exchange's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_finds_an_order_placed_behind_the_hosts_back_and_doctor_live_fails_on_it() {
+    use tradehost::delta::rest::{Credentials, NewOrder, RestClient};
+    let run = start(FakeConfig::default()).await;
+    run.wait_fills(2).await;
+    // A still market: the host's orders stop changing, so its view and the exchange's must agree.
+    run.fake.faults().freeze_market.store(true, std::sync::atomic::Ordering::SeqCst);
+    run.wait("the host's orders and position to match the exchange's", Duration::from_secs(10), Run::caught_up).await;
+    let api = |path: &'static str| {
+        let (addr, token) = (run.host.http_addr(), run.host.api_token().expose().to_string());
+        async move {
+            let response = reqwest::Client::new().get(format!("http://{addr}{path}")).bearer_auth(token).send().await;
+            response.unwrap().json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let agreed = api("/api/v1/reconcile").await;
+    assert_eq!((agreed["venue"].as_str(), agreed["compared"].as_bool()), (Some("delta"), Some(true)), "{agreed:#}");
+    assert_eq!(agreed["differences"], serde_json::json!([]), "{agreed:#}");
+    assert!(agreed["clock_offset_ms"].is_i64() && agreed["store"]["problems"] == serde_json::json!([]), "{agreed:#}");
+    // Someone places an order on the account from elsewhere (the website, another bot).
+    let credentials = Credentials {
+        key: Secret::new(run.fake.config().key.clone()),
+        secret: Secret::new(run.fake.config().secret.clone()),
+    };
+    let rest = RestClient::new(&run.fake.rest_url(), Some(credentials), Duration::from_secs(2)).unwrap();
+    let manual = NewOrder {
+        product_id: 84,
+        size: 3,
+        side: "buy",
+        limit_price: Some("1000".into()),
+        time_in_force: "gtc",
+        post_only: true,
+        reduce_only: false,
+        client_order_id: "by-hand-1".into(),
+        stop: None,
+        bracket: None,
+    };
+    let placed = rest.place_order(&manual).await.unwrap();
+    let found = api("/api/v1/reconcile").await;
+    let differences: Vec<String> =
+        found["differences"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        differences,
+        vec![format!(
+            "exchange order {} (client id by-hand-1) on BTCUSD: buy 0.003 open on the exchange, unknown to the host",
+            placed.id
+        )],
+        "{found:#}"
+    );
+    let (addr, token) = (run.host.http_addr().to_string(), run.host.api_token().expose().to_string());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tradehost"))
+            .args(["doctor", "--live", "--event-wait", "1", "--http", &addr, "--token", &token])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("OK    exchange delta: REST reachable, API key accepted, clock offset"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("FAIL  difference: exchange order {} (client id by-hand-1) on BTCUSD", placed.id)),
+        "{stdout}"
+    );
+    rest.cancel_order(&placed.id, 84).await.unwrap();
+    run.host.shutdown(ShutdownReason::Api);
+    assert_eq!(tokio::time::timeout(Duration::from_secs(20), run.host.wait()).await.unwrap(), 0);
 }

@@ -1,5 +1,5 @@
-//! `tradehost status`, `stop`, `kill`, `pause`, `resume` and `doctor --live`:
-//! clients of a running host's API.
+//! `tradehost status`, `stop`, `kill`, `pause` and `resume`: clients of a
+//! running host's API (`doctor --live` is in `live_doctor`).
 
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,6 @@ pub enum Action {
         /// JSON instead of tables.
         json: bool,
     },
-    /// `doctor --live`: the running host's components, strategies and clock.
-    Doctor,
     /// Graceful shutdown, then wait for the exit.
     Stop {
         /// Longest wait for the exit.
@@ -44,6 +42,16 @@ pub struct Api {
 }
 
 impl Api {
+    /// `http://ADDR`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The bearer token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     async fn post(&self, path: &str, body: Option<Value>) -> Result<Value, String> {
         let mut request = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token);
         if let Some(body) = body {
@@ -68,7 +76,8 @@ impl Api {
         }
     }
 
-    async fn get(&self, path: &str) -> Result<(u16, Value), String> {
+    /// A GET with its status code (health answers 503 while not ready).
+    pub async fn get(&self, path: &str) -> Result<(u16, Value), String> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -101,6 +110,54 @@ pub fn resolve(target: Target) -> Result<Api, (u8, String)> {
     Ok(Api { base: format!("http://{addr}"), token, http })
 }
 
+/// `tradehost health`: prints the host's readiness; 0 when ready, 1 when
+/// not (or unreachable), 2 on a bad config.
+pub fn health(http: Option<std::net::SocketAddr>, config: Option<&std::path::Path>) -> u8 {
+    let addr = match http {
+        Some(addr) => addr,
+        None => match Config::load(config) {
+            Ok(config) => config.http.bind,
+            Err(error) => {
+                eprintln!("error: bad config: {error}");
+                return 2;
+            }
+        },
+    };
+    let ask = async {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
+        let response = client
+            .get(format!("http://{addr}/api/v1/health"))
+            .send()
+            .await
+            .map_err(|e| format!("no tradehost answers at {addr}: {e}"))?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.map_err(|e| format!("unreadable answer: {e}"))?;
+        Ok::<_, String>((status, body))
+    };
+    let asked = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(ask),
+        Err(error) => Err(error.to_string()),
+    };
+    match asked {
+        Ok((code, body)) => {
+            let not_up: Vec<String> = body["components"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, state)| *state != "up")
+                .map(|(name, state)| format!("{name} {}", text(state)))
+                .collect();
+            let detail = if not_up.is_empty() { String::new() } else { format!(" ({})", not_up.join(", ")) };
+            outln!("{}{detail}", text(&body["status"]));
+            u8::from(code != 200)
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            1
+        }
+    }
+}
+
 /// Runs a client command; returns the exit code.
 pub fn run(target: Target, action: Action) -> u8 {
     let api = match resolve(target) {
@@ -120,7 +177,6 @@ pub fn run(target: Target, action: Action) -> u8 {
     let result = runtime.block_on(async {
         match action {
             Action::Status { json } => status(&api, json).await,
-            Action::Doctor => doctor(&api).await,
             Action::Stop { wait_s } => stop(&api, Duration::from_secs(wait_s)).await,
             Action::Kill { flatten } => kill(&api, flatten).await,
             Action::Trading { state, strategy } => trading(&api, state, strategy).await,
@@ -135,7 +191,8 @@ pub fn run(target: Target, action: Action) -> u8 {
     }
 }
 
-fn text(value: &Value) -> String {
+/// A JSON value as plain text (`-` for null).
+pub fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -223,53 +280,6 @@ async fn status(api: &Api, json: bool) -> Result<(), String> {
         outln!("\n{}", table(&["STRATEGY", "SYMBOL", "SIZE", "ENTRY", "UNREALIZED", "REALIZED"], rows));
     }
     Ok(())
-}
-
-async fn doctor(api: &Api) -> Result<(), String> {
-    let (_, health) = api.get("/api/v1/health").await?;
-    let (code, status) = api.get("/api/v1/status").await?;
-    if code == 401 {
-        return Err("the API refused the token".into());
-    }
-    let (_, strategies) = api.get("/api/v1/strategies").await?;
-    let mut failures = 0;
-    let mut line = |ok: Option<bool>, what: String| {
-        let mark = match ok {
-            Some(true) => "OK  ",
-            Some(false) => {
-                failures += 1;
-                "FAIL"
-            }
-            None => "--  ",
-        };
-        outln!("{mark}  {what}");
-    };
-    line(
-        Some(health["status"] == "ready"),
-        format!(
-            "host at {}: {} (tradehost {}, {}, clock {}, up {} s)",
-            api.base,
-            text(&health["status"]),
-            text(&status["version"]),
-            text(&status["mode"]),
-            text(&status["clock"]),
-            status["uptime_s"]
-        ),
-    );
-    for (name, state) in health["components"].as_object().into_iter().flatten() {
-        line(Some(state == "up"), format!("component {name}: {}", text(state)));
-    }
-    for s in strategies.as_array().into_iter().flatten() {
-        let state = text(&s["state"]);
-        let reason = s["reason"].as_str().map_or(String::new(), |r| format!(": {r}"));
-        let ok = match state.as_str() {
-            "running" => Some(true),
-            "failed" | "quarantined" | "idle" => Some(false),
-            _ => None,
-        };
-        line(ok, format!("strategy {}: {state}{reason}", text(&s["name"])));
-    }
-    if failures > 0 { Err(format!("{failures} check(s) failed")) } else { Ok(()) }
 }
 
 async fn stop(api: &Api, wait: Duration) -> Result<(), String> {

@@ -7,6 +7,8 @@ pub mod check;
 pub mod client;
 pub mod data;
 pub mod doctor;
+pub mod live_doctor;
+pub mod logging;
 pub mod new;
 pub mod run;
 pub mod token;

@@ -15,6 +15,7 @@ pub fn run(
     data_dir: Option<PathBuf>,
     http: Option<SocketAddr>,
     dry_run: bool,
+    logging: &super::logging::LogArgs,
 ) -> u8 {
     let mut config = match load_config(config) {
         Ok(config) => config,
@@ -38,10 +39,13 @@ pub fn run(
         }
         config.exchange.dry_run = true;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    let _log = match super::logging::init(logging) {
+        Ok(guard) => guard,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return 2;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tradehost-worker").build()
     {
         Ok(runtime) => runtime,

@@ -141,6 +141,9 @@ pub struct Faults {
     pub panicking_function: bool,
     /// Every store commit waits this long before it starts (0: none).
     pub commit_delay_ms: u64,
+    /// While set, WebSocket clients stay connected but get no live events
+    /// (a stream that looks connected and delivers nothing).
+    pub ws_silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Faults {

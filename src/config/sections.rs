@@ -236,7 +236,8 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// `[health]`: the health file operators and supervisors read.
+/// `[health]`: the health file operators and supervisors read, and the
+/// freshness thresholds.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
@@ -247,11 +248,47 @@ pub struct HealthConfig {
     pub file: Option<PathBuf>,
     /// Rewritten at least this often, and at every change of a component.
     pub interval_ms: u64,
+    /// How long each component may stay silent while it has work before it
+    /// is degraded.
+    pub stale_after_ms: StaleAfter,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        HealthConfig { write_file: true, file: None, interval_ms: 5_000 }
+        HealthConfig { write_file: true, file: None, interval_ms: 5_000, stale_after_ms: StaleAfter::default() }
+    }
+}
+
+/// `[health.stale_after_ms]`: freshness thresholds (the market stream's is
+/// `exchange.delta.stale_after_ms`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StaleAfter {
+    /// The engine loop (it turns at least every second).
+    pub engine: u64,
+    /// The store writer, while writes wait.
+    pub store: u64,
+    /// The market feed (no market event reaching the engine).
+    pub feed: u64,
+    /// Each strategy, while events wait for it (no callback finished).
+    pub strategy: u64,
+}
+
+impl Default for StaleAfter {
+    fn default() -> Self {
+        StaleAfter { engine: 10_000, store: 10_000, feed: 10_000, strategy: 30_000 }
+    }
+}
+
+impl StaleAfter {
+    /// Each threshold with its config key.
+    pub fn keys(&self) -> [(&'static str, u64); 4] {
+        [
+            ("health.stale_after_ms.engine", self.engine),
+            ("health.stale_after_ms.store", self.store),
+            ("health.stale_after_ms.feed", self.feed),
+            ("health.stale_after_ms.strategy", self.strategy),
+        ]
     }
 }
 

@@ -46,6 +46,11 @@ impl Config {
         self.risk.problems("risk", &mut out);
         self.telegram.problems(&mut out);
         self.ml.problems(&mut out);
+        for (key, value) in self.health.stale_after_ms.keys() {
+            if value < 100 {
+                out.push(ConfigProblem { key: key.into(), message: format!("must be at least 100 (ms), got {value}") });
+            }
+        }
         if self.health.interval_ms == 0 {
             out.push(ConfigProblem { key: "health.interval_ms".into(), message: "must be greater than 0".into() });
         }

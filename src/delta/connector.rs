@@ -18,8 +18,9 @@ use super::stream::StreamSpec;
 use super::wire::RestOrder;
 use crate::bounded::BoundedMap;
 use crate::config::DeltaConfig;
+use crate::exchange::reconcile::{VenueOrder, VenueSnapshot};
 use crate::exchange::{RemoteOrder, RemoteState, VenueFill, VenueUpdate};
-use crate::model::{Candle, Fill, Liquidity, Order, OrderStatus};
+use crate::model::{Candle, Fill, Liquidity, Order, OrderStatus, Side};
 
 pub use super::products::{MAX_CLIENT_ID, Products, new_order, remote_of};
 
@@ -230,6 +231,34 @@ impl DeltaConnector {
             }
         }
         Ok(Startup { known_at_start, updates, positions, balance })
+    }
+
+    /// What the exchange holds now — open orders (with the host's client
+    /// ids where known) and net positions in base units — and the clock
+    /// offset measured now. Reads only: nothing the host knows changes.
+    pub async fn snapshot(&self) -> Result<VenueSnapshot, RestError> {
+        let clock_offset_ms = self.rest.sync_clock().await?;
+        let mut orders = Vec::new();
+        for order in self.rest.open_orders(&self.products.ids()).await? {
+            let symbols = [order.product_symbol.as_deref(), order.symbol.as_deref()];
+            let Some(product) = self.products.resolve(symbols, order.product_id) else { continue };
+            let known = self.order_ids.lock().unwrap_or_else(|e| e.into_inner()).get(&order.id).cloned();
+            orders.push(VenueOrder {
+                exchange_id: order.id.clone(),
+                client_id: order.client_order_id.clone().or(known),
+                symbol: product.symbol.clone(),
+                side: if order.side == "sell" { Side::Sell } else { Side::Buy },
+                remaining: order.unfilled_size.unwrap_or(order.size) * product.contract_value,
+            });
+        }
+        let mut positions = BTreeMap::new();
+        for position in self.rest.positions().await? {
+            let symbols = [position.product_symbol.as_deref(), position.symbol.as_deref()];
+            if let Some(product) = self.products.resolve(symbols, position.product_id) {
+                positions.insert(product.symbol.clone(), position.size.unwrap_or_default() * product.contract_value);
+            }
+        }
+        Ok(VenueSnapshot { orders, positions, clock_offset_ms })
     }
 
     pub(super) fn brackets(&self) -> std::sync::MutexGuard<'_, Brackets> {

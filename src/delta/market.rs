@@ -56,6 +56,9 @@ impl DeltaConnector {
         // Symbols reported stale to the order manager (the first check reports every
         // symbol without a book yet).
         let mut stale: HashSet<String> = HashSet::new();
+        // Why the stream is down, while it is.
+        let mut disconnected: Option<String> = None;
+        let messages = health.pulse(MARKET_COMPONENT);
         for symbol in &symbols {
             market.books.insert(symbol.clone(), OrderBook::new(symbol));
         }
@@ -102,15 +105,29 @@ impl DeltaConnector {
                             Err(error) => tracing::warn!(symbol = %symbol, "delta: candle polling failed: {error}"),
                         }
                     }
-                    let state = if stale_now.is_empty() { ComponentState::Up } else if market.ever_up { ComponentState::Down } else { ComponentState::Starting };
-                    health.set(MARKET_COMPONENT, state);
+                    let (state, reason) = if stale_now.is_empty() {
+                        (ComponentState::Up, None)
+                    } else if !market.ever_up {
+                        (ComponentState::Starting, None)
+                    } else if let Some(why) = &disconnected {
+                        let symbols = stale_now.join(", ");
+                        (ComponentState::Down, Some(format!("stream disconnected ({why}): new entries refused for {symbols}")))
+                    } else {
+                        let (symbols, ms) = (stale_now.join(", "), stale_after.as_millis());
+                        (ComponentState::Degraded, Some(format!("no market data for {symbols} within {ms} ms: new entries refused")))
+                    };
+                    health.report(MARKET_COMPONENT, state, reason.as_deref());
                     let rest = if self.rest.is_reachable() { ComponentState::Up } else { ComponentState::Down };
                     health.set(REST_COMPONENT, rest);
                 }
                 event = events.recv() => match event {
                     None => break,
-                    Some(StreamEvent::Up) => market.ever_up = true,
-                    Some(StreamEvent::Down(_)) => {
+                    Some(StreamEvent::Up) => {
+                        market.ever_up = true;
+                        disconnected = None;
+                    }
+                    Some(StreamEvent::Down(why)) => {
+                        disconnected = Some(why);
                         metrics.reconnects.fetch_add(1, Ordering::Relaxed);
                         for (symbol, book) in market.books.iter_mut() {
                             *book = OrderBook::new(symbol);
@@ -118,6 +135,7 @@ impl DeltaConnector {
                     }
                     Some(StreamEvent::Malformed(_)) => {}
                     Some(StreamEvent::Message(message)) => {
+                        messages.beat();
                         if let WsMessage::Ticker { symbol, mark: Some(price), .. } = message.as_ref() {
                             if self.products.get(symbol).is_some() {
                                 let _ = feed.send(MarketEvent::Mark { symbol: symbol.clone(), price: *price }).await;

@@ -332,6 +332,7 @@ impl DeltaConnector {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let (_commands_tx, commands) = mpsc::unbounded_channel();
         let stream = tokio::spawn(stream::run(spec, events_tx, commands, cancel.clone()));
+        let messages = health.pulse(ORDERS_COMPONENT);
         while let Some(event) = tokio::select! { _ = cancel.cancelled() => None, e = events.recv() => e } {
             match event {
                 StreamEvent::Up => {
@@ -341,12 +342,13 @@ impl DeltaConnector {
                     }
                     health.set(ORDERS_COMPONENT, ComponentState::Up);
                 }
-                StreamEvent::Down(_) => {
+                StreamEvent::Down(why) => {
                     metrics.reconnects.fetch_add(1, Ordering::Relaxed);
-                    health.set(ORDERS_COMPONENT, ComponentState::Down);
+                    health.set_down(ORDERS_COMPONENT, &format!("private stream disconnected ({why})"));
                 }
                 StreamEvent::Malformed(_) => {}
                 StreamEvent::Message(message) => {
+                    messages.beat();
                     for update in self.private_message(*message).await {
                         let _ = updates.send(update);
                     }

@@ -263,6 +263,8 @@ pub struct RestClient {
     offset_ms: AtomicI64,
     attempts: u32,
     reachable: AtomicBool,
+    /// Beats at every answer below 500 (the component `exchange.rest`'s activity).
+    answered: crate::health::Pulse,
 }
 
 impl RestClient {
@@ -282,6 +284,7 @@ impl RestClient {
             offset_ms: AtomicI64::new(0),
             attempts: 4,
             reachable: AtomicBool::new(true),
+            answered: crate::health::Pulse::default(),
         })
     }
 
@@ -289,6 +292,11 @@ impl RestClient {
     /// server error or maintenance (for health).
     pub fn is_reachable(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// When the exchange last answered (below 500).
+    pub fn activity(&self) -> crate::health::Pulse {
+        self.answered.clone()
     }
 
     /// The budget (for reporting).
@@ -382,6 +390,9 @@ impl RestClient {
         })?;
         let status = response.status().as_u16();
         self.reachable.store(status < 500, Ordering::Relaxed);
+        if status < 500 {
+            self.answered.beat();
+        }
         let reset_ms =
             response.headers().get("x-rate-limit-reset").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let bytes = response.bytes().await.map_err(|e| RestError::Connectivity {

@@ -7,6 +7,7 @@
 
 pub mod contingent;
 pub mod paper;
+pub mod reconcile;
 pub mod watch;
 
 use rust_decimal::Decimal;

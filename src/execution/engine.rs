@@ -95,6 +95,13 @@ enum Step {
     CancelAll(Option<String>),
 }
 
+/// The engine loop's health component.
+pub const ENGINE_COMPONENT: &str = "engine";
+/// The market feed's health component (stamped as its events reach the engine).
+pub const FEED_COMPONENT: &str = "feed";
+/// The longest the engine loop waits between two turns when nothing happens.
+pub const IDLE_TURN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the engine owns.
 pub struct Engine {
     /// Order manager (owns the paper exchange).
@@ -113,6 +120,9 @@ pub struct Engine {
     pub id_counter: Arc<std::sync::atomic::AtomicU64>,
     /// Order and fill counters.
     pub metrics: Arc<crate::health::Metrics>,
+    /// Where the engine loop's turns (`engine`) and the market events that
+    /// reach it (`feed`) are stamped.
+    pub health: Arc<crate::health::Health>,
     /// How prices, sizes and money are shown in activity and logs.
     pub shown: crate::model::Shown,
     /// Reports of a live venue (none for paper).
@@ -142,10 +152,16 @@ impl Engine {
         self.oms.hold_view();
         // Live venue: batches whose intents are committing, sent in order as their commits land.
         let mut pending: VecDeque<Batch> = VecDeque::new();
+        let (turns, market) = (self.health.pulse(ENGINE_COMPONENT), self.health.pulse(FEED_COMPONENT));
+        // Turns at least this often when idle, so a silent engine means a stuck one.
+        let mut idle = tokio::time::interval(IDLE_TURN);
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            turns.beat();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                _ = idle.tick() => {}
                 committed = async { pending.front_mut().expect("checked").committed().await }, if !pending.is_empty() => {
                     let batch = pending.pop_front().expect("checked");
                     self.finish(batch, committed).await;
@@ -176,8 +192,15 @@ impl Engine {
                     None => break,
                 },
                 event = feed.recv(), if feed_open => match event {
-                    Some(event) => self.handle_feed(event).await,
-                    None => feed_open = false,
+                    Some(event) => {
+                        market.beat();
+                        self.handle_feed(event).await
+                    }
+                    None => {
+                        feed_open = false;
+                        // A replay that reached its end: no more market events are due.
+                        self.health.expect_nothing(FEED_COMPONENT);
+                    }
                 },
             }
             // Whatever changed and needed storing is stored by now.

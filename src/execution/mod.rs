@@ -7,5 +7,7 @@
 mod engine;
 mod orders;
 
-pub use engine::{Engine, EngineRequest, Runtimes, publish_difference, publish_log};
+pub use engine::{
+    ENGINE_COMPONENT, Engine, EngineRequest, FEED_COMPONENT, IDLE_TURN, Runtimes, publish_difference, publish_log,
+};
 pub use orders::{ExecutionError, Oms};

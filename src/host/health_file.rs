@@ -21,6 +21,7 @@ fn snapshot(health: &Health, models: &Registry) -> Vec<u8> {
         "status": health.status(),
         "components": health.components(),
         "reasons": health.reasons(),
+        "freshness": health.freshness(),
         "models": models.statuses(),
         "written_at": chrono::Utc::now(),
         "pid": std::process::id(),
@@ -46,6 +47,19 @@ async fn write(path: &Path, bytes: Vec<u8>, failing: &mut bool) {
     }
 }
 
+/// Removes temporary files a killed process left beside `path`.
+fn remove_leftovers(path: &Path) {
+    let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else { return };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let folder = if folder.as_os_str().is_empty() { Path::new(".") } else { folder };
+    for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&prefix) && file.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Starts the writer; it writes once more and ends when `stop` fires.
 pub fn spawn(
     tasks: &Tasks,
@@ -60,6 +74,8 @@ pub fn spawn(
         async move {
             let mut changes = health.changes();
             let mut failing = false;
+            let leftovers = path.clone();
+            let _ = tokio::task::spawn_blocking(move || remove_leftovers(&leftovers)).await;
             loop {
                 write(&path, snapshot(&health, &models), &mut failing).await;
                 tokio::select! {

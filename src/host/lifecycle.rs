@@ -163,9 +163,10 @@ impl Lifecycle {
                     }
                 }
             }
-            if awaiting_ready && self.health.is_ready() {
+            if awaiting_ready && self.health.is_serving() {
                 awaiting_ready = false;
                 tracing::info!("ready");
+                super::systemd::ready();
             }
             if self.feed.is_some() && supervisor.initial_start_done() {
                 self.start_feed();
@@ -179,6 +180,7 @@ impl Lifecycle {
         tracing::info!(?reason, "shutdown started");
         self.shutdown.cancel();
         self.health.begin_shutdown();
+        super::systemd::stopping();
         self.activity.publish(
             ActivityKind::System,
             None,

@@ -31,6 +31,7 @@ pub mod history;
 mod lifecycle;
 mod models;
 mod signals;
+mod systemd;
 mod tasks;
 mod venue;
 mod watcher;
@@ -47,10 +48,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::{ActivityBus, ActivityKind};
-use crate::config::{Config, ExchangeKind, Secret};
+use crate::config::{Config, ExchangeKind, FeedKind, Secret};
 use crate::control::{Control, ShutdownReason, StrategyStatus};
-use crate::execution::{Engine, Runtimes};
-use crate::health::{ComponentState, Health, Metrics};
+use crate::execution::{ENGINE_COMPONENT, Engine, FEED_COMPONENT, Runtimes};
+use crate::health::{ComponentState, Freshness, Health, Metrics};
 use crate::model::AccountView;
 use crate::script::ml::{MlOptions, RecordTarget};
 use crate::store::{Recovered, Retention, Store, StoreError, StoreWriter};
@@ -240,6 +241,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     let tasks = tasks::Tasks::new(task_reports_tx, shutdown.clone());
     let tasks_cancel = CancellationToken::new();
     let engine_cancel = CancellationToken::new();
+    let venue_probe = booted.delta.as_ref().map(|links| venue_probe(links.connector.clone()));
     let venue_updates = booted.delta.map(|links| links.spawn(&tasks, &health, &metrics, &tasks_cancel));
     let engine = Engine {
         oms: booted.oms,
@@ -250,6 +252,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         control: control_tx.clone(),
         id_counter: id_counter.clone(),
         metrics: metrics.clone(),
+        health: health.clone(),
         shown: booted.shown.clone(),
         venue_updates,
         pipeline: config.exchange.kind == ExchangeKind::Delta,
@@ -263,6 +266,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         engine_run.await
     });
     health.set("engine", ComponentState::Up);
+    expect_activity(&health, &config, &metrics, &writer);
 
     let statuses = Arc::new(ArcSwap::from_pointee(Vec::new()));
     // On Delta's market, a starting strategy's missing history is fetched first.
@@ -299,6 +303,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
             record: config.ml.record_dir.clone().map_or(RecordTarget::Off, RecordTarget::AppendIn),
             record_max_bytes: config.ml.record_max_mb.saturating_mul(1 << 20),
         },
+        health: health.clone(),
     });
     let http_cancel = CancellationToken::new();
     let api = Arc::new(crate::http::ApiContext {
@@ -319,6 +324,8 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         risk_limits,
         protections,
         models: models.clone(),
+        venue: venue_probe,
+        faults: config.faults.clone(),
     });
     let models_watcher = models::watch(models.clone(), debounce, health.clone(), activity.clone())?;
     let telegram_cancel = CancellationToken::new();
@@ -328,6 +335,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         tasks.spawn_auxiliary(TELEGRAM_TASK, crate::telegram::COMPONENT, move || bot.clone().run(cancel.clone()));
     }
     spawn_health_events(&tasks, health.clone(), activity.clone(), tasks_cancel.clone());
+    systemd::spawn_watchdog(&tasks, health.clone(), http_cancel.clone());
     if let Some(path) = config.health_file() {
         let interval = Duration::from_millis(config.health.interval_ms);
         health_file::spawn(&tasks, path, interval, health.clone(), models, tasks_cancel.clone());
@@ -374,7 +382,11 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
 /// The Telegram bot's task.
 pub(crate) const TELEGRAM_TASK: &str = "telegram bot";
 
-/// Publishes components going down (with the reason) and coming back up as
+/// How often the freshness rules are applied.
+const FRESHNESS_CHECK: Duration = Duration::from_millis(250);
+
+/// Applies the freshness rules every [`FRESHNESS_CHECK`], and publishes
+/// components going down or degraded (with the reason) and coming back up as
 /// `health` activity events `{component, state, reason}`.
 fn spawn_health_events(tasks: &tasks::Tasks, health: Arc<Health>, activity: ActivityBus, stop: CancellationToken) {
     tasks.spawn_auxiliary("health events", "health", move || {
@@ -382,10 +394,16 @@ fn spawn_health_events(tasks: &tasks::Tasks, health: Arc<Health>, activity: Acti
         async move {
             let mut changes = health.changes();
             let mut before = health.components();
+            let mut check = tokio::time::interval(FRESHNESS_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     changed = changes.changed() => if changed.is_err() { break },
+                    _ = check.tick() => {
+                        health.check_freshness();
+                        continue;
+                    }
                 }
                 if health.is_shutting_down() {
                     break;
@@ -393,8 +411,11 @@ fn spawn_health_events(tasks: &tasks::Tasks, health: Arc<Health>, activity: Acti
                 let (now, reasons) = (health.components(), health.reasons());
                 for (component, state) in &now {
                     let was = before.get(component).copied();
-                    let down = *state == ComponentState::Down && was != Some(ComponentState::Down);
-                    let back = *state == ComponentState::Up && was == Some(ComponentState::Down);
+                    let impaired = |s: Option<ComponentState>| {
+                        matches!(s, Some(ComponentState::Down) | Some(ComponentState::Degraded))
+                    };
+                    let down = impaired(Some(*state)) && was != Some(*state);
+                    let back = *state == ComponentState::Up && impaired(was);
                     if down || back {
                         let reason = reasons.get(component).cloned();
                         activity.publish(
@@ -408,6 +429,55 @@ fn spawn_health_events(tasks: &tasks::Tasks, health: Arc<Health>, activity: Acti
             }
         }
     });
+}
+
+/// Reads what Delta holds, for `/api/v1/reconcile`.
+fn venue_probe(connector: Arc<crate::delta::DeltaConnector>) -> crate::exchange::reconcile::VenueProbe {
+    Arc::new(move || {
+        let connector = connector.clone();
+        Box::pin(async move { connector.snapshot().await.map_err(|e| e.to_string()) })
+    })
+}
+
+/// The freshness rules of the engine loop, the store writer and the feed.
+fn expect_activity(health: &Health, config: &Config, metrics: &Metrics, writer: &StoreWriter) {
+    let limits = &config.health.stale_after_ms;
+    let after = Duration::from_millis;
+    health.expect_activity(
+        ENGINE_COMPONENT,
+        Freshness {
+            pulse: health.pulse(ENGINE_COMPONENT),
+            after: after(limits.engine),
+            busy: None,
+            what: "made no progress",
+        },
+    );
+    let queued = writer.queue_depth();
+    health.expect_activity(
+        "store",
+        Freshness {
+            pulse: metrics.store_commit.pulse(),
+            after: after(limits.store),
+            busy: Some(Box::new(move || queued.read() > 0)),
+            what: "committed nothing while writes waited",
+        },
+    );
+    // A slow synthetic feed is given three of its ticks.
+    let synthetic = &config.feed.synthetic;
+    let tick_ms = synthetic.tick_interval_ms as f64 / synthetic.speed.max(f64::MIN_POSITIVE);
+    let feed = match config.feed.kind {
+        FeedKind::Synthetic if config.exchange.kind != ExchangeKind::Delta => limits.feed.max((3.0 * tick_ms) as u64),
+        _ => limits.feed,
+    };
+    health.expect_activity(
+        FEED_COMPONENT,
+        Freshness {
+            pulse: health.pulse(FEED_COMPONENT),
+            after: after(feed),
+            busy: None,
+            what: "delivered no market event",
+        },
+    );
 }
 
 /// Exports the depth of a bounded queue (without keeping it open).

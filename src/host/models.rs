@@ -34,6 +34,9 @@ pub async fn load(config: &crate::config::MlConfig, health: &Health) -> Result<A
     for name in registry.names() {
         health.register(&component(name));
         health.set(&component(name), ComponentState::Up);
+        if let Some(metrics) = registry.metrics(name) {
+            health.track(&component(name), metrics.latency.pulse());
+        }
         let model = registry.model(name).expect("a loaded model");
         tracing::info!(model = name, path = %model.config.path.display(), sha256 = %model.sha256, "model loaded");
     }

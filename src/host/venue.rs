@@ -74,6 +74,7 @@ pub(super) async fn boot(
                 health.register(component);
             }
             let (oms, hub, resolved, connector) = start_dry_run(config, recovered).await?;
+            health.track(REST_COMPONENT, connector.rest.activity());
             let shown = connector.products.shown();
             (oms, hub, Market::Delta(connector), resolved, None, Clock::wall(), shown)
         }
@@ -84,6 +85,7 @@ pub(super) async fn boot(
             }
             let (oms, hub, resolved, links) = start_delta(config, store, recovered, activity).await?;
             let connector = links.connector.clone();
+            health.track(REST_COMPONENT, connector.rest.activity());
             let shown = connector.products.shown();
             (oms, hub, Market::Delta(connector), resolved, Some(links), Clock::wall(), shown)
         }

@@ -71,6 +71,10 @@ pub struct ApiContext {
     pub protections: Arc<ArcSwap<Vec<crate::risk::ProtectionStatus>>>,
     /// The models scripts call (`/models`, and their state in `/health`).
     pub models: Arc<crate::ml::Registry>,
+    /// Injected failures (tests).
+    pub faults: crate::config::Faults,
+    /// Reads what a live venue holds (`/reconcile`); none for paper and dry-run.
+    pub venue: Option<crate::exchange::reconcile::VenueProbe>,
 }
 
 /// Shared state of the router.
@@ -90,6 +94,7 @@ fn token_matches(expected: &Secret, given: &str) -> bool {
 }
 
 async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    state.health.pulse("http").beat();
     if is_public(request.method(), request.uri().path()) {
         return Ok(next.run(request).await);
     }

@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use super::ApiContext;
 use super::error::ApiError;
 use crate::control::{Control, ControlError, KillReport, ShutdownReason, StrategyState, StrategyStatus};
+use crate::exchange::reconcile::{ReconcileReport, StoreConsistency, differences};
 use crate::model::{Fill, Order, Position, Shown, TradingState, TradingStates};
 
 /// `/status`.
@@ -281,6 +282,45 @@ pub async fn stored_orders(ctx: &ApiContext, limit: usize) -> Result<Vec<Order>,
 pub async fn fills(ctx: &ApiContext, limit: usize) -> Result<Vec<Fill>, ApiError> {
     let fills = read(ctx, move |store| store.recent_fills(limit)).await?;
     Ok(fills.iter().map(|f| ctx.shown.fill(f)).collect())
+}
+
+/// Compares the host's open orders and positions with the venue's (a live
+/// venue is asked; nothing changes) and checks the store's integrity. A
+/// difference counts only if the host's view before and after the venue's
+/// answer both show it (an order in flight is not a difference).
+pub async fn reconcile(ctx: &ApiContext) -> Result<ReconcileReport, ApiError> {
+    let checked = read(ctx, crate::store::check).await?;
+    let store = StoreConsistency {
+        orders: checked.orders,
+        fills: checked.fills,
+        activity: checked.activity,
+        problems: checked.problems,
+    };
+    let before = ctx.account.load_full();
+    let mut report = ReconcileReport {
+        venue: ctx.mode.clone(),
+        compared: false,
+        clock_offset_ms: None,
+        host_orders: before.open_orders.len(),
+        venue_orders: None,
+        differences: Vec::new(),
+        error: None,
+        store,
+    };
+    let Some(probe) = &ctx.venue else { return Ok(report) };
+    match probe().await {
+        Ok(venue) => {
+            let after = ctx.account.load_full();
+            let earlier = differences(&before, &venue);
+            report.differences = differences(&after, &venue).into_iter().filter(|d| earlier.contains(d)).collect();
+            report.compared = true;
+            report.clock_offset_ms = Some(venue.clock_offset_ms);
+            report.host_orders = after.open_orders.len();
+            report.venue_orders = Some(venue.orders.len());
+        }
+        Err(error) => report.error = Some(error),
+    }
+    Ok(report)
 }
 
 /// Every strategy's non-flat positions with unrealised PnL at the mark, by strategy and symbol.

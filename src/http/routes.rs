@@ -32,6 +32,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/", get(dashboard))
         .route("/index.html", get(dashboard))
         .route("/api/v1/health", get(health))
+        .route("/api/v1/reconcile", get(reconcile))
         .route("/api/v1/status", get(status))
         .route("/api/v1/strategies", get(strategies))
         .route("/api/v1/strategies/{name}/start", post(start_strategy))
@@ -61,8 +62,8 @@ pub fn routes() -> Router<ApiState> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tradehost control API", description = "Control and observe a tradehost: strategies, orders, fills, positions, activity."),
-    paths(health, status, models, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, candles, candle_series, positions, balances, pnl, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
-    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, PnlResponse, PnlRow, PnlPeriod, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport, crate::ml::ModelStatus)),
+    paths(health, reconcile, status, models, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, candles, candle_series, positions, balances, pnl, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
+    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, PnlResponse, PnlRow, PnlPeriod, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport, crate::ml::ModelStatus, crate::exchange::reconcile::ReconcileReport, crate::exchange::reconcile::StoreConsistency, crate::health::FreshnessView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -84,7 +85,7 @@ impl utoipa::Modify for BearerAuth {
 /// `/health`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthResponse {
-    /// `ready`, `starting` or `shutting_down`.
+    /// `ready`, `degraded` (serving, a component impaired), `starting` or `shutting_down`.
     pub status: String,
     /// Each component's state.
     pub components: BTreeMap<String, ComponentState>,
@@ -92,6 +93,8 @@ pub struct HealthResponse {
     /// panic), or what is wrong while one still serves (a model file refused).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub reasons: BTreeMap<String, String>,
+    /// Each component's age of last real activity and freshness threshold.
+    pub freshness: BTreeMap<String, crate::health::FreshnessView>,
     /// Each model's state (version, file, when loaded, last error); absent without models.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<crate::ml::ModelStatus>,
@@ -178,10 +181,10 @@ async fn dashboard() -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-store")], Html(DASHBOARD))
 }
 
-/// Readiness: 200 when every component is up, 503 while starting or shutting down.
+/// Readiness: 200 when every component is up, 503 while starting, degraded or shutting down.
 #[utoipa::path(get, path = "/api/v1/health", security(()), responses(
     (status = 200, description = "ready", body = HealthResponse),
-    (status = 503, description = "starting or shutting down", body = HealthResponse)))]
+    (status = 503, description = "starting, degraded or shutting down", body = HealthResponse)))]
 async fn health(State(state): State<ApiState>) -> impl IntoResponse {
     let status = state.health.status();
     let code = if status == "ready" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -191,9 +194,23 @@ async fn health(State(state): State<ApiState>) -> impl IntoResponse {
             status: status.into(),
             components: state.health.components(),
             reasons: state.health.reasons(),
+            freshness: state.health.freshness(),
             models: state.models.statuses(),
         }),
     )
+}
+
+/// Asks a live venue for its open orders and positions and reports where
+/// the host differs (nothing is changed), with the clock offset, and checks
+/// the store: positions equal the sum of fills, every fill's order exists,
+/// activity numbering has no gaps. Paper and dry-run have no venue to ask.
+#[utoipa::path(get, path = "/api/v1/reconcile", responses(
+    (status = 200, description = "the comparison (differences empty when the host and the venue agree)", body = crate::exchange::reconcile::ReconcileReport),
+    (status = 401, description = "missing or wrong token", body = ErrorBody)))]
+async fn reconcile(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::exchange::reconcile::ReconcileReport>, ApiError> {
+    ops::reconcile(&state).await.map(Json)
 }
 
 /// Every model with its version, file, load time, last refused file, calls and cache use.
@@ -474,7 +491,9 @@ async fn kill(
     (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"), (status = 401, body = ErrorBody)))]
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     state.metrics.events.store(state.activity.delivered(), std::sync::atomic::Ordering::Relaxed);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    let mut text = state.metrics.render();
+    state.health.render_metrics(&mut text);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// This document.

@@ -265,6 +265,7 @@ async fn serve_client(mut socket: Socket, state: &ApiState, since: Option<u64>, 
                 let mut events = 0;
                 let finished = loop {
                     match batch {
+                        Ok(_) if state.faults.ws_silent.load(Ordering::Relaxed) => {}
                         Ok(batch) => {
                             events += batch.events().len();
                             last = append_wanted(&mut out, &batch, last, types);

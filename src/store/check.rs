@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::{ACTIVITY, FILLS, ORDERS, POSITIONS, Store, StoreError, positions_from_fills};
+use super::{ACTIVITY, FILLS, ORDERS, POSITIONS, StoreError, StoreReader, positions_from_fills};
 use crate::model::{Fill, Position};
 
 /// What the integrity check found.
@@ -22,7 +22,7 @@ pub struct CheckReport {
 }
 
 /// Checks a store's invariants.
-pub fn check(store: &Store) -> Result<CheckReport, StoreError> {
+pub fn check(store: &StoreReader) -> Result<CheckReport, StoreError> {
     let err = |e: &dyn std::fmt::Display| StoreError::Io { path: store.path().to_path_buf(), detail: e.to_string() };
     let read = store.database().begin_read().map_err(|e| err(&e))?;
     let orders = read.open_table(ORDERS).map_err(|e| err(&e))?;

@@ -4,6 +4,7 @@
 //! backoff, quarantines crash loops until the file changes, and runs the
 //! strategy phases of the ordered shutdown.
 
+mod health;
 mod market;
 mod reports;
 mod shutdown;
@@ -102,6 +103,8 @@ pub struct Parts {
     pub cancel: tokio_util::sync::CancellationToken,
     /// The models scripts call and where their records go.
     pub ml: crate::script::ml::MlOptions,
+    /// Where each strategy is shown as a component (`strategy.NAME`).
+    pub health: Arc<crate::health::Health>,
 }
 
 /// The strategy slots and everything they need.
@@ -133,6 +136,7 @@ pub struct Supervisor {
     stopped_by_user: BTreeMap<String, String>,
     cancel: tokio_util::sync::CancellationToken,
     ml: crate::script::ml::MlOptions,
+    health: Arc<crate::health::Health>,
 }
 
 impl Supervisor {
@@ -166,6 +170,7 @@ impl Supervisor {
             stopped_by_user: parts.stopped_by_user,
             cancel: parts.cancel,
             ml: parts.ml,
+            health: parts.health,
         }
     }
 
@@ -631,6 +636,7 @@ impl Supervisor {
             })
             .collect();
         self.statuses.store(Arc::new(statuses));
+        self.report_health();
     }
 
     /// True once the first scan is done and no strategy is still starting.

@@ -271,6 +271,7 @@ impl Telegram {
                 Ok(updates) => {
                     backoff = FIRST_BACKOFF;
                     self.api.health.set(COMPONENT, ComponentState::Up);
+                    self.api.health.pulse(COMPONENT).beat();
                     self.counters.last_poll_ms.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
                     for update in updates {
                         self.offset.fetch_max(update.id.0 as i32 + 1, Ordering::Relaxed);

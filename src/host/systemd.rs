@@ -1,0 +1,87 @@
+//! systemd integration for `Type=notify` units, active only when systemd
+//! set `NOTIFY_SOCKET` (and `WATCHDOG_USEC` for the watchdog): `READY=1`
+//! once every component is up, `STOPPING=1` as the ordered shutdown begins,
+//! and `WATCHDOG=1` pings while the engine loop keeps turning, so a stuck
+//! loop stops the pings and systemd restarts the process
+//! (`Restart=on-failure`). A failed notification is logged, never fatal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::tasks::Tasks;
+use crate::execution::ENGINE_COMPONENT;
+use crate::health::Health;
+
+/// Sends `state` lines to the service manager, if there is one.
+fn notify(state: &[&str]) {
+    #[cfg(unix)]
+    {
+        let states: Vec<sd_notify::NotifyState> = state
+            .iter()
+            .map(|line| match *line {
+                "READY=1" => sd_notify::NotifyState::Ready,
+                "STOPPING=1" => sd_notify::NotifyState::Stopping,
+                "WATCHDOG=1" => sd_notify::NotifyState::Watchdog,
+                other => sd_notify::NotifyState::Custom(other),
+            })
+            .collect();
+        if let Err(error) = sd_notify::notify(&states) {
+            tracing::warn!("systemd notification {state:?} failed: {error}");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
+}
+
+/// Tells systemd the host is ready.
+pub fn ready() {
+    notify(&["READY=1", "STATUS=ready: trading"]);
+}
+
+/// Tells systemd the host is shutting down.
+pub fn stopping() {
+    notify(&["STOPPING=1", "STATUS=shutting down"]);
+}
+
+/// How long systemd waits for a ping (`WATCHDOG_USEC` for this process).
+fn watchdog_timeout() -> Option<Duration> {
+    #[cfg(unix)]
+    return sd_notify::watchdog_enabled();
+    #[cfg(not(unix))]
+    None
+}
+
+/// Pings the watchdog every quarter of its timeout while the engine loop
+/// turned within half of it (it turns at least every second when idle);
+/// during shutdown, unconditionally (the stop timeout governs then).
+pub fn spawn_watchdog(tasks: &Tasks, health: Arc<Health>, stop: CancellationToken) {
+    let Some(timeout) = watchdog_timeout() else { return };
+    let engine = health.pulse(ENGINE_COMPONENT);
+    tracing::info!(timeout_ms = timeout.as_millis() as u64, "systemd watchdog on: pinged while the engine loop turns");
+    tasks.spawn_auxiliary("systemd watchdog", "health", move || {
+        let (engine, health, stop) = (engine.clone(), health.clone(), stop.clone());
+        async move {
+            let mut every = tokio::time::interval(timeout / 4);
+            let mut silent = false;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => {}
+                }
+                let turning = engine.age().is_some_and(|age| age <= timeout / 2);
+                if turning || health.is_shutting_down() {
+                    notify(&["WATCHDOG=1"]);
+                    silent = false;
+                } else if !silent {
+                    silent = true;
+                    tracing::error!(
+                        "the engine loop has not turned for {:?}: systemd watchdog pings withheld",
+                        engine.age()
+                    );
+                }
+            }
+        }
+    });
+}
