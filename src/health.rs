@@ -298,7 +298,7 @@ impl Health {
             return false;
         }
         let mut changed = false;
-        for (name, component) in self.lock().iter_mut() {
+        for component in self.lock().values_mut() {
             let Some(rule) = &component.freshness else { continue };
             let age = rule.pulse.age();
             let armed = Duration::from_millis(monotonic_ms().saturating_sub(component.armed_ms));
@@ -309,8 +309,7 @@ impl Health {
                     Some(age) => format!("for {:.1} s", age.as_secs_f64()),
                     None => format!("since it started {:.1} s ago", armed.as_secs_f64()),
                 };
-                component.reason =
-                    Some(format!("{name} {} {since} (threshold {:.1} s)", rule.what, rule.after.as_secs_f64()));
+                component.reason = Some(format!("{} {since} (threshold {:.1} s)", rule.what, rule.after.as_secs_f64()));
                 component.state = ComponentState::Degraded;
                 component.stale = true;
                 changed = true;
@@ -853,10 +852,7 @@ mod tests {
         assert_eq!(health.status(), "degraded");
         assert!(!health.is_ready() && health.is_serving() && health.not_ready().is_empty());
         let reason = &health.reasons()["engine"];
-        assert!(
-            reason.starts_with("engine made no progress for 0.") && reason.ends_with("(threshold 0.1 s)"),
-            "{reason}"
-        );
+        assert!(reason.starts_with("made no progress for 0.") && reason.ends_with("(threshold 0.1 s)"), "{reason}");
         let freshness = &health.freshness()["engine"];
         assert!(freshness.age_ms.unwrap() >= 150 && freshness.stale_after_ms == Some(100), "{freshness:?}");
         health.set("engine", ComponentState::Up);
