@@ -342,7 +342,7 @@ impl LiveOutcome {
             Some(after) => (
                 Verdict::Ok,
                 format!(
-                    "a live event (seq {}) {:.0} ms after connecting; {} events without a gap",
+                    "a live event (seq {}) {:.0} ms after connecting; sequence numbers without a gap over {} events",
                     self.received.iter().find(|s| **s > self.connected_at).copied().unwrap_or_default(),
                     after.as_secs_f64() * 1e3,
                     self.received.len()
@@ -368,6 +368,10 @@ impl LiveOutcome {
     }
 }
 
+/// Events the gap check wants to see, at most [`GAP_WINDOW`] after the first live one.
+const GAP_SAMPLE: usize = 50;
+const GAP_WINDOW: Duration = Duration::from_secs(1);
+
 async fn last_seq(api: &Api) -> Result<u64, String> {
     let status: Value = api.get_json("/api/v1/status").await?;
     status["last_seq"].as_u64().ok_or_else(|| "/api/v1/status has no last_seq".to_string())
@@ -388,8 +392,9 @@ async fn live_events(api: &Api, wait: Duration) -> Result<LiveOutcome, String> {
     let connected_at = last_seq(api).await?;
     let start = Instant::now();
     let mut outcome = LiveOutcome { connected_at, received: Vec::new(), live_after: None, log_end: connected_at };
-    let deadline = tokio::time::Instant::now() + wait;
-    while outcome.live_after.is_none() {
+    let mut deadline = tokio::time::Instant::now() + wait;
+    // After the first live event, keep reading briefly so the gap check sees a run of events.
+    while outcome.live_after.is_none() || outcome.received.len() < GAP_SAMPLE {
         let message = match tokio::time::timeout_at(deadline, socket.next()).await {
             Err(_) => break,
             Ok(None) => return Err("the host closed the stream".into()),
@@ -400,8 +405,9 @@ async fn live_events(api: &Api, wait: Duration) -> Result<LiveOutcome, String> {
         let event: Value = serde_json::from_str(&body).map_err(|e| format!("an unreadable event: {e}"))?;
         let Some(seq) = event["seq"].as_u64() else { continue };
         outcome.received.push(seq);
-        if seq > connected_at {
+        if seq > connected_at && outcome.live_after.is_none() {
             outcome.live_after = Some(start.elapsed());
+            deadline = deadline.min(tokio::time::Instant::now() + GAP_WINDOW);
         }
     }
     let _ = socket.close(None).await;
@@ -456,5 +462,46 @@ async fn consistency(api: &Api, report: &mut Report, reconcile: &Result<Value, S
             }
         }
         Err(error) => report.add(CONSISTENCY, Verdict::Fail, "candles", error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(connected_at: u64, received: &[u64], live: bool, log_end: u64) -> LiveOutcome {
+        LiveOutcome {
+            connected_at,
+            received: received.to_vec(),
+            live_after: live.then_some(Duration::from_millis(40)),
+            log_end,
+        }
+    }
+
+    #[test]
+    fn the_stream_is_judged_by_live_delivery_and_gaps() {
+        let wait = Duration::from_secs(3);
+        let (verdict, detail) = outcome(5, &[5, 6, 7], true, 7).judge(wait);
+        assert_eq!(verdict, Verdict::Ok, "{detail}");
+        assert!(detail.starts_with("a live event (seq 6) 40 ms after connecting"), "{detail}");
+        let (verdict, detail) = outcome(5, &[5, 6, 8, 9, 11], true, 11).judge(wait);
+        assert_eq!((verdict, detail.as_str()), (Verdict::Fail, "sequence numbers jump: 6 → 8, 9 → 11"));
+        let (verdict, detail) = outcome(5, &[4, 5], false, 9).judge(wait);
+        assert_eq!(verdict, Verdict::Fail);
+        assert!(detail.contains("went from seq 5 to 9"), "{detail}");
+        let (verdict, _) = outcome(5, &[], false, 5).judge(wait);
+        assert_eq!(verdict, Verdict::Warn, "a quiet host is a warning, not a failure");
+    }
+
+    #[test]
+    fn the_worst_result_decides() {
+        let mut report = Report::default();
+        assert_eq!(report.worst(), Verdict::Ok);
+        report.add(INTEGRATIONS, Verdict::Ok, "a", "");
+        report.add(REAL_TIME, Verdict::Warn, "b", "");
+        assert_eq!(report.worst(), Verdict::Warn);
+        report.add(CONSISTENCY, Verdict::Fail, "c", "");
+        report.add(SYNCHRONIZATION, Verdict::Ok, "d", "");
+        assert_eq!(report.worst(), Verdict::Fail);
     }
 }
