@@ -158,23 +158,24 @@ pub fn health(http: Option<std::net::SocketAddr>, config: Option<&std::path::Pat
     }
 }
 
+/// Resolves the target's API and runs `work` with it on a current-thread
+/// runtime; a problem before `work` runs is printed and given back as the
+/// exit code (2: bad config or no token, 1: otherwise).
+pub fn with_api<F: std::future::Future>(target: Target, work: impl FnOnce(Api) -> F) -> Result<F::Output, u8> {
+    let api = resolve(target).map_err(|(code, message)| {
+        eprintln!("error: {message}");
+        code
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| {
+        eprintln!("error: {error}");
+        1
+    })?;
+    Ok(runtime.block_on(work(api)))
+}
+
 /// Runs a client command; returns the exit code.
 pub fn run(target: Target, action: Action) -> u8 {
-    let api = match resolve(target) {
-        Ok(api) => api,
-        Err((code, message)) => {
-            eprintln!("error: {message}");
-            return code;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 1;
-        }
-    };
-    let result = runtime.block_on(async {
+    let result = with_api(target, |api| async move {
         match action {
             Action::Status { json } => status(&api, json).await,
             Action::Stop { wait_s } => stop(&api, Duration::from_secs(wait_s)).await,
@@ -182,6 +183,10 @@ pub fn run(target: Target, action: Action) -> u8 {
             Action::Trading { state, strategy } => trading(&api, state, strategy).await,
         }
     });
+    let result = match result {
+        Ok(result) => result,
+        Err(code) => return code,
+    };
     match result {
         Ok(()) => 0,
         Err(message) => {

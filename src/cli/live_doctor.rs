@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::client::{Api, resolve, text};
+use super::client::{Api, text, with_api};
 use crate::Target;
 
 /// One check's result, worst last.
@@ -77,22 +77,15 @@ const CLOCK_FAIL_MS: i64 = 4_000;
 
 /// Runs the validations and prints them; returns the exit code.
 pub fn run(target: Target, json: bool, event_wait: Duration) -> u8 {
-    let api = match resolve(target) {
-        Ok(api) => api,
-        Err((code, message)) => {
-            eprintln!("error: {message}");
-            return code;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 2;
-        }
-    };
     let started = Instant::now();
-    let report = runtime.block_on(validate(&api, event_wait));
+    let ran = with_api(target, |api| async move {
+        let report = validate(&api, event_wait).await;
+        (api, report)
+    });
+    let (api, report) = match ran {
+        Ok(ran) => ran,
+        Err(code) => return code,
+    };
     let worst = report.worst();
     if json {
         let body = serde_json::json!({
