@@ -116,9 +116,20 @@ struct Component {
     freshness: Option<Freshness>,
     /// Degraded by its freshness rule (not by its owner): fresh again lifts it.
     stale: bool,
-    /// When its freshness rule was set (a component that never did anything
-    /// is silent from then on).
+    /// When it last came up (or its rule was set): silence counts from then,
+    /// so activity from before a restart or a long stop is not held against it.
     armed_ms: u64,
+    /// Since when its rule's `busy` has held without a break.
+    busy_since_ms: Option<u64>,
+    /// When its rule degraded it (it stays degraded at least [`dwell`]).
+    degraded_at_ms: u64,
+}
+
+/// How long a component degraded by its freshness rule stays degraded at
+/// least: half its threshold, at most 5 s, so a slow component cannot flap
+/// (and notify) on every beat.
+fn dwell(after: Duration) -> Duration {
+    (after / 2).min(Duration::from_secs(5))
 }
 
 impl Component {
@@ -131,6 +142,8 @@ impl Component {
             freshness: None,
             stale: false,
             armed_ms: 0,
+            busy_since_ms: None,
+            degraded_at_ms: 0,
         }
     }
 }
@@ -237,6 +250,9 @@ impl Health {
         if component.stale && state == ComponentState::Up {
             return;
         }
+        if state == ComponentState::Up && component.state != ComponentState::Up {
+            component.armed_ms = monotonic_ms();
+        }
         component.stale = false;
         let reason = reason.map(str::to_string);
         let changed = component.state != state || component.reason != reason;
@@ -289,31 +305,39 @@ impl Health {
         self.lock().get(name).and_then(|c| c.reason.clone())
     }
 
-    /// Applies every freshness rule: a component up but silent past its
-    /// threshold while busy turns degraded with the reason and age; one
-    /// degraded that way turns up again once active. Returns whether a
-    /// state changed. Called every few hundred milliseconds by the host.
+    /// Applies every freshness rule: a component up, busy without a break
+    /// for longer than its threshold and silent all that time (counted from
+    /// its last activity, from when it came up, and from when it became busy,
+    /// whichever is latest) turns degraded with the reason; once it is active
+    /// or idle again, and has been degraded for [`dwell`], it turns up.
+    /// Returns whether a state changed. Called every 250 ms by the host.
     pub fn check_freshness(&self) -> bool {
         if self.is_shutting_down() {
             return false;
         }
+        let now = monotonic_ms();
         let mut changed = false;
         for component in self.lock().values_mut() {
             let Some(rule) = &component.freshness else { continue };
-            let age = rule.pulse.age();
-            let armed = Duration::from_millis(monotonic_ms().saturating_sub(component.armed_ms));
-            let silent = age.unwrap_or(armed) > rule.after;
-            let stale = silent && rule.busy.as_ref().is_none_or(|busy| busy());
+            let busy = rule.busy.as_ref().is_none_or(|busy| busy());
+            component.busy_since_ms = if busy { Some(component.busy_since_ms.unwrap_or(now)) } else { None };
+            let since = |ms: u64| Duration::from_millis(now.saturating_sub(ms));
+            let mut quiet = since(component.armed_ms);
+            if let Some(busy_since) = component.busy_since_ms {
+                quiet = quiet.min(since(busy_since));
+            }
+            if let Some(age) = rule.pulse.age() {
+                quiet = quiet.min(age);
+            }
+            let stale = busy && quiet > rule.after;
             if stale && component.state == ComponentState::Up {
-                let since = match age {
-                    Some(age) => format!("for {:.1} s", age.as_secs_f64()),
-                    None => format!("since it started {:.1} s ago", armed.as_secs_f64()),
-                };
-                component.reason = Some(format!("{} {since} (threshold {:.1} s)", rule.what, rule.after.as_secs_f64()));
+                let (quiet, after) = (quiet.as_secs_f64(), rule.after.as_secs_f64());
+                component.reason = Some(format!("{} for {quiet:.1} s (threshold {after:.1} s)", rule.what));
                 component.state = ComponentState::Degraded;
                 component.stale = true;
+                component.degraded_at_ms = now;
                 changed = true;
-            } else if !stale && component.stale {
+            } else if !stale && component.stale && since(component.degraded_at_ms) >= dwell(rule.after) {
                 component.stale = false;
                 component.state = ComponentState::Up;
                 component.reason = None;
@@ -845,8 +869,10 @@ mod tests {
         assert!(!health.check_freshness(), "silent but idle is not stale");
         assert_eq!(health.status(), "ready");
         busy.store(true, Ordering::Relaxed);
+        assert!(!health.check_freshness(), "just busy: silence counts from now");
+        std::thread::sleep(Duration::from_millis(120));
         let changes = health.changes();
-        assert!(health.check_freshness());
+        assert!(health.check_freshness(), "busy and silent past the threshold");
         assert!(changes.has_changed().unwrap(), "the change is published");
         assert_eq!(health.components()["engine"], ComponentState::Degraded);
         assert_eq!(health.status(), "degraded");
@@ -854,14 +880,16 @@ mod tests {
         let reason = &health.reasons()["engine"];
         assert!(reason.starts_with("made no progress for 0.") && reason.ends_with("(threshold 0.1 s)"), "{reason}");
         let freshness = &health.freshness()["engine"];
-        assert!(freshness.age_ms.unwrap() >= 150 && freshness.stale_after_ms == Some(100), "{freshness:?}");
+        assert!(freshness.age_ms.unwrap() >= 270 && freshness.stale_after_ms == Some(100), "{freshness:?}");
         health.set("engine", ComponentState::Up);
         assert_eq!(health.components()["engine"], ComponentState::Degraded, "its owner saying up does not lift it");
+        // Active again: up once it has been degraded for its dwell (half the threshold).
+        std::thread::sleep(Duration::from_millis(60));
         pulse.beat();
         assert!(health.check_freshness());
         assert_eq!(health.components()["engine"], ComponentState::Up);
         assert!(health.reasons().is_empty() && health.is_ready());
-        // A component that never did anything is stale once busy, "since it started".
+        // A component that never did anything is silent from when its rule was set.
         health.register("store");
         health.set("store", ComponentState::Up);
         health.expect_activity(
@@ -876,7 +904,7 @@ mod tests {
         assert!(!health.check_freshness(), "the threshold runs from when the rule was set");
         std::thread::sleep(Duration::from_millis(40));
         health.check_freshness();
-        assert!(health.reasons()["store"].contains("since it started"), "{:?}", health.reasons());
+        assert!(health.reasons()["store"].starts_with("committed nothing for 0.0"), "{:?}", health.reasons());
         health.expect_nothing("store");
         assert_eq!(health.components()["store"], ComponentState::Up, "nothing expected: the degradation goes");
         let mut text = String::new();

@@ -93,23 +93,30 @@ async fn a_strategy_that_stops_finishing_callbacks_turns_degraded_with_reason_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_writer_that_stops_committing_makes_the_host_degraded() {
-    let t = TestHost::start(&[("trader", TRADER)], |c| {
+    // Logs on every candle: activity to store, folded into each (delayed) commit.
+    let logger = "fn on_candle(c) { log::info(`close ${c.close}`); }";
+    let t = TestHost::start(&[("logger", logger)], |c| {
         c.faults.commit_delay_ms = 700;
         c.health.stale_after_ms.store = 200;
     })
     .await;
-    let health = t.host.health();
-    wait_until("the store degraded", Duration::from_secs(20), || {
-        health.components().get("store") == Some(&ComponentState::Degraded)
-    })
-    .await;
-    assert_eq!(health.status(), "degraded");
-    let reason = health.reasons()["store"].clone();
+    // One answer of /api/v1/health while the store is degraded, checked whole.
+    let url = format!("http://{}/api/v1/health", t.host.http_addr());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (code, body) = loop {
+        let response = reqwest::get(&url).await.unwrap();
+        let code = response.status();
+        let body: Value = response.json().await.unwrap();
+        if body["components"]["store"] == "degraded" {
+            break (code, body);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the store never degraded: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, 503, "degraded is not ready: {body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    let reason = body["reasons"]["store"].as_str().unwrap();
     assert!(reason.starts_with("committed nothing while writes waited "), "{reason}");
-    let response = reqwest::get(format!("http://{}/api/v1/health", t.host.http_addr())).await.unwrap();
-    assert_eq!(response.status(), 503, "degraded is not ready");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], "degraded");
     assert_eq!(t.stop().await, 0);
 }
 

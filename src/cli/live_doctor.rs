@@ -245,17 +245,19 @@ async fn synchronization(api: &Api, report: &mut Report, reconcile: &Result<Valu
         report.add(SYNCHRONIZATION, verdict, format!("orders and positions ({})", text(&first["venue"])), detail);
         return;
     }
-    let listed = |answer: &Value| -> Vec<String> {
-        answer["differences"].as_array().into_iter().flatten().filter_map(|d| d.as_str().map(str::to_string)).collect()
+    let listed = |answer: &Value| -> Vec<(String, String)> {
+        let all = answer["differences"].as_array().cloned().unwrap_or_default();
+        all.iter().map(|d| (text(&d["subject"]), text(&d["detail"]))).collect()
     };
     let mut differences = listed(first);
     if !differences.is_empty() {
-        // Ask again: what an order in flight caused is gone a moment later.
+        // Ask again: what an order in flight caused is gone a moment later;
+        // what persists (by subject) is reported with its latest amounts.
         tokio::time::sleep(Duration::from_secs(1)).await;
         match api.get_json::<Value>("/api/v1/reconcile").await {
             Ok(second) => {
-                let again = listed(&second);
-                differences.retain(|d| again.contains(d));
+                let earlier: Vec<String> = differences.into_iter().map(|(subject, _)| subject).collect();
+                differences = listed(&second).into_iter().filter(|(subject, _)| earlier.contains(subject)).collect();
             }
             Err(error) => report.add(SYNCHRONIZATION, Verdict::Warn, "second look", error),
         }
@@ -271,8 +273,8 @@ async fn synchronization(api: &Api, report: &mut Report, reconcile: &Result<Valu
             ),
         );
     }
-    for difference in differences {
-        report.add(SYNCHRONIZATION, Verdict::Fail, "difference", difference);
+    for (_, detail) in differences {
+        report.add(SYNCHRONIZATION, Verdict::Fail, "difference", detail);
     }
 }
 
@@ -302,6 +304,9 @@ async fn real_time(api: &Api, report: &mut Report, health: &Value, wait: Duratio
                 Verdict::Fail,
                 format!("last market event {:.1} s ago, past {:.1} s", age as f64 / 1e3, limit as f64 / 1e3),
             ),
+            (Some(age), None) if component != "feed" => {
+                (Verdict::Ok, format!("last market event {:.1} s ago", age as f64 / 1e3))
+            }
             (Some(age), None) => (
                 Verdict::Warn,
                 format!("last market event {:.1} s ago; no more are expected (the replay ended)", age as f64 / 1e3),

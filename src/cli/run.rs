@@ -30,6 +30,14 @@ pub fn run(
     if let Some(addr) = http {
         config.http.bind = addr;
     }
+    // The flags are checked like the file (`--http 0.0.0.0:8080` needs a token).
+    let problems = config.problems();
+    if !problems.is_empty() {
+        for problem in problems {
+            eprintln!("error: bad config: {problem}");
+        }
+        return 2;
+    }
     if dry_run {
         if config.exchange.kind != tradehost::config::ExchangeKind::Delta {
             eprintln!(

@@ -43,11 +43,23 @@ pub struct VenueSnapshot {
 pub type VenueProbe =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<VenueSnapshot, String>> + Send>> + Send + Sync>;
 
-/// The differences between the host's view and the venue's, as sentences
-/// naming the order or symbol; empty when they agree. Orders the host is
-/// still sending (pending) are not compared.
-pub fn differences(host: &AccountView, venue: &VenueSnapshot) -> Vec<String> {
+/// One disagreement between the host and the venue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Difference {
+    /// What differs: `order ID`, `exchange order ID` or `position SYMBOL`
+    /// (the same subject on two looks is the same difference, whatever the amounts).
+    pub subject: String,
+    /// The difference as a sentence, with both sides' amounts.
+    pub detail: String,
+}
+
+/// The differences between the host's view and the venue's; empty when they
+/// agree. Orders the host is still sending (pending) are not compared, nor a
+/// bracket leg while its entry is still open in the host (the venue creates
+/// legs once the entry fills).
+pub fn differences(host: &AccountView, venue: &VenueSnapshot) -> Vec<Difference> {
     let mut out = Vec::new();
+    let mut add = |subject: String, detail: String| out.push(Difference { subject, detail });
     let resting = |status: OrderStatus| {
         matches!(
             status,
@@ -69,34 +81,40 @@ pub fn differences(host: &AccountView, venue: &VenueSnapshot) -> Vec<String> {
             Some((id, host_order)) => {
                 seen.insert(id);
                 if host_order.remaining() != order.remaining {
-                    out.push(format!(
+                    let detail = format!(
                         "order {id} on {}: {} open on the exchange, {} in the host",
                         order.symbol,
                         order.remaining.normalize(),
                         host_order.remaining().normalize()
-                    ));
+                    );
+                    add(format!("order {id}"), detail);
                 }
             }
             None if order.client_id.as_deref().is_some_and(|id| in_flight.contains(id)) => {}
-            None => out.push(format!(
-                "exchange order {}{} on {}: {} {} open on the exchange, unknown to the host",
-                order.exchange_id,
-                order.client_id.as_deref().map_or(String::new(), |id| format!(" (client id {id})")),
-                order.symbol,
-                side_name(order.side),
-                order.remaining.normalize()
-            )),
+            None => {
+                let detail = format!(
+                    "exchange order {}{} on {}: {} {} open on the exchange, unknown to the host",
+                    order.exchange_id,
+                    order.client_id.as_deref().map_or(String::new(), |id| format!(" (client id {id})")),
+                    order.symbol,
+                    side_name(order.side),
+                    order.remaining.normalize()
+                );
+                add(format!("exchange order {}", order.exchange_id), detail);
+            }
         }
     }
+    let open: BTreeSet<&str> = host.open_orders.iter().map(|o| o.request.client_id.as_str()).collect();
     for (id, order) in &ours {
-        // A bracket leg exists on the venue only once its entry filled.
-        if !seen.contains(id) && order.request.parent.is_none() {
-            out.push(format!(
+        let waiting_leg = order.request.parent.as_deref().is_some_and(|entry| open.contains(entry));
+        if !seen.contains(id) && !waiting_leg {
+            let detail = format!(
                 "order {id} on {}: open in the host ({} {}), not on the exchange",
                 order.request.symbol,
                 side_name(order.request.side),
                 order.remaining().normalize()
-            ));
+            );
+            add(format!("order {id}"), detail);
         }
     }
     let mut net: BTreeMap<&str, Decimal> = BTreeMap::new();
@@ -111,14 +129,21 @@ pub fn differences(host: &AccountView, venue: &VenueSnapshot) -> Vec<String> {
         let (held, theirs) = (net.get(symbol).copied().unwrap_or_default(), venue.positions.get(symbol).copied());
         let theirs = theirs.unwrap_or_default();
         if held != theirs {
-            out.push(format!(
+            let detail = format!(
                 "position {symbol}: {} on the exchange, {} in the host (the strategies' positions summed)",
                 theirs.normalize(),
                 held.normalize()
-            ));
+            );
+            add(format!("position {symbol}"), detail);
         }
     }
     out
+}
+
+/// The differences of `latest` whose subject `earlier` also shows: what
+/// persisted across two looks (amounts may have moved; the latest are kept).
+pub fn persisting(earlier: &[Difference], latest: Vec<Difference>) -> Vec<Difference> {
+    latest.into_iter().filter(|d| earlier.iter().any(|e| e.subject == d.subject)).collect()
 }
 
 fn side_name(side: Side) -> &'static str {
@@ -144,7 +169,7 @@ pub struct ReconcileReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub venue_orders: Option<usize>,
     /// Where the host and the venue disagree; empty when they agree.
-    pub differences: Vec<String>,
+    pub differences: Vec<Difference>,
     /// Why the venue could not be asked (unreachable, key refused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -222,15 +247,18 @@ mod tests {
             positions: [("BTCUSD".to_string(), Decimal::from(3))].into(),
             clock_offset_ms: 0,
         };
-        assert_eq!(differences(&host, &agree), Vec::<String>::new());
+        assert_eq!(differences(&host, &agree), Vec::<Difference>::new());
         let venue = VenueSnapshot {
             orders: vec![venue_order("1", Some("a"), 1), venue_order("9", None, 5)],
             positions: [("BTCUSD".to_string(), Decimal::from(2))].into(),
             clock_offset_ms: 0,
         };
         let found = differences(&host, &venue);
+        let subjects: Vec<&str> = found.iter().map(|d| d.subject.as_str()).collect();
+        assert_eq!(subjects, ["order a", "exchange order 9", "order b", "position BTCUSD"]);
+        let details: Vec<&str> = found.iter().map(|d| d.detail.as_str()).collect();
         assert_eq!(
-            found,
+            details,
             vec![
                 "order a on BTCUSD: 1 open on the exchange, 2 in the host",
                 "exchange order 9 on BTCUSD: buy 5 open on the exchange, unknown to the host",
@@ -238,5 +266,31 @@ mod tests {
                 "position BTCUSD: 2 on the exchange, 3 in the host (the strategies' positions summed)",
             ]
         );
+        // Bracket legs: one whose entry is still open may be missing on the
+        // venue; one whose entry is done must be there.
+        let leg = |id: &str, entry: &str| {
+            let mut leg = order(id, 1, OrderStatus::Untriggered);
+            leg.request.parent = Some(entry.into());
+            leg
+        };
+        let with_legs = AccountView {
+            open_orders: Arc::new(vec![
+                order("a", 2, OrderStatus::Open),
+                leg("waiting", "a"),
+                leg("lost", "filled-entry"),
+            ]),
+            ..AccountView::default()
+        };
+        let venue = VenueSnapshot { orders: vec![venue_order("1", Some("a"), 2)], ..VenueSnapshot::default() };
+        let found: Vec<String> = differences(&with_legs, &venue).into_iter().map(|d| d.subject).collect();
+        assert_eq!(found, ["order lost"]);
+    }
+
+    #[test]
+    fn a_difference_persists_by_subject_whatever_its_amounts() {
+        let difference = |subject: &str, detail: &str| Difference { subject: subject.into(), detail: detail.into() };
+        let earlier = vec![difference("order a", "1 vs 2"), difference("order b", "gone")];
+        let latest = vec![difference("order a", "1 vs 3"), difference("position X", "new")];
+        assert_eq!(persisting(&earlier, latest), vec![difference("order a", "1 vs 3")]);
     }
 }

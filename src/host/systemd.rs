@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::tasks::Tasks;
-use crate::execution::ENGINE_COMPONENT;
+use crate::execution::{ENGINE_COMPONENT, IDLE_TURN};
 use crate::health::Health;
 
 /// Sends `state` lines to the service manager, if there is one.
@@ -27,8 +27,14 @@ fn notify(state: &[&str]) {
                 other => sd_notify::NotifyState::Custom(other),
             })
             .collect();
-        if let Err(error) = sd_notify::notify(&states) {
-            tracing::warn!("systemd notification {state:?} failed: {error}");
+        // Warned about once: a dead socket would otherwise warn at every ping.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        match sd_notify::notify(&states) {
+            Ok(()) => WARNED.store(false, std::sync::atomic::Ordering::Relaxed),
+            Err(error) if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+                tracing::warn!("systemd notification {state:?} failed: {error}");
+            }
+            Err(_) => {}
         }
     }
     #[cfg(not(unix))]
@@ -54,23 +60,32 @@ fn watchdog_timeout() -> Option<Duration> {
 }
 
 /// Pings the watchdog every quarter of its timeout while the engine loop
-/// turned within half of it (it turns at least every second when idle);
-/// during shutdown, unconditionally (the stop timeout governs then).
+/// turned within half of it (at least two idle turns: it turns every second
+/// when nothing happens); during shutdown, unconditionally (the stop timeout
+/// governs then).
 pub fn spawn_watchdog(tasks: &Tasks, health: Arc<Health>, stop: CancellationToken) {
-    let Some(timeout) = watchdog_timeout() else { return };
+    let Some(timeout) = watchdog_timeout().filter(|t| !t.is_zero()) else { return };
     let engine = health.pulse(ENGINE_COMPONENT);
+    let turned_within = (timeout / 2).max(2 * IDLE_TURN);
+    if timeout < 4 * IDLE_TURN {
+        tracing::warn!(
+            "WatchdogSec={:?} is below {:?}: an idle engine loop turns only every {IDLE_TURN:?}, so systemd may kill a healthy host; use 30s",
+            timeout,
+            4 * IDLE_TURN
+        );
+    }
     tracing::info!(timeout_ms = timeout.as_millis() as u64, "systemd watchdog on: pinged while the engine loop turns");
     tasks.spawn_auxiliary("systemd watchdog", "health", move || {
         let (engine, health, stop) = (engine.clone(), health.clone(), stop.clone());
         async move {
-            let mut every = tokio::time::interval(timeout / 4);
+            let mut every = tokio::time::interval((timeout / 4).max(Duration::from_millis(10)));
             let mut silent = false;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = every.tick() => {}
                 }
-                let turning = engine.age().is_some_and(|age| age <= timeout / 2);
+                let turning = engine.age().is_some_and(|age| age <= turned_within);
                 if turning || health.is_shutting_down() {
                     notify(&["WATCHDOG=1"]);
                     silent = false;

@@ -74,7 +74,7 @@ pub(super) async fn boot(
                 health.register(component);
             }
             let (oms, hub, resolved, connector) = start_dry_run(config, recovered).await?;
-            health.track(REST_COMPONENT, connector.rest.activity());
+            track_delta(health, &connector, config);
             let shown = connector.products.shown();
             (oms, hub, Market::Delta(connector), resolved, None, Clock::wall(), shown)
         }
@@ -85,7 +85,7 @@ pub(super) async fn boot(
             }
             let (oms, hub, resolved, links) = start_delta(config, store, recovered, activity).await?;
             let connector = links.connector.clone();
-            health.track(REST_COMPONENT, connector.rest.activity());
+            track_delta(health, &connector, config);
             let shown = connector.products.shown();
             (oms, hub, Market::Delta(connector), resolved, Some(links), Clock::wall(), shown)
         }
@@ -358,4 +358,20 @@ fn synthetic_resume(
         }
     }
     Ok(time.map(|t| (t, prices)))
+}
+
+/// The REST client's answers as `exchange.rest`'s activity, and the public
+/// stream's freshness rule (its messages, within `exchange.delta.stale_after_ms`).
+fn track_delta(health: &Health, connector: &DeltaConnector, config: &Config) {
+    use crate::delta::connector::{MARKET_COMPONENT, REST_COMPONENT};
+    health.track(REST_COMPONENT, connector.rest.activity());
+    health.expect_activity(
+        MARKET_COMPONENT,
+        crate::health::Freshness {
+            pulse: health.pulse(MARKET_COMPONENT),
+            after: std::time::Duration::from_millis(config.exchange.delta.stale_after_ms),
+            busy: None,
+            what: "received no market data",
+        },
+    );
 }

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use super::ApiContext;
 use super::error::ApiError;
 use crate::control::{Control, ControlError, KillReport, ShutdownReason, StrategyState, StrategyStatus};
-use crate::exchange::reconcile::{ReconcileReport, StoreConsistency, differences};
+use crate::exchange::reconcile::{ReconcileReport, StoreConsistency, differences, persisting};
 use crate::model::{Fill, Order, Position, Shown, TradingState, TradingStates};
 
 /// `/status`.
@@ -311,8 +311,7 @@ pub async fn reconcile(ctx: &ApiContext) -> Result<ReconcileReport, ApiError> {
     match probe().await {
         Ok(venue) => {
             let after = ctx.account.load_full();
-            let earlier = differences(&before, &venue);
-            report.differences = differences(&after, &venue).into_iter().filter(|d| earlier.contains(d)).collect();
+            report.differences = persisting(&differences(&before, &venue), differences(&after, &venue));
             report.compared = true;
             report.clock_offset_ms = Some(venue.clock_offset_ms);
             report.host_orders = after.open_orders.len();

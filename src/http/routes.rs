@@ -63,7 +63,7 @@ pub fn routes() -> Router<ApiState> {
 #[openapi(
     info(title = "tradehost control API", description = "Control and observe a tradehost: strategies, orders, fills, positions, activity."),
     paths(health, reconcile, status, models, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, candles, candle_series, positions, balances, pnl, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
-    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, PnlResponse, PnlRow, PnlPeriod, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport, crate::ml::ModelStatus, crate::exchange::reconcile::ReconcileReport, crate::exchange::reconcile::StoreConsistency, crate::health::FreshnessView)),
+    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, PnlResponse, PnlRow, PnlPeriod, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport, crate::ml::ModelStatus, crate::exchange::reconcile::ReconcileReport, crate::exchange::reconcile::StoreConsistency, crate::exchange::reconcile::Difference, crate::health::FreshnessView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
