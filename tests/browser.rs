@@ -126,13 +126,14 @@ impl Drop for Driver {
 #[ignore = "needs Debian's chromium and chromium-driver; .ci/run installs them and runs this with --ignored"]
 async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
     let chatty = "fn on_candle(c) { for i in 0..1000 { log::info(`line ${i}`); } }";
-    let guard = r#"fn on_tick(t) { if this.placed != true { this.placed = true; exchange::stop_order(t.symbol, "sell", 0.01, t.bid * 0.5); } }"#;
+    let guard = r#"fn on_tick(t) { if this.placed != true && t.symbol == "BTCUSD" { this.placed = true; exchange::stop_order("BTCUSD", "sell", 0.01, t.bid * 0.5); } }"#;
     // Another bot instance polls the same token for the whole test.
     let telegram = FakeTelegram::start().await;
     let conflict = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running";
     telegram.fail("getMe", std::iter::repeat_n(Fault::Status(409, conflict), 1_000));
-    // Spins 1.2 s in every 100th callback while candles keep coming: degraded, then up again.
-    let staller = r#"fn on_candle(c) { this.n = (this.n ?? 0) + 1; if this.n % 100 == 0 { let t = timestamp(); while t.elapsed < 1.2 { } } }"#;
+    // Spins 1.2 s in every 50th callback while candles keep coming: degraded, then up again.
+    let staller = r#"fn config() { #{ symbols: ["ETHUSD"], timeframe: "1s" } }
+fn on_candle(c) { this.n = (this.n ?? 0) + 1; if this.n % 50 == 0 { let t = timestamp(); while t.elapsed < 1.2 { } } }"#;
     let t = TestHost::start(&[("trader", TRADER), ("chatty", chatty), ("guard", guard), ("staller", staller)], |c| {
         c.sandbox.callback_budget_ms = 3_000;
         c.sandbox.max_operations = u64::MAX;
@@ -217,6 +218,20 @@ async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
         )
         .await;
 
+    // The candle chart, asked through the page: BTCUSD's 1 s candles, the
+    // trader's fills as markers, the guard's stop as a price line.
+    driver
+        .wait_true(
+            "candles, fill markers and the stop's price line on the chart",
+            "const c = window.tradehostChart; return !!c && c.symbol === 'BTCUSD' && c.timeframe === '1s' && c.candles > 10 && c.markers.some(m => m.startsWith('trader ')) && c.priceLines >= 1;",
+        )
+        .await;
+    let shown = driver.script("return window.tradehostChart.markers.length;").await;
+    let fills_in_range = driver
+        .script("const c = window.tradehostChart; return c.markers.filter(m => m.startsWith('trader ')).length;")
+        .await;
+    assert_eq!(shown, fills_in_range, "every marker is a fill of a strategy");
+
     let png = driver.command(reqwest::Method::GET, "/screenshot", Value::Null).await;
     use base64_decode::decode;
     let bytes = decode(png.as_str().unwrap());
@@ -247,6 +262,17 @@ async fn dashboard_shows_strategies_fills_live_and_reloads_from_a_button() {
     driver.command(reqwest::Method::POST, "/alert/accept", json!({})).await;
     driver
         .wait_true("trading again", "return document.querySelector('#trading').textContent === 'trading: active';")
+        .await;
+    // Opened from the address `tradehost run` prints: the token is kept and
+    // leaves the address bar.
+    driver.script("localStorage.clear();").await;
+    let with_token = format!("http://{}/?token={}", t.host.http_addr(), t.host.api_token().expose());
+    driver.command(reqwest::Method::POST, "/url", json!({ "url": with_token })).await;
+    driver
+        .wait_true(
+            "the app from a ?token= address",
+            "return !document.querySelector('#app').hidden && location.search === '' && localStorage.getItem('tradehost.token') !== null;",
+        )
         .await;
     let _ = driver.command(reqwest::Method::DELETE, "", Value::Null).await;
     assert_eq!(t.stop().await, 0);

@@ -71,6 +71,19 @@ pub fn run(
             }
         };
         host::spawn_signal_handler(host.control());
+        print_dashboard_address(host.http_addr(), host.api_token().expose());
         host.wait().await as u8
     })
+}
+
+/// Prints where the dashboard is. On a terminal the address carries the
+/// token (the page keeps it and drops it from the address bar), as Jupyter
+/// does; anywhere else (a log file, the journal) it does not.
+fn print_dashboard_address(addr: SocketAddr, token: &str) {
+    let with_token = reqwest::Url::parse_with_params(&format!("http://{addr}/"), [("token", token)]);
+    if let (true, Ok(url)) = (std::io::IsTerminal::is_terminal(&std::io::stdout()), with_token) {
+        println!("dashboard: {url}");
+    } else {
+        println!("dashboard: http://{addr}/ (the API token: `tradehost token`)");
+    }
 }

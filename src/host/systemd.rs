@@ -59,6 +59,14 @@ fn watchdog_timeout() -> Option<Duration> {
     None
 }
 
+/// Whether to ping a watchdog of `timeout` when the engine loop last turned
+/// `engine_age` ago: it must have turned within half the timeout, or two idle
+/// turns, whichever is longer; during shutdown always.
+fn should_ping(engine_age: Option<Duration>, timeout: Duration, shutting_down: bool) -> bool {
+    let turned_within = (timeout / 2).max(2 * IDLE_TURN);
+    shutting_down || engine_age.is_some_and(|age| age <= turned_within)
+}
+
 /// Pings the watchdog every quarter of its timeout while the engine loop
 /// turned within half of it (at least two idle turns: it turns every second
 /// when nothing happens); during shutdown, unconditionally (the stop timeout
@@ -66,7 +74,6 @@ fn watchdog_timeout() -> Option<Duration> {
 pub fn spawn_watchdog(tasks: &Tasks, health: Arc<Health>, stop: CancellationToken) {
     let Some(timeout) = watchdog_timeout().filter(|t| !t.is_zero()) else { return };
     let engine = health.pulse(ENGINE_COMPONENT);
-    let turned_within = (timeout / 2).max(2 * IDLE_TURN);
     if timeout < 4 * IDLE_TURN {
         tracing::warn!(
             "WatchdogSec={:?} is below {:?}: an idle engine loop turns only every {IDLE_TURN:?}, so systemd may kill a healthy host; use 30s",
@@ -85,8 +92,7 @@ pub fn spawn_watchdog(tasks: &Tasks, health: Arc<Health>, stop: CancellationToke
                     _ = stop.cancelled() => break,
                     _ = every.tick() => {}
                 }
-                let turning = engine.age().is_some_and(|age| age <= turned_within);
-                if turning || health.is_shutting_down() {
+                if should_ping(engine.age(), timeout, health.is_shutting_down()) {
                     notify(&["WATCHDOG=1"]);
                     silent = false;
                 } else if !silent {
@@ -99,4 +105,23 @@ pub fn spawn_watchdog(tasks: &Tasks, health: Arc<Health>, stop: CancellationToke
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_only_while_the_engine_loop_turns() {
+        let timeout = Duration::from_secs(30);
+        let seconds = |s: u64| Some(Duration::from_secs(s));
+        assert!(should_ping(seconds(1), timeout, false));
+        assert!(should_ping(seconds(15), timeout, false), "within half the timeout");
+        assert!(!should_ping(seconds(16), timeout, false), "a stuck loop: systemd restarts the process");
+        assert!(!should_ping(None, timeout, false), "a loop that never turned");
+        assert!(should_ping(seconds(60), timeout, true), "the stop timeout governs the shutdown");
+        // A short watchdog still allows two idle turns of the loop.
+        assert!(should_ping(seconds(2), Duration::from_secs(2), false));
+        assert!(!should_ping(seconds(3), Duration::from_secs(2), false));
+    }
 }

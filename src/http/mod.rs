@@ -80,11 +80,13 @@ pub struct ApiContext {
 /// Shared state of the router.
 pub type ApiState = Arc<ApiContext>;
 
-/// Paths that need no token: readiness probes and the dashboard page itself.
+/// Paths that need no token: readiness probes, the dashboard page itself
+/// and the chart library it loads.
 fn is_public(method: &Method, path: &str) -> bool {
     ((method == Method::GET || method == Method::HEAD) && path == "/api/v1/health")
         || path == "/"
         || path == "/index.html"
+        || path == routes::CHART_LIBRARY_PATH
 }
 
 /// Compares tokens in constant time.

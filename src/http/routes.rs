@@ -25,12 +25,17 @@ use crate::model::{Fill, Order, TradingState, TradingStates};
 use crate::risk::{Limits, ProtectionStatus};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
+/// TradingView's lightweight-charts, vendored (assets/lightweight-charts/README.md).
+const CHART_LIBRARY: &str = include_str!("../../assets/lightweight-charts/lightweight-charts.standalone.production.js");
+/// Where the dashboard loads the chart library from.
+pub(super) const CHART_LIBRARY_PATH: &str = "/assets/lightweight-charts.js";
 
 /// All routes (state attached by the caller).
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/", get(dashboard))
         .route("/index.html", get(dashboard))
+        .route(CHART_LIBRARY_PATH, get(chart_library))
         .route("/api/v1/health", get(health))
         .route("/api/v1/reconcile", get(reconcile))
         .route("/api/v1/status", get(status))
@@ -179,6 +184,13 @@ fn strategy_name(path: Result<Path<String>, PathRejection>) -> Result<String, Ap
 
 async fn dashboard() -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-store")], Html(DASHBOARD))
+}
+
+async fn chart_library() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=86400")],
+        CHART_LIBRARY,
+    )
 }
 
 /// Readiness: 200 when every component is up, 503 while starting, degraded or shutting down.
