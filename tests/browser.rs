@@ -218,6 +218,34 @@ fn on_candle(c) { this.n = (this.n ?? 0) + 1; if this.n % 50 == 0 { let t = time
         )
         .await;
 
+    // Buttons only where they apply: a stopped strategy can be started, not stopped.
+    driver
+        .wait_true(
+            "a running strategy's Start disabled",
+            r#"const b = document.querySelector('button[data-act="start"][data-name="chatty"]'); return !!b && b.disabled && !document.querySelector('button[data-act="stop"][data-name="chatty"]').disabled;"#,
+        )
+        .await;
+    driver.script(r#"document.querySelector('button[data-act="stop"][data-name="chatty"]').click();"#).await;
+    driver
+        .wait_true(
+            "the stopped strategy's Stop and Reload disabled, Start enabled",
+            r#"const q = a => document.querySelector(`button[data-act="${a}"][data-name="chatty"]`); return document.querySelector('tr[data-name="chatty"] .state').textContent.startsWith('stopped') && q('stop').disabled && q('reload').disabled && !q('start').disabled;"#,
+        )
+        .await;
+    // Fills carry their symbol and time; order churn is hidden in the feed until asked for.
+    driver
+        .wait_true(
+            "symbol and time in the fills table",
+            "const cells = document.querySelectorAll('#fills tbody tr:first-child td'); return cells.length === 8 && cells[3].textContent === 'BTCUSD' && /\\d+:\\d+/.test(cells[1].textContent);",
+        )
+        .await;
+    driver
+        .wait_true(
+            "order events hidden, fills shown",
+            "const f = document.querySelector('#feed'); return f.classList.contains('hide-order') && !f.classList.contains('hide-fill') && !document.querySelector('#feed-types input[data-type=\"order\"]').checked;",
+        )
+        .await;
+
     // The candle chart, asked through the page: BTCUSD's 1 s candles, the
     // trader's fills as markers, the guard's stop as a price line.
     driver
