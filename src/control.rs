@@ -148,6 +148,34 @@ pub struct StrategyStatus {
     /// True while it falls behind (`supervisor.event_queue` events waiting: its ticks are coalesced).
     #[serde(default)]
     pub lagging: bool,
+    /// What it earned and how it traded (filled in by the API from the store and the account).
+    #[serde(default)]
+    pub stats: StrategyStats,
+}
+
+/// A strategy's results: from all its stored fills, and its open positions at the mark.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct StrategyStats {
+    /// PnL its fills realised, before fees.
+    #[schema(format = "money")]
+    pub realized: rust_decimal::Decimal,
+    /// Fees of its fills.
+    #[schema(format = "money")]
+    pub fees: rust_decimal::Decimal,
+    /// PnL of its open positions at the mark.
+    #[schema(format = "money")]
+    pub unrealized: rust_decimal::Decimal,
+    /// Realised minus fees plus unrealised.
+    #[schema(format = "money")]
+    pub net: rust_decimal::Decimal,
+    /// Round trips closed: a position of a symbol back to flat, or reversed.
+    pub trades: u64,
+    /// Closed round trips whose realised PnL net of their fills' fees was positive.
+    pub wins: u64,
+    /// `wins / trades`; absent before the first closed round trip.
+    pub win_rate: Option<f64>,
+    /// Its fills.
+    pub fills: u64,
 }
 
 /// True for a name a strategy file may have (its stem): 1 to 64 ASCII

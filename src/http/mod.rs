@@ -7,6 +7,7 @@
 mod error;
 pub mod ops;
 mod routes;
+pub mod stats;
 mod ws;
 
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub struct ApiContext {
     pub models: Arc<crate::ml::Registry>,
     /// Injected failures (tests).
     pub faults: crate::config::Faults,
+    /// Each strategy's results, folded in from the stored fills.
+    pub stats: std::sync::Mutex<stats::StatsBook>,
     /// Reads what a live venue holds (`/reconcile`); none for paper and dry-run.
     pub venue: Option<crate::exchange::reconcile::VenueProbe>,
 }

@@ -229,16 +229,23 @@ pub fn status(ctx: &ApiContext) -> StatusResponse {
     }
 }
 
-/// Every strategy's status with its quota hits and queue.
-pub fn strategies(ctx: &ApiContext) -> Vec<StrategyStatus> {
+/// Every strategy's status with its quota hits, queue and results (PnL,
+/// trades, win rate; the fills since the last call are read off the async workers).
+pub async fn strategies(ctx: &ApiContext) -> Result<Vec<StrategyStatus>, ApiError> {
+    let through = ctx.stats.lock().unwrap_or_else(|e| e.into_inner()).through();
+    let fills = read(ctx, move |store| store.fills_after(through)).await?;
+    let account = ctx.account.load();
+    let mut book = ctx.stats.lock().unwrap_or_else(|e| e.into_inner());
+    book.fold(&fills);
     let mut statuses = ctx.strategies.load().as_ref().clone();
     for status in &mut statuses {
         status.quota_hits = ctx.metrics.quota_hits(&status.name).snapshot();
         if let Some((depth, lagging)) = ctx.metrics.strategy_queue(&status.name) {
             (status.queue_depth, status.lagging) = (depth, lagging);
         }
+        status.stats = book.stats(&status.name, &account);
     }
-    statuses
+    Ok(statuses)
 }
 
 /// Starts a stopped, failed or quarantined strategy.

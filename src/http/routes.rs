@@ -68,7 +68,7 @@ pub fn routes() -> Router<ApiState> {
 #[openapi(
     info(title = "tradehost control API", description = "Control and observe a tradehost: strategies, orders, fills, positions, activity."),
     paths(health, reconcile, status, models, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, candles, candle_series, positions, balances, pnl, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
-    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, PnlResponse, PnlRow, PnlPeriod, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport, crate::ml::ModelStatus, crate::exchange::reconcile::ReconcileReport, crate::exchange::reconcile::StoreConsistency, crate::exchange::reconcile::Difference, crate::health::FreshnessView)),
+    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, PnlResponse, PnlRow, PnlPeriod, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport, crate::ml::ModelStatus, crate::exchange::reconcile::ReconcileReport, crate::exchange::reconcile::StoreConsistency, crate::exchange::reconcile::Difference, crate::control::StrategyStats, crate::health::FreshnessView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -239,11 +239,11 @@ async fn status(State(state): State<ApiState>) -> Json<StatusResponse> {
     Json(ops::status(&state))
 }
 
-/// Every strategy with its state, version, reloads, restarts, last error and quota hits.
+/// Every strategy with its state, version, reloads, restarts, last error, quota hits and results (PnL, trades, win rate).
 #[utoipa::path(get, path = "/api/v1/strategies", responses(
     (status = 200, body = Vec<StrategyStatus>), (status = 401, body = ErrorBody)))]
-async fn strategies(State(state): State<ApiState>) -> Json<Vec<StrategyStatus>> {
-    Json(ops::strategies(&state))
+async fn strategies(State(state): State<ApiState>) -> Result<Json<Vec<StrategyStatus>>, ApiError> {
+    ops::strategies(&state).await.map(Json)
 }
 
 /// Starts a stopped, failed or quarantined strategy.

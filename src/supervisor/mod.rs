@@ -633,6 +633,7 @@ impl Supervisor {
                 quota_hits: self.metrics.quota_hits(name).snapshot(),
                 queue_depth: 0,
                 lagging: false,
+                stats: Default::default(),
             })
             .collect();
         self.statuses.store(Arc::new(statuses));

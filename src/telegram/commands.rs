@@ -161,7 +161,10 @@ pub async fn answer(ctx: &ApiContext, command: Command) -> Answer {
             reply(vec![Block::Title(format!("tradehost {}", s.version)), Block::Table { header: vec![], rows }])
         }
         Command::Strategies => {
-            let statuses = ops::strategies(ctx);
+            let statuses = match ops::strategies(ctx).await {
+                Ok(statuses) => statuses,
+                Err(error) => return text(format!("Cannot list the strategies: {error}")),
+            };
             if statuses.is_empty() {
                 return text("No strategies.");
             }
