@@ -326,6 +326,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         models: models.clone(),
         venue: venue_probe,
         faults: config.faults.clone(),
+        requests: health.pulse("http"),
         stats: Default::default(),
     });
     let models_watcher = models::watch(models.clone(), debounce, health.clone(), activity.clone())?;

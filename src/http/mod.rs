@@ -74,6 +74,8 @@ pub struct ApiContext {
     pub models: Arc<crate::ml::Registry>,
     /// Injected failures (tests).
     pub faults: crate::config::Faults,
+    /// The `http` component's activity, stamped at every request.
+    pub requests: crate::health::Pulse,
     /// Each strategy's results, folded in from the stored fills.
     pub stats: std::sync::Mutex<stats::StatsBook>,
     /// Reads what a live venue holds (`/reconcile`); none for paper and dry-run.
@@ -99,7 +101,7 @@ fn token_matches(expected: &Secret, given: &str) -> bool {
 }
 
 async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
-    state.health.pulse("http").beat();
+    state.requests.beat();
     if is_public(request.method(), request.uri().path()) {
         return Ok(next.run(request).await);
     }
