@@ -400,6 +400,20 @@ impl Fill {
     }
 }
 
+/// One point of the account's equity history, sampled by the host at a
+/// bounded rate (`store.equity_sample_ms`) and kept in the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EquitySample {
+    /// When it was taken (ms since the epoch, on the run's clock).
+    pub time: TimestampMs,
+    /// Balance plus unrealised PnL.
+    #[schema(format = "money")]
+    pub equity: Decimal,
+    /// Cash balance.
+    #[schema(format = "money")]
+    pub balance: Decimal,
+}
+
 /// An OHLCV bar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Candle {

@@ -214,6 +214,85 @@ fn sweep_results_equal_the_single_runs() {
     }
 }
 
+/// The embedded data of a written HTML report.
+fn report_data(path: &std::path::Path) -> serde_json::Value {
+    let page = std::fs::read_to_string(path).unwrap();
+    assert!(!page.contains("<script src="), "self-contained: nothing loaded from elsewhere");
+    assert!(page.contains("createChart"), "the chart library is inlined");
+    let start = page.find(r#"<script id="report-data" type="application/json">"#).expect("the embedded data");
+    let json = &page[start..];
+    let json = &json[json.find('>').unwrap() + 1..json.find("</script>").unwrap()];
+    serde_json::from_str(json).unwrap()
+}
+
+#[test]
+fn the_html_report_embeds_the_runs_figures_trades_and_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("report.html");
+    let out = tradehost()
+        .args(["backtest", "--strategy", "strategies/sma_cross.rhai", "--data", "tests/fixtures/btc_1m_8d.csv"])
+        .args(["--symbol", "BTCUSD", "--quiet", "--json", "--report"])
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let data = report_data(&html);
+    assert_eq!(data["report"], json, "the report's figures are the --json report's");
+    let trades = data["trades"].as_array().unwrap();
+    assert_eq!(trades.len() as u64, json["trades"].as_u64().unwrap());
+    // Every position is closed at the end: the trades' PnL after fees adds up to the run's.
+    let pnl: f64 = trades.iter().map(|t| t["pnl"].as_str().unwrap().parse::<f64>().unwrap()).sum();
+    let gain = json["final_equity"].as_str().unwrap().parse::<f64>().unwrap()
+        - json["initial_cash"].as_str().unwrap().parse::<f64>().unwrap();
+    assert!((pnl - gain).abs() < 0.01 * trades.len() as f64, "trades {pnl} vs equity {gain}");
+    assert_eq!(trades.last().unwrap()["exit_reason"], "end of data");
+    assert!(trades.iter().any(|t| t["exit_reason"] == "market"));
+    for t in trades {
+        assert!(
+            t["exit_time"].as_i64() >= t["entry_time"].as_i64()
+                && ["long", "short"].contains(&t["side"].as_str().unwrap())
+        );
+    }
+    let symbol = &data["chart"]["symbols"][0];
+    assert_eq!(symbol["symbol"], "BTCUSD");
+    assert_eq!(symbol["merged"], 1, "8 days of minutes are drawn as they are");
+    assert_eq!(symbol["bars"].as_array().unwrap().len() as u64, json["bars"].as_u64().unwrap());
+    let fills: u64 = symbol["markers"].as_array().unwrap().iter().map(|m| m["fills"].as_u64().unwrap()).sum();
+    assert_eq!(fills, json["fills"].as_u64().unwrap(), "every fill is on a marker");
+    let plots: Vec<&String> = symbol["plots"].as_object().unwrap().keys().collect();
+    assert_eq!(plots, ["sma fast", "sma slow"], "the script's chart::plot overlays");
+    assert_eq!(data["per_symbol"][0]["trades"], json["trades"]);
+
+    // A sweep: the ranked runs and the metric over the two swept parameters.
+    let sweep = dir.path().join("sweep.html");
+    let out = backtest_cli(&[
+        "--sweep",
+        "fast=5,10,15",
+        "--sweep",
+        "slow=30,40",
+        "--json",
+        "--report",
+        sweep.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let ranked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let data = report_data(&sweep);
+    assert_eq!(data["sweep"]["runs"], ranked);
+    let heat = &data["sweep"]["heatmap"];
+    assert_eq!((heat["x"].as_str(), heat["y"].as_str()), (Some("fast"), Some("slow")));
+    assert_eq!(heat["xs"], serde_json::json!([5, 10, 15]));
+    let best = ranked[0]["sharpe"].as_f64().unwrap();
+    let cells: Vec<f64> = heat["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+        .collect();
+    assert_eq!(cells.len(), 6);
+    assert_eq!(cells.iter().copied().fold(f64::MIN, f64::max), best, "the best cell is the best run");
+}
+
 #[test]
 fn trades_csv_and_plots_are_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,7 +301,21 @@ fn trades_csv_and_plots_are_written() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let csv = std::fs::read_to_string(&trades).unwrap();
     assert!(csv.starts_with("id,time,symbol,side,size,price,fee,liquidity,order_id\n1,2024-01-01T"), "{csv}");
-    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg_text.contains("<svg") && svg_text.contains("drawdown") && svg_text.contains("sma fast"),
+        "panes and legends"
+    );
+    // A long run is drawn with merged candles, not thousands of overlapping ones.
+    let long = dir.path().join("long.svg");
+    let out = tradehost()
+        .args(["backtest", "--strategy", "strategies/sma_cross.rhai", "--data", "tests/fixtures/btc_1m_8d.csv"])
+        .args(["--symbol", "BTCUSD", "--quiet", "--plot"])
+        .arg(&long)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(&long).unwrap().contains("bars per candle"));
     assert_eq!(backtest_cli(&["--plot", png.to_str().unwrap()]).status.code(), Some(0));
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     let table = String::from_utf8_lossy(&out.stdout).to_string();
@@ -613,7 +706,7 @@ fn an_unknown_param_names_the_params_the_script_has() {
 
 #[test]
 fn backtest_refuses_mistyped_params_and_outputs_that_would_go_wrong_before_running() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--param", "fast=abc"],
             "param `fast` is set to \"abc\" (by --param or the config file), but the script declares it as a number (10)",
@@ -630,6 +723,7 @@ fn backtest_refuses_mistyped_params_and_outputs_that_would_go_wrong_before_runni
         (&["--sweep", "fast=5,10", "--param", "fast=7"], "`fast` is given by both --param and --sweep"),
         (&["--trades", "tests/fixtures/btc_1m.csv"], "that is an input of this run"),
         (&["--plot", "equity.jpg"], "the file must end in .svg or .png"),
+        (&["--report", "report.txt"], "--report report.txt: the file must end in .html"),
     ];
     for (extra, message) in cases {
         let out = backtest_cli(extra);

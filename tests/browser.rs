@@ -2,8 +2,11 @@
 //! WebDriver protocol (chromedriver) loads the page, enters the token, sees a
 //! running strategy and a fill arrive live, clicks Reload and sees the reload
 //! in the activity feed, sees the Telegram bot's 409 Conflict (another
-//! instance polls its token) named under the header, and the model table.
-//! A screenshot is saved as target/dashboard-e2e.png.
+//! instance polls its token) named under the header, the model table, the
+//! candle chart with fills and plotted overlays, the per-strategy PnL equal
+//! to the API's, sortable tables that fit 1280–1920 px and a phone; and the
+//! backtest's HTML report opening without errors. Screenshots are saved in
+//! target/ci-artifacts/ (dashboard at 1440×900 and phone size, the report).
 //!
 //! Needs Debian's `chromium` and `chromium-driver`; `.ci/run` installs them
 //! and runs this test with `--ignored`.
@@ -26,7 +29,15 @@ fn on_tick(t) {
     this.n += 1;
     if this.n % 40 == 0 { exchange::market_order("BTCUSD", if this.n % 80 == 0 { "sell" } else { "buy" }, 0.01); }
 }
+fn on_candle(c) { chart::plot("close", c.close); }
 "#;
+
+/// Where the screenshots go (CI keeps them as artifacts).
+fn artifact(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
 
 struct Driver {
     child: Child,
@@ -101,6 +112,15 @@ impl Driver {
         found.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()).unwrap().to_string()
     }
 
+    /// Saves a PNG screenshot of the window.
+    async fn screenshot(&self, path: &std::path::Path) {
+        let png = self.command(reqwest::Method::GET, "/screenshot", Value::Null).await;
+        let bytes = base64_decode::decode(png.as_str().unwrap());
+        assert!(bytes.starts_with(b"\x89PNG"), "a PNG screenshot");
+        std::fs::write(path, &bytes).unwrap();
+        eprintln!("screenshot: {}", path.display());
+    }
+
     async fn wait_true(&self, what: &str, script: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -138,6 +158,7 @@ fn on_candle(c) { this.n = (this.n ?? 0) + 1; if this.n % 50 == 0 { let t = time
         c.sandbox.callback_budget_ms = 3_000;
         c.sandbox.max_operations = u64::MAX;
         c.health.stale_after_ms.strategy = 300;
+        c.store.equity_sample_ms = 200;
         c.telegram.enabled = true;
         c.telegram.token = Some(tradehost::config::Secret::new(TOKEN));
         c.telegram.allowed_chat_ids = vec![111];
@@ -254,26 +275,66 @@ fn on_candle(c) { this.n = (this.n ?? 0) + 1; if this.n % 50 == 0 { let t = time
             "const c = window.tradehostChart; return !!c && c.symbol === 'BTCUSD' && c.timeframe === '1s' && c.candles > 10 && c.markers.some(m => m.startsWith('trader ')) && c.priceLines >= 1;",
         )
         .await;
-    let shown = driver.script("return window.tradehostChart.markers.length;").await;
-    let fills_in_range = driver
-        .script("const c = window.tradehostChart; return c.markers.filter(m => m.startsWith('trader ')).length;")
+    driver
+        .wait_true(
+            "the trader's plotted closes over the candles",
+            "const c = window.tradehostChart; return c.overlays.some(o => o.name === 'trader close' && o.points > 3);",
+        )
         .await;
-    assert_eq!(shown, fills_in_range, "every marker is a fill of a strategy");
+    // The per-strategy panel shows the API's figures (asked from the page at the same moment).
+    driver
+        .wait_true(
+            "the trader's PnL, trades and win rate as the API has them",
+            r#"const x = new XMLHttpRequest(); x.open("GET", "/api/v1/strategies", false);
+               x.setRequestHeader("Authorization", "Bearer " + localStorage.getItem("tradehost.token")); x.send();
+               const api = JSON.parse(x.responseText).find(s => s.name === "trader").stats;
+               const row = document.querySelector('tr[data-name="trader"]'), cell = c => row.querySelector(c);
+               const shown = c => Number(cell(c).textContent.replace(/[,+]/g, ""));
+               return api.trades >= 1 && cell(".net").dataset.value === String(api.net) && cell(".realized").dataset.value === String(api.realized)
+                 && cell(".unrealized").dataset.value === String(api.unrealized) && cell(".trades").textContent === String(api.trades)
+                 && Math.abs(shown(".net") - Number(api.net)) < 0.01 && Math.abs(shown(".realized") - Number(api.realized)) < 0.01
+                 && cell(".win-rate").textContent === (api.win_rate * 100).toFixed(1) + " %";"#,
+        )
+        .await;
+    // The equity curve comes from the store's history.
+    driver
+        .wait_true("the equity curve", "return !!window.tradehostEquity && window.tradehostEquity.points >= 3;")
+        .await;
+    // Sortable: the fills by number, up then down.
+    let ids =
+        "return [...document.querySelectorAll('#fills tbody tr td:first-child')].map(td => Number(td.textContent));";
+    driver.script("document.querySelector('#fills th').click();").await;
+    let up: Vec<u64> = serde_json::from_value(driver.script(ids).await).unwrap();
+    assert!(up.len() > 1 && up.windows(2).all(|w| w[0] <= w[1]), "ascending: {up:?}");
+    driver.script("document.querySelector('#fills th').click();").await;
+    let down: Vec<u64> = serde_json::from_value(driver.script(ids).await).unwrap();
+    assert!(down.windows(2).all(|w| w[0] >= w[1]), "descending: {down:?}");
+    // Nothing overflows at common desktop widths.
+    let fits = "return document.documentElement.scrollWidth <= window.innerWidth + 1 && [...document.querySelectorAll('.scroll')].every(e => e.scrollWidth <= e.clientWidth + 1);";
+    for width in [1280, 1440, 1920] {
+        driver.command(reqwest::Method::POST, "/window/rect", json!({ "width": width, "height": 900 })).await;
+        driver.wait_true(&format!("no table wider than the page at {width} px"), fits).await;
+    }
+    // Read at once: the chart refreshes as fills arrive.
+    let markers = driver
+        .script("const c = window.tradehostChart; return [c.markers.length, c.markers.filter(m => m.startsWith('trader ')).length];")
+        .await;
+    assert_eq!(markers[0], markers[1], "every marker is a fill of a strategy");
 
-    let png = driver.command(reqwest::Method::GET, "/screenshot", Value::Null).await;
-    use base64_decode::decode;
-    let bytes = decode(png.as_str().unwrap());
-    let artifact = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-e2e.png");
-    std::fs::write(&artifact, &bytes).unwrap();
-    assert!(bytes.starts_with(b"\x89PNG"), "a PNG screenshot");
-    eprintln!("screenshot: {}", artifact.display());
-    // Usable on a phone-sized screen: nothing wider than the viewport.
+    driver.command(reqwest::Method::POST, "/window/rect", json!({ "width": 1440, "height": 900 })).await;
+    driver.screenshot(&artifact("dashboard-1440x900.png")).await;
+    // The whole page, for a look at every section.
+    driver.command(reqwest::Method::POST, "/window/rect", json!({ "width": 1440, "height": 2600 })).await;
+    driver.screenshot(&artifact("dashboard-1440-full.png")).await;
+    // Usable on a phone: nothing wider than the screen, every strategy's buttons in reach.
     driver.command(reqwest::Method::POST, "/window/rect", json!({ "width": 390, "height": 844 })).await;
     driver
-        .wait_true("a phone-width layout", "return document.documentElement.scrollWidth <= window.innerWidth + 1;")
+        .wait_true(
+            "a phone-width layout with the buttons in reach",
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1 && [...document.querySelectorAll('#strategies button, header button')].every(b => { const r = b.getBoundingClientRect(); return r.left >= 0 && r.right <= window.innerWidth; });",
+        )
         .await;
-    let phone = driver.command(reqwest::Method::GET, "/screenshot", Value::Null).await;
-    std::fs::write(artifact.with_file_name("dashboard-e2e-phone.png"), decode(phone.as_str().unwrap())).unwrap();
+    driver.screenshot(&artifact("dashboard-phone.png")).await;
     driver.command(reqwest::Method::POST, "/window/rect", json!({ "width": 1400, "height": 1000 })).await;
 
     // The kill switch: confirm, keep the positions; the account shows halted until resumed.
@@ -304,6 +365,56 @@ fn on_candle(c) { this.n = (this.n ?? 0) + 1; if this.n % 50 == 0 { let t = time
         .await;
     let _ = driver.command(reqwest::Method::DELETE, "", Value::Null).await;
     assert_eq!(t.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Debian's chromium and chromium-driver; .ci/run installs them and runs this with --ignored"]
+async fn the_backtest_report_opens_without_errors_and_holds_the_json_reports_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("report.html");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(env!("CARGO_BIN_EXE_tradehost"))
+        .current_dir(root)
+        .args(["backtest", "--strategy", "strategies/sma_cross.rhai", "--data", "tests/fixtures/btc_1m_8d.csv"])
+        .args(["--symbol", "BTCUSD", "--quiet", "--json", "--report"])
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let driver = Driver::start().await;
+    driver.command(reqwest::Method::POST, "/window/rect", json!({ "width": 1440, "height": 900 })).await;
+    driver.command(reqwest::Method::POST, "/url", json!({ "url": format!("file://{}", html.display()) })).await;
+    driver.wait_true("the report drawn", "return window.reportReady === true;").await;
+    assert_eq!(driver.script("return window.reportErrors;").await, json!([]), "no errors while drawing");
+    assert_eq!(driver.script("return window.reportData.report;").await, json, "the --json report's figures");
+    let shown = driver
+        .script("return [document.querySelectorAll('#trades tbody tr').length, window.reportData.trades.length, window.reportChart];")
+        .await;
+    let trades = json["trades"].as_u64().unwrap();
+    assert_eq!((shown[0].as_u64(), shown[1].as_u64()), (Some(trades), Some(trades)), "every trade listed");
+    let chart = &shown[2];
+    assert_eq!(chart["candles"].as_u64(), json["bars"].as_u64(), "{chart}");
+    assert!(chart["markers"].as_u64().unwrap() > 0);
+    assert_eq!(chart["overlays"], json!(["sma fast", "sma slow"]));
+    let final_equity = driver
+        .script("return [...document.querySelectorAll('.metric')].find(m => m.querySelector('span').textContent === 'final equity').querySelector('b').textContent;")
+        .await;
+    let expected = json["final_equity"].as_str().unwrap().parse::<f64>().unwrap();
+    assert_eq!(
+        final_equity.as_str().unwrap().replace(',', "").parse::<f64>().unwrap(),
+        (expected * 100.0).round() / 100.0
+    );
+    // Sorting the trades by PnL puts the worst first.
+    driver.script("[...document.querySelectorAll('#trades th')].find(th => th.textContent === 'PnL').click();").await;
+    let pnls: Vec<f64> = serde_json::from_value(
+        driver.script("return [...document.querySelectorAll('#trades tbody tr')].map(tr => Number(tr.cells[8].dataset.value));").await,
+    )
+    .unwrap();
+    assert!(pnls.windows(2).all(|w| w[0] <= w[1]), "sorted by PnL");
+    driver.screenshot(&artifact("backtest-report.png")).await;
+    let _ = driver.command(reqwest::Method::DELETE, "", Value::Null).await;
 }
 
 /// Standard base64 decoding for the screenshot (no extra dependency).

@@ -610,3 +610,87 @@ async fn the_health_file_follows_the_host_and_ends_shutting_down() {
         serde_json::from_str(&std::fs::read_to_string(data.join("health.json")).unwrap()).unwrap();
     assert_eq!(last["status"], "shutting_down", "{last}");
 }
+
+/// The chart's data: the equity history sampled into the store (and still
+/// there after a restart), the newest candles of a series, and what a
+/// strategy plotted — each answer checked against the OpenAPI document.
+#[tokio::test(flavor = "multi_thread")]
+async fn equity_history_candles_and_plots_are_documented_and_the_history_survives_a_restart() {
+    const PLOTTER: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_candle(c) {
+    chart::plot("close", c.close);
+    if this.bought != true { this.bought = true; exchange::market_order("BTCUSD", "buy", 0.01); }
+}
+"#;
+    let sample_fast = |c: &mut tradehost::config::Config| c.store.equity_sample_ms = 200;
+    let t = TestHost::start(&[("plotter", PLOTTER)], sample_fast).await;
+    let api = Api::new(&t).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (equity, plots) = loop {
+        let equity = api.checked(Method::GET, "/api/v1/equity", "/api/v1/equity", StatusCode::OK).await;
+        let plots = api.checked(Method::GET, "/api/v1/plots?symbol=BTCUSD", "/api/v1/plots", StatusCode::OK).await;
+        let points = plots.as_array().and_then(|p| p.first()).map_or(0, |p| p["points"].as_array().unwrap().len());
+        if equity.as_array().unwrap().len() >= 3 && points >= 3 {
+            break (equity, plots);
+        }
+        assert!(std::time::Instant::now() < deadline, "samples and plotted values: {equity} {plots}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let times: Vec<i64> = equity.as_array().unwrap().iter().map(|s| s["time"].as_i64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "oldest first: {times:?}");
+    assert_eq!((plots[0]["strategy"].as_str(), plots[0]["name"].as_str()), (Some("plotter"), Some("close")));
+
+    // Each plotted value is the close of the stored candle of its bar.
+    let last = plots[0]["points"].as_array().unwrap().last().unwrap().clone();
+    let to = last["time"].as_i64().unwrap() + 1;
+    let all = api
+        .checked(
+            Method::GET,
+            &format!("/api/v1/candles?symbol=BTCUSD&timeframe=1s&from=0&to={to}"),
+            "/api/v1/candles",
+            StatusCode::OK,
+        )
+        .await;
+    let bar = all.as_array().unwrap().iter().find(|c| c["time"] == last["time"]).expect("the plotted bar is stored");
+    assert_eq!(bar["close"].as_f64(), last["value"].as_f64());
+    // Without `from`: the newest candles, oldest first.
+    let newest = api
+        .checked(
+            Method::GET,
+            &format!("/api/v1/candles?symbol=BTCUSD&timeframe=1s&to={to}&limit=3"),
+            "/api/v1/candles",
+            StatusCode::OK,
+        )
+        .await;
+    let tail: Vec<Value> = all.as_array().unwrap().iter().rev().take(3).rev().cloned().collect();
+    assert_eq!(newest.as_array().unwrap(), &tail);
+    for (path, template) in [
+        ("/api/v1/equity?points=0", "/api/v1/equity"),
+        ("/api/v1/equity?from=x", "/api/v1/equity"),
+        ("/api/v1/plots?symbol=BTCUSD&extra=1", "/api/v1/plots"),
+    ] {
+        let refused = api.checked(Method::GET, path, template, StatusCode::BAD_REQUEST).await;
+        Api::assert_error_shape(&refused, "bad_request");
+    }
+    // Thinned to at most `points`, the newest sample kept.
+    let two = api.checked(Method::GET, "/api/v1/equity?points=2", "/api/v1/equity", StatusCode::OK).await;
+    assert!(two.as_array().unwrap().len() <= 2, "{two}");
+
+    let first = equity[0].clone();
+    let (dir, data) = t.stop_keep().await;
+    let t = TestHost::start_in(dir, data, sample_fast).await;
+    let api = Api::new(&t).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let after = api.checked(Method::GET, "/api/v1/equity", "/api/v1/equity", StatusCode::OK).await;
+        let samples = after.as_array().unwrap();
+        assert_eq!(samples[0], first, "the history from before the restart is kept");
+        if samples.len() > times.len() && samples.last().unwrap()["time"].as_i64() > times.last().copied() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "sampling goes on after the restart: {after}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(t.stop().await, 0);
+}

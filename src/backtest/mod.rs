@@ -4,12 +4,14 @@
 //! Deterministic: the same inputs give the same report, byte for byte.
 
 pub mod broker;
+pub mod chart_data;
+pub mod html;
 pub mod plot;
 pub mod report;
 pub mod sweep;
 pub mod timeline;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
@@ -97,6 +99,38 @@ pub struct BacktestRun {
     pub logs: Vec<(TimestampMs, String)>,
     /// Log lines written after the first [`LOG_LINES_KEPT`] (not kept).
     pub logs_omitted: u64,
+    /// What the strategy plotted with `chart::plot`, every bar.
+    pub plots: Vec<crate::strategy::plots::PlotSeries>,
+    /// Why each order was placed, by client id (`market`, `limit`, `stop loss`,
+    /// `take profit`, `trailing stop`): a trade's exit reason.
+    pub order_kinds: HashMap<String, &'static str>,
+    /// What the strategy declared (symbols, timeframe).
+    pub meta: crate::strategy::StrategyMeta,
+}
+
+impl BacktestRun {
+    /// The bars of the strategy's timeframe the run went through, per symbol
+    /// (made again from `data` and `config`, as the run made them).
+    pub fn bars(&self, data: &[Vec<Candle>], config: &BacktestConfig) -> Vec<Vec<Candle>> {
+        let meta = crate::strategy::StrategyMeta { timeframes: Vec::new(), ..self.meta.clone() };
+        let Ok(timeline) = timeline::build(data, &meta, config.from, config.to) else { return Vec::new() };
+        let mut by_symbol: BTreeMap<&str, Vec<Candle>> = BTreeMap::new();
+        for candle in timeline.own() {
+            by_symbol.entry(candle.symbol.as_str()).or_default().push(candle.clone());
+        }
+        by_symbol.into_values().collect()
+    }
+}
+
+/// What an order is, as a trade's exit reason.
+fn order_kind(request: &OrderRequest) -> &'static str {
+    match (&request.stop, request.kind) {
+        (Some(stop), _) if stop.trail.is_some() || stop.trail_pct.is_some() => "trailing stop",
+        (Some(stop), _) if stop.kind == crate::model::StopKind::TakeProfit => "take profit",
+        (Some(_), _) => "stop loss",
+        (None, crate::model::OrderKind::Limit) => "limit",
+        (None, _) => "market",
+    }
 }
 
 /// Log lines a backtest keeps for its report (each at most
@@ -176,6 +210,8 @@ pub fn run(
         realized: BTreeMap::new(),
         protections: Vec::new(),
         view_stale: std::cell::Cell::new(false),
+        plots: crate::strategy::plots::PlotBook::keeping(usize::MAX),
+        order_kinds: HashMap::new(),
     };
     sim.handle(strategy.as_mut(), StrategyEvent::Start, first)?;
     let mut equity = Vec::new();
@@ -320,7 +356,16 @@ pub fn run(
         notes,
         elapsed: started.elapsed(),
     });
-    Ok(BacktestRun { report, fills: sim.broker.fills, equity, logs: sim.logs, logs_omitted: sim.logs_omitted })
+    Ok(BacktestRun {
+        report,
+        fills: sim.broker.fills,
+        equity,
+        logs: sim.logs,
+        logs_omitted: sim.logs_omitted,
+        plots: sim.plots.series(None),
+        order_kinds: sim.order_kinds,
+        meta,
+    })
 }
 
 /// The prices a bar's path goes through, with their times: the open at the
@@ -371,6 +416,10 @@ struct Simulation {
     protections: Vec<(TimestampMs, crate::risk::ProtectionEvent)>,
     /// An order went to the broker since the account view was last published.
     view_stale: std::cell::Cell<bool>,
+    /// What the strategy plotted.
+    plots: crate::strategy::plots::PlotBook,
+    /// Each placed order's kind, by client id.
+    order_kinds: HashMap<String, &'static str>,
 }
 
 impl Simulation {
@@ -474,6 +523,7 @@ impl Simulation {
             }
         }
         self.view_stale.set(true);
+        self.order_kinds.insert(request.client_id.clone(), order_kind(&request));
         self.broker.submit(request, time)
     }
 
@@ -485,7 +535,11 @@ impl Simulation {
         event: StrategyEvent,
         time: TimestampMs,
     ) -> Result<bool, BacktestError> {
-        self.ctx.borrow_mut().now = time;
+        {
+            let mut ctx = self.ctx.borrow_mut();
+            ctx.now = time;
+            ctx.begin_event(&event);
+        }
         let mut result = strategy.handle(&event);
         let quota_failure = self.ctx.borrow_mut().end_callback();
         if let (Some(message), Ok(_)) = (quota_failure, &result) {
@@ -508,6 +562,7 @@ impl Simulation {
                         .collect();
                     events.extend(ids.iter().flat_map(|id| self.broker.cancel(id, time)));
                 }
+                StrategyCommand::Plot { symbol, name, point } => self.plots.record(&self.name, &symbol, &name, point),
                 StrategyCommand::Log { message, .. } | StrategyCommand::Notify(message) => {
                     if self.logs.len() < LOG_LINES_KEPT {
                         self.logs.push((time, message));

@@ -129,25 +129,164 @@ fn f(value: Decimal) -> f64 {
     value.to_f64().unwrap_or(0.0)
 }
 
-/// PnL after fees of each round trip, per symbol, in order.
-pub fn round_trips(fills: &[Fill]) -> Vec<f64> {
-    let mut open: BTreeMap<&str, (Position, Decimal)> = BTreeMap::new();
+/// One round trip: a symbol's position from flat back to flat (or reversed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trade {
+    /// Instrument.
+    pub symbol: String,
+    /// `long` or `short`.
+    pub side: &'static str,
+    /// Time of the fill that opened it.
+    pub entry_time: TimestampMs,
+    /// Time of the fill that closed it.
+    pub exit_time: TimestampMs,
+    /// Largest size held (positive).
+    pub size: Decimal,
+    /// Average entry price at that size.
+    pub entry_price: Decimal,
+    /// Average price of the fills that reduced it.
+    pub exit_price: Decimal,
+    /// Realised PnL after the fees of its fills.
+    pub pnl: Decimal,
+    /// `pnl` as a fraction of the entry value (size × entry price).
+    pub return_pct: f64,
+    /// `exit_time - entry_time`, ms.
+    pub duration_ms: i64,
+    /// What closed it: the closing order's kind (`market`, `limit`, `stop
+    /// loss`, `take profit`, `trailing stop`) or `end of data`.
+    pub exit_reason: String,
+}
+
+/// The round trip of one symbol in progress.
+struct OpenTrade {
+    position: Position,
+    pnl: Decimal,
+    entry_time: TimestampMs,
+    size: Decimal,
+    entry_price: Decimal,
+    exit_value: Decimal,
+    exit_size: Decimal,
+}
+
+impl OpenTrade {
+    fn flat(symbol: &str) -> Self {
+        OpenTrade {
+            position: Position::flat(symbol),
+            pnl: Decimal::ZERO,
+            entry_time: 0,
+            size: Decimal::ZERO,
+            entry_price: Decimal::ZERO,
+            exit_value: Decimal::ZERO,
+            exit_size: Decimal::ZERO,
+        }
+    }
+}
+
+/// Every round trip of the fills, per symbol, in the order they closed;
+/// `kinds` names each order (its client id) as an exit reason, and the
+/// closes at the end of a backtest (ids with `-end-`) are `end of data`.
+pub fn trades(fills: &[Fill], kinds: &std::collections::HashMap<String, &'static str>) -> Vec<Trade> {
+    let mut open: BTreeMap<&str, OpenTrade> = BTreeMap::new();
     let mut trades = Vec::new();
     for fill in fills {
-        let (position, pnl) =
-            open.entry(fill.symbol.as_str()).or_insert_with(|| (Position::flat(&fill.symbol), Decimal::ZERO));
-        let before = position.size;
-        let realized = position.apply(fill.side, fill.size, fill.price);
-        *pnl += realized - fill.fee;
-        let closed = !before.is_zero()
-            && (position.size.is_zero() || position.size.is_sign_positive() != before.is_sign_positive());
+        let trade = open.entry(fill.symbol.as_str()).or_insert_with(|| OpenTrade::flat(&fill.symbol));
+        let before = trade.position.size;
+        if before.is_zero() {
+            trade.entry_time = fill.time;
+        }
+        let realized = trade.position.apply(fill.side, fill.size, fill.price);
+        trade.pnl += realized - fill.fee;
+        let after = trade.position.size;
+        let reducing = !before.is_zero() && before.is_sign_positive() != (fill.side == crate::model::Side::Buy);
+        if reducing {
+            let reduced = fill.size.min(before.abs());
+            trade.exit_value += reduced * fill.price;
+            trade.exit_size += reduced;
+        }
+        if after.abs() > trade.size && (before.is_zero() || after.is_sign_positive() == before.is_sign_positive()) {
+            trade.size = after.abs();
+            trade.entry_price = trade.position.entry_price;
+        }
+        let closed = !before.is_zero() && (after.is_zero() || after.is_sign_positive() != before.is_sign_positive());
         if closed {
-            trades.push(f(*pnl));
+            let entry_value = trade.size * trade.entry_price;
+            let exit_reason = if fill.order_id.contains("-end-") {
+                "end of data".to_string()
+            } else {
+                kinds.get(&fill.order_id).map_or("market", |k| k).to_string()
+            };
+            trades.push(Trade {
+                symbol: fill.symbol.clone(),
+                side: if before.is_sign_positive() { "long" } else { "short" },
+                entry_time: trade.entry_time,
+                exit_time: fill.time,
+                size: trade.size,
+                entry_price: trade.entry_price,
+                exit_price: if trade.exit_size.is_zero() { fill.price } else { trade.exit_value / trade.exit_size },
+                pnl: trade.pnl,
+                return_pct: if entry_value.is_zero() { 0.0 } else { f(trade.pnl / entry_value) },
+                duration_ms: fill.time - trade.entry_time,
+                exit_reason,
+            });
             // A flip opens the next trade at the fill price, without extra fees.
-            *pnl = Decimal::ZERO;
+            let position = std::mem::replace(&mut trade.position, Position::flat(&fill.symbol));
+            *trade = OpenTrade::flat(&fill.symbol);
+            if !after.is_zero() {
+                trade.entry_time = fill.time;
+                trade.size = after.abs();
+                trade.entry_price = position.entry_price;
+                trade.position = position;
+            }
         }
     }
     trades
+}
+
+/// PnL after fees of each round trip, per symbol, in order.
+pub fn round_trips(fills: &[Fill]) -> Vec<f64> {
+    trades(fills, &Default::default()).iter().map(|t| f(t.pnl)).collect()
+}
+
+/// One symbol's share of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SymbolSummary {
+    /// Instrument.
+    pub symbol: String,
+    /// Round trips closed.
+    pub trades: usize,
+    /// Of them, with positive PnL after fees.
+    pub wins: usize,
+    /// Sum of their PnL after fees.
+    pub pnl: Decimal,
+    /// Fees of the symbol's fills.
+    pub fees: Decimal,
+    /// Fills.
+    pub fills: usize,
+}
+
+/// The per-symbol breakdown of a run's trades and fills.
+pub fn by_symbol(trades: &[Trade], fills: &[Fill]) -> Vec<SymbolSummary> {
+    let mut out: BTreeMap<&str, SymbolSummary> = BTreeMap::new();
+    let empty = |symbol: &str| SymbolSummary {
+        symbol: symbol.to_string(),
+        trades: 0,
+        wins: 0,
+        pnl: Decimal::ZERO,
+        fees: Decimal::ZERO,
+        fills: 0,
+    };
+    for fill in fills {
+        let row = out.entry(fill.symbol.as_str()).or_insert_with(|| empty(&fill.symbol));
+        row.fees += fill.fee;
+        row.fills += 1;
+    }
+    for trade in trades {
+        let row = out.entry(trade.symbol.as_str()).or_insert_with(|| empty(&trade.symbol));
+        row.trades += 1;
+        row.wins += usize::from(trade.pnl > Decimal::ZERO);
+        row.pnl += trade.pnl;
+    }
+    out.into_values().collect()
 }
 
 impl Report {

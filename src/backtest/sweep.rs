@@ -88,7 +88,8 @@ pub const RANKABLE: [(&str, bool); 7] = [
     ("max_drawdown", false),
 ];
 
-fn metric(report: &Report, name: &str) -> f64 {
+/// A report's value of a rankable metric (0 for an unknown name).
+pub fn metric(report: &Report, name: &str) -> f64 {
     use rust_decimal::prelude::ToPrimitive;
     match name {
         "sharpe" => report.sharpe,

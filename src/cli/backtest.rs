@@ -64,9 +64,14 @@ pub struct BacktestArgs {
     /// file (bar time, symbol, strategy, label, features), to train a model on.
     #[arg(long)]
     features_out: Option<PathBuf>,
-    /// Plot the equity curve to FILE.svg or FILE.png.
+    /// Draw candles with the trades, equity and drawdown to FILE.svg or FILE.png.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Write an interactive, self-contained HTML report to FILE.html: candles
+    /// with entries, exits and plotted overlays, equity and drawdown, the
+    /// trades and per-symbol tables; for a sweep, the ranked runs and a heatmap.
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// No progress bar and no strategy log lines.
     #[arg(long)]
     quiet: bool,
@@ -215,6 +220,11 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
             sweep::SweepError::Usage(_) => (2, e.to_string()),
             sweep::SweepError::Run { error, .. } => (exit_code(error), e.to_string()),
         })?;
+        if let Some(path) = &args.report {
+            let names: Vec<String> = axes.iter().map(|(name, _)| name.clone()).collect();
+            backtest::html::write_sweep(path, &reports, &names, &args.rank).map_err(|e| (1, e.to_string()))?;
+            eprintln!("report written to {}", path.display());
+        }
         if args.json {
             outln!("{}", serde_json::to_string_pretty(&reports).expect("reports serialize"));
         } else {
@@ -297,9 +307,12 @@ fn execute(args: BacktestArgs) -> Result<(), (u8, String)> {
         write_trades(path, &run.fills).map_err(|e| (1, format!("cannot write {}: {e}", path.display())))?;
     }
     if let Some(path) = &args.plot {
-        let title = format!("{} — equity", run.report.strategy);
-        backtest::plot::write(path, &title, &run.equity, &run.fills).map_err(|e| (1, e.to_string()))?;
+        backtest::plot::write(path, &run, &data, &backtest_config).map_err(|e| (1, e.to_string()))?;
         eprintln!("plot written to {}", path.display());
+    }
+    if let Some(path) = &args.report {
+        backtest::html::write_run(path, &run, &data, &backtest_config).map_err(|e| (1, e.to_string()))?;
+        eprintln!("report written to {}", path.display());
     }
     if let Some(path) = &args.trades {
         eprintln!("{} fill(s) written to {}", run.fills.len(), path.display());
@@ -330,9 +343,20 @@ fn check_outputs(args: &BacktestArgs) -> Result<(), String> {
             return Err(format!("--plot {}: the file must end in .svg or .png", plot.display()));
         }
     }
+    if let Some(report) = &args.report {
+        let extension = report.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        if !matches!(extension.as_deref(), Some("html" | "htm")) {
+            return Err(format!("--report {}: the file must end in .html", report.display()));
+        }
+    }
     let inputs: Vec<PathBuf> =
         args.data.iter().chain([&args.strategy]).filter_map(|p| std::fs::canonicalize(p).ok()).collect();
-    for (flag, path) in [("--plot", &args.plot), ("--trades", &args.trades), ("--features-out", &args.features_out)] {
+    for (flag, path) in [
+        ("--plot", &args.plot),
+        ("--report", &args.report),
+        ("--trades", &args.trades),
+        ("--features-out", &args.features_out),
+    ] {
         let Some(path) = path else { continue };
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !parent.is_dir() {

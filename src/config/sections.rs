@@ -26,6 +26,9 @@ pub struct StoreConfig {
     /// Sub-minute candles kept per symbol and timeframe (0 keeps all); minute
     /// and longer candles are history and always kept.
     pub candles_keep: u64,
+    /// Milliseconds between two samples of the account's equity kept in the
+    /// store (the dashboard's equity curve, `GET /api/v1/equity`); 0: none.
+    pub equity_sample_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -37,6 +40,7 @@ impl Default for StoreConfig {
             state_flush_ms: 250,
             closed_order_retention_days: 7,
             candles_keep: 10_000,
+            equity_sample_ms: 60_000,
         }
     }
 }

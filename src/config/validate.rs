@@ -96,6 +96,9 @@ impl Config {
                 bad(key, "must be greater than 0".into());
             }
         }
+        if (1..100).contains(&self.store.equity_sample_ms) {
+            bad("store.equity_sample_ms", "must be 0 (no samples) or at least 100".into());
+        }
         if let Some(token) = &self.http.token
             && token.expose().len() < 16
         {

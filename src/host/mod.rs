@@ -26,6 +26,7 @@
 //!   queue document their policies in `strategy::live`, `activity` and
 //!   `store::writer`.
 
+mod equity;
 mod health_file;
 pub mod history;
 mod lifecycle;
@@ -269,6 +270,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     expect_activity(&health, &config, &metrics, &writer);
 
     let statuses = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    let plots = Arc::new(crate::strategy::plots::PlotBook::default());
     // On Delta's market, a starting strategy's missing history is fetched first.
     let warm_up = match &booted.market {
         venue::Market::Delta(connector) => Some(history::warm_up_sync(
@@ -304,6 +306,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
             record_max_bytes: config.ml.record_max_mb.saturating_mul(1 << 20),
         },
         health: health.clone(),
+        plots: plots.clone(),
     });
     let http_cancel = CancellationToken::new();
     let api = Arc::new(crate::http::ApiContext {
@@ -328,6 +331,7 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
         faults: config.faults.clone(),
         requests: health.pulse("http"),
         stats: Default::default(),
+        plots,
     });
     let models_watcher = models::watch(models.clone(), debounce, health.clone(), activity.clone())?;
     let telegram_cancel = CancellationToken::new();
@@ -341,6 +345,10 @@ pub async fn start(config: Config) -> Result<HostHandle, HostError> {
     if let Some(path) = config.health_file() {
         let interval = Duration::from_millis(config.health.interval_ms);
         health_file::spawn(&tasks, path, interval, health.clone(), models, tasks_cancel.clone());
+    }
+    if config.store.equity_sample_ms > 0 {
+        let every = Duration::from_millis(config.store.equity_sample_ms);
+        equity::spawn(&tasks, every, account.clone(), booted.clock.clone(), writer.clone(), tasks_cancel.clone());
     }
     let idle_timeout = Duration::from_millis(config.http.idle_timeout_ms);
     let max_connections = crate::http::connection_limit(config.http.max_connections);

@@ -78,6 +78,8 @@ pub struct ApiContext {
     pub requests: crate::health::Pulse,
     /// Each strategy's results, folded in from the stored fills.
     pub stats: std::sync::Mutex<stats::StatsBook>,
+    /// The strategies' `chart::plot` values (the chart's overlays).
+    pub plots: Arc<crate::strategy::plots::PlotBook>,
     /// Reads what a live venue holds (`/reconcile`); none for paper and dry-run.
     pub venue: Option<crate::exchange::reconcile::VenueProbe>,
 }

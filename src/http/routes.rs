@@ -21,7 +21,7 @@ use crate::activity::ActivityEvent;
 use crate::config::RiskLimits;
 use crate::control::{KillReport, ShutdownReason, StrategyStatus};
 use crate::health::ComponentState;
-use crate::model::{Fill, Order, TradingState, TradingStates};
+use crate::model::{Fill, Order, Shown, TradingState, TradingStates};
 use crate::risk::{Limits, ProtectionStatus};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -47,6 +47,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/fills", get(fills))
         .route("/api/v1/candles", get(candles))
         .route("/api/v1/candles/series", get(candle_series))
+        .route("/api/v1/equity", get(equity))
+        .route("/api/v1/plots", get(plots))
         .route("/api/v1/positions", get(positions))
         .route("/api/v1/balances", get(balances))
         .route("/api/v1/pnl", get(pnl))
@@ -67,8 +69,8 @@ pub fn routes() -> Router<ApiState> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tradehost control API", description = "Control and observe a tradehost: strategies, orders, fills, positions, activity."),
-    paths(health, reconcile, status, models, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, candles, candle_series, positions, balances, pnl, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
-    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, PnlResponse, PnlRow, PnlPeriod, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport, crate::ml::ModelStatus, crate::exchange::reconcile::ReconcileReport, crate::exchange::reconcile::StoreConsistency, crate::exchange::reconcile::Difference, crate::control::StrategyStats, crate::health::FreshnessView)),
+    paths(health, reconcile, status, models, strategies, start_strategy, stop_strategy, reload_strategy, orders, fills, candles, candle_series, equity, plots, positions, balances, pnl, activity, ws::upgrade, shutdown, risk, set_trading_state, set_limits, kill, metrics, openapi),
+    components(schemas(ErrorBody, StrategyStatus, Order, Fill, crate::model::Candle, crate::model::EquitySample, crate::strategy::plots::PlotSeries, crate::strategy::plots::PlotPoint, CandleSeriesView, ActivityEvent, HealthResponse, StatusResponse, ActionResponse, PositionView, BalancesResponse, PnlResponse, PnlRow, PnlPeriod, RiskResponse, Limits, RiskLimits, ProtectionStatus, crate::risk::Imposed, TradingStates, TradingState, TradingStateRequest, KillReport, crate::ml::ModelStatus, crate::exchange::reconcile::ReconcileReport, crate::exchange::reconcile::StoreConsistency, crate::exchange::reconcile::Difference, crate::control::StrategyStats, crate::health::FreshnessView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -121,12 +123,34 @@ pub struct CandlesQuery {
     pub symbol: String,
     /// Timeframe as written in scripts (`1m`).
     pub timeframe: String,
-    /// First candle start, ms (default: the first stored).
+    /// First candle start, ms. Without it the newest `limit` candles before
+    /// `to` are answered (what a chart opens on); with it, the oldest from `from`.
     pub from: Option<i64>,
     /// End, exclusive, ms (default: after the last stored).
     pub to: Option<i64>,
     /// Most candles (1 to 10000, default 10000): page on with `from` = the last time + 1.
     pub limit: Option<usize>,
+}
+
+/// `/plots` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PlotsQuery {
+    /// Only the series overlaying this symbol (default: all).
+    pub symbol: Option<String>,
+}
+
+/// `/equity` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EquityQuery {
+    /// First sample time, ms (default: the first stored).
+    pub from: Option<i64>,
+    /// End, exclusive, ms (default: now and later).
+    pub to: Option<i64>,
+    /// Most samples (1 to 10000, default 1000): a longer history is thinned
+    /// to evenly spread samples, the newest always kept.
+    pub points: Option<usize>,
 }
 
 /// One stored candle series, as `tradehost data list` shows it.
@@ -317,12 +341,59 @@ async fn candles(
     let q = query(q)?;
     let limit = limit(Some(q.limit.unwrap_or(10_000)))?;
     let store = state.store.clone();
+    let to = q.to.unwrap_or(i64::MAX);
+    let candles = tokio::task::spawn_blocking(move || match q.from {
+        Some(from) => store.candles_between(&q.symbol, &q.timeframe, from, to).map(|mut candles| {
+            candles.truncate(limit);
+            candles
+        }),
+        None => store.candles_before(&q.symbol, &q.timeframe, to, limit),
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(candles))
+}
+
+/// What the strategies plotted with `chart::plot` (the chart's overlays): the
+/// newest values of each series by bar, since the host started.
+#[utoipa::path(get, path = "/api/v1/plots", params(PlotsQuery), responses(
+    (status = 200, body = Vec<crate::strategy::plots::PlotSeries>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn plots(
+    State(state): State<ApiState>,
+    q: Result<Query<PlotsQuery>, QueryRejection>,
+) -> Result<Json<Vec<crate::strategy::plots::PlotSeries>>, ApiError> {
+    let q = query(q)?;
+    Ok(Json(state.plots.series(q.symbol.as_deref())))
+}
+
+/// The account's equity history from the store (sampled every
+/// `store.equity_sample_ms`), oldest first: it survives reloads and restarts.
+#[utoipa::path(get, path = "/api/v1/equity", params(EquityQuery), responses(
+    (status = 200, body = Vec<crate::model::EquitySample>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn equity(
+    State(state): State<ApiState>,
+    q: Result<Query<EquityQuery>, QueryRejection>,
+) -> Result<Json<Vec<crate::model::EquitySample>>, ApiError> {
+    let q = query(q)?;
+    let points = match q.points.unwrap_or(1000) {
+        n @ 1..=10_000 => n,
+        n => return Err(ApiError::BadRequest(format!("points must be between 1 and 10000, got {n}"))),
+    };
+    let store = state.store.clone();
     let (from, to) = (q.from.unwrap_or(0), q.to.unwrap_or(i64::MAX));
-    let mut candles = tokio::task::spawn_blocking(move || store.candles_between(&q.symbol, &q.timeframe, from, to))
+    let samples = tokio::task::spawn_blocking(move || store.equity_between(from, to, points))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    candles.truncate(limit);
-    Ok(Json(candles))
+    Ok(Json(
+        samples
+            .iter()
+            .map(|s| crate::model::EquitySample {
+                time: s.time,
+                equity: Shown::money(s.equity),
+                balance: Shown::money(s.balance),
+            })
+            .collect(),
+    ))
 }
 
 /// The stored candle series: first, last, count and gaps of each.

@@ -100,6 +100,7 @@ pub const HOST_FUNCTIONS: &[HostFn] = &[
     host("health::heartbeat", "health::heartbeat()", 0, 0),
     host("health::report", "health::report(key: string, value)", 2, 2),
     host("health::degraded", "health::degraded(reason: string)", 1, 1),
+    host("chart::plot", "chart::plot(name: string, value: number [, symbol: string])", 2, 3),
     host("risk::state", "risk::state()", 0, 0),
     host("risk::limits", "risk::limits()", 0, 0),
     host("ml::predict", "ml::predict(model: string, features: array of numbers) -> number | array", 2, 2),
@@ -243,6 +244,7 @@ pub fn install(engine: &mut Engine, ctx: &SharedContext) {
     engine.register_static_module("log", log_module(ctx).into());
     engine.register_static_module("health", health_module(ctx).into());
     engine.register_static_module("risk", risk_module(ctx).into());
+    engine.register_static_module("chart", chart_module(ctx).into());
     let c = ctx.clone();
     engine.register_fn("notify", move |message: Dynamic| with_text(&message, |text| c.borrow_mut().notify(text)));
     let c = ctx.clone();
@@ -889,6 +891,28 @@ fn numbers(value: serde_json::Value) -> serde_json::Value {
         ),
         other => other,
     }
+}
+
+/// `chart::plot(name, value [, symbol])`: an overlay value on the candle being
+/// handled (the dashboard's chart, the backtest report).
+fn chart_module(ctx: &SharedContext) -> Module {
+    fn plot(c: &SharedContext, name: &Dynamic, value: &Dynamic, symbol: Option<&Dynamic>) -> Result<()> {
+        let function = "chart::plot";
+        let name = text(function, "name", name)?;
+        let value = number(function, "value", value)?;
+        let symbol = symbol.map(|s| text(function, "symbol", s)).transpose()?;
+        c.borrow_mut().plot(&name, value, symbol.as_deref()).map_err(|e| bad(function, format!("{function}: {e}")))
+    }
+    let mut m = Module::new();
+    let c = ctx.clone();
+    m.set_native_fn("plot", move |cx: NativeCallContext, name: Dynamic, value: Dynamic| {
+        located(&cx, || plot(&c, &name, &value, None))
+    });
+    let c = ctx.clone();
+    m.set_native_fn("plot", move |cx: NativeCallContext, name: Dynamic, value: Dynamic, symbol: Dynamic| {
+        located(&cx, || plot(&c, &name, &value, Some(&symbol)))
+    });
+    m
 }
 
 fn health_module(ctx: &SharedContext) -> Module {

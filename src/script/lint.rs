@@ -13,7 +13,7 @@ use super::api::HOST_FUNCTIONS;
 use crate::strategy::{Location, StrategyError};
 
 /// Host modules whose functions are all listed in [`HOST_FUNCTIONS`].
-const HOST_MODULES: [&str; 7] = ["exchange", "market", "ta", "timer", "log", "health", "risk"];
+const HOST_MODULES: [&str; 8] = ["exchange", "market", "ta", "timer", "log", "health", "risk", "chart"];
 
 /// A token of the source with its 1-based line and column.
 #[derive(Debug, Clone, PartialEq)]

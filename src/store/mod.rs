@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Candle, Fill, Order, Position, RunMode};
+use crate::model::{Candle, EquitySample, Fill, Order, Position, RunMode};
 
 pub use check::{CheckReport, check};
 pub use writer::{CommitObserver, GroupEnd, Retention, StoreWriter, WriteOp};
@@ -49,6 +49,8 @@ pub(crate) const CANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("c
 /// The time ranges `data fetch` has asked the exchange for, by `SYMBOL|timeframe`
 /// (JSON `[[from, to], …]`, ms, merged): a range asked for is not asked again, even where it had no candles.
 pub(crate) const CANDLE_COVERAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("candle_coverage");
+/// The account's equity history: sample time (ms) → [`EquitySample`] JSON.
+pub(crate) const EQUITY: TableDefinition<u64, &[u8]> = TableDefinition::new("equity");
 
 /// Meta keys.
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
@@ -378,6 +380,7 @@ fn verify_tables(db: &impl ReadableDatabase) -> Result<(), String> {
     json_table(&read, ACTIVITY)?;
     json_table(&read, CANDLES)?;
     json_table(&read, CANDLE_COVERAGE)?;
+    json_table(&read, EQUITY)?;
     for (name, result) in [
         ("meta", read.open_table(META).map(|t| t.iter().map(|i| i.count()))),
         ("stopped_strategies", read.open_table(STOPPED).map(|t| t.iter().map(|i| i.count()))),
@@ -467,6 +470,7 @@ impl Store {
             write.open_table(ACTIVITY).map_err(|e| err(e.to_string()))?;
             write.open_table(CANDLES).map_err(|e| err(e.to_string()))?;
             write.open_table(CANDLE_COVERAGE).map_err(|e| err(e.to_string()))?;
+            write.open_table(EQUITY).map_err(|e| err(e.to_string()))?;
             let mut positions = write.open_table(POSITIONS).map_err(|e| err(e.to_string()))?;
             if found == 1 {
                 tracing::info!(path = %self.path.display(), "migrating the store from schema 1 to 2: building positions from fills");
@@ -627,16 +631,53 @@ impl StoreReader {
 
     /// The newest `limit` stored candles of a symbol and timeframe, oldest first.
     pub fn candles(&self, symbol: &str, timeframe: &str, limit: usize) -> Result<Vec<Candle>, StoreError> {
+        self.candles_before(symbol, timeframe, i64::MAX, limit)
+    }
+
+    /// The newest `limit` stored candles of a symbol and timeframe starting
+    /// before `to` (ms), oldest first.
+    pub fn candles_before(
+        &self,
+        symbol: &str,
+        timeframe: &str,
+        to: i64,
+        limit: usize,
+    ) -> Result<Vec<Candle>, StoreError> {
         let err = io(&self.path);
         let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
         let table = read.open_table(CANDLES).map_err(|e| err(e.to_string()))?;
-        let (from, to) = (candle_key(symbol, timeframe, 0), candle_key(symbol, timeframe, i64::MAX));
+        let (from, to) = (candle_key(symbol, timeframe, 0), candle_key(symbol, timeframe, to.max(0)));
         let mut out = Vec::new();
-        for entry in table.range(from.as_str()..=to.as_str()).map_err(|e| err(e.to_string()))?.rev().take(limit) {
+        for entry in table.range(from.as_str()..to.as_str()).map_err(|e| err(e.to_string()))?.rev().take(limit) {
             let (key, value) = entry.map_err(|e| err(e.to_string()))?;
             out.push(decode(value.value(), || format!("candle {}", key.value()))?);
         }
         out.reverse();
+        Ok(out)
+    }
+
+    /// The equity samples taken in `[from, to)`, oldest first, thinned to at
+    /// most `points` evenly spread ones (the newest always kept) when there are more.
+    pub fn equity_between(&self, from: i64, to: i64, points: usize) -> Result<Vec<EquitySample>, StoreError> {
+        let err = io(&self.path);
+        let read = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = read.open_table(EQUITY).map_err(|e| err(e.to_string()))?;
+        let (from, to) = (from.max(0) as u64, to.max(0) as u64);
+        if from >= to || points == 0 {
+            return Ok(Vec::new());
+        }
+        let range = table.range(from..to).map_err(|e| err(e.to_string()))?;
+        let total = table.range(from..to).map_err(|e| err(e.to_string()))?.count();
+        // Every `stride`-th sample counted back from the newest.
+        let stride = total.div_ceil(points).max(1);
+        let mut out = Vec::with_capacity(total.min(points));
+        for (i, entry) in range.enumerate() {
+            if (total - 1 - i) % stride != 0 {
+                continue;
+            }
+            let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+            out.push(decode(value.value(), || format!("equity sample {}", key.value()))?);
+        }
         Ok(out)
     }
 

@@ -11,8 +11,8 @@ use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 
 use super::{
-    ACCOUNT, ACTIVITY, CANDLE_COVERAGE, CANDLES, CLOSED_ORDERS, FILLS, ORDERS, POSITIONS, STOPPED, STRATEGY_STATE,
-    StoreError, StoredOrder, candle_key, closed_key, coverage_key, position_key, prunable,
+    ACCOUNT, ACTIVITY, CANDLE_COVERAGE, CANDLES, CLOSED_ORDERS, EQUITY, FILLS, ORDERS, POSITIONS, STOPPED,
+    STRATEGY_STATE, StoreError, StoredOrder, candle_key, closed_key, coverage_key, position_key, prunable,
 };
 use crate::model::{Fill, Order, Position};
 
@@ -78,6 +78,8 @@ pub enum WriteOp {
         /// `[from, to)` ms asked for.
         asked: (i64, i64),
     },
+    /// A sample of the account's equity history.
+    Equity(crate::model::EquitySample),
     /// An activity event envelope under its sequence number.
     Activity {
         /// Sequence number.
@@ -324,6 +326,7 @@ fn apply(db: &Database, group: &[Submission], retention: Retention, activity_byt
         let mut candles = txn.open_table(CANDLES).map_err(|x| e(&x))?;
         let mut coverage = txn.open_table(CANDLE_COVERAGE).map_err(|x| e(&x))?;
         let mut closed = txn.open_table(CLOSED_ORDERS).map_err(|x| e(&x))?;
+        let mut equity = txn.open_table(EQUITY).map_err(|x| e(&x))?;
         let mut activity_written = 0u64;
         let mut activity_bytes_written = 0u64;
         let mut newest_order: Option<i64> = None;
@@ -403,6 +406,9 @@ fn apply(db: &Database, group: &[Submission], retention: Retention, activity_byt
                     };
                     let merged = crate::data::history::cover(&known, *asked);
                     coverage.insert(key.as_str(), to_bytes(&merged).as_slice()).map_err(|x| e(&x))?;
+                }
+                WriteOp::Equity(sample) => {
+                    equity.insert(sample.time.max(0) as u64, to_bytes(sample).as_slice()).map_err(|x| e(&x))?;
                 }
                 WriteOp::Activity { seq, envelope } => {
                     activity.insert(*seq, envelope.as_bytes()).map_err(|x| e(&x))?;

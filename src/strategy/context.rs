@@ -79,6 +79,10 @@ pub struct StrategyContext {
     pub quotas: Quotas,
     /// How this run trades (`exchange::mode()`).
     pub mode: crate::model::RunMode,
+    /// The candle being handled (symbol, bar start): where `chart::plot` values go.
+    plot_bar: Option<(String, TimestampMs)>,
+    /// The (symbol, name) series plotted so far.
+    plotted: std::collections::HashSet<(String, String)>,
     ids: OrderIds,
 }
 
@@ -128,8 +132,51 @@ impl StrategyContext {
             commands: Vec::new(),
             quotas: Quotas::default(),
             mode: crate::model::RunMode::default(),
+            plot_bar: None,
+            plotted: Default::default(),
             ids,
         }
+    }
+
+    /// Notes the event about to be handled: an `on_candle` plots on its candle's bar.
+    pub fn begin_event(&mut self, event: &super::StrategyEvent) {
+        self.plot_bar = match event {
+            super::StrategyEvent::Candle(candle) => Some((candle.symbol.clone(), candle.time)),
+            _ => None,
+        };
+    }
+
+    /// Queues a chart overlay value (`chart::plot`): on the candle being
+    /// handled, or on `symbol`'s bar now. At most [`super::plots::MAX_SERIES`] series.
+    pub fn plot(&mut self, name: &str, value: f64, symbol: Option<&str>) -> Result<(), String> {
+        use super::plots::{MAX_NAME_BYTES, MAX_SERIES, PlotPoint};
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(format!("the name must be 1 to {MAX_NAME_BYTES} bytes, got {}", name.len()));
+        }
+        if !value.is_finite() {
+            return Err(format!("`{name}`: the value must be a finite number, got {value}"));
+        }
+        let (symbol, time) = match (symbol, &self.plot_bar) {
+            (Some(symbol), Some((bar_symbol, time))) if symbol == bar_symbol => (symbol.to_string(), *time),
+            (Some(symbol), _) => {
+                let length = self.own_timeframe.ms();
+                (symbol.to_string(), self.now - self.now.rem_euclid(length))
+            }
+            (None, Some((symbol, time))) => (symbol.clone(), *time),
+            (None, None) => {
+                return Err(format!("`{name}`: outside on_candle give the symbol: chart::plot(name, value, symbol)"));
+            }
+        };
+        let key = (symbol, name.to_string());
+        if !self.plotted.contains(&key) {
+            if self.plotted.len() >= MAX_SERIES {
+                return Err(format!("`{name}`: a strategy plots at most {MAX_SERIES} series (symbol and name)"));
+            }
+            self.plotted.insert(key.clone());
+        }
+        let (symbol, name) = key;
+        self.commands.push(StrategyCommand::Plot { symbol, name, point: PlotPoint { time, value } });
+        Ok(())
     }
 
     /// Wraps it for sharing with host functions.

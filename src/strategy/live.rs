@@ -638,6 +638,7 @@ impl Runner {
         {
             let mut c = self.ctx.borrow_mut();
             c.now = self.clock.now_ms();
+            c.begin_event(&event);
             match &event {
                 StrategyEvent::Candle(candle) => c.market.push_candle(candle.clone()),
                 StrategyEvent::OtherCandle(timeframe, candle) => c.market.push_other(*timeframe, candle.clone()),

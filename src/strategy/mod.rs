@@ -6,6 +6,7 @@
 
 mod context;
 pub mod live;
+pub mod plots;
 pub mod quota;
 mod timers;
 
@@ -105,6 +106,15 @@ pub enum StrategyCommand {
     },
     /// The strategy declares itself degraded (empty reason: recovered).
     Degraded(String),
+    /// A value for a chart overlay (`chart::plot`).
+    Plot {
+        /// Symbol whose chart it overlays.
+        symbol: String,
+        /// Series name.
+        name: String,
+        /// The bar and the value.
+        point: plots::PlotPoint,
+    },
 }
 
 /// What a strategy declares about itself (`fn config()` for scripts).

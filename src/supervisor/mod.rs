@@ -105,6 +105,8 @@ pub struct Parts {
     pub ml: crate::script::ml::MlOptions,
     /// Where each strategy is shown as a component (`strategy.NAME`).
     pub health: Arc<crate::health::Health>,
+    /// Where the strategies' `chart::plot` values are kept.
+    pub plots: Arc<crate::strategy::plots::PlotBook>,
 }
 
 /// The strategy slots and everything they need.
@@ -137,6 +139,7 @@ pub struct Supervisor {
     cancel: tokio_util::sync::CancellationToken,
     ml: crate::script::ml::MlOptions,
     health: Arc<crate::health::Health>,
+    plots: Arc<crate::strategy::plots::PlotBook>,
 }
 
 impl Supervisor {
@@ -171,6 +174,7 @@ impl Supervisor {
             cancel: parts.cancel,
             ml: parts.ml,
             health: parts.health,
+            plots: parts.plots,
         }
     }
 
@@ -572,7 +576,7 @@ impl Supervisor {
             initial_state: slot.saved_state.clone(),
             account: self.account.clone(),
             ids: OrderIds::new(name, self.id_counter.clone()),
-            sink: sinks::command_sink(self.engine.clone(), self.activity.clone()),
+            sink: sinks::command_sink(self.engine.clone(), self.activity.clone(), self.plots.clone()),
             reports: self.reports_tx.clone(),
             max_consecutive_errors: self.config.supervisor.max_consecutive_errors,
             queue_limit: self.config.supervisor.event_queue,

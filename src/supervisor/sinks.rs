@@ -11,6 +11,7 @@ use crate::activity::{ActivityBus, ActivityKind};
 use crate::execution::{EngineRequest, publish_log};
 use crate::store::{StoreReader, StoreWriter, WriteOp};
 use crate::strategy::live::{self, CommandSink, StateSink};
+use crate::strategy::plots::PlotBook;
 use crate::strategy::{LogLevel, StrategyCommand};
 
 /// The stored fills of a strategy after the last one its saved state
@@ -40,8 +41,12 @@ pub(super) fn state_sink(store: StoreWriter) -> StateSink {
 }
 
 /// Routes a strategy's commands: orders to the engine, logs and
-/// notifications to tracing and the activity bus.
-pub(super) fn command_sink(engine: mpsc::Sender<EngineRequest>, activity: ActivityBus) -> CommandSink {
+/// notifications to tracing and the activity bus, plotted values to the plot book.
+pub(super) fn command_sink(
+    engine: mpsc::Sender<EngineRequest>,
+    activity: ActivityBus,
+    plots: Arc<PlotBook>,
+) -> CommandSink {
     Arc::new(move |strategy: &str, commands: Vec<StrategyCommand>| {
         let mut orders = Vec::new();
         for command in commands {
@@ -65,6 +70,7 @@ pub(super) fn command_sink(engine: mpsc::Sender<EngineRequest>, activity: Activi
                     publish_log(&activity, strategy, LogLevel::Warn, &format!("degraded: {reason}"));
                     activity.publish(ActivityKind::Health, Some(strategy), json!({ "degraded": reason }));
                 }
+                StrategyCommand::Plot { symbol, name, point } => plots.record(strategy, &symbol, &name, point),
                 order => orders.push(order),
             }
         }

@@ -1,0 +1,115 @@
+//! What strategies plot with `chart::plot(name, value)`: per strategy,
+//! symbol and name, one value per bar (a second value for the same bar
+//! replaces the first). The host keeps the newest [`LIVE_POINTS`] of each
+//! series in memory for the dashboard's chart overlays; a backtest keeps
+//! them all for its report.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::model::TimestampMs;
+
+/// Values the host keeps per plotted series.
+pub const LIVE_POINTS: usize = 2_000;
+
+/// Distinct (symbol, name) series one strategy may plot.
+pub const MAX_SERIES: usize = 16;
+
+/// Longest plot name, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// One plotted value.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct PlotPoint {
+    /// Bar start (ms since the epoch).
+    pub time: TimestampMs,
+    /// The value.
+    pub value: f64,
+}
+
+/// One plotted series.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct PlotSeries {
+    /// Strategy that plotted it.
+    pub strategy: String,
+    /// Symbol whose chart it overlays.
+    pub symbol: String,
+    /// Name given to `chart::plot`.
+    pub name: String,
+    /// Values, oldest first.
+    pub points: Vec<PlotPoint>,
+}
+
+/// Plotted series by (strategy, symbol, name), each holding at most `cap` values.
+#[derive(Debug)]
+pub struct PlotBook {
+    cap: usize,
+    series: Mutex<BTreeMap<(String, String, String), VecDeque<PlotPoint>>>,
+}
+
+impl Default for PlotBook {
+    fn default() -> Self {
+        PlotBook::keeping(LIVE_POINTS)
+    }
+}
+
+impl PlotBook {
+    /// A book keeping the newest `cap` values of each series.
+    pub fn keeping(cap: usize) -> Self {
+        PlotBook { cap: cap.max(1), series: Mutex::default() }
+    }
+
+    /// Adds a value; one for the same bar as the newest replaces it, and an
+    /// older bar's value is dropped.
+    pub fn record(&self, strategy: &str, symbol: &str, name: &str, point: PlotPoint) {
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (strategy.to_string(), symbol.to_string(), name.to_string());
+        let points = series.entry(key).or_default();
+        match points.back_mut() {
+            Some(last) if last.time == point.time => *last = point,
+            Some(last) if last.time > point.time => {}
+            _ => {
+                if points.len() == self.cap {
+                    points.pop_front();
+                }
+                points.push_back(point);
+            }
+        }
+    }
+
+    /// Every series overlaying `symbol` (all with `None`), by strategy and name.
+    pub fn series(&self, symbol: Option<&str>) -> Vec<PlotSeries> {
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        series
+            .iter()
+            .filter(|((_, s, _), _)| symbol.is_none_or(|wanted| wanted == s))
+            .map(|((strategy, symbol, name), points)| PlotSeries {
+                strategy: strategy.clone(),
+                symbol: symbol.clone(),
+                name: name.clone(),
+                points: points.iter().copied().collect(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_value_per_bar_the_newest_kept_within_the_cap() {
+        let book = PlotBook::keeping(3);
+        for (time, value) in [(1, 1.0), (2, 2.0), (2, 2.5), (1, 9.0), (3, 3.0), (4, 4.0)] {
+            book.record("s", "BTCUSD", "fast", PlotPoint { time, value });
+        }
+        book.record("s", "ETHUSD", "fast", PlotPoint { time: 1, value: 7.0 });
+        let btc = book.series(Some("BTCUSD"));
+        assert_eq!(btc.len(), 1);
+        let values: Vec<(i64, f64)> = btc[0].points.iter().map(|p| (p.time, p.value)).collect();
+        assert_eq!(values, vec![(2, 2.5), (3, 3.0), (4, 4.0)]);
+        assert_eq!(book.series(None).len(), 2);
+    }
+}
