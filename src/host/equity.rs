@@ -1,7 +1,8 @@
-//! The account's equity history: every `store.equity_sample_ms` the account
-//! view's equity and balance are written to the store (one sample per tick,
-//! so the history grows at a bounded rate), for the dashboard's equity curve
-//! and `GET /api/v1/equity`. It outlives reloads of the page and restarts.
+//! The account's equity history: every `store.equity_sample_ms` on the run's
+//! clock (at most ten a wall second) the account view's equity and balance
+//! are written to the store, so the history grows at a bounded rate, for the
+//! dashboard's equity curve and `GET /api/v1/equity`. It outlives reloads of
+//! the page and restarts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +15,15 @@ use crate::clock::Clock;
 use crate::model::{AccountView, EquitySample};
 use crate::store::{StoreWriter, WriteOp};
 
+/// The shortest wall time between two samples.
+const MIN_WALL_GAP: Duration = Duration::from_millis(100);
+
 /// The sample of the account now.
 fn sample(account: &AccountView, clock: &Clock) -> EquitySample {
     EquitySample { time: clock.now_ms(), equity: account.equity, balance: account.balance }
 }
 
-/// Starts the sampler: one sample at once, then one every `every`, until `stop`.
+/// Starts the sampler: one sample at once, then one every `every` of the run's clock, until `stop`.
 pub fn spawn(
     tasks: &Tasks,
     every: Duration,
@@ -31,12 +35,20 @@ pub fn spawn(
     tasks.spawn_auxiliary("equity history", "store", move || {
         let (account, clock, writer, stop) = (account.clone(), clock.clone(), writer.clone(), stop.clone());
         async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+            let mut due = clock.now_ms();
             loop {
+                // On the run's clock (a simulated ×60 market samples every
+                // simulated minute), never more than ten times a wall second.
+                let wait = clock.wall_until(due).max(MIN_WALL_GAP);
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tick.tick() => writer.submit(vec![WriteOp::Equity(sample(&account.load(), &clock))], None),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                let now = clock.now_ms();
+                if now >= due {
+                    writer.submit(vec![WriteOp::Equity(sample(&account.load(), &clock))], None);
+                    due = now.saturating_add(every);
                 }
             }
         }
