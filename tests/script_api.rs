@@ -290,3 +290,109 @@ fn array_forms_compute_over_a_scripts_own_series() {
     feed(&mut s, &ctx, candle(0, 1.0)).unwrap();
     assert_eq!(logs(&ctx), vec!["3.5", "5.0", ""]);
 }
+
+#[test]
+fn a_series_keeps_its_newest_values_and_indexes_from_the_newest() {
+    let (mut s, ctx) = build(
+        r#"fn on_candle(c) {
+            if this.h == () { this.h = series(3); }
+            this.h.push(c.close);
+            let h = this.h;
+            print(`${h.len} ${h.capacity} ${h.is_full()} [${h[0]} ${h[1]} ${h[2]} ${h[3]}] sum=${h.sum()} mean=${h.mean()} min=${h.min()} max=${h.max()}`);
+        }"#,
+    );
+    for (i, close) in [5.0, 1.0, 4.0, 2.0].into_iter().enumerate() {
+        feed(&mut s, &ctx, candle(i as i64, close)).unwrap();
+    }
+    assert_eq!(
+        logs(&ctx),
+        vec![
+            "1 3 false [5.0   ] sum=5.0 mean=5.0 min=5.0 max=5.0",
+            "2 3 false [1.0 5.0  ] sum=6.0 mean=3.0 min=1.0 max=5.0",
+            "3 3 true [4.0 1.0 5.0 ] sum=10.0 mean=3.3333333333333335 min=1.0 max=5.0",
+            "3 3 true [2.0 4.0 1.0 ] sum=7.0 mean=2.3333333333333335 min=1.0 max=4.0",
+        ]
+    );
+    let (mut s, ctx) = build(
+        r#"fn on_candle(c) {
+            let h = series(4);
+            for x in [1, 2.5, 3] { h.push(x); }
+            let seen = [];
+            for x in h { seen.push(x); }
+            print(`${seen} ${h.to_array()} ${series(2).mean()} ${h}`);
+        }"#,
+    );
+    feed(&mut s, &ctx, candle(0, 1.0)).unwrap();
+    assert_eq!(logs(&ctx), vec!["[1.0, 2.5, 3.0] [1.0, 2.5, 3.0]  series(3 of 4)"]);
+}
+
+#[test]
+fn bad_series_use_names_what_is_wrong() {
+    let cases = [
+        ("let h = series(0);", "capacity must be from 1 to 10000 (sandbox.max_array_size), got 0"),
+        ("let h = series(10001);", "got 10001"),
+        ("let h = series(2); h.push(\"x\");", "series.push: the value must be a number"),
+        ("let h = series(2); h.push(1.0 / 0.0);", "series.push: the value must be finite"),
+        ("let h = series(2); h.push(1); h[-1]", "negative is not allowed"),
+    ];
+    for (body, expected) in cases {
+        let (mut s, ctx) = build(&format!("fn on_candle(c) {{ {body} }}"));
+        let err = feed(&mut s, &ctx, candle(0, 1.0)).unwrap_err().to_string();
+        assert!(err.contains(expected), "{body}: {err}");
+        assert!(err.starts_with("t.rhai:1:"), "{body}: the error has a location: {err}");
+    }
+}
+
+#[test]
+fn ta_on_a_series_equals_ta_on_the_same_array() {
+    let (mut s, ctx) = build(
+        r#"fn on_candle(c) {
+            if this.h == () { this.h = series(30); this.a = []; }
+            this.h.push(c.close);
+            this.a.push(c.close);
+            if this.a.len() > 30 { this.a.remove(0); }
+            let h = this.h;
+            let a = this.a;
+            let same = ta::sma(h, 10) == ta::sma(a, 10) && ta::ema(h, 10) == ta::ema(a, 10)
+                && ta::rsi(h, 14) == ta::rsi(a, 14) && ta::highest(h, 20) == ta::highest(a, 20)
+                && ta::lowest(h, 20) == ta::lowest(a, 20)
+                && `${ta::macd(h, 12, 26, 9)}` == `${ta::macd(a, 12, 26, 9)}`
+                && `${ta::bbands(h, 20, 2.0)}` == `${ta::bbands(a, 20, 2.0)}`;
+            print(`${same} ${ta::sma(h, 10)}`);
+        }"#,
+    );
+    for i in 0..60 {
+        feed(&mut s, &ctx, candle(i, 100.0 + (i as f64 * 0.7).sin() * 5.0)).unwrap();
+    }
+    let lines = logs(&ctx);
+    assert_eq!(lines.len(), 60);
+    assert!(lines.iter().all(|l| l.starts_with("true ")), "{lines:?}");
+    assert!(lines[5].ends_with(' '), "sma(10) warms up on a series too: {}", lines[5]);
+    assert!(!lines[59].ends_with(' '), "{}", lines[59]);
+}
+
+#[test]
+fn a_series_in_this_survives_reload_and_restart() {
+    let source = r#"fn on_candle(c) {
+        if this.h == () { this.h = series(3); }
+        this.h.push(c.close);
+        print(`${this.h.to_array()} ${this.h.sum()}`);
+    }"#;
+    let (mut s, ctx) = build(source);
+    for i in 0..4 {
+        feed(&mut s, &ctx, candle(i, i as f64)).unwrap();
+    }
+    s.reload(&source.replace("print(", "print(\"v2 \" + ")).unwrap();
+    feed(&mut s, &ctx, candle(4, 4.0)).unwrap();
+    let stored = s.export_state().unwrap();
+    assert_eq!(stored, serde_json::json!({"h": {"$series": 3, "values": [2.0, 3.0, 4.0]}}));
+    let lines = logs(&ctx);
+    assert_eq!(lines.last().unwrap(), "v2 [2.0, 3.0, 4.0] 9.0");
+
+    let account = Arc::new(ArcSwap::from_pointee(AccountView { currency: "USD".into(), ..Default::default() }));
+    let ctx = StrategyContext::new("t", account, OrderIds::new("t", Arc::new(AtomicU64::new(0))), 1000).shared();
+    let env = StrategyEnv { ctx: ctx.clone(), abort: Arc::new(AtomicBool::new(false)), initial_state: Some(stored) };
+    let mut restarted = ScriptStrategy::new("t.rhai", source, options(), env).unwrap();
+    feed(&mut restarted, &ctx, candle(5, 5.0)).unwrap();
+    assert_eq!(logs(&ctx), vec!["[3.0, 4.0, 5.0] 12.0"]);
+}

@@ -82,15 +82,15 @@ pub const HOST_FUNCTIONS: &[HostFn] = &[
     host("market::last", "market::last(symbol: string)", 1, 1),
     host("market::ticker", "market::ticker(symbol: string)", 1, 1),
     host("market::book", "market::book(symbol: string)", 1, 1),
-    host("ta::sma", "ta::sma(symbol: string | values: array, n: int)", 2, 2),
-    host("ta::ema", "ta::ema(symbol: string | values: array, n: int)", 2, 2),
-    host("ta::rsi", "ta::rsi(symbol: string | values: array, n: int)", 2, 2),
+    host("ta::sma", "ta::sma(symbol: string | values: array | series, n: int)", 2, 2),
+    host("ta::ema", "ta::ema(symbol: string | values: array | series, n: int)", 2, 2),
+    host("ta::rsi", "ta::rsi(symbol: string | values: array | series, n: int)", 2, 2),
     host("ta::atr", "ta::atr(symbol: string, n: int)", 2, 2),
-    host("ta::macd", "ta::macd(symbol: string | values: array, fast: int, slow: int, signal: int)", 4, 4),
-    host("ta::bbands", "ta::bbands(symbol: string | values: array, n: int, k: number)", 3, 3),
+    host("ta::macd", "ta::macd(symbol: string | values: array | series, fast: int, slow: int, signal: int)", 4, 4),
+    host("ta::bbands", "ta::bbands(symbol: string | values: array | series, n: int, k: number)", 3, 3),
     host("ta::vwap", "ta::vwap(symbol: string)", 1, 1),
-    host("ta::highest", "ta::highest(symbol: string | values: array, n: int)", 2, 2),
-    host("ta::lowest", "ta::lowest(symbol: string | values: array, n: int)", 2, 2),
+    host("ta::highest", "ta::highest(symbol: string | values: array | series, n: int)", 2, 2),
+    host("ta::lowest", "ta::lowest(symbol: string | values: array | series, n: int)", 2, 2),
     host("timer::every", "timer::every(name: string, interval: string such as \"5s\")", 2, 2),
     host("timer::after", "timer::after(name: string, delay: string such as \"1m\")", 2, 2),
     host("timer::cancel", "timer::cancel(name: string)", 1, 1),
@@ -110,6 +110,7 @@ pub const HOST_FUNCTIONS: &[HostFn] = &[
     host("ml::record", "ml::record(features: array of numbers [, label: number | bool])", 1, 2),
     host("notify", "notify(message)", 1, 1),
     host("now", "now()", 0, 0),
+    host("series", "series(capacity: int from 1 to sandbox.max_array_size)", 1, 1),
 ];
 
 /// The expected signature of a host function, by its qualified name.
@@ -669,9 +670,17 @@ fn market_module(ctx: &SharedContext) -> Module {
     m
 }
 
-/// Values of a script's own series (numbers only).
+/// True for a script's own values: an array or a `series`.
+fn own_values(src: &Dynamic) -> bool {
+    src.is_array() || src.is::<super::series::Series>()
+}
+
+/// Values of a script's own series (numbers only), oldest first.
 fn values(function: &str, array: &Dynamic) -> Result<Vec<f64>> {
-    let array = array.read_lock::<Array>().expect("checked is_array");
+    if let Some(series) = array.read_lock::<super::series::Series>() {
+        return Ok(series.values().collect());
+    }
+    let array = array.read_lock::<Array>().expect("checked own_values");
     array.iter().enumerate().map(|(i, v)| number(function, &format!("values[{i}]"), v)).collect()
 }
 
@@ -688,7 +697,7 @@ fn ta_module(ctx: &SharedContext) -> Module {
                 located(&cx, || {
                     let function = concat!("ta::", $name);
                     let n = count(function, "n", &n)?;
-                    if src.is_array() {
+                    if own_values(&src) {
                         let array_form: Option<fn(usize, &[f64]) -> Option<f64>> = $array;
                         let Some(compute) = array_form else {
                             return Err(bad(
@@ -772,7 +781,7 @@ fn ta_module(ctx: &SharedContext) -> Module {
                 let f = "ta::macd";
                 let (fast, slow, signal) =
                     (count(f, "fast", &fast)?, count(f, "slow", &slow)?, count(f, "signal", &signal)?);
-                if src.is_array() {
+                if own_values(&src) {
                     let mut macd = Macd::new(fast, slow, signal);
                     return Ok(indicator(
                         last_of(&values(f, &src)?, |x| macd.update(x))
@@ -794,7 +803,7 @@ fn ta_module(ctx: &SharedContext) -> Module {
         located(&cx, || {
             let f = "ta::bbands";
             let (n, k) = (count(f, "n", &n)?, number(f, "k", &k)?);
-            if src.is_array() {
+            if own_values(&src) {
                 let mut bands = BBands::new(n, k);
                 return Ok(indicator(
                     last_of(&values(f, &src)?, |x| bands.update(x))

@@ -178,6 +178,9 @@ pub fn to_json(value: &Dynamic, path: &str) -> Result<serde_json::Value, String>
         }
         return Ok(Value::Object(out));
     }
+    if let Some(series) = value.read_lock::<super::series::Series>() {
+        return Ok(series.to_json());
+    }
     Err(format!(
         "`{}` holds a {} value, which cannot be stored in strategy state",
         if path.is_empty() { "this" } else { path },
@@ -196,7 +199,10 @@ pub fn from_json(value: &serde_json::Value) -> Dynamic {
         }
         Value::String(s) => s.clone().into(),
         Value::Array(a) => Dynamic::from_array(a.iter().map(from_json).collect()),
-        Value::Object(o) => Dynamic::from_map(o.iter().map(|(k, v)| (k.as_str().into(), from_json(v))).collect()),
+        Value::Object(o) => match super::series::Series::from_json(o) {
+            Some(series) => Dynamic::from(series),
+            None => Dynamic::from_map(o.iter().map(|(k, v)| (k.as_str().into(), from_json(v))).collect()),
+        },
     }
 }
 

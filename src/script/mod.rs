@@ -8,6 +8,7 @@ pub mod convert;
 mod lint;
 pub mod ml;
 pub mod sandbox;
+pub mod series;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;

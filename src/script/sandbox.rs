@@ -67,6 +67,7 @@ pub fn hardened_engine(limits: &SandboxConfig, guard: &CallbackGuard, abort: Arc
         .set_max_string_size(limits.max_string_size)
         .set_max_array_size(limits.max_array_size)
         .set_max_map_size(limits.max_map_size);
+    super::series::install(&mut engine, limits.max_array_size);
     let deadline = guard.deadline.clone();
     engine.on_progress(move |operations| {
         if operations % 256 != 0 {
