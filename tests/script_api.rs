@@ -396,3 +396,21 @@ fn a_series_in_this_survives_reload_and_restart() {
     feed(&mut restarted, &ctx, candle(5, 5.0)).unwrap();
     assert_eq!(logs(&ctx), vec!["[3.0, 4.0, 5.0] 12.0"]);
 }
+
+#[test]
+fn series_copies_count_against_the_series_limit() {
+    let mut options = options();
+    options.limits.max_series_values = 50_000;
+    let (mut s, ctx) = build_with(
+        r#"fn on_candle(c) {
+            let h = series(1000);
+            for i in 0..1000 { h.push(i); }
+            let copies = [];
+            loop { copies.push(h); }
+        }"#,
+        options,
+    );
+    let err = feed(&mut s, &ctx, candle(0, 1.0)).unwrap_err().to_string();
+    assert!(err.contains("its series hold more than 50000 values together (sandbox.max_series_values)"), "{err}");
+    assert_eq!(tradehost::script::series::values_held(), 0, "the copies are released with the callback");
+}

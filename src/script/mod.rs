@@ -475,6 +475,10 @@ fn runtime_error(file: &str, callback: &str, error: EvalAltResult, limits: &Sand
         EvalAltResult::ErrorTerminated(token, _) if token.to_string() == sandbox::ABORTED => {
             "stopped: the host is shutting down".to_string()
         }
+        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == sandbox::SERIES_FULL => format!(
+            "its series hold more than {} values together (sandbox.max_series_values)",
+            limits.max_series_values
+        ),
         EvalAltResult::ErrorTerminated(..) => {
             format!("exceeded its wall-clock budget of {} ms (sandbox.callback_budget_ms)", limits.callback_budget_ms)
         }

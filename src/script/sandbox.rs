@@ -17,6 +17,8 @@ use crate::config::SandboxConfig;
 pub const BUDGET_EXCEEDED: &str = "budget";
 /// Token returned by `on_progress` when the host aborts the callback.
 pub const ABORTED: &str = "aborted";
+/// Token returned by `on_progress` when the strategy's series hold too many values.
+pub const SERIES_FULL: &str = "series";
 
 /// Refuses every `import`: strategies have no file access.
 struct NoImports;
@@ -69,7 +71,12 @@ pub fn hardened_engine(limits: &SandboxConfig, guard: &CallbackGuard, abort: Arc
         .set_max_map_size(limits.max_map_size);
     super::series::install(&mut engine, limits.max_array_size);
     let deadline = guard.deadline.clone();
+    let max_series_values = limits.max_series_values;
     engine.on_progress(move |operations| {
+        // Checked at every operation: one operation can copy a whole series.
+        if super::series::values_held() > max_series_values {
+            return Some(Dynamic::from(SERIES_FULL));
+        }
         if operations % 256 != 0 {
             return None;
         }

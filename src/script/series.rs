@@ -7,6 +7,7 @@
 //! `{"$series": capacity, "values": [oldest … newest]}`, so hot reloads and
 //! restarts keep it.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 use rhai::{Dynamic, Engine, EvalAltResult, FLOAT, INT, Position};
@@ -14,8 +15,31 @@ use rhai::{Dynamic, Engine, EvalAltResult, FLOAT, INT, Position};
 /// The key that marks a stored series.
 pub const TAG: &str = "$series";
 
+thread_local! {
+    /// Values held by every series alive on this thread (each strategy runs
+    /// on its own thread): the sandbox stops a callback once it passes
+    /// `sandbox.max_series_values`, whether the series are in `this`, in
+    /// locals or copied into arrays.
+    static HELD: Cell<usize> = const { Cell::new(0) };
+}
+
+fn held_add(n: usize) {
+    HELD.with(|h| h.set(h.get().saturating_add(n)));
+}
+
+fn held_sub(n: usize) {
+    // A series dropped on another thread than the one that made it only
+    // makes this thread's count lower, never negative.
+    let _ = HELD.try_with(|h| h.set(h.get().saturating_sub(n)));
+}
+
+/// Values held by all series alive on this thread.
+pub fn values_held() -> usize {
+    HELD.with(Cell::get)
+}
+
 /// A bounded window of numbers, newest last inside.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Series {
     capacity: usize,
     values: VecDeque<f64>,
@@ -41,6 +65,9 @@ impl Series {
     /// Adds a value, dropping the oldest when full. O(1).
     pub fn push(&mut self, value: f64) {
         let dropped = if self.values.len() == self.capacity { self.values.pop_front() } else { None };
+        if dropped.is_none() {
+            held_add(1);
+        }
         self.values.push_back(value);
         self.since_resum += 1;
         if self.since_resum >= self.capacity {
@@ -63,6 +90,7 @@ impl Series {
 
     /// Removes every value.
     pub fn clear(&mut self) {
+        held_sub(self.values.len());
         self.values.clear();
         self.sum = 0.0;
         self.since_resum = 0;
@@ -125,12 +153,27 @@ impl PartialEq for Series {
     }
 }
 
+impl Clone for Series {
+    fn clone(&self) -> Self {
+        held_add(self.values.len());
+        Series { capacity: self.capacity, values: self.values.clone(), sum: self.sum, since_resum: self.since_resum }
+    }
+}
+
+impl Drop for Series {
+    fn drop(&mut self) {
+        held_sub(self.values.len());
+    }
+}
+
 impl IntoIterator for Series {
     type Item = FLOAT;
     type IntoIter = std::collections::vec_deque::IntoIter<f64>;
 
-    fn into_iter(self) -> Self::IntoIter {
-        self.values.into_iter()
+    fn into_iter(mut self) -> Self::IntoIter {
+        let values = std::mem::take(&mut self.values);
+        held_sub(values.len());
+        values.into_iter()
     }
 }
 
@@ -206,6 +249,25 @@ mod tests {
         assert_eq!(stored, serde_json::json!({"$series": 3, "values": [3.0, 4.0, 5.0]}));
         assert_eq!(Series::from_json(stored.as_object().unwrap()), Some(s));
         assert_eq!(Series::from_json(serde_json::json!({"$series": 0, "values": []}).as_object().unwrap()), None);
+    }
+
+    #[test]
+    fn every_live_series_value_is_counted_once() {
+        let before = values_held();
+        let mut a = Series::new(4);
+        for v in 0..6 {
+            a.push(f64::from(v));
+        }
+        assert_eq!(values_held() - before, 4);
+        let b = a.clone();
+        assert_eq!(values_held() - before, 8);
+        let iterated: Vec<f64> = b.into_iter().collect();
+        assert_eq!((iterated.len(), values_held() - before), (4, 4));
+        a.clear();
+        assert_eq!(values_held(), before);
+        a.push(1.0);
+        drop(a);
+        assert_eq!(values_held(), before);
     }
 
     #[test]
