@@ -331,6 +331,7 @@ fn bad_series_use_names_what_is_wrong() {
     let cases = [
         ("let h = series(0);", "capacity must be from 1 to 10000 (sandbox.max_array_size), got 0"),
         ("let h = series(10001);", "got 10001"),
+        ("let h = series(2.5);", "series(capacity): the capacity must be a whole number of values, got f64"),
         ("let h = series(2); h.push(\"x\");", "series.push: the value must be a number"),
         ("let h = series(2); h.push(1.0 / 0.0);", "series.push: the value must be finite"),
         ("let h = series(2); h.push(1); h[-1]", "negative is not allowed"),

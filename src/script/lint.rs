@@ -341,6 +341,7 @@ mod tests {
         let ctx = StrategyContext::new("t", Default::default(), OrderIds::new("t", Default::default()), 10).shared();
         let mut engine = rhai::Engine::new();
         super::super::api::install(&mut engine, &ctx);
+        super::super::series::install(&mut engine, 10);
         let ml = super::super::ml::MlState::shared(Default::default());
         engine.register_static_module("ml", super::super::ml::module(&ctx, &ml).into());
         let arg = |i: usize| ["\"BTCUSD\"", "\"buy\"", "1", "2", "#{}"][i.min(4)];

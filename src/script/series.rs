@@ -190,7 +190,10 @@ fn number(function: &str, value: &Dynamic) -> Result<f64> {
 /// `max_capacity` (the sandbox's array limit) is refused.
 pub fn install(engine: &mut Engine, max_capacity: usize) {
     engine.register_type_with_name::<Series>("series").register_iterator::<Series>();
-    engine.register_fn("series", move |capacity: INT| -> Result<Series> {
+    engine.register_fn("series", move |capacity: Dynamic| -> Result<Series> {
+        let capacity = capacity.as_int().map_err(|got| {
+            error(format!("series(capacity): the capacity must be a whole number of values, got {got}"))
+        })?;
         match usize::try_from(capacity) {
             Ok(c @ 1..) if c <= max_capacity => Ok(Series::new(c)),
             _ => Err(error(format!(
