@@ -881,3 +881,39 @@ fn on_order(o) { if o.status == "cancelled" { print(`${o.id} cancelled: ${o.reas
         ]
     );
 }
+
+/// The shipped strategies' backtest JSON is byte-for-byte what it was before
+/// the script-speed work (tests/fixtures/golden/, written by the commit
+/// before it, 481c905): the faster call path, the shared candle map and the
+/// tuned scripts change no number. Regenerate only on a deliberate change:
+/// `tradehost backtest --strategy S --data tests/fixtures/btc_1m_8d.csv
+/// --symbol SYM --quiet --json > tests/fixtures/golden/NAME.json`.
+#[test]
+fn shipped_strategies_backtest_byte_for_byte_as_before() {
+    let cases = [
+        ("strategies/sma_cross.rhai", "BTCUSD", "sma_cross"),
+        ("strategies/rsi_reversion.rhai", "ETHUSD", "rsi_reversion"),
+        ("strategies/market_maker.rhai", "BTCUSD", "market_maker"),
+        ("examples/strategies/breakout_atr.rhai", "BTCUSD", "breakout_atr"),
+        ("examples/strategies/breakout_bracket.rhai", "BTCUSD", "breakout_bracket"),
+        ("examples/strategies/state_counter.rhai", "ETHUSD", "state_counter"),
+    ];
+    let running: Vec<_> = cases
+        .iter()
+        .map(|(strategy, symbol, _)| {
+            tradehost()
+                .args(["backtest", "--strategy", strategy, "--data", "tests/fixtures/btc_1m_8d.csv"])
+                .args(["--symbol", symbol, "--quiet", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for ((strategy, _, name), child) in cases.into_iter().zip(running) {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{strategy}: {}", String::from_utf8_lossy(&out.stderr));
+        let golden = std::fs::read(format!("tests/fixtures/golden/{name}.json")).unwrap();
+        assert!(out.stdout == golden, "{strategy}: the backtest JSON differs from tests/fixtures/golden/{name}.json");
+    }
+}

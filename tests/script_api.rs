@@ -415,3 +415,31 @@ fn series_copies_count_against_the_series_limit() {
     assert!(err.contains("its series hold more than 50000 values together (sandbox.max_series_values)"), "{err}");
     assert_eq!(tradehost::script::series::values_held(), 0, "the copies are released with the callback");
 }
+
+#[test]
+fn each_candle_arrives_fresh_whatever_the_script_did_to_the_last() {
+    let (mut s, ctx) = build(
+        r#"fn on_candle(c) {
+            print(`${c.keys()} ${c.close} ${c.extra}`);
+            if this.first == () { this.first = c; this.list = [c]; }
+            c.extra = 1;
+            c.close = -1.0;
+            c.remove("low");
+            print(`kept ${this.first.close} ${this.list[0].close} ${this.first.extra} ${this.first.keys().len()}`);
+        }"#,
+    );
+    feed(&mut s, &ctx, candle(0, 10.0)).unwrap();
+    feed(&mut s, &ctx, candle(1, 11.0)).unwrap();
+    assert_eq!(
+        logs(&ctx),
+        vec![
+            "[\"close\", \"high\", \"low\", \"open\", \"symbol\", \"time\", \"timeframe\", \"volume\"] 10.0 ",
+            "kept 10.0 10.0  8",
+            "[\"close\", \"high\", \"low\", \"open\", \"symbol\", \"time\", \"timeframe\", \"volume\"] 11.0 ",
+            "kept 10.0 10.0  8",
+        ]
+    );
+    let state = s.export_state().unwrap();
+    assert_eq!(state["first"]["close"], 10.0);
+    assert_eq!(state["first"]["time"], 0);
+}

@@ -35,19 +35,51 @@ impl SharedStrings {
     }
 }
 
-/// `#{symbol, timeframe, time, open, high, low, close, volume}`, with the
-/// candle's symbol and timeframe as shared strings.
-pub fn candle(c: &Candle, symbol: &ImmutableString, timeframe: &ImmutableString) -> Dynamic {
-    thread_local! {
-        /// The candle map's keys, in the map's (sorted) order: a copy of it
-        /// takes the values without comparing a key.
-        static CANDLE: Map = ["close", "high", "low", "open", "symbol", "time", "timeframe", "volume"]
-            .into_iter()
-            .map(|key| (key.into(), Dynamic::UNIT))
-            .collect();
+/// The candle map's keys, in the map's (sorted) order.
+const CANDLE_KEYS: [&str; 8] = ["close", "high", "low", "open", "symbol", "time", "timeframe", "volume"];
+
+/// The candle map every `on_candle` of one strategy receives: one shared
+/// map whose values are overwritten for each candle instead of a new map
+/// per candle. Rhai copies a shared value whenever a script stores it, so a
+/// `this.last = c` keeps that candle's values.
+#[derive(Debug)]
+pub struct CandleArg(Dynamic);
+
+impl Default for CandleArg {
+    fn default() -> Self {
+        CandleArg(
+            Dynamic::from_map(CANDLE_KEYS.into_iter().map(|key| (key.into(), Dynamic::UNIT)).collect()).into_shared(),
+        )
     }
-    let mut map = CANDLE.with(Map::clone);
-    let values = [
+}
+
+impl CandleArg {
+    /// The map holding `c`: `#{symbol, timeframe, time, open, high, low,
+    /// close, volume}` with the candle's symbol and timeframe as shared
+    /// strings. Keys a script added or removed last time are reset first.
+    pub fn fill(&mut self, c: &Candle, symbol: &ImmutableString, timeframe: &ImmutableString) -> Dynamic {
+        {
+            let mut map = self.0.write_lock::<Map>().expect("the candle argument is a map");
+            if map.len() != CANDLE_KEYS.len() || !map.keys().zip(CANDLE_KEYS).all(|(key, expected)| key == expected) {
+                *map = CANDLE_KEYS.into_iter().map(|key| (key.into(), Dynamic::UNIT)).collect();
+            }
+            for (slot, value) in map.values_mut().zip(candle_values(c, symbol, timeframe)) {
+                *slot = value;
+            }
+        }
+        self.0.clone()
+    }
+}
+
+/// `#{symbol, timeframe, time, open, high, low, close, volume}`, with the
+/// candle's symbol and timeframe as shared strings, as a new map.
+pub fn candle(c: &Candle, symbol: &ImmutableString, timeframe: &ImmutableString) -> Dynamic {
+    Dynamic::from_map(CANDLE_KEYS.into_iter().map(Into::into).zip(candle_values(c, symbol, timeframe)).collect())
+}
+
+/// A candle's values in `CANDLE_KEYS` order.
+fn candle_values(c: &Candle, symbol: &ImmutableString, timeframe: &ImmutableString) -> [Dynamic; 8] {
+    [
         Dynamic::from_float(c.close),
         Dynamic::from_float(c.high),
         Dynamic::from_float(c.low),
@@ -56,11 +88,7 @@ pub fn candle(c: &Candle, symbol: &ImmutableString, timeframe: &ImmutableString)
         Dynamic::from_int(c.time),
         timeframe.clone().into(),
         Dynamic::from_float(c.volume),
-    ];
-    for (slot, value) in map.values_mut().zip(values) {
-        *slot = value;
-    }
-    Dynamic::from_map(map)
+    ]
 }
 
 /// `#{symbol, time, bid, ask, last, volume}`.

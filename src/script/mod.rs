@@ -73,6 +73,7 @@ pub struct ScriptStrategy {
     ctx: SharedContext,
     options: ScriptOptions,
     strings: convert::SharedStrings,
+    candle: convert::CandleArg,
     ml: ml::SharedMl,
 }
 
@@ -110,6 +111,7 @@ impl ScriptStrategy {
             ctx: env.ctx,
             options,
             strings: convert::SharedStrings::default(),
+            candle: convert::CandleArg::default(),
             ml,
         };
         strategy.activate();
@@ -161,7 +163,7 @@ impl Strategy for ScriptStrategy {
                 let symbol = self.strings.get(&c.symbol);
                 self.ml.borrow_mut().current = Some((symbol.clone(), c.time));
                 let timeframe = self.strings.get(&self.ctx.borrow().timeframe);
-                let candle = convert::candle(c, &symbol, &timeframe);
+                let candle = self.candle.fill(c, &symbol, &timeframe);
                 self.call("on_candle", (candle,))
             }
             StrategyEvent::OtherCandle(..) => Ok(false),
