@@ -5,7 +5,7 @@
 //! Arguments are checked here so a wrong call names the function and its
 //! expected signature.
 
-use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, Module, NativeCallContext, Position};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, INT, Map, Module, NativeCallContext, Position};
 use rust_decimal::Decimal;
 
 use super::convert;
@@ -693,6 +693,28 @@ fn ta_module(ctx: &SharedContext) -> Module {
     macro_rules! single {
         ($name:literal, $method:ident, $array:expr) => {{
             let c = ctx.clone();
+            // On a symbol's candles: shared by the general entry point below
+            // and a typed fast path for the common `(string, int)` call.
+            let on_symbol = move |symbol: rhai::ImmutableString, n: usize| -> Result<Dynamic> {
+                let function = concat!("ta::", $name);
+                let mut ctx = c.borrow_mut();
+                let ctx = &mut *ctx;
+                let symbol = series_arg(function, ctx, symbol)?;
+                Ok(match ctx.market.series(&symbol) {
+                    Some(series) => indicator(ctx.indicators.$method(&symbol, series, n)),
+                    None => Dynamic::UNIT,
+                })
+            };
+            let fast = on_symbol.clone();
+            m.set_native_fn($name, move |cx: NativeCallContext, symbol: rhai::ImmutableString, n: INT| {
+                located(&cx, || {
+                    let n = match usize::try_from(n) {
+                        Ok(n @ 1..=1_000_000) => n,
+                        _ => count(concat!("ta::", $name), "n", &Dynamic::from_int(n))?,
+                    };
+                    fast(symbol, n)
+                })
+            });
             m.set_native_fn($name, move |cx: NativeCallContext, src: Dynamic, n: Dynamic| {
                 located(&cx, || {
                     let function = concat!("ta::", $name);
@@ -707,14 +729,7 @@ fn ta_module(ctx: &SharedContext) -> Module {
                         };
                         return Ok(compute(n, &values(function, &src)?).map_or(Dynamic::UNIT, Dynamic::from_float));
                     }
-                    let symbol = symbol_arg(function, &src)?;
-                    let mut ctx = c.borrow_mut();
-                    let ctx = &mut *ctx;
-                    let symbol = series_arg(function, ctx, symbol)?;
-                    Ok(match ctx.market.series(&symbol) {
-                        Some(series) => indicator(ctx.indicators.$method(&symbol, series, n)),
-                        None => Dynamic::UNIT,
-                    })
+                    on_symbol(symbol_arg(function, &src)?, n)
                 })
             });
         }};
@@ -907,10 +922,21 @@ fn numbers(value: serde_json::Value) -> serde_json::Value {
 fn chart_module(ctx: &SharedContext) -> Module {
     fn plot(c: &SharedContext, name: &Dynamic, value: &Dynamic, symbol: Option<&Dynamic>) -> Result<()> {
         let function = "chart::plot";
-        let name = text(function, "name", name)?;
+        // Read as borrowed strings: a plot per bar allocates nothing.
+        fn string<'a>(
+            function: &str,
+            what: &str,
+            v: &'a Dynamic,
+        ) -> Result<impl std::ops::Deref<Target = rhai::ImmutableString> + 'a> {
+            v.read_lock::<rhai::ImmutableString>()
+                .ok_or_else(|| bad(function, format!("{function}: `{what}` must be a string, got {}", v.type_name())))
+        }
+        let name = string(function, "name", name)?;
         let value = number(function, "value", value)?;
-        let symbol = symbol.map(|s| text(function, "symbol", s)).transpose()?;
-        c.borrow_mut().plot(&name, value, symbol.as_deref()).map_err(|e| bad(function, format!("{function}: {e}")))
+        let symbol = symbol.map(|s| string(function, "symbol", s)).transpose()?;
+        c.borrow_mut()
+            .plot(&name, value, symbol.as_deref().map(|s| s.as_str()))
+            .map_err(|e| bad(function, format!("{function}: {e}")))
     }
     let mut m = Module::new();
     let c = ctx.clone();

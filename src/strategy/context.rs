@@ -81,8 +81,8 @@ pub struct StrategyContext {
     pub mode: crate::model::RunMode,
     /// The candle being handled (symbol, bar start): where `chart::plot` values go.
     plot_bar: Option<(String, TimestampMs)>,
-    /// The (symbol, name) series plotted so far.
-    plotted: std::collections::HashSet<(String, String)>,
+    /// The (symbol, name) series plotted so far (at most `plots::MAX_SERIES`).
+    plotted: Vec<(std::sync::Arc<str>, std::sync::Arc<str>)>,
     ids: OrderIds,
 }
 
@@ -157,24 +157,28 @@ impl StrategyContext {
             return Err(format!("`{name}`: the value must be a finite number, got {value}"));
         }
         let (symbol, time) = match (symbol, &self.plot_bar) {
-            (Some(symbol), Some((bar_symbol, time))) if symbol == bar_symbol => (symbol.to_string(), *time),
+            (Some(symbol), Some((bar_symbol, time))) if symbol == bar_symbol => (symbol, *time),
             (Some(symbol), _) => {
                 let length = self.own_timeframe.ms();
-                (symbol.to_string(), self.now - self.now.rem_euclid(length))
+                (symbol, self.now - self.now.rem_euclid(length))
             }
-            (None, Some((symbol, time))) => (symbol.clone(), *time),
+            (None, Some((symbol, time))) => (symbol.as_str(), *time),
             (None, None) => {
                 return Err(format!("`{name}`: outside on_candle give the symbol: chart::plot(name, value, symbol)"));
             }
         };
-        let key = (symbol, name.to_string());
-        if !self.plotted.contains(&key) {
-            if self.plotted.len() >= MAX_SERIES {
+        let known = self.plotted.iter().find(|(s, n)| **s == *symbol && **n == *name);
+        let (symbol, name) = match known {
+            Some((symbol, name)) => (symbol.clone(), name.clone()),
+            None if self.plotted.len() >= MAX_SERIES => {
                 return Err(format!("`{name}`: a strategy plots at most {MAX_SERIES} series (symbol and name)"));
             }
-            self.plotted.insert(key.clone());
-        }
-        let (symbol, name) = key;
+            None => {
+                let key: (std::sync::Arc<str>, std::sync::Arc<str>) = (symbol.into(), name.into());
+                self.plotted.push(key.clone());
+                key
+            }
+        };
         self.commands.push(StrategyCommand::Plot { symbol, name, point: PlotPoint { time, value } });
         Ok(())
     }

@@ -109,9 +109,9 @@ pub enum StrategyCommand {
     /// A value for a chart overlay (`chart::plot`).
     Plot {
         /// Symbol whose chart it overlays.
-        symbol: String,
+        symbol: std::sync::Arc<str>,
         /// Series name.
-        name: String,
+        name: std::sync::Arc<str>,
         /// The bar and the value.
         point: plots::PlotPoint,
     },

@@ -42,11 +42,15 @@ pub struct PlotSeries {
     pub points: Vec<PlotPoint>,
 }
 
+/// Plotted values by strategy, symbol and name (nested so that recording
+/// into a known series allocates nothing).
+type Book = BTreeMap<String, BTreeMap<String, BTreeMap<String, VecDeque<PlotPoint>>>>;
+
 /// Plotted series by (strategy, symbol, name), each holding at most `cap` values.
 #[derive(Debug)]
 pub struct PlotBook {
     cap: usize,
-    series: Mutex<BTreeMap<(String, String, String), VecDeque<PlotPoint>>>,
+    series: Mutex<Book>,
 }
 
 impl Default for PlotBook {
@@ -64,9 +68,14 @@ impl PlotBook {
     /// Adds a value; one for the same bar as the newest replaces it, and an
     /// older bar's value is dropped.
     pub fn record(&self, strategy: &str, symbol: &str, name: &str, point: PlotPoint) {
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (strategy.to_string(), symbol.to_string(), name.to_string());
-        let points = series.entry(key).or_default();
+        fn entry<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: &str) -> &'a mut V {
+            if !map.contains_key(key) {
+                map.insert(key.to_string(), V::default());
+            }
+            map.get_mut(key).expect("just inserted")
+        }
+        let mut book = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let points = entry(entry(entry(&mut book, strategy), symbol), name);
         match points.back_mut() {
             Some(last) if last.time == point.time => *last = point,
             Some(last) if last.time > point.time => {}
@@ -81,17 +90,19 @@ impl PlotBook {
 
     /// Every series overlaying `symbol` (all with `None`), by strategy and name.
     pub fn series(&self, symbol: Option<&str>) -> Vec<PlotSeries> {
-        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series
-            .iter()
-            .filter(|((_, s, _), _)| symbol.is_none_or(|wanted| wanted == s))
-            .map(|((strategy, symbol, name), points)| PlotSeries {
-                strategy: strategy.clone(),
-                symbol: symbol.clone(),
-                name: name.clone(),
-                points: points.iter().copied().collect(),
-            })
-            .collect()
+        let book = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (strategy, symbols) in book.iter() {
+            for (plotted_symbol, names) in symbols.iter().filter(|(s, _)| symbol.is_none_or(|wanted| wanted == *s)) {
+                out.extend(names.iter().map(|(name, points)| PlotSeries {
+                    strategy: strategy.clone(),
+                    symbol: plotted_symbol.clone(),
+                    name: name.clone(),
+                    points: points.iter().copied().collect(),
+                }));
+            }
+        }
+        out
     }
 }
 
