@@ -35,7 +35,12 @@ fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
 
 fn context() -> SharedContext {
     let account = Arc::new(ArcSwap::from_pointee(AccountView { currency: "USD".into(), ..Default::default() }));
-    StrategyContext::new("bench", account, OrderIds::new("bench", Arc::new(AtomicU64::new(0))), 5_000).shared()
+    let ctx =
+        StrategyContext::new("bench", account, OrderIds::new("bench", Arc::new(AtomicU64::new(0))), 5_000).shared();
+    // Candles arrive far faster than real time here: no order-rate quota.
+    let unlimited = SandboxConfig { orders_per_second: 1_000_000_000, ..SandboxConfig::default() };
+    ctx.borrow_mut().quotas = tradehost::strategy::Quotas::new(&unlimited, Default::default());
+    ctx
 }
 
 /// A random walk of one-minute candles.
@@ -66,7 +71,9 @@ fn measure(strategy: &mut dyn Strategy, ctx: &SharedContext, candles: &[Candle])
     for candle in candles {
         let started = Instant::now();
         ctx.borrow_mut().market.push_candle(candle.clone());
-        strategy.handle(&StrategyEvent::Candle(candle.clone())).unwrap();
+        let event = StrategyEvent::Candle(candle.clone());
+        ctx.borrow_mut().begin_event(&event);
+        strategy.handle(&event).unwrap();
         commands += ctx.borrow_mut().drain().iter().filter(|c| matches!(c, StrategyCommand::Place(_))).count();
         samples.push(started.elapsed());
     }
