@@ -14,24 +14,13 @@
 # (the report's `elapsed`), best of ROUNDS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-new=target/release/tradehost
+new=${NEW:-target/release/tradehost}
 old=${1:-}
 rounds=${ROUNDS:-2}
-cargo build --release -q
+[ -n "${NEW:-}" ] || cargo build --release -q
 data=$(mktemp -d)
 trap 'rm -rf "$data"' EXIT
-python3 - "$data/BTCUSD.csv" <<'PY'
-import sys
-state, price = 7, 30000.0
-with open(sys.argv[1], "w") as out:
-    out.write("timestamp,open,high,low,close,volume\n")
-    for i in range(1_000_000):
-        state = (state * 6364136223846793005 + 1442695040888963407) % (1 << 64)
-        step = ((state >> 33) / (1 << 31) - 0.5) * 0.004
-        o = price
-        price *= 1.0 + step
-        out.write(f"{1_600_000_000 + 60 * i},{o:.2f},{max(o, price) * 1.0005:.2f},{min(o, price) * 0.9995:.2f},{price:.2f},1.5\n")
-PY
+scripts/gen-bars.py "$data/BTCUSD.csv"
 speed() { # binary strategy -> bars/s or "-"
     "$1" backtest --strategy "$2" --data "$data/BTCUSD.csv" --quiet 2>/dev/null \
         | sed -n 's/^elapsed .*(\([0-9]*\) bars\/s)$/\1/p' | grep . || echo "-"
