@@ -17,30 +17,20 @@ use tradehost::data::{TimedCandle, Timeframe};
 use tradehost::model::{AccountView, Candle};
 use tradehost::script::{ScriptOptions, ScriptStrategy};
 use tradehost::strategy::live::{self, RuntimeSpec};
-use tradehost::strategy::{
-    OrderIds, SharedContext, Strategy, StrategyCommand, StrategyContext, StrategyEnv, StrategyEvent,
-};
+use tradehost::strategy::{OrderIds, SharedContext, Strategy, StrategyCommand, StrategyEnv, StrategyEvent};
 
 const SMA_CROSS: &str = include_str!("../strategies/sma_cross.rhai");
 
 #[path = "common/native.rs"]
 mod native;
+#[path = "common/setup.rs"]
+mod setup;
 use native::NativeSmaCross;
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.99), *samples.last().unwrap())
-}
-
-fn context() -> SharedContext {
-    let account = Arc::new(ArcSwap::from_pointee(AccountView { currency: "USD".into(), ..Default::default() }));
-    let ctx =
-        StrategyContext::new("bench", account, OrderIds::new("bench", Arc::new(AtomicU64::new(0))), 5_000).shared();
-    // Candles arrive far faster than real time here: no order-rate quota.
-    let unlimited = SandboxConfig { orders_per_second: 1_000_000_000, ..SandboxConfig::default() };
-    ctx.borrow_mut().quotas = tradehost::strategy::Quotas::new(&unlimited, Default::default());
-    ctx
 }
 
 /// A random walk of one-minute candles.
@@ -82,7 +72,7 @@ fn measure(strategy: &mut dyn Strategy, ctx: &SharedContext, candles: &[Candle])
 
 fn bench_sync() {
     let data = candles(50_000);
-    let ctx = context();
+    let ctx = setup::unthrottled_context();
     let options = ScriptOptions {
         limits: SandboxConfig::default(),
         param_overrides: Default::default(),
@@ -101,7 +91,7 @@ fn bench_sync() {
         data.len() - 1_000
     );
 
-    let ctx = context();
+    let ctx = setup::unthrottled_context();
     let mut native = NativeSmaCross::new(ctx.clone(), "bench");
     measure(&mut native, &ctx, &data[..1_000]);
     let (samples, commands) = measure(&mut native, &ctx, &data[1_000..]);

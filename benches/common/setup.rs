@@ -2,11 +2,33 @@
 //! backtest settings of the shipped examples.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
+use arc_swap::ArcSwap;
 use rust_decimal::Decimal;
 use tradehost::backtest::{BacktestConfig, BrokerConfig};
 use tradehost::config::{Config, SandboxConfig};
-use tradehost::model::Candle;
+use tradehost::model::{AccountView, Candle};
+use tradehost::strategy::{OrderIds, Quotas, SharedContext, StrategyContext};
+
+/// A strategy context named "bench" on an empty USD account, without the
+/// wall-clock quotas (orders, log lines, events per second): a benchmark's
+/// candles arrive far faster than real time, and every run must see the same.
+#[allow(dead_code)]
+pub fn unthrottled_context() -> SharedContext {
+    let account = Arc::new(ArcSwap::from_pointee(AccountView { currency: "USD".into(), ..Default::default() }));
+    let ctx =
+        StrategyContext::new("bench", account, OrderIds::new("bench", Arc::new(AtomicU64::new(0))), 5_000).shared();
+    let unthrottled = SandboxConfig {
+        orders_per_second: u32::MAX,
+        log_lines_per_second: u32::MAX,
+        events_per_second: u32::MAX,
+        ..SandboxConfig::default()
+    };
+    ctx.borrow_mut().quotas = Quotas::new(&unthrottled, Default::default());
+    ctx
+}
 
 /// `n` one-minute BTCUSD bars from `start`, each close a seeded random step
 /// of up to ±`step`/2 (a fraction) from the last, rounded to cents.
@@ -33,6 +55,7 @@ pub fn random_walk(n: usize, start: f64, step: f64) -> Vec<Candle> {
 }
 
 /// $100,000, 5 / 2 bps fees, 1 bp slippage, leverage 5, the embedded config's products.
+#[allow(dead_code)]
 pub fn backtest_config() -> BacktestConfig {
     BacktestConfig {
         broker: BrokerConfig {
