@@ -131,8 +131,13 @@ impl ScriptStrategy {
         ctx.other_timeframes = self.compiled.meta.timeframes.clone();
     }
 
+    /// True if the script defines the callback `name`.
+    fn defines(&self, name: &str) -> bool {
+        self.compiled.callbacks.contains(name)
+    }
+
     fn call(&mut self, name: &'static str, args: impl FuncArgs) -> Result<bool, StrategyError> {
-        if !self.compiled.callbacks.contains(name) {
+        if !self.defines(name) {
             return Ok(false);
         }
         self.guard.arm(self.budget);
@@ -169,8 +174,14 @@ impl Strategy for ScriptStrategy {
             StrategyEvent::OtherCandle(..) => Ok(false),
             StrategyEvent::Tick(t) => {
                 self.ml.borrow_mut().current = Some((self.strings.get(&t.symbol), t.time));
+                // The script's map is built only for a script that has the callback:
+                // most have no on_order/on_fill, and a backtest has an order event per fill.
+                if !self.defines("on_tick") {
+                    return Ok(false);
+                }
                 self.call("on_tick", (convert::tick(t),))
             }
+            StrategyEvent::Order(_) | StrategyEvent::Fill(_) if !self.defines(event.callback()) => Ok(false),
             StrategyEvent::Order(o) => self.call("on_order", (convert::order(o),)),
             StrategyEvent::Fill(f) => self.call("on_fill", (convert::fill(f),)),
             StrategyEvent::Timer(name) => self.call("on_timer", (Dynamic::from(name.clone()),)),
