@@ -1,9 +1,27 @@
 //! `strategies/sma_cross.rhai` (fast 10, slow 30, size 0.05) written as a
 //! native Rust strategy on the same runtime, for comparisons in benchmarks.
 
+use rust_decimal::Decimal;
 use tradehost::data::{IndicatorValue, Timeframe};
 use tradehost::model::{OrderKind, Side, TimeInForce, decimal_from_f64, decimal_to_f64};
 use tradehost::strategy::{OrderSpec, SharedContext, Strategy, StrategyError, StrategyEvent, StrategyMeta};
+
+/// A plain good-till-cancelled market order, as `exchange::market_order(symbol, side, size)` places it.
+pub fn market_order(symbol: String, side: Side, size: Decimal) -> OrderSpec {
+    OrderSpec {
+        symbol,
+        side,
+        kind: OrderKind::Market,
+        size,
+        price: None,
+        time_in_force: TimeInForce::Gtc,
+        post_only: false,
+        reduce_only: false,
+        stop: None,
+        oco: None,
+        parent: None,
+    }
+}
 
 /// sma_cross.rhai written in Rust against the same context.
 pub struct NativeSmaCross {
@@ -36,20 +54,8 @@ impl Strategy for NativeSmaCross {
             let position = ctx.account.load().position(&self.name, &c.symbol).size;
             let delta = target - decimal_to_f64(position);
             let side = if delta > 0.0 { Side::Buy } else { Side::Sell };
-            ctx.place(OrderSpec {
-                symbol: c.symbol.clone(),
-                side,
-                kind: OrderKind::Market,
-                size: decimal_from_f64(delta.abs()).unwrap_or_default(),
-                price: None,
-                time_in_force: TimeInForce::Gtc,
-                post_only: false,
-                reduce_only: false,
-                stop: None,
-                oco: None,
-                parent: None,
-            })
-            .map_err(StrategyError::new)?;
+            ctx.place(market_order(c.symbol.clone(), side, decimal_from_f64(delta.abs()).unwrap_or_default()))
+                .map_err(StrategyError::new)?;
         }
         self.above = Some(above);
         Ok(true)

@@ -12,9 +12,9 @@
 
 use rhai::{AST, Dynamic, Engine, FLOAT, INT, ImmutableString, Map};
 use rhai::{Expr, Stmt, StmtBlock};
-use tradehost::model::{OrderKind, Side, TimeInForce, check_order_number, decimal_from_f64};
+use tradehost::model::{Side, check_order_number, decimal_from_f64};
 use tradehost::script::convert;
-use tradehost::strategy::{LogLevel, OrderSpec, SharedContext};
+use tradehost::strategy::{LogLevel, SharedContext};
 
 /// Why a call stopped early: a `return` or an error.
 pub enum Flow {
@@ -132,19 +132,7 @@ fn host_binding(name: &str, arity: usize) -> Option<HostFn> {
                 .and_then(decimal_from_f64)
                 .and_then(|d| check_order_number("`size`", d).ok())
                 .ok_or_else(|| err("market_order: size"))?;
-            let spec = OrderSpec {
-                symbol: symbol.to_string(),
-                side,
-                kind: OrderKind::Market,
-                size,
-                price: None,
-                time_in_force: TimeInForce::Gtc,
-                post_only: false,
-                reduce_only: false,
-                stop: None,
-                oco: None,
-                parent: None,
-            };
+            let spec = crate::native::market_order(symbol.to_string(), side, size);
             ctx.borrow_mut().place(spec).map(Dynamic::from).map_err(Flow::Error)
         },
         ("log::info", 1) => |ctx, a| {
@@ -163,49 +151,50 @@ fn number(v: &Dynamic) -> Option<FLOAT> {
     v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as FLOAT))
 }
 
+/// A comparison operator on two values of one ordered type; `None` for any other operator.
+fn compare<T: PartialOrd>(op: &str, x: T, y: T) -> Option<Dynamic> {
+    Some(
+        match op {
+            "==" => x == y,
+            "!=" => x != y,
+            ">" => x > y,
+            ">=" => x >= y,
+            "<" => x < y,
+            "<=" => x <= y,
+            _ => return None,
+        }
+        .into(),
+    )
+}
+
 /// A binary operator on the value types the subset knows, as Rhai's
 /// built-in operators compute it; `None` for anything else.
 fn binary(op: &str, a: &Dynamic, b: &Dynamic) -> Option<Dynamic> {
     if let (Ok(x), Ok(y)) = (a.as_int(), b.as_int()) {
-        return Some(match op {
-            "+" => Dynamic::from_int(x.checked_add(y)?),
-            "-" => Dynamic::from_int(x.checked_sub(y)?),
-            "*" => Dynamic::from_int(x.checked_mul(y)?),
-            "==" => (x == y).into(),
-            "!=" => (x != y).into(),
-            ">" => (x > y).into(),
-            ">=" => (x >= y).into(),
-            "<" => (x < y).into(),
-            "<=" => (x <= y).into(),
-            _ => return None,
-        });
-    }
-    if let (Some(x), Some(y)) = (number(a), number(b)) {
-        return Some(match op {
-            "+" => Dynamic::from_float(x + y),
-            "-" => Dynamic::from_float(x - y),
-            "*" => Dynamic::from_float(x * y),
-            "/" => Dynamic::from_float(x / y),
-            "==" => (x == y).into(),
-            "!=" => (x != y).into(),
-            ">" => (x > y).into(),
-            ">=" => (x >= y).into(),
-            "<" => (x < y).into(),
-            "<=" => (x <= y).into(),
-            _ => return None,
-        });
-    }
-    if let (Ok(x), Ok(y)) = (a.as_bool(), b.as_bool()) {
         return match op {
-            "==" => Some((x == y).into()),
-            "!=" => Some((x != y).into()),
-            _ => None,
+            "+" => Some(Dynamic::from_int(x.checked_add(y)?)),
+            "-" => Some(Dynamic::from_int(x.checked_sub(y)?)),
+            "*" => Some(Dynamic::from_int(x.checked_mul(y)?)),
+            _ => compare(op, x, y),
         };
     }
+    if let (Some(x), Some(y)) = (number(a), number(b)) {
+        return match op {
+            "+" => Some(Dynamic::from_float(x + y)),
+            "-" => Some(Dynamic::from_float(x - y)),
+            "*" => Some(Dynamic::from_float(x * y)),
+            "/" => Some(Dynamic::from_float(x / y)),
+            _ => compare(op, x, y),
+        };
+    }
+    if let (Ok(x), Ok(y)) = (a.as_bool(), b.as_bool()) {
+        return matches!(op, "==" | "!=").then(|| compare(op, x, y)).flatten();
+    }
     // Rhai: `==` between different types (e.g. `()` and a number) is false.
+    let both_unit = a.is_unit() && b.is_unit();
     match op {
-        "==" => Some((a.is_unit() && b.is_unit()).into()),
-        "!=" => Some((!(a.is_unit() && b.is_unit())).into()),
+        "==" => Some(both_unit.into()),
+        "!=" => Some((!both_unit).into()),
         _ => None,
     }
 }
