@@ -188,19 +188,91 @@ fn wrong_argument_types_and_counts_name_the_signature() {
 
 #[test]
 fn sandbox_limits_fail_the_callback_with_a_clear_error() {
+    let memory = "needed more than the 8388608 bytes one callback may allocate: exceeds the sandbox limits";
     let cases = [
         ("fn on_candle(c) { loop { } }", "operations per callback"),
         ("fn f(n) { f(n + 1) }\nfn on_candle(c) { f(0); }", "nested calls"),
-        ("fn on_candle(c) { let s = \"x\"; loop { s += s; } }", "exceeds the sandbox limits"),
-        ("fn on_candle(c) { let a = []; loop { a.push(1); } }", "exceeds the sandbox limits"),
+        ("fn on_candle(c) { let s = \"x\"; loop { s += s; } }", memory),
+        ("fn on_candle(c) { let a = [1]; loop { a += a; } }", memory),
+        ("fn on_candle(c) { let a = []; loop { a.push([1, 2, 3, 4, 5, 6, 7, 8]); } }", memory),
+        ("fn on_candle(c) { let m = #{}; let i = 0; loop { m[`k${i}`] = blob(1000); i += 1; } }", memory),
+        ("fn on_candle(c) { let s = \"ab\"; s.pad(1 << 40, 'y'); }", "string.pad would allocate"),
+        ("fn on_candle(c) { let a = []; a.pad(1 << 40, 0); }", "array.pad would allocate"),
+        ("fn on_candle(c) { let b = blob(1 << 40); }", "blob would allocate"),
+        ("fn on_candle(c) { let s = \"x\"; s.pad(100000, 'x'); let t = s; s.replace(\"\", t); }", "string.replace"),
+        ("fn on_candle(c) { let s = \"x\"; s.pad(1000000, 'x'); s.split(\"\"); }", "string.split"),
+        // One string a thousand times is small in memory but not in print.
+        ("fn on_candle(c) { let s = \"x\"; s.pad(100000, 'x'); let a = []; a.pad(1000, s); let t = `${a}`; }", memory),
+        ("fn on_candle(c) { let s = \"x\"; s.pad(100000, 'x'); let a = []; a.pad(1000, s); print(a); }", memory),
+        ("fn on_candle(c) { let s = \"x\"; s.pad(100000, 'x'); let a = []; a.pad(1000, s); a.to_string() }", memory),
         ("fn on_candle(c) { import \"os\" as os; }", "refused"),
     ];
     for (source, expected) in cases {
-        let (mut s, ctx) = build(source);
+        let mut options = options();
+        options.limits.max_operations = 5_000_000;
+        options.limits.max_callback_memory = 8 << 20;
+        let (mut s, ctx) = build_with(source, options);
         let err = feed(&mut s, &ctx, candle(0, 1.0)).unwrap_err().to_string();
-        assert!(err.contains(expected), "{source}: {err}");
+        assert!(err.contains(expected) && err.contains("t.rhai:"), "{source}: {err}");
+        assert!(err.len() < 1_000, "{source}: {err}");
+        // The strategy goes on after the failed callback.
+        assert!(feed(&mut s, &ctx, candle(1, 1.0)).is_err());
     }
     assert!(check("s.rhai", "fn on_candle(c) { eval(\"1\"); }", &options()).is_err(), "eval is disabled");
+}
+
+#[test]
+fn a_thrown_or_logged_value_too_large_to_print_is_cut() {
+    let (mut s, ctx) = build(
+        r#"fn on_candle(c) {
+            let s = "x"; s.pad(100000, 'x'); let a = []; a.pad(100000, s);
+            if c.close > 1.0 { throw a; }
+            log::info(a);
+        }"#,
+    );
+    feed(&mut s, &ctx, candle(0, 1.0)).unwrap();
+    let logged = logs(&ctx);
+    assert!(logged[0].len() < 5_000 && logged[0].starts_with("[\"xxxx"), "{}", logged[0].len());
+    let err = feed(&mut s, &ctx, candle(1, 2.0)).unwrap_err().to_string();
+    assert!(err.len() < 2_000 && err.contains("[\"xxxx") && err.ends_with('…'), "{err}");
+}
+
+#[test]
+fn what_this_keeps_is_held_to_the_sandbox_limits_after_callbacks() {
+    // 500 elements a callback against max_array_size = 10 000: found
+    // within a few kilobytes of growth after the limit.
+    let (mut s, ctx) = build("fn on_start() { this.a = []; }\nfn on_candle(c) { for i in 0..500 { this.a.push(i); } }");
+    s.handle(&StrategyEvent::Start).unwrap();
+    let failed_at = (0..100).find(|&i| feed(&mut s, &ctx, candle(i, 1.0)).is_err()).expect("held to the limit");
+    assert!((20..=45).contains(&failed_at), "failed at callback {failed_at}");
+    let err = feed(&mut s, &ctx, candle(100, 1.0)).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("after on_candle: `this` holds")
+            && message.contains("array elements: exceeds the sandbox limits (sandbox.max_array_size = 10000)")
+            && message.starts_with("t.rhai:2:1:"),
+        "{message}"
+    );
+
+    // Copies of one string count as often as they appear: 10 kB pushed ten
+    // times a callback, against max_string_size = 100 000.
+    let (mut s, ctx) = build(
+        "fn on_start() { this.a = []; this.s = \"x\"; this.s.pad(10000, 'x'); }\n\
+         fn on_candle(c) { for i in 0..10 { this.a.push(this.s); } }",
+    );
+    s.handle(&StrategyEvent::Start).unwrap();
+    let failed_at = (0..200).find(|&i| feed(&mut s, &ctx, candle(i, 1.0)).is_err()).expect("held to the limit");
+    let err = s.export_state().unwrap_err().to_string();
+    assert!(err.contains("bytes of strings: exceeds the sandbox limits (sandbox.max_string_size = 100000)"), "{err}");
+    assert!(failed_at < 200, "{failed_at}");
+
+    // Restored state is measured at the first callback.
+    let mut options = options();
+    options.limits.max_map_size = 3;
+    let (mut s, ctx) = build_with("fn on_candle(c) { }", options);
+    s.restore_state(serde_json::json!({"a": 1, "b": 2, "c": 3, "d": 4}));
+    let err = feed(&mut s, &ctx, candle(0, 1.0)).unwrap_err().to_string();
+    assert!(err.contains("4 map entries: exceeds the sandbox limits (sandbox.max_map_size = 3)"), "{err}");
 }
 
 #[test]

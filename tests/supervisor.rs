@@ -26,7 +26,7 @@ async fn runaway_scripts_fail_their_callbacks_while_others_keep_trading() {
     let looping = bad("fn on_candle(c) { loop { } }");
     let recursive = bad("fn f(n) { f(n + 1) }\nfn on_candle(c) { f(0); }");
     let huge_string = bad("fn on_candle(c) { let s = \"x\"; loop { s += s; } }");
-    let huge_array = bad("fn on_candle(c) { let a = []; loop { a.push(a.len()); } }");
+    let huge_array = bad("fn on_candle(c) { this.a = this.a ?? []; for i in 0..600 { this.a.push(i); } }");
     let t = TestHost::start(
         &[
             ("trader", TRADER),

@@ -114,6 +114,8 @@ pub struct SandboxConfig {
     pub max_map_size: usize,
     /// Values all `series` of a strategy hold together.
     pub max_series_values: usize,
+    /// Bytes a callback may allocate beyond what it started with (and not free).
+    pub max_callback_memory: usize,
     /// Wall-clock budget per callback.
     pub callback_budget_ms: u64,
     /// Longest log line or notification, in bytes (longer: truncated with a marker).
@@ -179,6 +181,7 @@ impl Default for SandboxConfig {
             max_array_size: 100_000,
             max_map_size: 10_000,
             max_series_values: 1_000_000,
+            max_callback_memory: 64 << 20,
             callback_budget_ms: 1_000,
             max_log_line_bytes: 4_096,
             log_lines_per_second: 50,

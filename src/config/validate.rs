@@ -16,6 +16,7 @@ impl super::SandboxConfig {
             ("max_array_size", self.max_array_size),
             ("max_map_size", self.max_map_size),
             ("max_series_values", self.max_series_values),
+            ("max_callback_memory", self.max_callback_memory),
             ("callback_budget_ms", self.callback_budget_ms as usize),
             ("max_log_line_bytes", self.max_log_line_bytes),
             ("log_lines_per_second", self.log_lines_per_second as usize),

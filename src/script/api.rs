@@ -133,13 +133,18 @@ pub(super) fn bad(function: &str, message: String) -> Box<EvalAltResult> {
     EvalAltResult::ErrorRuntime(format!("{message}; expected {signature}").into(), Position::NONE).into()
 }
 
-/// Calls `f` with a value as text: a string as it is (no copy), anything else printed.
+/// Calls `f` with a value as text: a string as it is (no copy), anything
+/// else printed, at most [`MAX_PRINTED_BYTES`] of it.
 fn with_text<R>(value: &Dynamic, f: impl FnOnce(&str) -> R) -> R {
     match value.read_lock::<rhai::ImmutableString>() {
         Some(text) => f(&text),
-        None => f(&value.to_string()),
+        None => f(&super::memory::shown(value, MAX_PRINTED_BYTES)),
     }
 }
+
+/// The most of a non-string value a log line, notification or report
+/// prints (they are cut shorter by their quotas anyway).
+const MAX_PRINTED_BYTES: usize = 1 << 20;
 
 fn text(function: &str, what: &str, v: &Dynamic) -> Result<String> {
     if v.is_string() {

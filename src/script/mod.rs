@@ -5,12 +5,15 @@
 
 pub mod api;
 pub mod convert;
+mod guards;
 mod lint;
+pub mod memory;
 pub mod ml;
 pub mod sandbox;
 pub mod series;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -21,6 +24,9 @@ use crate::data::Timeframe;
 use crate::strategy::{Location, SharedContext, Strategy, StrategyEnv, StrategyError, StrategyEvent, StrategyMeta};
 
 pub use sandbox::{CallbackGuard, hardened_engine};
+
+/// The longest value printed in an error message, in bytes.
+const MAX_ERROR_BYTES: usize = 1_000;
 
 /// Callbacks a script may define, with their parameter counts.
 pub const CALLBACKS: &[(&str, usize, &str)] = &[
@@ -75,6 +81,10 @@ pub struct ScriptStrategy {
     strings: convert::SharedStrings,
     candle: convert::CandleArg,
     ml: ml::SharedMl,
+    /// Bytes the callbacks kept since `this` was last measured.
+    kept: usize,
+    /// `this` is measured again once `kept` reaches it (`memory::measure_step`).
+    measure_at: usize,
 }
 
 impl ScriptStrategy {
@@ -113,6 +123,8 @@ impl ScriptStrategy {
             strings: convert::SharedStrings::default(),
             candle: convert::CandleArg::default(),
             ml,
+            kept: 0,
+            measure_at: 0,
         };
         strategy.activate();
         Ok(strategy)
@@ -144,7 +156,12 @@ impl ScriptStrategy {
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true).bind_this_ptr(&mut self.state);
         let result =
             self.engine.call_fn_with_options::<Dynamic>(options, &mut self.scope, &self.compiled.ast, name, args);
-        self.guard.disarm();
+        let memory = self.guard.disarm();
+        // A printer refused memory without an error Rhai would pass on.
+        let result = result.and_then(|value| match memory.refused {
+            true => Err(EvalAltResult::ErrorTerminated(sandbox::MEMORY_FULL.into(), Position::NONE).into()),
+            false => Ok(value),
+        });
         let result = result.map(|_| true).map_err(|e| {
             let mut error = runtime_error(&self.file, name, *e, &self.options.limits);
             if error.location.is_none() {
@@ -155,6 +172,20 @@ impl ScriptStrategy {
         if !self.state.is_map() {
             self.state = Dynamic::from_map(Map::new());
             return Err(StrategyError::new(format!("{name}: `this` must stay an object map; it was reset to #{{}}")));
+        }
+        self.kept = self.kept.saturating_add(memory.kept.max(0) as usize);
+        if self.kept >= self.measure_at {
+            match sandbox::check_state(&self.state, &self.options.limits) {
+                Ok(measured) => {
+                    self.kept = 0;
+                    self.measure_at = memory::measure_step(&measured);
+                }
+                // Still over: measured again after the next callback too.
+                Err(message) => {
+                    let location = self.compiled.locations.get(name).cloned();
+                    return result.and(Err(StrategyError { location, message: format!("after {name}: {message}") }));
+                }
+            }
         }
         result
     }
@@ -204,12 +235,16 @@ impl Strategy for ScriptStrategy {
     }
 
     fn export_state(&self) -> Result<serde_json::Value, StrategyError> {
+        // Measured first: a `this` holding many copies of one string is
+        // small in memory but not as JSON.
+        sandbox::check_state(&self.state, &self.options.limits).map_err(StrategyError::new)?;
         convert::to_json(&self.state, "").map_err(StrategyError::new)
     }
 
     fn restore_state(&mut self, this: serde_json::Value) {
         let state = convert::from_json(&this);
         self.state = if state.is_map() { state } else { Dynamic::from_map(Map::new()) };
+        self.measure_at = 0;
     }
 }
 
@@ -399,15 +434,16 @@ fn read_config(
                 };
             }
             "timeframe" => {
-                meta.timeframe =
-                    Timeframe::from_str(&value.to_string()).map_err(|e| err(format!("`timeframe`: {e}")))?;
+                meta.timeframe = Timeframe::from_str(&memory::shown(&value, MAX_ERROR_BYTES))
+                    .map_err(|e| err(format!("`timeframe`: {e}")))?;
             }
             "timeframes" => {
                 let array = value.try_cast::<rhai::Array>().ok_or_else(|| {
                     err("`timeframes` must be an array of timeframes such as [\"1h\", \"1d\"]".into())
                 })?;
                 for item in array {
-                    let tf = Timeframe::from_str(&item.to_string()).map_err(|e| err(format!("`timeframes`: {e}")))?;
+                    let tf = Timeframe::from_str(&memory::shown(&item, MAX_ERROR_BYTES))
+                        .map_err(|e| err(format!("`timeframes`: {e}")))?;
                     if !meta.timeframes.contains(&tf) {
                         meta.timeframes.push(tf);
                     }
@@ -416,6 +452,7 @@ fn read_config(
             "params" => params = value.try_cast::<Map>().ok_or_else(|| err("`params` must be an object map".into()))?,
             "warmup" => {
                 let candles = value.as_int().ok().filter(|n| (1..=MAX_WARMUP).contains(n)).ok_or_else(|| {
+                    let value = memory::shown(&value, MAX_ERROR_BYTES);
                     err(format!("`warmup` must be a whole number of candles from 1 to {MAX_WARMUP}, got {value}"))
                 })?;
                 meta.warmup = Some(candles as usize);
@@ -451,6 +488,7 @@ fn read_config(
             } else {
                 "a value"
             };
+            let declared = memory::shown(declared, MAX_ERROR_BYTES);
             return Err(err(format!(
                 "param `{key}` is set to {value} (by --param or the config file), but the script declares it as {kind} ({declared})"
             )));
@@ -481,9 +519,9 @@ fn runtime_error(file: &str, callback: &str, error: EvalAltResult, limits: &Sand
         EvalAltResult::ErrorStackOverflow(_) => {
             format!("exceeded the limit of {} nested calls (sandbox.max_call_depth)", limits.max_call_depth)
         }
-        EvalAltResult::ErrorDataTooLarge(what, _) => format!(
-            "{what} exceeds the sandbox limits (sandbox.max_string_size {} bytes, max_array_size {}, max_map_size {})",
-            limits.max_string_size, limits.max_array_size, limits.max_map_size
+        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == sandbox::MEMORY_FULL => format!(
+            "needed more than the {} bytes one callback may allocate: exceeds the sandbox limits (sandbox.max_callback_memory)",
+            limits.max_callback_memory
         ),
         EvalAltResult::ErrorTerminated(token, _) if token.to_string() == sandbox::ABORTED => {
             "stopped: the host is shutting down".to_string()
@@ -507,8 +545,9 @@ fn runtime_error(file: &str, callback: &str, error: EvalAltResult, limits: &Sand
                 None => format!("no function or operator {sig}"),
             }
         }
-        EvalAltResult::ErrorRuntime(message, _) => message.to_string(),
-        other => other.to_string(),
+        // A thrown value, or an error naming one, may be too large to print.
+        EvalAltResult::ErrorRuntime(message, _) => memory::shown(message, MAX_ERROR_BYTES),
+        other => memory::shown_with(MAX_ERROR_BYTES, |out| write!(out, "{other}")),
     };
     StrategyError { location: location(file, position), message: format!("{callback}: {message}") }
 }

@@ -1,9 +1,10 @@
 //! The one hardened Rhai engine factory. Every strategy, `tradehost check`
 //! and the backtester build their engines here, so the sandbox is the same
 //! everywhere: no imports, no `eval`, bounded operations, call depth,
-//! expression depth, string/array/map sizes and wall-clock time per callback.
+//! expression depth, memory and wall-clock time per callback, and the size
+//! of what a strategy keeps in `this`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, EvalAltResult, Module, ModuleResolver, Position, Shared};
 
+use super::memory::{self, Footprint};
 use crate::config::SandboxConfig;
 
 /// Token returned by `on_progress` when the wall-clock budget is spent.
@@ -19,6 +21,8 @@ pub const BUDGET_EXCEEDED: &str = "budget";
 pub const ABORTED: &str = "aborted";
 /// Token returned by `on_progress` when the strategy's series hold too many values.
 pub const SERIES_FULL: &str = "series";
+/// Token returned by `on_progress` when the callback holds more than `max_callback_memory`.
+pub const MEMORY_FULL: &str = "memory";
 
 /// Refuses every `import`: strategies have no file access.
 struct NoImports;
@@ -51,23 +55,30 @@ enum Clock {
     Running(Instant),
 }
 
-/// Arms and disarms the per-callback wall-clock deadline. Arming reads no
-/// clock: the deadline is set at the callback's first budget check (its
-/// 256th operation, microseconds in), so the many short callbacks never
-/// read the clock at all.
+/// Arms and disarms the per-callback wall-clock deadline and memory
+/// allowance. Arming reads no clock: the deadline is set at the callback's
+/// first budget check (its 256th operation, microseconds in), so the many
+/// short callbacks never read the clock at all.
 #[derive(Clone, Default)]
 pub struct CallbackGuard {
     clock: Rc<Cell<Clock>>,
+    /// `sandbox.max_callback_memory`, set by [`hardened_engine`].
+    memory_limit: Rc<Cell<usize>>,
+    memory: Rc<RefCell<Option<memory::Armed>>>,
 }
 
 impl CallbackGuard {
     /// Starts the budget of one callback.
     pub fn arm(&self, budget: Duration) {
         self.clock.set(Clock::Armed(budget));
+        let mut memory = self.memory.borrow_mut();
+        drop(memory.take());
+        *memory = Some(memory::arm(self.memory_limit.get()));
     }
-    /// Ends it.
-    pub fn disarm(&self) {
+    /// Ends it; says what the callback did with its memory allowance.
+    pub fn disarm(&self) -> memory::Usage {
         self.clock.set(Clock::Idle);
+        self.memory.borrow_mut().take().map(memory::Armed::finish).unwrap_or_default()
     }
     /// True once the running callback is past its budget.
     fn spent(&self) -> bool {
@@ -85,21 +96,28 @@ impl CallbackGuard {
 /// Builds a sandboxed engine. `abort` stops any running callback at its next
 /// operations check; `guard` enforces the wall-clock budget.
 pub fn hardened_engine(limits: &SandboxConfig, guard: &CallbackGuard, abort: Arc<AtomicBool>) -> Engine {
+    // Rhai's string, array and map size limits stay off: with any of them
+    // on, every assignment into `this` re-measures all of `this`. Memory is
+    // bounded per callback instead (`memory`, `guards`) and `this` by
+    // `check_state` after callbacks.
     let mut engine = Engine::new();
     engine
         .set_module_resolver(NoImports)
         .disable_symbol("eval")
         .set_max_operations(limits.max_operations)
         .set_max_call_levels(limits.max_call_depth)
-        .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth)
-        .set_max_string_size(limits.max_string_size)
-        .set_max_array_size(limits.max_array_size)
-        .set_max_map_size(limits.max_map_size);
+        .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth);
     super::series::install(&mut engine, limits.max_array_size);
+    super::guards::install(&mut engine);
+    guard.memory_limit.set(limits.max_callback_memory);
     let guard = guard.clone();
     let max_series_values = limits.max_series_values;
     engine.on_progress(move |operations| {
-        // Checked at every operation: one operation can copy a whole series.
+        // Checked at every operation: one operation can copy a whole series
+        // or double a string.
+        if memory::over_budget() {
+            return Some(Dynamic::from(MEMORY_FULL));
+        }
         if super::series::values_held() > max_series_values {
             return Some(Dynamic::from(SERIES_FULL));
         }
@@ -112,4 +130,30 @@ pub fn hardened_engine(limits: &SandboxConfig, guard: &CallbackGuard, abort: Arc
         guard.spent().then(|| Dynamic::from(BUDGET_EXCEEDED))
     });
     engine
+}
+
+/// Checks what a strategy keeps in `this` against the sandbox's size
+/// limits, all arrays, maps and strings in it together (a copy of a string
+/// counts again); says which limit it exceeds, or gives its size.
+pub fn check_state(state: &Dynamic, limits: &SandboxConfig) -> Result<Footprint, String> {
+    let f = Footprint::of(state);
+    let over = |what: String, key: &str, max: usize| {
+        Err(format!("`this` holds {what}: exceeds the sandbox limits (sandbox.{key} = {max})"))
+    };
+    if f.too_deep {
+        return Err(format!(
+            "`this` nests values more than {} levels deep: exceeds the sandbox limits",
+            memory::MAX_DEPTH
+        ));
+    }
+    if f.array_elements > limits.max_array_size {
+        return over(format!("{} array elements", f.array_elements), "max_array_size", limits.max_array_size);
+    }
+    if f.map_entries > limits.max_map_size {
+        return over(format!("{} map entries", f.map_entries), "max_map_size", limits.max_map_size);
+    }
+    if f.string_bytes > limits.max_string_size {
+        return over(format!("{} bytes of strings", f.string_bytes), "max_string_size", limits.max_string_size);
+    }
+    Ok(f)
 }
