@@ -25,19 +25,27 @@ pub struct CountingAllocator;
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
-thread_local! {
+/// This thread's allocation count and the running callback's allowance,
+/// in one thread-local so the per-operation check reads it once.
+struct ThreadMemory {
     /// Bytes allocated minus bytes freed on this thread (wrapping; only differences matter).
-    static NET: Cell<isize> = const { Cell::new(0) };
-    /// The running callback's allowance: `(NET at its start, bytes it may hold)`.
-    static BUDGET: Cell<Option<(isize, usize)>> = const { Cell::new(None) };
-    /// The running callback was refused an allocation it could not be told
-    /// about ([`refuse`]).
-    static REFUSED: Cell<bool> = const { Cell::new(false) };
+    net: Cell<isize>,
+    /// The callback is over its allowance once `net` exceeds this (`isize::MAX`: no
+    /// callback; `isize::MIN`: refused, see [`refuse`]).
+    ceiling: Cell<isize>,
+    /// The running callback's `(net at its start, bytes it may hold)`.
+    budget: Cell<Option<(isize, usize)>>,
+}
+
+thread_local! {
+    static THREAD: ThreadMemory = const {
+        ThreadMemory { net: Cell::new(0), ceiling: Cell::new(isize::MAX), budget: Cell::new(None) }
+    };
 }
 
 fn count(bytes: isize) {
-    // `try_with`: the counter has no destructor, but never panic inside the allocator.
-    let _ = NET.try_with(|net| net.set(net.get().wrapping_add(bytes)));
+    // `try_with`: the state has no destructor, but never panic inside the allocator.
+    let _ = THREAD.try_with(|t| t.net.set(t.net.get().wrapping_add(bytes)));
 }
 
 // SAFETY: every method forwards to `System` with the caller's arguments
@@ -80,22 +88,24 @@ unsafe impl GlobalAlloc for CountingAllocator {
 }
 
 fn net() -> isize {
-    NET.with(Cell::get)
+    THREAD.with(|t| t.net.get())
 }
 
 /// One callback's memory allowance on this thread, from [`arm`] until
 /// dropped (which restores the allowance of an enclosing call, if any).
 pub struct Armed {
     start: isize,
-    outer: Option<(isize, usize)>,
-    outer_refused: bool,
+    outer: (isize, Option<(isize, usize)>),
 }
 
 /// Starts a callback that may hold `limit` more bytes than now.
 pub fn arm(limit: usize) -> Armed {
-    let start = net();
-    let outer = BUDGET.with(|b| b.replace(Some((start, limit))));
-    Armed { start, outer, outer_refused: REFUSED.with(|r| r.replace(false)) }
+    THREAD.with(|t| {
+        let start = t.net.get();
+        let ceiling = start.saturating_add(isize::try_from(limit).unwrap_or(isize::MAX));
+        let outer = (t.ceiling.replace(ceiling), t.budget.replace(Some((start, limit))));
+        Armed { start, outer }
+    })
 }
 
 impl Armed {
@@ -108,7 +118,7 @@ impl Armed {
     /// True if the callback was refused an allocation it could not be told
     /// about: it failed, whatever it returned.
     pub fn refused(&self) -> bool {
-        REFUSED.with(Cell::get)
+        THREAD.with(|t| t.ceiling.get() == isize::MIN)
     }
 
     /// Ends the allowance: what the callback kept and whether it was refused.
@@ -128,8 +138,10 @@ pub struct Usage {
 
 impl Drop for Armed {
     fn drop(&mut self) {
-        BUDGET.with(|b| b.set(self.outer));
-        REFUSED.with(|r| r.set(self.outer_refused));
+        THREAD.with(|t| {
+            t.ceiling.set(self.outer.0);
+            t.budget.set(self.outer.1);
+        });
     }
 }
 
@@ -138,24 +150,32 @@ impl Drop for Armed {
 /// in full instead): it is stopped at its next operation, or fails when it
 /// ends.
 pub fn refuse() {
-    REFUSED.with(|r| r.set(true));
+    THREAD.with(|t| {
+        if t.budget.get().is_some() {
+            t.ceiling.set(isize::MIN);
+        }
+    });
 }
 
 /// Bytes the running callback may still allocate; `None` outside a callback.
 pub fn room() -> Option<usize> {
-    let (start, limit) = BUDGET.with(Cell::get)?;
-    let held = net().wrapping_sub(start).max(0) as usize;
-    Some(limit.saturating_sub(held))
+    THREAD.with(|t| {
+        let (start, limit) = t.budget.get()?;
+        let held = t.net.get().wrapping_sub(start).max(0) as usize;
+        Some(limit.saturating_sub(held))
+    })
 }
 
-/// True once the running callback holds more than its allowance or was refused.
+/// True once the running callback holds more than its allowance or was
+/// refused: one thread-local read and a comparison, done at every operation.
+#[inline]
 pub fn over_budget() -> bool {
-    room() == Some(0) || REFUSED.with(Cell::get)
+    THREAD.with(|t| t.net.get() > t.ceiling.get())
 }
 
 /// The allowance of the running callback, in bytes.
 pub fn limit() -> Option<usize> {
-    BUDGET.with(Cell::get).map(|(_, limit)| limit)
+    THREAD.with(|t| t.budget.get().map(|(_, limit)| limit))
 }
 
 /// `this` is measured again once the callbacks since the last measurement
