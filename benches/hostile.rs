@@ -105,6 +105,20 @@ fn on_candle(c) {
 }
 "#;
 
+const DOUBLING: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_candle(c) { let s = "x"; loop { s += s; } }
+"#;
+
+const PRINTED_COPIES: &str = r#"
+fn config() { #{ symbols: ["BTCUSD"], timeframe: "1s" } }
+fn on_candle(c) {
+    let s = "x"; s.pad(1000000, 'x');
+    let a = []; a.pad(1000000, s);
+    log::info(`${a}`);
+}
+"#;
+
 async fn endure(abuse: &Abuse, seconds: u64) {
     let mut host = Abused::start_with(abuse.script, "", SHIPPED);
     // Wait for the first fill, so every run starts trading.
@@ -149,6 +163,8 @@ fn main() {
         Abuse { what: "20 timers named by 1 MB strings a candle", script: HUGE_TIMERS },
         Abuse { what: "order feedback loop (20 per on_order)", script: FEEDBACK },
         Abuse { what: "`this` grown by 2,000 strings a candle", script: GROWING_STATE },
+        Abuse { what: "a string doubled without end in a callback", script: DOUBLING },
+        Abuse { what: "a 1 MB string a million times, printed", script: PRINTED_COPIES },
     ];
     println!();
     println!(

@@ -142,12 +142,24 @@ fn with_text<R>(value: &Dynamic, f: impl FnOnce(&str) -> R) -> R {
     }
 }
 
+/// Bytes of one candle as a script's map: eight entries and the map.
+const CANDLE_BYTES: usize = 512;
+
 /// The most of a non-string value a log line, notification or report
 /// prints (they are cut shorter by their quotas anyway).
 const MAX_PRINTED_BYTES: usize = 1 << 20;
 
+/// The longest string a host function takes as a name, symbol, side or
+/// option (longer: refused without being echoed, so a huge argument is
+/// never copied into an error).
+const MAX_TEXT_ARG_BYTES: usize = 2 << 20;
+
 fn text(function: &str, what: &str, v: &Dynamic) -> Result<String> {
-    if v.is_string() {
+    if let Ok(text) = v.as_immutable_string_ref()
+        && text.len() > MAX_TEXT_ARG_BYTES
+    {
+        Err(bad(function, format!("{function}: `{what}` is {} bytes, longer than any valid value", text.len())))
+    } else if v.is_string() {
         Ok(v.to_string())
     } else {
         Err(bad(function, format!("{function}: `{what}` must be a string, got {}", v.type_name())))
@@ -156,9 +168,17 @@ fn text(function: &str, what: &str, v: &Dynamic) -> Result<String> {
 
 /// A symbol argument as a shared string (no copy: indicator calls run on every bar).
 fn symbol_arg(function: &str, v: &Dynamic) -> Result<rhai::ImmutableString> {
-    v.clone()
+    let symbol = v
+        .clone()
         .into_immutable_string()
-        .map_err(|got| bad(function, format!("{function}: `symbol` must be a string, got {got}")))
+        .map_err(|got| bad(function, format!("{function}: `symbol` must be a string, got {got}")))?;
+    if symbol.len() > MAX_TEXT_ARG_BYTES {
+        return Err(bad(
+            function,
+            format!("{function}: `symbol` is {} bytes, longer than any valid value", symbol.len()),
+        ));
+    }
+    Ok(symbol)
 }
 
 /// The series a script names (`SYMBOL` or `SYMBOL@TF`) as its key in the
@@ -278,7 +298,8 @@ fn place(
     let price = price.map(|p| order_number(function, "price", p)).transpose()?;
     let entry_options: Vec<&str> = ["post_only", "reduce_only", "tif"].iter().chain(BRACKET_OPTIONS).copied().collect();
     let opts = opts.map(|o| options_of(function, o, &entry_options)).transpose()?.unwrap_or_default();
-    let time_in_force = match opts.get("tif").map(|v| v.to_string().to_ascii_lowercase()) {
+    let tif = opts.get("tif").map(|v| text(function, "tif", v)).transpose()?;
+    let time_in_force = match tif.map(|t| t.to_ascii_lowercase()) {
         None => TimeInForce::Gtc,
         Some(t) if t == "gtc" => TimeInForce::Gtc,
         Some(t) if t == "ioc" => TimeInForce::Ioc,
@@ -390,7 +411,7 @@ fn stop_spec(
 
 /// The `trigger_on` option: `"last"` (the default) or `"mark"`.
 fn trigger_on(function: &str, opts: &Map) -> Result<TriggerOn> {
-    match opts.get("trigger_on").map(|v| v.to_string()) {
+    match opts.get("trigger_on").map(|v| text(function, "trigger_on", v)).transpose()? {
         None => Ok(TriggerOn::Last),
         Some(t) if t == "last" => Ok(TriggerOn::Last),
         Some(t) if t == "mark" => Ok(TriggerOn::Mark),
@@ -631,13 +652,9 @@ fn market_module(ctx: &SharedContext) -> Module {
                 }
                 None => (symbol.clone(), ctx.timeframe.as_str().into()),
             };
-            Ok(ctx
-                .market
-                .series(&key)
-                .map(|series| {
-                    series.last_n(n).map(|candle| convert::candle(candle, &name, &timeframe)).collect::<Array>()
-                })
-                .unwrap_or_default())
+            let Some(series) = ctx.market.series(&key) else { return Ok(Array::new()) };
+            super::guards::reserve("market::candles", n.min(series.len()).saturating_mul(CANDLE_BYTES))?;
+            Ok(series.last_n(n).map(|candle| convert::candle(candle, &name, &timeframe)).collect::<Array>())
         })
     });
     let c = ctx.clone();

@@ -38,36 +38,27 @@ impl SharedStrings {
 /// The candle map's keys, in the map's (sorted) order.
 const CANDLE_KEYS: [&str; 8] = ["close", "high", "low", "open", "symbol", "time", "timeframe", "volume"];
 
-/// The candle map every `on_candle` of one strategy receives: one shared
-/// map whose values are overwritten for each candle instead of a new map
-/// per candle. Rhai copies a shared value whenever a script stores it, so a
-/// `this.last = c` keeps that candle's values.
+/// The candle maps one strategy's `on_candle` receives: each a copy of one
+/// template map with the candle's values written into it, which costs one
+/// allocation instead of building the map's tree key by key.
 #[derive(Debug)]
-pub struct CandleArg(Dynamic);
+pub struct CandleArg(Map);
 
 impl Default for CandleArg {
     fn default() -> Self {
-        CandleArg(
-            Dynamic::from_map(CANDLE_KEYS.into_iter().map(|key| (key.into(), Dynamic::UNIT)).collect()).into_shared(),
-        )
+        CandleArg(CANDLE_KEYS.into_iter().map(|key| (key.into(), Dynamic::UNIT)).collect())
     }
 }
 
 impl CandleArg {
-    /// The map holding `c`: `#{symbol, timeframe, time, open, high, low,
-    /// close, volume}` with the candle's symbol and timeframe as shared
-    /// strings. Keys a script added or removed last time are reset first.
+    /// `#{symbol, timeframe, time, open, high, low, close, volume}` with the
+    /// candle's symbol and timeframe as shared strings.
     pub fn fill(&mut self, c: &Candle, symbol: &ImmutableString, timeframe: &ImmutableString) -> Dynamic {
-        {
-            let mut map = self.0.write_lock::<Map>().expect("the candle argument is a map");
-            if map.len() != CANDLE_KEYS.len() || !map.keys().zip(CANDLE_KEYS).all(|(key, expected)| key == expected) {
-                *map = CANDLE_KEYS.into_iter().map(|key| (key.into(), Dynamic::UNIT)).collect();
-            }
-            for (slot, value) in map.values_mut().zip(candle_values(c, symbol, timeframe)) {
-                *slot = value;
-            }
+        let mut map = self.0.clone();
+        for (slot, value) in map.values_mut().zip(candle_values(c, symbol, timeframe)) {
+            *slot = value;
         }
-        self.0.clone()
+        Dynamic::from_map(map)
     }
 }
 

@@ -7,6 +7,8 @@
 //! at most a few times per operation and is stopped by the per-operation
 //! check. Each replacement behaves like Rhai's own otherwise.
 
+use std::any::TypeId;
+use std::cmp::Ordering;
 use std::fmt::Write;
 
 use rhai::{
@@ -23,7 +25,7 @@ const PIECE_BYTES: usize = 64;
 const VALUE_BYTES: usize = size_of::<Dynamic>();
 
 /// Refuses `bytes` more than the running callback may still allocate.
-fn reserve(what: &str, bytes: usize) -> Result<()> {
+pub(super) fn reserve(what: &str, bytes: usize) -> Result<()> {
     refusal(what, bytes).map_or(Ok(()), |message| Err(message.into()))
 }
 
@@ -44,13 +46,95 @@ pub fn install(engine: &mut Engine) {
     install_replace(engine);
     install_split(engine);
     install_printing(engine);
+    install_equality(engine);
+    install_sorting(engine);
+}
+
+thread_local! {
+    /// How deep into nested arrays and maps printing or comparing is now.
+    static NESTING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Deepest nesting printed or compared: each level is several frames of
+/// Rhai's native-call machinery on the stack.
+const MAX_NESTING: usize = 64;
+
+/// One level of printing or comparing nested values, at most [`MAX_NESTING`].
+struct Level(usize);
+
+impl Level {
+    fn enter(what: &str) -> std::result::Result<Level, String> {
+        let depth = NESTING.with(|n| n.replace(n.get() + 1));
+        let level = Level(depth);
+        if depth >= MAX_NESTING {
+            return Err(format!("{what}: the value nests more than {MAX_NESTING} levels deep"));
+        }
+        Ok(level)
+    }
+}
+
+impl Drop for Level {
+    fn drop(&mut self) {
+        NESTING.with(|n| n.set(self.0));
+    }
+}
+
+fn install_equality(engine: &mut Engine) {
+    FuncRegistration::new("==").with_purity(true).register_into_engine(
+        engine,
+        |ctx: NativeCallContext, left: &mut Array, mut right: Array| -> Result<bool> {
+            let _level = Level::enter("comparing arrays")?;
+            if left.len() != right.len() {
+                return Ok(false);
+            }
+            for (a, b) in left.iter_mut().zip(right.iter_mut()) {
+                if !equal(&ctx, a, b)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    );
+    FuncRegistration::new("==").with_purity(true).register_into_engine(
+        engine,
+        |ctx: NativeCallContext, left: &mut Map, mut right: Map| -> Result<bool> {
+            let _level = Level::enter("comparing maps")?;
+            if left.len() != right.len() {
+                return Ok(false);
+            }
+            for (key, a) in left.iter_mut() {
+                let Some(b) = right.get_mut(key) else { return Ok(false) };
+                if !equal(&ctx, a, b)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    );
+}
+
+/// `a == b` as Rhai compares elements: values of different types without
+/// an `==` are not equal.
+fn equal(ctx: &NativeCallContext, a: &mut Dynamic, b: &mut Dynamic) -> Result<bool> {
+    let different_types = a.type_id() != b.type_id();
+    match ctx.call_native_fn_raw("==", true, &mut [a, b]) {
+        Ok(result) => Ok(result.as_bool().unwrap_or(false)),
+        Err(e)
+            if different_types
+                && matches!(*e, EvalAltResult::ErrorFunctionNotFound(ref s, ..) if s.starts_with("==")) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn install_padding(engine: &mut Engine) {
     engine.register_fn("pad", |array: &mut Array, len: INT, item: Dynamic| -> Result<()> {
         let len = usize::try_from(len).unwrap_or(0);
         if len > array.len() {
-            reserve("array.pad", (len - array.len()).saturating_mul(Footprint::of(&item).copied_bytes()))?;
+            let each = size_of::<Dynamic>() + memory::clone_cost(&item);
+            reserve("array.pad", (len - array.len()).saturating_mul(each))?;
             array.resize(len, item);
         }
         Ok(())
@@ -202,14 +286,36 @@ const PRINTERS: [&str; 4] = ["print", "to_string", "debug", "to_debug"];
 /// Like [`reserve`] for a printer: a printer's error is not passed on (Rhai
 /// prints the value in full instead), so a refusal marks the callback as
 /// failed (`memory::refuse`) and the printer returns this short text.
-fn reserve_print(what: &str, bytes: usize) -> std::result::Result<(), ImmutableString> {
-    match refusal(what, bytes) {
-        None => Ok(()),
-        Some(message) => {
-            memory::refuse();
-            Err(format!("<{message}>").into())
-        }
+fn reserve_print(what: &str, footprint: &Footprint) -> std::result::Result<(), ImmutableString> {
+    if footprint.too_deep {
+        return Err(refused_print(format!("{what}: the value nests more than {} levels deep", memory::MAX_DEPTH)));
     }
+    refusal(what, footprint.text_bytes).map_or(Ok(()), |message| Err(refused_print(message)))
+}
+
+thread_local! {
+    /// Why the running callback's printer was refused ([`refused_print`]).
+    static REFUSAL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The short text a refused printer gives; the callback fails
+/// (`memory::refuse`) and [`take_refusal`] says why.
+fn refused_print(message: String) -> ImmutableString {
+    memory::refuse();
+    let text = format!("<{message}>").into();
+    REFUSAL.with(|r| {
+        // The first refusal is the reason; later ones follow from it.
+        let mut refusal = r.borrow_mut();
+        if refusal.is_none() {
+            *refusal = Some(message);
+        }
+    });
+    text
+}
+
+/// Why a printer of the running (or last) callback was refused, once.
+pub(super) fn take_refusal() -> Option<String> {
+    REFUSAL.with(|r| r.borrow_mut().take())
 }
 
 fn install_printing(engine: &mut Engine) {
@@ -217,7 +323,11 @@ fn install_printing(engine: &mut Engine) {
         FuncRegistration::new(name).with_purity(true).register_into_engine(
             engine,
             |ctx: NativeCallContext, array: &mut Array| -> Result<ImmutableString> {
-                if let Err(refused) = reserve_print("printing an array", Footprint::of_array(array).text_bytes) {
+                let level = match Level::enter("printing an array") {
+                    Ok(level) => level,
+                    Err(message) => return Ok(refused_print(message)),
+                };
+                if let Err(refused) = reserve_print("printing an array", &Footprint::of_array(array)) {
                     return Ok(refused);
                 }
                 let mut text = String::from("[");
@@ -228,13 +338,18 @@ fn install_printing(engine: &mut Engine) {
                     text.push_str(&debug_text(&ctx, item));
                 }
                 text.push(']');
+                drop(level);
                 Ok(text.into())
             },
         );
         FuncRegistration::new(name).with_purity(true).register_into_engine(
             engine,
             |ctx: NativeCallContext, map: &mut Map| -> Result<ImmutableString> {
-                if let Err(refused) = reserve_print("printing a map", Footprint::of_map(map).text_bytes) {
+                let level = match Level::enter("printing a map") {
+                    Ok(level) => level,
+                    Err(message) => return Ok(refused_print(message)),
+                };
+                if let Err(refused) = reserve_print("printing a map", &Footprint::of_map(map)) {
                     return Ok(refused);
                 }
                 let mut text = String::from("#{");
@@ -245,15 +360,16 @@ fn install_printing(engine: &mut Engine) {
                     let _ = write!(text, "{key:?}: {}", debug_text(&ctx, item));
                 }
                 text.push('}');
+                drop(level);
                 Ok(text.into())
             },
         );
     }
     for name in ["debug", "to_debug"] {
         engine.register_fn(name, |text: &str| -> ImmutableString {
-            match reserve_print("debug-printing a string", 6 * text.len() + 2) {
-                Ok(()) => format!("{text:?}").into(),
-                Err(refused) => refused,
+            match refusal("debug-printing a string", 6 * text.len() + 2) {
+                None => format!("{text:?}").into(),
+                Some(message) => refused_print(message),
             }
         });
     }
@@ -275,6 +391,57 @@ fn debug_text(ctx: &NativeCallContext, item: &mut Dynamic) -> ImmutableString {
         // As Rhai does, within the size already reserved for the whole.
         Err(_) => memory::shown_with(Footprint::of(item).text_bytes, |out| write!(out, "{item:?}")).into(),
     }
+}
+
+fn install_sorting(engine: &mut Engine) {
+    engine.register_fn("sort", |array: &mut Array| sort(array, false));
+    engine.register_fn("sort_desc", |array: &mut Array| sort(array, true));
+    for (name, descending) in [("order", false), ("order_desc", true)] {
+        FuncRegistration::new(name).with_purity(true).register_into_engine(
+            engine,
+            move |array: &mut Array| -> Result<Array> {
+                let mut sorted = array.clone();
+                sort(&mut sorted, descending)?;
+                Ok(sorted)
+            },
+        );
+    }
+}
+
+/// Rhai's `sort()` of numbers, characters, strings or booleans of one
+/// type, with floats in total order (NaN last): Rhai's own panics on a NaN.
+fn sort(array: &mut Array, descending: bool) -> Result<()> {
+    let Some(first) = array.first().filter(|_| array.len() > 1) else { return Ok(()) };
+    let type_id = first.type_id();
+    if array.iter().any(|a| a.type_id() != type_id) {
+        return Err(EvalAltResult::ErrorFunctionNotFound(
+            "elements of different types cannot be sorted".into(),
+            rhai::Position::NONE,
+        )
+        .into());
+    }
+    let order: fn(&Dynamic, &Dynamic) -> Ordering = if type_id == TypeId::of::<INT>() {
+        |a, b| a.as_int().unwrap_or_default().cmp(&b.as_int().unwrap_or_default())
+    } else if type_id == TypeId::of::<rhai::FLOAT>() {
+        |a, b| a.as_float().unwrap_or_default().total_cmp(&b.as_float().unwrap_or_default())
+    } else if type_id == TypeId::of::<char>() {
+        |a, b| a.as_char().unwrap_or_default().cmp(&b.as_char().unwrap_or_default())
+    } else if type_id == TypeId::of::<ImmutableString>() {
+        |a, b| a.as_immutable_string_ref().ok().as_deref().cmp(&b.as_immutable_string_ref().ok().as_deref())
+    } else if type_id == TypeId::of::<bool>() {
+        |a, b| a.as_bool().unwrap_or_default().cmp(&b.as_bool().unwrap_or_default())
+    } else if type_id == TypeId::of::<()>() {
+        return Ok(());
+    } else {
+        let message = format!("elements of {} cannot be sorted", first.type_name());
+        return Err(EvalAltResult::ErrorFunctionNotFound(message, rhai::Position::NONE).into());
+    };
+    if descending {
+        array.sort_by(|a, b| order(b, a));
+    } else {
+        array.sort_by(order);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -337,6 +504,20 @@ mod tests {
             r#"#{a: [1, "x"], b: #{c: ()}}.to_json()"#,
             r#"parse_json("{\"a\": [1, 2.5, \"x\", null, {\"b\": true}]}")"#,
             r#"parse_json("[1")"#,
+            "let a = [3, 1, 2]; a.sort(); a",
+            "let a = [3.5, -1.0, 2.0]; a.sort_desc(); a",
+            r#"let a = ["b", "a", "c"]; a.sort(); a"#,
+            "let a = ['z', 'a']; a.sort_desc(); a",
+            "let a = [true, false]; a.sort(); a",
+            "[3, 1, 2].order()",
+            "[3, 1, 2].order_desc()",
+            "let a = [1, \"x\"]; a.sort()",
+            "let a = [[1], [0]]; a.sort()",
+            "[[1, [2, #{a: 3}]], #{b: [4]}] == [[1, [2, #{a: 3}]], #{b: [4]}]",
+            "[[1, [2, #{a: 3}]], #{b: [4]}] == [[1, [2, #{a: 4}]], #{b: [4]}]",
+            "[1, \"1\"] == [1, 1]",
+            "#{a: 1, b: [2]} != #{a: 1, b: [3]}",
+            "[1, [2]].contains([2])",
         ];
         for expression in expressions {
             let (plain, guarded) = both(expression);

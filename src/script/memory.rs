@@ -178,6 +178,15 @@ pub fn limit() -> Option<usize> {
     THREAD.with(|t| t.budget.get().map(|(_, limit)| limit))
 }
 
+/// Bytes one copy of `value` allocates, as the allocator counts them.
+pub fn clone_cost(value: &Dynamic) -> usize {
+    let before = net();
+    let copy = value.clone();
+    let cost = net().wrapping_sub(before).max(0) as usize;
+    drop(copy);
+    cost
+}
+
 /// `this` is measured again once the callbacks since the last measurement
 /// kept at least this many bytes in total (freed bytes are not subtracted).
 pub const MIN_MEASURE_STEP: usize = 4 << 10;
@@ -234,23 +243,12 @@ impl Footprint {
 
     /// Bytes the value would take if every copy of a string were its own.
     pub fn bytes(&self) -> usize {
-        self.copied_bytes().saturating_add(self.string_bytes)
-    }
-
-    /// Bytes a copy of the value takes: its arrays and maps are copied, its
-    /// strings shared.
-    pub fn copied_bytes(&self) -> usize {
-        (self.array_elements + 2 * self.map_entries + 1).saturating_mul(VALUE_BYTES)
+        (self.array_elements + 2 * self.map_entries + 1).saturating_mul(VALUE_BYTES).saturating_add(self.string_bytes)
     }
 
     fn add(&mut self, value: &Dynamic, depth: usize) {
         if depth > MAX_DEPTH {
             self.too_deep = true;
-        } else if value.is_shared() {
-            // A closure's captured variable: measure what it holds now.
-            if let Some(inner) = value.read_lock::<Dynamic>() {
-                self.add(&inner, depth + 1);
-            }
         } else if let Ok(array) = value.as_array_ref() {
             self.add_array(&array, depth);
         } else if let Ok(map) = value.as_map_ref() {
@@ -263,11 +261,19 @@ impl Footprint {
             self.array_elements += blob.len();
             self.text_bytes += 2 + 6 * blob.len();
         } else if let Some(f) = value.read_lock::<rhai::FnPtr>() {
-            self.text_bytes += 64 + f.fn_name().len();
+            // Printed as `Fn(name)`; curried values are kept, not printed.
+            self.string_bytes += f.fn_name().len();
+            self.text_bytes += 8 + f.fn_name().len();
             f.iter_curry().for_each(|item| self.add(item, depth + 1));
+        } else if value.is_variant() && !value.is::<super::series::Series>() {
+            // Another host type (an iterator, a range …): as many bytes as a
+            // copy of it allocates. A series is held to its own ledger.
+            let cost = clone_cost(value);
+            self.string_bytes += cost;
+            self.text_bytes += 64 + cost;
         } else {
-            // Numbers, booleans, characters, timestamps, `()`; a custom type
-            // (a series) prints within its own bounds.
+            // Numbers, booleans, characters, timestamps, `()`, a series
+            // (printed within its own bounds).
             self.text_bytes += 32;
         }
     }

@@ -27,6 +27,10 @@ pub use sandbox::{CallbackGuard, hardened_engine};
 
 /// The longest value printed in an error message, in bytes.
 const MAX_ERROR_BYTES: usize = 1_000;
+/// Most symbols a strategy may trade.
+const MAX_SYMBOLS: usize = 1_000;
+/// The longest symbol, in bytes.
+const MAX_SYMBOL_BYTES: usize = 64;
 
 /// Callbacks a script may define, with their parameter counts.
 pub const CALLBACKS: &[(&str, usize, &str)] = &[
@@ -415,23 +419,18 @@ fn read_config(
     for (key, value) in map {
         match key.as_str() {
             "symbols" => {
-                meta.symbols = if value.is_string() {
-                    vec![value.to_string()]
-                } else {
-                    let array = value
-                        .try_cast::<rhai::Array>()
-                        .ok_or_else(|| err("`symbols` must be an array of strings".into()))?;
-                    array
-                        .into_iter()
-                        .map(|s| {
-                            if s.is_string() {
-                                Ok(s.to_string())
-                            } else {
-                                Err(err("`symbols` must be an array of strings".into()))
-                            }
-                        })
-                        .collect::<Result<_, _>>()?
-                };
+                let array =
+                    if value.is_string() { vec![value] } else { value.try_cast::<rhai::Array>().unwrap_or_default() };
+                if array.is_empty() || array.len() > MAX_SYMBOLS {
+                    return Err(err(format!("`symbols` must be a string or an array of 1 to {MAX_SYMBOLS} strings")));
+                }
+                meta.symbols = array
+                    .into_iter()
+                    .map(|s| match s.into_immutable_string() {
+                        Ok(s) if !s.is_empty() && s.len() <= MAX_SYMBOL_BYTES => Ok(s.to_string()),
+                        _ => Err(err(format!("`symbols` must hold strings of 1 to {MAX_SYMBOL_BYTES} bytes"))),
+                    })
+                    .collect::<Result<_, _>>()?;
             }
             "timeframe" => {
                 meta.timeframe = Timeframe::from_str(&memory::shown(&value, MAX_ERROR_BYTES))
@@ -519,10 +518,14 @@ fn runtime_error(file: &str, callback: &str, error: EvalAltResult, limits: &Sand
         EvalAltResult::ErrorStackOverflow(_) => {
             format!("exceeded the limit of {} nested calls (sandbox.max_call_depth)", limits.max_call_depth)
         }
-        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == sandbox::MEMORY_FULL => format!(
-            "needed more than the {} bytes one callback may allocate: exceeds the sandbox limits (sandbox.max_callback_memory)",
-            limits.max_callback_memory
-        ),
+        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == sandbox::MEMORY_FULL => {
+            guards::take_refusal().unwrap_or_else(|| {
+                format!(
+                    "needed more than the {} bytes one callback may allocate: exceeds the sandbox limits (sandbox.max_callback_memory)",
+                    limits.max_callback_memory
+                )
+            })
+        }
         EvalAltResult::ErrorTerminated(token, _) if token.to_string() == sandbox::ABORTED => {
             "stopped: the host is shutting down".to_string()
         }
@@ -534,6 +537,8 @@ fn runtime_error(file: &str, callback: &str, error: EvalAltResult, limits: &Sand
             format!("exceeded its wall-clock budget of {} ms (sandbox.callback_budget_ms)", limits.callback_budget_ms)
         }
         EvalAltResult::ErrorFunctionNotFound(sig, _) => {
+            // The signature holds the name, which a script may build as long as it likes.
+            let sig = &memory::shown_with(MAX_ERROR_BYTES, |out| out.write_str(sig));
             let name = sig.split([' ', '(']).next().unwrap_or(sig);
             match api::signature(name) {
                 Some(expected) => format!("wrong arguments in call {sig}: expected {expected}"),

@@ -73,6 +73,7 @@ impl CallbackGuard {
         self.clock.set(Clock::Armed(budget));
         let mut memory = self.memory.borrow_mut();
         drop(memory.take());
+        super::guards::take_refusal();
         *memory = Some(memory::arm(self.memory_limit.get()));
     }
     /// Ends it; says what the callback did with its memory allowance.

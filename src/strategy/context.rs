@@ -156,6 +156,9 @@ impl StrategyContext {
         if !value.is_finite() {
             return Err(format!("`{name}`: the value must be a finite number, got {value}"));
         }
+        if let Some(symbol) = symbol.filter(|s| s.len() > MAX_NAME_BYTES) {
+            return Err(format!("`{name}`: the symbol must be at most {MAX_NAME_BYTES} bytes, got {}", symbol.len()));
+        }
         let (symbol, time) = match (symbol, &self.plot_bar) {
             (Some(symbol), Some((bar_symbol, time))) if symbol == bar_symbol => (symbol, *time),
             (Some(symbol), _) => {
