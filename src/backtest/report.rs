@@ -129,6 +129,45 @@ fn f(value: Decimal) -> f64 {
     value.to_f64().unwrap_or(0.0)
 }
 
+/// The deepest fall of an equity curve from its running peak (the peak
+/// starts at the initial cash).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Drawdown {
+    /// The largest `fall / peak`.
+    fraction: f64,
+    /// The largest `peak - equity`.
+    value: Decimal,
+    /// The most bars spent below a peak.
+    bars: usize,
+}
+
+impl Drawdown {
+    fn of(initial: Decimal, equity: &[EquityPoint]) -> Drawdown {
+        let (mut peak, mut peak_index) = (initial, 0usize);
+        let mut worst = Drawdown { fraction: 0.0, value: Decimal::ZERO, bars: 0 };
+        // Only a fall from a positive peak is a fraction that counts, and
+        // peaks only rise: a fall no deeper than the deepest from a positive
+        // peak so far is no larger a fraction of its (higher) peak either,
+        // so the exact division (this loop's cost) runs only at a new deepest.
+        let mut deepest_from_positive = Decimal::ZERO;
+        for (i, point) in equity.iter().enumerate() {
+            if point.equity >= peak {
+                peak = point.equity;
+                peak_index = i;
+                continue;
+            }
+            worst.bars = worst.bars.max(i - peak_index);
+            let fall = peak - point.equity;
+            worst.value = worst.value.max(fall);
+            if peak > Decimal::ZERO && fall > deepest_from_positive {
+                deepest_from_positive = fall;
+                worst.fraction = worst.fraction.max(f(fall / peak));
+            }
+        }
+        worst
+    }
+}
+
 /// One round trip: a symbol's position from flat back to flat (or reversed).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Trade {
@@ -301,23 +340,8 @@ impl Report {
         let annualized_return =
             if years > 0.0 && total_return > -1.0 { (1.0 + total_return).powf(1.0 / years) - 1.0 } else { 0.0 };
 
-        let (mut peak, mut peak_index) = (initial, 0usize);
-        let (mut max_drawdown, mut max_drawdown_value, mut max_drawdown_bars) = (0.0f64, Decimal::ZERO, 0usize);
-        for (i, point) in inputs.equity.iter().enumerate() {
-            if point.equity >= peak {
-                peak = point.equity;
-                peak_index = i;
-            } else {
-                max_drawdown_bars = max_drawdown_bars.max(i - peak_index);
-                let fall = peak - point.equity;
-                if fall > max_drawdown_value {
-                    max_drawdown_value = fall;
-                }
-                if !peak.is_zero() {
-                    max_drawdown = max_drawdown.max(f(fall / peak));
-                }
-            }
-        }
+        let Drawdown { fraction: max_drawdown, value: max_drawdown_value, bars: max_drawdown_bars } =
+            Drawdown::of(initial, inputs.equity);
 
         let mut previous = f(initial);
         let returns: Vec<f64> = inputs
@@ -439,5 +463,52 @@ impl Report {
         let mut out: Vec<String> = rows.iter().map(|(k, v)| format!("{k:<18} {v}")).collect();
         out.extend(self.notes.iter().map(|n| format!("note: {n}")));
         out.join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The drawdown as first written: a division at every bar below the peak.
+    fn every_bar(initial: Decimal, equity: &[EquityPoint]) -> Drawdown {
+        let (mut peak, mut peak_index) = (initial, 0usize);
+        let mut worst = Drawdown { fraction: 0.0, value: Decimal::ZERO, bars: 0 };
+        for (i, point) in equity.iter().enumerate() {
+            if point.equity >= peak {
+                peak = point.equity;
+                peak_index = i;
+            } else {
+                worst.bars = worst.bars.max(i - peak_index);
+                let fall = peak - point.equity;
+                worst.value = worst.value.max(fall);
+                if !peak.is_zero() {
+                    worst.fraction = worst.fraction.max(f(fall / peak));
+                }
+            }
+        }
+        worst
+    }
+
+    proptest! {
+        #[test]
+        fn drawdown_divides_only_at_new_depths_and_equals_dividing_every_bar(
+            initial in -100_000i64..100_000,
+            steps in prop::collection::vec(-500_000i64..500_000, 0..300),
+        ) {
+            // A random walk in cents from the initial cash, through zero and below at times.
+            let initial = Decimal::new(initial, 0);
+            let mut cents = initial.mantissa() as i64 * 100;
+            let equity: Vec<EquityPoint> = steps
+                .iter()
+                .enumerate()
+                .map(|(i, step)| {
+                    cents += step;
+                    EquityPoint { time: i as i64 * 60_000, equity: Decimal::new(cents, 2) }
+                })
+                .collect();
+            prop_assert_eq!(Drawdown::of(initial, &equity), every_bar(initial, &equity));
+        }
     }
 }
