@@ -195,7 +195,10 @@ pub fn run(
         name: name.to_string(),
         ctx,
         account,
-        placeholder: Arc::new(AccountView::default()),
+        spare: None,
+        orders_version: 0,
+        published_version: u64::MAX,
+        equity: config.broker.cash,
         broker: Broker::new(config.broker.clone()),
         logs: Vec::new(),
         logs_omitted: 0,
@@ -209,7 +212,7 @@ pub fn run(
         risk_rejected: BTreeMap::new(),
         realized: BTreeMap::new(),
         protections: Vec::new(),
-        view_stale: std::cell::Cell::new(false),
+        view_stale: false,
         plots: crate::strategy::plots::PlotBook::keeping(usize::MAX),
         order_kinds: HashMap::new(),
     };
@@ -292,7 +295,7 @@ pub fn run(
         if sim.broker.positions.values().any(|p| !p.size.is_zero()) {
             exposure_bars += 1;
         }
-        equity.push(EquityPoint { time: start, equity: sim.broker.equity() });
+        equity.push(EquityPoint { time: start, equity: sim.equity() });
         on_bar(done);
     }
     // The end: cancel what is open, close what is held at the last close.
@@ -397,8 +400,15 @@ struct Simulation {
     name: String,
     ctx: SharedContext,
     account: Arc<ArcSwap<AccountView>>,
-    /// Stands in for the account while [`Simulation::publish_account`] updates it.
-    placeholder: Arc<AccountView>,
+    /// The view published before the current one, with the orders version
+    /// it shows: [`Simulation::publish_account`] refreshes and publishes it.
+    spare: Option<(Arc<AccountView>, u64)>,
+    /// Counts the publishes that carried an order or fill event.
+    orders_version: u64,
+    /// The orders version the published view shows.
+    published_version: u64,
+    /// The equity in the published view.
+    equity: Decimal,
     broker: Broker,
     logs: Vec<(TimestampMs, String)>,
     logs_omitted: u64,
@@ -415,7 +425,7 @@ struct Simulation {
     /// What the protections triggered or lifted, with the time.
     protections: Vec<(TimestampMs, crate::risk::ProtectionEvent)>,
     /// An order went to the broker since the account view was last published.
-    view_stale: std::cell::Cell<bool>,
+    view_stale: bool,
     /// What the strategy plotted.
     plots: crate::strategy::plots::PlotBook,
     /// Each placed order's kind, by client id.
@@ -447,13 +457,20 @@ impl Simulation {
     /// after every bar; positions and open orders when `orders_changed` (an
     /// order or fill event). Updated in place when the strategy holds no
     /// snapshot, which is always the case between callbacks.
-    fn publish_account(&self, orders_changed: bool) {
-        self.view_stale.set(self.view_stale.get() && !orders_changed);
-        let mut view = self.account.swap(self.placeholder.clone());
-        let refresh_orders = orders_changed || Arc::get_mut(&mut view).is_none();
+    fn publish_account(&mut self, orders_changed: bool) {
+        self.view_stale &= !orders_changed;
+        if orders_changed {
+            self.orders_version += 1;
+        }
+        // The view published before the current one is brought up to date and
+        // swapped in: one atomic swap a publish. It is copied only when a
+        // strategy still holds it.
+        let (mut view, version) = self.spare.take().unwrap_or_else(|| (self.account.load_full(), u64::MAX));
+        let refresh_orders = version != self.orders_version || Arc::get_mut(&mut view).is_none();
         let view_mut = Arc::make_mut(&mut view);
         view_mut.balance = self.broker.cash;
-        view_mut.equity = self.broker.equity();
+        self.equity = self.broker.equity();
+        view_mut.equity = self.equity;
         for (symbol, mark) in self.broker.marks() {
             match view_mut.marks.get_mut(symbol) {
                 Some(slot) => *slot = *mark,
@@ -467,7 +484,15 @@ impl Simulation {
             view_mut.positions = [(self.name.clone(), positions)].into_iter().collect();
             view_mut.open_orders = Arc::new(self.broker.open.clone());
         }
-        self.account.store(view);
+        let previous = self.account.swap(view);
+        self.spare = Some((previous, std::mem::replace(&mut self.published_version, self.orders_version)));
+    }
+
+    /// The broker's equity, as last published: every change to the broker
+    /// is published before the strategy or the equity curve sees it.
+    fn equity(&self) -> Decimal {
+        debug_assert_eq!(self.equity, self.broker.equity(), "the account view is behind the broker");
+        self.equity
     }
 
     fn deliver(
@@ -511,7 +536,7 @@ impl Simulation {
     /// after the orders before it), then hands it to the broker.
     fn place(&mut self, request: OrderRequest, time: TimestampMs) -> Vec<ExchangeEvent> {
         if !self.risk.is_open() {
-            if self.view_stale.get() {
+            if self.view_stale {
                 self.publish_account(true);
             }
             if let Err(refusal) = self.risk.check(&request, &self.account.load(), time) {
@@ -522,7 +547,7 @@ impl Simulation {
                 return vec![ExchangeEvent::Order(order)];
             }
         }
-        self.view_stale.set(true);
+        self.view_stale = true;
         self.order_kinds.insert(request.client_id.clone(), order_kind(&request));
         self.broker.submit(request, time)
     }

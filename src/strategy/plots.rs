@@ -75,7 +75,12 @@ impl PlotBook {
             map.get_mut(key).expect("just inserted")
         }
         let mut book = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let points = entry(entry(entry(&mut book, strategy), symbol), name);
+        // A series seen before: one lookup a level (the common case, every bar).
+        let known = book.get_mut(strategy).and_then(|s| s.get_mut(symbol)).and_then(|n| n.get_mut(name));
+        let points = match known {
+            Some(points) => points,
+            None => entry(entry(entry(&mut book, strategy), symbol), name),
+        };
         match points.back_mut() {
             Some(last) if last.time == point.time => *last = point,
             Some(last) if last.time > point.time => {}
