@@ -61,6 +61,9 @@ impl Host {
         let guard = CallbackGuard::default();
         let mut engine = hardened_engine(&SandboxConfig::default(), &guard, Arc::new(AtomicBool::new(false)));
         api::install(&mut engine, &ctx);
+        for (name, module) in api::modules(&ctx) {
+            engine.register_static_module(name, module.into());
+        }
         let mut params = Module::new();
         params.set_var("fast", 10 as rhai::INT);
         params.set_var("slow", 30 as rhai::INT);
@@ -239,6 +242,9 @@ fn coverage() {
         let guard = CallbackGuard::default();
         let mut engine = hardened_engine(&SandboxConfig::default(), &guard, Arc::new(AtomicBool::new(false)));
         api::install(&mut engine, &ctx);
+        for (name, module) in api::modules(&ctx) {
+            engine.register_static_module(name, module.into());
+        }
         engine
     };
     let mut files: Vec<_> = ["strategies", "examples/strategies"]

@@ -552,3 +552,16 @@ fn each_candle_arrives_fresh_whatever_the_script_did_to_the_last() {
     assert_eq!(state["first"]["close"], 10.0);
     assert_eq!(state["first"]["time"], 0);
 }
+
+/// A strategy's engine registers the host modules its source names; one
+/// named only inside an interpolated string, and one first named by a hot
+/// reload, are there too.
+#[test]
+fn every_host_module_a_script_names_is_callable_after_a_reload_too() {
+    let (mut s, ctx) = build("fn on_candle(c) { print(`sma ${ta::sma(c.symbol, 1)}`); }");
+    feed(&mut s, &ctx, candle(0, 5.0)).unwrap();
+    assert_eq!(logs(&ctx).last().map(String::as_str), Some("sma 5.0"));
+    s.reload("fn on_candle(c) { log::info(`balance ${exchange::balance()}, sma ${ta::sma(c.symbol, 2)}`); }").unwrap();
+    feed(&mut s, &ctx, candle(1, 7.0)).unwrap();
+    assert_eq!(logs(&ctx).last().map(String::as_str), Some("balance 0.0, sma 6.0"));
+}

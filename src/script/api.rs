@@ -5,7 +5,7 @@
 //! Arguments are checked here so a wrong call names the function and its
 //! expected signature.
 
-use rhai::{Array, Dynamic, Engine, EvalAltResult, INT, Map, Module, NativeCallContext, Position};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, FLOAT, INT, Map, Module, NativeCallContext, Position};
 use rust_decimal::Decimal;
 
 use super::convert;
@@ -261,16 +261,26 @@ fn indicator(value: IndicatorValue) -> Dynamic {
     }
 }
 
-/// Installs every host module into a strategy's engine, bound to its context.
+/// The host modules by name (`ta`, `exchange`, …), bound to a strategy's
+/// context. A strategy's engine registers those its source names: Rhai finds
+/// the module of every `ta::` or `params::` by comparing its name with the
+/// registered ones, one after another, on every call.
+pub fn modules(ctx: &SharedContext) -> Vec<(&'static str, Module)> {
+    vec![
+        ("exchange", exchange_module(ctx)),
+        ("market", market_module(ctx)),
+        ("ta", ta_module(ctx)),
+        ("timer", timer_module(ctx)),
+        ("log", log_module(ctx)),
+        ("health", health_module(ctx)),
+        ("risk", risk_module(ctx)),
+        ("chart", chart_module(ctx)),
+    ]
+}
+
+/// Installs the host's global functions (`notify`, `now`) and where
+/// `print` and `debug` go into a strategy's engine, bound to its context.
 pub fn install(engine: &mut Engine, ctx: &SharedContext) {
-    engine.register_static_module("exchange", exchange_module(ctx).into());
-    engine.register_static_module("market", market_module(ctx).into());
-    engine.register_static_module("ta", ta_module(ctx).into());
-    engine.register_static_module("timer", timer_module(ctx).into());
-    engine.register_static_module("log", log_module(ctx).into());
-    engine.register_static_module("health", health_module(ctx).into());
-    engine.register_static_module("risk", risk_module(ctx).into());
-    engine.register_static_module("chart", chart_module(ctx).into());
     let c = ctx.clone();
     engine.register_fn("notify", move |message: Dynamic| with_text(&message, |text| c.borrow_mut().notify(text)));
     let c = ctx.clone();
@@ -942,25 +952,33 @@ fn numbers(value: serde_json::Value) -> serde_json::Value {
 /// `chart::plot(name, value [, symbol])`: an overlay value on the candle being
 /// handled (the dashboard's chart, the backtest report).
 fn chart_module(ctx: &SharedContext) -> Module {
+    const FUNCTION: &str = "chart::plot";
+    fn record(c: &SharedContext, name: &str, value: f64, symbol: Option<&str>) -> Result<()> {
+        c.borrow_mut().plot(name, value, symbol).map_err(|e| bad(FUNCTION, format!("{FUNCTION}: {e}")))
+    }
     fn plot(c: &SharedContext, name: &Dynamic, value: &Dynamic, symbol: Option<&Dynamic>) -> Result<()> {
-        let function = "chart::plot";
         // Read as borrowed strings: a plot per bar allocates nothing.
-        fn string<'a>(
-            function: &str,
-            what: &str,
-            v: &'a Dynamic,
-        ) -> Result<impl std::ops::Deref<Target = rhai::ImmutableString> + 'a> {
+        fn string<'a>(what: &str, v: &'a Dynamic) -> Result<impl std::ops::Deref<Target = rhai::ImmutableString> + 'a> {
             v.read_lock::<rhai::ImmutableString>()
-                .ok_or_else(|| bad(function, format!("{function}: `{what}` must be a string, got {}", v.type_name())))
+                .ok_or_else(|| bad(FUNCTION, format!("{FUNCTION}: `{what}` must be a string, got {}", v.type_name())))
         }
-        let name = string(function, "name", name)?;
-        let value = number(function, "value", value)?;
-        let symbol = symbol.map(|s| string(function, "symbol", s)).transpose()?;
-        c.borrow_mut()
-            .plot(&name, value, symbol.as_deref().map(|s| s.as_str()))
-            .map_err(|e| bad(function, format!("{function}: {e}")))
+        let name = string("name", name)?;
+        let value = number(FUNCTION, "value", value)?;
+        let symbol = symbol.map(|s| string("symbol", s)).transpose()?;
+        record(c, &name, value, symbol.as_deref().map(|s| s.as_str()))
     }
     let mut m = Module::new();
+    // Typed fast paths for the common `(string, float)` and `(string, int)`
+    // calls, found by Rhai's first lookup; the `Dynamic` versions catch the
+    // rest and give the errors.
+    let c = ctx.clone();
+    m.set_native_fn("plot", move |cx: NativeCallContext, name: rhai::ImmutableString, value: FLOAT| {
+        located(&cx, || record(&c, &name, value, None))
+    });
+    let c = ctx.clone();
+    m.set_native_fn("plot", move |cx: NativeCallContext, name: rhai::ImmutableString, value: INT| {
+        located(&cx, || record(&c, &name, value as f64, None))
+    });
     let c = ctx.clone();
     m.set_native_fn("plot", move |cx: NativeCallContext, name: Dynamic, value: Dynamic| {
         located(&cx, || plot(&c, &name, &value, None))

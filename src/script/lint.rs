@@ -341,6 +341,9 @@ mod tests {
         let ctx = StrategyContext::new("t", Default::default(), OrderIds::new("t", Default::default()), 10).shared();
         let mut engine = rhai::Engine::new();
         super::super::api::install(&mut engine, &ctx);
+        for (name, module) in super::super::api::modules(&ctx) {
+            engine.register_static_module(name, module.into());
+        }
         super::super::series::install(&mut engine, 10);
         let ml = super::super::ml::MlState::shared(Default::default());
         engine.register_static_module("ml", super::super::ml::module(&ctx, &ml).into());

@@ -85,6 +85,8 @@ pub struct ScriptStrategy {
     strings: convert::SharedStrings,
     candle: convert::CandleArg,
     ml: ml::SharedMl,
+    /// Host modules no version of the script has named yet.
+    unregistered: Vec<(&'static str, rhai::Shared<Module>)>,
     /// Bytes the callbacks kept since `this` was last measured.
     kept: usize,
     /// `this` is measured again once `kept` reaches it (`memory::measure_step`).
@@ -98,14 +100,17 @@ impl ScriptStrategy {
         let mut engine = hardened_engine(&options.limits, &guard, env.abort.clone());
         api::install(&mut engine, &env.ctx);
         let ml = ml::MlState::shared(options.ml.clone());
-        engine.register_static_module("ml", ml::module(&env.ctx, &ml).into());
+        let mut modules = api::modules(&env.ctx);
+        modules.push(("ml", ml::module(&env.ctx, &ml)));
         if options.panicking_function {
             let mut test = rhai::Module::new();
             test.set_native_fn("panic", |message: &str| -> Result<(), Box<rhai::EvalAltResult>> {
                 panic!("{message}")
             });
-            engine.register_static_module("test", test.into());
+            modules.push(("test", test));
         }
+        let mut unregistered = modules.into_iter().map(|(name, module)| (name, module.into())).collect();
+        register_named_modules(&mut engine, &mut unregistered, source);
         let budget = Duration::from_millis(options.limits.callback_budget_ms);
         let compiled = compile(&engine, file, source, &options, &guard, budget)?;
         let state = env
@@ -127,6 +132,7 @@ impl ScriptStrategy {
             strings: convert::SharedStrings::default(),
             candle: convert::CandleArg::default(),
             ml,
+            unregistered,
             kept: 0,
             measure_at: 0,
         };
@@ -233,6 +239,7 @@ impl Strategy for ScriptStrategy {
     }
 
     fn reload(&mut self, source: &str) -> Result<(), StrategyError> {
+        register_named_modules(&mut self.engine, &mut self.unregistered, source);
         self.compiled = compile(&self.engine, &self.file, source, &self.options, &self.guard, self.budget)?;
         self.activate();
         self.call("on_reload", ()).map(drop)
@@ -294,6 +301,35 @@ fn definition(file: &str, source: &str, name: &str) -> Option<Location> {
         let column = line.find(&format!("fn {name}"))?;
         let rest = line[column + 3 + name.len()..].trim_start();
         rest.starts_with('(').then(|| Location { file: file.to_string(), line: i + 1, column: column + 1 })
+    })
+}
+
+/// Registers each host module whose name `source` holds as a word (in code,
+/// a string or a comment: more than it uses is harmless), and keeps the
+/// rest for a later version of the script. A module can only be reached by
+/// its name written in the source (no `eval`, no imports, and a function
+/// pointer cannot hold a `::` path), so the script sees every module it
+/// can call while Rhai compares each `ta::` with fewer names.
+fn register_named_modules(
+    engine: &mut Engine,
+    unregistered: &mut Vec<(&'static str, rhai::Shared<Module>)>,
+    source: &str,
+) {
+    unregistered.retain(|(name, module)| {
+        if !names_word(source, name) {
+            return true;
+        }
+        engine.register_static_module(*name, module.clone());
+        false
+    });
+}
+
+/// True if `word` occurs in `text` not as part of a longer identifier.
+fn names_word(text: &str, word: &str) -> bool {
+    let is_identifier = |c: char| c.is_alphanumeric() || c == '_';
+    text.match_indices(word).any(|(at, _)| {
+        !text[..at].chars().next_back().is_some_and(is_identifier)
+            && !text[at + word.len()..].chars().next().is_some_and(is_identifier)
     })
 }
 
@@ -555,4 +591,19 @@ fn runtime_error(file: &str, callback: &str, error: EvalAltResult, limits: &Sand
         other => memory::shown_with(MAX_ERROR_BYTES, |out| write!(out, "{other}")),
     };
     StrategyError { location: location(file, position), message: format!("{callback}: {message}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_word;
+
+    #[test]
+    fn a_module_is_named_by_its_word_only() {
+        assert!(names_word("let f = ta::sma(c.symbol, 10);", "ta"));
+        assert!(names_word("log::info(`${ta :: sma(s, 3)}`)", "ta"));
+        assert!(names_word("ta", "ta"));
+        assert!(!names_word("exchange::market_order(s, \"buy\", 1.0)", "market"));
+        assert!(!names_word("let data = 1; let tax = 2; let _ta = 3;", "ta"));
+        assert!(names_word("// timer::every(\"x\", \"1m\") later", "timer"));
+    }
 }

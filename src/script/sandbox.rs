@@ -114,23 +114,31 @@ pub fn hardened_engine(limits: &SandboxConfig, guard: &CallbackGuard, abort: Arc
     let guard = guard.clone();
     let max_series_values = limits.max_series_values;
     engine.on_progress(move |operations| {
-        // Checked at every operation: one operation can copy a whole series
-        // or double a string.
-        if memory::over_budget() {
-            return Some(Dynamic::from(MEMORY_FULL));
-        }
-        if super::series::values_held() > max_series_values {
-            return Some(Dynamic::from(SERIES_FULL));
-        }
-        if operations % 256 != 0 {
-            return None;
-        }
-        if abort.load(Ordering::Relaxed) {
-            return Some(Dynamic::from(ABORTED));
-        }
-        guard.spent().then(|| Dynamic::from(BUDGET_EXCEEDED))
+        // Memory and series are checked at every operation (one operation
+        // can copy a whole series or double a string), the clock and the
+        // abort flag at every 256th. The common case stays a leaf function:
+        // the rest is out of line.
+        let check =
+            memory::over_budget() || super::series::values_held() > max_series_values || operations.is_multiple_of(256);
+        if check { stop_reason(&guard, &abort, max_series_values) } else { None }
     });
     engine
+}
+
+/// Why the running callback must stop now, if it must.
+#[cold]
+#[inline(never)]
+fn stop_reason(guard: &CallbackGuard, abort: &AtomicBool, max_series_values: usize) -> Option<Dynamic> {
+    if memory::over_budget() {
+        return Some(Dynamic::from(MEMORY_FULL));
+    }
+    if super::series::values_held() > max_series_values {
+        return Some(Dynamic::from(SERIES_FULL));
+    }
+    if abort.load(Ordering::Relaxed) {
+        return Some(Dynamic::from(ABORTED));
+    }
+    guard.spent().then(|| Dynamic::from(BUDGET_EXCEEDED))
 }
 
 /// Checks what a strategy keeps in `this` against the sandbox's size
