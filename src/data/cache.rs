@@ -91,10 +91,10 @@ impl IndicatorCache {
         vwap() => Key::Vwap, State::Vwap(Vwap::new()));
 
     fn value(&mut self, symbol: &str, series: &CandleSeries, key: Key, make: impl FnOnce() -> State) -> IndicatorValue {
-        if !self.slots.contains_key(symbol) {
-            self.slots.insert(symbol.to_string(), FxHashMap::default());
-        }
-        let by_key = self.slots.get_mut(symbol).expect("inserted above");
+        let by_key = match self.slots.get_mut(symbol) {
+            Some(by_key) => by_key,
+            None => self.slots.entry(symbol.to_string()).or_default(),
+        };
         let slot = by_key.entry(key).or_insert_with(|| Slot {
             state: make(),
             next_index: series.first_index(),

@@ -198,8 +198,14 @@ impl MarketState {
 
     /// Appends a closed candle of the strategy's own timeframe to its symbol's series.
     pub fn push_candle(&mut self, candle: Candle) {
-        let capacity = self.capacity;
-        self.series.entry(candle.symbol.clone()).or_insert_with(|| CandleSeries::new(capacity)).push(candle);
+        // Looked up by reference first: the symbol is copied only for a new series.
+        if let Some(series) = self.series.get_mut(&candle.symbol) {
+            return series.push(candle);
+        }
+        let mut series = CandleSeries::new(self.capacity);
+        let symbol = candle.symbol.clone();
+        series.push(candle);
+        self.series.insert(symbol, series);
     }
 
     /// Appends a closed candle of another timeframe the strategy reads; its

@@ -184,7 +184,7 @@ fn symbol_arg(function: &str, v: &Dynamic) -> Result<rhai::ImmutableString> {
 /// The series a script names (`SYMBOL` or `SYMBOL@TF`) as its key in the
 /// strategy's market state; a plain symbol passes through without a copy.
 fn series_arg(function: &str, ctx: &StrategyContext, symbol: rhai::ImmutableString) -> Result<rhai::ImmutableString> {
-    if !symbol.contains('@') {
+    if !symbol.bytes().any(|b| b == b'@') {
         return Ok(symbol);
     }
     ctx.series_key(&symbol).map(Into::into).map_err(|e| bad(function, format!("{function}: {e}")))

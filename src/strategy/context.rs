@@ -140,10 +140,15 @@ impl StrategyContext {
 
     /// Notes the event about to be handled: an `on_candle` plots on its candle's bar.
     pub fn begin_event(&mut self, event: &super::StrategyEvent) {
-        self.plot_bar = match event {
-            super::StrategyEvent::Candle(candle) => Some((candle.symbol.clone(), candle.time)),
-            _ => None,
-        };
+        match (event, &mut self.plot_bar) {
+            // The same symbol's next bar, as a rule: its name is not copied again.
+            (super::StrategyEvent::Candle(candle), Some((symbol, time))) => {
+                symbol.clone_from(&candle.symbol);
+                *time = candle.time;
+            }
+            (super::StrategyEvent::Candle(candle), None) => self.plot_bar = Some((candle.symbol.clone(), candle.time)),
+            _ => self.plot_bar = None,
+        }
     }
 
     /// Queues a chart overlay value (`chart::plot`): on the candle being
