@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds since the unix epoch (UTC).
 pub type TimestampMs = i64;
 
+/// The longest symbol a strategy may name (in `config()` or `chart::plot`), in bytes.
+pub const MAX_SYMBOL_BYTES: usize = 64;
+
 /// Buy or sell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

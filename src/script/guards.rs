@@ -323,45 +323,16 @@ fn install_printing(engine: &mut Engine) {
         FuncRegistration::new(name).with_purity(true).register_into_engine(
             engine,
             |ctx: NativeCallContext, array: &mut Array| -> Result<ImmutableString> {
-                let level = match Level::enter("printing an array") {
-                    Ok(level) => level,
-                    Err(message) => return Ok(refused_print(message)),
-                };
-                if let Err(refused) = reserve_print("printing an array", &Footprint::of_array(array)) {
-                    return Ok(refused);
-                }
-                let mut text = String::from("[");
-                for (i, item) in array.iter_mut().enumerate() {
-                    if i > 0 {
-                        text.push_str(", ");
-                    }
-                    text.push_str(&debug_text(&ctx, item));
-                }
-                text.push(']');
-                drop(level);
-                Ok(text.into())
+                let footprint = Footprint::of_array(array);
+                Ok(print_items("an array", &footprint, ("[", "]"), array.iter_mut().map(|item| (None, item)), &ctx))
             },
         );
         FuncRegistration::new(name).with_purity(true).register_into_engine(
             engine,
             |ctx: NativeCallContext, map: &mut Map| -> Result<ImmutableString> {
-                let level = match Level::enter("printing a map") {
-                    Ok(level) => level,
-                    Err(message) => return Ok(refused_print(message)),
-                };
-                if let Err(refused) = reserve_print("printing a map", &Footprint::of_map(map)) {
-                    return Ok(refused);
-                }
-                let mut text = String::from("#{");
-                for (i, (key, item)) in map.iter_mut().enumerate() {
-                    if i > 0 {
-                        text.push_str(", ");
-                    }
-                    let _ = write!(text, "{key:?}: {}", debug_text(&ctx, item));
-                }
-                text.push('}');
-                drop(level);
-                Ok(text.into())
+                let footprint = Footprint::of_map(map);
+                let items = map.iter_mut().map(|(key, item)| (Some(key.as_str()), item));
+                Ok(print_items("a map", &footprint, ("#{", "}"), items, &ctx))
             },
         );
     }
@@ -380,6 +351,38 @@ fn install_printing(engine: &mut Engine) {
             Ok(rhai::format_map_as_json(map))
         },
     );
+}
+
+/// Prints an array's or a map's items as Rhai does, `key: value` where an
+/// item has a key, between `brackets`; refused (with the reason as the
+/// text) when nested too deep or when what it would print does not fit.
+fn print_items<'a>(
+    what: &str,
+    footprint: &Footprint,
+    brackets: (&str, &str),
+    items: impl Iterator<Item = (Option<&'a str>, &'a mut Dynamic)>,
+    ctx: &NativeCallContext,
+) -> ImmutableString {
+    let printing = format!("printing {what}");
+    let _level = match Level::enter(&printing) {
+        Ok(level) => level,
+        Err(message) => return refused_print(message),
+    };
+    if let Err(refused) = reserve_print(&printing, footprint) {
+        return refused;
+    }
+    let mut text = String::from(brackets.0);
+    for (i, (key, item)) in items.enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        if let Some(key) = key {
+            let _ = write!(text, "{key:?}: ");
+        }
+        text.push_str(&debug_text(ctx, item));
+    }
+    text.push_str(brackets.1);
+    text.into()
 }
 
 /// An element printed as Rhai prints it inside an array or map: with its

@@ -21,6 +21,7 @@ use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, FuncArgs, Map, Mo
 
 use crate::config::SandboxConfig;
 use crate::data::Timeframe;
+use crate::model::MAX_SYMBOL_BYTES;
 use crate::strategy::{Location, SharedContext, Strategy, StrategyEnv, StrategyError, StrategyEvent, StrategyMeta};
 
 pub use sandbox::{CallbackGuard, hardened_engine};
@@ -29,8 +30,6 @@ pub use sandbox::{CallbackGuard, hardened_engine};
 const MAX_ERROR_BYTES: usize = 1_000;
 /// Most symbols a strategy may trade.
 const MAX_SYMBOLS: usize = 1_000;
-/// The longest symbol, in bytes.
-const MAX_SYMBOL_BYTES: usize = 64;
 
 /// Callbacks a script may define, with their parameter counts.
 pub const CALLBACKS: &[(&str, usize, &str)] = &[

@@ -155,14 +155,15 @@ impl StrategyContext {
     /// handled, or on `symbol`'s bar now. At most [`super::plots::MAX_SERIES`] series.
     pub fn plot(&mut self, name: &str, value: f64, symbol: Option<&str>) -> Result<(), String> {
         use super::plots::{MAX_NAME_BYTES, MAX_SERIES, PlotPoint};
+        use crate::model::MAX_SYMBOL_BYTES;
         if name.is_empty() || name.len() > MAX_NAME_BYTES {
             return Err(format!("the name must be 1 to {MAX_NAME_BYTES} bytes, got {}", name.len()));
         }
         if !value.is_finite() {
             return Err(format!("`{name}`: the value must be a finite number, got {value}"));
         }
-        if let Some(symbol) = symbol.filter(|s| s.len() > MAX_NAME_BYTES) {
-            return Err(format!("`{name}`: the symbol must be at most {MAX_NAME_BYTES} bytes, got {}", symbol.len()));
+        if let Some(symbol) = symbol.filter(|s| s.len() > MAX_SYMBOL_BYTES) {
+            return Err(format!("`{name}`: the symbol must be at most {MAX_SYMBOL_BYTES} bytes, got {}", symbol.len()));
         }
         let (symbol, time) = match (symbol, &self.plot_bar) {
             (Some(symbol), Some((bar_symbol, time))) if symbol == bar_symbol => (symbol, *time),
