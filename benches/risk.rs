@@ -63,8 +63,9 @@ fn main() {
     let strategies = ["a", "b", "c"];
     let mut account = AccountView { currency: "USD".into(), balance: Decimal::from(100_000), ..Default::default() };
     account.equity = account.balance;
-    account.marks =
-        [("BTCUSD".to_string(), Decimal::from(60_000)), ("ETHUSD".to_string(), Decimal::from(3_000))].into();
+    account.marks = [("BTCUSD".to_string(), Decimal::from(60_000)), ("ETHUSD".to_string(), Decimal::from(3_000))]
+        .into_iter()
+        .collect();
     for (i, name) in strategies.iter().enumerate() {
         let mut position = Position::flat("BTCUSD");
         position.size = Decimal::new(i as i64 + 1, 2);

@@ -603,7 +603,7 @@ pub struct AccountView {
     /// Each strategy's own net positions (from its own fills), by symbol.
     pub positions: HashMap<String, HashMap<String, Position>>,
     /// Mark price (mid) per symbol.
-    pub marks: HashMap<String, Decimal>,
+    pub marks: rustc_hash::FxHashMap<String, Decimal>,
     /// Open orders of every strategy (shared between views while they do not change).
     pub open_orders: std::sync::Arc<Vec<Order>>,
     /// Whether new orders may go out.
@@ -709,7 +709,16 @@ fn short_decimal(value: f64) -> Option<Decimal> {
         return None;
     }
     let scaled = (value * SCALE).round();
-    (scaled / SCALE == value).then(|| Decimal::new(scaled as i64, 8).normalize())
+    if scaled / SCALE != value {
+        return None;
+    }
+    // Trailing zeros dropped as `Decimal::normalize` would, on the integer.
+    let (mut mantissa, mut scale) = (scaled as i64, 8);
+    while scale > 0 && mantissa % 10 == 0 {
+        mantissa /= 10;
+        scale -= 1;
+    }
+    Some(Decimal::new(mantissa, scale))
 }
 
 /// Converts a decimal to a script number.
@@ -830,7 +839,9 @@ mod tests {
             let digits = 10f64.powi((next() * 10.0) as i32);
             for value in [next() * magnitude, (next() * magnitude * digits).round() / digits, -next() * magnitude] {
                 let slow = Decimal::from_str(&format!("{value}")).unwrap();
-                assert_eq!(decimal_from_f64(value), Some(slow), "{value}");
+                let fast = decimal_from_f64(value).unwrap();
+                // Equal, and written the same: the same scale too.
+                assert_eq!((fast, fast.scale()), (slow, slow.scale()), "{value}");
             }
         }
         assert_eq!(decimal_from_f64(30000.12), Some(Decimal::from_str("30000.12").unwrap()));
