@@ -565,3 +565,18 @@ fn every_host_module_a_script_names_is_callable_after_a_reload_too() {
     feed(&mut s, &ctx, candle(1, 7.0)).unwrap();
     assert_eq!(logs(&ctx).last().map(String::as_str), Some("balance 0.0, sma 6.0"));
 }
+
+/// `parse_json` evaluates its text as an expression: a script that names it
+/// (or builds a function pointer) reaches every host module, named or not.
+#[test]
+fn host_modules_reached_through_parse_json_are_there() {
+    let source =
+        r#"fn on_candle(c) { let m = parse_json("{\"v\": " + "t" + "a::sma(\"X\", 1)}"); print(`v ${m.v}`); }"#;
+    let (mut s, ctx) = build(source);
+    feed(&mut s, &ctx, candle(0, 5.0)).unwrap();
+    assert_eq!(logs(&ctx).last().map(String::as_str), Some("v 5.0"));
+    let source = r#"fn on_candle(c) { let f = Fn("parse" + "_json"); let m = f.call("{\"v\": " + "t" + "a::sma(\"X\", 1)}"); print(`v ${m.v}`); }"#;
+    let (mut s, ctx) = build(source);
+    feed(&mut s, &ctx, candle(1, 7.0)).unwrap();
+    assert_eq!(logs(&ctx).last().map(String::as_str), Some("v 7.0"));
+}

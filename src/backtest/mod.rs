@@ -196,8 +196,8 @@ pub fn run(
         ctx,
         account,
         spare: None,
-        orders_version: 0,
-        published_version: u64::MAX,
+        snapshots: 0,
+        published_snapshot: 0,
         equity: config.broker.cash,
         broker: Broker::new(config.broker.clone()),
         logs: Vec::new(),
@@ -400,13 +400,14 @@ struct Simulation {
     name: String,
     ctx: SharedContext,
     account: Arc<ArcSwap<AccountView>>,
-    /// The view published before the current one, with the orders version
-    /// it shows: [`Simulation::publish_account`] refreshes and publishes it.
+    /// The view published before the current one, with the snapshot of
+    /// positions and orders it shows: [`Simulation::publish_account`]
+    /// refreshes and publishes it.
     spare: Option<(Arc<AccountView>, u64)>,
-    /// Counts the publishes that carried an order or fill event.
-    orders_version: u64,
-    /// The orders version the published view shows.
-    published_version: u64,
+    /// Counts the snapshots of positions and orders taken from the broker.
+    snapshots: u64,
+    /// The snapshot the published view shows.
+    published_snapshot: u64,
     /// The equity in the published view.
     equity: Decimal,
     broker: Broker,
@@ -454,19 +455,19 @@ impl Simulation {
     }
 
     /// Shows the broker's account to the strategy: balance, equity and marks
-    /// after every bar; positions and open orders when `orders_changed` (an
-    /// order or fill event). Updated in place when the strategy holds no
-    /// snapshot, which is always the case between callbacks.
+    /// after every bar; positions and open orders as of the last order or
+    /// fill event (`orders_changed`), or of now when a strategy still holds
+    /// the view to reuse.
     fn publish_account(&mut self, orders_changed: bool) {
         self.view_stale &= !orders_changed;
-        if orders_changed {
-            self.orders_version += 1;
-        }
         // The view published before the current one is brought up to date and
-        // swapped in: one atomic swap a publish. It is copied only when a
-        // strategy still holds it.
-        let (mut view, version) = self.spare.take().unwrap_or_else(|| (self.account.load_full(), u64::MAX));
-        let refresh_orders = version != self.orders_version || Arc::get_mut(&mut view).is_none();
+        // swapped in: one atomic swap a publish.
+        let current = self.published_snapshot;
+        let (mut view, snapshot) =
+            self.spare.take().unwrap_or_else(|| (Arc::new((**self.account.load()).clone()), current));
+        // Copied when a strategy still holds it; then, as on an order event,
+        // its positions and orders are read from the broker.
+        let refresh = orders_changed || Arc::get_mut(&mut view).is_none();
         let view_mut = Arc::make_mut(&mut view);
         view_mut.balance = self.broker.cash;
         self.equity = self.broker.equity();
@@ -479,13 +480,25 @@ impl Simulation {
                 }
             }
         }
-        if refresh_orders {
+        let snapshot = if refresh {
             let positions = self.broker.positions.iter().map(|(s, p)| (s.clone(), p.clone())).collect();
             view_mut.positions = [(self.name.clone(), positions)].into_iter().collect();
             view_mut.open_orders = Arc::new(self.broker.open.clone());
-        }
+            self.snapshots += 1;
+            self.snapshots
+        } else if snapshot != current {
+            // Behind the published view: the same positions and orders as it
+            // shows (a trailing stop's trigger moves without an event, so the
+            // broker's may differ until the next order event).
+            let published = self.account.load();
+            view_mut.positions = published.positions.clone();
+            view_mut.open_orders = published.open_orders.clone();
+            current
+        } else {
+            snapshot
+        };
         let previous = self.account.swap(view);
-        self.spare = Some((previous, std::mem::replace(&mut self.published_version, self.orders_version)));
+        self.spare = Some((previous, std::mem::replace(&mut self.published_snapshot, snapshot)));
     }
 
     /// The broker's equity, as last published: every change to the broker

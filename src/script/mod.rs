@@ -305,17 +305,19 @@ fn definition(file: &str, source: &str, name: &str) -> Option<Location> {
 
 /// Registers each host module whose name `source` holds as a word (in code,
 /// a string or a comment: more than it uses is harmless), and keeps the
-/// rest for a later version of the script. A module can only be reached by
-/// its name written in the source (no `eval`, no imports, and a function
-/// pointer cannot hold a `::` path), so the script sees every module it
-/// can call while Rhai compares each `ta::` with fewer names.
+/// rest for a later version of the script. Written out is the only way to a
+/// module (no `eval`, no imports, a function pointer cannot hold a `::`
+/// path) except `parse_json`, which evaluates its text as an expression: a
+/// source that names it, or `Fn` (a pointer to it by a built name), gets all
+/// of them. Rhai compares each `ta::` with every registered module's name.
 fn register_named_modules(
     engine: &mut Engine,
     unregistered: &mut Vec<(&'static str, rhai::Shared<Module>)>,
     source: &str,
 ) {
+    let all = ["parse_json", "Fn"].iter().any(|word| names_word(source, word));
     unregistered.retain(|(name, module)| {
-        if !names_word(source, name) {
+        if !all && !names_word(source, name) {
             return true;
         }
         engine.register_static_module(*name, module.clone());
