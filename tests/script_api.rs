@@ -525,6 +525,28 @@ fn series_copies_count_against_the_series_limit() {
     assert_eq!(tradehost::script::series::values_held(), 0, "the copies are released with the callback");
 }
 
+/// Series kept in `this` past the limit stop the callback that filled them,
+/// and every later one before its first operation.
+#[test]
+fn series_kept_past_the_limit_stop_every_callback() {
+    let mut options = options();
+    options.limits.max_series_values = 50;
+    let (mut s, ctx) = build_with(
+        r#"fn on_candle(c) {
+            print(`bar ${c.time}`);
+            if this.h == () { this.h = series(100); }
+            for i in 0..60 { this.h.push(i); }
+            print("filled");
+        }"#,
+        options,
+    );
+    for time in 0..3 {
+        let err = feed(&mut s, &ctx, candle(time, 1.0)).unwrap_err().to_string();
+        assert!(err.contains("its series hold more than 50 values together (sandbox.max_series_values)"), "{err}");
+    }
+    assert_eq!(logs(&ctx), vec!["bar 0"], "the later callbacks stop before their first operation");
+}
+
 #[test]
 fn each_candle_arrives_fresh_whatever_the_script_did_to_the_last() {
     let (mut s, ctx) = build(

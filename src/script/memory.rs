@@ -98,12 +98,16 @@ pub struct Armed {
     outer: (isize, Option<(isize, usize)>),
 }
 
+/// The `net` past which a callback that started at `start` with `limit` is over.
+fn ceiling(start: isize, limit: usize) -> isize {
+    start.saturating_add(isize::try_from(limit).unwrap_or(isize::MAX))
+}
+
 /// Starts a callback that may hold `limit` more bytes than now.
 pub fn arm(limit: usize) -> Armed {
     THREAD.with(|t| {
         let start = t.net.get();
-        let ceiling = start.saturating_add(isize::try_from(limit).unwrap_or(isize::MAX));
-        let outer = (t.ceiling.replace(ceiling), t.budget.replace(Some((start, limit))));
+        let outer = (t.ceiling.replace(ceiling(start, limit)), t.budget.replace(Some((start, limit))));
         Armed { start, outer }
     })
 }
@@ -157,6 +161,31 @@ pub fn refuse() {
     });
 }
 
+/// The ceiling that stops the running callback at its next operation check
+/// without refusing it anything ([`stop_at_next_operation`]).
+const STOP: isize = isize::MIN + 1;
+
+/// Stops the running callback at its next operation check, where the
+/// sandbox asks why (the series limit) and calls [`clear_stop`]; nothing
+/// outside a callback or once it was refused.
+pub fn stop_at_next_operation() {
+    THREAD.with(|t| {
+        if t.budget.get().is_some() && t.ceiling.get() != isize::MIN {
+            t.ceiling.set(STOP);
+        }
+    });
+}
+
+/// Gives the running callback its allowance back after
+/// [`stop_at_next_operation`].
+pub fn clear_stop() {
+    THREAD.with(|t| {
+        if let (STOP, Some((start, limit))) = (t.ceiling.get(), t.budget.get()) {
+            t.ceiling.set(ceiling(start, limit));
+        }
+    });
+}
+
 /// Bytes the running callback may still allocate; `None` outside a callback.
 pub fn room() -> Option<usize> {
     THREAD.with(|t| {
@@ -166,8 +195,9 @@ pub fn room() -> Option<usize> {
     })
 }
 
-/// True once the running callback holds more than its allowance or was
-/// refused: one thread-local read and a comparison, done at every operation.
+/// True once the running callback holds more than its allowance, was
+/// refused, or was asked to stop: one thread-local read and a comparison,
+/// done at every operation.
 #[inline]
 pub fn over_budget() -> bool {
     THREAD.with(|t| t.net.get() > t.ceiling.get())
@@ -357,6 +387,24 @@ mod tests {
         assert!(armed.held() < 1_000, "{}", armed.held());
         drop(armed);
         assert_eq!(room(), None, "disarmed");
+        assert!(!over_budget());
+    }
+
+    #[test]
+    fn a_stop_asked_for_trips_the_operation_check_until_cleared() {
+        stop_at_next_operation();
+        assert!(!over_budget(), "outside a callback nothing stops");
+        let armed = arm(1 << 20);
+        stop_at_next_operation();
+        assert!(over_budget() && !armed.refused(), "a stop is not a refusal");
+        clear_stop();
+        assert!(!over_budget(), "the allowance is back");
+        assert_eq!(room().map(|r| r > 1 << 19), Some(true));
+        refuse();
+        stop_at_next_operation();
+        clear_stop();
+        assert!(over_budget() && armed.refused(), "a refusal stays");
+        drop(armed);
         assert!(!over_budget());
     }
 

@@ -64,6 +64,8 @@ pub struct CallbackGuard {
     clock: Rc<Cell<Clock>>,
     /// `sandbox.max_callback_memory`, set by [`hardened_engine`].
     memory_limit: Rc<Cell<usize>>,
+    /// `sandbox.max_series_values`, set by [`hardened_engine`].
+    series_limit: Rc<Cell<usize>>,
     memory: Rc<RefCell<Option<memory::Armed>>>,
 }
 
@@ -75,6 +77,7 @@ impl CallbackGuard {
         drop(memory.take());
         super::guards::take_refusal();
         *memory = Some(memory::arm(self.memory_limit.get()));
+        super::series::limit_held(self.series_limit.get());
     }
     /// Ends it; says what the callback did with its memory allowance.
     pub fn disarm(&self) -> memory::Usage {
@@ -111,34 +114,44 @@ pub fn hardened_engine(limits: &SandboxConfig, guard: &CallbackGuard, abort: Arc
     super::series::install(&mut engine, limits.max_array_size);
     super::guards::install(&mut engine);
     guard.memory_limit.set(limits.max_callback_memory);
-    let guard = guard.clone();
-    let max_series_values = limits.max_series_values;
+    guard.series_limit.set(limits.max_series_values);
+    let watch = Watch { guard: guard.clone(), abort };
     engine.on_progress(move |operations| {
         // Memory and series are checked at every operation (one operation
-        // can copy a whole series or double a string), the clock and the
-        // abort flag at every 256th. The common case stays a leaf function:
-        // the rest is out of line.
-        let check =
-            memory::over_budget() || super::series::values_held() > max_series_values || operations.is_multiple_of(256);
-        if check { stop_reason(&guard, &abort, max_series_values) } else { None }
+        // can copy a whole series or double a string): a series past its
+        // limit stops the callback through the memory check. The clock and
+        // the abort flag are read at every 256th. The common case is one
+        // thread-local comparison in a leaf function; the rest is a tail
+        // call out of line.
+        if memory::over_budget() || operations.is_multiple_of(256) { watch.stop_reason() } else { None }
     });
     engine
 }
 
-/// Why the running callback must stop now, if it must.
-#[cold]
-#[inline(never)]
-fn stop_reason(guard: &CallbackGuard, abort: &AtomicBool, max_series_values: usize) -> Option<Dynamic> {
-    if memory::over_budget() {
-        return Some(Dynamic::from(MEMORY_FULL));
+/// What the per-operation check reads beyond the thread's memory count.
+struct Watch {
+    guard: CallbackGuard,
+    abort: Arc<AtomicBool>,
+}
+
+impl Watch {
+    /// Why the running callback must stop now, if it must.
+    #[cold]
+    #[inline(never)]
+    fn stop_reason(&self) -> Option<Dynamic> {
+        // A stop the series asked for: the checks below say whether it still holds.
+        memory::clear_stop();
+        if super::series::values_held() > self.guard.series_limit.get() {
+            return Some(Dynamic::from(SERIES_FULL));
+        }
+        if memory::over_budget() {
+            return Some(Dynamic::from(MEMORY_FULL));
+        }
+        if self.abort.load(Ordering::Relaxed) {
+            return Some(Dynamic::from(ABORTED));
+        }
+        self.guard.spent().then(|| Dynamic::from(BUDGET_EXCEEDED))
     }
-    if super::series::values_held() > max_series_values {
-        return Some(Dynamic::from(SERIES_FULL));
-    }
-    if abort.load(Ordering::Relaxed) {
-        return Some(Dynamic::from(ABORTED));
-    }
-    guard.spent().then(|| Dynamic::from(BUDGET_EXCEEDED))
 }
 
 /// Checks what a strategy keeps in `this` against the sandbox's size

@@ -21,10 +21,29 @@ thread_local! {
     /// `sandbox.max_series_values`, whether the series are in `this`, in
     /// locals or copied into arrays.
     static HELD: Cell<usize> = const { Cell::new(0) };
+    /// `sandbox.max_series_values` of the callback running on this thread.
+    static LIMIT: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
 fn held_add(n: usize) {
-    HELD.with(|h| h.set(h.get().saturating_add(n)));
+    let held = HELD.with(|h| {
+        h.set(h.get().saturating_add(n));
+        h.get()
+    });
+    if held > LIMIT.with(Cell::get) {
+        super::memory::stop_at_next_operation();
+    }
+}
+
+/// Sets the limit of the callback starting on this thread: from now on,
+/// passing it stops the callback at its next operation (the sandbox's
+/// per-operation check then finds the series over the limit); already past
+/// it, the callback stops before its first.
+pub fn limit_held(max: usize) {
+    LIMIT.with(|l| l.set(max));
+    if values_held() > max {
+        super::memory::stop_at_next_operation();
+    }
 }
 
 fn held_sub(n: usize) {
