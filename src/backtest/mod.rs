@@ -213,7 +213,7 @@ pub fn run(
         realized: BTreeMap::new(),
         protections: Vec::new(),
         view_stale: false,
-        plots: crate::strategy::plots::PlotBook::keeping(usize::MAX),
+        plots: Default::default(),
         order_kinds: HashMap::new(),
     };
     sim.handle(strategy.as_mut(), StrategyEvent::Start, first)?;
@@ -365,7 +365,7 @@ pub fn run(
         equity,
         logs: sim.logs,
         logs_omitted: sim.logs_omitted,
-        plots: sim.plots.series(None),
+        plots: sim.plots.into_series(&sim.name),
         order_kinds: sim.order_kinds,
         meta,
     })
@@ -428,7 +428,7 @@ struct Simulation {
     /// An order went to the broker since the account view was last published.
     view_stale: bool,
     /// What the strategy plotted.
-    plots: crate::strategy::plots::PlotBook,
+    plots: crate::strategy::plots::StrategyPlots,
     /// Each placed order's kind, by client id.
     order_kinds: HashMap<String, &'static str>,
 }
@@ -600,7 +600,7 @@ impl Simulation {
                         .collect();
                     events.extend(ids.iter().flat_map(|id| self.broker.cancel(id, time)));
                 }
-                StrategyCommand::Plot { symbol, name, point } => self.plots.record(&self.name, &symbol, &name, point),
+                StrategyCommand::Plot { symbol, name, point } => self.plots.record(symbol, name, point),
                 StrategyCommand::Log { message, .. } | StrategyCommand::Notify(message) => {
                     if self.logs.len() < LOG_LINES_KEPT {
                         self.logs.push((time, message));

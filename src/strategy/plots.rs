@@ -5,7 +5,7 @@
 //! them all for its report.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -81,16 +81,7 @@ impl PlotBook {
             Some(points) => points,
             None => entry(entry(entry(&mut book, strategy), symbol), name),
         };
-        match points.back_mut() {
-            Some(last) if last.time == point.time => *last = point,
-            Some(last) if last.time > point.time => {}
-            _ => {
-                if points.len() == self.cap {
-                    points.pop_front();
-                }
-                points.push_back(point);
-            }
-        }
+        add_point(points, point, self.cap);
     }
 
     /// Every series overlaying `symbol` (all with `None`), by strategy and name.
@@ -111,6 +102,62 @@ impl PlotBook {
     }
 }
 
+/// Adds a value to a series keeping at most `cap`: one for the same bar as
+/// the newest replaces it, and an older bar's value is dropped.
+fn add_point(points: &mut VecDeque<PlotPoint>, point: PlotPoint, cap: usize) {
+    match points.back_mut() {
+        Some(last) if last.time == point.time => *last = point,
+        Some(last) if last.time > point.time => {}
+        _ => {
+            if points.len() == cap {
+                points.pop_front();
+            }
+            points.push_back(point);
+        }
+    }
+}
+
+/// One strategy's plotted series, all its values, owned by one thread (a
+/// backtest). A series is found by the names the strategy's context shares
+/// for it (compared by address first, by text only for a series not seen
+/// under those names), so recording a value compares no text.
+#[derive(Debug, Default)]
+pub struct StrategyPlots(Vec<(Arc<str>, Arc<str>, VecDeque<PlotPoint>)>);
+
+impl StrategyPlots {
+    /// Adds a value as [`PlotBook::record`] does, without a cap.
+    pub fn record(&mut self, symbol: Arc<str>, name: Arc<str>, point: PlotPoint) {
+        let same = |(s, n, _): &(Arc<str>, Arc<str>, _)| Arc::ptr_eq(s, &symbol) && Arc::ptr_eq(n, &name);
+        let index = match self.0.iter().position(same) {
+            Some(index) => index,
+            None => match self.0.iter().position(|(s, n, _)| *s == symbol && *n == name) {
+                Some(index) => index,
+                None => {
+                    self.0.push((symbol, name, VecDeque::new()));
+                    self.0.len() - 1
+                }
+            },
+        };
+        add_point(&mut self.0[index].2, point, usize::MAX);
+    }
+
+    /// The series as [`PlotBook::series`] lists them (by symbol, then name).
+    pub fn into_series(self, strategy: &str) -> Vec<PlotSeries> {
+        let mut series: Vec<PlotSeries> = self
+            .0
+            .into_iter()
+            .map(|(symbol, name, points)| PlotSeries {
+                strategy: strategy.to_string(),
+                symbol: symbol.to_string(),
+                name: name.to_string(),
+                points: points.into(),
+            })
+            .collect();
+        series.sort_by(|a, b| (&a.symbol, &a.name).cmp(&(&b.symbol, &b.name)));
+        series
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +174,27 @@ mod tests {
         let values: Vec<(i64, f64)> = btc[0].points.iter().map(|p| (p.time, p.value)).collect();
         assert_eq!(values, vec![(2, 2.5), (3, 3.0), (4, 4.0)]);
         assert_eq!(book.series(None).len(), 2);
+    }
+
+    #[test]
+    fn a_strategys_own_plots_list_what_the_book_lists() {
+        let book = PlotBook::keeping(usize::MAX);
+        let mut own = StrategyPlots::default();
+        let names: Vec<(Arc<str>, Arc<str>)> =
+            [("ETHUSD", "slow"), ("BTCUSD", "slow"), ("BTCUSD", "fast")].map(|(s, n)| (s.into(), n.into())).into();
+        for (i, time) in [1, 2, 2, 1, 3, 5, 4, 6].into_iter().enumerate() {
+            let (symbol, name) = &names[i % names.len()];
+            // Every fourth value comes under new names with the same text.
+            let (symbol, name) = match i % 4 {
+                3 => (Arc::from(&**symbol), Arc::from(&**name)),
+                _ => (symbol.clone(), name.clone()),
+            };
+            let point = PlotPoint { time, value: i as f64 };
+            book.record("s", &symbol, &name, point);
+            own.record(symbol, name, point);
+        }
+        let own = own.into_series("s");
+        assert_eq!(own.len(), 3, "{own:?}");
+        assert_eq!(own, book.series(None));
     }
 }
