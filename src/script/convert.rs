@@ -21,16 +21,31 @@ fn num(value: Decimal) -> Dynamic {
 /// Script strings for symbols and timeframes, made once and then shared by
 /// every candle instead of allocated for each.
 #[derive(Debug, Default)]
-pub struct SharedStrings(FxHashMap<String, ImmutableString>);
+pub struct SharedStrings {
+    all: FxHashMap<String, ImmutableString>,
+    /// The last two strings given out (a candle asks for its symbol and its
+    /// timeframe), compared before hashing.
+    recent: [Option<ImmutableString>; 2],
+    /// The `recent` slot the next new string goes into.
+    next: usize,
+}
 
 impl SharedStrings {
     /// The shared script string for `text`.
     pub fn get(&mut self, text: &str) -> ImmutableString {
-        if let Some(shared) = self.0.get(text) {
+        if let Some(shared) = self.recent.iter().flatten().find(|s| s.as_str() == text) {
             return shared.clone();
         }
-        let shared = ImmutableString::from(text);
-        self.0.insert(text.to_string(), shared.clone());
+        let shared = match self.all.get(text) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared = ImmutableString::from(text);
+                self.all.insert(text.to_string(), shared.clone());
+                shared
+            }
+        };
+        self.recent[self.next] = Some(shared.clone());
+        self.next ^= 1;
         shared
     }
 }
@@ -250,5 +265,12 @@ mod tests {
                 "open": 1.5, "high": 2.5, "low": 0.5, "close": 2.0, "volume": 10.0})
         );
         assert!(strings.get("ETHUSD").ptr_eq(&symbol), "a symbol's string is made once");
+        // Out of the recent slots, it comes from the table: still the same string.
+        let others: Vec<_> = ["BTCUSD", "1m", "SOLUSD", "ETH"].into_iter().map(|s| strings.get(s)).collect();
+        assert!(strings.get("ETHUSD").ptr_eq(&symbol));
+        assert!(strings.get("5m").ptr_eq(&timeframe));
+        for (text, shared) in ["BTCUSD", "1m", "SOLUSD", "ETH"].into_iter().zip(&others) {
+            assert!(strings.get(text).ptr_eq(shared) && shared.as_str() == text, "{text}");
+        }
     }
 }

@@ -12,7 +12,7 @@ pub mod ml;
 pub mod sandbox;
 pub mod series;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::str::FromStr;
 use std::time::Duration;
@@ -63,7 +63,7 @@ pub struct ScriptOptions {
 /// A compiled and checked script.
 struct Compiled {
     ast: AST,
-    callbacks: HashSet<&'static str>,
+    callbacks: rustc_hash::FxHashSet<&'static str>,
     /// Where each callback is defined, for errors that carry no position.
     locations: HashMap<&'static str, Location>,
     meta: StrategyMeta,
@@ -350,7 +350,7 @@ fn compile(
     }
     let ast = engine.compile(source).map_err(|e| syntax_error(file, source, &e))?;
     lint::calls(source, &ast, file)?;
-    let mut callbacks = HashSet::new();
+    let mut callbacks = rustc_hash::FxHashSet::default();
     let mut locations = HashMap::new();
     for function in ast.iter_functions() {
         let known = CALLBACKS.iter().find(|(name, ..)| *name == function.name);
