@@ -58,9 +58,6 @@ impl Timers {
     /// rescheduled on their own schedule (a late repeating timer fires once,
     /// not once per missed interval, and next at its first time after `now`).
     pub fn take_due(&mut self, now: TimestampMs) -> Vec<String> {
-        if self.timers.is_empty() {
-            return Vec::new(); // the common case, twice a bar in a backtest
-        }
         let mut due: Vec<(TimestampMs, String)> =
             self.timers.iter().filter(|(_, t)| t.due <= now).map(|(n, t)| (t.due, n.clone())).collect();
         due.sort();
