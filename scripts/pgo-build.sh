@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Optional profile-guided (PGO) build of tradehost. The default build
-# (`cargo build --release`) stays plain; this one is for operators who want
-# the faster script engine and can spend two extra release builds on it.
+# (`cargo build --release`, thin LTO) uses no profile; this one is for
+# operators who want the faster script engine and can spend two extra release builds on it.
 #
 #   scripts/pgo-build.sh            # -> target/pgo/use/release/tradehost
 #
@@ -9,7 +9,7 @@
 # llvm-tools`). Steps: an instrumented build, backtests of the shipped and
 # benchmark strategies on 200,000 generated bars as the training run, the
 # profiles merged, and a release build that uses them. Measure it against
-# the plain build with `scripts/bench-scripts.sh target/pgo/use/release/tradehost`
+# the default build with `scripts/bench-scripts.sh target/pgo/use/release/tradehost`
 # (docs/performance.md lists the gain measured on our machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
