@@ -101,10 +101,14 @@ impl Broker {
 
     /// Cash plus unrealised PnL at the last closes.
     pub fn equity(&self) -> Decimal {
-        self.positions.values().fold(self.cash, |equity, p| match self.marks.get(&p.symbol) {
-            Some(mark) => equity + p.unrealized_pnl(*mark),
-            None => equity,
-        })
+        // The positions' sum first, then the cash: the same order (and so the
+        // same rounding and scale) as every equity figure before.
+        self.cash
+            + self
+                .positions
+                .values()
+                .map(|p| self.marks.get(&p.symbol).map_or(Decimal::ZERO, |m| p.unrealized_pnl(*m)))
+                .sum::<Decimal>()
     }
 
     /// Accepts an order placed while handling a bar at `now`.

@@ -141,11 +141,11 @@ impl Watch {
     fn stop_reason(&self) -> Option<Dynamic> {
         // A stop the series asked for: the checks below say whether it still holds.
         memory::clear_stop();
-        if super::series::values_held() > self.guard.series_limit.get() {
-            return Some(Dynamic::from(SERIES_FULL));
-        }
         if memory::over_budget() {
             return Some(Dynamic::from(MEMORY_FULL));
+        }
+        if super::series::values_held() > self.guard.series_limit.get() {
+            return Some(Dynamic::from(SERIES_FULL));
         }
         if self.abort.load(Ordering::Relaxed) {
             return Some(Dynamic::from(ABORTED));
